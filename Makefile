@@ -1,0 +1,34 @@
+# The two commands of the README, and helpers for development.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test kafka clickhouse clean prereqs
+
+# Installs the package (editable, with the server and test extras) into .venv.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[server,test]'
+	touch $@
+
+prereqs:
+	@bash infra/prereqs.sh
+
+## demo: install, then run the pipeline end to end (Kafka -> Faust -> ClickHouse) on simulated runs
+demo: prereqs $(VENV)/.installed
+	$(BIN)/python -m infra.pipeline_demo
+
+## test: install, then run the whole test suite (it starts its own Kafka broker)
+test: prereqs $(VENV)/.installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## kafka: a Kafka broker on 127.0.0.1:9092 with the pipeline's topics, until Ctrl-C
+kafka: prereqs $(VENV)/.installed
+	$(BIN)/python -m infra.kafka_broker --port 9092
+
+## clickhouse: ClickHouse (served by chdb) on 127.0.0.1:8123 for several processes, until Ctrl-C
+clickhouse: $(VENV)/.installed
+	$(BIN)/python -m infra.clickhouse_server --data-dir .data/clickhouse --http-port 8123
+
+clean:
+	rm -rf $(VENV) .data build *.egg-info

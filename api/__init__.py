@@ -1,0 +1,1 @@
+"""The Starlette application: ingest, queries, auth and the web UI assets."""

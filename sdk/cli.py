@@ -1,0 +1,107 @@
+"""The ``runstream`` command.
+
+Server commands need ``pip install 'runstream[server]'``; their modules are
+imported only when the command runs, so the SDK's install stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+
+from runstream.settings import Settings
+
+SERVER_EXTRA_HINT = "this command needs the server parts: pip install 'runstream[server]'"
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from runstream.storage.client import connect, redact
+    from runstream.storage.migrations import migrate
+
+    dsn = args.dsn or settings.clickhouse_dsn
+    applied = migrate(connect(dsn))
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none (the schema is up to date)"
+    print(f"{redact(dsn)}: applied {names}")
+    return 0
+
+
+def _topics_create(args: argparse.Namespace, settings: Settings) -> int:
+    from runstream.events import TOPICS
+    from runstream.streams.topics import create_topics
+
+    bootstrap = args.bootstrap or settings.kafka
+    if not bootstrap:
+        print("error: no Kafka to talk to: pass --bootstrap host:port or set RUNSTREAM_KAFKA", file=sys.stderr)
+        return 2
+    created = asyncio.run(create_topics(bootstrap, replication_factor=args.replication_factor))
+    for topic in TOPICS:
+        status = "created" if topic.name in created else "exists"
+        print(f"{topic.name:28} {topic.partitions:3} partitions  {status}")
+    return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.kafka:
+        print("error: a worker consumes Kafka: set RUNSTREAM_KAFKA=host:port", file=sys.stderr)
+        return 2
+    from runstream.streams.app import create_app
+
+    app = create_app(settings)
+    # Faust's own worker command (signal handling, rebalancing, graceful shutdown) reads sys.argv.
+    sys.argv = ["runstream", "worker", "--loglevel", args.loglevel]
+    app.main()
+    return 0
+
+
+def _api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from runstream.api.app import create_app
+
+    uvicorn.run(create_app(settings), host=args.host or settings.host, port=args.port or settings.port)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runstream", description="runstream: a self-hostable ML experiment tracker")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("migrate", help="apply the ClickHouse schema migrations")
+    p.add_argument("--dsn", help="ClickHouse DSN (default: RUNSTREAM_CLICKHOUSE_DSN)")
+    p.set_defaults(run=_migrate)
+
+    topics = commands.add_parser("topics", help="manage the pipeline's Kafka topics")
+    topic_commands = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    p = topic_commands.add_parser("create", help="create the topics the pipeline needs (existing ones are kept)")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: RUNSTREAM_KAFKA)")
+    p.add_argument("--replication-factor", type=int, default=1)
+    p.set_defaults(run=_topics_create)
+
+    p = commands.add_parser("worker", help="run a stream-processing worker (Faust); start several to scale out")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(run=_worker)
+
+    p = commands.add_parser("api", help="serve the HTTP API (cluster mode: against Kafka and a ClickHouse server)")
+    p.add_argument("--host", help="bind address (default: RUNSTREAM_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: RUNSTREAM_PORT or 8080)")
+    p.set_defaults(run=_api)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    run: Callable[[argparse.Namespace, Settings], int] = args.run
+    try:
+        return run(args, Settings.from_env())
+    except ModuleNotFoundError as exc:
+        print(f"error: {exc}; {SERVER_EXTRA_HINT}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # bad settings or DSN: the message says what to fix
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

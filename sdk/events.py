@@ -1,0 +1,436 @@
+"""The event contract between the SDK, the stream processors and the API.
+
+Every event is one JSON object (encoded with orjson) with the same envelope:
+
+    {"v": 1, "type": "metrics", "team": "acme", "project": "mnist",
+     "run_id": "3f9a1c2b", "seq": 17, "ts": 1764100000.25, "data": {...}}
+
+``(team, project, run_id, seq)`` identifies an event: the SDK numbers each run's
+events 0, 1, 2, ... across all topics, so a resend, a replay or a duplicate
+delivery can be recognised and changes nothing downstream.
+
+``data`` is specific to the type (see ``_PAYLOAD_CHECKS``). High-volume payloads
+(metrics, system samples, console lines) are columnar: parallel arrays, many
+rows per event. JSON has no NaN or infinity, so metric values are numbers,
+``null`` (the key was not logged in that row) or one of the strings ``"NaN"``,
+``"Infinity"``, ``"-Infinity"``; ``encode_value``/``decode_value`` convert.
+
+This module is the only place that defines an event shape; the SDK, the
+processors and the API all import it. It depends on orjson only, so training
+environments can import it without the server extras.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import orjson
+
+SCHEMA_VERSION = 1
+
+# -- topics -------------------------------------------------------------------
+
+#: Every run-keyed topic has the same partition count, so that one run's events
+#: land on the same partition number in every topic (Faust co-partitioning: the
+#: worker that owns a run's metrics also owns its lifecycle and its table state).
+RUN_PARTITIONS = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    name: str
+    partitions: int
+    what: str
+
+
+TOPIC_RUNS = Topic("runstream.runs", RUN_PARTITIONS, "run lifecycle, config, summary, heartbeats, state changes")
+TOPIC_METRICS = Topic("runstream.metrics", RUN_PARTITIONS, "metric history batches")
+TOPIC_SYSTEM = Topic("runstream.system", RUN_PARTITIONS, "system metric samples")
+TOPIC_CONSOLE = Topic("runstream.console", RUN_PARTITIONS, "console lines")
+TOPIC_FILES = Topic("runstream.files", RUN_PARTITIONS, "file and media metadata (blobs live in the file store)")
+TOPIC_ALERTS = Topic("runstream.alerts", RUN_PARTITIONS, "alerts from the SDK and from alert rules")
+TOPIC_DEAD_LETTERS = Topic("runstream.dead-letters", 1, "events that failed validation, with the reason")
+
+TOPICS: tuple[Topic, ...] = (
+    TOPIC_RUNS,
+    TOPIC_METRICS,
+    TOPIC_SYSTEM,
+    TOPIC_CONSOLE,
+    TOPIC_FILES,
+    TOPIC_ALERTS,
+    TOPIC_DEAD_LETTERS,
+)
+
+# -- event types --------------------------------------------------------------
+
+RUN_START = "run_start"
+RUN_UPDATE = "run_update"
+RUN_FINISH = "run_finish"
+HEARTBEAT = "heartbeat"
+RUN_STATE = "run_state"
+METRICS = "metrics"
+SYSTEM = "system"
+CONSOLE = "console"
+FILE = "file"
+ALERT = "alert"
+
+#: Which topic carries each event type.
+TOPIC_OF_TYPE: dict[str, Topic] = {
+    RUN_START: TOPIC_RUNS,
+    RUN_UPDATE: TOPIC_RUNS,
+    RUN_FINISH: TOPIC_RUNS,
+    HEARTBEAT: TOPIC_RUNS,
+    RUN_STATE: TOPIC_RUNS,
+    METRICS: TOPIC_METRICS,
+    SYSTEM: TOPIC_SYSTEM,
+    CONSOLE: TOPIC_CONSOLE,
+    FILE: TOPIC_FILES,
+    ALERT: TOPIC_ALERTS,
+}
+
+RUN_STATES = ("running", "finished", "failed", "killed", "crashed")
+FINAL_STATES = ("finished", "failed", "killed")
+ALERT_LEVELS = ("INFO", "WARN", "ERROR")
+CONSOLE_STREAMS = ("stdout", "stderr")
+FILE_KINDS = ("file", "media", "code", "git_patch", "requirements")
+
+# Limits that keep one event small enough for Kafka's default 1 MiB message size.
+MAX_EVENT_BYTES = 1_000_000
+MAX_ROWS = 100_000
+MAX_NAME_LEN = 256
+MAX_TEXT_LEN = 64_000
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}\Z")
+_RUN_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+class InvalidEvent(ValueError):
+    """An event that breaks the contract; ``reason`` says what is wrong with it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str
+    team: str
+    project: str
+    run_id: str
+    seq: int
+    ts: float
+    data: dict[str, Any]
+    v: int = SCHEMA_VERSION
+
+    @property
+    def key(self) -> bytes:
+        """The Kafka message key: all of a run's events go to one partition per topic."""
+        return run_key(self.team, self.project, self.run_id)
+
+    @property
+    def topic(self) -> Topic:
+        return TOPIC_OF_TYPE[self.type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": self.v,
+            "type": self.type,
+            "team": self.team,
+            "project": self.project,
+            "run_id": self.run_id,
+            "seq": self.seq,
+            "ts": self.ts,
+            "data": self.data,
+        }
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+def run_key(team: str, project: str, run_id: str) -> bytes:
+    return f"{team}/{project}/{run_id}".encode()
+
+
+# -- metric values --------------------------------------------------------------
+
+
+def encode_value(x: float) -> float | str:
+    """A float as it travels in JSON: finite numbers as they are, NaN/±Inf as strings."""
+    if math.isfinite(x):
+        return x
+    if math.isnan(x):
+        return "NaN"
+    return "Infinity" if x > 0 else "-Infinity"
+
+
+def decode_value(x: float | int | str | None) -> float | None:
+    """The inverse of ``encode_value``; ``None`` stays ``None`` (not logged in that row)."""
+    if x is None or type(x) is float:
+        return x
+    if type(x) is int:
+        return float(x)
+    return _NON_FINITE[x]
+
+
+# -- decoding and validation ----------------------------------------------------
+
+
+def decode(raw: bytes | str) -> Event:
+    """Parse and validate one encoded event; raises ``InvalidEvent`` with the reason."""
+    if len(raw) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"event is {len(raw)} bytes, more than the limit of {MAX_EVENT_BYTES}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"not valid JSON: {exc}") from None
+    return validate(obj)
+
+
+def validate(obj: Any) -> Event:
+    """Check a decoded JSON object against the contract and return it as an ``Event``."""
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"an event must be a JSON object, got {_json_type(obj)}")
+    v = obj.get("v")
+    if v != SCHEMA_VERSION:
+        raise InvalidEvent(f"unsupported schema version {v!r}; this build reads version {SCHEMA_VERSION}")
+    etype = obj.get("type")
+    check = _PAYLOAD_CHECKS.get(etype) if isinstance(etype, str) else None
+    if check is None:
+        raise InvalidEvent(f"unknown event type {etype!r}; expected one of {sorted(_PAYLOAD_CHECKS)}")
+    unknown = obj.keys() - _ENVELOPE_KEYS
+    if unknown:
+        raise InvalidEvent(f"unknown envelope field(s) {sorted(unknown)}")
+    team, project, run_id = obj.get("team"), obj.get("project"), obj.get("run_id")
+    for field, value in (("team", team), ("project", project)):
+        if not isinstance(value, str) or not _NAME.match(value):
+            raise InvalidEvent(
+                f"{field} must be 1-128 letters, digits, '_', '.' or '-' starting with a letter or digit, got {value!r}"
+            )
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise InvalidEvent(f"run_id must be 1-64 letters, digits, '_' or '-', got {run_id!r}")
+    seq = obj.get("seq")
+    if type(seq) is not int or seq < 0:
+        raise InvalidEvent(f"seq must be a non-negative integer, got {seq!r}")
+    ts = obj.get("ts")
+    if not _is_time(ts):
+        raise InvalidEvent(f"ts must be a Unix time in seconds (a finite number >= 0), got {ts!r}")
+    data = obj.get("data")
+    if not isinstance(data, dict):
+        raise InvalidEvent(f"data must be a JSON object, got {_json_type(data)}")
+    try:
+        check(data)
+    except InvalidEvent as exc:
+        raise InvalidEvent(f"{etype}: {exc.reason}") from None
+    return Event(type=etype, team=team, project=project, run_id=run_id, seq=seq, ts=float(ts), data=data)
+
+
+_ENVELOPE_KEYS = frozenset({"v", "type", "team", "project", "run_id", "seq", "ts", "data"})
+
+
+def _json_type(x: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(x), "a number"
+    )
+
+
+def _is_number(x: Any) -> bool:
+    return (type(x) is int or type(x) is float) and math.isfinite(x)
+
+
+def _is_time(x: Any) -> bool:
+    return _is_number(x) and x >= 0
+
+
+def _require(data: dict[str, Any], field: str, ok: Callable[[Any], bool], what: str, optional: bool = False) -> None:
+    if field not in data:
+        if optional:
+            return
+        raise InvalidEvent(f"missing field {field!r} ({what})")
+    if not ok(data[field]):
+        raise InvalidEvent(f"field {field!r} must be {what}, got {data[field]!r:.80}")
+
+
+def _is_str(x: Any) -> bool:
+    return isinstance(x, str) and len(x) <= MAX_TEXT_LEN
+
+
+def _is_opt_str(x: Any) -> bool:
+    return x is None or _is_str(x)
+
+
+def _is_name(x: Any) -> bool:
+    return isinstance(x, str) and 0 < len(x) <= MAX_NAME_LEN
+
+
+def _is_obj(x: Any) -> bool:
+    return isinstance(x, dict)
+
+
+def _is_str_list(x: Any) -> bool:
+    return isinstance(x, list) and all(_is_name(t) for t in x)
+
+
+def _is_metric_value(x: Any) -> bool:
+    return x is None or _is_number(x) or (type(x) is str and x in _NON_FINITE)
+
+
+def _check_columns(data: dict[str, Any], index_fields: tuple[str, ...]) -> int:
+    """Check the parallel index arrays of a columnar payload; return the row count."""
+    rows = None
+    for field in index_fields:
+        col = data.get(field)
+        if not isinstance(col, list):
+            raise InvalidEvent(f"field {field!r} must be an array")
+        if rows is None:
+            rows = len(col)
+            if rows == 0 or rows > MAX_ROWS:
+                raise InvalidEvent(f"a batch holds 1 to {MAX_ROWS} rows, got {rows}")
+        elif len(col) != rows:
+            raise InvalidEvent(f"field {field!r} has {len(col)} entries, expected {rows} like {index_fields[0]!r}")
+    assert rows is not None
+    return rows
+
+
+def _check_value_columns(data: dict[str, Any], rows: int) -> None:
+    values = data.get("values")
+    if not isinstance(values, dict) or not values:
+        raise InvalidEvent("field 'values' must be a non-empty object of name -> array")
+    for name, col in values.items():
+        if not _is_name(name):
+            raise InvalidEvent(f"metric name must be 1-{MAX_NAME_LEN} characters, got {name!r:.80}")
+        if not isinstance(col, list) or len(col) != rows:
+            raise InvalidEvent(f"values[{name!r}] must be an array of {rows} entries")
+        for x in col:
+            if not _is_metric_value(x):
+                raise InvalidEvent(
+                    f"values[{name!r}] holds {x!r:.40}; a value is a number, null, \"NaN\", \"Infinity\" or \"-Infinity\""
+                )
+
+
+def _check_metrics(data: dict[str, Any]) -> None:
+    rows = _check_columns(data, ("step", "time"))
+    if not all(type(s) is int and s >= 0 for s in data["step"]):
+        raise InvalidEvent("every step must be a non-negative integer")
+    if not all(_is_time(t) for t in data["time"]):
+        raise InvalidEvent("every time must be a Unix time in seconds")
+    _check_value_columns(data, rows)
+
+
+def _check_system(data: dict[str, Any]) -> None:
+    rows = _check_columns(data, ("time",))
+    if not all(_is_time(t) for t in data["time"]):
+        raise InvalidEvent("every time must be a Unix time in seconds")
+    _check_value_columns(data, rows)
+
+
+def _check_console(data: dict[str, Any]) -> None:
+    _check_columns(data, ("time", "stream", "line"))
+    if not all(_is_time(t) for t in data["time"]):
+        raise InvalidEvent("every time must be a Unix time in seconds")
+    if not all(s in CONSOLE_STREAMS for s in data["stream"]):
+        raise InvalidEvent(f"every stream must be one of {CONSOLE_STREAMS}")
+    if not all(_is_str(line) for line in data["line"]):
+        raise InvalidEvent(f"every line must be a string of at most {MAX_TEXT_LEN} characters")
+
+
+def _check_run_start(data: dict[str, Any]) -> None:
+    _require(data, "name", _is_name, "a non-empty string")
+    _require(data, "config", _is_obj, "an object", optional=True)
+    _require(data, "tags", _is_str_list, "an array of non-empty strings", optional=True)
+    for field in ("group", "job_type", "notes", "host", "user", "program", "python"):
+        _require(data, field, _is_opt_str, "a string or null", optional=True)
+    _require(data, "args", lambda x: isinstance(x, list) and all(_is_str(a) for a in x), "an array of strings", True)
+    _require(data, "git", _is_obj, "an object", optional=True)
+    _require(data, "resumed", lambda x: type(x) is bool, "true or false", optional=True)
+
+
+def _check_run_update(data: dict[str, Any]) -> None:
+    allowed = {"name", "config", "summary", "tags", "notes", "group", "job_type", "define_metric"}
+    unknown = data.keys() - allowed
+    if unknown:
+        raise InvalidEvent(f"unknown field(s) {sorted(unknown)}; an update may set {sorted(allowed)}")
+    if not data:
+        raise InvalidEvent("an update must set at least one field")
+    _require(data, "name", _is_name, "a non-empty string", optional=True)
+    for field in ("config", "summary"):
+        _require(data, field, _is_obj, "an object", optional=True)
+    _require(data, "tags", _is_str_list, "an array of non-empty strings", optional=True)
+    for field in ("notes", "group", "job_type"):
+        _require(data, field, _is_opt_str, "a string or null", optional=True)
+    _require(data, "define_metric", lambda x: isinstance(x, list) and all(_is_obj(d) for d in x), "an array", True)
+    for spec in data.get("define_metric", ()):
+        _require(spec, "name", _is_name, "a metric name or glob")
+        _require(spec, "summary", lambda x: x in ("min", "max", "mean", "last", "none"), "min|max|mean|last|none", True)
+        _require(spec, "goal", lambda x: x in ("minimize", "maximize"), "minimize|maximize", optional=True)
+        _require(spec, "step_metric", _is_name, "a metric name", optional=True)
+
+
+def _check_run_finish(data: dict[str, Any]) -> None:
+    _require(data, "state", lambda x: x in FINAL_STATES, f"one of {FINAL_STATES}")
+    _require(data, "exit_code", lambda x: x is None or type(x) is int, "an integer or null", optional=True)
+    _require(data, "traceback", _is_opt_str, "a string or null", optional=True)
+
+
+def _check_heartbeat(data: dict[str, Any]) -> None:
+    _require(data, "step", lambda x: type(x) is int and x >= 0, "a non-negative integer", optional=True)
+
+
+def _check_run_state(data: dict[str, Any]) -> None:
+    _require(data, "state", lambda x: x in RUN_STATES, f"one of {RUN_STATES}")
+    _require(data, "reason", _is_opt_str, "a string or null", optional=True)
+
+
+def _check_file(data: dict[str, Any]) -> None:
+    _require(data, "path", _is_name, "a relative path")
+    if data["path"].startswith("/") or ".." in data["path"].split("/"):
+        raise InvalidEvent(f"path must be relative and stay inside the run, got {data['path']!r}")
+    _require(data, "kind", lambda x: x in FILE_KINDS, f"one of {FILE_KINDS}")
+    _require(data, "size", lambda x: type(x) is int and x >= 0, "a size in bytes")
+    _require(data, "sha256", lambda x: isinstance(x, str) and re.fullmatch(r"[0-9a-f]{64}", x), "a hex SHA-256")
+    _require(data, "store_key", _is_name, "the blob's key in the file store")
+    _require(data, "step", lambda x: type(x) is int and x >= 0, "a non-negative integer", optional=True)
+    _require(data, "media_type", _is_opt_str, "a string or null", optional=True)
+    _require(data, "meta", _is_obj, "an object", optional=True)
+
+
+def _check_alert(data: dict[str, Any]) -> None:
+    _require(data, "title", _is_name, "a non-empty string")
+    _require(data, "text", _is_str, "a string")
+    _require(data, "level", lambda x: x in ALERT_LEVELS, f"one of {ALERT_LEVELS}")
+    _require(data, "source", lambda x: x in ("sdk", "rule"), "'sdk' or 'rule'")
+    _require(data, "rule_id", _is_opt_str, "a string or null", optional=True)
+    _require(data, "wait_duration", lambda x: _is_number(x) and x >= 0, "seconds", optional=True)
+
+
+_PAYLOAD_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
+    RUN_START: _check_run_start,
+    RUN_UPDATE: _check_run_update,
+    RUN_FINISH: _check_run_finish,
+    HEARTBEAT: _check_heartbeat,
+    RUN_STATE: _check_run_state,
+    METRICS: _check_metrics,
+    SYSTEM: _check_system,
+    CONSOLE: _check_console,
+    FILE: _check_file,
+    ALERT: _check_alert,
+}
+assert _PAYLOAD_CHECKS.keys() == TOPIC_OF_TYPE.keys()
+
+
+# -- dead letters ----------------------------------------------------------------
+
+#: Kafka headers of a dead-letter message; its value is the original bytes, unchanged.
+DEAD_LETTER_REASON_HEADER = "runstream-reason"
+DEAD_LETTER_SOURCE_HEADER = "runstream-source-topic"
+
+
+def dead_letter_headers(reason: str, source_topic: str) -> list[tuple[str, bytes]]:
+    return [
+        (DEAD_LETTER_REASON_HEADER, reason.encode()),
+        (DEAD_LETTER_SOURCE_HEADER, source_topic.encode()),
+    ]

@@ -1,0 +1,1 @@
+"""ClickHouse storage: connection by DSN, versioned schema migrations, writers and queries."""

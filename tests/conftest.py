@@ -1,0 +1,67 @@
+"""Shared fixtures: the real Kafka broker and the real ClickHouse engine (chdb).
+
+The broker starts once per test session, on first use, and stops at the end
+(also on Ctrl-C: the fixture's teardown runs, and the broker dies with the
+test process otherwise). Set RUNSTREAM_TEST_KAFKA=host:port to use a broker you
+started yourself (``make kafka``) instead.
+
+chdb opens one data directory per process, so the session has one directory
+and each test gets a database of its own in it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.kafka_broker import KafkaBroker
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[KafkaBroker | None]:
+    """The session's broker (None when RUNSTREAM_TEST_KAFKA points at an external one)."""
+    if os.environ.get("RUNSTREAM_TEST_KAFKA"):
+        yield None
+        return
+    broker = KafkaBroker()
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.cleanup()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: KafkaBroker | None) -> str:
+    """Bootstrap address of a broker that has the pipeline's topics."""
+    from runstream.streams.topics import create_topics_sync
+
+    bootstrap = os.environ.get("RUNSTREAM_TEST_KAFKA") or kafka_broker.bootstrap  # type: ignore[union-attr]
+    create_topics_sync(bootstrap)
+    return bootstrap
+
+
+@pytest.fixture(scope="session")
+def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture
+def clickhouse_dsn(chdb_dir: Path) -> str:
+    """A DSN for a fresh, empty database in the session's embedded ClickHouse engine."""
+    return f"chdb://{chdb_dir}?database=test_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def clickhouse(clickhouse_dsn: str):
+    """A client on a fresh database with the schema migrated."""
+    from runstream.storage.client import connect
+    from runstream.storage.migrations import migrate
+
+    client = connect(clickhouse_dsn)
+    migrate(client)
+    return client

@@ -1,0 +1,32 @@
+"""Columnar metric inserts into the real embedded ClickHouse engine."""
+
+import math
+
+from runstream import events
+from runstream.storage.writer import insert_metric_points
+from tests.helpers import metrics_event
+
+
+def test_metric_batches_become_points_with_non_finite_values_kept(clickhouse):
+    batch = metrics_event(seq=4, steps=range(10, 13))
+    batch["data"]["values"]["loss"] = [0.5, "NaN", "-Infinity"]
+    batch["data"]["values"]["acc"] = [None, 0.25, None]  # sparse: only row 1 logged acc
+    other = metrics_event(seq=5, run_id="run2", steps=range(3))
+    count = insert_metric_points(clickhouse, [events.validate(batch), events.validate(other)])
+    assert count == 4 + 6
+
+    rows = clickhouse.query(
+        "SELECT metric, step, value, seq, row FROM metric_points WHERE run_id = {run:String} ORDER BY metric, step",
+        parameters={"run": "run1"},
+    ).result_rows
+    assert [r[:2] for r in rows] == [("acc", 11), ("loss", 10), ("loss", 11), ("loss", 12)]
+    assert rows[0][2] == 0.25 and rows[1][2] == 0.5
+    assert math.isnan(rows[2][2]) and rows[3][2] == -math.inf
+    assert {(r[3], r[4]) for r in rows} == {(4, 1), (4, 0), (4, 2)}
+
+
+def test_a_redelivered_batch_collapses_to_one_copy(clickhouse):
+    event = events.validate(metrics_event(seq=9, steps=range(100)))
+    insert_metric_points(clickhouse, [event])
+    insert_metric_points(clickhouse, [event])
+    assert clickhouse.command("SELECT count() FROM metric_points FINAL") == 200
