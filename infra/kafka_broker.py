@@ -6,7 +6,9 @@ formats KRaft storage and runs one combined broker+controller bound to
 127.0.0.1 on free ports. ``start()`` returns once the broker has accepted a
 produce and answered a fetch; ``stop()`` shuts it down cleanly. The broker
 process is tied to its parent (PR_SET_PDEATHSIG), so an interrupted test run
-does not leave it behind.
+does not leave it behind. That tie is to the *thread* that called ``start()``:
+start it from the main thread or another that lives as long as the broker.
+``start()`` runs its own event loop, so call it outside async code.
 
 By hand:  python -m infra.kafka_broker [--port 9092] [--data-dir DIR]
 (or ``make kafka``): starts the broker, creates the pipeline's topics, prints
@@ -22,13 +24,14 @@ import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from infra.net import accepts_connections, free_port
 
 KAFKA_VERSION = "4.4.0"
 HERE = Path(__file__).resolve().parent / "kafka-broker"
@@ -64,20 +67,6 @@ def fetch_kafka(version: str = KAFKA_VERSION, cache_dir: Path = CACHE_DIR) -> Pa
     staging.rename(libs)
     done.touch()
     return libs
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _accepts_connections(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def _die_with_parent() -> None:
@@ -205,7 +194,7 @@ class KafkaBroker:
         while time.monotonic() < deadline:
             if self._proc is None or self._proc.poll() is not None:
                 raise RuntimeError(f"the Kafka broker exited during start-up; see {self.log_file}:\n{self._log_tail()}")
-            if not _accepts_connections(self.port):  # keeps aiokafka from logging each refused connection
+            if not accepts_connections(self.port):  # keeps aiokafka from logging each refused connection
                 await asyncio.sleep(0.1)
                 continue
             admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)

@@ -27,6 +27,7 @@ from infra.kafka_broker import KafkaBroker
 from runstream import events
 from runstream.settings import DEFAULT_DATA_DIR, Settings
 from runstream.storage.client import connect
+from runstream.storage.migrations import migrate
 from runstream.streams.app import create_app
 from runstream.streams.topics import create_topics
 
@@ -78,69 +79,63 @@ def sparkline(values: list[float], width: int = 32) -> str:
     return "".join(SPARK[int((v - lo) / (hi - lo + 1e-12) * (len(SPARK) - 1))] for v in points)
 
 
-async def run_demo(runs: int, steps: int, data_dir: Path) -> None:
-    t0 = time.monotonic()
-    print("1/4 starting a real Apache Kafka broker (KRaft, 127.0.0.1) ...", flush=True)
-    broker = KafkaBroker(data_dir / "kafka")
-    await asyncio.to_thread(broker.start)
+async def run_demo(broker: KafkaBroker, runs: int, steps: int, data_dir: Path, t0: float) -> None:
+    await create_topics(broker.bootstrap)
+    print(f"    Kafka {broker.version} ready at {broker.bootstrap} in {broker.startup_seconds:.1f} s", flush=True)
+
+    dsn = f"chdb://{data_dir / 'clickhouse'}"
+    client = connect(dsn)
+    migrate(client)
+    project = f"sweep-{uuid.uuid4().hex[:6]}"
+    print(f"2/4 starting a Faust worker writing to the embedded ClickHouse engine ({dsn}) ...", flush=True)
+    app = create_app(Settings(kafka=broker.bootstrap, clickhouse_dsn=dsn, data_dir=str(data_dir), app_id="runstream-demo"))
+    await app.start()
     try:
-        await create_topics(broker.bootstrap)
-        print(f"    Kafka {broker.version} ready at {broker.bootstrap} in {broker.startup_seconds:.1f} s", flush=True)
-
-        dsn = f"chdb://{data_dir / 'clickhouse'}"
-        project = f"sweep-{uuid.uuid4().hex[:6]}"
-        print(f"2/4 starting a Faust worker writing to the embedded ClickHouse engine ({dsn}) ...", flush=True)
-        app = create_app(Settings(kafka=broker.bootstrap, clickhouse_dsn=dsn, data_dir=str(data_dir), app_id="runstream-demo"))
-        await app.start()
+        rng = random.Random(7)
+        configs = [{"lr": rng.choice([0.001, 0.003, 0.01, 0.05]), "batch_size": rng.choice([32, 64, 128])} for _ in range(runs)]
+        print(f"3/4 logging {runs} runs x {steps} steps x 2 metrics to Kafka (project {project}) ...", flush=True)
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=10)
+        await producer.start()
         try:
-            rng = random.Random(7)
-            configs = [{"lr": rng.choice([0.001, 0.003, 0.01, 0.05]), "batch_size": rng.choice([32, 64, 128])} for _ in range(runs)]
-            print(f"3/4 logging {runs} runs x {steps} steps x 2 metrics to Kafka (project {project}) ...", flush=True)
-            producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=10)
-            await producer.start()
-            try:
-                for i, config in enumerate(configs):
-                    loss, acc = simulate_run(rng, config["lr"], steps)
-                    for event in metric_events("demo", project, f"run{i:02d}", loss, acc):
-                        await producer.send(event.topic.name, event.to_bytes(), key=event.key)
-                    print(f"\r    sent run {i + 1}/{runs}", end="", flush=True)
-                await producer.flush()
-            finally:
-                await producer.stop()
-            print()
-
-            client = connect(dsn)
-            expected = runs * steps * 2
-            count = 0
-            deadline = time.monotonic() + 120
-            while count < expected and time.monotonic() < deadline:
-                count = client.command(
-                    "SELECT count() FROM metric_points FINAL WHERE project = {p:String}", parameters={"p": project}
-                )
-                print(f"\r4/4 waiting for the worker: {count:,}/{expected:,} points in ClickHouse", end="", flush=True)
-                await asyncio.sleep(0.3)
-            print()
+            for i, config in enumerate(configs):
+                loss, acc = simulate_run(rng, config["lr"], steps)
+                for event in metric_events("demo", project, f"run{i:02d}", loss, acc):
+                    await producer.send(event.topic.name, event.to_bytes(), key=event.key)
+                print(f"\r    sent run {i + 1}/{runs}", end="", flush=True)
+            await producer.flush()
         finally:
-            await app.stop()
+            await producer.stop()
+        print()
 
-        rows = client.query(
-            """
-            SELECT run_id, count(), argMax(value, step), min(value), groupArray(value)
-            FROM (SELECT run_id, step, value FROM metric_points FINAL
-                  WHERE project = {p:String} AND metric = 'train/loss' ORDER BY run_id, step)
-            GROUP BY run_id ORDER BY argMax(value, step)
-            """,
-            parameters={"p": project},
-        ).result_rows
-        print(f"\n{'run':6} {'lr':>6} {'batch':>5} {'steps':>6} {'last loss':>9} {'min loss':>9}  train/loss")
-        for run_id, n, last, best, curve in rows:
-            config = configs[int(run_id[3:])]
-            print(f"{run_id:6} {config['lr']:6g} {config['batch_size']:5} {n:6} {last:9.4f} {best:9.4f}  {sparkline(curve)}")
-        print(f"\n{count:,} points went SDK-shaped events -> Kafka -> Faust -> ClickHouse in {time.monotonic() - t0:.1f} s.")
-        print(f"The data stays in {data_dir / 'clickhouse'} (table metric_points, project {project}).")
-        print("Next: `make test` runs the test suite. The embedded server and web UI are not built yet.")
+        expected = runs * steps * 2
+        count = 0
+        deadline = time.monotonic() + 120
+        while count < expected and time.monotonic() < deadline:
+            count = client.command(
+                "SELECT count() FROM metric_points FINAL WHERE project = {p:String}", parameters={"p": project}
+            )
+            print(f"\r4/4 waiting for the worker: {count:,}/{expected:,} points in ClickHouse", end="", flush=True)
+            await asyncio.sleep(0.3)
+        print()
     finally:
-        broker.stop()
+        await app.stop()
+
+    rows = client.query(
+        """
+        SELECT run_id, count(), argMax(value, step), min(value), groupArray(value)
+        FROM (SELECT run_id, step, value FROM metric_points FINAL
+              WHERE project = {p:String} AND metric = 'train/loss' ORDER BY run_id, step)
+        GROUP BY run_id ORDER BY argMax(value, step)
+        """,
+        parameters={"p": project},
+    ).result_rows
+    print(f"\n{'run':6} {'lr':>6} {'batch':>5} {'steps':>6} {'last loss':>9} {'min loss':>9}  train/loss")
+    for run_id, n, last, best, curve in rows:
+        config = configs[int(run_id[3:])]
+        print(f"{run_id:6} {config['lr']:6g} {config['batch_size']:5} {n:6} {last:9.4f} {best:9.4f}  {sparkline(curve)}")
+    print(f"\n{count:,} points went SDK-shaped events -> Kafka -> Faust -> ClickHouse in {time.monotonic() - t0:.1f} s.")
+    print(f"The data stays in {data_dir / 'clickhouse'} (table metric_points, project {project}).")
+    print("Next: `make test` runs the test suite. The embedded server and web UI are not built yet.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,13 +145,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR / "pipeline-demo")
     args = parser.parse_args(argv)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its start-up chatter (coordinator not ready yet) is noise here
+    t0 = time.monotonic()
+    print("1/4 starting a real Apache Kafka broker (KRaft, 127.0.0.1) ...", flush=True)
+    broker = KafkaBroker(args.data_dir / "kafka")
     try:
-        asyncio.run(run_demo(args.runs, args.steps, args.data_dir))
+        broker.start()  # from the main thread: the broker lives as long as this thread (PR_SET_PDEATHSIG)
+        asyncio.run(run_demo(broker, args.runs, args.steps, args.data_dir, t0))
     except KeyboardInterrupt:
         return 130
     except RuntimeError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
+    finally:
+        broker.stop()
     return 0
 
 

@@ -72,6 +72,7 @@ def create_app(settings: Settings, storage: Callable[[], Client] | None = None) 
 
     @app.agent(metrics_topic)
     async def metric_sink(stream: faust.StreamT) -> None:
+        await asyncio.to_thread(clickhouse)  # connect and migrate when the worker starts, not at the first event
         async for raws in stream.take(SINK_BATCH, within=SINK_WITHIN_S):
             good, bad = decode_batch(raws)
             for raw, reason in bad:

@@ -6,7 +6,9 @@ test process otherwise). Set RUNSTREAM_TEST_KAFKA=host:port to use a broker you
 started yourself (``make kafka``) instead.
 
 chdb opens one data directory per process, so the session has one directory
-and each test gets a database of its own in it.
+and each test gets a database of its own in it. Tests where several processes
+share a database use ``clickhouse_server`` (ClickHouse's HTTP protocol served by
+chdb in a child process).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.clickhouse_server import ClickHouseServer
 from infra.kafka_broker import KafkaBroker
 
 
@@ -54,6 +57,23 @@ def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def clickhouse_dsn(chdb_dir: Path) -> str:
     """A DSN for a fresh, empty database in the session's embedded ClickHouse engine."""
     return f"chdb://{chdb_dir}?database=test_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseServer]:
+    """ClickHouse's HTTP protocol served from chdb, for tests where several processes share a database."""
+    with ClickHouseServer(tmp_path_factory.mktemp("clickhouse-server")) as server:
+        yield server
+
+
+@pytest.fixture(params=["chdb", "server"])
+def any_clickhouse_dsn(request: pytest.FixtureRequest, chdb_dir: Path) -> str:
+    """A fresh database on each engine in turn: in-process chdb, then a ClickHouse server over HTTP."""
+    database = f"test_{uuid.uuid4().hex[:12]}"
+    if request.param == "chdb":
+        return f"chdb://{chdb_dir}?database={database}"
+    server: ClickHouseServer = request.getfixturevalue("clickhouse_server")
+    return f"clickhouse://default:@127.0.0.1:{server.http_port}/{database}"
 
 
 @pytest.fixture

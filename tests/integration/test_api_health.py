@@ -2,7 +2,7 @@
 
 from starlette.testclient import TestClient
 
-from infra.kafka_broker import free_port
+from infra.net import free_port
 from runstream.api.app import HEALTH_PATH, create_app
 from runstream.settings import Settings
 

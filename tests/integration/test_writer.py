@@ -3,11 +3,15 @@
 import math
 
 from runstream import events
+from runstream.storage.client import connect
+from runstream.storage.migrations import migrate
 from runstream.storage.writer import insert_metric_points
 from tests.helpers import metrics_event
 
 
-def test_metric_batches_become_points_with_non_finite_values_kept(clickhouse):
+def test_metric_batches_become_points_with_non_finite_values_kept(any_clickhouse_dsn):
+    clickhouse = connect(any_clickhouse_dsn)
+    migrate(clickhouse)
     batch = metrics_event(seq=4, steps=range(10, 13))
     batch["data"]["values"]["loss"] = [0.5, "NaN", "-Infinity"]
     batch["data"]["values"]["acc"] = [None, 0.25, None]  # sparse: only row 1 logged acc
