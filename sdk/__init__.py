@@ -1,3 +1,79 @@
-"""runstream: the client a training script imports (``import runstream``)."""
+"""runstream: the client a training script imports.
+
+``import runstream as wandb`` works for scripts written for Weights & Biases:
+``init``, ``log``, ``config``, ``summary``, ``define_metric``, ``alert``,
+``save``, ``watch``, ``finish``, ``Image``, ``Histogram``, ``Table``, ``Api``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runstream.run import AlertLevel, Error, Run, init
+from runstream.run import current as _current
+from runstream.run_settings import Settings
 
 __version__ = "0.1.0"
+
+#: The active run (None before ``init()`` and after ``finish()``), like ``wandb.run``.
+run: Run | None = None
+
+
+class _PreInit:
+    """``runstream.config``/``runstream.summary`` before ``init()``: every use says what to do."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def __getattr__(self, name: str) -> Any:
+        raise Error(f"call runstream.init() before using runstream.{self._what}")
+
+    def __getitem__(self, key: str) -> Any:
+        raise Error(f"call runstream.init() before using runstream.{self._what}")
+
+    __setitem__ = __getitem__
+
+
+config: Any = _PreInit("config")
+summary: Any = _PreInit("summary")
+
+
+def log(data: dict[str, Any], step: int | None = None, commit: bool | None = True) -> None:
+    _current().log(data, step=step, commit=commit)
+
+
+def finish(exit_code: int | None = None, quiet: bool | None = None) -> Any:
+    return _current().finish(exit_code=exit_code) if run is not None else None
+
+
+def define_metric(name: str, step_metric: str | None = None, summary: str | None = None, goal: str | None = None, **kw: Any) -> None:
+    _current().define_metric(name, step_metric=step_metric, summary=summary, goal=goal, **kw)
+
+
+def alert(title: str, text: str, level: Any = AlertLevel.INFO, wait_duration: Any = None) -> None:
+    _current().alert(title, text, level=level, wait_duration=wait_duration)
+
+
+def save(glob_str: str, base_path: str | None = None, policy: str = "live") -> list[str]:
+    return _current().save(glob_str, base_path=base_path, policy=policy)
+
+
+def watch(models: Any, criterion: Any = None, log: str = "gradients", log_freq: int = 1000, **kw: Any) -> None:
+    _current().watch(models, criterion=criterion, log=log, log_freq=log_freq, **kw)
+
+
+def unwatch(models: Any = None) -> None:
+    _current().unwatch(models)
+
+
+def __getattr__(name: str) -> Any:
+    # Media and the public API client load on first use: they pull in optional libraries.
+    if name in ("Image", "Histogram", "Table", "Plotly", "Html", "Object3D", "Video", "Audio"):
+        from runstream import media
+
+        return getattr(media, name)
+    if name == "Api":
+        from runstream.public_api import Api
+
+        return Api
+    raise AttributeError(f"module 'runstream' has no attribute {name!r}")

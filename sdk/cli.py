@@ -64,9 +64,32 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _sync(args: argparse.Namespace, settings: Settings) -> int:
+    from runstream.sync import sync
+
+    results = sync(args.paths, url=args.url, api_key=settings.api_key, progress=not args.quiet)
+    if not results:
+        print(f"no runs found in {', '.join(args.paths)}", file=sys.stderr)
+        return 1
+    failed = 0
+    for result in results:
+        if result.skipped:
+            failed += 1
+            print(f"{result.run_dir}: skipped: {result.skipped}", file=sys.stderr)
+        else:
+            print(f"{result.run_dir}: sent {result.sent} events")
+    return 1 if failed else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runstream", description="runstream: a self-hostable ML experiment tracker")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("sync", help="send what runs left in their spools (offline runs, crashes, outages)")
+    p.add_argument("paths", nargs="*", default=["."], help="run directories, or folders holding runstream/ (default: .)")
+    p.add_argument("--url", help="where to send: http(s)://server or kafka://host:port (default: each run's own URL)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_sync)
 
     p = commands.add_parser("migrate", help="apply the ClickHouse schema migrations")
     p.add_argument("--dsn", help="ClickHouse DSN (default: RUNSTREAM_CLICKHOUSE_DSN)")

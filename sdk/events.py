@@ -5,8 +5,10 @@ Every event is one JSON object (encoded with orjson) with the same envelope:
     {"v": 1, "type": "metrics", "team": "acme", "project": "mnist",
      "run_id": "3f9a1c2b", "seq": 17, "ts": 1764100000.25, "data": {...}}
 
-``(team, project, run_id, seq)`` identifies an event: the SDK numbers each run's
-events 0, 1, 2, ... across all topics, so a resend, a replay or a duplicate
+``(team, project, run_id, seq)`` identifies an event: the SDK gives each of a
+run's events, across all topics, a larger number than the one before (an
+unsigned 64-bit integer: the session's start time in the high 32 bits, a counter
+below, so a resumed run keeps increasing), so a resend, a replay or a duplicate
 delivery can be recognised and changes nothing downstream.
 
 ``data`` is specific to the type (see ``_PAYLOAD_CHECKS``). High-volume payloads

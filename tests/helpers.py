@@ -34,3 +34,74 @@ def metrics_event(seq: int = 0, run_id: str = "run1", steps: range = range(3), *
         "values": {"loss": [1.0 / (s + 1) for s in steps], "acc": [s / 10 for s in steps]},
     }
     return make_event(events.METRICS, data, seq=seq, run_id=run_id, **envelope)
+
+
+def spooled_events(run_dir: str) -> list[events.Event]:
+    """Every event a finished run wrote to its spool (acknowledged or not), validated against the contract."""
+    from pathlib import Path
+
+    from runstream.spool import Cursor, Spool
+
+    spool = Spool(Path(run_dir) / "spool", writer=False)
+    try:
+        records, _ = spool.read(Cursor(min(spool.segments(), default=1), 0), max_bytes=1 << 30)
+    finally:
+        spool.close()
+    decoded = [events.decode(event) for _, event in records]
+    assert [t for t, _ in records] == [e.topic.name for e in decoded], "each record is spooled under its topic"
+    return decoded
+
+
+def metric_points(evs: list[events.Event]) -> list[tuple[int, str, float]]:
+    """(step, metric, value) for every logged point in metrics events."""
+    out = []
+    for event in evs:
+        if event.type == events.METRICS:
+            for name, column in event.data["values"].items():
+                for step, value in zip(event.data["step"], column):
+                    if value is not None:
+                        out.append((step, name, events.decode_value(value)))
+    return out
+
+
+async def consume_events(bootstrap: str, topics: list[str], project: str, done, timeout: float = 60.0) -> list[events.Event]:
+    """Events of ``project`` from the start of ``topics``, in arrival order, until ``done(events)`` or timeout."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=unique("c"))
+    await consumer.start()
+    found: list[events.Event] = []
+    marker = f'"project":"{project}"'.encode()
+    try:
+        deadline = time.monotonic() + timeout
+        while not done(found) and time.monotonic() < deadline:
+            batches = await asyncio.wait_for(consumer.getmany(timeout_ms=500), timeout=30)
+            for messages in batches.values():
+                found += [events.decode(m.value) for m in messages if marker in m.value]
+    finally:
+        await consumer.stop()
+    return found
+
+
+def training_script(dir: str, url: str, project: str, run_id: str, steps: int, extra: str = "", pause: float = 0.0) -> str:
+    """A training loop that logs two metrics per step, then prints its FinishResult and slowest log() as JSON."""
+    return f"""
+import json, time, runstream
+run = runstream.init(project={project!r}, id={run_id!r}, dir={dir!r},
+                     settings={{"url": {url!r}, "console": False, "system_metrics": False, "git": False,
+                               "finish_timeout": 60}})
+print("started", flush=True)
+slowest = 0.0
+for step in range({steps}):
+    t = time.perf_counter()
+    run.log({{"loss": 1.0 / (step + 1), "acc": step / {steps}}})
+    slowest = max(slowest, time.perf_counter() - t)
+    if {pause}:
+        time.sleep({pause})
+{extra}
+result = run.finish()
+print(json.dumps({{"acked": result.acked_events, "unacked": result.unacked_events, "points": result.points,
+                  "slowest_log_s": slowest}}), flush=True)
+"""

@@ -1,0 +1,354 @@
+"""The background sender: turns what the run collected into events, spools and sends them.
+
+The training thread only appends to lists (``rows``, ``media``) and a deque
+(``put``); everything else happens on the sender's own thread, which runs an
+asyncio loop with two tasks:
+
+- **drain**, every ``flush_interval``: logged rows become columnar ``metrics``
+  events (many steps each), queued items become their events; each gets the next
+  sequence number and is appended to the spool (one write per drain);
+- **pump**: reads the spool from the acknowledged cursor, sends through the
+  transport, and moves the cursor once the transport acknowledged. A failed send
+  is retried with backoff while drain keeps spooling, so memory stays bounded
+  by one drain's worth of rows and the training loop never waits.
+
+An error inside the sender is logged once and never reaches the training loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from runstream import events
+from runstream.events import encode_value
+from runstream.spool import Spool
+from runstream.summary import MetricStats
+from runstream.transport import Transport, TransportError
+
+log = logging.getLogger("runstream")
+
+#: Upper bounds for one metrics event: keeps it well under Kafka's 1 MB message limit.
+MAX_POINTS_PER_EVENT = 20_000
+MAX_ROWS_PER_EVENT = 5_000
+MAX_CONSOLE_BYTES_PER_EVENT = 256_000
+
+Row = tuple[int, float, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    team: str
+    project: str
+    run_id: str
+
+    @property
+    def key(self) -> bytes:
+        return events.run_key(self.team, self.project, self.run_id)
+
+
+@dataclass(frozen=True)
+class FinishResult:
+    """What ``finish()`` could deliver within its bound; the rest stays in the spool for ``runstream sync``."""
+
+    acked_events: int
+    unacked_events: int
+    points: int
+    spool_dir: str
+
+    def __getitem__(self, key: str) -> Any:  # dict-like access, e.g. result["unacked_events"]
+        return getattr(self, key)
+
+
+def metric_batches(rows: list[Row], stats: MetricStats | None = None) -> Iterator[tuple[dict[str, Any], int]]:
+    """Columnar ``metrics`` payloads for logged rows, each with its point count; also feeds ``stats``.
+
+    NaN and ±Inf are encoded for JSON here (see ``events.encode_value``).
+    """
+    n = len(rows)
+    i = 0
+    while i < n:
+        j, points = i, 0
+        while j < n and j - i < MAX_ROWS_PER_EVENT and points < MAX_POINTS_PER_EVENT:
+            points += len(rows[j][2])
+            j += 1
+        chunk = rows[i:j]
+        m = len(chunk)
+        columns: dict[str, list] = {}
+        points = 0
+        for index, (_, _, values) in enumerate(chunk):
+            for key, value in values.items():
+                column = columns.get(key)
+                if column is None:
+                    column = columns[key] = [None] * m
+                column[index] = value
+        for key, column in columns.items():
+            present = [v for v in column if v is not None] if None in column else column
+            points += len(present)
+            total = sum(present)
+            if total - total == 0:  # all finite (a NaN or ±Inf makes the sum non-finite)
+                if stats is not None:
+                    stats.add_finite_column(key, present, total)
+            else:
+                for index, value in enumerate(column):
+                    if value is not None:
+                        if stats is not None:
+                            stats.add(key, value)
+                        column[index] = encode_value(value)
+        yield {"step": [r[0] for r in chunk], "time": [r[1] for r in chunk], "values": columns}, points
+        i = j
+
+
+def console_batches(lines: list[tuple[float, str, str]]) -> Iterator[dict[str, Any]]:
+    batch: list[tuple[float, str, str]] = []
+    size = 0
+    for line in lines:
+        batch.append(line)
+        size += len(line[2]) + 32
+        if size >= MAX_CONSOLE_BYTES_PER_EVENT or len(batch) >= MAX_ROWS_PER_EVENT:
+            yield _console_payload(batch)
+            batch, size = [], 0
+    if batch:
+        yield _console_payload(batch)
+
+
+def _console_payload(batch: list[tuple[float, str, str]]) -> dict[str, Any]:
+    return {"time": [b[0] for b in batch], "stream": [b[1] for b in batch], "line": [b[2] for b in batch]}
+
+
+class Sender:
+    def __init__(
+        self,
+        identity: RunIdentity,
+        spool: Spool,
+        transport: Transport | None,
+        *,
+        seq_start: int,
+        stats: MetricStats,
+        files_dir: Path,
+        flush_interval: float = 0.25,
+        heartbeat_interval: float = 15.0,
+    ) -> None:
+        self.identity = identity
+        self.spool = spool
+        self.transport = transport
+        self.stats = stats
+        self.files_dir = files_dir
+        self.flush_interval = flush_interval
+        self.heartbeat_interval = heartbeat_interval
+        #: (step, time, {key: value}) appended by ``log()`` on the training thread.
+        self.rows: list[Row] = []
+        #: (step, time, key, Media) appended by ``log()``; encoded to files here.
+        self.media: list[tuple[int, float, str, Any]] = []
+        self._queue: deque[tuple[str, dict[str, Any], float]] = deque()
+        self._console: deque[tuple[float, str, str]] = deque()
+        self._seq = seq_start
+        self._lock = threading.Lock()  # drain may also run on the training thread (summary reads)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._stopping = False
+        self._deadline = 0.0
+        self._last_heartbeat = 0.0
+        self.last_step = 0
+        self.points = 0
+        self.spooled_events = 0
+        self.acked_events = 0
+        self._reported: set[str] = set()
+
+    # -- called from any thread --------------------------------------------------------
+    def put(self, etype: str, data: dict[str, Any], ts: float | None = None) -> None:
+        self._queue.append((etype, data, ts if ts is not None else time.time()))
+
+    def put_console(self, lines: list[tuple[float, str, str]]) -> None:
+        self._console.extend(lines)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._thread_main, name="runstream-sender", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # the loop has closed
+                pass
+
+    def finish(self, timeout: float) -> FinishResult:
+        """Drain everything, wait up to ``timeout`` s for acknowledgements, stop. Never hangs."""
+        self._deadline = time.monotonic() + timeout
+        self._stopping = True
+        if self._thread is not None:
+            self.wake()
+            self._thread.join(timeout + 5)
+        else:
+            self.drain()
+        pending = self._count_unacked()
+        with self._lock:
+            (self.spool.dir / "last_seq").write_text(f"{self._seq - 1}\n")  # a resumed run continues after it
+            self.spool.close()  # releases the spool's lock: `runstream sync` may take it from here
+        return FinishResult(self.acked_events, pending, self.points, str(self.spool.dir))
+
+    # -- the sender thread ------------------------------------------------------------
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # noqa: BLE001 - nothing may escape into the user's process
+            self._report("sender", exc)
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        data_ready, idle = asyncio.Event(), asyncio.Event()
+        pump = asyncio.create_task(self._pump(data_ready, idle)) if self.transport else None
+        self._last_heartbeat = time.monotonic()  # run_start says the run is alive
+        while not self._stopping:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if not self._stopping:  # nothing may follow run_finish
+                self._heartbeat()
+            self._safe_drain()
+            data_ready.set()
+        self._safe_drain()
+        if pump is not None:
+            idle.clear()
+            data_ready.set()
+            try:
+                await asyncio.wait_for(idle.wait(), max(0.0, self._deadline - time.monotonic()))
+            except TimeoutError:
+                pass
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+            await self.transport.close()
+
+    async def _pump(self, data_ready: asyncio.Event, idle: asyncio.Event) -> None:
+        cursor = self.spool.acked_cursor()
+        backoff = 0.2
+        while True:
+            with self._lock:
+                records, after = self.spool.read(cursor)
+            if not records:
+                idle.set()
+                await data_ready.wait()
+                data_ready.clear()
+                continue
+            idle.clear()
+            try:
+                await self.transport.send(records, self.identity.key)
+            except TransportError as exc:
+                self._report("send", exc, "events stay in the spool and are retried")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            with self._lock:
+                self.spool.ack(after)
+            cursor = after
+            self.acked_events += len(records)
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat >= self.heartbeat_interval:
+            self._last_heartbeat = now
+            self.put(events.HEARTBEAT, {"step": self.last_step})
+
+    # -- building events ------------------------------------------------------------------
+    def _safe_drain(self) -> None:
+        try:
+            self.drain()
+        except Exception as exc:  # noqa: BLE001
+            self._report("drain", exc)
+
+    def drain(self) -> None:
+        """Turn everything collected so far into spooled events (any thread)."""
+        with self._lock:
+            self._drain_queue()  # before the rows: run_start precedes the first metrics
+            # The run holds this very list: take a prefix in place (appends meanwhile land after it).
+            count = len(self.rows)
+            rows = self.rows[:count]
+            del self.rows[:count]
+            for payload, points in metric_batches(rows, self.stats):
+                self.points += points
+                self._spool(events.METRICS, payload, time.time())
+            if rows:
+                self.last_step = max(self.last_step, rows[-1][0])
+            self._drain_media()
+            if self._console:
+                lines = [self._console.popleft() for _ in range(len(self._console))]
+                for payload in console_batches(lines):
+                    self._spool(events.CONSOLE, payload, time.time())
+            self._drain_queue()  # what the media produced
+            self.spool.flush()
+
+    def _drain_queue(self) -> None:
+        while self._queue:
+            etype, data, ts = self._queue.popleft()
+            self._spool(etype, data, ts)
+
+    def _drain_media(self) -> None:
+        media, self.media = self.media, []
+        for step, ts, key, item in media:
+            try:
+                stored = item.to_file(self.files_dir, key, step)
+            except Exception as exc:  # noqa: BLE001 - one bad image must not stop the run
+                self._report(f"media:{key}", exc)
+                continue
+            self._queue.append((events.FILE, file_event_data(stored.path, "media", stored, step=step, key=key), ts))
+
+    def _spool(self, etype: str, data: dict[str, Any], ts: float) -> None:
+        envelope = {
+            "v": events.SCHEMA_VERSION,
+            "type": etype,
+            "team": self.identity.team,
+            "project": self.identity.project,
+            "run_id": self.identity.run_id,
+            "seq": self._seq,
+            "ts": ts,
+            "data": data,
+        }
+        self._seq += 1
+        self.spool.append(events.TOPIC_OF_TYPE[etype].name, orjson.dumps(envelope))
+        self.spooled_events += 1
+
+    def _count_unacked(self) -> int:
+        with self._lock:
+            return self.spool.count()
+
+    def _report(self, where: str, exc: BaseException, consequence: str = "") -> None:
+        if where not in self._reported:  # once per kind: a dead broker must not flood stderr
+            self._reported.add(where)
+            log.warning("runstream: %s failed: %s%s", where, exc, f" ({consequence})" if consequence else "")
+
+
+def file_event_data(path: str, kind: str, stored: Any, step: int | None = None, key: str | None = None) -> dict:
+    """The ``file`` event for a stored blob (``stored`` has size, sha256, media_type, meta)."""
+    data: dict[str, Any] = {
+        "path": path,
+        "kind": kind,
+        "size": stored.size,
+        "sha256": stored.sha256,
+        "store_key": path,
+    }
+    if step is not None:
+        data["step"] = step
+    if getattr(stored, "media_type", None):
+        data["media_type"] = stored.media_type
+    meta = dict(getattr(stored, "meta", {}) or {})
+    if key is not None:
+        meta["key"] = key
+    if meta:
+        data["meta"] = meta
+    return data

@@ -1,0 +1,63 @@
+"""Turning user values into what events carry: JSON-safe config, float metrics, flat keys."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+
+def to_scalar(value: Any) -> float | None:
+    """A loggable number as a float (bools as 0/1), or None when the value is not a scalar.
+
+    numpy and torch scalars are recognised without importing either library.
+    """
+    t = type(value)
+    if t is float or t is int:
+        return float(value)
+    if t is bool:
+        return 1.0 if value else 0.0
+    module = t.__module__
+    if module == "numpy" or module.startswith("numpy."):
+        if getattr(value, "ndim", None) == 0 and getattr(value.dtype, "kind", "") in "biuf":
+            return float(value)
+        return None
+    if module.startswith("torch") and getattr(value, "ndim", None) == 0 and not value.is_complex():
+        return float(value.item())
+    if isinstance(value, (int, float)):  # subclasses: IntEnum, numbers from other libraries
+        return float(value)
+    return None
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts become ``a/b`` keys, as wandb shows them."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise TypeError(f"log() keys must be strings, got {key!r} ({type(key).__name__})")
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def json_safe(value: Any) -> Any:
+    """Config and summary values as JSON can carry them (numpy scalars, tuples, sets, paths, ...)."""
+    if value is None or type(value) in (str, bool, int):
+        return value
+    if type(value) is float:
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in value]
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):  # numpy and torch scalars and arrays
+        return json_safe(tolist())
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return json_safe(float(value))
+    return str(value)

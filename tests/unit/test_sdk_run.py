@@ -1,0 +1,252 @@
+"""The SDK's surface in offline mode: what a training script calls and what lands in the spool."""
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import runstream
+from runstream import events
+from runstream.config import ConfigError
+from tests.helpers import metric_points, spooled_events
+
+QUIET = {"console": False, "system_metrics": False, "git": False}
+
+
+@pytest.fixture
+def run(tmp_path):
+    r = runstream.init(project="proj", entity="team", mode="offline", dir=tmp_path, settings=QUIET)
+    yield r
+    r.finish()
+
+
+def test_log_flattens_converts_and_keeps_every_step(run):
+    run.log({"loss": 1.0, "acc": 0.5})
+    run.log({"loss": 0.5, "acc": 0.6})
+    run.log({"train": {"loss": 2, "ok": True}, "np": np.float32(0.25), "i": np.int64(3)}, step=10)
+    run.log({"loss": 9.0}, step=1)  # out of order: kept (wandb drops it)
+    run.log({"loss": 8.0}, step=1)  # repeated: kept
+    run.log({"loss": float("nan"), "up": float("inf"), "down": -math.inf})
+    run.finish()
+    points = metric_points(spooled_events(run.dir))
+    assert (0, "loss", 1.0) in points and (1, "acc", 0.6) in points
+    assert {(10, "train/loss", 2.0), (10, "train/ok", 1.0), (10, "np", 0.25), (10, "i", 3.0)} <= set(points)
+    assert [p for p in points if p[0] == 1 and p[1] == "loss"] == [(1, "loss", 0.5), (1, "loss", 9.0), (1, "loss", 8.0)]
+    last = [p for p in points if p[0] == 11]
+    assert math.isnan(next(v for s, k, v in last if k == "loss"))
+    assert (11, "up", math.inf) in last and (11, "down", -math.inf) in last
+
+
+def test_commit_false_merges_into_one_row(run):
+    run.log({"a": 1.0}, commit=False)
+    run.log({"b": 2.0}, commit=False)
+    run.log({"c": 3.0})
+    run.log({"a": 4.0})
+    run.finish()
+    assert sorted(metric_points(spooled_events(run.dir))) == [(0, "a", 1.0), (0, "b", 2.0), (0, "c", 3.0), (1, "a", 4.0)]
+
+
+@pytest.mark.parametrize(
+    "args,error",
+    [
+        (([1, 2],), TypeError),
+        (({"x": 1.0}, "3"), TypeError),
+        (({"x": 1.0}, -1), ValueError),
+        (({"x": object()},), TypeError),
+        (({1: 2.0},), TypeError),
+        (({"": 2.0},), ValueError),
+    ],
+)
+def test_wrong_arguments_raise_clearly_in_the_caller(run, args, error):
+    with pytest.raises(error):
+        run.log(*args)
+    run.log({"fine": 1.0})  # the run is unharmed
+
+
+def test_numpy_step_is_accepted(run):
+    run.log({"x": 1.0}, step=np.int64(7))
+    assert run.step == 8
+
+
+def test_config_rules(run):
+    run.config.lr = 0.1
+    run.config["batch"] = 32
+    run.config.update({"optimizer": "adam", "betas": (0.9, 0.99)})
+    assert run.config.lr == 0.1 and run.config["batch"] == 32 and run.config.betas == [0.9, 0.99]
+    run.config.lr = 0.1  # same value: fine
+    with pytest.raises(ConfigError, match="allow_val_change=True"):
+        run.config.lr = 0.2
+    run.config.update({"lr": 0.2}, allow_val_change=True)
+    run.config.update(argparse.Namespace(seed=7))
+    assert run.config.as_dict() == {"lr": 0.2, "batch": 32, "optimizer": "adam", "betas": [0.9, 0.99], "seed": 7}
+    with pytest.raises(AttributeError):
+        run.config.missing
+    run.finish()
+    updates = [e.data["config"] for e in spooled_events(run.dir) if e.type == events.RUN_UPDATE and "config" in e.data]
+    merged = {}
+    for update in updates:
+        merged.update(update)
+    assert merged == run.config.as_dict()
+
+
+def test_config_at_init_travels_in_run_start(tmp_path):
+    r = runstream.init(project="p", mode="offline", dir=tmp_path, settings=QUIET, config={"lr": 0.01}, tags=["a"], group="g")
+    r.finish()
+    start = [e for e in spooled_events(r.dir) if e.type == events.RUN_START]
+    assert len(start) == 1
+    assert start[0].data["config"] == {"lr": 0.01} and start[0].data["tags"] == ["a"] and start[0].data["group"] == "g"
+
+
+def test_summary_last_by_default_and_define_metric(run):
+    run.define_metric("val/*", summary="max", goal="maximize")
+    run.define_metric("loss", summary="min")
+    run.define_metric("noise", summary="none")
+    for i, (loss, acc, noise) in enumerate([(3.0, 0.1, 1), (1.0, 0.9, 2), (2.0, 0.5, 3)]):
+        run.log({"loss": loss, "val/acc": acc, "noise": noise, "lr": 0.1 / (i + 1)})
+    assert run.summary["loss"] == 1.0 and run.summary["val/acc"] == 0.9
+    assert run.summary["lr"] == pytest.approx(0.1 / 3)  # last
+    assert "noise" not in run.summary
+    run.summary["best_epoch"] = 1
+    run.summary["loss"] = 0.123  # explicit wins
+    assert run.summary["loss"] == 0.123 and run.summary["best_epoch"] == 1
+    run.finish()
+    evs = spooled_events(run.dir)
+    defined = [d["name"] for e in evs if e.type == events.RUN_UPDATE for d in e.data.get("define_metric", [])]
+    assert defined == ["val/*", "loss", "noise"]
+    final = [e for e in evs if e.type == events.RUN_UPDATE and "summary" in e.data][-1]
+    assert final.data["summary"]["loss"] == 0.123 and final.data["summary"]["val/acc"] == 0.9
+
+
+def test_alert_and_wait_duration(run):
+    run.alert("loss is nan", "at step 3", level=runstream.AlertLevel.WARN)
+    run.alert("slow", "step took 10 s", wait_duration=300)
+    run.alert("slow", "again", wait_duration=300)  # within the wait: dropped
+    with pytest.raises(ValueError):
+        run.alert("x", "y", level="PANIC")
+    run.finish()
+    alerts = [e.data for e in spooled_events(run.dir) if e.type == events.ALERT]
+    assert [(a["title"], a["level"]) for a in alerts] == [("loss is nan", "WARN"), ("slow", "INFO")]
+
+
+def test_save_copies_files_and_announces_them(run, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.pt").write_bytes(b"weights")
+    (ckpt / "notes.txt").write_text("hi")
+    assert sorted(run.save(str(ckpt / "*"), base_path=str(tmp_path))) == ["ckpt/model.pt", "ckpt/notes.txt"]
+    (ckpt / "model.pt").write_bytes(b"better weights")  # live: uploaded again at finish
+    run.finish()
+    files = [e.data for e in spooled_events(run.dir) if e.type == events.FILE and e.data["kind"] == "file"]
+    assert [(f["path"], f["size"]) for f in files] == [("ckpt/model.pt", 7), ("ckpt/notes.txt", 2), ("ckpt/model.pt", 14)]
+    assert (tmp_path.glob("runstream/run-*/files/ckpt/model.pt").__next__()).read_bytes() == b"better weights"
+
+
+def test_every_spooled_event_follows_the_contract_and_seq_increases(run):
+    for i in range(3000):
+        run.log({"a": i, "b": i / 2})
+    run.alert("t", "x")
+    run.finish()
+    evs = spooled_events(run.dir)
+    seqs = [e.seq for e in evs]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert evs[0].type == events.RUN_START and evs[-1].type == events.RUN_FINISH
+    assert {(e.team, e.project, e.run_id) for e in evs} == {("team", "proj", run.id)}
+    assert evs[-1].data == {"state": "finished", "exit_code": None}
+
+
+def test_finish_result_and_idempotent_finish(run):
+    run.log({"x": 1.0})
+    result = run.finish()
+    assert result["points"] == 1 and result.unacked_events > 0 and result.acked_events == 0  # offline
+    assert run.finish() is result
+
+
+def test_module_level_api_like_wandb(tmp_path):
+    with pytest.raises(runstream.Error, match="init"):
+        runstream.log({"x": 1})
+    with pytest.raises(runstream.Error):
+        runstream.config.lr
+    r = runstream.init(project="p", mode="offline", dir=tmp_path, settings=QUIET, config={"lr": 1})
+    assert runstream.run is r and runstream.config is r.config and runstream.summary is r.summary
+    runstream.log({"x": 2.0})
+    runstream.define_metric("x", summary="max")
+    runstream.finish()
+    assert runstream.run is None
+    assert (2, "x", 2.0) not in metric_points(spooled_events(r.dir)) and (0, "x", 2.0) in metric_points(spooled_events(r.dir))
+
+
+def test_context_manager_marks_failures(tmp_path):
+    with pytest.raises(ZeroDivisionError):
+        with runstream.init(project="p", mode="offline", dir=tmp_path, settings=QUIET) as r:
+            r.log({"x": 1.0})
+            1 / 0
+    finish = [e for e in spooled_events(r.dir) if e.type == events.RUN_FINISH][0]
+    assert finish.data["state"] == "failed" and "ZeroDivisionError" in finish.data["traceback"]
+
+
+def test_disabled_mode_does_nothing(tmp_path):
+    r = runstream.init(project="p", mode="disabled", dir=tmp_path)
+    r.log({"x": 1.0})
+    r.config.update({"a": 1})
+    r.finish()
+    assert not (tmp_path / "runstream").exists()
+
+
+def test_resume_rules(tmp_path):
+    r = runstream.init(project="p", id="fixed1", mode="offline", dir=tmp_path, settings=QUIET)
+    r.log({"x": 1.0})
+    r.finish()
+    with pytest.raises(runstream.Error, match="resume='never'"):
+        runstream.init(project="p", id="fixed1", resume="never", mode="offline", dir=tmp_path, settings=QUIET)
+    with pytest.raises(runstream.Error, match="resume='must'"):
+        runstream.init(project="p", id="other1", resume="must", mode="offline", dir=tmp_path, settings=QUIET)
+    again = runstream.init(project="p", id="fixed1", resume="allow", mode="offline", dir=tmp_path, settings=QUIET)
+    assert again.dir == r.dir and again.resumed
+    again.log({"x": 2.0}, step=1)
+    again.finish()
+    evs = spooled_events(r.dir)
+    seqs = [e.seq for e in evs]
+    assert len(set(seqs)) == len(seqs), "a resumed run never reuses a sequence number"
+    assert [e.data["resumed"] for e in evs if e.type == events.RUN_START] == [False, True]
+
+
+def test_uncaught_exception_in_a_script_marks_the_run_failed(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import runstream
+        run = runstream.init(project="p", mode="offline", dir={str(tmp_path)!r},
+                             settings={{"console": False, "system_metrics": False, "git": False}})
+        run.log({{"x": 1.0}})
+        raise RuntimeError("boom")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "RuntimeError: boom" in result.stderr
+    run_dir = next((tmp_path / "runstream").glob("run-*"))
+    finish = [e for e in spooled_events(run_dir) if e.type == events.RUN_FINISH]
+    assert finish[0].data["state"] == "failed" and "boom" in finish[0].data["traceback"]
+
+
+def test_sigterm_marks_the_run_killed(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import runstream, time
+        run = runstream.init(project="p", mode="offline", dir={str(tmp_path)!r},
+                             settings={{"console": False, "system_metrics": False, "git": False}})
+        run.log({{"x": 1.0}})
+        print("ready", flush=True)
+        time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.terminate()
+    assert proc.wait(timeout=30) == -15
+    run_dir = next((tmp_path / "runstream").glob("run-*"))
+    finish = [e for e in spooled_events(run_dir) if e.type == events.RUN_FINISH]
+    assert finish[0].data["state"] == "killed"
