@@ -247,6 +247,7 @@ class Sender:
                 continue
             idle.clear()
             try:
+                await upload_files(self.transport, self.identity, self.files_dir, records)
                 await self.transport.send(records, self.identity.key)
             except TransportError as exc:
                 self._report("send", exc, "events stay in the spool and are retried")
@@ -331,6 +332,28 @@ class Sender:
         if where not in self._reported:  # once per kind: a dead broker must not flood stderr
             self._reported.add(where)
             log.warning("runstream: %s failed: %s%s", where, exc, f" ({consequence})" if consequence else "")
+
+
+async def upload_files(transport: Transport, identity: RunIdentity, files_dir: Path, records: list[tuple[str, bytes]]) -> None:
+    """Upload the blobs that ``file`` events among ``records`` announce, before the events go out.
+
+    Only a transport with a file store (HTTP) uploads; with Kafka the blobs stay in the
+    run's files directory (not uploaded yet).
+    """
+    upload = getattr(transport, "upload", None)
+    if upload is None:
+        return
+    run_path = f"{identity.team}/{identity.project}/{identity.run_id}"
+    for topic, raw in records:
+        if topic != events.TOPIC_FILES.name:
+            continue
+        data = orjson.loads(raw)["data"]
+        try:
+            blob = (files_dir / data["path"]).read_bytes()
+        except FileNotFoundError:
+            log.warning("runstream: %s was deleted before upload; its metadata is sent without it", data["path"])
+            continue
+        await upload(run_path, data["store_key"], blob, data["sha256"])
 
 
 def file_event_data(path: str, kind: str, stored: Any, step: int | None = None, key: str | None = None) -> dict:

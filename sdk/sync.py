@@ -14,8 +14,8 @@ from pathlib import Path
 
 import orjson
 
-from runstream import events
 from runstream.run import RUNS_DIR_NAME
+from runstream.sender import RunIdentity, upload_files
 from runstream.spool import Spool, SpoolLocked
 from runstream.transport import TransportError, open_transport
 
@@ -51,7 +51,8 @@ async def sync_run(run_dir: Path, url: str | None, api_key: str = "", progress: 
         result.skipped = "the run is still running (its process holds the spool)"
         return result
     transport = open_transport(target, api_key)
-    key = events.run_key(meta["team"], meta["project"], meta["run_id"])
+    identity = RunIdentity(meta["team"], meta["project"], meta["run_id"])
+    key = identity.key
     bar = None
     try:
         total = spool.pending_bytes()
@@ -65,6 +66,7 @@ async def sync_run(run_dir: Path, url: str | None, api_key: str = "", progress: 
             if not records:
                 break
             try:
+                await upload_files(transport, identity, run_dir / "files", records)
                 await transport.send(records, key)
             except TransportError as exc:
                 result.skipped = f"sending failed after {result.sent} events: {exc}; run sync again later"

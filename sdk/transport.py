@@ -12,7 +12,6 @@ the sender then keeps the records in the spool and tries again later.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import urllib.error
 import urllib.request
@@ -130,10 +129,10 @@ class HttpTransport:
         body = b"\n".join(event for _, event in records) + b"\n"
         await asyncio.to_thread(self._request, "POST", INGEST_PATH, body, "application/x-ndjson")
 
-    async def upload(self, store_key: str, data: bytes, sha256: str) -> dict:
-        path = f"{FILES_PATH}/{quote(store_key)}?sha256={sha256}"
-        answer = await asyncio.to_thread(self._request, "PUT", path, data, "application/octet-stream")
-        return json.loads(answer or b"{}")
+    async def upload(self, run_path: str, store_key: str, data: bytes, sha256: str) -> None:
+        """Put a run file's bytes into the file store (``run_path`` is team/project/run_id)."""
+        path = f"{FILES_PATH}/{quote(run_path)}/{quote(store_key)}?sha256={sha256}"
+        await asyncio.to_thread(self._request, "PUT", path, data, "application/octet-stream")
 
     async def close(self) -> None:
         return None
