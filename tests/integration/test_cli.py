@@ -38,3 +38,21 @@ def test_topics_create_against_the_broker(kafka_bootstrap):
 def test_worker_without_kafka_says_what_to_set():
     result = run("worker", RUNSTREAM_KAFKA="")
     assert result.returncode == 2 and "RUNSTREAM_KAFKA" in result.stderr
+
+
+def test_sync_sends_an_offline_run_once(kafka_bootstrap, tmp_path):
+    import runstream
+
+    training = runstream.init(project="cli-sync", mode="offline", dir=tmp_path, settings={"console": False, "system_metrics": False, "git": False})
+    training.log({"x": 1.0})
+    training.finish()
+    first = run("sync", str(tmp_path), "--url", f"kafka://{kafka_bootstrap}", "--quiet")
+    assert first.returncode == 0, first.stderr
+    assert "sent 0 events" not in first.stdout and "sent" in first.stdout
+    second = run("sync", str(tmp_path), "--url", f"kafka://{kafka_bootstrap}", "--quiet")
+    assert second.returncode == 0 and "sent 0 events" in second.stdout
+
+
+def test_sync_of_an_empty_folder_says_so(tmp_path):
+    result = run("sync", str(tmp_path))
+    assert result.returncode == 1 and "no runs found" in result.stderr
