@@ -107,7 +107,7 @@ MAX_TEXT_LEN = 64_000
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}\Z")
 _RUN_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
-_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
 class InvalidEvent(ValueError):
@@ -176,7 +176,7 @@ def decode_value(x: float | int | str | None) -> float | None:
         return x
     if type(x) is int:
         return float(x)
-    return _NON_FINITE[x]
+    return NON_FINITE[x]
 
 
 # -- decoding and validation ----------------------------------------------------
@@ -278,7 +278,7 @@ def _is_str_list(x: Any) -> bool:
 
 
 def _is_metric_value(x: Any) -> bool:
-    return x is None or _is_number(x) or (type(x) is str and x in _NON_FINITE)
+    return x is None or _is_number(x) or (type(x) is str and x in NON_FINITE)
 
 
 def _check_columns(data: dict[str, Any], index_fields: tuple[str, ...]) -> int:
