@@ -71,6 +71,13 @@ def _find_run_dir(root: Path, run_id: str) -> Path | None:
     return matches[-1] if matches else None
 
 
+def _glob_base(pattern: str) -> Path:
+    """The directory a glob's matches are relative to: its parts before the first wildcard (wandb's default)."""
+    parts = Path(pattern).parts
+    first_wildcard = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts) - 1)
+    return Path(*parts[:first_wildcard]) if first_wildcard else Path(".")
+
+
 def _seq_start(spool_dir: Path) -> int:
     """Sequence numbers of a run only grow, also across resumes: the session's start time in the
     high 32 bits (a resume elsewhere starts above this session), and past this machine's last one."""
@@ -287,7 +294,7 @@ class Run:
         if policy not in ("live", "now", "end"):
             raise ValueError(f"save(policy=...) must be 'live', 'now' or 'end', got {policy!r}")
         pattern = os.fspath(glob_str)
-        base = Path(base_path) if base_path else Path(pattern).parent if not glob.has_magic(str(Path(pattern).parent)) else Path(".")
+        base = Path(base_path) if base_path else _glob_base(pattern)
         saved = []
         for match in sorted(glob.glob(pattern, recursive=True)):
             source = Path(match)
