@@ -131,12 +131,13 @@ class Run:
         self._files_dir.mkdir(parents=True, exist_ok=True)
         self._step = 0
         self._fast_keys: frozenset[str] = frozenset()
-        self._pending: dict[str, Any] | None = None
         self._pending_step = 0
         self._finished = False
         self._finish_result: FinishResult | None = None
         self._alert_times: dict[str, float] = {}
-        self._watched: list[tuple[Any, str, int]] = []
+        self._pending_row: dict[str, Any] | None = None
+        self._watched_models: list[tuple[Any, str, int]] = []
+        self._simple = True  # no uncommitted row and no watched model: log() may take its hot path
         self._saved: dict[Path, tuple[str, float]] = {}
         self._collectors: list[Any] = []
         identity = RunIdentity(team, project, run_id)
@@ -152,12 +153,27 @@ class Run:
             flush_interval=settings.flush_interval,
             heartbeat_interval=settings.heartbeat_interval,
         )
-        self._rows = self._sender.rows
+        self._append_row = self._sender.rows.append
         self.config = Config()  # changes travel as run_update events once the run has started
 
     # -- logging -----------------------------------------------------------------------
     def log(self, data: Mapping[str, Any], step: int | None = None, commit: bool | None = True) -> None:
         """Record one row of metrics (and media) at ``step`` (default: the next step)."""
+        # The hot path of every training loop: next step, known keys, plain numbers. Each
+        # attribute lookup counts here; everything else goes through _log_checked.
+        if step is None and commit is True and type(data) is dict and self._simple and data.keys() == self._fast_keys:
+            for value in data.values():
+                t = type(value)
+                if t is not float and t is not int:
+                    break
+            else:
+                step = self._step
+                self._append_row((step, _now(), data.copy()))
+                self._step = step + 1
+                return
+        self._log_checked(data, step, commit)
+
+    def _log_checked(self, data: Mapping[str, Any], step: int | None, commit: bool | None) -> None:
         if type(data) is not dict:
             if not isinstance(data, Mapping):
                 raise TypeError(f"run.log() takes a dict of metric names to values, got {type(data).__name__}")
@@ -173,8 +189,8 @@ class Run:
                 t = type(value)
                 if t is not float and t is not int:
                     break
-            else:  # the fast path: known keys, plain numbers
-                self._rows.append((step, time.time(), data.copy()))
+            else:  # known keys and plain numbers at an explicit step
+                self._append_row((step, _now(), data.copy()))
                 if step >= self._step:
                     self._step = step + 1
                 if self._watched:
@@ -224,9 +240,28 @@ class Run:
         if row:
             keys = frozenset(row)
             self._fast_keys = keys  # validated: the next row with these keys takes the fast path
-            self._rows.append((step, time.time(), row))
+            self._append_row((step, _now(), row))
         if step >= self._step:
             self._step = step + 1
+
+    # Whether log() can take its hot path follows from these two; keep the flag in step with them.
+    @property
+    def _pending(self) -> dict[str, Any] | None:
+        return self._pending_row
+
+    @_pending.setter
+    def _pending(self, row: dict[str, Any] | None) -> None:
+        self._pending_row = row
+        self._simple = row is None and not self._watched_models
+
+    @property
+    def _watched(self) -> list[tuple[Any, str, int]]:
+        return self._watched_models
+
+    @_watched.setter
+    def _watched(self, models: list[tuple[Any, str, int]]) -> None:
+        self._watched_models = models
+        self._simple = self._pending_row is None and not models
 
     @staticmethod
     def _check_step(step: Any) -> int:
@@ -338,7 +373,7 @@ class Run:
             if not hasattr(model, "named_parameters"):
                 raise TypeError(f"watch() takes a torch.nn.Module, got {type(model).__name__}")
             if log is not None:
-                self._watched.append((model, log, max(1, int(log_freq))))
+                self._watched = [*self._watched, (model, log, max(1, int(log_freq)))]
 
     def unwatch(self, models: Any = None) -> None:
         self._watched = [] if models is None else [w for w in self._watched if w[0] is not models]
@@ -445,6 +480,9 @@ class Run:
 
     def __repr__(self) -> str:
         return f"<runstream.Run {self.path} ({self.name})>"
+
+
+_now = time.time
 
 
 def _to_numpy(tensor: Any) -> Any:
