@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[2]
-PACKAGES = {"runstream": "sdk", "runstream.streams": "streams", "runstream.storage": "storage", "runstream.api": "api"}
+PACKAGES = {
+    "runstream": "sdk",
+    "runstream.collectors": "sdk/collectors",
+    "runstream.streams": "streams",
+    "runstream.storage": "storage",
+    "runstream.api": "api",
+}
 
 PROBE = """
 import importlib, importlib.util, json, sys

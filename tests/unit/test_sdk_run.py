@@ -250,3 +250,46 @@ def test_sigterm_marks_the_run_killed(tmp_path):
     run_dir = next((tmp_path / "runstream").glob("run-*"))
     finish = [e for e in spooled_events(run_dir) if e.type == events.RUN_FINISH]
     assert finish[0].data["state"] == "killed"
+
+
+class _FakeTensor:
+    """Just enough of a torch tensor for watch(): detach().cpu().float().numpy()."""
+
+    def __init__(self, values):
+        self._values = np.asarray(values, dtype=np.float32)
+        self.grad = None
+
+    def detach(self):
+        return self
+
+    def cpu(self):
+        return self
+
+    def float(self):
+        return self
+
+    def numpy(self):
+        return self._values
+
+
+class _FakeModel:
+    def __init__(self):
+        self.weight = _FakeTensor(np.linspace(-1, 1, 100))
+        self.weight.grad = _FakeTensor(np.full(100, 0.5))
+        self.bias = _FakeTensor(np.zeros(10))  # no gradient yet
+
+    def named_parameters(self):
+        return [("fc.weight", self.weight), ("fc.bias", self.bias)]
+
+
+def test_watch_logs_parameter_and_gradient_histograms_every_log_freq(run):
+    run.watch(_FakeModel(), log="all", log_freq=2)
+    for step in range(4):
+        run.log({"loss": 1.0 / (step + 1)})
+    with pytest.raises(TypeError):
+        run.watch(object())
+    run.finish()
+    media = [(e.data["step"], e.data["meta"]["key"]) for e in spooled_events(run.dir) if e.type == events.FILE]
+    assert sorted(media) == sorted(
+        (step, key) for step in (0, 2) for key in ("parameters/fc.weight", "parameters/fc.bias", "gradients/fc.weight")
+    )
