@@ -68,7 +68,7 @@ def unwatch(models: Any = None) -> None:
 
 def __getattr__(name: str) -> Any:
     # Media and the public API client load on first use: they pull in optional libraries.
-    if name in ("Image", "Histogram", "Table", "Plotly", "Html", "Object3D", "Video", "Audio"):
+    if name in ("Image", "Histogram", "Table", "Plotly"):
         from runstream import media
 
         return getattr(media, name)

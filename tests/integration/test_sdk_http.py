@@ -108,7 +108,8 @@ def test_saved_files_are_uploaded_before_their_event(receiver_factory, tmp_path)
     run = runstream.init(project="p", entity="acme", id="up1", dir=tmp_path, settings={**QUIET, "url": receiver.url})
     run.save(str(model), base_path=str(tmp_path), policy="now")
     assert run.finish().unacked_events == 0
-    assert receiver.files == {"/api/v1/files/acme/p/up1/model.bin": b"\x00weights\xff"}
+    assert receiver.files["/api/v1/files/acme/p/up1/model.bin"] == b"\x00weights\xff"
+    assert b"orjson==" in receiver.files["/api/v1/files/acme/p/up1/requirements.txt"]
     assert receiver.uploaded_before_event
-    announced = [e.data for e in receiver.events if e.type == events.FILE]
-    assert announced[0]["path"] == "model.bin" and announced[0]["size"] == 9
+    announced = {e.data["path"]: e.data for e in receiver.events if e.type == events.FILE}
+    assert announced["model.bin"]["size"] == 9 and announced["requirements.txt"]["kind"] == "requirements"

@@ -289,7 +289,11 @@ def test_watch_logs_parameter_and_gradient_histograms_every_log_freq(run):
     with pytest.raises(TypeError):
         run.watch(object())
     run.finish()
-    media = [(e.data["step"], e.data["meta"]["key"]) for e in spooled_events(run.dir) if e.type == events.FILE]
+    media = [
+        (e.data["step"], e.data["meta"]["key"])
+        for e in spooled_events(run.dir)
+        if e.type == events.FILE and e.data["kind"] == "media"
+    ]
     assert sorted(media) == sorted(
         (step, key) for step in (0, 2) for key in ("parameters/fc.weight", "parameters/fc.bias", "gradients/fc.weight")
     )
