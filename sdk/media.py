@@ -51,6 +51,10 @@ class Media:
         """The blob, its file extension and the event's meta."""
         raise NotImplementedError
 
+    def snapshot(self) -> Media:
+        """The value as ``log()`` saw it; values snapshotted when built return themselves."""
+        return self
+
     def to_file(self, files_dir: Path, key: str, step: int) -> MediaFile:
         blob, ext, meta = self._encode()
         digest = hashlib.sha256(blob).hexdigest()
@@ -234,10 +238,15 @@ class Table(Media):
             raise ValueError(f"Table row has {len(row)} values but the table has {len(self.columns)} columns {self.columns}")
         self.data.append([_cell(v) for v in row])
 
+    def snapshot(self) -> Table:
+        """A table keeps growing after it is logged; the logged copy holds the rows it had then."""
+        copy = Table.__new__(Table)
+        copy.columns, copy.data = list(self.columns), list(self.data)
+        return copy
+
     def _encode(self) -> tuple[bytes, str, dict[str, Any]]:
-        rows = list(self.data)  # rows added meanwhile by the training thread wait for the next log
-        blob = orjson.dumps({"columns": self.columns, "data": rows})
-        return blob, "json", {"rows": len(rows), "columns": len(self.columns)}
+        blob = orjson.dumps({"columns": self.columns, "data": self.data})
+        return blob, "json", {"rows": len(self.data), "columns": len(self.columns)}
 
 
 class Plotly(Media):

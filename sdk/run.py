@@ -216,7 +216,7 @@ class Run:
             if item is None and (isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) >= 1):
                 item = media_types.Histogram(value)  # wandb turns sequences into histograms too
             if item is not None:
-                self._sender.media.append((step, now, key, item))
+                self._sender.media.append((step, now, key, item.snapshot()))
             elif isinstance(value, str):
                 self._summary.update({key: value})  # text is not charted; keep the latest in the summary
             else:

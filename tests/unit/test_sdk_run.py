@@ -297,3 +297,13 @@ def test_watch_logs_parameter_and_gradient_histograms_every_log_freq(run):
     assert sorted(media) == sorted(
         (step, key) for step in (0, 2) for key in ("parameters/fc.weight", "parameters/fc.bias", "gradients/fc.weight")
     )
+
+
+def test_a_logged_table_keeps_the_rows_it_had_when_logged(run):
+    table = runstream.Table(columns=["a"], data=[[1]])
+    run.log({"t": table})
+    table.add_data(2)  # after logging: belongs to the next log, not this one
+    run.log({"t": table})
+    run.finish()
+    files = [e.data for e in spooled_events(run.dir) if e.type == events.FILE and e.data["kind"] == "media"]
+    assert [f["meta"]["rows"] for f in files] == [1, 2]
