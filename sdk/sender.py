@@ -82,15 +82,8 @@ def metric_batches(rows: list[Row], stats: MetricStats | None = None) -> Iterato
             points += len(rows[j][2])
             j += 1
         chunk = rows[i:j]
-        m = len(chunk)
-        columns: dict[str, list] = {}
+        columns = _columns(chunk)
         points = 0
-        for index, (_, _, values) in enumerate(chunk):
-            for key, value in values.items():
-                column = columns.get(key)
-                if column is None:
-                    column = columns[key] = [None] * m
-                column[index] = value
         for key, column in columns.items():
             present = [v for v in column if v is not None] if None in column else column
             points += len(present)
@@ -99,6 +92,7 @@ def metric_batches(rows: list[Row], stats: MetricStats | None = None) -> Iterato
                 if stats is not None:
                     stats.add_finite_column(key, present, total)
             else:
+                column = columns[key] = list(column)
                 for index, value in enumerate(column):
                     if value is not None:
                         if stats is not None:
@@ -106,6 +100,23 @@ def metric_batches(rows: list[Row], stats: MetricStats | None = None) -> Iterato
                         column[index] = encode_value(value)
         yield {"step": [r[0] for r in chunk], "time": [r[1] for r in chunk], "values": columns}, points
         i = j
+
+
+def _columns(chunk: list[Row]) -> dict[str, Any]:
+    """Rows to columns; ``None`` where a row did not log a key."""
+    keys = tuple(chunk[0][2])
+    if all(tuple(values) == keys for _, _, values in chunk):
+        # The usual case, every row logging the same keys: transpose in C (zip), no per-point Python.
+        return dict(zip(keys, zip(*(values.values() for _, _, values in chunk))))
+    m = len(chunk)
+    columns: dict[str, list] = {}
+    for index, (_, _, values) in enumerate(chunk):
+        for key, value in values.items():
+            column = columns.get(key)
+            if column is None:
+                column = columns[key] = [None] * m
+            column[index] = value
+    return columns
 
 
 def console_batches(lines: list[tuple[float, str, str]]) -> Iterator[dict[str, Any]]:
