@@ -153,7 +153,8 @@ class KafkaBroker:
         if (self.data_dir / "data" / "meta.properties").exists():
             return  # formatted before: a restart keeps the data
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        cmd = self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config))
+        # "=" form: a random id may start with "-", which argparse would take for an option.
+        cmd = self._java(libs, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config", str(config))
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"formatting KRaft storage failed:\n{result.stdout}{result.stderr}")
