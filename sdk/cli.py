@@ -67,7 +67,9 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
 def _sync(args: argparse.Namespace, settings: Settings) -> int:
     from runstream.sync import sync
 
-    results = sync(args.paths, url=args.url, api_key=settings.api_key, progress=not args.quiet)
+    results = sync(
+        args.paths, url=args.url, api_key=settings.api_key, progress=not args.quiet, files_url=args.files_url or settings.files_url
+    )
     if not results:
         print(f"no runs found in {', '.join(args.paths)}", file=sys.stderr)
         return 1
@@ -88,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("sync", help="send what runs left in their spools (offline runs, crashes, outages)")
     p.add_argument("paths", nargs="*", default=["."], help="run directories, or folders holding runstream/ (default: .)")
     p.add_argument("--url", help="where to send: http(s)://server or kafka://host:port (default: each run's own URL)")
+    p.add_argument("--files-url", help="where blobs go, http(s)://server (default: each run's own, or --url when it is http)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_sync)
 

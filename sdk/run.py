@@ -34,7 +34,7 @@ from runstream.run_settings import RunSettings
 from runstream.sender import FinishResult, RunIdentity, Sender, file_event_data
 from runstream.spool import Spool
 from runstream.summary import Summary, make_definition
-from runstream.transport import open_transport
+from runstream.transport import open_transport, open_uploader
 from runstream.values import flatten, json_safe, to_scalar
 
 log = logging.getLogger("runstream")
@@ -147,6 +147,7 @@ class Run:
             identity,
             Spool(run_dir / "spool"),
             transport,
+            uploader=open_uploader(transport, settings.files_url, settings.api_key),
             seq_start=_seq_start(run_dir / "spool"),
             stats=self._summary.stats,
             files_dir=self._files_dir,
@@ -569,7 +570,17 @@ def init(
         run.config.update(config if isinstance(config, Mapping) else vars(config), allow_val_change=True)
     start = _start_data(run, tags, group, job_type, notes)
     (run_dir / "run.json").write_bytes(
-        orjson.dumps({"team": team, "project": project, "run_id": run_id, "name": run.name, "url": run_settings.url, "mode": mode})
+        orjson.dumps(
+            {
+                "team": team,
+                "project": project,
+                "run_id": run_id,
+                "name": run.name,
+                "url": run_settings.url,
+                "files_url": run_settings.files_url,
+                "mode": mode,
+            }
+        )
     )
     if mode == "disabled":
         run._finished = True  # nothing is collected or sent

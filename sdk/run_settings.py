@@ -16,6 +16,8 @@ class RunSettings:
     #: Where events go: http(s)://server or kafka://host:port[,host:port]. Default: RUNSTREAM_URL.
     url: str = ""
     api_key: str = ""
+    #: Where file and media blobs go (http(s)://server); default: ``url`` when it is http(s). Default: RUNSTREAM_FILES_URL.
+    files_url: str = ""
     #: Collectors: system metrics (every ``system_interval`` s), console capture, git commit and diff.
     system_metrics: bool = True
     system_interval: float = 10.0
@@ -35,11 +37,13 @@ class RunSettings:
         scripts written for wandb keep working.
         """
         env = EnvSettings.from_env()
-        base = cls(url=env.url, api_key=env.api_key)
+        base = cls(url=env.url, api_key=env.api_key, files_url=env.files_url)
         if given is None:
             return base
         if isinstance(given, RunSettings):
-            return replace(given, url=given.url or base.url, api_key=given.api_key or base.api_key)
+            return replace(
+                given, url=given.url or base.url, api_key=given.api_key or base.api_key, files_url=given.files_url or base.files_url
+            )
         if isinstance(given, dict):
             values = dict(given)
         else:
@@ -54,3 +58,4 @@ class RunSettings:
 def Settings(**kwargs: Any) -> dict[str, Any]:  # noqa: N802 - named like wandb.Settings, which scripts call
     """``runstream.Settings(...)``/``wandb.Settings(...)``: keyword settings for ``init(settings=...)``."""
     return kwargs
+

@@ -33,7 +33,7 @@ from runstream import events
 from runstream.events import encode_value
 from runstream.spool import Spool
 from runstream.summary import MetricStats
-from runstream.transport import Transport, TransportError
+from runstream.transport import HttpTransport, Transport, TransportError
 
 log = logging.getLogger("runstream")
 
@@ -143,6 +143,7 @@ class Sender:
         spool: Spool,
         transport: Transport | None,
         *,
+        uploader: HttpTransport | None = None,
         seq_start: int,
         stats: MetricStats,
         files_dir: Path,
@@ -152,6 +153,7 @@ class Sender:
         self.identity = identity
         self.spool = spool
         self.transport = transport
+        self.uploader = uploader
         self.stats = stats
         self.files_dir = files_dir
         self.flush_interval = flush_interval
@@ -258,7 +260,7 @@ class Sender:
                 continue
             idle.clear()
             try:
-                await upload_files(self.transport, self.identity, self.files_dir, records)
+                await upload_files(self.uploader, self.identity, self.files_dir, records)
                 await self.transport.send(records, self.identity.key)
             except TransportError as exc:
                 self._report("send", exc, "events stay in the spool and are retried")
@@ -345,15 +347,16 @@ class Sender:
             log.warning("runstream: %s failed: %s%s", where, exc, f" ({consequence})" if consequence else "")
 
 
-async def upload_files(transport: Transport, identity: RunIdentity, files_dir: Path, records: list[tuple[str, bytes]]) -> None:
+async def upload_files(
+    uploader: HttpTransport | None, identity: RunIdentity, files_dir: Path, records: list[tuple[str, bytes]]
+) -> None:
     """Upload the blobs that ``file`` events among ``records`` announce, before the events go out.
 
-    Only a transport with a file store (HTTP) uploads; with Kafka the blobs stay in the
-    run's files directory (not uploaded yet).
+    Without an uploader (a Kafka run with no ``files_url``) the blobs stay in the run's files directory.
     """
-    upload = getattr(transport, "upload", None)
-    if upload is None:
+    if uploader is None:
         return
+    upload = uploader.upload
     run_path = f"{identity.team}/{identity.project}/{identity.run_id}"
     for topic, raw in records:
         if topic != events.TOPIC_FILES.name:

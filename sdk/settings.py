@@ -22,6 +22,8 @@ class Settings:
     url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
     #: API key the SDK and CLI present to the API.
     api_key: str = ""
+    #: Where runs upload file and media blobs (the API's http(s):// URL); default: ``url`` when it is http(s).
+    files_url: str = ""
     #: Kafka bootstrap servers of the cluster (workers, API); empty means embedded mode, without Kafka.
     kafka: str = ""
     #: ClickHouse DSN: clickhouse://user:password@host:8123/db, or chdb:///dir for the embedded engine.

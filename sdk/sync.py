@@ -17,7 +17,7 @@ import orjson
 from runstream.run import RUNS_DIR_NAME
 from runstream.sender import RunIdentity, upload_files
 from runstream.spool import Spool, SpoolLocked
-from runstream.transport import TransportError, open_transport
+from runstream.transport import TransportError, open_transport, open_uploader
 
 
 @dataclass
@@ -38,7 +38,9 @@ def find_run_dirs(paths: Iterable[str | Path]) -> Iterator[Path]:
             yield from sorted(p for p in path.glob("run-*") if (p / "spool").is_dir())
 
 
-async def sync_run(run_dir: Path, url: str | None, api_key: str = "", progress: bool = True) -> SyncResult:
+async def sync_run(
+    run_dir: Path, url: str | None, api_key: str = "", progress: bool = True, files_url: str | None = None
+) -> SyncResult:
     meta = orjson.loads((run_dir / "run.json").read_bytes())
     result = SyncResult(run_dir)
     target = url or meta.get("url")
@@ -51,6 +53,7 @@ async def sync_run(run_dir: Path, url: str | None, api_key: str = "", progress: 
         result.skipped = "the run is still running (its process holds the spool)"
         return result
     transport = open_transport(target, api_key)
+    uploader = open_uploader(transport, files_url or meta.get("files_url", ""), api_key)
     identity = RunIdentity(meta["team"], meta["project"], meta["run_id"])
     key = identity.key
     bar = None
@@ -66,7 +69,7 @@ async def sync_run(run_dir: Path, url: str | None, api_key: str = "", progress: 
             if not records:
                 break
             try:
-                await upload_files(transport, identity, run_dir / "files", records)
+                await upload_files(uploader, identity, run_dir / "files", records)
                 await transport.send(records, key)
             except TransportError as exc:
                 result.skipped = f"sending failed after {result.sent} events: {exc}; run sync again later"
@@ -84,8 +87,10 @@ async def sync_run(run_dir: Path, url: str | None, api_key: str = "", progress: 
     return result
 
 
-def sync(paths: Iterable[str | Path], url: str | None = None, api_key: str = "", progress: bool = True) -> list[SyncResult]:
+def sync(
+    paths: Iterable[str | Path], url: str | None = None, api_key: str = "", progress: bool = True, files_url: str | None = None
+) -> list[SyncResult]:
     async def run_all() -> list[SyncResult]:
-        return [await sync_run(run_dir, url, api_key, progress) for run_dir in find_run_dirs(paths)]
+        return [await sync_run(run_dir, url, api_key, progress, files_url) for run_dir in find_run_dirs(paths)]
 
     return asyncio.run(run_all())

@@ -49,6 +49,16 @@ def open_transport(url: str, api_key: str = "") -> Transport:
     raise ValueError(f"unsupported runstream URL {url!r}: use http(s)://server or kafka://host:port[,host:port]")
 
 
+def open_uploader(transport: Transport | None, files_url: str, api_key: str = "") -> HttpTransport | None:
+    """Where a run's blobs go: ``files_url``, else the transport itself when it is the API's HTTP one.
+
+    None (a Kafka run without ``files_url``) means the blobs stay in the run's files directory.
+    """
+    if files_url:
+        return HttpTransport(files_url, api_key)
+    return transport if isinstance(transport, HttpTransport) else None
+
+
 def _compression() -> str | None:
     from aiokafka.codec import has_lz4
 

@@ -113,3 +113,23 @@ def test_saved_files_are_uploaded_before_their_event(receiver_factory, tmp_path)
     assert receiver.uploaded_before_event
     announced = {e.data["path"]: e.data for e in receiver.events if e.type == events.FILE}
     assert announced["model.bin"]["size"] == 9 and announced["requirements.txt"]["kind"] == "requirements"
+
+
+def test_a_kafka_run_uploads_blobs_to_its_files_url(receiver_factory, kafka_bootstrap, tmp_path):
+    import asyncio
+
+    from tests.helpers import consume_events, unique
+
+    receiver = receiver_factory()
+    project = unique("blobs")
+    settings = {**QUIET, "url": f"kafka://{kafka_bootstrap}", "files_url": receiver.url}
+    run = runstream.init(project=project, entity="acme", id="kb1", dir=tmp_path, settings=settings)
+    run.log({"img": runstream.Histogram([1, 2, 2, 3])})
+    assert run.finish().unacked_events == 0
+    stored = [path for path in receiver.files if path.startswith(f"/api/v1/files/acme/{project}/kb1/media/")]
+    assert len(stored) == 1 and receiver.events == []  # blobs over HTTP, events through Kafka
+    announced = asyncio.run(
+        consume_events(kafka_bootstrap, [events.TOPIC_FILES.name], project, lambda e: any(x.data["kind"] == "media" for x in e))
+    )
+    media = [e.data for e in announced if e.data["kind"] == "media"]
+    assert stored[0].endswith(media[0]["store_key"])
