@@ -15,6 +15,11 @@ from runstream.run_settings import Settings
 
 __version__ = "0.1.0"
 
+__all__ = [
+    "AlertLevel", "Api", "Error", "Histogram", "Image", "Plotly", "Run", "Settings", "Table",
+    "alert", "config", "define_metric", "finish", "init", "log", "run", "save", "summary", "unwatch", "watch",
+]  # fmt: skip
+
 #: The active run (None before ``init()`` and after ``finish()``), like ``wandb.run``.
 run: Run | None = None
 

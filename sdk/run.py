@@ -96,14 +96,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class _StoredFile:
-    def __init__(self, path: Path) -> None:
-        self.size = path.stat().st_size
-        self.sha256 = _sha256(path)
-        self.media_type = None
-        self.meta: dict[str, Any] = {}
-
-
 class Run:
     """One tracked run. Create it with ``runstream.init()``."""
 
@@ -357,13 +349,13 @@ class Run:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
         self._saved[source] = (relative, mtime)
-        self._sender.put(events.FILE, file_event_data(relative, "file", _StoredFile(target)))
+        self._sender.put(events.FILE, file_event_data(relative, "file", target.stat().st_size, _sha256(target)))
 
     def _store_file(self, relative: str, content: bytes, kind: str) -> None:
         target = self._files_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)
-        self._sender.put(events.FILE, file_event_data(relative, kind, _StoredFile(target)))
+        self._sender.put(events.FILE, file_event_data(relative, kind, len(content), hashlib.sha256(content).hexdigest()))
 
     # -- torch ---------------------------------------------------------------------------
     def watch(self, models: Any, criterion: Any = None, log: str = "gradients", log_freq: int = 1000, **ignored: Any) -> None:

@@ -31,6 +31,7 @@ import orjson
 
 from runstream import events
 from runstream.events import encode_value
+from runstream.media import MediaFile
 from runstream.spool import Spool
 from runstream.summary import MetricStats
 from runstream.transport import HttpTransport, Transport, TransportError
@@ -320,7 +321,7 @@ class Sender:
             except Exception as exc:  # noqa: BLE001 - one bad image must not stop the run
                 self._report(f"media:{key}", exc)
                 continue
-            self._queue.append((events.FILE, file_event_data(stored.path, "media", stored, step=step, key=key), ts))
+            self._queue.append((events.FILE, media_event_data(stored, step, key), ts))
 
     def _spool(self, etype: str, data: dict[str, Any], ts: float) -> None:
         envelope = {
@@ -370,22 +371,13 @@ async def upload_files(
         await upload(run_path, data["store_key"], blob, data["sha256"])
 
 
-def file_event_data(path: str, kind: str, stored: Any, step: int | None = None, key: str | None = None) -> dict:
-    """The ``file`` event for a stored blob (``stored`` has size, sha256, media_type, meta)."""
-    data: dict[str, Any] = {
-        "path": path,
-        "kind": kind,
-        "size": stored.size,
-        "sha256": stored.sha256,
-        "store_key": path,
-    }
-    if step is not None:
-        data["step"] = step
-    if getattr(stored, "media_type", None):
-        data["media_type"] = stored.media_type
-    meta = dict(getattr(stored, "meta", {}) or {})
-    if key is not None:
-        meta["key"] = key
-    if meta:
-        data["meta"] = meta
+def media_event_data(stored: MediaFile, step: int, key: str) -> dict[str, Any]:
+    """The ``file`` event of a logged media value."""
+    data = file_event_data(stored.path, "media", stored.size, stored.sha256)
+    data.update(step=step, media_type=stored.media_type, meta={**stored.meta, "key": key})
     return data
+
+
+def file_event_data(path: str, kind: str, size: int, sha256: str) -> dict[str, Any]:
+    """The ``file`` event of a blob in the run's files directory (``path`` is relative to it)."""
+    return {"path": path, "kind": kind, "size": size, "sha256": sha256, "store_key": path}

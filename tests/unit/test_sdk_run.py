@@ -2,7 +2,6 @@
 
 import argparse
 import math
-import os
 import subprocess
 import sys
 import textwrap
@@ -215,17 +214,19 @@ def test_resume_rules(tmp_path):
     assert [e.data["resumed"] for e in evs if e.type == events.RUN_START] == [False, True]
 
 
+def _script(tmp_path, then: str) -> list[str]:
+    """A command running an offline run that logs one point, then does ``then``."""
+    body = f"""
+import runstream, time
+run = runstream.init(project="p", mode="offline", dir={str(tmp_path)!r}, settings={QUIET!r})
+run.log({{"x": 1.0}})
+{textwrap.dedent(then)}
+"""
+    return [sys.executable, "-c", body]
+
+
 def test_uncaught_exception_in_a_script_marks_the_run_failed(tmp_path):
-    script = textwrap.dedent(
-        f"""
-        import runstream
-        run = runstream.init(project="p", mode="offline", dir={str(tmp_path)!r},
-                             settings={{"console": False, "system_metrics": False, "git": False}})
-        run.log({{"x": 1.0}})
-        raise RuntimeError("boom")
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(_script(tmp_path, 'raise RuntimeError("boom")'), capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "RuntimeError: boom" in result.stderr
     run_dir = next((tmp_path / "runstream").glob("run-*"))
     finish = [e for e in spooled_events(run_dir) if e.type == events.RUN_FINISH]
@@ -233,17 +234,7 @@ def test_uncaught_exception_in_a_script_marks_the_run_failed(tmp_path):
 
 
 def test_sigterm_marks_the_run_killed(tmp_path):
-    script = textwrap.dedent(
-        f"""
-        import runstream, time
-        run = runstream.init(project="p", mode="offline", dir={str(tmp_path)!r},
-                             settings={{"console": False, "system_metrics": False, "git": False}})
-        run.log({{"x": 1.0}})
-        print("ready", flush=True)
-        time.sleep(60)
-        """
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_script(tmp_path, 'print("ready", flush=True)\ntime.sleep(60)'), stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     proc.terminate()
     assert proc.wait(timeout=30) == -15
