@@ -1,6 +1,6 @@
-"""The pipeline end to end on this machine: a sweep of simulated runs through
-a real Kafka broker and a Faust worker into the embedded ClickHouse engine,
-then a look at what landed.
+"""The pipeline end to end on this machine: a sweep of simulated runs logged
+through the runstream SDK into a real Kafka broker, a Faust worker writing them
+into the embedded ClickHouse engine, then a look at what landed.
 
     make demo      (or: python -m infra.pipeline_demo)
 
@@ -21,10 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
-
 from infra.kafka_broker import KafkaBroker
-from runstream import events
 from runstream.settings import DEFAULT_DATA_DIR, Settings
 from runstream.storage.client import connect
 from runstream.storage.migrations import migrate
@@ -48,26 +45,20 @@ def simulate_run(rng: random.Random, lr: float, steps: int) -> tuple[list[float]
     return loss, acc
 
 
-def metric_events(team: str, project: str, run_id: str, loss: list[float], acc: list[float], batch: int = 100):
-    start = time.time()
-    for seq, first in enumerate(range(0, len(loss), batch)):
-        steps = list(range(first, min(first + batch, len(loss))))
-        yield events.validate(
-            {
-                "v": events.SCHEMA_VERSION,
-                "type": events.METRICS,
-                "team": team,
-                "project": project,
-                "run_id": run_id,
-                "seq": seq,
-                "ts": time.time(),
-                "data": {
-                    "step": steps,
-                    "time": [start + s * 0.05 for s in steps],
-                    "values": {"train/loss": [loss[s] for s in steps], "train/acc": [acc[s] for s in steps]},
-                },
-            }
-        )
+def log_runs(url: str, project: str, configs: list[dict], steps: int, rng: random.Random, runs_dir: Path) -> None:
+    """Each simulated run through the real SDK, as a training script would log it."""
+    import runstream
+
+    for i, config in enumerate(configs):
+        loss, acc = simulate_run(rng, config["lr"], steps)
+        run = runstream.init(
+            project=project, entity="demo", id=f"run{i:02d}", config=config, dir=runs_dir,
+            settings={"url": url, "console": False, "git": False, "system_interval": 1.0},
+        )  # fmt: skip
+        for step in range(steps):
+            run.log({"train/loss": loss[step], "train/acc": acc[step]})
+        result = run.finish()
+        print(f"\r    run {i + 1}/{len(configs)}: {result.acked_events} events acknowledged", end="", flush=True)
 
 
 def sparkline(values: list[float], width: int = 32) -> str:
@@ -93,18 +84,9 @@ async def run_demo(broker: KafkaBroker, runs: int, steps: int, data_dir: Path, t
     try:
         rng = random.Random(7)
         configs = [{"lr": rng.choice([0.001, 0.003, 0.01, 0.05]), "batch_size": rng.choice([32, 64, 128])} for _ in range(runs)]
-        print(f"3/4 logging {runs} runs x {steps} steps x 2 metrics to Kafka (project {project}) ...", flush=True)
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=10)
-        await producer.start()
-        try:
-            for i, config in enumerate(configs):
-                loss, acc = simulate_run(rng, config["lr"], steps)
-                for event in metric_events("demo", project, f"run{i:02d}", loss, acc):
-                    await producer.send(event.topic.name, event.to_bytes(), key=event.key)
-                print(f"\r    sent run {i + 1}/{runs}", end="", flush=True)
-            await producer.flush()
-        finally:
-            await producer.stop()
+        print(f"3/4 logging {runs} runs x {steps} steps x 2 metrics through the SDK into Kafka (project {project}) ...", flush=True)
+        # The SDK blocks in finish(): off the event loop, so the worker keeps consuming meanwhile.
+        await asyncio.to_thread(log_runs, f"kafka://{broker.bootstrap}", project, configs, steps, rng, data_dir / "runs")
         print()
 
         expected = runs * steps * 2
@@ -133,7 +115,7 @@ async def run_demo(broker: KafkaBroker, runs: int, steps: int, data_dir: Path, t
     for run_id, n, last, best, curve in rows:
         config = configs[int(run_id[3:])]
         print(f"{run_id:6} {config['lr']:6g} {config['batch_size']:5} {n:6} {last:9.4f} {best:9.4f}  {sparkline(curve)}")
-    print(f"\n{count:,} points went SDK-shaped events -> Kafka -> Faust -> ClickHouse in {time.monotonic() - t0:.1f} s.")
+    print(f"\n{count:,} points went SDK -> Kafka -> Faust -> ClickHouse in {time.monotonic() - t0:.1f} s.")
     print(f"The data stays in {data_dir / 'clickhouse'} (table metric_points, project {project}).")
     print("Next: `make test` runs the test suite. The embedded server and web UI are not built yet.")
 
