@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import urllib.error
 import urllib.request
 from typing import Protocol
@@ -59,6 +60,20 @@ def open_uploader(transport: Transport | None, files_url: str, api_key: str = ""
     return transport if isinstance(transport, HttpTransport) else None
 
 
+class _QuietInSender(logging.Filter):
+    """aiokafka logs every refused connection; in the sender thread those are retried, and reported once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not threading.current_thread().name.startswith("runstream-")
+
+
+def _quiet_aiokafka() -> None:
+    for name in ("aiokafka", "aiokafka.conn", "aiokafka.producer.sender", "aiokafka.client"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietInSender) for f in logger.filters):
+            logger.addFilter(_QuietInSender())
+
+
 def _compression() -> str | None:
     from aiokafka.codec import has_lz4
 
@@ -71,6 +86,7 @@ class KafkaTransport:
         if not self.bootstrap:
             raise ValueError(f"a Kafka URL names its brokers: kafka://host:port[,host:port], got {url!r}")
         self._producer = None
+        _quiet_aiokafka()
 
     async def _ensure_producer(self):  # noqa: ANN202 - aiokafka's producer
         from aiokafka import AIOKafkaProducer

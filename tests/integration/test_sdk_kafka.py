@@ -146,3 +146,16 @@ def test_finish_with_the_broker_down_returns_within_its_bound(kafka_bootstrap, t
     sync([tmp_path], url=f"kafka://{kafka_bootstrap}", progress=False)
     evs = asyncio.run(consume_events(kafka_bootstrap, METRICS, project, _count_points(500)))
     assert sorted(s for s, _, _ in metric_points(evs)) == list(range(500))
+
+
+def test_with_the_broker_down_rows_go_to_disk_not_memory(tmp_path):
+    run = runstream.init(project="mem", dir=tmp_path, settings={**QUIET, "url": f"kafka://127.0.0.1:{free_port()}", "finish_timeout": 1})
+    for step in range(100_000):
+        run.log({"a": float(step), "b": 1.0})
+    deadline = time.monotonic() + 10
+    while run._sender.points < 200_000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert run._sender.points == 200_000, "the sender drains rows into the spool while nothing can be sent"
+    assert run._sender.rows == [] and run._sender.acked_events == 0
+    assert sum(f.stat().st_size for f in Path(run.dir, "spool").glob("seg-*.log")) > 1_000_000
+    run.finish()
