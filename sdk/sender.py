@@ -120,6 +120,15 @@ def _columns(chunk: list[Row]) -> dict[str, Any]:
     return columns
 
 
+def _take(items: list) -> list:
+    """Everything in a list other threads append to, taken in place: an append that races
+    this lands after the taken prefix instead of in a list nobody reads any more."""
+    count = len(items)
+    taken = items[:count]
+    del items[:count]
+    return taken
+
+
 def console_batches(lines: list[tuple[float, str, str]]) -> Iterator[dict[str, Any]]:
     batch: list[tuple[float, str, str]] = []
     size = 0
@@ -175,7 +184,6 @@ class Sender:
         self._last_heartbeat = 0.0
         self.last_step = 0
         self.points = 0
-        self.spooled_events = 0
         self.acked_events = 0
         self._reported: set[str] = set()
 
@@ -291,10 +299,7 @@ class Sender:
         """Turn everything collected so far into spooled events (any thread)."""
         with self._lock:
             self._drain_queue()  # before the rows: run_start precedes the first metrics
-            # The run holds this very list: take a prefix in place (appends meanwhile land after it).
-            count = len(self.rows)
-            rows = self.rows[:count]
-            del self.rows[:count]
+            rows = _take(self.rows)
             for payload, points in metric_batches(rows, self.stats):
                 self.points += points
                 self._spool(events.METRICS, payload, time.time())
@@ -314,8 +319,7 @@ class Sender:
             self._spool(etype, data, ts)
 
     def _drain_media(self) -> None:
-        media, self.media = self.media, []
-        for step, ts, key, item in media:
+        for step, ts, key, item in _take(self.media):
             try:
                 stored = item.to_file(self.files_dir, key, step)
             except Exception as exc:  # noqa: BLE001 - one bad image must not stop the run
@@ -336,7 +340,6 @@ class Sender:
         }
         self._seq += 1
         self.spool.append(events.TOPIC_OF_TYPE[etype].name, orjson.dumps(envelope))
-        self.spooled_events += 1
 
     def _count_unacked(self) -> int:
         with self._lock:
