@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,28 +130,26 @@ class Spool:
             if number < cursor.segment:
                 (self.dir / _segment_name(number)).unlink(missing_ok=True)
 
+    def _after(self, cursor: Cursor | None) -> Iterator[tuple[Path, int]]:
+        """(segment file, offset to start at) for everything after ``cursor`` (default: the acked cursor)."""
+        cursor = cursor or self.acked_cursor()
+        for number in self.segments():
+            if number >= cursor.segment:
+                yield self.dir / _segment_name(number), cursor.offset if number == cursor.segment else 0
+
     def count(self, cursor: Cursor | None = None) -> int:
         """Complete records after ``cursor`` (default: the acked cursor)."""
-        cursor = cursor or self.acked_cursor()
         total = 0
-        for number in self.segments():
-            if number < cursor.segment:
-                continue
-            with open(self.dir / _segment_name(number), "rb") as f:
-                f.seek(cursor.offset if number == cursor.segment else 0)
+        for path, offset in self._after(cursor):
+            with open(path, "rb") as f:
+                f.seek(offset)
                 for block in iter(lambda: f.read(1 << 20), b""):
                     total += block.count(b"\n")
         return total
 
     def pending_bytes(self, cursor: Cursor | None = None) -> int:
         """Bytes written after ``cursor`` (default: the acked cursor), for progress displays."""
-        cursor = cursor or self.acked_cursor()
-        total = 0
-        for number in self.segments():
-            if number >= cursor.segment:
-                size = (self.dir / _segment_name(number)).stat().st_size
-                total += size - (cursor.offset if number == cursor.segment else 0)
-        return total
+        return sum(path.stat().st_size - offset for path, offset in self._after(cursor))
 
     def close(self) -> None:
         self.flush()
