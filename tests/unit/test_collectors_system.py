@@ -181,16 +181,21 @@ def test_a_failing_psutil_call_is_logged_once_and_disables_only_its_group(monkey
     assert {"cpu.percent", "memory.process_rss_mb", "disk.percent", "network.recv_mb_s"} <= readings[-1].keys()
 
 
+def _sample_until(sampler: SystemSampler, received: list, count: int, timeout: float = 5.0) -> None:
+    """Run the sampler's thread until ``received`` holds ``count`` items (or the timeout), then stop it."""
+    sampler.start()
+    deadline = time.monotonic() + timeout
+    while len(received) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sampler.stop()
+
+
 def test_a_failing_psutil_call_in_the_thread_does_not_stop_sampling(monkeypatch, caplog):
     monkeypatch.setattr(psutil, "disk_usage", lambda path: 1 / 0)
     got: list[dict[str, float]] = []
     sampler = SystemSampler(0.02, on_sample=lambda ts, values: got.append(values), nvml=NoDriver(os.getpid()))
     with caplog.at_level(logging.WARNING, logger="runstream"):
-        sampler.start()
-        deadline = time.monotonic() + 5
-        while len(got) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        sampler.stop()
+        _sample_until(sampler, got, 3)
     assert len(got) >= 3 and "disk.percent" not in got[-1] and "memory.percent" in got[-1]
     assert len([r for r in caplog.records if "disk metrics disabled" in r.message]) == 1
 
@@ -204,11 +209,7 @@ def test_an_on_sample_that_raises_is_logged_once_and_sampling_goes_on(caplog):
 
     sampler = SystemSampler(0.02, on_sample=on_sample, nvml=NoDriver(os.getpid()))
     with caplog.at_level(logging.WARNING, logger="runstream"):
-        sampler.start()
-        deadline = time.monotonic() + 5
-        while len(calls) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        sampler.stop()
+        _sample_until(sampler, calls, 3)
     assert len(calls) >= 3
     assert len([r for r in caplog.records if "receiver broke" in r.message]) == 1
 
@@ -269,11 +270,7 @@ def test_the_thread_opens_and_shuts_down_nvml_once():
     nvml = FakeNvml(os.getpid())
     got: list[dict[str, float]] = []
     sampler = SystemSampler(0.02, on_sample=lambda ts, values: got.append(values), nvml=nvml)
-    sampler.start()
-    deadline = time.monotonic() + 5
-    while len(got) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    sampler.stop()
+    _sample_until(sampler, got, 3)
     assert len(got) >= 3 and all("gpu.0.power_w" in v for v in got)
     assert (nvml.inits, nvml.shutdowns) == (1, 1)
 
