@@ -17,7 +17,7 @@ def test_migrate_applies_then_reports_up_to_date(tmp_path):
     dsn = f"chdb://{tmp_path / 'db'}"
     first = run("migrate", "--dsn", dsn)
     assert first.returncode == 0, first.stderr
-    assert "applied 0001_metric_points" in first.stdout
+    assert "applied 0001_metrics" in first.stdout
     second = run("migrate", RUNSTREAM_CLICKHOUSE_DSN=dsn)
     assert second.returncode == 0 and "none (the schema is up to date)" in second.stdout
 

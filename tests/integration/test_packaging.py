@@ -64,7 +64,7 @@ def test_fresh_venv_imports_all_four_packages(tmp_path, editable):
             assert path.parent == src / directory, f"{name} should come from {directory}/ in an editable install"
         else:
             assert "site-packages" in path.parts
-    assert "0001_metric_points.sql" in found["migrations"]
+    assert "0001_metrics.sql" in found["migrations"]
     assert found["faust_installed"] is False, "the base install must stay light: faust belongs to [server]"
     if editable:
         (src / "sdk" / "events.py").write_text((src / "sdk" / "events.py").read_text() + "\nEDITED = True\n")
