@@ -1,0 +1,359 @@
+"""Chart series for many runs: bounded points per run, min/max envelopes kept.
+
+For each run the reader picks the cheapest source that still gives a faithful
+chart of at most ``points`` points over the requested step range:
+
+- the raw points, when the range holds at most ``points`` steps;
+- raw points bucketed on the fly, when the range is a little larger (fewer
+  than ``4 * points`` steps, where even the finest stored level is too coarse);
+- otherwise the finest stored level of ``metric_buckets`` with at most
+  ``points`` buckets in the range (between points/4 and points of them).
+
+Every point carries the bucket's last value (an actual logged value, plotted at
+the bucket's last step), its mean over finite values, and the min/max of the
+finite values, so a one-step spike among 100,000 steps still shows as a max.
+Results are columnar numpy arrays, which orjson serializes directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from clickhouse_connect.driver.client import Client
+
+from runstream.storage.buckets import FANOUT, TOP_LEVEL, WIDTHS, level_for
+from runstream.storage.errors import QueryError
+
+X_AXES = ("step", "time", "relative", "metric")
+MAX_POINTS = 10_000
+MAX_RUNS = 10_000
+MAX_METRICS = 100
+_NAME_LIMIT = 256
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one run's points come from: a stored level, or raw points bucketed ``width`` steps wide."""
+
+    level: int  # 0: raw points
+    width: int  # steps per point
+
+    @classmethod
+    def for_range(cls, first_step: int, last_step: int, points: int) -> Source:
+        span = last_step - first_step + 1
+        if span <= points:
+            return cls(0, 1)
+        if span <= FANOUT * points:  # even level 1 would be too coarse: bucket the raw points
+            return cls(0, math.ceil(span / points))
+        level = max(level_for(first_step, last_step, points), 1)
+        return cls(level, WIDTHS[level])
+
+
+# Per (metric, run, bucket): the plotted step and time, finite count, min, max, sum and last value.
+_STORED = """
+SELECT metric, run_id, bucket, step_last AS step, toUnixTimestamp64Milli(time_last) AS time_ms,
+       count - nonfinite AS n, min, max, sum, last
+FROM metric_buckets FINAL
+WHERE team = {team:String} AND project = {project:String} AND metric IN {metrics:Array(String)}
+  AND level = {level:UInt8} AND run_id IN {runs:Array(String)}
+  AND bucket BETWEEN {first:UInt64} AND {last:UInt64}
+"""
+
+_RAW = """
+SELECT p.metric AS metric, p.run_id AS run_id, intDiv(p.step, {width:UInt64}) AS bucket, max(p.step) AS step,
+       %(time)s AS time_ms, toUInt32(countIf(isFinite(p.value))) AS n,
+       ifNull(minIfOrNull(p.value, isFinite(p.value)), nan) AS min,
+       ifNull(maxIfOrNull(p.value, isFinite(p.value)), nan) AS max,
+       sumIf(p.value, isFinite(p.value)) AS sum, argMax(p.value, p.step) AS last
+FROM (SELECT metric, run_id, step, value FROM metric_points FINAL
+      WHERE team = {team:String} AND project = {project:String} AND metric IN {metrics:Array(String)}
+        AND run_id IN {runs:Array(String)} AND step BETWEEN {first:UInt64} AND {last:UInt64}) AS p
+%(join)s
+GROUP BY metric, run_id, bucket
+"""
+
+_STEP_TIMES = """
+LEFT JOIN (SELECT run_id, step, time FROM metric_steps FINAL
+           WHERE team = {team:String} AND project = {project:String} AND run_id IN {runs:Array(String)}
+             AND step BETWEEN {first:UInt64} AND {last:UInt64}) AS s
+    ON p.run_id = s.run_id AND p.step = s.step
+"""
+
+_EXTENTS = """
+SELECT run_id, metric, min(step_first), max(step_last), toUnixTimestamp64Milli(min(time_first))
+FROM metric_buckets
+WHERE team = {team:String} AND project = {project:String} AND level = {level:UInt8}
+  AND run_id IN {runs:Array(String)}
+GROUP BY run_id, metric
+"""
+
+
+def _check_names(what: str, names: Sequence[str], limit: int) -> list[str]:
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise QueryError(f"{what} must be a list of names", got=type(names).__name__)
+    if not 0 < len(names) <= limit:
+        raise QueryError(f"give between 1 and {limit} {what}", got=len(names))
+    for name in names:
+        if not isinstance(name, str) or not 0 < len(name) <= _NAME_LIMIT:
+            raise QueryError(f"each of {what} must be a string of 1-{_NAME_LIMIT} characters", got=repr(name)[:80])
+    return list(dict.fromkeys(names))
+
+
+def _check_range(step_range: tuple[int | None, int | None] | None) -> tuple[int, int]:
+    lo, hi = step_range or (None, None)
+    lo = 0 if lo is None else lo
+    hi = 2**63 - 1 if hi is None else hi
+    if not (isinstance(lo, int) and isinstance(hi, int)) or isinstance(lo, bool) or isinstance(hi, bool):
+        raise QueryError("step_range must be two integers (or null for open ends)")
+    if lo < 0 or hi < lo:
+        raise QueryError("step_range must satisfy 0 <= first <= last", got=[lo, hi])
+    return lo, hi
+
+
+@dataclass
+class Extent:
+    first_step: int
+    last_step: int
+    start_ms: int  # the run's first logged time, across all its metrics
+
+
+def extents(client: Client, team: str, project: str, run_ids: Sequence[str]) -> dict[str, dict[str, Extent]]:
+    """run -> metric -> the steps it logged and the run's first time, from the top level (a few rows per run)."""
+    rows = client.query(
+        _EXTENTS, parameters={"team": team, "project": project, "level": TOP_LEVEL, "runs": list(run_ids)}
+    ).result_rows
+    out: dict[str, dict[str, Extent]] = {}
+    start: dict[str, int] = {}
+    for run_id, metric, first, last, start_ms in rows:
+        out.setdefault(run_id, {})[metric] = Extent(first, last, 0)
+        start[run_id] = min(start_ms, start.get(run_id, start_ms))
+    for run_id, metrics in out.items():
+        for extent in metrics.values():
+            extent.start_ms = start[run_id]
+    return out
+
+
+def _read(client: Client, source: Source, params: dict[str, Any], with_time: bool) -> pa.Table:
+    if source.level:
+        width = WIDTHS[source.level]
+        first, last = params["first"] // width, params["last"] // width
+        return client.query_arrow(_STORED, parameters={**params, "level": source.level, "first": first, "last": last})
+    sql = _RAW % {
+        "time": "toUnixTimestamp64Milli(argMax(s.time, p.step))" if with_time else "toInt64(0)",
+        "join": _STEP_TIMES if with_time else "",
+    }
+    return client.query_arrow(sql, parameters={**params, "width": source.width})
+
+
+def _columns(table: pa.Table) -> dict[str, np.ndarray]:
+    """Arrow columns as numpy arrays, sorted by (metric, run, bucket)."""
+    table = table.sort_by([("metric", "ascending"), ("run_id", "ascending"), ("bucket", "ascending")])
+    cols = {}
+    for name in table.column_names:
+        column = table.column(name)
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(pa.string())
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_binary(column.type):
+            cols[name] = np.asarray(column.to_pylist(), dtype=object)
+        else:
+            cols[name] = column.to_numpy()
+    return cols
+
+
+def _split(cols: Mapping[str, np.ndarray]) -> list[tuple[str, str, dict[str, np.ndarray]]]:
+    """Cut sorted columns into one slice per (metric, run)."""
+    n = len(cols["bucket"])
+    if not n:
+        return []
+    metric, run = cols["metric"], cols["run_id"]
+    change = np.flatnonzero((metric[1:] != metric[:-1]) | (run[1:] != run[:-1])) + 1
+    bounds = [0, *change.tolist(), n]
+    return [
+        (metric[a], run[a], {k: v[a:b] for k, v in cols.items() if k not in ("metric", "run_id")})
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
+
+
+def _mean(part: Mapping[str, np.ndarray]) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(part["n"] > 0, part["sum"] / np.maximum(part["n"], 1), np.nan)
+
+
+def series(
+    client: Client,
+    team: str,
+    project: str,
+    run_ids: Sequence[str],
+    metrics: Sequence[str],
+    points: int = 500,
+    x: str = "step",
+    x_metric: str | None = None,
+    step_range: tuple[int | None, int | None] | None = None,
+) -> dict[str, Any]:
+    """At most ``points`` points per (run, metric), as columnar arrays.
+
+    ``x``: "step", "time" (Unix seconds), "relative" (seconds since the run's
+    first logged step) or "metric" (the value of ``x_metric`` at the same
+    bucket, for a define_metric step_metric such as epoch or tokens seen).
+    ``step_range``: (first, last) steps to zoom into; finer data is read for it.
+    """
+    run_ids = _check_names("run ids", run_ids, MAX_RUNS)
+    metrics = _check_names("metrics", metrics, MAX_METRICS)
+    if not isinstance(points, int) or not 2 <= points <= MAX_POINTS:
+        raise QueryError(f"points must be an integer between 2 and {MAX_POINTS}", got=points)
+    if x not in X_AXES:
+        raise QueryError(f"x must be one of {', '.join(X_AXES)}", got=x)
+    if x == "metric":
+        x_metric = _check_names("x_metric", [x_metric] if isinstance(x_metric, str) else [None], 1)[0]
+    lo, hi = _check_range(step_range)
+    read_metrics = list(dict.fromkeys([*metrics, *([x_metric] if x == "metric" else [])]))
+
+    known = extents(client, team, project, run_ids)
+    by_source: dict[Source, list[str]] = {}
+    for run_id in run_ids:
+        spans = [known.get(run_id, {}).get(m) for m in read_metrics]
+        spans = [e for e in spans if e is not None]
+        if not spans:
+            continue
+        first = max(lo, min(e.first_step for e in spans))
+        last = min(hi, max(e.last_step for e in spans))
+        if first <= last:
+            by_source.setdefault(Source.for_range(first, last, points), []).append(run_id)
+
+    base = {"team": team, "project": project, "metrics": read_metrics, "first": lo, "last": min(hi, 2**63 - 1)}
+    out: list[dict[str, Any]] = []
+    for source, runs in by_source.items():
+        table = _read(client, source, {**base, "runs": runs}, with_time=x in ("time", "relative"))
+        parts = _split(_columns(table))
+        x_values = {run: part for metric, run, part in parts if metric == x_metric} if x == "metric" else {}
+        for metric, run_id, part in parts:
+            if metric not in metrics:
+                continue
+            if x == "metric":
+                part = _align(part, x_values.get(run_id))
+            out.append(
+                {
+                    "run_id": run_id,
+                    "metric": metric,
+                    "level": source.level,
+                    "bucket_steps": source.width,
+                    "x": _x(x, part, known[run_id][metric].start_ms),
+                    "step": part["step"],
+                    "y": part["last"],
+                    "mean": _mean(part),
+                    "min": part["min"],
+                    "max": part["max"],
+                    "count": part["n"],
+                }
+            )
+    order = {r: i for i, r in enumerate(run_ids)}
+    out.sort(key=lambda s: (metrics.index(s["metric"]), order[s["run_id"]]))
+    return {"x": x, "x_metric": x_metric if x == "metric" else None, "points": points, "series": out}
+
+
+def _x(axis: str, part: Mapping[str, np.ndarray], start_ms: int) -> np.ndarray:
+    if axis == "step":
+        return part["step"]
+    if axis == "time":
+        return part["time_ms"] / 1000.0
+    if axis == "relative":
+        return (part["time_ms"] - start_ms) / 1000.0
+    return part["x"]
+
+
+def _align(part: dict[str, np.ndarray], x_part: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Keep the buckets where the x metric was logged too, with its last value there as x."""
+    if x_part is None:
+        return {**{k: v[:0] for k, v in part.items()}, "x": np.empty(0)}
+    common, mine, theirs = np.intersect1d(part["bucket"], x_part["bucket"], assume_unique=True, return_indices=True)
+    aligned = {k: v[mine] for k, v in part.items()}
+    aligned["x"] = x_part["last"][theirs]
+    return aligned
+
+
+def group_bands(
+    client: Client,
+    team: str,
+    project: str,
+    groups: Mapping[str, Sequence[str]],
+    metric: str,
+    points: int = 500,
+    step_range: tuple[int | None, int | None] | None = None,
+) -> dict[str, Any]:
+    """Per group of runs: at aligned steps, the mean across runs of each run's bucket mean,
+    with the std across runs and the min/max over all runs' points (the band).
+
+    All runs are read at one resolution chosen from the widest run, so bucket
+    ``b`` covers the same steps in every run; ``x`` is the bucket's last step.
+    """
+    metric = _check_names("metric", [metric], 1)[0]
+    if not isinstance(groups, Mapping) or not groups:
+        raise QueryError("groups must map a group label to a list of run ids")
+    label_of: dict[str, str] = {}
+    for label, members in groups.items():
+        if not isinstance(label, str):
+            raise QueryError("group labels must be strings", got=repr(label)[:80])
+        for run_id in _check_names(f"run ids of group {label!r}", members, MAX_RUNS):
+            label_of[run_id] = label
+    if len(label_of) > MAX_RUNS:
+        raise QueryError(f"at most {MAX_RUNS} runs in all groups", got=len(label_of))
+    if not isinstance(points, int) or not 2 <= points <= MAX_POINTS:
+        raise QueryError(f"points must be an integer between 2 and {MAX_POINTS}", got=points)
+    lo, hi = _check_range(step_range)
+
+    known = extents(client, team, project, list(label_of))
+    spans = [e for r in label_of for m, e in known.get(r, {}).items() if m == metric]
+    result: dict[str, Any] = {"metric": metric, "points": points, "groups": []}
+    first = max(lo, min((e.first_step for e in spans), default=0))
+    last = min(hi, max((e.last_step for e in spans), default=-1))
+    if not spans or first > last:
+        return result
+    source = Source.for_range(first, last, points)
+    runs = sorted(label_of)
+    table = _read(
+        client,
+        source,
+        {"team": team, "project": project, "metrics": [metric], "runs": runs, "first": lo, "last": min(hi, 2**63 - 1)},
+        with_time=False,
+    )
+    cols = _columns(table)
+    if not len(cols["bucket"]):
+        return result
+    labels = np.asarray([label_of[r] for r in cols["run_id"]], dtype=object)
+    run_mean = _mean(cols)
+    for label in groups:
+        mask = labels == label
+        if not mask.any():
+            continue
+        buckets = cols["bucket"][mask]
+        keys, inverse = np.unique(buckets, return_inverse=True)
+        means, mins, maxs, steps = run_mean[mask], cols["min"][mask], cols["max"][mask], cols["step"][mask]
+        result["groups"].append({"group": label, **_reduce(keys, inverse, means, mins, maxs, steps, source)})
+    result["level"], result["bucket_steps"] = source.level, source.width
+    return result
+
+
+def _reduce(keys, inverse, means, mins, maxs, steps, source: Source) -> dict[str, np.ndarray]:
+    """Aggregate per-run bucket values across the runs of one group, per bucket."""
+    k = len(keys)
+    finite = np.isfinite(means)
+    runs = np.bincount(inverse, weights=finite, minlength=k)
+    total = np.bincount(inverse, weights=np.where(finite, means, 0.0), minlength=k)
+    squares = np.bincount(inverse, weights=np.where(finite, means * means, 0.0), minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(runs > 0, total / np.maximum(runs, 1), np.nan)
+        std = np.sqrt(np.maximum(np.where(runs > 0, squares / np.maximum(runs, 1) - mean * mean, np.nan), 0.0))
+    band_min = np.full(k, np.inf)
+    band_max = np.full(k, -np.inf)
+    np.fmin.at(band_min, inverse, mins)
+    np.fmax.at(band_max, inverse, maxs)
+    band_min[np.isinf(band_min)] = np.nan
+    band_max[np.isinf(band_max)] = np.nan
+    x = np.zeros(k, dtype=np.uint64)
+    np.maximum.at(x, inverse, steps)
+    return {"x": x, "mean": mean, "std": std, "min": band_min, "max": band_max, "runs": runs.astype(np.int64)}
