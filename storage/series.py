@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from runstream.storage.buckets import FANOUT, TOP_LEVEL, WIDTHS, level_for
@@ -84,12 +83,29 @@ LEFT JOIN (SELECT run_id, step, time FROM metric_steps FINAL
     ON p.run_id = s.run_id AND p.step = s.step
 """
 
+#: One row per (metric, run) with its points as a sorted array: a few thousand rows to
+#: decode instead of one per point.
+_PER_SERIES = """
+SELECT toString(metric) AS metric, toString(run_id) AS run_id,
+       arraySort(groupArray((bucket, step, time_ms, n, min, max, sum, last))) AS points
+FROM (%s)
+GROUP BY metric, run_id
+"""
+_POINT_FIELDS = ("bucket", "step", "time_ms", "n", "min", "max", "sum", "last")
+
 _EXTENTS = """
-SELECT run_id, metric, min(step_first), max(step_last), toUnixTimestamp64Milli(min(time_first))
+SELECT toString(run_id), toString(metric), min(step_first), max(step_last)
 FROM metric_buckets
-WHERE team = {team:String} AND project = {project:String} AND level = {level:UInt8}
-  AND run_id IN {runs:Array(String)}
+WHERE team = {team:String} AND project = {project:String} AND metric IN {metrics:Array(String)}
+  AND level = {level:UInt8} AND run_id IN {runs:Array(String)}
 GROUP BY run_id, metric
+"""
+
+_STARTS = """
+SELECT toString(run_id), toUnixTimestamp64Milli(min(time_first))
+FROM metric_buckets
+WHERE team = {team:String} AND project = {project:String} AND level = {level:UInt8} AND run_id IN {runs:Array(String)}
+GROUP BY run_id
 """
 
 
@@ -115,71 +131,59 @@ def _check_range(step_range: tuple[int | None, int | None] | None) -> tuple[int,
     return lo, hi
 
 
-@dataclass
+@dataclass(frozen=True)
 class Extent:
     first_step: int
     last_step: int
-    start_ms: int  # the run's first logged time, across all its metrics
 
 
-def extents(client: Client, team: str, project: str, run_ids: Sequence[str]) -> dict[str, dict[str, Extent]]:
-    """run -> metric -> the steps it logged and the run's first time, from the top level (a few rows per run)."""
-    rows = client.query(
-        _EXTENTS, parameters={"team": team, "project": project, "level": TOP_LEVEL, "runs": list(run_ids)}
-    ).result_rows
+def extents(client: Client, team: str, project: str, run_ids: Sequence[str], metrics: Sequence[str]) -> dict[str, dict[str, Extent]]:
+    """run -> metric -> the steps it logged, from the top level (one or two rows per run and metric)."""
+    params = {"team": team, "project": project, "level": TOP_LEVEL, "runs": list(run_ids), "metrics": list(metrics)}
     out: dict[str, dict[str, Extent]] = {}
-    start: dict[str, int] = {}
-    for run_id, metric, first, last, start_ms in rows:
-        out.setdefault(run_id, {})[metric] = Extent(first, last, 0)
-        start[run_id] = min(start_ms, start.get(run_id, start_ms))
-    for run_id, metrics in out.items():
-        for extent in metrics.values():
-            extent.start_ms = start[run_id]
+    for run_id, metric, first, last in client.query(_EXTENTS, parameters=params).result_rows:
+        out.setdefault(run_id, {})[metric] = Extent(first, last)
     return out
 
 
-def _read(client: Client, source: Source, params: dict[str, Any], with_time: bool) -> pa.Table:
+def run_starts(client: Client, team: str, project: str, run_ids: Sequence[str]) -> dict[str, int]:
+    """run -> the time (ms) of its first logged step, across all its metrics."""
+    params = {"team": team, "project": project, "level": TOP_LEVEL, "runs": list(run_ids)}
+    return dict(client.query(_STARTS, parameters=params).result_rows)
+
+
+Part = dict[str, np.ndarray]
+
+
+def _read(client: Client, source: Source, params: dict[str, Any], with_time: bool) -> list[tuple[str, str, Part]]:
+    """(metric, run, points) for every series the source has in the range, points sorted by bucket."""
     if source.level:
         width = WIDTHS[source.level]
-        first, last = params["first"] // width, params["last"] // width
-        return client.query_arrow(_STORED, parameters={**params, "level": source.level, "first": first, "last": last})
-    sql = _RAW % {
-        "time": "toUnixTimestamp64Milli(argMax(s.time, p.step))" if with_time else "toInt64(0)",
-        "join": _STEP_TIMES if with_time else "",
-    }
-    return client.query_arrow(sql, parameters={**params, "width": source.width})
-
-
-def _columns(table: pa.Table) -> dict[str, np.ndarray]:
-    """Arrow columns as numpy arrays, sorted by (metric, run, bucket)."""
-    table = table.sort_by([("metric", "ascending"), ("run_id", "ascending"), ("bucket", "ascending")])
-    cols = {}
-    for name in table.column_names:
-        column = table.column(name)
-        if pa.types.is_dictionary(column.type):
-            column = column.cast(pa.string())
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_binary(column.type):
-            cols[name] = np.asarray(column.to_pylist(), dtype=object)
-        else:
-            cols[name] = column.to_numpy()
-    return cols
-
-
-def _split(cols: Mapping[str, np.ndarray]) -> list[tuple[str, str, dict[str, np.ndarray]]]:
-    """Cut sorted columns into one slice per (metric, run)."""
-    n = len(cols["bucket"])
-    if not n:
+        sql = _STORED
+        params = {**params, "level": source.level, "first": params["first"] // width, "last": params["last"] // width}
+    else:
+        sql = _RAW % {
+            "time": "toUnixTimestamp64Milli(argMax(s.time, p.step))" if with_time else "toInt64(0)",
+            "join": _STEP_TIMES if with_time else "",
+        }
+        params = {**params, "width": source.width}
+    table = client.query_arrow(_PER_SERIES % sql, parameters=params)
+    if not table.num_rows:
         return []
-    metric, run = cols["metric"], cols["run_id"]
-    change = np.flatnonzero((metric[1:] != metric[:-1]) | (run[1:] != run[:-1])) + 1
-    bounds = [0, *change.tolist(), n]
+    points = table.column("points").combine_chunks()
+    offsets = points.offsets.to_numpy()
+    structs = points.values
+    fields = {name: structs.field(i).to_numpy() for i, name in enumerate(_POINT_FIELDS)}
     return [
-        (metric[a], run[a], {k: v[a:b] for k, v in cols.items() if k not in ("metric", "run_id")})
-        for a, b in zip(bounds[:-1], bounds[1:])
+        (metric, run_id, {name: column[a:b] for name, column in fields.items()})
+        for metric, run_id, a, b in zip(
+            table.column("metric").to_pylist(), table.column("run_id").to_pylist(), offsets[:-1], offsets[1:]
+        )
     ]
 
 
 def _mean(part: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Each bucket's mean over its finite values (NaN where it has none)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(part["n"] > 0, part["sum"] / np.maximum(part["n"], 1), np.nan)
 
@@ -213,7 +217,8 @@ def series(
     lo, hi = _check_range(step_range)
     read_metrics = list(dict.fromkeys([*metrics, *([x_metric] if x == "metric" else [])]))
 
-    known = extents(client, team, project, run_ids)
+    known = extents(client, team, project, run_ids, read_metrics)
+    starts = run_starts(client, team, project, run_ids) if x == "relative" else {}
     by_source: dict[Source, list[str]] = {}
     for run_id in run_ids:
         spans = [known.get(run_id, {}).get(m) for m in read_metrics]
@@ -228,8 +233,7 @@ def series(
     base = {"team": team, "project": project, "metrics": read_metrics, "first": lo, "last": min(hi, 2**63 - 1)}
     out: list[dict[str, Any]] = []
     for source, runs in by_source.items():
-        table = _read(client, source, {**base, "runs": runs}, with_time=x in ("time", "relative"))
-        parts = _split(_columns(table))
+        parts = _read(client, source, {**base, "runs": runs}, with_time=x in ("time", "relative"))
         x_values = {run: part for metric, run, part in parts if metric == x_metric} if x == "metric" else {}
         for metric, run_id, part in parts:
             if metric not in metrics:
@@ -242,7 +246,7 @@ def series(
                     "metric": metric,
                     "level": source.level,
                     "bucket_steps": source.width,
-                    "x": _x(x, part, known[run_id][metric].start_ms),
+                    "x": _x(x, part, starts.get(run_id, 0)),
                     "step": part["step"],
                     "y": part["last"],
                     "mean": _mean(part),
@@ -306,8 +310,8 @@ def group_bands(
         raise QueryError(f"points must be an integer between 2 and {MAX_POINTS}", got=points)
     lo, hi = _check_range(step_range)
 
-    known = extents(client, team, project, list(label_of))
-    spans = [e for r in label_of for m, e in known.get(r, {}).items() if m == metric]
+    known = extents(client, team, project, list(label_of), [metric])
+    spans = [e for r in label_of for e in known.get(r, {}).values()]
     result: dict[str, Any] = {"metric": metric, "points": points, "groups": []}
     first = max(lo, min((e.first_step for e in spans), default=0))
     last = min(hi, max((e.last_step for e in spans), default=-1))
@@ -315,39 +319,34 @@ def group_bands(
         return result
     source = Source.for_range(first, last, points)
     runs = sorted(label_of)
-    table = _read(
+    parts = _read(
         client,
         source,
         {"team": team, "project": project, "metrics": [metric], "runs": runs, "first": lo, "last": min(hi, 2**63 - 1)},
         with_time=False,
     )
-    cols = _columns(table)
-    if not len(cols["bucket"]):
-        return result
-    labels = np.asarray([label_of[r] for r in cols["run_id"]], dtype=object)
-    run_mean = _mean(cols)
+    by_label: dict[str, list[Part]] = {}
+    for _, run_id, part in parts:
+        by_label.setdefault(label_of[run_id], []).append(part)
     for label in groups:
-        mask = labels == label
-        if not mask.any():
+        if label not in by_label:
             continue
-        buckets = cols["bucket"][mask]
-        keys, inverse = np.unique(buckets, return_inverse=True)
-        means, mins, maxs, steps = run_mean[mask], cols["min"][mask], cols["max"][mask], cols["step"][mask]
-        result["groups"].append({"group": label, **_reduce(keys, inverse, means, mins, maxs, steps, source)})
+        cols = {name: np.concatenate([p[name] for p in by_label[label]]) for name in ("bucket", "step", "n", "min", "max", "sum")}
+        keys, inverse = np.unique(cols["bucket"], return_inverse=True)
+        result["groups"].append({"group": label, **_reduce(len(keys), inverse, _mean(cols), cols["min"], cols["max"], cols["step"])})
     result["level"], result["bucket_steps"] = source.level, source.width
     return result
 
 
-def _reduce(keys, inverse, means, mins, maxs, steps, source: Source) -> dict[str, np.ndarray]:
-    """Aggregate per-run bucket values across the runs of one group, per bucket."""
-    k = len(keys)
+def _reduce(k: int, inverse: np.ndarray, means: np.ndarray, mins: np.ndarray, maxs: np.ndarray, steps: np.ndarray) -> Part:
+    """Aggregate per-run bucket values across the runs of one group into ``k`` aligned buckets."""
     finite = np.isfinite(means)
     runs = np.bincount(inverse, weights=finite, minlength=k)
     total = np.bincount(inverse, weights=np.where(finite, means, 0.0), minlength=k)
-    squares = np.bincount(inverse, weights=np.where(finite, means * means, 0.0), minlength=k)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(runs > 0, total / np.maximum(runs, 1), np.nan)
-        std = np.sqrt(np.maximum(np.where(runs > 0, squares / np.maximum(runs, 1) - mean * mean, np.nan), 0.0))
+        deviation = np.where(finite, means - mean[inverse], 0.0)
+        std = np.sqrt(np.bincount(inverse, weights=deviation * deviation, minlength=k) / runs)
     band_min = np.full(k, np.inf)
     band_max = np.full(k, -np.inf)
     np.fmin.at(band_min, inverse, mins)
