@@ -273,6 +273,24 @@ def count_runs(client: Client, team: str, project: str, filters: Mapping[str, An
     return int(client.query(sql, parameters=params | compiled.params).result_rows[0][0])
 
 
+def matching_run_ids(
+    client: Client, team: str, project: str, filters: Mapping[str, Any] | None = None, limit: int = 100_000
+) -> list[str]:
+    """The ids of the runs that match, oldest first: how charts and exports select runs by a filter.
+
+    More than ``limit`` matches is a QueryError (narrow the filter), never a silent cut.
+    """
+    params = _check_project(team, project)
+    compiled = _where(client, filters)
+    join = _SUMMARIES if compiled.uses_summary else ""
+    sql = (f"SELECT run_id FROM runs FINAL {join} WHERE {_PROJECT} AND {compiled.sql} "
+           f"ORDER BY created_at, run_id LIMIT {int(limit) + 1}")
+    ids = [row[0] for row in client.query(sql, parameters=params | compiled.params).result_rows]
+    if len(ids) > limit:
+        raise QueryError(f"the filter matches more than {limit:,} runs; narrow it", limit=limit)
+    return ids
+
+
 def group_runs(
     client: Client,
     team: str,

@@ -599,3 +599,18 @@ def test_unflatten_rebuilds_nesting_and_keeps_colliding_keys_dotted():
     assert unflatten({}) == {}
     config = {"opt": {"lr": 0.1, "betas": [0.9, 0.99]}, "empty": {}, "n": None}
     assert unflatten(flatten(config)) == config
+
+
+def test_matching_run_ids_selects_runs_by_filter_and_refuses_too_many(clickhouse):
+    from runstream.storage.runs import matching_run_ids
+    from runstream.storage.writer import upsert_runs
+
+    runs = [
+        {"team": "acme", "project": "ids", "run_id": f"r{i}", "name": f"r{i}", "created_at": 1000.0 + i,
+         "updated_at": 1000.0 + i, "heartbeat_at": 1000.0 + i, "config": {"lr": i / 10}, "version": 1}
+        for i in range(10)
+    ]
+    upsert_runs(clickhouse, runs)
+    assert matching_run_ids(clickhouse, "acme", "ids", {"config.lr": {"$gte": 0.5}}) == [f"r{i}" for i in range(5, 10)]
+    with pytest.raises(QueryError, match="more than 3"):
+        matching_run_ids(clickhouse, "acme", "ids", None, limit=3)
