@@ -385,6 +385,8 @@ def _check_heartbeat(data: dict[str, Any]) -> None:
 def _check_run_state(data: dict[str, Any]) -> None:
     _require(data, "state", lambda x: x in RUN_STATES, f"one of {RUN_STATES}")
     _require(data, "reason", _is_opt_str, "a string or null", optional=True)
+    # A crash decided by the processor holds only if the run has stayed silent since this time.
+    _require(data, "since", _is_time, "a Unix time in seconds", optional=True)
 
 
 def _check_file(data: dict[str, Any]) -> None:
@@ -407,6 +409,8 @@ def _check_alert(data: dict[str, Any]) -> None:
     _require(data, "source", lambda x: x in ("sdk", "rule"), "'sdk' or 'rule'")
     _require(data, "rule_id", _is_opt_str, "a string or null", optional=True)
     _require(data, "wait_duration", lambda x: _is_number(x) and x >= 0, "seconds", optional=True)
+    # Rule alerts carry an id derived from their trigger, so a replayed evaluation stores the same alert.
+    _require(data, "alert_id", _is_name, "an alert id", optional=True)
 
 
 _PAYLOAD_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {

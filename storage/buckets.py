@@ -11,6 +11,8 @@ level 1 from the raw points, each higher level from the four buckets below it,
 inside ClickHouse. Recomputing from stored data (instead of folding deltas
 into running state) makes it idempotent: a replayed batch rewrites identical
 rows, and a late, out-of-order step simply makes its buckets be recomputed.
+Sums add their terms in step order, so a recomputation gives the same bits
+however the engine happened to read the parts.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ SELECT team, project, metric, toUInt8(1), run_id, intDiv(p.step, {WIDTHS[1]}) AS
     min(p.step), max(p.step), argMin(s.time, p.step), argMax(s.time, p.step),
     count(), countIf(NOT isFinite(value)),
     ifNull(minIfOrNull(value, isFinite(value)), nan), ifNull(maxIfOrNull(value, isFinite(value)), nan),
-    sumIf(value, isFinite(value)), argMin(value, p.step), argMax(value, p.step), max(p.seq)
+    arraySum(arrayMap(t -> t.2, arraySort(groupArrayIf((p.step, value), isFinite(value))))),
+    argMin(value, p.step), argMax(value, p.step), max(p.seq)
 FROM (SELECT team, project, metric, run_id, step, value, seq FROM metric_points FINAL
       WHERE {_RANGE_FILTER % {"col": "step"}}) AS p
 LEFT JOIN (SELECT run_id, step, time FROM metric_steps FINAL
@@ -70,7 +73,8 @@ SELECT team, project, metric, toUInt8(%(level)d), run_id, intDiv(bucket, {FANOUT
     min(step_first), max(step_last), argMin(time_first, step_first), argMax(time_last, step_last),
     sum(count), sum(nonfinite),
     ifNull(minIfOrNull(min, isFinite(min)), nan), ifNull(maxIfOrNull(max, isFinite(max)), nan),
-    sum(sum), argMin(first, step_first), argMax(last, step_last), max(version)
+    arraySum(arrayMap(t -> t.2, arraySort(groupArray((bucket, sum))))),
+    argMin(first, step_first), argMax(last, step_last), max(version)
 FROM metric_buckets FINAL
 WHERE level = %(below)d AND {_RANGE_FILTER % {"col": "bucket"}}
 GROUP BY team, project, metric, run_id, parent

@@ -1,0 +1,168 @@
+"""Run state: fold a run's lifecycle events into the record the runs table shows.
+
+Plain Python, no framework: the Faust worker keeps ``RunState`` values in a
+changelog-backed table, the embedded server in a dict. A state is a JSON-able
+dict so either store can hold it.
+
+States: running, finished, failed, killed (from the SDK's ``run_finish``) and
+crashed, decided here when a running run's heartbeats stop for longer than the
+timeout. A heartbeat (or any event) from a crashed run brings it back to
+running. Every change of state is returned as a ``StateChange`` so the caller
+can publish it as a ``run_state`` event and evaluate alert rules on it.
+
+Replays: SDK events carry the run's sequence numbers; an event at or below the
+highest one already folded changes nothing. ``run_state`` events (written by
+this processor) carry no SDK sequence and are applied only while they still
+hold (a crash only if the run is still silent), so a replay is harmless too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from runstream.events import HEARTBEAT, RUN_FINISH, RUN_START, RUN_STATE, RUN_UPDATE, Event
+
+#: Seconds without a heartbeat (or any event) after which a running run is crashed.
+DEFAULT_CRASH_TIMEOUT_S = 90.0
+
+RunState = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StateChange:
+    team: str
+    project: str
+    run_id: str
+    old: str | None
+    new: str
+    at: float
+    reason: str | None = None
+
+
+def new_state(event: Event) -> RunState:
+    return {
+        "record": {
+            "team": event.team,
+            "project": event.project,
+            "run_id": event.run_id,
+            "name": event.run_id,
+            "state": None,  # set by the first event folded: a new run is a state change too
+            "created_at": event.ts,
+            "updated_at": event.ts,
+            "heartbeat_at": event.ts,
+            "version": 0,
+        },
+        "runs_seq": -1,  # highest SDK seq folded from the runs topic
+    }
+
+
+def next_version(previous: int) -> int:
+    """Versions grow with every write and with the clock, so a lost state cannot write under old rows."""
+    return max(previous + 1, int(time.time() * 1_000_000))
+
+
+def _set_state(state: RunState, new: str, at: float, reason: str | None, changes: list[StateChange]) -> None:
+    record = state["record"]
+    old = record.get("state")
+    if old == new:
+        return
+    record["state"] = new
+    if new in ("finished", "failed", "killed"):
+        record["finished_at"] = at
+    elif new == "running":
+        record["finished_at"] = None
+    changes.append(StateChange(record["team"], record["project"], record["run_id"], old, new, at, reason))
+
+
+def _touch(state: RunState, ts: float) -> None:
+    record = state["record"]
+    if ts > record["heartbeat_at"]:
+        record["heartbeat_at"] = ts
+    record["updated_at"] = max(record["updated_at"], ts)
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict update, the way ``run.config.update`` sends partial changes."""
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply(state: RunState | None, event: Event, changes: list[StateChange]) -> RunState:
+    """Fold one event of any type into the run's state; state changes go to ``changes``."""
+    state = state if state is not None else new_state(event)
+    record = state["record"]
+    if event.type == RUN_STATE:
+        _apply_run_state(state, event, changes)
+        return state
+    if event.type in (RUN_START, RUN_UPDATE, RUN_FINISH, HEARTBEAT):
+        if event.seq <= state["runs_seq"]:
+            return state  # a replay or a resend: already folded
+        state["runs_seq"] = event.seq
+    fresh = event.ts > record["heartbeat_at"]  # not a replay of something older
+    _touch(state, event.ts)
+    if record["state"] == "crashed" and fresh:  # it was only silent
+        _set_state(state, "running", event.ts, "the run sent events again", changes)
+    data = event.data
+    if event.type == RUN_START:
+        if not data.get("resumed"):
+            record["created_at"] = min(record["created_at"], event.ts)
+        for key in ("name", "group", "job_type", "notes", "host", "user", "program", "python"):
+            if data.get(key) is not None:
+                record[key] = data[key]
+        for key in ("tags", "args", "git"):
+            if key in data:
+                record[key] = data[key]
+        record["config"] = _merge(record.get("config", {}), data.get("config") or {})
+        _set_state(state, "running", event.ts, "started", changes)
+    elif event.type == RUN_UPDATE:
+        for key in ("name", "group", "job_type", "notes", "tags"):
+            if key in data:
+                record[key] = data[key]
+        if "config" in data:
+            record["config"] = _merge(record.get("config", {}), data["config"])
+    elif event.type == RUN_FINISH:
+        record["exit_code"] = data.get("exit_code")
+        _set_state(state, data["state"], event.ts, data.get("traceback"), changes)
+    if record["state"] is None:  # its first event was not run_start (lost, or not sent yet)
+        _set_state(state, "running", event.ts, None, changes)
+    return state
+
+
+def _apply_run_state(state: RunState, event: Event, changes: list[StateChange]) -> None:
+    """Only a crash is decided outside the SDK; other ``run_state`` events report changes made here."""
+    if event.data["state"] != "crashed":
+        return
+    # It holds only while the run is running and has stayed silent since the sweep saw it.
+    since = event.data.get("since", event.ts)
+    record = state["record"]
+    if record["state"] != "running" or record["heartbeat_at"] > since:
+        return
+    _set_state(state, "crashed", event.ts, event.data.get("reason"), changes)
+
+
+def silent_runs(states: dict[str, RunState] | Any, now: float, timeout_s: float) -> list[RunState]:
+    """Running runs that have sent nothing for longer than ``timeout_s``."""
+    return [
+        s for s in states.values()
+        if s["record"]["state"] == "running" and now - s["record"]["heartbeat_at"] > timeout_s
+    ]
+
+
+def crash_event_data(state: RunState, now: float) -> dict[str, Any]:
+    """The ``run_state`` payload that declares a silent run crashed."""
+    since = state["record"]["heartbeat_at"]
+    return {"state": "crashed", "reason": f"no heartbeat for {now - since:.0f} s", "since": since}
+
+
+def record_for_write(state: RunState) -> dict[str, Any]:
+    """The run record to write, with a fresh version."""
+    record = state["record"]
+    record["version"] = next_version(record["version"])
+    return dict(record)

@@ -1,0 +1,147 @@
+"""Run summaries: per (run, metric) statistics, and the run summary the runs table shows.
+
+Plain Python, folded into the same JSON-able run state as ``runstate`` (the
+``summary`` entry): per metric the last value (at the largest step), min, max,
+sum and count of the finite values, NaN and infinity counts, first/last step
+and time. The run summary takes each metric's last value unless a
+``define_metric`` summary choice says min, max, mean or none; values set with
+``run.summary[...]`` win. Non-finite values are kept as the contract's strings
+("NaN", "Infinity") so the state stays valid JSON.
+
+A metrics event whose seq is at or below the highest one folded is a replay and
+changes nothing (a run's metric events arrive in seq order on one partition).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Any
+
+from runstream.events import METRICS, RUN_UPDATE, Event, decode_value, encode_value
+
+Summary = dict[str, Any]
+
+
+def new_summary() -> Summary:
+    return {"metrics_seq": -1, "metrics": {}, "explicit": {}, "define": []}
+
+
+def _stats() -> dict[str, Any]:
+    return {"last": None, "last_step": -1, "min": None, "max": None, "sum": 0.0, "count": 0, "nan": 0, "inf": 0,
+            "first_step": None, "first_time": None, "last_time": None}
+
+
+def fold_metrics(summary: Summary, event: Event) -> set[str]:
+    """Fold one metrics batch; return the metrics it changed (none when it was already folded)."""
+    if event.type != METRICS:
+        raise ValueError(f"expected a metrics event, got {event.type!r}")
+    if event.seq <= summary["metrics_seq"]:
+        return set()
+    summary["metrics_seq"] = event.seq
+    steps, times = event.data["step"], event.data["time"]
+    ordered = all(a < b for a, b in zip(steps, steps[1:]))
+    for name, column in event.data["values"].items():
+        s = summary["metrics"].get(name) or _stats()
+        if ordered and None not in column and str not in map(type, column):
+            _fold_dense(s, steps, times, column)  # the common case: min/max/sum run in C
+        else:
+            _fold_rows(s, steps, times, column)
+        summary["metrics"][name] = s
+    return set(event.data["values"])
+
+
+def _fold_dense(s: dict[str, Any], steps: list[int], times: list[float], column: list[float]) -> None:
+    low, high = min(column), max(column)
+    if math.isfinite(low) and math.isfinite(high) and math.isfinite(total := math.fsum(column)):
+        s["count"] += len(column)
+        s["sum"] += total
+        s["min"] = low if s["min"] is None else min(s["min"], low)
+        s["max"] = high if s["max"] is None else max(s["max"], high)
+    else:  # an infinity (NaN arrives as a string) or an overflowing sum
+        _fold_rows(s, steps, times, column)
+        return
+    if steps[-1] >= s["last_step"]:
+        s["last"], s["last_step"], s["last_time"] = column[-1], steps[-1], times[-1]
+    if s["first_step"] is None or steps[0] < s["first_step"]:
+        s["first_step"], s["first_time"] = steps[0], times[0]
+
+
+def _fold_rows(s: dict[str, Any], steps: list[int], times: list[float], column: list[Any]) -> None:
+    for step, t, raw in zip(steps, times, column):
+        if raw is None:
+            continue
+        value = decode_value(raw)
+        if math.isfinite(value):
+            s["count"] += 1
+            s["sum"] += value
+            s["min"] = value if s["min"] is None else min(s["min"], value)
+            s["max"] = value if s["max"] is None else max(s["max"], value)
+        elif math.isnan(value):
+            s["nan"] += 1
+        else:
+            s["inf"] += 1
+        if step >= s["last_step"]:
+            s["last"], s["last_step"], s["last_time"] = encode_value(value), step, t
+        if s["first_step"] is None or step < s["first_step"]:
+            s["first_step"], s["first_time"] = step, t
+
+
+def fold_update(summary: Summary, event: Event) -> bool:
+    """Fold explicit summary values and define_metric choices from a run_update; True if anything changed."""
+    if event.type != RUN_UPDATE:
+        return False
+    changed = False
+    if "summary" in event.data:
+        summary["explicit"].update(event.data["summary"])
+        changed = True
+    for spec in event.data.get("define_metric", ()):
+        if spec.get("summary"):
+            summary["define"].insert(0, spec)  # later definitions win, as in the SDK
+            changed = True
+    return changed
+
+
+def _choice(summary: Summary, metric: str) -> str:
+    for spec in summary["define"]:
+        if spec.get("summary") and fnmatch.fnmatchcase(metric, spec["name"]):
+            return spec["summary"]
+    return "last"
+
+
+def run_summary(summary: Summary) -> dict[str, Any]:
+    """The run summary: one value per metric by its summary choice, explicit values over them."""
+    out: dict[str, Any] = {}
+    for metric, s in summary["metrics"].items():
+        choice = _choice(summary, metric)
+        if choice == "last":
+            value = decode_value(s["last"]) if s["last"] is not None else None
+        elif choice == "mean":
+            value = s["sum"] / s["count"] if s["count"] else None
+        elif choice in ("min", "max"):
+            value = s[choice]
+        else:  # "none"
+            continue
+        if value is not None:
+            out[metric] = value
+    out.update(summary["explicit"])
+    return out
+
+
+def metric_summary_rows(summary: Summary, team: str, project: str, run_id: str, version: int,
+                        metrics: set[str] | None = None) -> list[dict[str, Any]]:
+    """``metric_summaries`` rows for the given metrics (default: all)."""
+    rows = []
+    for metric in sorted(metrics if metrics is not None else summary["metrics"]):
+        s = summary["metrics"][metric]
+        rows.append({
+            "team": team, "project": project, "run_id": run_id, "metric": metric,
+            "last": decode_value(s["last"]) if s["last"] is not None else math.nan,
+            "min": s["min"] if s["min"] is not None else math.nan,
+            "max": s["max"] if s["max"] is not None else math.nan,
+            "mean": s["sum"] / s["count"] if s["count"] else math.nan,
+            "count": s["count"] + s["nan"] + s["inf"], "nan_count": s["nan"], "inf_count": s["inf"],
+            "first_step": s["first_step"] or 0, "last_step": max(s["last_step"], 0),
+            "first_time": s["first_time"] or 0.0, "last_time": s["last_time"] or 0.0, "version": version,
+        })
+    return rows
