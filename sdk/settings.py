@@ -35,6 +35,10 @@ class Settings:
     port: int = DEFAULT_PORT
     #: Faust application id: workers with the same id share the work (one consumer group).
     app_id: str = "runstream"
+    #: Seconds without a heartbeat (or any event) before a running run is marked crashed.
+    crash_timeout: int = 90
+    #: Webhook URLs (comma-separated) every alert is posted to, Slack-compatible.
+    alert_webhooks: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:

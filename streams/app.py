@@ -1,19 +1,32 @@
-"""The Faust application: agents that wire the event topics to the processing logic.
+"""The Faust application: the stream topology, with agents as thin adapters.
 
-Agents stay thin: decoding and validation live in ``runstream.events``, writing
-in ``runstream.storage``; an agent only moves batches between them, so the
-embedded server can drive the same logic without Kafka.
+    run topics (runs, metrics, system, console, files, alerts)
+        -> process: decode (bad bytes -> dead letters), Processor.process -> ClickHouse,
+           run states in the "run-states" table, state changes -> runs, rule alerts -> alerts
+    every SWEEP_EVERY_S -> sweep: silent runs -> crashed (runs), stalls -> alerts
+    alerts -> notify: webhooks
 
-Run a worker with ``runstream worker`` (or ``faust -A runstream.streams.app worker``);
-workers started with the same ``RUNSTREAM_APP_ID`` share the partitions.
+The logic lives in ``runstream.streams.processor`` (plain Python, also driven
+in-process by the embedded server); here are only topics, the table, batching
+and retries. All of a run's events share one partition number in every topic
+(same key, same partition count), so the worker that owns a run's partition
+owns its state, and the table's changelog uses the same partitioner.
+
+Offsets: a batch's offsets are acknowledged only after ``process`` returns,
+which is after ClickHouse accepted its rows, the produced events were
+acknowledged by the broker and the states were stored. A ClickHouse outage
+blocks the batch (retried with backoff) instead of skipping it.
+
+Run a worker with ``runstream worker``; workers with the same ``RUNSTREAM_APP_ID``
+share the partitions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import faust
 from clickhouse_connect.driver.client import Client
@@ -22,24 +35,42 @@ from runstream import events
 from runstream.settings import Settings
 from runstream.storage.client import connect
 from runstream.storage.migrations import migrate
-from runstream.storage.writer import insert_metric_points
+from runstream.streams.notifier import Notifier
+from runstream.streams.processor import Processor, RuleBook, decode_state, encode_state, sdk_alert_id
 
 log = logging.getLogger(__name__)
 
-#: Most messages one insert takes, and the longest a message waits for its batch.
-SINK_BATCH = 2000
+#: Most messages one batch takes, and the longest a message waits for its batch.
+SINK_BATCH = 5000
 SINK_WITHIN_S = 0.5
+SWEEP_EVERY_S = 5.0
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0
+
+RUN_TOPICS = (events.TOPIC_RUNS, events.TOPIC_METRICS, events.TOPIC_SYSTEM, events.TOPIC_CONSOLE,
+              events.TOPIC_FILES, events.TOPIC_ALERTS)
 
 
-def decode_batch(raws: list[bytes]) -> tuple[list[events.Event], list[tuple[bytes, str]]]:
-    """Split raw messages into valid events and (raw, reason) rejects."""
+def decode_batch(raws: list[tuple[bytes, str]]) -> tuple[list[events.Event], list[tuple[bytes, str, str]]]:
+    """Split (raw, topic) messages into valid events and (raw, topic, reason) rejects."""
     good, bad = [], []
-    for raw in raws:
+    for raw, topic in raws:
         try:
             good.append(events.decode(raw))
         except events.InvalidEvent as exc:
-            bad.append((raw, exc.reason))
+            bad.append((raw, topic, exc.reason))
     return good, bad
+
+
+async def retrying(what: str, call: Callable[[], object]) -> object:
+    """Run a blocking call in a thread until it succeeds, backing off; the batch waits, it is never skipped."""
+    delay = RETRY_FIRST_S
+    while True:
+        try:
+            return await asyncio.to_thread(call)
+        except Exception as exc:  # noqa: BLE001 - any storage failure: keep the offsets, try again
+            log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
 
 
 def create_app(settings: Settings, storage: Callable[[], Client] | None = None) -> faust.App:
@@ -56,11 +87,17 @@ def create_app(settings: Settings, storage: Callable[[], Client] | None = None) 
         web_enabled=False,
     )
 
-    def raw_topic(topic: events.Topic) -> faust.TopicT:
-        return app.topic(topic.name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    def raw_topic(*names: str) -> faust.TopicT:
+        return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
-    metrics_topic = raw_topic(events.TOPIC_METRICS)
-    dead_letters = raw_topic(events.TOPIC_DEAD_LETTERS)
+    run_topics = raw_topic(*(t.name for t in RUN_TOPICS))
+    alerts_topic = raw_topic(events.TOPIC_ALERTS.name)
+    dead_letters = raw_topic(events.TOPIC_DEAD_LETTERS.name)
+    out_topics = {t.name: raw_topic(t.name) for t in RUN_TOPICS}
+    # Run states, keyed like the events; use_partitioner puts each key in the changelog
+    # partition of its run's events, so the owner of a partition recovers its runs' states.
+    raw = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    states = app.Table("run-states", schema=raw, partitions=events.RUN_PARTITIONS, use_partitioner=True)
     client: Client | None = None
 
     def clickhouse() -> Client:
@@ -70,17 +107,57 @@ def create_app(settings: Settings, storage: Callable[[], Client] | None = None) 
             migrate(client)
         return client
 
-    @app.agent(metrics_topic)
-    async def metric_sink(stream: faust.StreamT) -> None:
-        await asyncio.to_thread(clickhouse)  # connect and migrate when the worker starts, not at the first event
-        async for raws in stream.take(SINK_BATCH, within=SINK_WITHIN_S):
-            good, bad = decode_batch(raws)
-            for raw, reason in bad:
-                log.warning("dead letter from %s: %s", events.TOPIC_METRICS.name, reason)
-                await dead_letters.send(value=raw, headers=events.dead_letter_headers(reason, events.TOPIC_METRICS.name))
-            if good:
-                # clickhouse-connect is blocking: keep the event loop (heartbeats, fetches) running meanwhile.
-                await asyncio.to_thread(insert_metric_points, clickhouse(), good)
+    rules = RuleBook(clickhouse)
+    processor = Processor(clickhouse, rules)
+
+    async def publish(produced: list[events.Event]) -> None:
+        """Send and wait for the broker's acknowledgements (before the states are stored)."""
+        pending = [await out_topics[e.topic.name].send(key=e.key, value=e.to_bytes()) for e in produced]
+        await asyncio.gather(*pending)
+
+    @app.agent(run_topics)
+    async def process(stream: faust.StreamT) -> None:
+        await retrying("connecting to ClickHouse", clickhouse)
+        async for batch in stream.take_events(SINK_BATCH, within=SINK_WITHIN_S):
+            good, bad = decode_batch([(e.value, e.message.topic) for e in batch])
+            for raw, topic, reason in bad:
+                log.warning("dead letter from %s: %s", topic, reason)
+                await dead_letters.send(value=raw, headers=events.dead_letter_headers(reason, topic))
+            if not good:
+                continue
+            keys = {e.key for e in good}
+            known = {k.decode(): decode_state(states[k]) for k in keys if k in states}
+            out = await retrying("writing a batch to ClickHouse", lambda: processor.process(good, known))
+            await publish(out.publish)
+            for key, state in out.states.items():
+                states[key.encode()] = encode_state(state)
+
+    @app.timer(interval=SWEEP_EVERY_S)
+    async def sweep() -> None:
+        if client is None:
+            return
+        current = {k.decode(): decode_state(v) for k, v in list(states.items())}
+        found = await asyncio.to_thread(processor.sweep, current, float(settings.crash_timeout))
+        await publish(found)
+
+    notifier = Notifier([u.strip() for u in settings.alert_webhooks.split(",")])
+
+    def rule_webhooks(event: events.Event) -> list[str]:
+        rule_id = event.data.get("rule_id")
+        if not rule_id:
+            return []
+        return next((list(r.spec.get("webhooks", [])) for r in rules.rules(event.team, event.project)
+                     if r.rule_id == rule_id), [])
+
+    @app.agent(alerts_topic)
+    async def notify(stream: faust.StreamT) -> None:
+        async for raw in stream:
+            try:
+                event = events.decode(raw)
+            except events.InvalidEvent:
+                continue  # the process agent dead-letters it
+            extra = await asyncio.to_thread(rule_webhooks, event)
+            await notifier.deliver(event, sdk_alert_id(event), extra)
 
     return app
 
