@@ -73,8 +73,17 @@ async def retrying(what: str, call: Callable[[], object]) -> object:
             delay = min(delay * 2, RETRY_MAX_S)
 
 
-def create_app(settings: Settings, storage: Callable[[], Client] | None = None) -> faust.App:
-    """Build the worker app for these settings; ``storage`` opens the ClickHouse client (default: the DSN)."""
+def create_app(
+    settings: Settings,
+    storage: Callable[[], Client] | None = None,
+    sweep_every_s: float = SWEEP_EVERY_S,
+    **faust_options: object,
+) -> faust.App:
+    """Build the worker app for these settings.
+
+    ``storage`` opens the ClickHouse client (default: the DSN); ``faust_options``
+    override Faust settings (tests shorten ``broker_session_timeout``).
+    """
     faust_dir = Path(settings.data_dir) / "faust"
     faust_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(
@@ -85,6 +94,7 @@ def create_app(settings: Settings, storage: Callable[[], Client] | None = None) 
         topic_partitions=events.RUN_PARTITIONS,
         producer_acks=-1,
         web_enabled=False,
+        **faust_options,
     )
 
     def raw_topic(*names: str) -> faust.TopicT:
@@ -132,7 +142,7 @@ def create_app(settings: Settings, storage: Callable[[], Client] | None = None) 
             for key, state in out.states.items():
                 states[key.encode()] = encode_state(state)
 
-    @app.timer(interval=SWEEP_EVERY_S)
+    @app.timer(interval=sweep_every_s)
     async def sweep() -> None:
         if client is None:
             return

@@ -63,12 +63,6 @@ class Notifier:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._delivered: OrderedDict[str, None] = OrderedDict()
         self._remember = remember
-        self._session: aiohttp.ClientSession | None = None
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def deliver(self, event: Event, alert_id: str, extra_urls: Sequence[str] = ()) -> int:
         """Post the alert to the webhooks (and a rule's own); return how many accepted it."""
@@ -77,21 +71,19 @@ class Notifier:
         urls = list(dict.fromkeys([*self.webhooks, *extra_urls]))
         if not urls:
             return 0
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
         payload = slack_payload(event, alert_id)
-        results = await asyncio.gather(*(self._post(url, payload) for url in urls))
+        async with aiohttp.ClientSession(timeout=self.timeout) as session:  # alerts are rare: no pool to keep
+            results = await asyncio.gather(*(self._post(session, url, payload) for url in urls))
         self._delivered[alert_id] = None
         while len(self._delivered) > self._remember:
             self._delivered.popitem(last=False)
         return sum(results)
 
-    async def _post(self, url: str, payload: dict[str, Any]) -> bool:
-        assert self._session is not None
+    async def _post(self, session: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> bool:
         delay = self.first_backoff_s
         for attempt in range(1, self.tries + 1):
             try:
-                async with self._session.post(url, json=payload) as response:
+                async with session.post(url, json=payload) as response:
                     if response.status < 300:
                         return True
                     problem = f"HTTP {response.status}"
