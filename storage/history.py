@@ -1,0 +1,200 @@
+"""One run's unsampled metric history, page by page, in W&B's row shape but columnar.
+
+A page is ``page_size`` history rows: the distinct steps at which at least one
+of the selected metrics was logged, ascending, each with its wall time and one
+value per metric (``None`` where that step did not log the metric; NaN and
+infinities stay floats). Pages are cut by step, so a caller walks them with
+``after_step = page["next_after_step"]`` and sees every step exactly once.
+
+Finding where a page ends is cheap: ``metric_steps`` (one row per logged step,
+ordered by run and step) gives the (``page_size`` + 1)-th step after the cursor
+by reading in order, and since every step with a point has a row there, the
+page's last step and the next page's first lie at or before it unless the
+selected metrics are sparser; only then does the search read further.
+
+The page's points and its steps' times are read in one query as Arrow,
+without ``FINAL`` but with their seq; numpy keeps the row with the largest seq
+per (metric, step) and pivots. That was measured fastest: ``FINAL`` merges every part whose key range straddles
+the run (in a table of 5 parts, a 10k-point page took 37 ms with ``FINAL``,
+9.5 ms with ``argMax(value, seq)`` and 7 ms read plain), and a page is small
+enough for numpy to deduplicate in a millisecond or two.
+
+Unlike W&B's sampled history, which keeps only rows having every requested
+key, a row here is kept when it has any of them: sparse metrics (a validation
+loss every N steps) read naturally next to dense ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from clickhouse_connect.driver.client import Client
+
+from runstream.storage.errors import QueryError
+
+MAX_PAGE_SIZE = 100_000
+#: A page holds at most this many values (rows x keys); page_size shrinks to fit.
+MAX_CELLS = 4_000_000
+MAX_STEP = 2**64 - 1
+
+_RUN = "team = {team:String} AND project = {project:String} AND run_id = {run:String}"
+_METRICS = "AND metric IN {keys:Array(String)}"
+
+_NTH_LOGGED_STEP = f"""
+SELECT step FROM metric_steps FINAL WHERE {_RUN} AND step >= {{lo:UInt64}} AND step <= {{hi:UInt64}}
+ORDER BY step LIMIT 1 OFFSET {{offset:UInt64}}
+"""
+
+# The page's last step and, when there is one, the step after it.
+_PAGE_END = f"""
+SELECT step FROM (SELECT DISTINCT step FROM metric_points
+                  WHERE {_RUN} {_METRICS} AND step >= {{lo:UInt64}} AND step <= {{hi:UInt64}})
+ORDER BY step LIMIT 2 OFFSET {{offset:UInt64}}
+"""
+
+# The page's points (k = the key's position in keys, from 1) and its steps' times (k = 0),
+# every copy with its seq: the largest seq per (k, step) is kept in numpy. When the keys
+# are sparse, the page spans many more logged steps than it has rows: %(sparse)s then
+# restricts the times to the page's rows.
+_PAGE_DATA = f"""
+SELECT toUInt32(indexOf({{keys:Array(String)}}, metric)) AS k, step, value, seq FROM metric_points
+WHERE {_RUN} {_METRICS} AND step >= {{lo:UInt64}} AND step <= {{hi:UInt64}}
+UNION ALL
+SELECT toUInt32(0) AS k, step, toFloat64(toUnixTimestamp64Milli(time)) AS value, seq FROM metric_steps
+WHERE {_RUN} AND step >= {{lo:UInt64}} AND step <= {{hi:UInt64}} %(sparse)s
+SETTINGS output_format_arrow_compression_method = 'none'
+"""
+_SPARSE = f"""AND step IN (SELECT step FROM metric_points
+                         WHERE {_RUN} {_METRICS} AND step >= {{lo:UInt64}} AND step <= {{hi:UInt64}})"""
+
+_RUN_METRICS = f"SELECT DISTINCT metric FROM metric_points WHERE {_RUN} ORDER BY metric"
+
+
+def run_metrics(client: Client, team: str, project: str, run_id: str) -> list[str]:
+    """The names of the metrics a run has logged, sorted."""
+    _check_name("run_id", run_id)
+    rows = client.query(_RUN_METRICS, parameters={"team": team, "project": project, "run": run_id}).result_rows
+    return [str(name) for (name,) in rows]
+
+
+def history_page(
+    client: Client,
+    team: str,
+    project: str,
+    run_id: str,
+    keys: Sequence[str] | None = None,
+    min_step: int | None = None,
+    max_step: int | None = None,
+    after_step: int | None = None,
+    page_size: int = 10_000,
+) -> dict[str, Any]:
+    """A page of a run's history: ``{"step": [...], "time": [...], "columns": {metric:
+    [...]}, "next_after_step": int | None}``.
+
+    Rows are the first ``page_size`` steps in ``[min_step, max_step]`` after
+    ``after_step`` at which any of ``keys`` (all the run's metrics when None) was
+    logged; ``time`` is the step's wall time in Unix seconds; ``columns`` has one
+    list per key, ``None`` where the row did not log it. ``next_after_step`` is the
+    cursor of the next page, None on the last one. With many keys the page has
+    fewer rows, so that it holds at most ``MAX_CELLS`` values.
+    """
+    _check_name("run_id", run_id)
+    if not isinstance(page_size, int) or isinstance(page_size, bool) or not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise QueryError(f"page_size must be an integer from 1 to {MAX_PAGE_SIZE}, got {page_size!r}")
+    lo = max(_check_step("min_step", min_step, 0), _check_step("after_step", after_step, -1) + 1)
+    hi = _check_step("max_step", max_step, MAX_STEP)
+    if keys is None:
+        names = run_metrics(client, team, project, run_id)
+    elif isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
+        raise QueryError("keys must be a list of metric names")
+    else:
+        names = list(dict.fromkeys(keys))
+    page_size = max(1, min(page_size, MAX_CELLS // max(len(names), 1)))
+    if not names or lo > hi:
+        return {"step": [], "time": [], "columns": {name: [] for name in names}, "next_after_step": None}
+
+    params = {"team": team, "project": project, "run": run_id, "keys": names, "lo": lo}
+    end, more, sparse = _page_end(client, params, hi, page_size)
+    sql = _PAGE_DATA % {"sparse": _SPARSE if sparse else ""}
+    data = pa.ipc.open_stream(client.raw_query(sql, parameters={**params, "hi": end}, fmt="ArrowStream"))
+    page = _pivot(data.read_all(), names)
+    page["next_after_step"] = end if more else None
+    return page
+
+
+def _page_end(client: Client, params: dict[str, Any], hi: int, page_size: int) -> tuple[int, bool, bool]:
+    """The page's last step (the ``page_size``-th from ``lo`` with a selected point, else
+    ``hi``), whether any step with a selected point follows it, and whether the page
+    may span many more logged steps than it has rows."""
+    offset = page_size - 1
+    # The (page_size + 1)-th logged step bounds the search unless the selected metrics are sparse.
+    bound = _first(client, _NTH_LOGGED_STEP, {**params, "hi": hi, "offset": page_size})
+    if bound is not None:
+        rows = client.query(_PAGE_END, parameters={**params, "hi": bound, "offset": offset}).result_rows
+        if len(rows) == 2:
+            return rows[0][0], True, False
+    rows = client.query(_PAGE_END, parameters={**params, "hi": hi, "offset": offset}).result_rows
+    return (rows[0][0], len(rows) == 2, True) if rows else (hi, False, True)
+
+
+def _first(client: Client, sql: str, params: dict[str, Any]) -> int | None:
+    rows = client.query(sql, parameters=params).result_rows
+    return int(rows[0][0]) if rows else None
+
+
+def _pivot(data: pa.Table, names: list[str]) -> dict[str, Any]:
+    """Long (k, step, value, seq) rows into rows by step and one column per name, with numpy."""
+    if data.num_rows:
+        k, step, value, seq = (data.column(c).to_numpy() for c in ("k", "step", "value", "seq"))
+    else:
+        k, step, value, seq = np.empty(0, np.uint32), np.empty(0, np.uint64), np.empty(0), np.empty(0, np.uint64)
+    # The current row per (k, step): the last one once sorted by k, step and seq.
+    order = np.lexsort((seq, step, k))
+    k, step, value = k[order].astype(np.int64), step[order], value[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = (k[1:] != k[:-1]) | (step[1:] != step[:-1])
+    k, step, value = k[last], step[last], value[last]
+
+    is_time = k == 0  # sorted first, by step
+    time_step, time_ms = step[is_time], value[is_time]
+    k, step, value = k[~is_time], step[~is_time], value[~is_time]
+    steps, row = np.unique(step, return_inverse=True)
+    grid = np.full((len(names), len(steps)), np.nan)
+    logged = np.zeros((len(names), len(steps)), dtype=bool)
+    grid[k - 1, row] = value
+    logged[k - 1, row] = True
+
+    if len(time_step):
+        at = np.minimum(np.searchsorted(time_step, steps), len(time_step) - 1)
+        has_time = time_step[at] == steps
+        seconds = time_ms[at] / 1000.0
+    else:
+        has_time, seconds = np.zeros(len(steps), dtype=bool), np.zeros(len(steps))
+    return {
+        "step": steps.tolist(),
+        "time": _with_gaps(seconds, has_time),
+        "columns": {name: _with_gaps(grid[i], logged[i]) for i, name in enumerate(names)},
+    }
+
+
+def _with_gaps(values: np.ndarray, present: np.ndarray) -> list[float | None]:
+    out: list[float | None] = values.tolist()
+    for i in np.flatnonzero(~present).tolist():
+        out[i] = None
+    return out
+
+
+def _check_name(what: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise QueryError(f"{what} must be a non-empty string, got {value!r}")
+
+
+def _check_step(what: str, value: Any, default: int) -> int:
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_STEP:
+        raise QueryError(f"{what} must be a step (an integer from 0 to 2**64 - 1), got {value!r}")
+    return value

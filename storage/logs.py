@@ -1,0 +1,292 @@
+"""Per-run logs besides metric history: system metric series, console output, files and media, alerts.
+
+Every query reads the current rows only: ``FINAL`` where a later row replaces
+an earlier one (system samples, files, alerts), and ``LIMIT 1 BY`` the line's
+identity for console lines, whose copies are identical (a replay rewrites the
+same line), so a tail reads just the lines it returns.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
+
+from runstream.events import FILE_KINDS
+from runstream.storage.errors import QueryError
+
+MAX_RUNS = 10_000
+MAX_POINTS = 10_000
+MAX_LINES = 10_000
+MAX_ALERTS = 10_000
+MAX_QUERY_LEN = 1_000
+_MAX_MS = 10**13  # year 2286, inside DateTime64(3)'s range
+
+# -- system metrics -------------------------------------------------------------------
+
+_SYSTEM_WHERE = """team = {team:String} AND project = {project:String} AND run_id IN {runs:Array(String)}
+    %(metrics)s AND time >= fromUnixTimestamp64Milli({start:Int64}, 'UTC') AND time <= fromUnixTimestamp64Milli({end:Int64}, 'UTC')"""
+
+_SYSTEM_SPANS = f"""
+SELECT toString(run_id), toUnixTimestamp64Milli(min(time)), toUnixTimestamp64Milli(max(time))
+FROM system_points WHERE {_SYSTEM_WHERE} GROUP BY run_id
+"""
+
+# Buckets of w milliseconds from each run's first sample t0; min/max/mean of the finite values (NaN when none).
+_SYSTEM_SERIES = f"""
+SELECT run, name, arrayMap(x -> x.1, s), arrayMap(x -> x.2, s), arrayMap(x -> x.3, s), arrayMap(x -> x.4, s)
+FROM (
+    SELECT run, name, arraySort(groupArray((t, mean, lo, hi))) AS s
+    FROM (
+        WITH transform(run_id, {{runs:Array(String)}}, {{t0:Array(Int64)}}, toInt64(0)) AS t0,
+            transform(run_id, {{runs:Array(String)}}, {{w:Array(Int64)}}, toInt64(1)) AS w
+        SELECT toString(run_id) AS run, toString(metric) AS name, intDiv(toUnixTimestamp64Milli(time) - t0, w) AS b,
+            any(t0 + b * w) / 1000 AS t,
+            avgIf(value, isFinite(value)) AS mean,
+            ifNull(minIfOrNull(value, isFinite(value)), nan) AS lo,
+            ifNull(maxIfOrNull(value, isFinite(value)), nan) AS hi
+        FROM system_points FINAL WHERE {_SYSTEM_WHERE}
+        GROUP BY run, name, b
+    )
+    GROUP BY run, name
+)
+ORDER BY run, name
+"""
+
+
+def system_series(
+    client: Client,
+    team: str,
+    project: str,
+    run_ids: Sequence[str],
+    metrics: Sequence[str] | None = None,
+    max_points: int = 500,
+    start: float | None = None,
+    end: float | None = None,
+) -> dict[str, Any]:
+    """System metrics of runs between ``start`` and ``end`` (Unix seconds, inclusive),
+    in time buckets: ``{"runs": [{"run_id", "metric", "bucket_seconds", "time": [...],
+    "mean": [...], "min": [...], "max": [...]}]}``, one entry per (run, metric) sorted.
+
+    Each run's buckets start at its first sample in the range and are as wide
+    as needed for at most ``max_points`` per run (1 ms at least, so few samples
+    come back as they are); ``time`` is each bucket's start. Statistics are over
+    the finite values (NaN where a bucket has none). ``metrics`` None: all.
+    """
+    runs = _names("run_ids", run_ids, MAX_RUNS)
+    names = None if metrics is None else _names("metrics", metrics, None)
+    _check_int("max_points", max_points, 1, MAX_POINTS)
+    if not runs or names == []:
+        return {"runs": []}
+    params: dict[str, Any] = {
+        "team": team,
+        "project": project,
+        "runs": runs,
+        "metrics": names or [],
+        "start": _ms("start", start, 0),
+        "end": _ms("end", end, _MAX_MS),
+    }
+    where = {"metrics": "" if names is None else "AND metric IN {metrics:Array(String)}"}
+    spans = client.query(_SYSTEM_SPANS % where, parameters=params).result_rows
+    if not spans:
+        return {"runs": []}
+    t0 = {run: lo for run, lo, _ in spans}
+    width = {run: (hi - lo) // max_points + 1 for run, lo, hi in spans}
+    params.update(runs=list(t0), t0=list(t0.values()), w=[width[run] for run in t0])
+    rows = client.query(_SYSTEM_SERIES % where, parameters=params).result_rows
+    out = [
+        {"run_id": run_id, "metric": metric, "bucket_seconds": width[run_id] / 1000,
+         "time": time, "mean": mean, "min": lo, "max": hi}
+        for run_id, metric, time, mean, lo, hi in rows
+    ]
+    return {"runs": out}
+
+
+# -- console --------------------------------------------------------------------------
+
+_CURSOR = re.compile(r"(\d{1,20})\.(\d{1,10})\Z")
+
+_LINES = """
+SELECT seq, row, toUnixTimestamp64Milli(time), toString(stream), line FROM console_lines
+WHERE team = {team:String} AND project = {project:String} AND run_id = {run:String}
+    AND seq <= {before_seq:UInt64} AND (seq, row) < ({before_seq:UInt64}, {before_row:UInt64})
+    %(match)s
+ORDER BY seq DESC, row DESC
+LIMIT 1 BY seq, row
+LIMIT {limit:UInt64}
+"""
+
+
+def console_tail(
+    client: Client, team: str, project: str, run_id: str, limit: int = 1000, before: str | None = None
+) -> dict[str, Any]:
+    """The run's last ``limit`` console lines before the cursor ``before`` (None: the
+    end), oldest first: ``{"lines": [{"time", "stream", "line"}], "next_before":
+    cursor of the older lines, or None when these are the first}``."""
+    return _lines(client, team, project, run_id, "", {}, limit, before)
+
+
+def console_search(
+    client: Client,
+    team: str,
+    project: str,
+    run_id: str,
+    query: str,
+    regex: bool = False,
+    limit: int = 1000,
+    before: str | None = None,
+) -> dict[str, Any]:
+    """The last ``limit`` console lines (before the cursor ``before``) that contain
+    ``query``, ignoring case, or that match it as an RE2 regular expression
+    (``regex=True``; ``(?i)`` for case-insensitive). Same shape as ``console_tail``."""
+    if not isinstance(query, str) or not query or len(query) > MAX_QUERY_LEN:
+        raise QueryError(f"a console search needs a query of 1 to {MAX_QUERY_LEN} characters")
+    if regex:
+        try:
+            client.command("SELECT match('', {pattern:String})", parameters={"pattern": query})
+        except DatabaseError as exc:
+            raise QueryError(f"invalid regular expression {query!r}: {_engine_reason(exc)}", query=query) from None
+        match = "AND match(line, {pattern:String})"
+    else:
+        match = "AND positionCaseInsensitiveUTF8(line, {pattern:String}) > 0"
+    return _lines(client, team, project, run_id, match, {"pattern": query}, limit, before)
+
+
+def _lines(
+    client: Client, team: str, project: str, run_id: str, match: str, extra: dict[str, Any], limit: int, before: str | None
+) -> dict[str, Any]:
+    _name("run_id", run_id)
+    _check_int("limit", limit, 1, MAX_LINES)
+    before_seq, before_row = _parse_cursor(before)
+    params = {"team": team, "project": project, "run": run_id, "before_seq": before_seq, "before_row": before_row,
+              "limit": limit + 1, **extra}
+    rows = client.query(_LINES % {"match": match}, parameters=params).result_rows
+    older = len(rows) > limit
+    rows = rows[:limit][::-1]
+    return {
+        "lines": [{"time": ms / 1000, "stream": stream, "line": line} for _, _, ms, stream, line in rows],
+        "next_before": f"{rows[0][0]}.{rows[0][1]}" if older else None,
+    }
+
+
+def _parse_cursor(cursor: str | None) -> tuple[int, int]:
+    if cursor is None:
+        return 2**64 - 1, 2**32  # after every line
+    m = _CURSOR.match(cursor) if isinstance(cursor, str) else None
+    if not m or int(m[1]) >= 2**64 or int(m[2]) > 2**32:
+        raise QueryError(f"malformed console cursor {cursor!r}; pass back a next_before value", cursor=cursor)
+    return int(m[1]), int(m[2])
+
+
+# -- files and media -----------------------------------------------------------------
+
+_FILE_COLUMNS = """path, toString(kind), toString(media_type), step, size, toString(sha256), store_key, meta,
+    toUnixTimestamp64Milli(time)"""
+
+
+def run_files(
+    client: Client, team: str, project: str, run_id: str, kind: str | None = None, prefix: str | None = None
+) -> list[dict[str, Any]]:
+    """The run's files, the current entry per path, sorted by path; optionally of one
+    ``kind`` (``runstream.events.FILE_KINDS``) and under a path ``prefix``."""
+    _name("run_id", run_id)
+    where = ""
+    params: dict[str, Any] = {"team": team, "project": project, "run": run_id}
+    if kind is not None:
+        if kind not in FILE_KINDS:
+            raise QueryError(f"unknown file kind {kind!r}; use one of {', '.join(FILE_KINDS)}", kind=kind)
+        where += " AND kind = {kind:String}"
+        params["kind"] = kind
+    if prefix is not None:
+        if not isinstance(prefix, str):
+            raise QueryError("prefix must be a string")
+        where += " AND startsWith(path, {prefix:String})"
+        params["prefix"] = prefix
+    return _files(client, where, "path", params)
+
+
+def media_steps(client: Client, team: str, project: str, run_id: str, key: str) -> list[dict[str, Any]]:
+    """The media logged under ``key`` (``run.log({key: Image(...)})``), one entry per
+    file, by step: what a media panel's step slider walks."""
+    _name("run_id", run_id)
+    _name("key", key)
+    params = {"team": team, "project": project, "run": run_id, "key": key}
+    return _files(client, " AND kind = 'media' AND JSONExtractString(meta, 'key') = {key:String}", "step, path", params)
+
+
+def _files(client: Client, where: str, order: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    sql = f"""SELECT {_FILE_COLUMNS} FROM run_files FINAL
+        WHERE team = {{team:String}} AND project = {{project:String}} AND run_id = {{run:String}}{where}
+        ORDER BY {order}"""
+    return [
+        {"path": path, "kind": kind, "media_type": media_type or None, "step": step, "size": size, "sha256": sha256,
+         "store_key": store_key, "meta": orjson.loads(meta or "{}"), "time": ms / 1000}
+        for path, kind, media_type, step, size, sha256, store_key, meta, ms in client.query(sql, parameters=params).result_rows
+    ]
+
+
+# -- alerts -------------------------------------------------------------------------------
+
+
+def list_alerts(
+    client: Client, team: str, project: str, run_id: str | None = None, since: float | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """A project's alerts (or one run's), newest first, optionally from ``since`` (Unix seconds) on."""
+    _check_int("limit", limit, 1, MAX_ALERTS)
+    where = ""
+    params: dict[str, Any] = {"team": team, "project": project, "limit": limit}
+    if run_id is not None:
+        _name("run_id", run_id)
+        where += " AND run_id = {run:String}"
+        params["run"] = run_id
+    if since is not None:
+        where += " AND time >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')"
+        params["since"] = _ms("since", since, 0)
+    sql = f"""SELECT run_id, alert_id, rule_id, toString(source), toString(level), title, text, toUnixTimestamp64Milli(time)
+        FROM alerts FINAL WHERE team = {{team:String}} AND project = {{project:String}}{where}
+        ORDER BY time DESC, run_id, alert_id LIMIT {{limit:UInt64}}"""
+    return [
+        {"run_id": run, "alert_id": alert_id, "rule_id": rule_id or None, "source": source, "level": level,
+         "title": title, "text": text, "time": ms / 1000}
+        for run, alert_id, rule_id, source, level, title, text, ms in client.query(sql, parameters=params).result_rows
+    ]
+
+
+# -- arguments ---------------------------------------------------------------------------
+
+
+def _name(what: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise QueryError(f"{what} must be a non-empty string, got {value!r}")
+
+
+def _names(what: str, values: Any, limit: int | None) -> list[str]:
+    if isinstance(values, str) or not isinstance(values, Sequence) or not all(isinstance(v, str) for v in values):
+        raise QueryError(f"{what} must be a list of strings")
+    if limit is not None and len(values) > limit:
+        raise QueryError(f"at most {limit} {what}, got {len(values)}", limit=limit)
+    return sorted(set(values))
+
+
+def _check_int(what: str, value: Any, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise QueryError(f"{what} must be an integer from {lo} to {hi}, got {value!r}")
+
+
+def _ms(what: str, seconds: Any, default: int) -> int:
+    if seconds is None:
+        return default
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds * 1000 <= _MAX_MS:
+        raise QueryError(f"{what} must be a Unix time in seconds, got {seconds!r}")
+    return round(seconds * 1000)
+
+
+def _engine_reason(exc: DatabaseError) -> str:
+    """The engine's one-line reason, without the code and stack trace decoration."""
+    text = str(exc)
+    m = re.search(r"DB::Exception: (.*?)(?: \([A-Z_]+\))?(?:\.|$)", text, re.S)
+    return (m[1] if m else text).strip().splitlines()[0][:300]
