@@ -50,7 +50,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     app = create_app(settings)
     # Faust's own worker command (signal handling, rebalancing, graceful shutdown) reads sys.argv.
-    sys.argv = ["runstream", "worker", "--loglevel", args.loglevel]
+    sys.argv = ["runstream", "worker", "--loglevel", args.loglevel, "--without-web"]
     app.main()
     return 0
 
@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_topics_create)
 
     p = commands.add_parser("worker", help="run a stream-processing worker (Faust); start several to scale out")
-    p.add_argument("--loglevel", default="info")
+    p.add_argument("--loglevel", default="info", choices=["crit", "error", "warn", "info", "debug"])
     p.set_defaults(run=_worker)
 
     p = commands.add_parser("api", help="serve the HTTP API (cluster mode: against Kafka and a ClickHouse server)")

@@ -387,3 +387,26 @@ def _insert_rows(client: Client, table: str, rows: Sequence[Mapping[str, Any]]) 
         return
     names = list(rows[0])
     client.insert(table, [[row[name] for row in rows] for name in names], column_names=names, column_oriented=True)
+
+
+# -- processor state -------------------------------------------------------------------
+
+
+def upsert_run_states(client: Client, states: Mapping[tuple[str, str, str], tuple[bytes, int]]) -> None:
+    """Write processor states: (team, project, run_id) -> (JSON bytes, version)."""
+    rows = [{"team": t, "project": p, "run_id": r, "state": raw.decode(), "version": version}
+            for (t, p, r), (raw, version) in states.items()]
+    _insert_rows(client, "run_states", rows)
+
+
+def load_run_states(client: Client, keys: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], bytes]:
+    """The stored processor states of these runs (those that have one)."""
+    keys = sorted(set(keys))
+    if not keys:
+        return {}
+    rows = client.query(
+        "SELECT team, project, run_id, state FROM run_states FINAL "
+        "WHERE (team, project, run_id) IN {keys:Array(Tuple(String, String, String))}",
+        parameters={"keys": keys},
+    ).result_rows
+    return {(t, p, r): s.encode() if isinstance(s, str) else s for t, p, r, s in rows}

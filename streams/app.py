@@ -2,18 +2,19 @@
 
     run topics (runs, metrics, system, console, files, alerts)
         -> process: decode (bad bytes -> dead letters), Processor.process -> ClickHouse,
-           run states in the "run-states" table, state changes -> runs, rule alerts -> alerts
+           state changes -> runs, rule alerts -> alerts, then Processor.commit (run states)
     every SWEEP_EVERY_S -> sweep: silent runs -> crashed (runs), stalls -> alerts
     alerts -> notify: webhooks
 
 The logic lives in ``runstream.streams.processor`` (plain Python, also driven
 in-process by the embedded server); here are only topics, the table, batching
 and retries. All of a run's events share one partition number in every topic
-(same key, same partition count), so the worker that owns a run's partition
-owns its state, and the table's changelog uses the same partitioner.
+(same key, same partition count), so one worker at a time folds a run's
+state; the state lives in ClickHouse (``run_states``), so after a rebalance
+the new owner reads where the old one stopped.
 
-Offsets: a batch's offsets are acknowledged only after ``process`` returns,
-which is after ClickHouse accepted its rows, the produced events were
+Offsets: a batch's offsets are acknowledged only after the agent's loop body
+returns, which is after ClickHouse accepted its rows, the produced events were
 acknowledged by the broker and the states were stored. A ClickHouse outage
 blocks the batch (retried with backoff) instead of skipping it.
 
@@ -36,7 +37,7 @@ from runstream.settings import Settings
 from runstream.storage.client import connect
 from runstream.storage.migrations import migrate
 from runstream.streams.notifier import Notifier
-from runstream.streams.processor import Processor, RuleBook, decode_state, encode_state, sdk_alert_id
+from runstream.streams.processor import Processor, RuleBook, sdk_alert_id
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +105,6 @@ def create_app(
     alerts_topic = raw_topic(events.TOPIC_ALERTS.name)
     dead_letters = raw_topic(events.TOPIC_DEAD_LETTERS.name)
     out_topics = {t.name: raw_topic(t.name) for t in RUN_TOPICS}
-    # Run states, keyed like the events; use_partitioner puts each key in the changelog
-    # partition of its run's events, so the owner of a partition recovers its runs' states.
-    raw = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    states = app.Table("run-states", schema=raw, partitions=events.RUN_PARTITIONS, use_partitioner=True)
     client: Client | None = None
 
     def clickhouse() -> Client:
@@ -135,19 +132,20 @@ def create_app(
                 await dead_letters.send(value=raw, headers=events.dead_letter_headers(reason, topic))
             if not good:
                 continue
-            keys = {e.key for e in good}
-            known = {k.decode(): decode_state(states[k]) for k in keys if k in states}
-            out = await retrying("writing a batch to ClickHouse", lambda: processor.process(good, known))
+            # No state cache: after a rebalance another worker may have advanced a run's state.
+            out = await retrying("writing a batch to ClickHouse", lambda: processor.process(good))
             await publish(out.publish)
-            for key, state in out.states.items():
-                states[key.encode()] = encode_state(state)
+            await retrying("storing run states", lambda: processor.commit(out))
 
     @app.timer(interval=sweep_every_s)
     async def sweep() -> None:
         if client is None:
             return
-        current = {k.decode(): decode_state(v) for k, v in list(states.items())}
-        found = await asyncio.to_thread(processor.sweep, current, float(settings.crash_timeout))
+        try:
+            found = await asyncio.to_thread(processor.sweep, float(settings.crash_timeout))
+        except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+            log.warning("sweep failed (%s: %s)", type(exc).__name__, exc)
+            return
         await publish(found)
 
     notifier = Notifier([u.strip() for u in settings.alert_webhooks.split(",")])

@@ -1,9 +1,9 @@
 """The in-process driver of the processing logic, without Kafka (embedded mode and tests).
 
-It does what the Faust worker does with topics and a changelog-backed table,
-with a dict and a loop: each batch goes through ``Processor.process``, the
-states are kept, and the events the batch produced (state changes, rule alerts)
-are processed next, as if consumed back from their topics. Alerts are handed
+It does what the Faust worker does with topics, with a loop: each batch goes
+through ``Processor.process`` and ``commit``, and the events the batch produced
+(state changes, rule alerts) are processed next, as if consumed back from their
+topics. Being the only writer, it keeps the run states it stored in a dict. Alerts are handed
 to ``on_alert`` (the notifier) as they are stored.
 """
 
@@ -39,17 +39,17 @@ class Pipeline:
                 if not pending:
                     break
                 out = self.processor.process(pending, self.states)
-                self.states.update(out.states)
                 if self.on_alert:
                     for event in pending:
                         if event.type == ALERT:
                             self.on_alert(event)
+                self.processor.commit(out)
+                self.states.update(out.states)
                 outputs.append(out)
                 pending = out.publish
         return outputs
 
     def sweep(self, timeout_s: float, now: float | None = None) -> list[Output]:
         """The periodic checks (crashed runs, stalls); what they find is processed at once."""
-        with self._lock:
-            found = self.processor.sweep(self.states, timeout_s, now)
+        found = self.processor.sweep(timeout_s, now)
         return self.handle(found) if found else []

@@ -1,25 +1,28 @@
 """The processing logic, framework-free: one batch of events in, tables and new events out.
 
 Both drivers call ``Processor.process`` with a batch of valid events (any mix
-of types, in arrival order) and a mapping of run states:
+of types, in arrival order), publish what it returns, then ``Processor.commit``:
 
-- the Faust worker (``streams/app.py``), with a changelog-backed table and the
-  events of its partitions; it publishes what comes back to Kafka;
-- the embedded server, with a dict, without Kafka; it feeds what comes back
-  into the next batch itself.
+- the Faust worker (``streams/app.py``) publishes to Kafka and then lets Faust
+  commit the batch's offsets;
+- the embedded server feeds what comes back into its next batch itself.
 
+Each run's processor state (lifecycle, summary statistics, alert rule memory)
+is a JSON document in ``run_states``, loaded when a batch has events of the
+run (a driver may keep a cache: the embedded server, the only writer, does).
 A batch is handled in this order, so that a crash anywhere is repaired by
 redelivering the batch:
 
 1. raw rows (metric points and their buckets, system samples, console lines,
    files, alerts) are written: identity-keyed, so writing twice is harmless;
-2. run states are folded on copies: lifecycle, summaries, alert rule memory;
-   events already folded (by seq) are skipped;
+2. run states are folded on copies: events already folded (by seq) are skipped;
 3. derived rows (runs, run summaries, metric summaries) are written whole;
-4. only then does the caller store the new states and commit the offsets.
+4. the caller publishes the produced events (state changes, rule alerts);
+5. ``commit`` stores the states; then the offsets may be committed.
 
-A crash before 4 replays the batch onto the old states and rewrites the same
-rows; a crash after it skips what was folded.
+A crash before 5 replays the batch onto the old states, rewrites the same
+rows and publishes the same events again (alert ids are derived from their
+trigger, so they stay one alert); a crash after it skips what was folded.
 """
 
 from __future__ import annotations
@@ -36,14 +39,16 @@ import orjson
 from clickhouse_connect.driver.client import Client
 
 from runstream import events
-from runstream.events import ALERT, CONSOLE, FILE, HEARTBEAT, METRICS, RUN_FINISH, RUN_START, RUN_STATE, RUN_UPDATE, SYSTEM, Event
+from runstream.events import ALERT, CONSOLE, FILE, METRICS, RUN_STATE, RUN_UPDATE, SYSTEM, Event
 from runstream.storage.writer import (
     insert_alerts,
     insert_console_lines,
     insert_files,
     insert_metric_points,
     insert_system_points,
+    load_run_states,
     upsert_metric_summaries,
+    upsert_run_states,
     upsert_run_summaries,
     upsert_runs,
 )
@@ -51,12 +56,7 @@ from runstream.streams import runstate, summaries
 from runstream.streams.alerting import Evaluator, Fired, Rule, rule_from_row
 from runstream.streams.runstate import StateChange
 
-RunKey = str
-_RUN_EVENTS = (RUN_START, RUN_UPDATE, RUN_FINISH, HEARTBEAT, RUN_STATE)
-
-
-def run_key(team: str, project: str, run_id: str) -> RunKey:
-    return f"{team}/{project}/{run_id}"
+RunKey = tuple[str, str, str]  # (team, project, run_id)
 
 
 class RuleBook:
@@ -121,9 +121,11 @@ class Processor:
         self.rules = rules or RuleBook(client)
         self.clock = clock
 
-    def process(self, batch: Sequence[Event], states: Mapping[RunKey, dict[str, Any]]) -> Output:
+    def process(self, batch: Sequence[Event], cache: Mapping[RunKey, dict[str, Any]] | None = None) -> Output:
+        """Write the batch's rows and fold it into its runs' states (returned, not yet stored)."""
         client = self._client()
         out = Output()
+        states = self._states(client, batch, cache or {})
         by_type: dict[str, list[Event]] = {}
         for event in batch:
             by_type.setdefault(event.type, []).append(event)
@@ -143,7 +145,7 @@ class Processor:
         for event in batch:
             if event.type == ALERT:
                 continue  # alerts do not prove the run alive: rule alerts come from this processor
-            key = run_key(event.team, event.project, event.run_id)
+            key = (event.team, event.project, event.run_id)
             state = out.states.get(key)
             if state is None:
                 known = states.get(key)
@@ -187,26 +189,55 @@ class Processor:
         out.publish += [_alert_event(f, self.clock()) for f in out.fired]
         return out
 
-    def sweep(self, states: Mapping[RunKey, dict[str, Any]], timeout_s: float, now: float | None = None) -> list[Event]:
-        """Time-based checks, run periodically: silent runs become crashed (as ``run_state`` events),
-        and stall rules on wall time fire. Reads states only; what it finds comes back as events."""
+    def _states(self, client: Client, batch: Sequence[Event], cache: Mapping[RunKey, dict[str, Any]]) -> dict[RunKey, dict]:
+        keys = {(e.team, e.project, e.run_id) for e in batch}
+        states = {k: cache[k] for k in keys if k in cache}
+        for key, raw in load_run_states(client, keys - states.keys()).items():
+            states[key] = orjson.loads(raw)
+        return states
+
+    def commit(self, out: Output) -> None:
+        """Store the states a processed batch produced (after its events were published)."""
+        rows = {}
+        for key, state in out.states.items():
+            state["state_version"] = runstate.next_version(state.get("state_version", 0))
+            rows[key] = (orjson.dumps(state), state["state_version"])
+        upsert_run_states(self._client(), rows)
+
+    def sweep(self, timeout_s: float, now: float | None = None) -> list[Event]:
+        """Time-based checks, run periodically: running runs silent for longer than ``timeout_s``
+        become crashed, and stall rules on wall time fire. What it finds comes back as events,
+        processed like any other by the owner of the run's partition."""
         now = self.clock() if now is None else now
+        client = self._client()
         out: list[Event] = []
-        for state in runstate.silent_runs(states, now, timeout_s):
-            record = state["record"]
-            out.append(Event(RUN_STATE, record["team"], record["project"], record["run_id"], 0, now,
-                             runstate.crash_event_data(state, now)))
-        for state in states.values():
-            record = state["record"]
-            if record["state"] != "running":
-                continue
-            rules = [r for r in self.rules.rules(record["team"], record["project"]) if r.kind == "stall"]
+        silent = client.query(
+            "SELECT team, project, run_id, toUnixTimestamp64Milli(heartbeat_at) FROM runs FINAL "
+            "WHERE state = 'running' AND heartbeat_at < fromUnixTimestamp64Milli({cutoff:Int64})",
+            parameters={"cutoff": int((now - timeout_s) * 1000)},
+        ).result_rows
+        for team, project, run_id, heartbeat_ms in silent:
+            since = heartbeat_ms / 1000
+            out.append(Event(RUN_STATE, team, project, run_id, 0, now,
+                             {"state": "crashed", "reason": f"no heartbeat for {now - since:.0f} s", "since": since}))
+        stall_projects = client.query(
+            "SELECT DISTINCT team, project FROM alert_rules FINAL WHERE enabled AND kind = 'stall'"
+        ).result_rows
+        for team, project in stall_projects:
+            rules = [r for r in self.rules.rules(team, project) if r.kind == "stall" and "seconds" in r.spec]
             if not rules:
                 continue
-            times = [s["last_time"] for s in state["summary"]["metrics"].values() if s["last_time"] is not None]
-            evaluator = Evaluator(rules, copy.deepcopy(state["alerts"]))
-            evaluator.sweep(record["run_id"], now, max(times) if times else None)
-            out += [_alert_event(f, now) for f in evaluator.fired]
+            last_steps = client.query(
+                "SELECT s.run_id, toUnixTimestamp64Milli(max(s.last_time)) FROM metric_summaries AS s FINAL "
+                "WHERE s.team = {t:String} AND s.project = {p:String} AND s.run_id IN "
+                "(SELECT run_id FROM runs FINAL WHERE team = {t:String} AND project = {p:String} AND state = 'running') "
+                "GROUP BY s.run_id",
+                parameters={"t": team, "p": project},
+            ).result_rows
+            for run_id, last_ms in last_steps:
+                evaluator = Evaluator(rules, {})
+                evaluator.sweep(run_id, now, last_ms / 1000)
+                out += [_alert_event(f, now) for f in evaluator.fired]
         return out
 
 
@@ -228,9 +259,3 @@ def _state_event(change: StateChange) -> Event:
     return Event(RUN_STATE, change.team, change.project, change.run_id, 0, change.at, data)
 
 
-def encode_state(state: dict[str, Any]) -> bytes:
-    return orjson.dumps(state)
-
-
-def decode_state(raw: bytes) -> dict[str, Any]:
-    return orjson.loads(raw)

@@ -142,23 +142,9 @@ def _apply_run_state(state: RunState, event: Event, changes: list[StateChange]) 
     # It holds only while the run is running and has stayed silent since the sweep saw it.
     since = event.data.get("since", event.ts)
     record = state["record"]
-    if record["state"] != "running" or record["heartbeat_at"] > since:
+    if record["state"] != "running" or record["heartbeat_at"] > since + 0.001:  # `since` was read at ms precision
         return
     _set_state(state, "crashed", event.ts, event.data.get("reason"), changes)
-
-
-def silent_runs(states: dict[str, RunState] | Any, now: float, timeout_s: float) -> list[RunState]:
-    """Running runs that have sent nothing for longer than ``timeout_s``."""
-    return [
-        s for s in states.values()
-        if s["record"]["state"] == "running" and now - s["record"]["heartbeat_at"] > timeout_s
-    ]
-
-
-def crash_event_data(state: RunState, now: float) -> dict[str, Any]:
-    """The ``run_state`` payload that declares a silent run crashed."""
-    since = state["record"]["heartbeat_at"]
-    return {"state": "crashed", "reason": f"no heartbeat for {now - since:.0f} s", "since": since}
 
 
 def record_for_write(state: RunState) -> dict[str, Any]:
