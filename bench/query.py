@@ -22,8 +22,8 @@ that is not being written to) and prints p50/p95 of ``--repeat`` timings for:
 - group bands: the same runs in 10 groups, mean/std/min/max per group;
 - one run's full history (every metric and step, all pages);
 
-and once: bulk export throughput (Parquet, every point of a quarter of the
-runs), bytes per stored point (history + step times; the buckets separately),
+and once: bulk export throughput (every point of a quarter of the runs, as an
+Arrow IPC stream and as Parquet; ``export_points_per_s`` is Arrow's), bytes per stored point (history + step times; the buckets separately),
 and whether every planted spike shows as the max of its bucket in the
 compare chart. The last line is JSON with the headline figures. Nothing is
 asserted: targets are printed beside the figures.
@@ -181,7 +181,7 @@ def spikes_found(chart: dict[str, Any], spikes: dict[str, tuple[int, float]]) ->
         if s is None:
             continue
         i = int(np.searchsorted(s["step"], step))  # first point whose last step >= the spike's step
-        found += i < len(s["max"]) and s["max"][i] == value
+        found += int(i < len(s["max"]) and s["max"][i] == value)
     return found
 
 
@@ -256,11 +256,13 @@ def main() -> None:
     hist_p50, hist_p95, hist_rows = timed(full_history, max(3, args.repeat // 4))
 
     export_ids = ids[: max(1, args.runs // 4)]
-    start = time.perf_counter()
-    exported_bytes = sum(len(chunk) for chunk in export_history(client, TEAM, PROJECT, export_ids, None, "parquet"))
-    export_s = time.perf_counter() - start
     export_points = len(export_ids) * len(METRIC_NAMES) * args.metric_steps
-    export_rate = export_points / export_s
+    exports = {}
+    for fmt in ("arrow", "parquet"):
+        start = time.perf_counter()
+        size = sum(len(chunk) for chunk in export_history(client, TEAM, PROJECT, export_ids, None, fmt))
+        exports[fmt] = (export_points / (time.perf_counter() - start), size)
+    export_rate = exports["arrow"][0]
 
     found = spikes_found(chart, spikes)
     chart_points = max(len(s["x"]) for s in chart["series"])
@@ -270,16 +272,17 @@ storage query benchmark (chdb {client.server_version}, {points:,} points, {meta_
   compare chart ({len(chart['series']):,} runs x loss, <= {chart_points} points each):     p50 {chart_p50:7.1f} ms  p95 {chart_p95:7.1f} ms  (target <= 150 ms)
   group bands ({len(bands['groups'])} groups of {args.runs // GROUPS} runs):                        p50 {bands_p50:7.1f} ms  p95 {bands_p95:7.1f} ms
   one run's full history ({hist_rows:,} steps x {len(METRIC_NAMES)} metrics):              p50 {hist_p50:7.1f} ms  p95 {hist_p95:7.1f} ms
-  bulk export (Parquet, {export_points:,} points, {exported_bytes / 1e6:.0f} MB):   {export_rate / 1e6:7.1f}M points/s  (target >= 10M)
+  bulk export, {export_points:,} points:  Arrow IPC {exports['arrow'][0] / 1e6:5.1f}M points/s ({exports['arrow'][1] / 1e6:.0f} MB), Parquet {exports['parquet'][0] / 1e6:5.1f}M points/s ({exports['parquet'][1] / 1e6:.0f} MB)  (target >= 10M)
   bytes per stored point (history + step times):  {bytes_per_point:5.2f}  (target <= 8; downsampled buckets add {bucket_bytes / stored:.2f})
   planted spikes found in the compare chart's max:   {found}/{len(spikes)}""")
     print(json.dumps({
         "runs_table_p50_ms": round(runs_p50, 2), "runs_table_p95_ms": round(runs_p95, 2),
         "compare_1000_p50_ms": round(chart_p50, 2), "compare_1000_p95_ms": round(chart_p95, 2),
         "group_bands_p50_ms": round(bands_p50, 2), "full_history_p50_ms": round(hist_p50, 2),
-        "export_points_per_s": round(export_rate), "bytes_per_point": round(bytes_per_point, 3),
+        "export_points_per_s": round(export_rate), "export_parquet_points_per_s": round(exports["parquet"][0]),
+        "bytes_per_point": round(bytes_per_point, 3),
         "bucket_bytes_per_point": round(bucket_bytes / stored, 3),
-        "spikes_found": found, "spikes_planted": len(spikes), "points": points, "runs": args.runs,
+        "spikes_found": int(found), "spikes_planted": len(spikes), "points": points, "runs": args.runs,
     }))
     if not args.data_dir:
         shutil.rmtree(data_dir, ignore_errors=True)
