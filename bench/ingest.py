@@ -16,7 +16,9 @@ stored and, per run, the newest logged wall time that is visible: freshness is
 - freshness p50 and p99 over the samples taken while the producers were logging;
 - the worker process's peak RSS (this process: worker, engine and poller);
 - lost: points the SDK acknowledged that are not in ``metric_points``; duplicates: points
-  folded twice into the run summaries (``metric_summaries.count`` above the logged count).
+  folded twice into the run summaries (``metric_summaries.count`` above the logged count);
+- alert latency: a threshold rule (``m5 > 5``, crossed once per run at step 50,000) fires;
+  the latency is from the ``log()`` that crossed it to the alert being visible in ClickHouse.
 
 The last line is JSON with ``points_per_s``, ``freshness_p50_s``, ``freshness_p99_s``,
 ``lost`` and ``duplicates``. Nothing is asserted; the target is printed beside the figure.
@@ -72,6 +74,10 @@ async def measure(args: argparse.Namespace, bootstrap: str) -> dict:
     client = connect(dsn)
     app = create_app(Settings(kafka=bootstrap, clickhouse_dsn=dsn, data_dir=str(data_dir), app_id=f"ingest-{os.getpid()}"),
                      storage=lambda: client)
+    client.insert("alert_rules", [["default", PROJECT, "m5-high", "m5 high", "threshold",
+                                   json.dumps({"metric": "m5", "op": ">", "value": 5}), True, 3600, 0, 0, 1, 0]],
+                  column_names=["team", "project", "rule_id", "name", "kind", "spec", "enabled", "cooldown_s",
+                                "created_at", "updated_at", "version", "is_deleted"])
     await app.start()
     expected = args.runs * args.steps * METRICS
     print(f"worker started; {args.runs} producers x {args.steps:,} steps x {METRICS} metrics = {expected:,} points", flush=True)
@@ -86,10 +92,16 @@ async def measure(args: argparse.Namespace, bootstrap: str) -> dict:
     first_seen = last_change = None
     count = 0
 
+    alert_latency: dict[str, float] = {}
+
     def poll() -> tuple[int, list[float]]:
         stored = int(client.command("SELECT count() FROM metric_points WHERE project = {p:String}", parameters={"p": PROJECT}))
         newest = client.query("SELECT max(value) FROM metric_points WHERE project = {p:String} AND metric = 'wall' "
                               "GROUP BY run_id", parameters={"p": PROJECT}).result_rows
+        alerts = client.query("SELECT run_id, toUnixTimestamp64Milli(time) FROM alerts WHERE project = {p:String}",
+                              parameters={"p": PROJECT}).result_rows
+        for run_id, fired_ms in alerts:
+            alert_latency.setdefault(run_id, time.time() - fired_ms / 1000)
         return stored, [row[0] for row in newest]
 
     started = time.monotonic()
@@ -129,6 +141,8 @@ async def measure(args: argparse.Namespace, bootstrap: str) -> dict:
         "lost": max(acked_points - stored_points, 0),
         "duplicates": max(folded - stored_points, 0),
         "producers_ok": len(reports) == args.runs and all(r["unacked"] == 0 for r in reports),
+        "alerts": len(alert_latency),
+        "alert_latency_max_s": round(max(alert_latency.values()), 3) if alert_latency else None,
     }
 
 
@@ -166,7 +180,8 @@ pipeline ingest benchmark (SDK -> Kafka -> 1 worker -> embedded ClickHouse, {os.
   sustained:          {result['points_per_s'] or 0:>12,} points/s   (target >= 1,000,000)
   freshness p50/p99:  {result['freshness_p50_s']} s / {result['freshness_p99_s']} s   (target p99 <= 2 s)
   worker peak RSS:    {result['worker_rss_mib']} MiB
-  lost / duplicates:  {result['lost']} / {result['duplicates']}   ({result['points']:,} points stored; producers all acked: {result['producers_ok']})""")
+  lost / duplicates:  {result['lost']} / {result['duplicates']}   ({result['points']:,} points stored; producers all acked: {result['producers_ok']})
+  rule alerts:        {result['alerts']} of {args.runs if args.steps > 50_000 else 0} expected, slowest visible {result['alert_latency_max_s']} s after its log()  (target <= 2 s)""")
     print(json.dumps(result))
 
 

@@ -245,18 +245,24 @@ class Evaluator:
                            f"{name} = {raw} at step {steps[row]}", f"{event.seq}:{row}:{name}")
                 return  # one alert per batch and metric at most
 
-    def _divergence(self, rule: Rule, run_id: str, value: float, step: int, at: float, trigger: str) -> None:
-        if not math.isfinite(value):
-            return
+    def _new_best(self, rule: Rule, value: float, step: int) -> bool:
+        """Record ``value`` if it is the best so far (by the rule's goal) and say so."""
         mem = self._mem(rule)
-        maximize = rule.spec.get("goal") == "maximize"
         best = mem["best"]
+        maximize = rule.spec.get("goal") == "maximize"
         if best is None or (value > best if maximize else value < best):
             mem["best"], mem["best_step"], mem["active"] = value, step, False
+            return True
+        return False
+
+    def _divergence(self, rule: Rule, run_id: str, value: float, step: int, at: float, trigger: str) -> None:
+        if not math.isfinite(value) or self._new_best(rule, value, step):
             return
+        mem = self._mem(rule)
         if step - mem["best_step"] > rule.spec["within_steps"]:
             return  # a slow drift, not a divergence
-        worse = (best - value) if maximize else (value - best)
+        best = mem["best"]
+        worse = (best - value) if rule.spec.get("goal") == "maximize" else (value - best)
         diverged = worse > 0 and worse >= abs(best) * rule.spec["percent"] / 100
         if diverged and not mem["active"]:
             self._fire(rule, run_id, at, f"{rule.name}: {rule.spec['metric']} diverged",
@@ -265,15 +271,11 @@ class Evaluator:
         mem["active"] = diverged
 
     def _patience(self, rule: Rule, run_id: str, value: float, step: int, at: float, trigger: str) -> None:
-        if not math.isfinite(value):
+        if not math.isfinite(value) or self._new_best(rule, value, step):
             return
         mem = self._mem(rule)
-        maximize = rule.spec.get("goal") == "maximize"
-        best = mem["best"]
-        if best is None or (value > best if maximize else value < best):
-            mem["best"], mem["best_step"], mem["active"] = value, step, False
-            return
         if step - mem["best_step"] >= rule.spec["patience"] and not mem["active"]:
             mem["active"] = True
             self._fire(rule, run_id, at, f"{rule.name}: {rule.spec['metric']} stalled",
-                       f"no improvement on {best:g} (step {mem['best_step']}) for {step - mem['best_step']} steps", trigger)
+                       f"no improvement on {mem['best']:g} (step {mem['best_step']}) for {step - mem['best_step']} steps",
+                       trigger)

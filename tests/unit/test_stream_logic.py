@@ -1,0 +1,78 @@
+"""The framework-free processing logic: rule checks and evaluation, summaries, run state."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from runstream.events import HEARTBEAT, METRICS, RUN_FINISH, RUN_START, RUN_STATE, RUN_UPDATE, SYSTEM, Event
+from runstream.streams import runstate, summaries
+from runstream.streams.alerting import Evaluator, Rule, RuleError, check_rule
+
+
+def _ev(type_: str, seq: int, ts: float, data: dict, run_id: str = "r1") -> Event:
+    return Event(type_, "acme", "p", run_id, seq, ts, data)
+
+
+@pytest.mark.parametrize("kind, spec, message", [
+    ("loudness", {}, "unknown rule kind"),
+    ("threshold", {"metric": "loss", "op": "~", "value": 1}, "'op'"),
+    ("threshold", {"metric": "loss", "op": ">", "value": "ten"}, "'value'"),
+    ("threshold", {"metric": "loss", "op": ">", "value": 1, "level": "LOUD"}, "level"),
+    ("system", {"metric": "gpu", "op": "<", "value": 10}, "'for_seconds'"),
+    ("divergence", {"metric": "loss", "percent": -5, "within_steps": 10}, "'percent'"),
+    ("stall", {"metric": "loss"}, "'patience'"),
+    ("stall", {"seconds": 0}, "'seconds'"),
+    ("run_state", {"states": []}, "'states'"),
+])
+def test_incomplete_rules_are_refused_with_what_to_fix(kind, spec, message):
+    with pytest.raises(RuleError, match=message):
+        check_rule(kind, spec)
+
+
+def test_complete_rules_pass():
+    check_rule("threshold", {"metric": "loss", "op": ">=", "value": 10, "level": "ERROR"})
+    check_rule("stall", {"seconds": 600})
+    check_rule("system", {"metric": "gpu.0.gpu", "op": "<", "value": 10, "for_seconds": 300})
+
+
+def test_system_rule_fires_once_the_condition_held_long_enough():
+    rule = Rule("acme", "p", "idle", "GPU idle", "system", {"metric": "gpu", "op": "<", "value": 10, "for_seconds": 300}, 0)
+    memory: dict = {}
+    samples = [(0, 5.0), (200, 5.0), (299, 4.0), (301, 3.0), (400, 2.0), (500, 50.0), (600, 1.0), (950, 1.0)]
+    fired = []
+    for t, value in samples:
+        evaluator = Evaluator([rule], memory)
+        evaluator.system(_ev(SYSTEM, int(t), float(t), {"time": [float(t)], "values": {"gpu": [value]}}))
+        fired += [(t, f.title) for f in evaluator.fired]
+    assert [t for t, _ in fired] == [301, 950]  # held 300 s from 0; reset at 500; held again 600..950
+
+
+def test_summary_stats_fold_each_batch_once_and_honour_summary_choices():
+    summary = summaries.new_summary()
+    batch = _ev(METRICS, 5, 0.0, {"step": [0, 1, 2], "time": [1.0, 2.0, 3.0], "values": {"loss": [3.0, "NaN", 1.0]}})
+    assert summaries.fold_metrics(summary, batch) == {"loss"}
+    assert summaries.fold_metrics(summary, batch) == set()  # a replay
+    summaries.fold_update(summary, _ev(RUN_UPDATE, 6, 0.0, {"define_metric": [{"name": "l*", "summary": "max"}]}))
+    assert summaries.run_summary(summary) == {"loss": 3.0}
+    row = summaries.metric_summary_rows(summary, "acme", "p", "r1", 1)[0]
+    assert (row["last"], row["min"], row["max"], row["count"], row["nan_count"]) == (1.0, 1.0, 3.0, 3, 1)
+    assert row["mean"] == 2.0 and (row["first_step"], row["last_step"]) == (0, 2)
+
+
+def test_run_state_lifecycle_and_resends():
+    changes: list = []
+    state = runstate.apply(None, _ev(RUN_START, 10, 100.0, {"name": "n", "config": {"a": {"b": 1}}}), changes)
+    runstate.apply(state, _ev(RUN_UPDATE, 11, 101.0, {"config": {"a": {"c": 2}}, "tags": ["x"]}), changes)
+    runstate.apply(state, _ev(RUN_UPDATE, 11, 101.0, {"tags": ["resent, ignored"]}), changes)
+    runstate.apply(state, _ev(HEARTBEAT, 12, 130.0, {}), changes)
+    runstate.apply(state, _ev(RUN_STATE, 0, 200.0, {"state": "crashed", "since": 120.0}), changes)  # spoke at 130
+    assert state["record"]["state"] == "running"
+    runstate.apply(state, _ev(RUN_STATE, 0, 300.0, {"state": "crashed", "since": 130.0}), changes)
+    runstate.apply(state, _ev(RUN_FINISH, 13, 310.0, {"state": "failed", "exit_code": 1}), changes)
+    record = state["record"]
+    assert record["config"] == {"a": {"b": 1, "c": 2}} and record["tags"] == ["x"]
+    assert [(c.old, c.new) for c in changes] == [(None, "running"), ("running", "crashed"), ("crashed", "running"),
+                                                 ("running", "failed")]
+    assert record["finished_at"] == 310.0 and record["exit_code"] == 1 and not math.isnan(record["heartbeat_at"])
