@@ -1,10 +1,10 @@
 """The Faust application: the stream topology, with agents as thin adapters.
 
-    run topics (runs, metrics, system, console, files, alerts)
+    run topics (runs, metrics, system, console, files)
         -> process: decode (bad bytes -> dead letters), Processor.process -> ClickHouse,
            state changes -> runs, rule alerts -> alerts, then Processor.commit (run states)
     every SWEEP_EVERY_S -> sweep: silent runs -> crashed (runs), stalls -> alerts
-    alerts -> notify: webhooks
+    alerts (the SDK's and the rules') -> alerts: ClickHouse, then webhooks
 
 The logic lives in ``runstream.streams.processor`` (plain Python, also driven
 in-process by the embedded server); here are only topics, the table, batching
@@ -37,18 +37,19 @@ from runstream.settings import Settings
 from runstream.storage.client import connect
 from runstream.storage.migrations import migrate
 from runstream.streams.notifier import Notifier
-from runstream.streams.processor import Processor, RuleBook, sdk_alert_id
+from runstream.streams.processor import Processor, RuleBook, chunks, sdk_alert_id
 
 log = logging.getLogger(__name__)
 
 #: Most messages one batch takes, and the longest a message waits for its batch.
-SINK_BATCH = 5000
+SINK_BATCH = 1000
 SINK_WITHIN_S = 0.5
 SWEEP_EVERY_S = 5.0
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0
 
-RUN_TOPICS = (events.TOPIC_RUNS, events.TOPIC_METRICS, events.TOPIC_SYSTEM, events.TOPIC_CONSOLE,
-              events.TOPIC_FILES, events.TOPIC_ALERTS)
+#: What the processing agent consumes; alerts have their own agent, so an alert never waits
+#: behind a backlog of metrics.
+RUN_TOPICS = (events.TOPIC_RUNS, events.TOPIC_METRICS, events.TOPIC_SYSTEM, events.TOPIC_CONSOLE, events.TOPIC_FILES)
 
 
 def decode_batch(raws: list[tuple[bytes, str]]) -> tuple[list[events.Event], list[tuple[bytes, str, str]]]:
@@ -104,7 +105,7 @@ def create_app(
     run_topics = raw_topic(*(t.name for t in RUN_TOPICS))
     alerts_topic = raw_topic(events.TOPIC_ALERTS.name)
     dead_letters = raw_topic(events.TOPIC_DEAD_LETTERS.name)
-    out_topics = {t.name: raw_topic(t.name) for t in RUN_TOPICS}
+    out_topics = {t.name: raw_topic(t.name) for t in (*RUN_TOPICS, events.TOPIC_ALERTS)}
     client: Client | None = None
 
     def clickhouse() -> Client:
@@ -132,10 +133,11 @@ def create_app(
                 await dead_letters.send(value=raw, headers=events.dead_letter_headers(reason, topic))
             if not good:
                 continue
-            # No state cache: after a rebalance another worker may have advanced a run's state.
-            out = await retrying("writing a batch to ClickHouse", lambda: processor.process(good))
-            await publish(out.publish)
-            await retrying("storing run states", lambda: processor.commit(out))
+            for chunk in chunks(good):
+                # No state cache: after a rebalance another worker may have advanced a run's state.
+                out = await retrying("writing a batch to ClickHouse", lambda: processor.process(chunk))
+                await publish(out.publish)
+                await retrying("storing run states", lambda: processor.commit(out))
 
     @app.timer(interval=sweep_every_s)
     async def sweep() -> None:
@@ -158,14 +160,17 @@ def create_app(
                      if r.rule_id == rule_id), [])
 
     @app.agent(alerts_topic)
-    async def notify(stream: faust.StreamT) -> None:
-        async for raw in stream:
-            try:
-                event = events.decode(raw)
-            except events.InvalidEvent:
-                continue  # the process agent dead-letters it
-            extra = await asyncio.to_thread(rule_webhooks, event)
-            await notifier.deliver(event, sdk_alert_id(event), extra)
+    async def alerts(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(SINK_BATCH, within=0.05):
+            good, bad = decode_batch([(e.value, e.message.topic) for e in batch])
+            for raw, topic, reason in bad:
+                await dead_letters.send(value=raw, headers=events.dead_letter_headers(reason, topic))
+            if not good:
+                continue
+            await retrying("storing alerts", lambda: processor.store_alerts(good))
+            for event in good:
+                extra = await asyncio.to_thread(rule_webhooks, event)
+                await notifier.deliver(event, sdk_alert_id(event), extra)
 
     return app
 

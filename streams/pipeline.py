@@ -16,7 +16,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from runstream.events import ALERT, Event
-from runstream.streams.processor import Output, Processor, RuleBook, RunKey
+from runstream.streams.processor import Output, Processor, RuleBook, RunKey, chunks
 
 #: Rounds of feeding produced events back (state change -> rule alert -> stored) before stopping.
 _MAX_ROUNDS = 4
@@ -34,19 +34,24 @@ class Pipeline:
         """Process a batch and everything it produces; return each round's output."""
         outputs = []
         with self._lock:
-            pending = list(batch)
-            for _ in range(_MAX_ROUNDS):
-                if not pending:
-                    break
-                out = self.processor.process(pending, self.states)
-                if self.on_alert:
-                    for event in pending:
-                        if event.type == ALERT:
-                            self.on_alert(event)
-                self.processor.commit(out)
-                self.states.update(out.states)
-                outputs.append(out)
-                pending = out.publish
+            for chunk in chunks(batch):
+                outputs += self._rounds(chunk)
+        return outputs
+
+    def _rounds(self, pending: list[Event]) -> list[Output]:
+        outputs = []
+        for _ in range(_MAX_ROUNDS):
+            if not pending:
+                break
+            out = self.processor.process(pending, self.states)
+            if self.on_alert:
+                for event in pending:
+                    if event.type == ALERT:
+                        self.on_alert(event)
+            self.processor.commit(out)
+            self.states.update(out.states)
+            outputs.append(out)
+            pending = out.publish
         return outputs
 
     def sweep(self, timeout_s: float, now: float | None = None) -> list[Output]:

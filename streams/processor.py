@@ -90,6 +90,24 @@ class RuleBook:
         return rules
 
 
+#: Metric values per processed chunk: bounds a batch's memory and the time before its points show.
+CHUNK_POINTS = 1_000_000
+
+
+def chunks(batch: Sequence[Event], max_points: int = CHUNK_POINTS) -> list[list[Event]]:
+    """Cut a batch, in order, into chunks of about ``max_points`` metric values (an SDK event can hold 100,000 rows)."""
+    out: list[list[Event]] = [[]]
+    size = 0
+    for event in batch:
+        weight = len(event.data["step"]) * len(event.data["values"]) if event.type == METRICS else 1
+        if out[-1] and size + weight > max_points:
+            out.append([])
+            size = 0
+        out[-1].append(event)
+        size += weight
+    return [c for c in out if c]
+
+
 def sdk_alert_id(event: Event) -> str:
     """An SDK alert's id: its run and seq, so a resent alert is the same alert."""
     if event.data.get("alert_id"):
@@ -135,8 +153,7 @@ class Processor:
         out.counts["system"] = insert_system_points(client, by_type.get(SYSTEM, []))
         out.counts["console"] = insert_console_lines(client, by_type.get(CONSOLE, []))
         out.counts["files"] = insert_files(client, by_type.get(FILE, []))
-        alert_rows = [_alert_row(e) for e in by_type.get(ALERT, [])]
-        out.counts["alerts"] = insert_alerts(client, alert_rows)
+        out.counts["alerts"] = self.store_alerts(by_type.get(ALERT, []))
 
         # 2. fold states, on copies
         changed_runs: set[RunKey] = set()
@@ -195,6 +212,10 @@ class Processor:
         for key, raw in load_run_states(client, keys - states.keys()).items():
             states[key] = orjson.loads(raw)
         return states
+
+    def store_alerts(self, alerts: Sequence[Event]) -> int:
+        """Store ``alert`` events (the SDK's and the rules'); their ids make a replay harmless."""
+        return insert_alerts(self._client(), [_alert_row(e) for e in alerts])
 
     def commit(self, out: Output) -> None:
         """Store the states a processed batch produced (after its events were published)."""
