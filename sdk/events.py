@@ -184,6 +184,8 @@ def decode_value(x: float | int | str | None) -> float | None:
 
 def decode(raw: bytes | str) -> Event:
     """Parse and validate one encoded event; raises ``InvalidEvent`` with the reason."""
+    if not isinstance(raw, (bytes, str)):
+        raise InvalidEvent(f"an event is JSON bytes, got {type(raw).__name__}")
     if len(raw) > MAX_EVENT_BYTES:
         raise InvalidEvent(f"event is {len(raw)} bytes, more than the limit of {MAX_EVENT_BYTES}")
     try:
@@ -244,8 +246,13 @@ def _is_number(x: Any) -> bool:
     return (type(x) is int or type(x) is float) and math.isfinite(x)
 
 
+#: Times and steps must fit ClickHouse's DateTime64(3) and the readers' signed 64-bit ranges.
+MAX_TIME = 9_000_000_000.0  # 2255
+MAX_STEP = 2**63 - 1
+
+
 def _is_time(x: Any) -> bool:
-    return _is_number(x) and x >= 0
+    return _is_number(x) and 0 <= x <= MAX_TIME
 
 
 def _require(data: dict[str, Any], field: str, ok: Callable[[Any], bool], what: str, optional: bool = False) -> None:
@@ -316,8 +323,8 @@ def _check_value_columns(data: dict[str, Any], rows: int) -> None:
 
 def _check_metrics(data: dict[str, Any]) -> None:
     rows = _check_columns(data, ("step", "time"))
-    if not all(type(s) is int and s >= 0 for s in data["step"]):
-        raise InvalidEvent("every step must be a non-negative integer")
+    if not all(type(s) is int and 0 <= s <= MAX_STEP for s in data["step"]):
+        raise InvalidEvent(f"every step must be an integer from 0 to {MAX_STEP}")
     if not all(_is_time(t) for t in data["time"]):
         raise InvalidEvent("every time must be a Unix time in seconds")
     _check_value_columns(data, rows)
@@ -374,12 +381,13 @@ def _check_run_update(data: dict[str, Any]) -> None:
 
 def _check_run_finish(data: dict[str, Any]) -> None:
     _require(data, "state", lambda x: x in FINAL_STATES, f"one of {FINAL_STATES}")
-    _require(data, "exit_code", lambda x: x is None or type(x) is int, "an integer or null", optional=True)
+    _require(data, "exit_code", lambda x: x is None or (type(x) is int and -2**31 <= x < 2**31), "a 32-bit integer or null",
+             optional=True)
     _require(data, "traceback", _is_opt_str, "a string or null", optional=True)
 
 
 def _check_heartbeat(data: dict[str, Any]) -> None:
-    _require(data, "step", lambda x: type(x) is int and x >= 0, "a non-negative integer", optional=True)
+    _require(data, "step", lambda x: type(x) is int and 0 <= x <= MAX_STEP, "a non-negative integer", optional=True)
 
 
 def _check_run_state(data: dict[str, Any]) -> None:

@@ -42,9 +42,12 @@ def level_for(first_step: int, last_step: int, max_points: int) -> int:
     return TOP_LEVEL
 
 
+# The constant bounds (over all runs) let the primary key skip a run's older history;
+# the per-run bounds then keep exactly the touched buckets.
 _RANGE_FILTER = """
     team = {team:String} AND project = {project:String}
     AND run_id IN {runs:Array(String)} AND metric IN {metrics:Array(String)}
+    AND %(col)s BETWEEN {lowest:UInt64} AND {highest:UInt64}
     AND %(col)s >= transform(toString(run_id), {runs:Array(String)}, {lo:Array(UInt64)}, toUInt64(0))
     AND %(col)s <= transform(toString(run_id), {runs:Array(String)}, {hi:Array(UInt64)}, toUInt64(0))
 """
@@ -61,6 +64,7 @@ FROM (SELECT team, project, metric, run_id, step, value, seq FROM metric_points 
       WHERE {_RANGE_FILTER % {"col": "step"}}) AS p
 LEFT JOIN (SELECT run_id, step, time FROM metric_steps FINAL
            WHERE team = {{team:String}} AND project = {{project:String}} AND run_id IN {{runs:Array(String)}}
+             AND step BETWEEN {{lowest:UInt64}} AND {{highest:UInt64}}
              AND step >= transform(toString(run_id), {{runs:Array(String)}}, {{lo:Array(UInt64)}}, toUInt64(0))
              AND step <= transform(toString(run_id), {{runs:Array(String)}}, {{hi:Array(UInt64)}}, toUInt64(0))) AS s
     ON p.run_id = s.run_id AND p.step = s.step
@@ -89,10 +93,12 @@ def refresh_buckets(client: Client, touched: TouchedSteps) -> None:
         lo = [runs[r][1] for r in run_ids]
         hi = [runs[r][2] for r in run_ids]
         params = {"team": team, "project": project, "runs": run_ids, "metrics": metrics}
-        width = WIDTHS[1]
-        client.command(_LEVEL_1, parameters={
-            **params, "lo": [s // width * width for s in lo], "hi": [s // width * width + width - 1 for s in hi]})
-        for level in range(2, TOP_LEVEL + 1):
+        for level in range(1, TOP_LEVEL + 1):
             width = WIDTHS[level]
-            client.command(_LEVEL_UP % {"level": level, "below": level - 1}, parameters={
-                **params, "lo": [s // width * FANOUT for s in lo], "hi": [s // width * FANOUT + FANOUT - 1 for s in hi]})
+            if level == 1:  # steps of the touched level-1 buckets
+                first, last = [s // width * width for s in lo], [s // width * width + width - 1 for s in hi]
+                sql = _LEVEL_1
+            else:  # the level-below buckets inside the touched buckets
+                first, last = [s // width * FANOUT for s in lo], [s // width * FANOUT + FANOUT - 1 for s in hi]
+                sql = _LEVEL_UP % {"level": level, "below": level - 1}
+            client.command(sql, parameters={**params, "lo": first, "hi": last, "lowest": min(first), "highest": max(last)})

@@ -48,7 +48,8 @@ class Source:
         if span <= points:
             return cls(0, 1)
         if span <= FANOUT * points:  # even level 1 would be too coarse: bucket the raw points
-            return cls(0, math.ceil(span / points))
+            # Buckets are aligned at multiples of the width, so the range can touch one more.
+            return cls(0, math.ceil(span / (points - 1)))
         level = max(level_for(first_step, last_step, points), 1)
         return cls(level, WIDTHS[level])
 
@@ -121,6 +122,8 @@ def _check_names(what: str, names: Sequence[str], limit: int) -> list[str]:
 
 
 def _check_range(step_range: tuple[int | None, int | None] | None) -> tuple[int, int]:
+    if step_range is not None and (not isinstance(step_range, (list, tuple)) or len(step_range) != 2):
+        raise QueryError("step_range must be [first, last] (null for an open end)", got=repr(step_range)[:80])
     lo, hi = step_range or (None, None)
     lo = 0 if lo is None else lo
     hi = 2**63 - 1 if hi is None else hi
@@ -303,6 +306,8 @@ def group_bands(
         if not isinstance(label, str):
             raise QueryError("group labels must be strings", got=repr(label)[:80])
         for run_id in _check_names(f"run ids of group {label!r}", members, MAX_RUNS):
+            if run_id in label_of:
+                raise QueryError("a run can be in one group only", run_id=run_id, groups=[label_of[run_id], label])
             label_of[run_id] = label
     if len(label_of) > MAX_RUNS:
         raise QueryError(f"at most {MAX_RUNS} runs in all groups", got=len(label_of))

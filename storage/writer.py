@@ -1,9 +1,11 @@
 """Columnar bulk inserts of validated events and processor state into ClickHouse.
 
-Every writer builds Arrow columns and sends one insert per table, the fast path
-of both engines (repeated identity strings go as dictionary columns, which
-ClickHouse reads straight into LowCardinality). The stream processors and the
-embedded server call these; nothing else writes the tables.
+Every writer sends one columnar insert per table. The high-volume ones (metric
+points and step times, system samples) build Arrow columns, the fast path of
+both engines, with repeated identity strings as dictionary columns that
+ClickHouse reads straight into LowCardinality; the small ones insert Python
+columns. The stream processors and the embedded server call these; nothing
+else writes the tables.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def metric_columns(events: Iterable[Event]) -> MetricColumns:
                 column = [column[i] for i in kept]
             else:
                 step_col.extend(steps)
-            if str in map(type, column):  # "NaN", "Infinity", "-Infinity"
+            if str in map(type, column) or int in map(type, column):  # "NaN"/"Infinity" strings; big ints
                 column = [decode_value(v) for v in column]
             count = len(column)
             value_col.extend(column)
@@ -307,7 +309,8 @@ def upsert_runs(client: Client, runs: Sequence[Mapping[str, Any]]) -> None:
     """Write whole run records (the run processor's state); the largest ``version`` wins.
 
     A record has team, project, run_id, name, created_at, updated_at, heartbeat_at
-    (Unix seconds), version, and optionally the keys of ``RUN_DEFAULTS``
+    (Unix seconds), version, and optionally seen_at (the server's clock when the run
+    last sent anything; default heartbeat_at) and the keys of ``RUN_DEFAULTS``
     (``config`` nested, ``git`` a dict).
     """
     rows = []
@@ -326,6 +329,7 @@ def upsert_runs(client: Client, runs: Sequence[Mapping[str, Any]]) -> None:
                 "created_at": _ms(run["created_at"]),
                 "updated_at": _ms(run["updated_at"]),
                 "heartbeat_at": _ms(run["heartbeat_at"]),
+                "last_seen_at": _ms(run.get("seen_at") or run["heartbeat_at"]),
                 "finished_at": _ms(run["finished_at"]),
                 "exit_code": run["exit_code"],
                 "run_group": run["group"] or "",

@@ -14,7 +14,8 @@ A rule belongs to a project and applies to each of its runs. Kinds and specs
   system metric holds the condition for that long
 - ``run_state``: ``{"states": ["crashed", "failed"]}``
 
-Every spec may set ``level`` (INFO, WARN, ERROR; default WARN). Conditions are
+Every spec may set ``level`` (INFO, WARN, ERROR; default WARN) and ``webhooks``
+(http(s) URLs the notifier posts this rule's alerts to, besides the global ones). Conditions are
 edge-triggered (a threshold fires when it becomes true, again only after it
 was false), and a rule fires at most once per ``cooldown_s`` per run, so one
 condition does not become a storm. Per-run rule memory (``alerts`` in the run
@@ -100,10 +101,19 @@ def check_rule(kind: str, spec: dict[str, Any]) -> None:
             need("patience", lambda x: isinstance(x, int) and x > 0, "steps without improvement")
     if kind == "run_state":
         need("states", lambda x: isinstance(x, list) and x and all(isinstance(s, str) for s in x), "a list of states")
+    hooks = spec.get("webhooks", [])
+    if not isinstance(hooks, list) or not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in hooks):
+        raise RuleError("webhooks must be a list of http:// or https:// URLs")
 
 
 def rule_from_row(row: dict[str, Any]) -> Rule:
-    spec = row["spec"] if isinstance(row["spec"], dict) else orjson.loads(row["spec"])
+    """A stored rule, checked like a new one: a bad row raises RuleError (a ValueError) instead of
+    failing later, inside a worker's batch."""
+    try:
+        spec = row["spec"] if isinstance(row["spec"], dict) else orjson.loads(row["spec"])
+    except orjson.JSONDecodeError as exc:
+        raise RuleError(f"rule {row['rule_id']!r}: spec is not JSON ({exc})") from None
+    check_rule(row["kind"], spec)
     return Rule(row["team"], row["project"], row["rule_id"], row["name"], row["kind"], spec, float(row["cooldown_s"]))
 
 
@@ -216,17 +226,21 @@ class Evaluator:
                 self._fire(rule, run_id, at, f"{rule.name}: run {new}", text[:4000], f"state:{new}:{at}")
 
     def sweep(self, run_id: str, now: float, last_step_time: float | None) -> None:
-        """Time-based rules, for the periodic sweep: a stall with no new step for ``seconds``."""
+        """Time-based rules, for the periodic sweep: a stall with no new step for ``seconds``.
+        The sweep keeps no memory between runs of it; alert ids make repeats one alert."""
         for rule in self.rules:
             if rule.kind != "stall" or "seconds" not in rule.spec or last_step_time is None:
                 continue
             mem = self._mem(rule)
-            silent = now - last_step_time
-            if silent < rule.spec["seconds"]:
+            if now - last_step_time < rule.spec["seconds"]:
                 mem["active"] = False
             elif not mem["active"]:
                 mem["active"] = True
-                self._fire(rule, run_id, now, f"{rule.name}: no new step", f"no new step for {silent:.0f} s",
+                # Dated when the stall began, not when a sweep noticed it: every sweep (and every
+                # worker) that sees the same stall produces the same alert.
+                at = last_step_time + rule.spec["seconds"]
+                self._fire(rule, run_id, at, f"{rule.name}: no new step",
+                           f"no new step for {rule.spec['seconds']:g} s (the last at {last_step_time:.0f})",
                            f"stall:{last_step_time}")
 
     # -- conditions ----------------------------------------------------------------------

@@ -7,7 +7,7 @@
     alerts (the SDK's and the rules') -> alerts: ClickHouse, then webhooks
 
 The logic lives in ``runstream.streams.processor`` (plain Python, also driven
-in-process by the embedded server); here are only topics, the table, batching
+in-process by the embedded server); here are only topics, batching
 and retries. All of a run's events share one partition number in every topic
 (same key, same partition count), so one worker at a time folds a run's
 state; the state lives in ClickHouse (``run_states``), so after a rebalance
@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import faust
 from clickhouse_connect.driver.client import Client
@@ -40,6 +41,7 @@ from runstream.streams.notifier import Notifier
 from runstream.streams.processor import Processor, RuleBook, chunks, sdk_alert_id
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Most messages one batch takes, and the longest a message waits for its batch.
 SINK_BATCH = 1000
@@ -59,20 +61,31 @@ def decode_batch(raws: list[tuple[bytes, str]]) -> tuple[list[events.Event], lis
         try:
             good.append(events.decode(raw))
         except events.InvalidEvent as exc:
-            bad.append((raw, topic, exc.reason))
+            bad.append((raw or b"", topic, exc.reason))
+        except Exception as exc:  # noqa: BLE001 - whatever the bytes do, they must not stop the worker
+            bad.append((raw or b"", topic, f"undecodable: {type(exc).__name__}: {exc}"))
     return good, bad
 
 
-async def retrying(what: str, call: Callable[[], object]) -> object:
-    """Run a blocking call in a thread until it succeeds, backing off; the batch waits, it is never skipped."""
+async def retrying(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Await ``call()`` until it succeeds, backing off: the batch waits, it is never skipped.
+
+    (Faust acknowledges a batch when its loop body ends, even by an exception; retrying
+    here is what keeps a ClickHouse or Kafka outage from skipping messages.)
+    """
     delay = RETRY_FIRST_S
     while True:
         try:
-            return await asyncio.to_thread(call)
-        except Exception as exc:  # noqa: BLE001 - any storage failure: keep the offsets, try again
+            return await call()
+        except Exception as exc:  # noqa: BLE001 - any storage or broker failure: keep the offsets, try again
             log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
+
+
+def in_thread(call: Callable[..., T], *args: Any) -> Callable[[], Awaitable[T]]:
+    """A blocking call (clickhouse-connect) as an awaitable factory, so the event loop keeps running."""
+    return lambda: asyncio.to_thread(call, *args)
 
 
 def create_app(
@@ -91,7 +104,7 @@ def create_app(
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka}",
-        store="memory://",  # tables recover from their changelog topics on start
+        store="memory://",  # no tables: run states live in ClickHouse
         datadir=str(faust_dir / "{conf.name}"),
         topic_partitions=events.RUN_PARTITIONS,
         producer_acks=-1,
@@ -123,21 +136,25 @@ def create_app(
         pending = [await out_topics[e.topic.name].send(key=e.key, value=e.to_bytes()) for e in produced]
         await asyncio.gather(*pending)
 
+    async def dead_letter(bad: list[tuple[bytes, str, str]]) -> None:
+        """Send rejects to the dead-letter topic and wait for the broker (before the offsets move on)."""
+        if bad:
+            log.warning("%d dead letter(s), e.g. from %s: %s", len(bad), bad[0][1], bad[0][2])
+        pending = [await dead_letters.send(value=raw, headers=events.dead_letter_headers(reason, topic))
+                   for raw, topic, reason in bad]
+        await asyncio.gather(*pending)
+
     @app.agent(run_topics)
     async def process(stream: faust.StreamT) -> None:
-        await retrying("connecting to ClickHouse", clickhouse)
+        await retrying("connecting to ClickHouse", in_thread(clickhouse))
         async for batch in stream.take_events(SINK_BATCH, within=SINK_WITHIN_S):
             good, bad = decode_batch([(e.value, e.message.topic) for e in batch])
-            for raw, topic, reason in bad:
-                log.warning("dead letter from %s: %s", topic, reason)
-                await dead_letters.send(value=raw, headers=events.dead_letter_headers(reason, topic))
-            if not good:
-                continue
+            await retrying("sending dead letters", lambda: dead_letter(bad))
             for chunk in chunks(good):
                 # No state cache: after a rebalance another worker may have advanced a run's state.
-                out = await retrying("writing a batch to ClickHouse", lambda: processor.process(chunk))
-                await publish(out.publish)
-                await retrying("storing run states", lambda: processor.commit(out))
+                out = await retrying("writing a batch to ClickHouse", in_thread(processor.process, chunk))
+                await retrying("publishing state changes and alerts", lambda: publish(out.publish))
+                await retrying("storing run states", in_thread(processor.commit, out))
 
     @app.timer(interval=sweep_every_s)
     async def sweep() -> None:
@@ -145,10 +162,9 @@ def create_app(
             return
         try:
             found = await asyncio.to_thread(processor.sweep, float(settings.crash_timeout))
+            await publish(found)
         except Exception as exc:  # noqa: BLE001 - the next sweep tries again
             log.warning("sweep failed (%s: %s)", type(exc).__name__, exc)
-            return
-        await publish(found)
 
     notifier = Notifier([u.strip() for u in settings.alert_webhooks.split(",")])
 
@@ -159,18 +175,28 @@ def create_app(
         return next((list(r.spec.get("webhooks", [])) for r in rules.rules(event.team, event.project)
                      if r.rule_id == rule_id), [])
 
+    deliveries: set[asyncio.Task] = set()
+
+    async def notify(event: events.Event) -> None:
+        try:
+            extra = await asyncio.to_thread(rule_webhooks, event)
+            await notifier.deliver(event, sdk_alert_id(event), extra)
+        except Exception as exc:  # noqa: BLE001 - a notification failure never stops storing alerts
+            log.warning("notifying alert %s failed (%s: %s)", sdk_alert_id(event), type(exc).__name__, exc)
+
     @app.agent(alerts_topic)
     async def alerts(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(SINK_BATCH, within=0.05):
             good, bad = decode_batch([(e.value, e.message.topic) for e in batch])
-            for raw, topic, reason in bad:
-                await dead_letters.send(value=raw, headers=events.dead_letter_headers(reason, topic))
+            await retrying("sending dead letters", lambda: dead_letter(bad))
             if not good:
                 continue
-            await retrying("storing alerts", lambda: processor.store_alerts(good))
+            await retrying("storing alerts", in_thread(processor.store_alerts, good))
+            # Webhooks are posted in the background (a dead receiver costs retries, not the stream).
             for event in good:
-                extra = await asyncio.to_thread(rule_webhooks, event)
-                await notifier.deliver(event, sdk_alert_id(event), extra)
+                task = asyncio.ensure_future(notify(event))
+                deliveries.add(task)
+                task.add_done_callback(deliveries.discard)
 
     return app
 

@@ -22,7 +22,9 @@ redelivering the batch:
 
 A crash before 5 replays the batch onto the old states, rewrites the same
 rows and publishes the same events again (alert ids are derived from their
-trigger, so they stay one alert); a crash after it skips what was folded.
+trigger, so they stay one alert); a crash after it skips what was folded
+(each state remembers the highest seq folded from the runs, metrics and
+system topics).
 """
 
 from __future__ import annotations
@@ -121,7 +123,6 @@ class Output:
 
     states: dict[RunKey, dict[str, Any]] = field(default_factory=dict)
     publish: list[Event] = field(default_factory=list)
-    changes: list[StateChange] = field(default_factory=list)
     fired: list[Fired] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -156,6 +157,7 @@ class Processor:
         out.counts["alerts"] = self.store_alerts(by_type.get(ALERT, []))
 
         # 2. fold states, on copies
+        now = self.clock()
         changed_runs: set[RunKey] = set()
         changed_summaries: dict[RunKey, set[str]] = {}
         summary_touched: set[RunKey] = set()
@@ -169,7 +171,7 @@ class Processor:
                 state = copy.deepcopy(known) if known is not None else _new_run_state(event)
                 out.states[key] = state
             changes: list[StateChange] = []
-            runstate.apply(state, event, changes)
+            folded = runstate.apply(state, event, changes, now)
             if event.type != RUN_STATE or changes:  # a reported state change alters nothing
                 changed_runs.add(key)
             evaluator = Evaluator(self.rules.rules(event.team, event.project), state["alerts"])
@@ -179,14 +181,14 @@ class Processor:
                     changed_summaries.setdefault(key, set()).update(names)
                     summary_touched.add(key)
                     evaluator.metrics(event)
-            elif event.type == SYSTEM:
+            elif event.type == SYSTEM and event.seq > state.get("system_seq", -1):  # replays leave rule memory alone
+                state["system_seq"] = event.seq
                 evaluator.system(event)
-            elif event.type == RUN_UPDATE and summaries.fold_update(state["summary"], event):
+            elif event.type == RUN_UPDATE and folded and summaries.fold_update(state["summary"], event):
                 summary_touched.add(key)
             for change in changes:
                 evaluator.state_change(change.run_id, change.new, change.at, change.reason)
                 out.publish.append(_state_event(change))
-            out.changes += changes
             out.fired += evaluator.fired
 
         # 3. derived rows, written whole
@@ -233,14 +235,14 @@ class Processor:
         client = self._client()
         out: list[Event] = []
         silent = client.query(
-            "SELECT team, project, run_id, toUnixTimestamp64Milli(heartbeat_at) FROM runs FINAL "
-            "WHERE state = 'running' AND heartbeat_at < fromUnixTimestamp64Milli({cutoff:Int64})",
+            "SELECT team, project, run_id, toUnixTimestamp64Milli(last_seen_at) FROM runs FINAL "
+            "WHERE state = 'running' AND last_seen_at < fromUnixTimestamp64Milli({cutoff:Int64})",
             parameters={"cutoff": int((now - timeout_s) * 1000)},
         ).result_rows
-        for team, project, run_id, heartbeat_ms in silent:
-            since = heartbeat_ms / 1000
+        for team, project, run_id, seen_ms in silent:
+            since = seen_ms / 1000
             out.append(Event(RUN_STATE, team, project, run_id, 0, now,
-                             {"state": "crashed", "reason": f"no heartbeat for {now - since:.0f} s", "since": since}))
+                             {"state": "crashed", "reason": f"nothing received for {now - since:.0f} s", "since": since}))
         stall_projects = client.query(
             "SELECT DISTINCT team, project FROM alert_rules FINAL WHERE enabled AND kind = 'stall'"
         ).result_rows

@@ -1,13 +1,13 @@
 """Run state: fold a run's lifecycle events into the record the runs table shows.
 
-Plain Python, no framework: the Faust worker keeps ``RunState`` values in a
-changelog-backed table, the embedded server in a dict. A state is a JSON-able
-dict so either store can hold it.
+Plain Python, no framework. A state is a JSON-able dict, stored by the
+processor in ClickHouse (``run_states``) between batches.
 
 States: running, finished, failed, killed (from the SDK's ``run_finish``) and
-crashed, decided here when a running run's heartbeats stop for longer than the
-timeout. A heartbeat (or any event) from a crashed run brings it back to
-running. Every change of state is returned as a ``StateChange`` so the caller
+crashed, decided when a running run has sent nothing for longer than the
+timeout. Liveness is measured on the processor's clock (``seen_at``), not the
+SDK's timestamps, so a late sync or a skewed client clock does not make a run
+flap. A new event from a crashed run brings it back to running. Every change of state is returned as a ``StateChange`` so the caller
 can publish it as a ``run_state`` event and evaluate alert rules on it.
 
 Replays: SDK events carry the run's sequence numbers; an event at or below the
@@ -23,9 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from runstream.events import HEARTBEAT, RUN_FINISH, RUN_START, RUN_STATE, RUN_UPDATE, Event
-
-#: Seconds without a heartbeat (or any event) after which a running run is crashed.
-DEFAULT_CRASH_TIMEOUT_S = 90.0
 
 RunState = dict[str, Any]
 
@@ -52,6 +49,7 @@ def new_state(event: Event) -> RunState:
             "created_at": event.ts,
             "updated_at": event.ts,
             "heartbeat_at": event.ts,
+            "seen_at": 0.0,  # the processor's clock when the run last sent anything
             "version": 0,
         },
         "runs_seq": -1,  # highest SDK seq folded from the runs topic
@@ -76,11 +74,12 @@ def _set_state(state: RunState, new: str, at: float, reason: str | None, changes
     changes.append(StateChange(record["team"], record["project"], record["run_id"], old, new, at, reason))
 
 
-def _touch(state: RunState, ts: float) -> None:
+def _touch(state: RunState, ts: float, now: float) -> None:
     record = state["record"]
     if ts > record["heartbeat_at"]:
         record["heartbeat_at"] = ts
     record["updated_at"] = max(record["updated_at"], ts)
+    record["seen_at"] = max(record.get("seen_at", 0.0), now)
 
 
 def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -94,19 +93,19 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def apply(state: RunState | None, event: Event, changes: list[StateChange]) -> RunState:
-    """Fold one event of any type into the run's state; state changes go to ``changes``."""
-    state = state if state is not None else new_state(event)
+def apply(state: RunState, event: Event, changes: list[StateChange], now: float) -> bool:
+    """Fold one event of any type into the run's state (``now``: the processor's clock);
+    state changes go to ``changes``. False when the event was already folded."""
     record = state["record"]
     if event.type == RUN_STATE:
         _apply_run_state(state, event, changes)
-        return state
+        return True
     if event.type in (RUN_START, RUN_UPDATE, RUN_FINISH, HEARTBEAT):
         if event.seq <= state["runs_seq"]:
-            return state  # a replay or a resend: already folded
+            return False  # a replay or a resend
         state["runs_seq"] = event.seq
     fresh = event.ts > record["heartbeat_at"]  # not a replay of something older
-    _touch(state, event.ts)
+    _touch(state, event.ts, now)
     if record["state"] == "crashed" and fresh:  # it was only silent
         _set_state(state, "running", event.ts, "the run sent events again", changes)
     data = event.data
@@ -132,7 +131,7 @@ def apply(state: RunState | None, event: Event, changes: list[StateChange]) -> R
         _set_state(state, data["state"], event.ts, data.get("traceback"), changes)
     if record["state"] is None:  # its first event was not run_start (lost, or not sent yet)
         _set_state(state, "running", event.ts, None, changes)
-    return state
+    return True
 
 
 def _apply_run_state(state: RunState, event: Event, changes: list[StateChange]) -> None:
@@ -142,7 +141,7 @@ def _apply_run_state(state: RunState, event: Event, changes: list[StateChange]) 
     # It holds only while the run is running and has stayed silent since the sweep saw it.
     since = event.data.get("since", event.ts)
     record = state["record"]
-    if record["state"] != "running" or record["heartbeat_at"] > since + 0.001:  # `since` was read at ms precision
+    if record["state"] != "running" or record.get("seen_at", 0.0) > since + 0.001:  # `since` was read at ms precision
         return
     _set_state(state, "crashed", event.ts, event.data.get("reason"), changes)
 

@@ -41,14 +41,18 @@ def fold_metrics(summary: Summary, event: Event) -> set[str]:
     summary["metrics_seq"] = event.seq
     steps, times = event.data["step"], event.data["time"]
     ordered = all(a < b for a, b in zip(steps, steps[1:]))
+    names = set()
     for name, column in event.data["values"].items():
+        if column.count(None) == len(column):
+            continue  # declared in the batch, logged in no row
+        names.add(name)
         s = summary["metrics"].get(name) or _stats()
         if ordered and None not in column and str not in map(type, column):
             _fold_dense(s, steps, times, column)  # the common case: min/max/sum run in C
         else:
             _fold_rows(s, steps, times, column)
         summary["metrics"][name] = s
-    return set(event.data["values"])
+    return names
 
 
 def _fold_dense(s: dict[str, Any], steps: list[int], times: list[float], column: list[float]) -> None:
@@ -97,7 +101,8 @@ def fold_update(summary: Summary, event: Event) -> bool:
         changed = True
     for spec in event.data.get("define_metric", ()):
         if spec.get("summary"):
-            summary["define"].insert(0, spec)  # later definitions win, as in the SDK
+            # Later definitions win, as in the SDK; one per name.
+            summary["define"] = [spec, *(d for d in summary["define"] if d["name"] != spec["name"])]
             changed = True
     return changed
 

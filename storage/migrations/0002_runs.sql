@@ -1,6 +1,8 @@
 -- One row per run, written whole by the run processor (the single writer of a
 -- run's record, so edits and lifecycle events apply in order); the largest
--- version (the seq of the last event applied) is current. Readers use FINAL.
+-- version (growing with every write and the clock) is current. Readers use FINAL.
+-- heartbeat_at is the run's own clock; last_seen_at the server's, when it last
+-- received anything from the run (crash detection compares that one).
 --
 -- Config is flattened to dotted keys ("optimizer.lr") in two maps: config
 -- holds every value as JSON text (exact equality, grouping, display, $exists)
@@ -17,6 +19,7 @@ CREATE TABLE IF NOT EXISTS runs
     created_at DateTime64(3, 'UTC'),
     updated_at DateTime64(3, 'UTC'),
     heartbeat_at DateTime64(3, 'UTC'),
+    last_seen_at DateTime64(3, 'UTC'),
     finished_at Nullable(DateTime64(3, 'UTC')),
     exit_code Nullable(Int32),
     run_group String,

@@ -168,14 +168,15 @@ def test_crash_after_silence_fires_a_state_rule_and_a_heartbeat_revives_the_run(
     now = time.time()
     pipeline.handle([_event(RUN_START, "c1", 1, now - 100, {"name": "c1"}),
                      _metrics("c1", 2, [0, 1], {"loss": [1.0, 0.9]}, t0=now - 100)])
-    pipeline.sweep(timeout_s=300, now=now)  # silent 99 s: not crashed yet, but stalled
+    later = time.time() + 100  # the server's clock: the run has been silent for 100 s
+    pipeline.sweep(timeout_s=300, now=later)  # not crashed yet, but stalled (no new step for 199 s)
     state = lambda: clickhouse.query("SELECT state FROM runs FINAL WHERE run_id = 'c1'").result_rows[0][0]  # noqa: E731
     assert state() == "running"
     assert [r[0] for r in _alerts(clickhouse)] == ["stalled"]
-    pipeline.sweep(timeout_s=60, now=now)
+    pipeline.sweep(timeout_s=60, now=later)
     assert state() == "crashed"
     assert sorted(r[0] for r in _alerts(clickhouse)) == ["crashed", "stalled"]
-    pipeline.sweep(timeout_s=60, now=now + 1)  # still crashed, still stalled: the same two alerts
+    pipeline.sweep(timeout_s=60, now=later + 1)  # still crashed, still stalled: the same two alerts
     assert len(_alerts(clickhouse)) == 2
     pipeline.handle([_event(HEARTBEAT, "c1", 3, now + 2, {})])
     assert state() == "running"
@@ -184,7 +185,8 @@ def test_crash_after_silence_fires_a_state_rule_and_a_heartbeat_revives_the_run(
 def test_a_replayed_crash_decision_does_not_override_a_live_run(clickhouse):
     pipeline = Pipeline(lambda: clickhouse)
     pipeline.handle([_event(RUN_START, "l1", 1, T0, {"name": "l1"})])
-    late = pipeline.processor.sweep(timeout_s=10, now=T0 + 60)
+    late = pipeline.processor.sweep(timeout_s=10, now=time.time() + 60)
+    assert [e.data["state"] for e in late] == ["crashed"]
     pipeline.handle([_event(HEARTBEAT, "l1", 2, T0 + 61, {})])  # the run spoke after the sweep looked
     pipeline.handle(late)
     assert clickhouse.query("SELECT state FROM runs FINAL WHERE run_id = 'l1'").result_rows[0][0] == "running"

@@ -22,7 +22,8 @@ def test_level_is_the_finest_with_at_most_the_asked_points():
 def test_source_reads_raw_points_for_short_ranges_and_buckets_them_a_little_for_medium_ones():
     assert Source.for_range(0, 499, 500) == Source(0, 1)
     assert Source.for_range(0, 1_000, 500) == Source(0, 3)
-    assert Source.for_range(0, 1_999, 500) == Source(0, 4)
+    assert Source.for_range(1, 1_000, 500) == Source(0, 3)  # 1000 steps, aligned buckets: at most 500 points
+    assert Source.for_range(0, 1_999, 500) == Source(0, 5)
     medium = Source.for_range(0, 5_000, 500)
     assert medium.level == 1 and 500 / 4 < 5_001 / medium.width <= 500
     assert Source.for_range(0, 9_999, 500) == Source(2, 64)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from runstream.events import HEARTBEAT, METRICS, RUN_FINISH, RUN_START, RUN_STATE, RUN_UPDATE, SYSTEM, Event
@@ -49,6 +47,25 @@ def test_system_rule_fires_once_the_condition_held_long_enough():
     assert [t for t, _ in fired] == [301, 950]  # held 300 s from 0; reset at 500; held again 600..950
 
 
+def test_a_replayed_update_leaves_the_summary_alone_and_definitions_replace_by_name():
+    summary = summaries.new_summary()
+    summaries.fold_update(summary, _ev(RUN_UPDATE, 1, 0.0, {"define_metric": [{"name": "loss", "summary": "min"}]}))
+    summaries.fold_update(summary, _ev(RUN_UPDATE, 2, 0.0, {"define_metric": [{"name": "loss", "summary": "max"}]}))
+    assert summary["define"] == [{"name": "loss", "summary": "max"}]
+
+
+def test_stored_rules_are_checked_when_loaded():
+    from runstream.streams.alerting import rule_from_row
+
+    row = {"team": "t", "project": "p", "rule_id": "r", "name": "n", "cooldown_s": 0}
+    with pytest.raises(RuleError, match="'op'"):
+        rule_from_row({**row, "kind": "threshold", "spec": '{"metric": "loss"}'})
+    with pytest.raises(RuleError, match="not JSON"):
+        rule_from_row({**row, "kind": "threshold", "spec": "{"})
+    with pytest.raises(RuleError, match="webhooks"):
+        rule_from_row({**row, "kind": "nonfinite", "spec": '{"metric": "*", "webhooks": "http://x"}'})
+
+
 def test_summary_stats_fold_each_batch_once_and_honour_summary_choices():
     summary = summaries.new_summary()
     batch = _ev(METRICS, 5, 0.0, {"step": [0, 1, 2], "time": [1.0, 2.0, 3.0], "values": {"loss": [3.0, "NaN", 1.0]}})
@@ -63,16 +80,19 @@ def test_summary_stats_fold_each_batch_once_and_honour_summary_choices():
 
 def test_run_state_lifecycle_and_resends():
     changes: list = []
-    state = runstate.apply(None, _ev(RUN_START, 10, 100.0, {"name": "n", "config": {"a": {"b": 1}}}), changes)
-    runstate.apply(state, _ev(RUN_UPDATE, 11, 101.0, {"config": {"a": {"c": 2}}, "tags": ["x"]}), changes)
-    runstate.apply(state, _ev(RUN_UPDATE, 11, 101.0, {"tags": ["resent, ignored"]}), changes)
-    runstate.apply(state, _ev(HEARTBEAT, 12, 130.0, {}), changes)
-    runstate.apply(state, _ev(RUN_STATE, 0, 200.0, {"state": "crashed", "since": 120.0}), changes)  # spoke at 130
+    start = _ev(RUN_START, 10, 100.0, {"name": "n", "config": {"a": {"b": 1}}})
+    state = runstate.new_state(start)
+    # The SDK's clock (ts) is an hour behind the server's (now): liveness follows the server's.
+    assert runstate.apply(state, start, changes, now=3700.0)
+    assert runstate.apply(state, _ev(RUN_UPDATE, 11, 101.0, {"config": {"a": {"c": 2}}, "tags": ["x"]}), changes, 3701.0)
+    assert not runstate.apply(state, _ev(RUN_UPDATE, 11, 101.0, {"tags": ["resent, ignored"]}), changes, 3702.0)
+    runstate.apply(state, _ev(HEARTBEAT, 12, 130.0, {}), changes, now=3730.0)
+    runstate.apply(state, _ev(RUN_STATE, 0, 3800.0, {"state": "crashed", "since": 3720.0}), changes, 3800.0)  # spoke at 3730
     assert state["record"]["state"] == "running"
-    runstate.apply(state, _ev(RUN_STATE, 0, 300.0, {"state": "crashed", "since": 130.0}), changes)
-    runstate.apply(state, _ev(RUN_FINISH, 13, 310.0, {"state": "failed", "exit_code": 1}), changes)
+    runstate.apply(state, _ev(RUN_STATE, 0, 3900.0, {"state": "crashed", "since": 3730.0}), changes, 3900.0)
+    runstate.apply(state, _ev(RUN_FINISH, 13, 310.0, {"state": "failed", "exit_code": 1}), changes, 3910.0)
     record = state["record"]
     assert record["config"] == {"a": {"b": 1, "c": 2}} and record["tags"] == ["x"]
     assert [(c.old, c.new) for c in changes] == [(None, "running"), ("running", "crashed"), ("crashed", "running"),
                                                  ("running", "failed")]
-    assert record["finished_at"] == 310.0 and record["exit_code"] == 1 and not math.isnan(record["heartbeat_at"])
+    assert record["finished_at"] == 310.0 and record["exit_code"] == 1 and record["seen_at"] == 3910.0
