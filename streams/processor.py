@@ -41,7 +41,9 @@ import orjson
 from clickhouse_connect.driver.client import Client
 
 from runstream import events
-from runstream.events import ALERT, CONSOLE, FILE, METRICS, RUN_STATE, RUN_UPDATE, SYSTEM, Event
+from runstream.events import (
+    ALERT, CONSOLE, FILE, HEARTBEAT, METRICS, RUN_FINISH, RUN_START, RUN_STATE, RUN_UPDATE, SYSTEM, Event,
+)
 from runstream.storage.writer import (
     insert_alerts,
     insert_console_lines,
@@ -59,6 +61,7 @@ from runstream.streams.alerting import Evaluator, Fired, Rule, rule_from_row
 from runstream.streams.runstate import StateChange
 
 RunKey = tuple[str, str, str]  # (team, project, run_id)
+RUN_EVENTS = (RUN_START, RUN_UPDATE, RUN_FINISH, HEARTBEAT)
 
 
 class RuleBook:
@@ -127,6 +130,18 @@ class Output:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+def folded(state: dict[str, Any]) -> int:
+    """How many SDK events a state has folded: the version of every row written from it.
+
+    A version that grows with what was folded (not with the clock) makes a worker that
+    lost a run's partition in the middle of a batch harmless: its late write, from the
+    same stored state plus fewer events, carries a smaller version than the new owner's.
+    Writes that fold nothing (a crash decided by the sweep) keep the version and win as
+    the later insert.
+    """
+    return state.get("folded", 0)
+
+
 def _new_run_state(event: Event) -> dict[str, Any]:
     state = runstate.new_state(event)
     state["summary"] = summaries.new_summary()
@@ -171,34 +186,39 @@ class Processor:
                 state = copy.deepcopy(known) if known is not None else _new_run_state(event)
                 out.states[key] = state
             changes: list[StateChange] = []
-            folded = runstate.apply(state, event, changes, now)
+            applied = runstate.apply(state, event, changes, now)
             if event.type != RUN_STATE or changes:  # a reported state change alters nothing
                 changed_runs.add(key)
             evaluator = Evaluator(self.rules.rules(event.team, event.project), state["alerts"])
+            new = applied and event.type in RUN_EVENTS  # an SDK event not folded before
             if event.type == METRICS:
+                new = event.seq > state["summary"]["metrics_seq"]
                 names = summaries.fold_metrics(state["summary"], event)
                 if names:
                     changed_summaries.setdefault(key, set()).update(names)
                     summary_touched.add(key)
                     evaluator.metrics(event)
-            elif event.type == SYSTEM and event.seq > state.get("system_seq", -1):  # replays leave rule memory alone
-                state["system_seq"] = event.seq
-                evaluator.system(event)
-            elif event.type == RUN_UPDATE and folded and summaries.fold_update(state["summary"], event):
+            elif event.type == SYSTEM:
+                new = event.seq > state.get("system_seq", -1)
+                if new:  # replays leave rule memory alone
+                    state["system_seq"] = event.seq
+                    evaluator.system(event)
+            elif event.type == RUN_UPDATE and applied and summaries.fold_update(state["summary"], event):
                 summary_touched.add(key)
+            if new:
+                state["folded"] = state.get("folded", 0) + 1
             for change in changes:
                 evaluator.state_change(change.run_id, change.new, change.at, change.reason)
                 out.publish.append(_state_event(change))
             out.fired += evaluator.fired
 
         # 3. derived rows, written whole
-        upsert_runs(client, [runstate.record_for_write(out.states[k]) for k in sorted(changed_runs)])
+        upsert_runs(client, [runstate.record_for_write(out.states[k], folded(out.states[k])) for k in sorted(changed_runs)])
         run_summaries, metric_rows = [], []
         for key in sorted(summary_touched):
             state = out.states[key]
             record = state["record"]
-            version = runstate.next_version(state.get("summary_version", 0))
-            state["summary_version"] = version
+            version = folded(state)
             run_summaries.append({"team": record["team"], "project": record["project"], "run_id": record["run_id"],
                                   "summary": summaries.run_summary(state["summary"]), "version": version})
             metric_rows += summaries.metric_summary_rows(state["summary"], record["team"], record["project"],
@@ -223,8 +243,7 @@ class Processor:
         """Store the states a processed batch produced (after its events were published)."""
         rows = {}
         for key, state in out.states.items():
-            state["state_version"] = runstate.next_version(state.get("state_version", 0))
-            rows[key] = (orjson.dumps(state), state["state_version"])
+            rows[key] = (orjson.dumps(state), folded(state))
         upsert_run_states(self._client(), rows)
 
     def sweep(self, timeout_s: float, now: float | None = None) -> list[Event]:

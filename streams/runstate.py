@@ -56,11 +56,6 @@ def new_state(event: Event) -> RunState:
     }
 
 
-def next_version(previous: int) -> int:
-    """Versions grow with every write and with the clock, so a lost state cannot write under old rows."""
-    return max(previous + 1, int(time.time() * 1_000_000))
-
-
 def _set_state(state: RunState, new: str, at: float, reason: str | None, changes: list[StateChange]) -> None:
     record = state["record"]
     old = record.get("state")
@@ -146,8 +141,8 @@ def _apply_run_state(state: RunState, event: Event, changes: list[StateChange]) 
     _set_state(state, "crashed", event.ts, event.data.get("reason"), changes)
 
 
-def record_for_write(state: RunState) -> dict[str, Any]:
-    """The run record to write, with a fresh version."""
+def record_for_write(state: RunState, version: int) -> dict[str, Any]:
+    """The run record to write, under ``version``."""
     record = state["record"]
-    record["version"] = next_version(record["version"])
+    record["version"] = version
     return dict(record)

@@ -82,10 +82,15 @@ def test_a_killed_worker_loses_nothing_and_duplicates_collapse(kafka_bootstrap, 
         workers[0].wait()
         asyncio.run(_produce(kafka_bootstrap, slices[len(slices) // 2:], pause=0.1))
 
+        def summarised() -> int:
+            return int(client.command("SELECT sum(count) FROM metric_summaries FINAL WHERE project = {p:String}",
+                                      parameters={"p": project}) or 0)
+
         def done() -> bool:
             finished = client.command("SELECT count() FROM runs FINAL WHERE project = {p:String} AND state = 'finished'",
                                       parameters={"p": project})
-            return points() == expected and int(finished) == RUNS
+            # The summaries are written after the points and the runs rows: wait for them too.
+            return points() == expected and int(finished) == RUNS and summarised() >= expected
 
         deadline = time.monotonic() + 120
         while not done() and time.monotonic() < deadline:
@@ -96,6 +101,7 @@ def test_a_killed_worker_loses_nothing_and_duplicates_collapse(kafka_bootstrap, 
             "SELECT metric, count(), min(count), max(count) FROM metric_summaries FINAL WHERE project = {p:String} GROUP BY metric",
             parameters={"p": project}).result_rows
         assert sorted(counts) == [("acc", RUNS, BATCHES * ROWS, BATCHES * ROWS), ("loss", RUNS, BATCHES * ROWS, BATCHES * ROWS)]
+
         assert done()
         buckets = client.command(
             "SELECT sum(count) FROM metric_buckets FINAL WHERE project = {p:String} AND level = 1", parameters={"p": project})
