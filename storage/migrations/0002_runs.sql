@@ -1,6 +1,7 @@
 -- One row per run, written whole by the run processor (the single writer of a
 -- run's record, so edits and lifecycle events apply in order); the largest
--- version (growing with every write and the clock) is current. Readers use FINAL.
+-- version (how many of the run's events the processor had folded) is current,
+-- and of equal versions the later write. Readers use FINAL.
 -- heartbeat_at is the run's own clock; last_seen_at the server's, when it last
 -- received anything from the run (crash detection compares that one).
 --
