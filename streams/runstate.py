@@ -18,7 +18,6 @@ hold (a crash only if the run is still silent), so a replay is harmless too.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 

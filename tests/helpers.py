@@ -105,3 +105,22 @@ result = run.finish()
 print(json.dumps({{"acked": result.acked_events, "unacked": result.unacked_events, "points": result.points,
                   "slowest_log_s": slowest}}), flush=True)
 """
+
+
+async def dead_letters_with(bootstrap: str, marker: bytes, want: int, timeout: float = 60.0) -> list:
+    """Dead-letter messages whose bytes contain ``marker``, read until ``want`` are found or time runs out."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        events.TOPIC_DEAD_LETTERS.name, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=unique("dl")
+    )
+    await consumer.start()
+    found: list = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(found) < want and time.monotonic() < deadline:
+            for messages in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
+                found += [m for m in messages if marker in m.value]
+    finally:
+        await consumer.stop()
+    return found

@@ -4,13 +4,13 @@ import asyncio
 import time
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from runstream import events
 from runstream.settings import Settings
 from runstream.storage.client import connect
 from runstream.streams.app import create_app
-from tests.helpers import metrics_event, unique
+from tests.helpers import dead_letters_with, metrics_event, unique
 
 RUNS = 3
 BATCHES = 20
@@ -25,22 +25,6 @@ async def _produce(bootstrap: str, messages: list[tuple[bytes | None, bytes]]) -
             await producer.send_and_wait(events.TOPIC_METRICS.name, value, key=key)
     finally:
         await producer.stop()
-
-
-async def _dead_letters_with(bootstrap: str, marker: bytes, want: int) -> list:
-    consumer = AIOKafkaConsumer(
-        events.TOPIC_DEAD_LETTERS.name, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=unique("dl")
-    )
-    await consumer.start()
-    found = []
-    try:
-        deadline = time.monotonic() + 30
-        while len(found) < want and time.monotonic() < deadline:
-            for messages in (await consumer.getmany(timeout_ms=500)).values():
-                found += [m for m in messages if marker in m.value]
-    finally:
-        await consumer.stop()
-    return found
 
 
 async def _run(bootstrap: str, dsn: str, data_dir: str) -> None:
@@ -80,7 +64,7 @@ async def _run(bootstrap: str, dsn: str, data_dir: str) -> None:
     finally:
         await app.stop()
 
-    dead = await _dead_letters_with(bootstrap, project.encode(), want=2)
+    dead = await dead_letters_with(bootstrap, project.encode(), want=2)
     assert sorted(m.value for m in dead) == sorted(bad)
     reasons = sorted(dict(m.headers)[events.DEAD_LETTER_REASON_HEADER].decode() for m in dead)
     assert reasons[0].startswith("not valid JSON") and "seq must be a non-negative integer" in reasons[1]

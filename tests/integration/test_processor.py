@@ -8,7 +8,6 @@ import uuid
 
 import numpy as np
 import orjson
-import pytest
 
 from runstream.events import (
     ALERT, CONSOLE, FILE, HEARTBEAT, METRICS, RUN_FINISH, RUN_START, RUN_UPDATE, SYSTEM, Event, validate,

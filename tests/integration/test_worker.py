@@ -8,14 +8,14 @@ import time
 
 import orjson
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from runstream import events
 from runstream.settings import Settings
 from runstream.storage.client import connect
 from runstream.storage.migrations import migrate
 from runstream.streams.app import create_app
-from tests.helpers import make_event, unique
+from tests.helpers import dead_letters_with, make_event, unique
 from infra.net import free_port
 
 
@@ -41,21 +41,6 @@ async def _until(check, timeout: float = 60.0, every: float = 0.2):
         if result or time.monotonic() > deadline:
             return result
         await asyncio.sleep(every)
-
-
-async def _dead_letters(bootstrap: str, marker: bytes, want: int) -> list:
-    consumer = AIOKafkaConsumer(events.TOPIC_DEAD_LETTERS.name, bootstrap_servers=bootstrap,
-                                auto_offset_reset="earliest", group_id=unique("dl"))
-    await consumer.start()
-    found = []
-    try:
-        deadline = time.monotonic() + 60
-        while len(found) < want and time.monotonic() < deadline:
-            for messages in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
-                found += [m for m in messages if marker in m.value]
-    finally:
-        await consumer.stop()
-    return found
 
 
 async def _scenario(bootstrap: str, dsn: str, data_dir: str) -> None:
@@ -125,7 +110,7 @@ async def _scenario(bootstrap: str, dsn: str, data_dir: str) -> None:
         await app.stop()
         await runner.cleanup()
 
-    dead = await _dead_letters(bootstrap, project.encode(), want=len(bad))
+    dead = await dead_letters_with(bootstrap, project.encode(), want=len(bad))
     assert len(dead) == len(bad)
     assert {dict(m.headers)[events.DEAD_LETTER_REASON_HEADER].decode()[:14] for m in dead} == {"not valid JSON"}
     assert {dict(m.headers)[events.DEAD_LETTER_SOURCE_HEADER] for m in dead} == {events.TOPIC_METRICS.name.encode()}
