@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from clickhouse_connect.driver.client import Client
 
+from runstream.events import MAX_STEP
 from runstream.storage.buckets import FANOUT, TOP_LEVEL, WIDTHS, level_for
 from runstream.storage.errors import QueryError
 
@@ -121,12 +122,18 @@ def _check_names(what: str, names: Sequence[str], limit: int) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _check_points(points: Any) -> int:
+    if isinstance(points, bool) or not isinstance(points, int) or not 2 <= points <= MAX_POINTS:
+        raise QueryError(f"points must be an integer between 2 and {MAX_POINTS}", got=points)
+    return points
+
+
 def _check_range(step_range: tuple[int | None, int | None] | None) -> tuple[int, int]:
     if step_range is not None and (not isinstance(step_range, (list, tuple)) or len(step_range) != 2):
         raise QueryError("step_range must be [first, last] (null for an open end)", got=repr(step_range)[:80])
     lo, hi = step_range or (None, None)
     lo = 0 if lo is None else lo
-    hi = 2**63 - 1 if hi is None else hi
+    hi = MAX_STEP if hi is None else hi
     if not (isinstance(lo, int) and isinstance(hi, int)) or isinstance(lo, bool) or isinstance(hi, bool):
         raise QueryError("step_range must be two integers (or null for open ends)")
     if lo < 0 or hi < lo:
@@ -211,8 +218,7 @@ def series(
     """
     run_ids = _check_names("run ids", run_ids, MAX_RUNS)
     metrics = _check_names("metrics", metrics, MAX_METRICS)
-    if not isinstance(points, int) or not 2 <= points <= MAX_POINTS:
-        raise QueryError(f"points must be an integer between 2 and {MAX_POINTS}", got=points)
+    _check_points(points)
     if x not in X_AXES:
         raise QueryError(f"x must be one of {', '.join(X_AXES)}", got=x)
     if x == "metric":
@@ -233,7 +239,7 @@ def series(
         if first <= last:
             by_source.setdefault(Source.for_range(first, last, points), []).append(run_id)
 
-    base = {"team": team, "project": project, "metrics": read_metrics, "first": lo, "last": min(hi, 2**63 - 1)}
+    base = {"team": team, "project": project, "metrics": read_metrics, "first": lo, "last": hi}
     out: list[dict[str, Any]] = []
     for source, runs in by_source.items():
         parts = _read(client, source, {**base, "runs": runs}, with_time=x in ("time", "relative"))
@@ -277,7 +283,7 @@ def _align(part: dict[str, np.ndarray], x_part: Mapping[str, np.ndarray] | None)
     """Keep the buckets where the x metric was logged too, with its last value there as x."""
     if x_part is None:
         return {**{k: v[:0] for k, v in part.items()}, "x": np.empty(0)}
-    common, mine, theirs = np.intersect1d(part["bucket"], x_part["bucket"], assume_unique=True, return_indices=True)
+    _, mine, theirs = np.intersect1d(part["bucket"], x_part["bucket"], assume_unique=True, return_indices=True)
     aligned = {k: v[mine] for k, v in part.items()}
     aligned["x"] = x_part["last"][theirs]
     return aligned
@@ -311,8 +317,7 @@ def group_bands(
             label_of[run_id] = label
     if len(label_of) > MAX_RUNS:
         raise QueryError(f"at most {MAX_RUNS} runs in all groups", got=len(label_of))
-    if not isinstance(points, int) or not 2 <= points <= MAX_POINTS:
-        raise QueryError(f"points must be an integer between 2 and {MAX_POINTS}", got=points)
+    _check_points(points)
     lo, hi = _check_range(step_range)
 
     known = extents(client, team, project, list(label_of), [metric])
@@ -327,7 +332,7 @@ def group_bands(
     parts = _read(
         client,
         source,
-        {"team": team, "project": project, "metrics": [metric], "runs": runs, "first": lo, "last": min(hi, 2**63 - 1)},
+        {"team": team, "project": project, "metrics": [metric], "runs": runs, "first": lo, "last": hi},
         with_time=False,
     )
     by_label: dict[str, list[Part]] = {}

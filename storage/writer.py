@@ -10,7 +10,6 @@ else writes the tables.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ import orjson
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-from runstream.events import CONSOLE, METRICS, SYSTEM, Event, decode_value
+from runstream.events import CONSOLE, METRICS, SYSTEM, Event, decode_value, encode_value
 from runstream.storage.buckets import refresh_buckets
 
 _TIME = pa.timestamp("ms", tz="UTC")
@@ -273,18 +272,15 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def value_maps(values: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, float]]:
-    """The two map columns of config and summary: every value as JSON, numbers and bools as Float64."""
-    flat = flatten(values)
-    as_json = {k: orjson.dumps(_json_safe(v), option=orjson.OPT_NON_STR_KEYS).decode() for k, v in flat.items()}
+def value_maps(flat: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, float]]:
+    """The two map columns of a flattened config or summary: every value as JSON (non-finite
+    floats as the contract's strings), numbers and bools as Float64."""
+    as_json = {
+        k: orjson.dumps(encode_value(v) if isinstance(v, float) else v, option=orjson.OPT_NON_STR_KEYS).decode()
+        for k, v in flat.items()
+    }
     as_num = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float))}
     return as_json, as_num
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    return value
 
 
 RUN_DEFAULTS: dict[str, Any] = {
@@ -317,8 +313,9 @@ def upsert_runs(client: Client, runs: Sequence[Mapping[str, Any]]) -> None:
     catalog = []
     for run in runs:
         run = {**RUN_DEFAULTS, **run}
-        config, config_num = value_maps(run["config"])
-        catalog += [(run["team"], run["project"], "config", k, json_type(v)) for k, v in flatten(run["config"]).items()]
+        flat = flatten(run["config"])
+        config, config_num = value_maps(flat)
+        catalog += [(run["team"], run["project"], "config", k, json_type(v)) for k, v in flat.items()]
         rows.append(
             {
                 "team": run["team"],
@@ -356,8 +353,9 @@ def upsert_run_summaries(client: Client, summaries: Sequence[Mapping[str, Any]])
     rows = []
     catalog = []
     for s in summaries:
-        summary, summary_num = value_maps(s["summary"])
-        catalog += [(s["team"], s["project"], "summary", k, json_type(v)) for k, v in flatten(s["summary"]).items()]
+        flat = flatten(s["summary"])
+        summary, summary_num = value_maps(flat)
+        catalog += [(s["team"], s["project"], "summary", k, json_type(v)) for k, v in flat.items()]
         rows.append({"team": s["team"], "project": s["project"], "run_id": s["run_id"], "summary": summary,
                      "summary_num": summary_num, "version": s["version"]})
     _insert_rows(client, "run_summaries", rows)

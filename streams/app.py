@@ -38,7 +38,7 @@ from runstream.settings import Settings
 from runstream.storage.client import connect
 from runstream.storage.migrations import migrate
 from runstream.streams.notifier import Notifier
-from runstream.streams.processor import Processor, RuleBook, chunks, sdk_alert_id
+from runstream.streams.processor import Processor, RuleBook, chunks, alert_id_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -180,9 +180,9 @@ def create_app(
     async def notify(event: events.Event) -> None:
         try:
             extra = await asyncio.to_thread(rule_webhooks, event)
-            await notifier.deliver(event, sdk_alert_id(event), extra)
+            await notifier.deliver(event, alert_id_of(event), extra)
         except Exception as exc:  # noqa: BLE001 - a notification failure never stops storing alerts
-            log.warning("notifying alert %s failed (%s: %s)", sdk_alert_id(event), type(exc).__name__, exc)
+            log.warning("notifying alert %s failed (%s: %s)", alert_id_of(event), type(exc).__name__, exc)
 
     @app.agent(alerts_topic)
     async def alerts(stream: faust.StreamT) -> None:

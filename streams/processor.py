@@ -41,9 +41,7 @@ import orjson
 from clickhouse_connect.driver.client import Client
 
 from runstream import events
-from runstream.events import (
-    ALERT, CONSOLE, FILE, HEARTBEAT, METRICS, RUN_FINISH, RUN_START, RUN_STATE, RUN_UPDATE, SYSTEM, Event,
-)
+from runstream.events import ALERT, CONSOLE, FILE, METRICS, RUN_STATE, RUN_UPDATE, SYSTEM, Event
 from runstream.storage.writer import (
     insert_alerts,
     insert_console_lines,
@@ -61,7 +59,6 @@ from runstream.streams.alerting import Evaluator, Fired, Rule, rule_from_row
 from runstream.streams.runstate import StateChange
 
 RunKey = tuple[str, str, str]  # (team, project, run_id)
-RUN_EVENTS = (RUN_START, RUN_UPDATE, RUN_FINISH, HEARTBEAT)
 
 
 class RuleBook:
@@ -113,8 +110,9 @@ def chunks(batch: Sequence[Event], max_points: int = CHUNK_POINTS) -> list[list[
     return [c for c in out if c]
 
 
-def sdk_alert_id(event: Event) -> str:
-    """An SDK alert's id: its run and seq, so a resent alert is the same alert."""
+def alert_id_of(event: Event) -> str:
+    """An alert event's id: a rule alert carries one derived from its trigger; an SDK alert's
+    is its run and seq, so a resent alert is the same alert."""
     if event.data.get("alert_id"):
         return event.data["alert_id"]
     return hashlib.sha256(f"{event.team}/{event.project}/{event.run_id}\0{event.seq}".encode()).hexdigest()[:32]
@@ -126,8 +124,6 @@ class Output:
 
     states: dict[RunKey, dict[str, Any]] = field(default_factory=dict)
     publish: list[Event] = field(default_factory=list)
-    fired: list[Fired] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 def folded(state: dict[str, Any]) -> int:
@@ -165,14 +161,15 @@ class Processor:
             by_type.setdefault(event.type, []).append(event)
 
         # 1. raw rows
-        out.counts["points"] = insert_metric_points(client, by_type.get(METRICS, []))
-        out.counts["system"] = insert_system_points(client, by_type.get(SYSTEM, []))
-        out.counts["console"] = insert_console_lines(client, by_type.get(CONSOLE, []))
-        out.counts["files"] = insert_files(client, by_type.get(FILE, []))
-        out.counts["alerts"] = self.store_alerts(by_type.get(ALERT, []))
+        insert_metric_points(client, by_type.get(METRICS, []))
+        insert_system_points(client, by_type.get(SYSTEM, []))
+        insert_console_lines(client, by_type.get(CONSOLE, []))
+        insert_files(client, by_type.get(FILE, []))
+        self.store_alerts(by_type.get(ALERT, []))
 
         # 2. fold states, on copies
         now = self.clock()
+        fired: list[Fired] = []
         changed_runs: set[RunKey] = set()
         changed_summaries: dict[RunKey, set[str]] = {}
         summary_touched: set[RunKey] = set()
@@ -190,7 +187,7 @@ class Processor:
             if event.type != RUN_STATE or changes:  # a reported state change alters nothing
                 changed_runs.add(key)
             evaluator = Evaluator(self.rules.rules(event.team, event.project), state["alerts"])
-            new = applied and event.type in RUN_EVENTS  # an SDK event not folded before
+            new = applied and event.type in runstate.RUN_EVENTS  # an SDK event not folded before
             if event.type == METRICS:
                 new = event.seq > state["summary"]["metrics_seq"]
                 names = summaries.fold_metrics(state["summary"], event)
@@ -210,7 +207,7 @@ class Processor:
             for change in changes:
                 evaluator.state_change(change.run_id, change.new, change.at, change.reason)
                 out.publish.append(_state_event(change))
-            out.fired += evaluator.fired
+            fired += evaluator.fired
 
         # 3. derived rows, written whole
         upsert_runs(client, [runstate.record_for_write(out.states[k], folded(out.states[k])) for k in sorted(changed_runs)])
@@ -225,7 +222,7 @@ class Processor:
                                                          record["run_id"], version, changed_summaries.get(key, set()))
         upsert_run_summaries(client, run_summaries)
         upsert_metric_summaries(client, metric_rows)
-        out.publish += [_alert_event(f, self.clock()) for f in out.fired]
+        out.publish += [_alert_event(f, self.clock()) for f in fired]
         return out
 
     def _states(self, client: Client, batch: Sequence[Event], cache: Mapping[RunKey, dict[str, Any]]) -> dict[RunKey, dict]:
@@ -285,7 +282,7 @@ class Processor:
 
 def _alert_row(event: Event) -> dict[str, Any]:
     return {
-        "team": event.team, "project": event.project, "run_id": event.run_id, "alert_id": sdk_alert_id(event),
+        "team": event.team, "project": event.project, "run_id": event.run_id, "alert_id": alert_id_of(event),
         "rule_id": event.data.get("rule_id"), "source": event.data["source"], "level": event.data["level"],
         "title": event.data["title"], "text": event.data["text"], "time": event.ts,
     }

@@ -24,6 +24,8 @@ from typing import Any
 from runstream.events import HEARTBEAT, RUN_FINISH, RUN_START, RUN_STATE, RUN_UPDATE, Event
 
 RunState = dict[str, Any]
+#: The SDK's lifecycle events, deduplicated by the runs topic's seq.
+RUN_EVENTS = (RUN_START, RUN_UPDATE, RUN_FINISH, HEARTBEAT)
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ def apply(state: RunState, event: Event, changes: list[StateChange], now: float)
     if event.type == RUN_STATE:
         _apply_run_state(state, event, changes)
         return True
-    if event.type in (RUN_START, RUN_UPDATE, RUN_FINISH, HEARTBEAT):
+    if event.type in RUN_EVENTS:
         if event.seq <= state["runs_seq"]:
             return False  # a replay or a resend
         state["runs_seq"] = event.seq
