@@ -1,37 +1,45 @@
-"""The Starlette application (served by uvicorn: ``runstream api``).
+"""The Starlette application: ``runstream api`` (cluster mode) and ``runstream server`` (embedded) serve it.
 
-So far it answers health: ``GET /api/v1/health`` checks ClickHouse and, in
-cluster mode, Kafka. Ingest, queries and the UI join it in later work.
+Each module under ``runstream.api`` owns one group of endpoints and exports its
+``routes``; this one assembles them with the error handlers, the request-id and
+metrics middleware, and the backend's start and stop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
 
 from aiokafka.admin import AIOKafkaAdminClient
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
+from starlette.schemas import SchemaGenerator
 
+from runstream.api import ingest
+from runstream.api.backend import Backend
+from runstream.api.errors import EXCEPTION_HANDLERS
+from runstream.api.middleware import RequestContext, metrics_endpoint
+from runstream.api.responses import json_response
 from runstream.settings import Settings
-from runstream.storage.client import connect
 
-HEALTH_PATH = "/api/v1/health"
+API = "/api/v1"
+HEALTH_PATH = f"{API}/health"
 
 
-async def _check_clickhouse(settings: Settings) -> str:
-    def ping() -> None:
-        connect(settings.clickhouse_dsn).command("SELECT 1")
-
-    await asyncio.to_thread(ping)
+async def _check_clickhouse(backend: Backend) -> str:
+    await backend.run(lambda client: client.command("SELECT 1"))
     return "ok"
 
 
-async def _check_kafka(settings: Settings) -> str:
-    if not settings.kafka:
+async def _check_kafka(backend: Backend) -> str:
+    if not backend.settings.kafka:
         return "not used (embedded mode)"
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka, request_timeout_ms=3000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=backend.settings.kafka, request_timeout_ms=3000)
     try:
         await admin.start()
         await admin.list_topics()
@@ -40,19 +48,92 @@ async def _check_kafka(settings: Settings) -> str:
     return "ok"
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+async def health(request: Request) -> Response:
+    """Whether the services the API depends on answer: 200, or 503 naming what is down.
+
+    ---
+    summary: Health and readiness
+    tags: [service]
+    security: []
+    responses:
+      200: {description: ClickHouse (and Kafka in cluster mode) answer}
+      503: {description: a dependency is down; checks says which}
+    """
+    backend: Backend = request.app.state.backend
+    checks: dict[str, str] = {}
+    healthy = True
+    for name, check in (("clickhouse", _check_clickhouse), ("kafka", _check_kafka)):
+        try:
+            checks[name] = await asyncio.wait_for(check(backend), timeout=5)
+        except Exception as exc:  # noqa: BLE001 - any failure is "unavailable", with its reason
+            healthy = False
+            checks[name] = f"unavailable: {type(exc).__name__}: {exc}"
+    body = {"status": "ok" if healthy else "unavailable", "checks": checks}
+    return json_response(body, status_code=200 if healthy else 503)
+
+
+SCHEMAS = SchemaGenerator({
+    "openapi": "3.0.3",
+    "info": {"title": "runstream API", "version": "1"},
+    "components": {"securitySchemes": {
+        "apiKey": {"type": "http", "scheme": "bearer", "description": "rs_<key_id>_<secret>"},
+        "shareLink": {"type": "apiKey", "in": "header", "name": "X-Runstream-Share"},
+    }},
+    "security": [{"apiKey": []}, {"shareLink": []}, {}],
+})
+
+
+async def openapi(request: Request) -> Response:
+    """The OpenAPI document, built from the endpoints' docstrings.
+
+    ---
+    summary: This document
+    tags: [service]
+    security: []
+    responses:
+      200: {description: OpenAPI 3 JSON}
+    """
+    schema = SCHEMAS.get_schema(routes=request.app.routes)
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            _declare_path_parameters(path, operation)
+    return json_response(schema)
+
+
+def _declare_path_parameters(path: str, operation: dict) -> None:
+    """Every ``{name}`` of a path as a required string parameter, unless the docstring declares it."""
+    declared = {p.get("name") for p in operation.get("parameters", []) if p.get("in") == "path"}
+    for name in re.findall(r"{(\w+)}", path):
+        if name not in declared:
+            operation.setdefault("parameters", []).append(
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}})
+
+
+def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Starlette:
     settings = settings or Settings.from_env()
+    backend = backend or Backend(settings)
 
-    async def health(request: Request) -> JSONResponse:
-        checks: dict[str, str] = {}
-        healthy = True
-        for name, check in (("clickhouse", _check_clickhouse), ("kafka", _check_kafka)):
-            try:
-                checks[name] = await asyncio.wait_for(check(settings), timeout=5)
-            except Exception as exc:
-                healthy = False
-                checks[name] = f"unavailable: {type(exc).__name__}: {exc}"
-        body = {"status": "ok" if healthy else "unavailable", "checks": checks}
-        return JSONResponse(body, status_code=200 if healthy else 503)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            await backend.start()
+        except Exception:  # noqa: BLE001 - the API still starts; health says what is down
+            import logging
 
-    return Starlette(routes=[Route(HEALTH_PATH, health)])
+            logging.getLogger("runstream.api").exception("starting the backend failed; /api/v1/health will say why")
+        try:
+            yield
+        finally:
+            await backend.stop()
+
+    routes = [
+        Route(HEALTH_PATH, health, methods=["GET"]),
+        Route(f"{API}/ready", health, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route(f"{API}/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+        *ingest.routes,
+    ]
+    app = Starlette(routes=routes, middleware=[Middleware(RequestContext)], exception_handlers=EXCEPTION_HANDLERS,
+                    lifespan=lifespan)
+    app.state.backend = backend
+    return app

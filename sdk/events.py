@@ -73,6 +73,7 @@ RUN_UPDATE = "run_update"
 RUN_FINISH = "run_finish"
 HEARTBEAT = "heartbeat"
 RUN_STATE = "run_state"
+RUN_EDIT = "run_edit"
 METRICS = "metrics"
 SYSTEM = "system"
 CONSOLE = "console"
@@ -86,6 +87,7 @@ TOPIC_OF_TYPE: dict[str, Topic] = {
     RUN_FINISH: TOPIC_RUNS,
     HEARTBEAT: TOPIC_RUNS,
     RUN_STATE: TOPIC_RUNS,
+    RUN_EDIT: TOPIC_RUNS,
     METRICS: TOPIC_METRICS,
     SYSTEM: TOPIC_SYSTEM,
     CONSOLE: TOPIC_CONSOLE,
@@ -397,6 +399,16 @@ def _check_run_state(data: dict[str, Any]) -> None:
     _require(data, "since", _is_time, "a Unix time in seconds", optional=True)
 
 
+def _check_run_edit(data: dict[str, Any]) -> None:
+    # Tags and notes edited by a user through the API; the edit's ts (the server's clock) orders edits.
+    unknown = data.keys() - {"tags", "notes", "by"}
+    if unknown or not data.keys() & {"tags", "notes"}:
+        raise InvalidEvent("an edit sets tags and/or notes (and may name who made it: by)")
+    _require(data, "tags", _is_str_list, "an array of non-empty strings", optional=True)
+    _require(data, "notes", _is_opt_str, "a string or null", optional=True)
+    _require(data, "by", _is_opt_str, "a string or null", optional=True)
+
+
 def _check_file(data: dict[str, Any]) -> None:
     _require(data, "path", _is_name, "a relative path")
     if data["path"].startswith("/") or ".." in data["path"].split("/"):
@@ -427,6 +439,7 @@ _PAYLOAD_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     RUN_FINISH: _check_run_finish,
     HEARTBEAT: _check_heartbeat,
     RUN_STATE: _check_run_state,
+    RUN_EDIT: _check_run_edit,
     METRICS: _check_metrics,
     SYSTEM: _check_system,
     CONSOLE: _check_console,

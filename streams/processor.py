@@ -184,7 +184,7 @@ class Processor:
                 out.states[key] = state
             changes: list[StateChange] = []
             applied = runstate.apply(state, event, changes, now)
-            if event.type != RUN_STATE or changes:  # a reported state change alters nothing
+            if applied and (event.type != RUN_STATE or changes):  # a reported state change alters nothing
                 changed_runs.add(key)
             evaluator = Evaluator(self.rules.rules(event.team, event.project), state["alerts"])
             new = applied and event.type in runstate.RUN_EVENTS  # an SDK event not folded before

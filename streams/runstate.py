@@ -14,6 +14,8 @@ Replays: SDK events carry the run's sequence numbers; an event at or below the
 highest one already folded changes nothing. ``run_state`` events (written by
 this processor) carry no SDK sequence and are applied only while they still
 hold (a crash only if the run is still silent), so a replay is harmless too.
+``run_edit`` events (tags and notes a user edited through the API) are ordered
+by their timestamp, the API's clock: a replayed or older edit changes nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from runstream.events import HEARTBEAT, RUN_FINISH, RUN_START, RUN_STATE, RUN_UPDATE, Event
+from runstream.events import HEARTBEAT, RUN_EDIT, RUN_FINISH, RUN_START, RUN_STATE, RUN_UPDATE, Event
 
 RunState = dict[str, Any]
 #: The SDK's lifecycle events, deduplicated by the runs topic's seq.
@@ -96,6 +98,8 @@ def apply(state: RunState, event: Event, changes: list[StateChange], now: float)
     if event.type == RUN_STATE:
         _apply_run_state(state, event, changes)
         return True
+    if event.type == RUN_EDIT:
+        return _apply_edit(state, event)
     if event.type in RUN_EVENTS:
         if event.seq <= state["runs_seq"]:
             return False  # a replay or a resend
@@ -127,6 +131,18 @@ def apply(state: RunState, event: Event, changes: list[StateChange], now: float)
         _set_state(state, data["state"], event.ts, data.get("traceback"), changes)
     if record["state"] is None:  # its first event was not run_start (lost, or not sent yet)
         _set_state(state, "running", event.ts, None, changes)
+    return True
+
+
+def _apply_edit(state: RunState, event: Event) -> bool:
+    """A user's edit of tags or notes (through the API): the latest edit wins; it says nothing about liveness."""
+    record = state["record"]
+    if record["state"] is None or event.ts <= record.get("edited_at", 0.0):
+        return False  # an edit of a run this processor never saw, or a replay of an older edit
+    record["edited_at"] = event.ts
+    for key in ("tags", "notes"):
+        if key in event.data:
+            record[key] = event.data[key]
     return True
 
 

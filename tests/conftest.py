@@ -85,3 +85,52 @@ def clickhouse(clickhouse_dsn: str):
     client = connect(clickhouse_dsn)
     migrate(client)
     return client
+
+
+class ApiHarness:
+    """The API app in embedded mode on a fresh database, with helpers to make keys and send events."""
+
+    def __init__(self, dsn: str, data_dir: Path) -> None:
+        from starlette.testclient import TestClient
+
+        from runstream.api.app import create_app
+        from runstream.settings import Settings
+
+        self.settings = Settings(clickhouse_dsn=dsn, data_dir=str(data_dir))
+        self.app = create_app(self.settings)
+        self.http = TestClient(self.app, raise_server_exceptions=False)
+        self.http.__enter__()  # runs the lifespan: migrations, the pipeline sink
+
+    @property
+    def storage(self):
+        """The backend's ClickHouse client."""
+        return self.app.state.backend.client
+
+    def key(self, team: str, user: str, role: str = "member") -> dict[str, str]:
+        """Headers with a new key of ``user``, made ``role`` of ``team`` (created if missing)."""
+        from runstream.storage import accounts
+
+        accounts.ensure_team(self.storage, team)
+        accounts.set_member(self.storage, team, user, role)
+        _, key = accounts.create_key(self.storage, team, user)
+        return {"Authorization": f"Bearer {key}"}
+
+    def ingest(self, events: list[dict], headers: dict[str, str]):
+        """POST events (dicts of the contract) to the ingest endpoint."""
+        import orjson
+
+        body = b"\n".join(orjson.dumps(e) for e in events)
+        return self.http.post("/api/v1/events", content=body, headers={**headers, "Content-Type": "application/x-ndjson"})
+
+    def close(self) -> None:
+        self.http.__exit__(None, None, None)
+
+
+@pytest.fixture
+def api(clickhouse_dsn: str, tmp_path: Path) -> Iterator[ApiHarness]:
+    """The API in embedded mode (in-process pipeline) on a fresh database; see ``ApiHarness``."""
+    harness = ApiHarness(clickhouse_dsn, tmp_path / "server")
+    try:
+        yield harness
+    finally:
+        harness.close()

@@ -1,0 +1,196 @@
+"""Who is calling, and what they may do.
+
+A request carries at most one credential:
+
+- ``Authorization: Bearer rs_<key_id>_<secret>``: an API key of one member of one
+  team, with that member's current role (looked up on every request, so a revoked
+  key or a removed member fails at once);
+- a report's share token (``X-Runstream-Share`` header or ``?share=``): read-only
+  access to that report and to its project's data, until it expires or the report's
+  links are revoked;
+- nothing: anonymous, which reads public projects only. The embedded server on
+  loopback trusts its local user instead (``local_admin``).
+
+Access rules, one place for every endpoint:
+
+| need | anonymous | share link | viewer | member | admin |
+|---|---|---|---|---|---|
+| read a project | public only | its report's project | own team + public | same | same |
+| write (runs, files, rules, reports) | 401 | 401 | 403 | own team | own team |
+| administer a team (members, keys, visibility) | 401 | 401 | 403 | 403 | own team |
+
+Anything private that a caller cannot read is 404, never 403, so its existence
+does not leak.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import orjson
+from starlette.requests import Request
+
+from runstream.api.errors import ApiError, not_found
+from runstream.storage import accounts
+from runstream.storage.accounts import Role
+
+Need = Literal["read", "write", "admin"]
+_RANK = {"viewer": 1, "member": 2, "admin": 3}
+_NEED_RANK = {"read": 1, "write": 2, "admin": 3}
+SHARE_HEADER = "X-Runstream-Share"
+MAX_SHARE_SECONDS = 365 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Share:
+    team: str
+    project: str
+    report_id: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: str | None = None
+    team: str | None = None
+    role: Role | None = None
+    key_id: str | None = None
+    share: Share | None = None
+    local_admin: bool = False
+
+    @property
+    def anonymous(self) -> bool:
+        return self.user is None and not self.local_admin
+
+    def describe(self) -> str:
+        if self.local_admin:
+            return "local admin"
+        if self.user:
+            return f"{self.user} ({self.role} of {self.team})"
+        return "share link" if self.share else "anonymous"
+
+
+# -- share tokens ---------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sign_share(secret: bytes, team: str, project: str, report_id: str, share_version: int, expires_at: float) -> str:
+    payload = _b64(orjson.dumps({"t": team, "p": project, "r": report_id, "v": share_version, "exp": int(expires_at)}))
+    signature = _b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest())
+    return f"{payload}.{signature}"
+
+
+def read_share(secret: bytes, token: str, now: float | None = None) -> tuple[Share, int]:
+    """The grant in a share token and the report share version it was made for; ApiError 401 when it is not valid."""
+    invalid = ApiError(401, "this share link is not valid; ask for a new one", code="invalid_share_link")
+    payload, _, signature = token.partition(".")
+    expected = _b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest())
+    if not signature or not hmac.compare_digest(signature, expected):
+        raise invalid
+    try:
+        claims = orjson.loads(_unb64(payload))
+        share = Share(claims["t"], claims["p"], claims["r"], float(claims["exp"]))
+        version = int(claims["v"])
+    except (ValueError, KeyError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise invalid from None
+    if share.expires_at <= (time.time() if now is None else now):
+        raise ApiError(401, "this share link has expired; ask for a new one", code="share_link_expired")
+    return share, version
+
+
+# -- authentication ---------------------------------------------------------------------------
+
+
+async def authenticate(request: Request) -> Principal:
+    """The request's principal, cached on the request; ApiError 401 for a credential that does not work."""
+    cached = request.scope.get("state", {}).get("principal")
+    if cached is not None:
+        return cached
+    principal = await _authenticate(request)
+    request.scope.setdefault("state", {})["principal"] = principal
+    return principal
+
+
+async def _authenticate(request: Request) -> Principal:
+    backend = request.app.state.backend
+    header = request.headers.get("authorization")
+    share_token = request.headers.get(SHARE_HEADER) or request.query_params.get("share")
+    if header:
+        scheme, _, raw = header.partition(" ")
+        if scheme.lower() != "bearer" or not raw.strip():
+            raise ApiError(401, "send the API key as 'Authorization: Bearer <key>'")
+        owner = await backend.run(accounts.resolve_key, raw.strip())
+        if owner is None:
+            raise ApiError(401, "this API key is not valid (unknown, revoked, or its user left the team); "
+                                "create a new one with `runstream keys create`", code="invalid_api_key")
+        return Principal(user=owner.user, team=owner.team, role=owner.role, key_id=owner.key_id)
+    if share_token:
+        share, version = read_share(await backend.share_secret(), share_token)
+        from runstream.storage import reports  # the report decides whether its links still hold
+
+        report = await backend.run(reports.get_report, share.team, share.project, share.report_id)
+        if report is None or report["share_version"] != version:
+            raise ApiError(401, "this share link was revoked; ask for a new one", code="share_link_revoked")
+        return Principal(share=share)
+    if backend.local_admin and _is_loopback(request):
+        return Principal(local_admin=True)
+    return Principal()
+
+
+def _is_loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    return host in ("127.0.0.1", "::1", "localhost")
+
+
+# -- authorization ------------------------------------------------------------------------------
+
+
+async def require_project(request: Request, team: str, project: str, need: Need = "read") -> Principal:
+    """The principal, if it may ``need`` the project; else 401, 403 or 404 (see the module's table)."""
+    principal = await authenticate(request)
+    if principal.local_admin:
+        return principal
+    if principal.team == team and principal.role:
+        if _RANK[principal.role] >= _NEED_RANK[need]:
+            return principal
+        raise ApiError(403, f"{principal.describe()} may not {need} in team {team}; ask a team admin for a role "
+                            f"that can")
+    if need != "read" and principal.anonymous:
+        raise ApiError(401, f"{need} access needs an API key: send 'Authorization: Bearer <key>'")
+    if principal.share and (principal.share.team, principal.share.project) == (team, project):
+        if need == "read":
+            return principal
+        raise ApiError(401, "a share link only reads; use an API key to change anything")
+    visibility = await request.app.state.backend.run(accounts.project_visibility, team, project)
+    if visibility != "public":
+        raise not_found(f"project {team}/{project}")
+    if need == "read":
+        return principal
+    raise ApiError(403, f"{principal.describe()} may only read the public project {team}/{project}")
+
+
+async def require_team(request: Request, team: str, need: Need = "read") -> Principal:
+    """For team resources (members, keys): its members read, admins change; others get 404 (or 401 when anonymous)."""
+    principal = await authenticate(request)
+    if principal.local_admin:
+        return principal
+    if principal.team == team and principal.role:
+        if _RANK[principal.role] >= _NEED_RANK[need]:
+            return principal
+        raise ApiError(403, f"{principal.describe()} may not {need} team {team}; only its admins can")
+    if principal.anonymous:
+        raise ApiError(401, "team resources need an API key: send 'Authorization: Bearer <key>'")
+    raise not_found(f"team {team}")

@@ -1,0 +1,131 @@
+"""What the API's handlers reach: storage, the event sink and the file store, held on ``app.state.backend``.
+
+Storage calls are blocking (clickhouse-connect), so handlers run them in the
+thread pool through ``Backend.run``. Events go to one sink:
+
+- cluster mode (``RUNSTREAM_KAFKA`` set): Kafka, answering once every record is
+  acknowledged by the brokers (acks=all, idempotent producer);
+- embedded mode: the in-process pipeline (``streams.pipeline``), answering once
+  the batch is applied to storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from clickhouse_connect.driver.client import Client
+from starlette.concurrency import run_in_threadpool
+
+from runstream.api.filestore import FileStore, LocalFileStore
+from runstream.events import Event
+from runstream.settings import Settings
+from runstream.storage import accounts
+from runstream.storage.client import connect
+from runstream.storage.migrations import migrate
+
+log = logging.getLogger("runstream.api")
+T = TypeVar("T")
+
+SHARE_SECRET_NAME = "share_links"
+
+
+class EventSink(Protocol):
+    async def start(self) -> None: ...
+
+    async def send(self, events: Sequence[Event]) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class KafkaSink:
+    """Produces each event to its topic, keyed by run, and returns when the brokers acknowledged all of them."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self._producer: Any = None
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
+                                    linger_ms=2, max_batch_size=1 << 20, max_request_size=4 << 20,
+                                    request_timeout_ms=10_000)
+        await producer.start()
+        self._producer = producer
+
+    async def send(self, events: Sequence[Event]) -> None:
+        if self._producer is None:
+            await self.start()
+        futures = [await self._producer.send(e.topic.name, e.to_bytes(), key=e.key) for e in events]
+        await asyncio.gather(*futures)
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+
+class PipelineSink:
+    """Hands batches to the in-process pipeline (embedded mode): durable once ``send`` returns."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+
+    async def start(self) -> None:
+        return None
+
+    async def send(self, events: Sequence[Event]) -> None:
+        await run_in_threadpool(self.pipeline.handle, list(events))
+
+    async def stop(self) -> None:
+        return None
+
+
+class Backend:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sink: EventSink | None = None,
+        files: FileStore | None = None,
+        local_admin: bool = False,
+        client: Client | None = None,
+    ) -> None:
+        self.settings = settings
+        self.local_admin = local_admin
+        self._client = client
+        self.files = files or LocalFileStore(f"{settings.data_dir}/files")
+        self.sink = sink or self._default_sink()
+        self._share_secret: bytes | None = None
+
+    def _default_sink(self) -> EventSink:
+        if self.settings.kafka:
+            return KafkaSink(self.settings.kafka)
+        from runstream.streams.pipeline import Pipeline
+
+        return PipelineSink(Pipeline(lambda: self.client))
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = connect(self.settings.clickhouse_dsn)
+        return self._client
+
+    async def start(self) -> None:
+        await run_in_threadpool(migrate, self.client)
+        await self.sink.start()
+
+    async def stop(self) -> None:
+        await self.sink.stop()
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(client, *args, **kwargs)`` in the thread pool."""
+        return await run_in_threadpool(fn, self.client, *args, **kwargs)
+
+    async def share_secret(self) -> bytes:
+        if self._share_secret is None:
+            self._share_secret = await self.run(accounts.server_secret, SHARE_SECRET_NAME)
+        return self._share_secret

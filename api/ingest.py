@@ -1,0 +1,201 @@
+"""Ingest: event batches from the SDK's HTTP transport, and run file blobs.
+
+``POST /api/v1/events`` takes newline-delimited events. The batch is validated
+whole before anything is sent on: one bad event rejects it with 422 and the
+reason for each bad line, so nothing is partially applied. The answer is 200
+only once the sink holds every event (Kafka acknowledged, or the embedded
+pipeline applied them); a sink failure is 503 and the SDK retries the batch,
+which the events' (run, seq) identity makes harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from runstream.api.auth import Principal, require_project
+from runstream.api.backend import Backend
+from runstream.api.errors import ApiError, not_found
+from runstream.api.filestore import BlobError
+from runstream.api.middleware import INGESTED, REJECTED
+from runstream.api.requests import read_body
+from runstream.api.responses import json_response
+from runstream.events import RUN_EDIT, RUN_STATE, Event, InvalidEvent, decode
+
+log = logging.getLogger("runstream.api")
+
+MAX_BATCH_BYTES = 16 << 20
+MAX_BATCH_EVENTS = 10_000
+MAX_FILE_BYTES = 1 << 30
+MAX_REPORTED_ERRORS = 100
+#: Written by the server itself (crash decisions, user edits), never accepted from clients.
+SERVER_EVENTS = (RUN_STATE, RUN_EDIT)
+
+
+def parse_batch(body: bytes) -> list[Event]:
+    """Every line of an NDJSON body as an event; ApiError 422 listing each bad line (1-based) and why."""
+    events: list[Event] = []
+    errors: list[dict[str, Any]] = []
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    if not lines:
+        raise ApiError(422, "the batch holds no events: send one JSON event per line")
+    if len(lines) > MAX_BATCH_EVENTS:
+        raise ApiError(413, f"the batch holds {len(lines):,} events, more than the limit of {MAX_BATCH_EVENTS:,}")
+    for number, line in enumerate(lines, start=1):
+        try:
+            event = decode(line)
+            if event.type in SERVER_EVENTS:
+                raise InvalidEvent(f"{event.type} events are written by the server, not sent by clients")
+            events.append(event)
+        except InvalidEvent as exc:
+            errors.append({"line": number, "reason": exc.reason})
+    if errors:
+        REJECTED.labels("invalid").inc()
+        shown = errors[:MAX_REPORTED_ERRORS]
+        raise ApiError(422, f"{len(errors)} of {len(lines)} events are invalid; nothing in the batch was applied",
+                       code="invalid_events", details={"errors": shown, "invalid": len(errors), "total": len(lines)})
+    return events
+
+
+async def post_events(request: Request) -> Response:
+    """Ingest a batch of events (newline-delimited JSON, the event contract).
+
+    ---
+    summary: Ingest events
+    tags: [ingest]
+    requestBody:
+      required: true
+      content:
+        application/x-ndjson:
+          schema: {type: string}
+    responses:
+      200: {description: every event is durable}
+      401: {description: no key, or a key that does not work}
+      403: {description: the key may not write to a project in the batch}
+      404: {description: a project in the batch is not visible with this key}
+      413: {description: the body or the batch is too large}
+      422: {description: invalid events; details.errors lists each bad line and why; nothing was applied}
+      503: {description: the events could not be stored; retry}
+    """
+    backend: Backend = request.app.state.backend
+    events = parse_batch(await read_body(request, MAX_BATCH_BYTES))
+    for team, project in sorted({(e.team, e.project) for e in events}):
+        await require_project(request, team, project, "write")
+    try:
+        await backend.sink.send(events)
+    except Exception as exc:  # noqa: BLE001 - any sink failure: the client keeps the batch and retries
+        REJECTED.labels("unavailable").inc()
+        log.warning("ingest of %d events failed: %s: %s", len(events), type(exc).__name__, exc)
+        await _reset_sink(backend)
+        raise ApiError(503, f"the events could not be stored ({type(exc).__name__}); nothing was acknowledged: "
+                            "retry (the SDK does so by itself)") from None
+    INGESTED.inc(len(events))
+    return json_response({"accepted": len(events)})
+
+
+async def _reset_sink(backend: Backend) -> None:
+    """A fresh producer after a failure: an idempotent producer's sequence state may be broken."""
+    try:
+        await backend.sink.stop()
+    except Exception:  # noqa: BLE001 - stopping a producer whose broker is gone
+        pass
+
+
+async def publish_edit(request: Request, principal: Principal, team: str, project: str, run_id: str,
+                       changes: dict[str, Any]) -> None:
+    """Send a user's edit of a run's tags or notes through the pipeline, like any run event."""
+    data = {k: v for k, v in changes.items() if k in ("tags", "notes")}
+    data["by"] = principal.user or principal.describe()
+    from runstream.events import validate
+
+    try:
+        event = validate({"v": 1, "type": RUN_EDIT, "team": team, "project": project, "run_id": run_id, "seq": 0,
+                          "ts": time.time(), "data": data})
+    except InvalidEvent as exc:
+        raise ApiError(400, exc.reason) from None
+    try:
+        await request.app.state.backend.sink.send([event])
+    except Exception as exc:  # noqa: BLE001
+        await _reset_sink(request.app.state.backend)
+        raise ApiError(503, f"the edit could not be stored ({type(exc).__name__}); retry") from None
+
+
+# -- files ------------------------------------------------------------------------------------
+
+
+def _file_key(request: Request) -> tuple[str, str, str, str]:
+    p = request.path_params
+    return p["team"], p["project"], p["run_id"], p["store_key"]
+
+
+async def put_file(request: Request) -> Response:
+    """Upload a run file or media blob (streamed; checked against ``sha256``).
+
+    ---
+    summary: Upload a run file
+    tags: [files]
+    parameters:
+      - {name: sha256, in: query, required: true, schema: {type: string, pattern: "^[0-9a-f]{64}$"}}
+    requestBody:
+      required: true
+      content:
+        application/octet-stream:
+          schema: {type: string, format: binary}
+    responses:
+      200: {description: stored}
+      400: {description: the SHA-256 does not match, or a bad path}
+      401: {description: no key, or a key that does not work}
+      403: {description: the key may not write here}
+      404: {description: the project is not visible with this key}
+      413: {description: larger than the limit}
+    """
+    team, project, run_id, store_key = _file_key(request)
+    await require_project(request, team, project, "write")
+    sha256 = request.query_params.get("sha256", "")
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ApiError(400, "send the blob's SHA-256 as ?sha256=<64 lowercase hex digits>")
+    backend: Backend = request.app.state.backend
+    try:
+        size = await backend.files.put(f"{team}/{project}/{run_id}/{store_key}", request.stream(), sha256,
+                                       MAX_FILE_BYTES)
+    except BlobError as exc:
+        raise ApiError(exc.status, exc.message) from None
+    return json_response({"stored": store_key, "size": size, "sha256": sha256})
+
+
+async def get_file(request: Request) -> Response:
+    """Download a run file or media blob.
+
+    ---
+    summary: Download a run file
+    tags: [files]
+    responses:
+      200:
+        description: the bytes
+        content:
+          application/octet-stream:
+            schema: {type: string, format: binary}
+      404: {description: no such file, or not visible with this key}
+    """
+    team, project, run_id, store_key = _file_key(request)
+    await require_project(request, team, project, "read")
+    try:
+        path = request.app.state.backend.files.path(f"{team}/{project}/{run_id}/{store_key}")
+    except BlobError as exc:
+        raise ApiError(exc.status, exc.message) from None
+    if path is None:
+        raise not_found(f"file {store_key} of run {team}/{project}/{run_id}")
+    return FileResponse(path, filename=path.name, content_disposition_type="inline")
+
+
+FILE_PATH = "/api/v1/files/{team}/{project}/{run_id}/{store_key:path}"
+routes = [
+    Route("/api/v1/events", post_events, methods=["POST"]),
+    Route(FILE_PATH, put_file, methods=["PUT"]),
+    Route(FILE_PATH, get_file, methods=["GET"]),
+]

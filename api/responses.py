@@ -1,0 +1,25 @@
+"""JSON responses through orjson: numpy arrays (chart series) serialise directly, NaN never leaks.
+
+JSON has no NaN or infinities; the query layer sends them as the event contract's
+strings, and anything non-finite that is left becomes ``null``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=_OPTIONS)
+
+
+def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(content, status_code=status_code, headers=headers)
