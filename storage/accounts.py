@@ -176,7 +176,8 @@ def resolve_key(client: Client, raw: str) -> KeyOwner | None:
     if not rows:
         return None
     digest, team, user, role = rows[0]
-    if not hmac.compare_digest(str(digest), _digest(secret)):
+    stored = digest.decode() if isinstance(digest, bytes) else digest  # FixedString comes back as bytes
+    if not hmac.compare_digest(stored, _digest(secret)):
         return None
     return KeyOwner(key_id, team, user, role)
 

@@ -124,3 +124,32 @@ async def dead_letters_with(bootstrap: str, marker: bytes, want: int, timeout: f
     finally:
         await consumer.stop()
     return found
+
+
+class ServedApp:
+    """An ASGI app served by a real uvicorn server on a free loopback port, in a thread (``with ServedApp(app) as url``)."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        from infra.net import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+
+    def __enter__(self) -> str:
+        import threading
+
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
