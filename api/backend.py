@@ -69,19 +69,58 @@ class KafkaSink:
 
 
 class PipelineSink:
-    """Hands batches to the in-process pipeline (embedded mode): durable once ``send`` returns."""
+    """Embedded mode: the in-process pipeline, plus what a worker does on its own clock.
 
-    def __init__(self, pipeline: Any) -> None:
-        self.pipeline = pipeline
+    ``send`` returns once the batch is applied to storage. A timer sweeps for
+    crashed and stalled runs, and alerts are posted to webhooks in the background,
+    as the Faust worker's timer and alerts agent do in cluster mode.
+    """
+
+    def __init__(self, client: Callable[[], Client], settings: Settings, sweep_every_s: float = 5.0) -> None:
+        from runstream.streams.notifier import Notifier
+        from runstream.streams.pipeline import Pipeline
+
+        self.settings = settings
+        self.sweep_every_s = sweep_every_s
+        self.notifier = Notifier([u.strip() for u in settings.alert_webhooks.split(",")])
+        self.pipeline = Pipeline(client, on_alert=self._on_alert)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        return None
+        self._loop = asyncio.get_running_loop()
+        self._spawn(self._sweep_forever())
 
     async def send(self, events: Sequence[Event]) -> None:
         await run_in_threadpool(self.pipeline.handle, list(events))
 
     async def stop(self) -> None:
-        return None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_every_s)
+            try:
+                await run_in_threadpool(self.pipeline.sweep, float(self.settings.crash_timeout))
+            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+                log.warning("sweep failed (%s: %s)", type(exc).__name__, exc)
+
+    def _on_alert(self, event: Event) -> None:
+        """Called in the pipeline's thread as an alert is stored; the post happens on the event loop."""
+        from runstream.streams.notifier import notify
+        from runstream.streams.processor import alert_id_of
+
+        if self._loop is None or (not self.notifier.webhooks and not event.data.get("rule_id")):
+            return
+        coro = notify(self.notifier, self.pipeline.processor.rules, event, alert_id_of(event))
+        self._loop.call_soon_threadsafe(self._spawn, coro)
 
 
 class Backend:
@@ -104,9 +143,7 @@ class Backend:
     def _default_sink(self) -> EventSink:
         if self.settings.kafka:
             return KafkaSink(self.settings.kafka)
-        from runstream.streams.pipeline import Pipeline
-
-        return PipelineSink(Pipeline(lambda: self.client))
+        return PipelineSink(lambda: self.client, self.settings)
 
     @property
     def client(self) -> Client:

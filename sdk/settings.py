@@ -1,13 +1,17 @@
-"""Settings every runstream process reads from its environment, in one place.
+"""Settings every runstream process reads, in one place.
 
-Each setting has an environment variable; docs/operations.md lists them and
-docker-compose.yml sets them for the cluster. (Command-line flags, where a
-command has them, override the environment.)
+Each setting comes, in this order of precedence, from a command-line flag
+(where a command has one), its environment variable (``RUNSTREAM_<NAME>``), the
+config file (``runstream login`` writes it: ``~/.config/runstream/config.toml``,
+or ``RUNSTREAM_CONFIG``), or the default here. docs/operations.md lists them and
+docker-compose.yml sets them for the cluster.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -41,10 +45,14 @@ class Settings:
     alert_webhooks: str = ""
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] = os.environ, config: Path | None = None) -> Settings:
+        """Environment variables over the config file (``config``, default: ``config_path(environ)``) over defaults."""
+        stored = read_config(config or config_path(environ))
         values: dict[str, object] = {}
         for field in fields(cls):
             raw = environ.get(env_var(field.name))
+            if raw is None or raw == "":
+                raw = stored.get(field.name)
             if raw is None or raw == "":
                 continue
             if field.type in (int, "int"):
@@ -62,4 +70,37 @@ def env_var(field_name: str) -> str:
 
 
 #: Every environment variable runstream reads.
-ENV_VARS: tuple[str, ...] = tuple(env_var(f.name) for f in fields(Settings))
+ENV_VARS: tuple[str, ...] = (*(env_var(f.name) for f in fields(Settings)), "RUNSTREAM_CONFIG")
+
+
+def config_path(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where ``runstream login`` keeps the server's URL and key."""
+    if environ.get("RUNSTREAM_CONFIG"):
+        return Path(environ["RUNSTREAM_CONFIG"])
+    base = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "runstream" / "config.toml"
+
+
+def read_config(path: Path) -> dict[str, str]:
+    """The config file's settings (none when it does not exist); a broken file is a clear error."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (tomllib.TOMLDecodeError, OSError) as exc:
+        raise ValueError(f"the config file {path} cannot be read ({exc}): fix or delete it") from None
+    known = {f.name for f in fields(Settings)}
+    return {k: str(v) for k, v in data.items() if k in known}
+
+
+def write_config(path: Path, values: Mapping[str, str]) -> None:
+    """Merge ``values`` into the config file, readable by its owner only (it may hold an API key)."""
+    merged = {**read_config(path), **values}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"{k} = {json.dumps(str(v))}" for k, v in sorted(merged.items())]  # a JSON string is a TOML string
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("# written by `runstream login`; environment variables override these\n" + "\n".join(lines) + "\n")
+    os.replace(tmp, path)

@@ -37,7 +37,7 @@ from runstream import events
 from runstream.settings import Settings
 from runstream.storage.client import connect
 from runstream.storage.migrations import migrate
-from runstream.streams.notifier import Notifier
+from runstream.streams.notifier import Notifier, notify
 from runstream.streams.processor import Processor, RuleBook, chunks, alert_id_of
 
 log = logging.getLogger(__name__)
@@ -168,21 +168,7 @@ def create_app(
 
     notifier = Notifier([u.strip() for u in settings.alert_webhooks.split(",")])
 
-    def rule_webhooks(event: events.Event) -> list[str]:
-        rule_id = event.data.get("rule_id")
-        if not rule_id:
-            return []
-        return next((list(r.spec.get("webhooks", [])) for r in rules.rules(event.team, event.project)
-                     if r.rule_id == rule_id), [])
-
     deliveries: set[asyncio.Task] = set()
-
-    async def notify(event: events.Event) -> None:
-        try:
-            extra = await asyncio.to_thread(rule_webhooks, event)
-            await notifier.deliver(event, alert_id_of(event), extra)
-        except Exception as exc:  # noqa: BLE001 - a notification failure never stops storing alerts
-            log.warning("notifying alert %s failed (%s: %s)", alert_id_of(event), type(exc).__name__, exc)
 
     @app.agent(alerts_topic)
     async def alerts(stream: faust.StreamT) -> None:
@@ -194,7 +180,7 @@ def create_app(
             await retrying("storing alerts", in_thread(processor.store_alerts, good))
             # Webhooks are posted in the background (a dead receiver costs retries, not the stream).
             for event in good:
-                task = asyncio.ensure_future(notify(event))
+                task = asyncio.ensure_future(notify(notifier, rules, event, alert_id_of(event)))
                 deliveries.add(task)
                 task.add_done_callback(deliveries.discard)
 

@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -97,3 +97,25 @@ class Notifier:
         log.warning("alert webhook %s failed after %d tries (%s); alert %s not delivered there",
                     url, attempt, problem, payload["runstream"]["alert_id"])
         return False
+
+
+class Rules(Protocol):
+    def rules(self, team: str, project: str) -> Sequence[Any]: ...
+
+
+def rule_webhooks(rules: Rules, event: Event) -> list[str]:
+    """The webhooks a rule alert's own rule names (in its spec), besides the global ones."""
+    rule_id = event.data.get("rule_id")
+    if not rule_id:
+        return []
+    return next((list(r.spec.get("webhooks", [])) for r in rules.rules(event.team, event.project)
+                 if r.rule_id == rule_id), [])
+
+
+async def notify(notifier: Notifier, rules: Rules, event: Event, alert_id: str) -> None:
+    """Deliver one alert; a failure is logged, never raised (it must not stop storing alerts)."""
+    try:
+        extra = await asyncio.to_thread(rule_webhooks, rules, event)
+        await notifier.deliver(event, alert_id, extra)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("notifying alert %s failed (%s: %s)", alert_id, type(exc).__name__, exc)
