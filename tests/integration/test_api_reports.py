@@ -1,0 +1,218 @@
+"""Reports and share links through the API, on the real engine (embedded mode)."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.testclient import TestClient
+
+from runstream.api import auth
+from runstream.storage import accounts
+
+TEAM, PROJECT = "acme", "mnist"
+REPORTS = f"/api/v1/projects/{TEAM}/{PROJECT}/reports"
+PANELS = [{"type": "line", "metrics": ["loss"], "runs": {"filters": {"config.lr": {"$lt": 0.01}}}}]
+
+
+def _new(api, headers, title="Loss study", **fields):
+    response = api.http.post(REPORTS, json={"title": title, "body": "# Findings\nlr matters.", "panels": PANELS,
+                                            **fields}, headers=headers)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def _share(api, headers, report_id, **body):
+    response = api.http.post(f"{REPORTS}/{report_id}/share", json=body or None, headers=headers)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_report_crud(api):
+    member = api.key(TEAM, "mia", "member")
+    report = _new(api, member)
+    assert report["title"] == "Loss study" and report["panels"] == PANELS and report["created_by"] == "mia"
+    assert report["team"] == TEAM and report["project"] == PROJECT and report["share_version"] == 1
+
+    listed = api.http.get(REPORTS, headers=member).json()["reports"]
+    assert [(r["id"], r["title"], r["panel_count"]) for r in listed] == [(report["id"], "Loss study", 1)]
+    assert "body" not in listed[0]
+    assert api.http.get(f"{REPORTS}/{report['id']}", headers=member).json() == report
+
+    patched = api.http.patch(f"{REPORTS}/{report['id']}", json={"title": "Loss, revisited", "panels": []},
+                             headers=member)
+    assert patched.status_code == 200
+    assert patched.json()["title"] == "Loss, revisited" and patched.json()["panels"] == []
+    assert patched.json()["body"] == report["body"] and patched.json()["updated_at"] >= report["updated_at"]
+    assert api.http.get(f"{REPORTS}/{report['id']}", headers=member).json() == patched.json()
+
+    second = _new(api, member, title="Second")
+    assert [r["id"] for r in api.http.get(REPORTS, headers=member).json()["reports"]] == [second["id"], report["id"]]
+
+    assert api.http.delete(f"{REPORTS}/{report['id']}", headers=member).status_code == 204
+    assert api.http.get(f"{REPORTS}/{report['id']}", headers=member).status_code == 404
+    assert api.http.delete(f"{REPORTS}/{report['id']}", headers=member).status_code == 404
+    assert api.http.patch(f"{REPORTS}/{report['id']}", json={"title": "x"}, headers=member).status_code == 404
+    assert [r["id"] for r in api.http.get(REPORTS, headers=member).json()["reports"]] == [second["id"]]
+
+
+def test_report_bodies_are_validated(api):
+    member = api.key(TEAM, "mia", "member")
+    report = _new(api, member)
+    bad = [
+        {"body": "no title"},
+        {"title": "  "},
+        {"title": "x" * 257},
+        {"title": "t", "panels": {"type": "line"}},
+        {"title": "t", "panels": [1, 2]},
+        {"title": "t", "panels": [{}] * 101},
+        {"title": "t", "panels": [{"text": "x" * (300 << 10)}]},
+        {"title": "t", "body": 42},
+        {"title": "t", "colour": "red"},
+    ]
+    for body in bad:
+        response = api.http.post(REPORTS, json=body, headers=member)
+        assert response.status_code == 422, (body, response.text)
+        assert response.json()["error"]["message"]
+    assert api.http.post(REPORTS, content=b"{not json", headers=member).status_code == 400
+    assert api.http.post(REPORTS, json=[1], headers=member).status_code == 400
+    assert api.http.patch(f"{REPORTS}/{report['id']}", json={"panels": "x"}, headers=member).status_code == 422
+    bad_name = api.http.post(f"/api/v1/projects/{TEAM}/bad%20name/reports", json={"title": "t"}, headers=member)
+    assert bad_name.status_code == 400
+    assert api.http.get(f"{REPORTS}/{report['id']}", headers=member).json() == report  # nothing changed
+
+
+def test_role_matrix(api):
+    admin = api.key(TEAM, "ann", "admin")
+    member = api.key(TEAM, "mia", "member")
+    viewer = api.key(TEAM, "vic", "viewer")
+    outsider = api.key("rivals", "otto", "admin")
+    report = _new(api, admin)
+    one = f"{REPORTS}/{report['id']}"
+    reads = [("GET", REPORTS, None), ("GET", one, None)]
+    writes = [("POST", REPORTS, {"title": "new"}), ("PATCH", one, {"title": "renamed"}),
+              ("POST", f"{one}/share", {}), ("DELETE", f"{one}/share", None)]
+
+    def status(method, path, body, headers):
+        return api.http.request(method, path, json=body, headers=headers).status_code
+
+    for method, path, body in reads:
+        assert status(method, path, body, {}) == 404, (method, path)
+        assert status(method, path, body, outsider) == 404, (method, path)
+        for who in (viewer, member, admin):
+            assert status(method, path, body, who) == 200, (method, path)
+    for method, path, body in writes:
+        assert status(method, path, body, {}) == 401, (method, path)
+        assert status(method, path, body, outsider) == 404, (method, path)
+        assert status(method, path, body, viewer) == 403, (method, path)
+        for who in (member, admin):
+            assert status(method, path, body, who) in (200, 201), (method, path)
+    assert status("DELETE", one, None, {}) == 401
+    assert status("DELETE", one, None, outsider) == 404
+    assert status("DELETE", one, None, viewer) == 403
+    assert status("DELETE", one, None, member) == 204
+
+
+def test_private_reports_are_404_to_other_teams_and_public_ones_read_only(api):
+    admin = api.key(TEAM, "ann", "admin")
+    outsider = api.key("rivals", "otto", "admin")
+    report = _new(api, admin)
+    one = f"{REPORTS}/{report['id']}"
+    response = api.http.get(one, headers=outsider)
+    assert response.status_code == 404 and "not found" in response.json()["error"]["message"]
+    assert api.http.get(f"{REPORTS}/nope", headers=outsider).status_code == 404  # the same answer as a missing one
+
+    accounts.upsert_project(api.storage, TEAM, PROJECT, visibility="public")
+    assert api.http.get(one, headers=outsider).json()["id"] == report["id"]
+    assert api.http.get(one).json()["id"] == report["id"]  # anonymous reads a public project
+    assert api.http.patch(one, json={"title": "mine"}, headers=outsider).status_code == 403
+    assert api.http.patch(one, json={"title": "mine"}).status_code == 401
+
+
+def test_share_link_opens_the_report_and_reads_its_project_only(api):
+    member = api.key(TEAM, "mia", "member")
+    report = _new(api, member)
+    other = api.http.post(f"/api/v1/projects/{TEAM}/secret/reports", json={"title": "Private"}, headers=member).json()
+    share = _share(api, member, report["id"], expires_in_s=3600)
+    token = share["token"]
+    assert share["url"] == f"/share/{token}"
+    assert time.time() + 3500 < share["expires_at"] <= time.time() + 3600
+
+    fresh = TestClient(api.app, raise_server_exceptions=False)  # no key, no cookies: only the token
+    opened = fresh.get(f"/api/v1/shared/{token}")
+    assert opened.status_code == 200, opened.text
+    assert opened.json()["report"] == report
+    assert opened.json()["project"] == {"team": TEAM, "name": PROJECT}
+
+    by_header = {auth.SHARE_HEADER: token}
+    assert fresh.get(f"{REPORTS}/{report['id']}", headers=by_header).json() == report
+    assert fresh.get(f"{REPORTS}/{report['id']}", params={"share": token}).json() == report
+    assert [r["id"] for r in fresh.get(REPORTS, headers=by_header).json()["reports"]] == [report["id"]]
+    assert fresh.get(f"/api/v1/projects/{TEAM}/{PROJECT}/alerts", headers=by_header).json() == {"alerts": []}
+    assert fresh.get(f"{REPORTS}/{report['id']}").status_code == 404  # without the token: private
+
+    # It only reads, and only its own project.
+    assert fresh.patch(f"{REPORTS}/{report['id']}", json={"title": "x"}, headers=by_header).status_code == 401
+    assert fresh.post(REPORTS, json={"title": "x"}, headers=by_header).status_code == 401
+    assert fresh.post(f"{REPORTS}/{report['id']}/share", headers=by_header).status_code == 401
+    assert fresh.get(f"/api/v1/projects/{TEAM}/secret/reports/{other['id']}", headers=by_header).status_code == 404
+    assert fresh.get(f"/api/v1/projects/{TEAM}/secret/reports", headers=by_header).status_code == 404
+    assert fresh.get("/api/v1/projects/rivals/stuff/reports", headers=by_header).status_code == 404
+
+
+def test_expired_and_tampered_links_are_401(api):
+    member = api.key(TEAM, "mia", "member")
+    report = _new(api, member)
+    fresh = TestClient(api.app, raise_server_exceptions=False)
+    secret = accounts.server_secret(api.storage, "share_links")
+
+    expired = auth.sign_share(secret, TEAM, PROJECT, report["id"], report["share_version"], time.time() - 1)
+    response = fresh.get(f"/api/v1/shared/{expired}")
+    assert response.status_code == 401 and response.json()["error"]["code"] == "share_link_expired"
+    assert "expired" in response.json()["error"]["message"]
+    assert fresh.get(REPORTS, headers={auth.SHARE_HEADER: expired}).status_code == 401
+
+    short = _share(api, member, report["id"], expires_in_s=1)
+    assert fresh.get(f"/api/v1/shared/{short['token']}").status_code == 200
+    time.sleep(max(0.0, short["expires_at"] - time.time()) + 0.1)
+    assert fresh.get(f"/api/v1/shared/{short['token']}").json()["error"]["code"] == "share_link_expired"
+
+    token = _share(api, member, report["id"])["token"]
+    payload, signature = token.split(".")
+    forged_payload = auth.sign_share(secret, TEAM, "secret", report["id"], 1, time.time() + 60).split(".")[0]
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    for bad in (f"{payload}.{flipped}", f"{forged_payload}.{signature}", payload, "garbage", f"{payload}x.{signature}"):
+        response = fresh.get(f"/api/v1/shared/{bad}")
+        assert response.status_code == 401, bad
+        assert response.json()["error"]["code"] == "invalid_share_link"
+        assert fresh.get(REPORTS, headers={auth.SHARE_HEADER: bad}).status_code == 401
+    wrong_key = auth.sign_share(b"another server's secret", TEAM, PROJECT, report["id"], 1, time.time() + 60)
+    assert fresh.get(f"/api/v1/shared/{wrong_key}").status_code == 401
+
+    for body in ({"expires_in_s": 0}, {"expires_in_s": auth.MAX_SHARE_SECONDS + 1}, {"expires_in_s": 1.5},
+                 {"expires_in_s": "1"}, {"expires": 60}):
+        assert api.http.post(f"{REPORTS}/{report['id']}/share", json=body, headers=member).status_code == 422, body
+    assert api.http.post(f"{REPORTS}/nope/share", headers=member).status_code == 404
+
+
+def test_revoking_ends_every_link_and_new_ones_work(api):
+    member = api.key(TEAM, "mia", "member")
+    report = _new(api, member)
+    fresh = TestClient(api.app, raise_server_exceptions=False)
+    first, second = _share(api, member, report["id"])["token"], _share(api, member, report["id"])["token"]
+    assert fresh.get(f"/api/v1/shared/{first}").status_code == 200
+
+    revoked = api.http.delete(f"{REPORTS}/{report['id']}/share", headers=member)
+    assert revoked.status_code == 200 and revoked.json()["share_version"] == report["share_version"] + 1
+    for token in (first, second):
+        response = fresh.get(f"/api/v1/shared/{token}")
+        assert response.status_code == 401 and response.json()["error"]["code"] == "share_link_revoked"
+        assert "revoked" in response.json()["error"]["message"]
+        assert fresh.get(f"{REPORTS}/{report['id']}", headers={auth.SHARE_HEADER: token}).status_code == 401
+
+    third = _share(api, member, report["id"])["token"]
+    assert fresh.get(f"/api/v1/shared/{third}").json()["report"]["share_version"] == 2
+    assert api.http.patch(f"{REPORTS}/{report['id']}", json={"body": "edited"}, headers=member).status_code == 200
+    assert fresh.get(f"/api/v1/shared/{third}").json()["report"]["body"] == "edited"  # edits keep links alive
+
+    assert api.http.delete(f"{REPORTS}/{report['id']}", headers=member).status_code == 204
+    assert fresh.get(f"/api/v1/shared/{third}").status_code == 401  # a deleted report's links die with it
