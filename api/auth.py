@@ -98,7 +98,8 @@ def read_share(secret: bytes, token: str, now: float | None = None) -> tuple[Sha
     invalid = ApiError(401, "this share link is not valid; ask for a new one", code="invalid_share_link")
     payload, _, signature = token.partition(".")
     expected = _b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest())
-    if not signature or not hmac.compare_digest(signature, expected):
+    # Bytes, so a token with any characters is just "not valid" (str comparison refuses non-ASCII).
+    if not signature or not hmac.compare_digest(signature.encode(), expected.encode()):
         raise invalid
     try:
         claims = orjson.loads(_unb64(payload))

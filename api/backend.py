@@ -95,9 +95,12 @@ class PipelineSink:
         await run_in_threadpool(self.pipeline.handle, list(events))
 
     async def stop(self) -> None:
+        loop = asyncio.get_running_loop()
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Only this loop's tasks can be awaited here (an app started twice, on two loops, has both).
+        await asyncio.gather(*(t for t in self._tasks if t.get_loop() is loop), return_exceptions=True)
+        self._tasks.clear()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -111,8 +111,8 @@ def _curve(config: dict[str, Any], step: int, steps: int, rng: random.Random) ->
     """A plausible loss and accuracy: faster with a larger learning rate and adam, noisier with small batches."""
     speed = config["lr"] * 1000 * (2.0 if config["optimizer"] == "adam" else 1.0) * (64 / config["batch_size"]) ** 0.3
     floor = 0.05 + 0.1 / (1 + config["batch_size"] / 64)
-    noise = rng.gauss(0, 0.02 * (64 / config["batch_size"]) ** 0.5)
-    loss = floor + 2.3 * math.exp(-speed * step / steps * 4) + noise
+    noise = 1 + rng.gauss(0, 0.03 * (64 / config["batch_size"]) ** 0.5)  # relative: it never looks like divergence
+    loss = (floor + 2.3 * math.exp(-speed * step / steps * 4)) * noise
     if (config["lr"], config["batch_size"], config["optimizer"]) == DIVERGING and step > steps // 2:
         loss *= math.exp((step - steps // 2) / 25)  # blows up halfway
     accuracy = max(0.0, min(1.0, 1 - loss / 2.5 + rng.gauss(0, 0.01)))
@@ -142,6 +142,7 @@ def _train(run: Any, config: dict[str, Any], steps: int, rng: random.Random, fai
         if step % 20 == 19:
             row["val/loss"] = loss * 1.1 + 0.02
             row["val/accuracy"] = accuracy * 0.97
+        if step % 100 == 99:
             print(f"step {step}: loss {loss:.4f}, val accuracy {row['val/accuracy']:.3f}")
         if step % 100 == 99:
             row["weights"] = runstream.Histogram([rng.gauss(0, 1 / (1 + step / 100)) for _ in range(500)])

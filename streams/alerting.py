@@ -66,7 +66,7 @@ def check_rule(kind: str, spec: dict[str, Any]) -> None:
         raise RuleError(f"unknown rule kind {kind!r}; use one of {', '.join(RULE_KINDS)}")
     if not isinstance(spec, dict):
         raise RuleError("a rule spec is a JSON object")
-    if spec.get("level", "WARN") not in ALERT_LEVELS:
+    if not isinstance(spec.get("level", "WARN"), str) or spec.get("level", "WARN") not in ALERT_LEVELS:
         raise RuleError(f"level must be one of {ALERT_LEVELS}")
 
     def need(key: str, ok: Callable[[Any], bool], what: str) -> None:
@@ -81,7 +81,7 @@ def check_rule(kind: str, spec: dict[str, Any]) -> None:
 
     if kind in ("threshold", "system"):
         need("metric", name, "a metric name")
-        need("op", lambda x: x in OPS, f"one of {' '.join(OPS)}")
+        need("op", lambda x: isinstance(x, str) and x in OPS, f"one of {' '.join(OPS)}")
         need("value", number, "a number")
     if kind == "system":
         need("for_seconds", lambda x: number(x) and x >= 0, "seconds the condition must hold")

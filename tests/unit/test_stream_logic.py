@@ -18,6 +18,8 @@ def _ev(type_: str, seq: int, ts: float, data: dict, run_id: str = "r1") -> Even
     ("threshold", {"metric": "loss", "op": "~", "value": 1}, "'op'"),
     ("threshold", {"metric": "loss", "op": ">", "value": "ten"}, "'value'"),
     ("threshold", {"metric": "loss", "op": ">", "value": 1, "level": "LOUD"}, "level"),
+    ("threshold", {"metric": "loss", "op": ["<"], "value": 1}, "'op'"),  # not hashable: still a RuleError
+    ("threshold", {"metric": "loss", "op": ">", "value": 1, "level": ["WARN"]}, "level"),
     ("system", {"metric": "gpu", "op": "<", "value": 10}, "'for_seconds'"),
     ("divergence", {"metric": "loss", "percent": -5, "within_steps": 10}, "'percent'"),
     ("stall", {"metric": "loss"}, "'patience'"),

@@ -1,0 +1,180 @@
+"""The embedded server as a user runs it: ``runstream server`` in its own process, the SDK over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+
+import runstream
+from infra.net import free_port
+from tests.helpers import training_script, unique
+
+RUNSTREAM = Path(sys.executable).parent / "runstream"
+
+
+class Server:
+    """``runstream server`` on a data directory and port, started and stopped (or killed) by the test."""
+
+    def __init__(self, data_dir: Path, port: int, **env: str) -> None:
+        self.data_dir, self.port = data_dir, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {**os.environ, "RUNSTREAM_CONFIG": str(data_dir / "no-config.toml"), **env}
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        self.process = subprocess.Popen(
+            [RUNSTREAM, "server", "--data-dir", str(self.data_dir), "--port", str(self.port)],
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the server exited: {self.process.stdout.read()}")
+            try:
+                urllib.request.urlopen(f"{self.url}/api/v1/health", timeout=2).close()
+                return self
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("the server did not answer within 90 s")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> str:
+        """Ctrl-C, as a user stops it; its output."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.stdout.read()
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    servers: list[Server] = []
+
+    def make(data_dir: Path | None = None, port: int | None = None, **env: str) -> Server:
+        server = Server(data_dir or tmp_path / "data", port or free_port(), **env)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        if server.process is not None and server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return orjson.loads(response.read())
+
+
+def test_a_killed_server_restarts_with_every_point_exactly_once(server_factory, tmp_path):
+    server = server_factory().start()
+    project, steps = unique("p"), 3000
+    script = training_script(str(tmp_path / "runs"), server.url, project, "survivor", steps, pause=0.001)
+    env = {**os.environ, "RUNSTREAM_CONFIG": str(tmp_path / "none.toml")}
+    trainer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env)
+    assert trainer.stdout.readline().strip() == "started"
+    # Kill the server once some of the run is in, while the SDK is still sending.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        page = _get(f"{server.url}/api/v1/runs/default/{project}/survivor/history/scan?page_size=1&keys=loss") \
+            if _exists(server.url, project) else None
+        if page and page["columns"]["_step"]:
+            break
+        time.sleep(0.1)
+    server.kill()
+    time.sleep(1.0)
+    restarted = server_factory(server.data_dir, server.port).start()
+    out, err = trainer.communicate(timeout=180)
+    assert trainer.returncode == 0, err
+    result = orjson.loads(out.splitlines()[-1])
+    assert result["unacked"] == 0
+
+    run = runstream.Api(url=restarted.url, api_key="").run(f"default/{project}/survivor")
+    assert run.state == "finished"
+    rows = list(run.scan_history(keys=["loss", "acc"], page_size=1000))
+    assert [row["_step"] for row in rows] == list(range(steps))
+    assert all(row["loss"] == 1.0 / (row["_step"] + 1) for row in rows)
+    assert run.summary["loss"] == 1.0 / steps
+    restarted.stop()
+
+
+def _exists(url: str, project: str) -> bool:
+    try:
+        _get(f"{url}/api/v1/runs/default/{project}/survivor")
+        return True
+    except OSError:
+        return False
+
+
+def test_ctrl_c_then_a_restart_shows_everything_again(server_factory, tmp_path):
+    server = server_factory().start()
+    project = unique("p")
+    script = training_script(str(tmp_path / "runs"), server.url, project, "kept", 200)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RUNSTREAM_CONFIG": str(tmp_path / "none.toml")})
+    assert done.returncode == 0, done.stderr
+    output = server.stop()
+    assert server.process.returncode == 0, output
+    assert "runstream server at" in output
+    again = server_factory(server.data_dir, server.port).start()
+    run = runstream.Api(url=again.url, api_key="").run(f"default/{project}/kept")
+    assert [row["_step"] for row in run.scan_history(keys=["loss"])] == list(range(200))
+    again.stop()
+
+
+def test_a_second_server_on_the_same_port_says_what_to_do(server_factory):
+    first = server_factory().start()
+    second = subprocess.run([RUNSTREAM, "server", "--data-dir", str(first.data_dir.parent / "other"),
+                             "--port", str(first.port)], capture_output=True, text=True, timeout=60, env=first.env)
+    assert second.returncode == 2
+    assert "--port" in second.stderr and "Traceback" not in second.stderr
+    first.stop()
+
+
+def test_the_demo_shows_its_runs_alert_and_crashed_run(server_factory, tmp_path):
+    server = server_factory(RUNSTREAM_CRASH_TIMEOUT="3").start()
+    env = {**os.environ, "RUNSTREAM_URL": server.url, "RUNSTREAM_CONFIG": str(tmp_path / "none.toml")}
+    demo = subprocess.run([RUNSTREAM, "demo", "--quiet"], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    summary = orjson.loads(demo.stdout.splitlines()[-1])
+    assert summary["runs"] == 24
+
+    api = runstream.Api(url=server.url, api_key="")
+    deadline = time.monotonic() + 60
+    while True:  # the killed run is marked crashed after 3 s of silence, at the next sweep
+        runs = list(api.runs("default/demo", per_page=100))
+        states = sorted(run.state for run in runs)
+        if "crashed" in states or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert len(runs) == 24
+    assert states.count("crashed") == 1 and states.count("failed") == 1 and states.count("finished") == 22
+    by_name = {run.name: run for run in runs}
+    diverged = by_name["sgd-lr0.003-bs32"]
+    assert diverged.git["commit"] and diverged.git.get("dirty") is True
+    alerts = _get(f"{server.url}/api/v1/projects/default/demo/alerts?limit=100")["alerts"]
+    kinds = {(a["run_id"], a["title"]) for a in alerts}
+    assert any(run_id == diverged.id and "diverged" in title for run_id, title in kinds), alerts
+    crashed = next(run for run in runs if run.state == "crashed")
+    assert any(run_id == crashed.id for run_id, _ in kinds), alerts
+    history = diverged.history(keys=["train/loss"], samples=50)
+    assert history["train/loss"].max() > 10 * history["train/loss"].min()
+    server.stop()
