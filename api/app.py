@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
-from runstream.api import alerts, ingest, reports
+from runstream.api import alerts, ingest, reports, runs, series
 from runstream.api.backend import Backend
 from runstream.api.errors import EXCEPTION_HANDLERS
 from runstream.api.middleware import RequestContext, metrics_endpoint
@@ -132,6 +132,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route(f"{API}/openapi.json", openapi, methods=["GET"], include_in_schema=False),
         *ingest.routes,
+        *runs.routes,
+        *series.routes,
         *reports.routes,
         *alerts.routes,
     ]

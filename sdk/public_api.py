@@ -6,18 +6,27 @@ From a notebook::
     api = runstream.Api()
     runs = api.runs("acme/mnist", filters={"config.lr": {"$gt": 0.01}}, order="+summary.loss")
     df = runs[0].history(keys=["loss"])
+    api.export("acme/mnist", "mnist.parquet", filters={"state": "finished"})
 
 It speaks the server's read endpoints (docs/api.md, "Read") over plain HTTP with
-stdlib ``urllib``: the SDK's base install has no HTTP library.
+stdlib ``urllib``: the SDK's base install has no HTTP library. The server sends
+times as Unix seconds; runs and projects show them as ISO 8601 text, as wandb's
+client does.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import math
+import os
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlparse
 
@@ -87,7 +96,7 @@ class Api:
         params = {"team": entity} if entity else None
         body = self._request("GET", "/projects", params=params, what="projects")
         return [
-            Project(p["team"], p["name"], p["visibility"], p["run_count"], p.get("created_at"))
+            Project(p["team"], p["name"], p["visibility"], p["run_count"], _iso(p.get("created_at")))
             for p in body["projects"]
         ]
 
@@ -118,8 +127,82 @@ class Api:
             raise ValueError(f"expected a run path {expected}, got {path!r}")
         return Run(self, self._get_run(*parts))
 
+    def export(
+        self,
+        path: str,
+        file: str | os.PathLike[str],
+        runs: list[str | Run] | None = None,
+        filters: dict[str, Any] | None = None,
+        metrics: list[str] | None = None,
+        format: str = "parquet",
+        progress: bool = True,
+        table: str = "history",
+    ) -> Path:
+        """Download the metric history of a project's runs to ``file``: Parquet, Arrow IPC stream or CSV.
+
+        One row per logged value (run_id, metric, step, time, value). Runs are ``runs``
+        (ids or Run objects) or those matching ``filters`` (all runs when neither is
+        given); ``metrics`` limits the metrics. ``table="runs"`` exports the runs'
+        metadata instead (config, summary, tags, ...). The file appears only once
+        complete; ``progress`` shows a bar of the bytes received.
+        """
+        parts = _split_path(path, "'team/project' or 'project'")
+        if len(parts) == 1:
+            parts.insert(0, self.entity)
+        if len(parts) != 2:
+            raise ValueError(f"expected a project path 'team/project' or 'project', got {path!r}")
+        if runs is not None and filters is not None:
+            raise ValueError("pass runs or filters, not both")
+        params = {
+            "format": format,
+            "table": table,
+            "run_ids": None if runs is None else ",".join(r.id if isinstance(r, Run) else r for r in runs),
+            "filters": None if filters is None else orjson.dumps(filters).decode(),
+            "metrics": None if metrics is None else ",".join(metrics),
+        }
+        team, project = parts
+        route = f"/projects/{quote(team, safe='')}/{quote(project, safe='')}/export"
+        return self._download(route, params, file, progress, f"project {team}/{project}")
+
     def _get_run(self, team: str, project: str, run_id: str) -> dict[str, Any]:
         return self._request("GET", _run_path(team, project, run_id), what=f"run {team}/{project}/{run_id}")
+
+    def _open(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+        what: str = "",
+    ) -> http.client.HTTPResponse:
+        """Send one request and return the open response; ``what`` names the thing asked for in a 404's message."""
+        url = self.url + API_PREFIX + path
+        if params:
+            query = {k: v for k, v in params.items() if v is not None}
+            if query:
+                url += "?" + urlencode(query)
+        data = orjson.dumps(body) if body is not None else None
+        request = urllib.request.Request(url, data=data, method=method)
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self.api_key:
+            request.add_header("Authorization", f"Bearer {self.api_key}")
+        try:
+            return urllib.request.urlopen(request, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            raise _http_error(exc, what) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise self._unreachable(exc) from exc
+
+    def _unreachable(self, exc: BaseException) -> ApiError:
+        reason = getattr(exc, "reason", exc)
+        return ApiError(
+            0,
+            "unreachable",
+            f"cannot reach the runstream server at {self.url} ({reason}): "
+            "start it (`runstream api`) or set RUNSTREAM_URL to its address",
+        )
 
     def _request(
         self,
@@ -131,28 +214,11 @@ class Api:
     ) -> Any:
         """One JSON request; ``what`` names the thing asked for in a 404's message."""
         url = self.url + API_PREFIX + path
-        if params:
-            url += "?" + urlencode({k: v for k, v in params.items() if v is not None})
-        data = orjson.dumps(body) if body is not None else None
-        request = urllib.request.Request(url, data=data, method=method)
-        request.add_header("Accept", "application/json")
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        if self.api_key:
-            request.add_header("Authorization", f"Bearer {self.api_key}")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with self._open(method, path, params, body, what) as response:
                 raw = response.read()
-        except urllib.error.HTTPError as exc:
-            raise _http_error(exc, what) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ApiError(
-                0,
-                "unreachable",
-                f"cannot reach the runstream server at {self.url} ({reason}): "
-                "start it (`runstream api`) or set RUNSTREAM_URL to its address",
-            ) from exc
+        except (http.client.HTTPException, OSError) as exc:  # the connection broke mid-answer
+            raise self._unreachable(exc) from exc
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -160,6 +226,33 @@ class Api:
             raise ApiError(
                 200, "bad_response", f"{url} did not answer with JSON: is RUNSTREAM_URL the runstream server's address?"
             ) from None
+
+    def _download(
+        self, path: str, params: dict[str, Any], file: str | os.PathLike[str], progress: bool, what: str
+    ) -> Path:
+        """Stream a GET's body into ``file`` through a temporary file beside it, renamed once complete."""
+        from tqdm.auto import tqdm
+
+        target = Path(file)
+        fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as out, self._open("GET", path, params, what=what) as response:
+                length = response.headers.get("Content-Length")
+                with tqdm(total=int(length) if length else None, unit="B", unit_scale=True, unit_divisor=1024,
+                          desc=target.name, disable=not progress) as bar:
+                    try:
+                        while chunk := response.read(1 << 20):
+                            out.write(chunk)
+                            bar.update(len(chunk))
+                    except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+                        raise ApiError(0, "incomplete", f"the download of {what} stopped before its end "
+                                       f"({type(exc).__name__}); {target} was not written: retry") from exc
+            os.replace(partial, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
+        return target
 
 
 class Runs:
@@ -246,9 +339,12 @@ class Run:
         self.group: str | None = attrs.get("group")
         self.job_type: str | None = attrs.get("job_type")
         self.notes: str | None = attrs.get("notes")
-        self.created_at: str | None = attrs.get("created_at")
-        self.updated_at: str | None = attrs.get("updated_at")
-        self.heartbeat_at: str | None = attrs.get("heartbeat_at")
+        self.created_at: str | None = _iso(attrs.get("created_at"))
+        self.updated_at: str | None = _iso(attrs.get("updated_at"))
+        self.heartbeat_at: str | None = _iso(attrs.get("heartbeat_at"))
+        self.finished_at: str | None = _iso(attrs.get("finished_at"))
+        self.exit_code: int | None = attrs.get("exit_code")
+        self.user: str | None = attrs.get("user")
         self.host: str | None = attrs.get("host")
         self.git: dict[str, Any] = attrs.get("git") or {}
 
@@ -332,6 +428,14 @@ class Run:
             if cursor is None:
                 return
 
+    def export(
+        self, file: str | os.PathLike[str], metrics: list[str] | None = None, format: str = "parquet",
+        progress: bool = True,
+    ) -> Path:
+        """Download this run's full metric history to ``file`` (see ``Api.export``)."""
+        params = {"format": format, "metrics": None if metrics is None else ",".join(metrics)}
+        return self._api._download(_run_path(*self.path) + "/export", params, file, progress, self._what())
+
     def _what(self) -> str:
         return f"run {'/'.join(self.path)}"
 
@@ -356,6 +460,13 @@ def _http_error(exc: urllib.error.HTTPError, what: str) -> ApiError:
     elif exc.code in (401, 403):
         message = f"{message or 'not authorized'} (set RUNSTREAM_API_KEY or pass Api(api_key=...))"
     return ApiError(exc.code, code, message or f"HTTP {exc.code}", details)
+
+
+def _iso(value: Any) -> Any:
+    """A time from the server (Unix seconds) as ISO 8601 UTC text; text and None stay as they are."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return value
 
 
 def _split_path(path: str, expected: str) -> list[str]:

@@ -61,8 +61,12 @@ SCAN_PAGES = {
 }
 
 
+EXPORT_CHUNKS = [b"PAR1" + bytes(range(256)) * 40, b"x" * 5000, b"PAR1"]
+
+
 class Handler(BaseHTTPRequestHandler):
     server: StandIn
+    protocol_version = "HTTP/1.1"  # chunked answers
 
     def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
         pass
@@ -86,6 +90,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.headers.get("Authorization") != f"Bearer {API_KEY}":
             return self._send(401, {"error": {"code": "unauthorized", "message": "invalid API key", "details": None}})
         parts = [unquote(p) for p in url.path.split("/")[3:]]  # after /api/v1
+        if parts[-1:] == ["export"]:
+            return self._export(parts, query)
         status, answer = self._route(parts, query, body)
         self._send(status, answer)
 
@@ -117,6 +123,22 @@ class Handler(BaseHTTPRequestHandler):
                 columns, next_cursor = SCAN_PAGES[query.get("cursor")]
                 return 200, {"columns": columns, "next_cursor": next_cursor}
         return not_found
+
+    def _export(self, parts: list[str], query: dict[str, str]) -> None:
+        """An export's bytes, chunked as the server streams them; ``cut`` breaks off after the first chunk."""
+        if query.get("format") == "xlsx":
+            return self._send(400, {"error": {"code": "bad_request", "message": "unknown export format", "details": None}})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.apache.parquet")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for chunk in EXPORT_CHUNKS:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            if "cut" in query.get("filters", ""):
+                self.wfile.flush()
+                self.close_connection = True
+                return
+        self.wfile.write(b"0\r\n\r\n")
 
     def _send_html(self, status: int) -> None:
         self.send_response(status)
@@ -370,3 +392,39 @@ def test_history_without_pandas_says_how_to_install(api, monkeypatch):
     with pytest.raises(ImportError, match="pip install pandas"):
         run.history()
     assert run.history(pandas=False)[0]["_step"] == 0
+
+
+def test_export_streams_to_the_file_and_sends_the_selection(api, server, tmp_path):
+    target = api.export("acme/mnist", tmp_path / "out.parquet", runs=["r1", api.run("acme/mnist/r2")],
+                        metrics=["loss", "acc"], progress=False)
+    assert target == tmp_path / "out.parquet" and target.read_bytes() == b"".join(EXPORT_CHUNKS)
+    query = server.sent("/projects/acme/mnist/export")[0]["query"]
+    assert query == {"format": "parquet", "table": "history", "run_ids": "r1,r2", "metrics": "loss,acc"}
+    api.export("mnist", tmp_path / "f.csv", filters={"state": "finished"}, format="csv", progress=False)
+    query = server.sent("/projects/acme/mnist/export")[-1]["query"]
+    assert orjson.loads(query["filters"]) == {"state": "finished"} and query["format"] == "csv"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.csv", "out.parquet"]  # no temporary files left
+
+    run_file = api.run("acme/mnist/r3").export(tmp_path / "r3.parquet", progress=True)
+    assert run_file.read_bytes() == b"".join(EXPORT_CHUNKS)
+    assert server.requests[-1]["raw_path"] == "/api/v1/runs/acme/mnist/r3/export"
+    with pytest.raises(ValueError, match="not both"):
+        api.export("acme/mnist", tmp_path / "x", runs=["r1"], filters={})
+
+
+def test_export_that_fails_leaves_no_file(api, server, tmp_path):
+    (tmp_path / "old.parquet").write_bytes(b"previous")
+    with pytest.raises(ApiError) as refused:
+        api.export("acme/mnist", tmp_path / "old.parquet", format="xlsx", progress=False)
+    assert refused.value.status == 400
+    with pytest.raises(ApiError) as cut:
+        api.export("acme/mnist", tmp_path / "old.parquet", filters={"cut": 1}, progress=False)
+    assert cut.value.code == "incomplete" and "old.parquet was not written" in str(cut.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["old.parquet"]
+    assert (tmp_path / "old.parquet").read_bytes() == b"previous"  # untouched until a download completes
+
+
+def test_times_in_seconds_read_as_iso_text(api, server):
+    server.runs["r5"] = run_attrs("r5", created_at=1_764_072_000.5, finished_at=None)
+    run = api.run("acme/mnist/r5")
+    assert run.created_at == "2025-11-25T12:00:00.500Z" and run.finished_at is None
