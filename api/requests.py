@@ -43,7 +43,7 @@ async def json_body(request: Request, max_bytes: int = MAX_JSON_BYTES) -> dict[s
 
 def query_int(request: Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
