@@ -192,6 +192,45 @@ def table_bytes(client, table: str) -> int:
     ) or 0)
 
 
+# The dashboard queries measured here, shared with bench.api (the same queries through the HTTP API).
+RUNS_FILTER = {"config.lr": {"$lt": 0.001}}
+RUNS_ORDER = "summary.loss"
+RUNS_PAGE = 100
+CHART_METRIC = "loss"
+CHART_POINTS = 500
+
+
+def load(client, runs: int, metric_steps: int, meta_runs: int, where: object) -> dict[str, tuple[int, float]]:
+    """Load the generated project (printing progress) and merge its parts; the planted spikes by run."""
+    points = runs * len(METRIC_NAMES) * metric_steps
+    print(f"loading {runs:,} runs x {len(METRIC_NAMES)} metrics x {metric_steps:,} steps = {points:,} points "
+          f"and {meta_runs:,} runs of metadata into {where}", flush=True)
+
+    spikes: dict[str, tuple[int, float]] = {}
+    final_loss: dict[str, float] = {}
+    start = time.perf_counter()
+    chunk = 20
+    for first in range(0, runs, chunk):
+        events = [e for i in range(first, min(first + chunk, runs)) for e in metric_events(i, metric_steps, spikes)]
+        insert_metric_points(client, events)
+        for e in events:
+            final_loss[e.run_id] = e.data["values"]["loss"][-1]
+        done = min(first + chunk, runs)
+        elapsed = time.perf_counter() - start
+        print(f"\r  history: {done:,}/{runs:,} runs, {elapsed:.0f} s, "
+              f"{done * points / runs / elapsed / 1e6:.2f}M points/s", end="", flush=True)
+    load_s = time.perf_counter() - start
+    run_rows, summaries = run_records(meta_runs, runs, final_loss)
+    for first in range(0, meta_runs, 2000):
+        upsert_runs(client, run_rows[first:first + 2000])
+        upsert_run_summaries(client, summaries[first:first + 2000])
+    print(f"\n  loaded in {time.perf_counter() - start:.0f} s (history {load_s:.0f} s through insert_metric_points, "
+          f"{points / load_s / 1e6:.2f}M points/s including all bucket levels); merging parts ...", flush=True)
+    for table in ("metric_points", "metric_steps", "metric_buckets", "runs", "run_summaries", "key_catalog"):
+        client.command(f"OPTIMIZE TABLE {table} FINAL")
+    return spikes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1000, help="runs with metric history")
@@ -205,31 +244,7 @@ def main() -> None:
     client = connect(f"chdb://{data_dir}?database=bench")
     migrate(client)
     points = args.runs * len(METRIC_NAMES) * args.metric_steps
-    print(f"loading {args.runs:,} runs x {len(METRIC_NAMES)} metrics x {args.metric_steps:,} steps = {points:,} points "
-          f"and {meta_runs:,} runs of metadata into {data_dir}", flush=True)
-
-    spikes: dict[str, tuple[int, float]] = {}
-    final_loss: dict[str, float] = {}
-    start = time.perf_counter()
-    chunk = 20
-    for first in range(0, args.runs, chunk):
-        events = [e for i in range(first, min(first + chunk, args.runs)) for e in metric_events(i, args.metric_steps, spikes)]
-        insert_metric_points(client, events)
-        for e in events:
-            final_loss[e.run_id] = e.data["values"]["loss"][-1]
-        done = min(first + chunk, args.runs)
-        elapsed = time.perf_counter() - start
-        print(f"\r  history: {done:,}/{args.runs:,} runs, {elapsed:.0f} s, "
-              f"{done * points / args.runs / elapsed / 1e6:.2f}M points/s", end="", flush=True)
-    load_s = time.perf_counter() - start
-    runs, summaries = run_records(meta_runs, args.runs, final_loss)
-    for first in range(0, meta_runs, 2000):
-        upsert_runs(client, runs[first:first + 2000])
-        upsert_run_summaries(client, summaries[first:first + 2000])
-    print(f"\n  loaded in {time.perf_counter() - start:.0f} s (history {load_s:.0f} s through insert_metric_points, "
-          f"{points / load_s / 1e6:.2f}M points/s including all bucket levels); merging parts ...", flush=True)
-    for table in ("metric_points", "metric_steps", "metric_buckets", "runs", "run_summaries", "key_catalog"):
-        client.command(f"OPTIMIZE TABLE {table} FINAL")
+    spikes = load(client, args.runs, args.metric_steps, meta_runs, data_dir)
 
     history_bytes = table_bytes(client, "metric_points") + table_bytes(client, "metric_steps")
     bucket_bytes = table_bytes(client, "metric_buckets")
@@ -238,11 +253,12 @@ def main() -> None:
 
     ids = [run_id(i) for i in range(args.runs)]
     groups = {f"sweep-{g}": ids[g::GROUPS] for g in range(GROUPS)}
-    run_filter = {"config.lr": {"$lt": 0.001}}
     runs_p50, runs_p95, page = timed(
-        lambda: search_runs(client, TEAM, PROJECT, filters=run_filter, order="summary.loss", limit=100), args.repeat)
-    chart_p50, chart_p95, chart = timed(lambda: series(client, TEAM, PROJECT, ids, ["loss"], points=500), args.repeat)
-    bands_p50, bands_p95, bands = timed(lambda: group_bands(client, TEAM, PROJECT, groups, "loss", points=500), args.repeat)
+        lambda: search_runs(client, TEAM, PROJECT, filters=RUNS_FILTER, order=RUNS_ORDER, limit=RUNS_PAGE), args.repeat)
+    chart_p50, chart_p95, chart = timed(
+        lambda: series(client, TEAM, PROJECT, ids, [CHART_METRIC], points=CHART_POINTS), args.repeat)
+    bands_p50, bands_p95, bands = timed(
+        lambda: group_bands(client, TEAM, PROJECT, groups, CHART_METRIC, points=CHART_POINTS), args.repeat)
 
     def full_history() -> int:
         rows, after = 0, None
