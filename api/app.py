@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
-from runstream.api import alerts, ingest, reports, runs, series
+from runstream.api import alerts, ingest, reports, runs, series, teams
 from runstream.api.backend import Backend
 from runstream.api.errors import EXCEPTION_HANDLERS
 from runstream.api.middleware import RequestContext, metrics_endpoint
@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         *series.routes,
         *reports.routes,
         *alerts.routes,
+        *teams.routes,
     ]
     app = Starlette(routes=routes, middleware=[Middleware(RequestContext)], exception_handlers=EXCEPTION_HANDLERS,
                     lifespan=lifespan)

@@ -83,6 +83,85 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def _accounts_client(args: argparse.Namespace, settings: Settings):
+    """A migrated client: ``keys`` may be the first thing run against a fresh database."""
+    from runstream.storage.client import connect
+    from runstream.storage.migrations import migrate
+
+    client = connect(args.dsn or settings.clickhouse_dsn)
+    migrate(client)
+    return client
+
+
+def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    from runstream.storage import accounts
+
+    client = _accounts_client(args, settings)
+    accounts.check_name("team", args.team)
+    accounts.check_user(args.user)
+    new_team = accounts.ensure_team(client, args.team)
+    current = accounts.member_role(client, args.team, args.user)
+    # The first member of a new team administers it; an existing member keeps their role unless --role says.
+    role = args.role or (current["role"] if current else "admin" if new_team else "member")
+    if current is None or current["role"] != role:
+        if current is not None and current["role"] == "admin" and accounts.admin_count(client, args.team) <= 1:
+            print(f"error: {args.user} is the last admin of team {args.team}; make another member admin first "
+                  f"(runstream keys create --team {args.team} --user OTHER --role admin)", file=sys.stderr)
+            return 1
+        accounts.set_member(client, args.team, args.user, role)
+    key_id, key = accounts.create_key(client, args.team, args.user, args.name or "")
+    if new_team:
+        print(f"created team {args.team}")
+    print(f"created key {key_id} for {args.user} ({role} of team {args.team}):")
+    print(f"  {key}")
+    print("This is the only time the key is shown. Set it where the SDK or runstream.Api runs:")
+    print(f"  export RUNSTREAM_API_KEY={key}")
+    return 0
+
+
+def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    import datetime
+
+    from runstream.storage import accounts
+
+    client = _accounts_client(args, settings)
+    if accounts.get_team(client, args.team) is None:
+        print(f"error: there is no team {args.team!r}; create it with `runstream keys create --team {args.team} "
+              "--user USER`", file=sys.stderr)
+        return 1
+    roles = {m["user"]: m["role"] for m in accounts.list_members(client, args.team)}
+
+    def when(seconds: float | None) -> str:
+        if seconds is None:
+            return "-"
+        return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    keys = accounts.list_keys(client, args.team)
+    print(f"{'KEY_ID':14}{'USER':24}{'ROLE':9}{'CREATED':22}{'REVOKED':22}NAME")
+    for k in keys:
+        role = roles.get(k["user"], "-")
+        print(f"{k['key_id']:14}{k['user']:24}{role:9}{when(k['created_at']):22}{when(k['revoked_at']):22}{k['name']}")
+    if not keys:
+        print(f"(team {args.team} has no keys)")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from runstream.storage import accounts
+
+    client = _accounts_client(args, settings)
+    key = accounts.get_key(client, args.key_id)
+    if key is None:
+        print(f"error: there is no key {args.key_id!r}; `runstream keys list --team T` shows a team's keys",
+              file=sys.stderr)
+        return 1
+    if not accounts.revoke_key(client, args.key_id):
+        print(f"key {args.key_id} of {key['user']} (team {key['team']}) was already revoked")
+        return 0
+    print(f"revoked key {args.key_id} of {key['user']} (team {key['team']}); it no longer works")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runstream", description="runstream: a self-hostable ML experiment tracker")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -113,6 +192,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default: RUNSTREAM_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: RUNSTREAM_PORT or 8080)")
     p.set_defaults(run=_api)
+
+    keys = commands.add_parser("keys", help="manage teams' API keys on the server (talks to ClickHouse directly)")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    p = key_commands.add_parser("create", help="create a key for a user (and the team and member if missing)")
+    p.add_argument("--team", required=True, help="the team (created if missing)")
+    p.add_argument("--user", required=True, help="the member the key speaks for (added if missing)")
+    p.add_argument("--role", choices=["viewer", "member", "admin"],
+                   help="the member's role (default: admin in a new team, member in an existing one; "
+                        "an existing member keeps theirs)")
+    p.add_argument("--name", default="", help="a label for the key, e.g. where it is used")
+    p.add_argument("--dsn", help="ClickHouse DSN (default: RUNSTREAM_CLICKHOUSE_DSN)")
+    p.set_defaults(run=_keys_create)
+    p = key_commands.add_parser("list", help="list a team's keys (never their secrets)")
+    p.add_argument("--team", required=True)
+    p.add_argument("--dsn", help="ClickHouse DSN (default: RUNSTREAM_CLICKHOUSE_DSN)")
+    p.set_defaults(run=_keys_list)
+    p = key_commands.add_parser("revoke", help="revoke a key; it stops working at once")
+    p.add_argument("key_id", help="the key's id (the part after rs_, as `keys list` shows it)")
+    p.add_argument("--dsn", help="ClickHouse DSN (default: RUNSTREAM_CLICKHOUSE_DSN)")
+    p.set_defaults(run=_keys_revoke)
     return parser
 
 

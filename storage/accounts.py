@@ -30,6 +30,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}\Z")  # the event contract
 _USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+\-]{0,127}\Z")
 _KEY = re.compile(r"rs_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})\Z")
 MAX_DESCRIPTION = 4000
+MAX_DISPLAY_NAME = 200
+MAX_KEY_NAME = 200
 
 
 def _version() -> int:
@@ -38,6 +40,11 @@ def _version() -> int:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def is_name(value: Any) -> bool:
+    """Whether ``value`` can name a team or project (the event contract's names)."""
+    return isinstance(value, str) and _NAME.match(value) is not None
 
 
 def check_name(what: str, value: Any) -> str:
@@ -69,6 +76,9 @@ def _insert(client: Client, table: str, row: dict[str, Any]) -> None:
 def ensure_team(client: Client, team: str, display_name: str = "") -> bool:
     """Create the team unless it exists; whether it was created."""
     check_name("team", team)
+    if not isinstance(display_name, str) or len(display_name) > MAX_DISPLAY_NAME:
+        raise QueryError(f"display_name must be a string of at most {MAX_DISPLAY_NAME} characters",
+                         field="display_name")
     if get_team(client, team) is not None:
         return False
     _insert(client, "teams", {"team": team, "display_name": display_name or team, "created_at": _now_ms(),
@@ -103,12 +113,19 @@ def set_member(client: Client, team: str, user: str, role: Role) -> dict[str, An
 
 
 def remove_member(client: Client, team: str, user: str) -> bool:
-    """Remove a member (their keys stop working with them); whether they were one."""
+    """Remove a member and revoke their keys of the team; whether they were one.
+
+    The keys are revoked, not just left unusable: adding the user back later must not
+    bring old (perhaps leaked) keys back to life.
+    """
     existing = member_role(client, team, user)
     if existing is None:
         return False
     _insert(client, "members", {"team": team, "user": user, "role": existing["role"],
                                 "created_at": existing["created_at_ms"], "version": _version(), "is_deleted": 1})
+    for key in list_keys(client, team, user):
+        if key["revoked_at"] is None:
+            revoke_key(client, key["key_id"])
     return True
 
 
@@ -151,8 +168,8 @@ def create_key(client: Client, team: str, user: str, name: str = "") -> tuple[st
     """A new key for a member of ``team``: (key_id, the full key, shown only now)."""
     check_name("team", team)
     check_user(user)
-    if not isinstance(name, str) or len(name) > 200:
-        raise QueryError("a key's name is a string of at most 200 characters", field="name")
+    if not isinstance(name, str) or len(name) > MAX_KEY_NAME:
+        raise QueryError(f"a key's name is a string of at most {MAX_KEY_NAME} characters", field="name")
     key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
     _insert(client, "api_keys", {"key_id": key_id, "secret_sha256": _digest(secret), "team": team, "user": user,
                                  "name": name, "created_at": _now_ms(), "revoked_at": None, "version": _version()})
@@ -194,17 +211,28 @@ def list_keys(client: Client, team: str, user: str | None = None) -> list[dict[s
 
 
 def get_key(client: Client, key_id: str) -> dict[str, Any] | None:
+    """A key as listings show it (never its secret's hash), or None."""
+    row = _key_row(client, key_id)
+    if row is None:
+        return None
+    return {"key_id": row["key_id"], "team": row["team"], "user": row["user"], "name": row["name"],
+            "created_at": row["created_ms"] / 1000,
+            "revoked_at": None if row["revoked_ms"] is None else row["revoked_ms"] / 1000}
+
+
+def _key_row(client: Client, key_id: str) -> dict[str, Any] | None:
+    """The whole stored row (with the hash, and times in integer milliseconds so a rewrite keeps them exact)."""
     rows = list(client.query(
         "SELECT key_id, team, user, name, secret_sha256, toUnixTimestamp64Milli(created_at) AS created_ms, "
-        "toUnixTimestamp64Milli(revoked_at) / 1000 AS revoked_at FROM api_keys FINAL WHERE key_id = {k:String}",
+        "toUnixTimestamp64Milli(revoked_at) AS revoked_ms FROM api_keys FINAL WHERE key_id = {k:String}",
         parameters={"k": key_id}).named_results())
     return rows[0] if rows else None
 
 
 def revoke_key(client: Client, key_id: str) -> bool:
     """Revoke a key for good; whether it was live."""
-    row = get_key(client, key_id)
-    if row is None or row["revoked_at"] is not None:
+    row = _key_row(client, key_id)
+    if row is None or row["revoked_ms"] is not None:
         return False
     _insert(client, "api_keys", {"key_id": key_id, "secret_sha256": row["secret_sha256"], "team": row["team"],
                                  "user": row["user"], "name": row["name"], "created_at": row["created_ms"],
@@ -283,7 +311,8 @@ def upsert_project(client: Client, team: str, project: str, visibility: str | No
         "project": project,
         "visibility": visibility or (current["visibility"] if current else "private"),
         "description": description if description is not None else (current["description"] if current else ""),
-        "created_at": int(current["created_at"] * 1000) if current else _now_ms(),
+        # round, not int: created_at is a float of seconds, and truncating would move it back 1 ms per edit
+        "created_at": round(current["created_at"] * 1000) if current else _now_ms(),
         "version": _version(),
         "is_deleted": 0,
     }
