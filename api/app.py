@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
-from runstream.api import alerts, ingest, reports, runs, series, teams
+from runstream.api import alerts, home, ingest, reports, runs, series, teams
 from runstream.api.backend import Backend
 from runstream.api.errors import EXCEPTION_HANDLERS
 from runstream.api.middleware import RequestContext, metrics_endpoint
@@ -83,6 +83,12 @@ SCHEMAS = SchemaGenerator({
 })
 
 
+# The event contract's names (runstream.events), so generated requests use names that can exist.
+_NAME_SCHEMA = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"}
+PATH_SCHEMAS = {"team": _NAME_SCHEMA, "project": _NAME_SCHEMA,
+                "run_id": {"type": "string", "pattern": r"^[A-Za-z0-9_\-]{1,64}$"}}
+
+
 async def openapi(request: Request) -> Response:
     """The OpenAPI document, built from the endpoints' docstrings.
 
@@ -105,8 +111,8 @@ def _declare_path_parameters(path: str, operation: dict) -> None:
     declared = {p.get("name") for p in operation.get("parameters", []) if p.get("in") == "path"}
     for name in re.findall(r"{(\w+)}", path):
         if name not in declared:
-            operation.setdefault("parameters", []).append(
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}})
+            schema = PATH_SCHEMAS.get(name, {"type": "string", "minLength": 1})
+            operation.setdefault("parameters", []).append({"name": name, "in": "path", "required": True, "schema": schema})
 
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Starlette:
@@ -137,6 +143,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         *reports.routes,
         *alerts.routes,
         *teams.routes,
+        *home.routes(),  # last: the UI's assets are mounted at /
     ]
     app = Starlette(routes=routes, middleware=[Middleware(RequestContext)], exception_handlers=EXCEPTION_HANDLERS,
                     lifespan=lifespan)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 from collections.abc import Callable
 
@@ -162,6 +163,91 @@ def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _server(args: argparse.Namespace, settings: Settings) -> int:
+    from runstream.api.server import ServerError, embedded_settings, serve
+
+    try:
+        serve(embedded_settings(settings, args.data_dir, args.host, args.port), demo=args.demo)
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from runstream.demo import main
+
+    argv = ["--project", args.project, "--team", args.team] + (["--url", args.url] if args.url else [])
+    return main(argv + (["--quiet"] if args.quiet else []))
+
+
+def _login(args: argparse.Namespace, settings: Settings) -> int:
+    from runstream.public_api import Api, ApiError
+    from runstream.settings import config_path, write_config
+
+    url = args.url or settings.url
+    key = args.key if args.key is not None else getpass.getpass("API key (empty for none): ").strip()
+    try:
+        me = Api(url=url, api_key=key)._request("GET", "/whoami")
+    except ApiError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    path = config_path()
+    write_config(path, {"url": url, "api_key": key})
+    who = "local admin (no key needed on this machine)" if me.get("local_admin") else \
+        f"{me.get('user')} ({me.get('role')} of team {me.get('team')})" if me.get("user") else "anonymous"
+    print(f"logged in to {url} as {who}; saved to {path}")
+    return 0
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from runstream.public_api import Api, ApiError
+    from runstream.settings import config_path
+
+    print(f"server:  {settings.url}")
+    print(f"key:     {'set' if settings.api_key else 'none'}   (config file: {config_path()})")
+    try:
+        api = Api(url=settings.url, api_key=settings.api_key)
+        health = api._request("GET", "/health")
+        me = api._request("GET", "/whoami")
+        projects = api.projects()
+    except ApiError as exc:
+        print(f"status:  unreachable or refused: {exc.message}", file=sys.stderr)
+        return 1
+    checks = ", ".join(f"{name} {state}" for name, state in health["checks"].items())
+    print(f"health:  {health['status']} ({checks})")
+    who = "local admin" if me.get("local_admin") else me.get("user") or "anonymous"
+    print(f"as:      {who}" + (f" ({me['role']} of team {me['team']})" if me.get("team") else ""))
+    print(f"projects ({len(projects)}):")
+    for project in projects:
+        print(f"  {project.entity}/{project.name}  {project.run_count} runs  {project.visibility}")
+    return 0
+
+
+def _export(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from runstream.public_api import Api, ApiError
+
+    filters = None
+    if args.filters:
+        try:
+            filters = orjson.loads(args.filters)
+        except orjson.JSONDecodeError as exc:
+            print(f"error: --filters must be JSON, e.g. '{{\"config.lr\": {{\"$lt\": 0.01}}}}' ({exc})",
+                  file=sys.stderr)
+            return 2
+    api = Api(url=args.url or settings.url, api_key=settings.api_key)
+    try:
+        written = api.export(args.project, args.output, runs=args.runs or None, filters=filters,
+                             metrics=args.metrics or None, format=args.format, progress=not args.quiet)
+    except ApiError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output}" + (f" ({written:,} bytes)" if isinstance(written, int) else ""))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runstream", description="runstream: a self-hostable ML experiment tracker")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -212,6 +298,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("key_id", help="the key's id (the part after rs_, as `keys list` shows it)")
     p.add_argument("--dsn", help="ClickHouse DSN (default: RUNSTREAM_CLICKHOUSE_DSN)")
     p.set_defaults(run=_keys_revoke)
+    p = commands.add_parser("server", help="run the tracker on this machine: API, web UI and processing in one process")
+    p.add_argument("--data-dir", help="where the database and files live (default: RUNSTREAM_DATA_DIR or ~/.runstream)")
+    p.add_argument("--host", help="bind address (default: RUNSTREAM_HOST or 127.0.0.1; others need an API key)")
+    p.add_argument("--port", type=int, help="port (default: RUNSTREAM_PORT or 8080)")
+    p.add_argument("--demo", action="store_true", help="also log the demo sweep into it once it is up")
+    p.set_defaults(run=_server)
+
+    p = commands.add_parser("demo", help="log a realistic sweep of 24 runs to the server, through the SDK")
+    p.add_argument("--url", help="the server (default: RUNSTREAM_URL, the config file, or http://127.0.0.1:8080)")
+    p.add_argument("--project", default="demo")
+    p.add_argument("--team", default="default")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_demo)
+
+    p = commands.add_parser("login", help="check a server URL and API key, and save them for the SDK and the CLI")
+    p.add_argument("--url", help="the server's http(s):// address (default: RUNSTREAM_URL or the saved one)")
+    p.add_argument("--key", help="the API key (asked for when not given; empty for none)")
+    p.set_defaults(run=_login)
+
+    p = commands.add_parser("status", help="which server the SDK talks to, its health, who you are there")
+    p.set_defaults(run=_status)
+
+    p = commands.add_parser("export", help="download a project's metric history as Parquet, Arrow or CSV")
+    p.add_argument("project", help="team/project")
+    p.add_argument("output", help="the file to write")
+    p.add_argument("--format", choices=["parquet", "arrow", "csv"], default="parquet")
+    p.add_argument("--runs", nargs="*", help="run ids (default: every run matching --filters)")
+    p.add_argument("--filters", help="a run filter as JSON, e.g. '{\"config.lr\": {\"$lt\": 0.01}}'")
+    p.add_argument("--metrics", nargs="*", help="metric names (default: all)")
+    p.add_argument("--url", help="the server (default: RUNSTREAM_URL or the saved one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_export)
     return parser
 
 
