@@ -21,5 +21,14 @@ class JSONResponse(Response):
         return orjson.dumps(content, option=_OPTIONS)
 
 
+def render_json(content: Any) -> bytes:
+    """The JSON bytes, for handlers that render in the thread pool (large chart answers keep the event loop free)."""
+    return orjson.dumps(content, option=_OPTIONS)
+
+
+def rendered_json(body: bytes, status_code: int = 200) -> Response:
+    return Response(body, status_code=status_code, media_type="application/json")
+
+
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(content, status_code=status_code, headers=headers)
