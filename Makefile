@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test kafka clickhouse clean prereqs
+.PHONY: demo pipeline-demo test kafka clickhouse clean prereqs
 
 # Installs the package (editable, with the server and test extras) into .venv.
 $(VENV)/.installed: pyproject.toml
@@ -14,8 +14,12 @@ $(VENV)/.installed: pyproject.toml
 prereqs:
 	@bash infra/prereqs.sh
 
-## demo: install, then run the pipeline end to end (Kafka -> Faust -> ClickHouse) on simulated runs
-demo: prereqs $(VENV)/.installed
+## demo: install, then run the tracker (runstream server) with 24 demo runs logged into it, and print its URL
+demo: $(VENV)/.installed
+	$(BIN)/runstream server --demo
+
+## pipeline-demo: install, then run the cluster pipeline end to end (Kafka -> Faust -> ClickHouse) on simulated runs
+pipeline-demo: prereqs $(VENV)/.installed
 	$(BIN)/python -m infra.pipeline_demo
 
 ## test: install, then run the whole test suite (it starts its own Kafka broker)

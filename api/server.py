@@ -20,6 +20,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import orjson
+
 from runstream.settings import Settings
 
 log = logging.getLogger("runstream.server")
@@ -92,6 +94,14 @@ def _load_demo(url: str) -> None:
             break
         except OSError:
             time.sleep(0.2)
+    try:  # a data directory that has the demo already: show it, do not log it twice
+        with urllib.request.urlopen(f"{url}/api/v1/projects/default/demo", timeout=10) as response:
+            if orjson.loads(response.read()).get("run_count"):
+                print(f"the demo is loaded already: open {url}", flush=True)
+                return
+    except OSError:
+        pass  # 404: not loaded yet
+    print("logging the demo sweep (24 runs, about 20 s) ...", flush=True)
     env = {**os.environ, "RUNSTREAM_URL": url}
     done = subprocess.run([sys.executable, "-m", "runstream.demo", "--url", url], env=env, stdout=subprocess.PIPE,
                           text=True)
