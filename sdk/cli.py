@@ -86,10 +86,19 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
 
 def _accounts_client(args: argparse.Namespace, settings: Settings):
     """A migrated client: ``keys`` may be the first thing run against a fresh database."""
-    from runstream.storage.client import connect
+    from runstream.storage.client import connect, redact
     from runstream.storage.migrations import migrate
 
-    client = connect(args.dsn or settings.clickhouse_dsn)
+    dsn = args.dsn or settings.clickhouse_dsn
+    try:
+        client = connect(dsn)
+    except ValueError:
+        raise  # a malformed DSN: its message says what to write
+    except Exception as exc:  # noqa: BLE001 - the engine's reason, with what to do
+        hint = ("; the embedded engine opens a directory from one process only: while `runstream server` runs on it, "
+                "manage keys through its API from this machine (POST /api/v1/teams/TEAM/keys needs no key on "
+                "loopback), or stop the server first") if dsn.startswith("chdb:") else ""
+        raise ValueError(f"cannot open the database {redact(dsn)} ({type(exc).__name__}: {exc}){hint}") from None
     migrate(client)
     return client
 

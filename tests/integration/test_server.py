@@ -145,6 +145,10 @@ def test_a_second_server_on_the_same_port_says_what_to_do(server_factory):
                              "--port", str(first.port)], capture_output=True, text=True, timeout=60, env=first.env)
     assert second.returncode == 2
     assert "--port" in second.stderr and "Traceback" not in second.stderr
+    # The server holds its directory: server-side key commands say how to manage keys meanwhile.
+    keys = subprocess.run([RUNSTREAM, "keys", "list", "--team", "acme", "--dsn", f"chdb://{first.data_dir / 'clickhouse'}"],
+                          capture_output=True, text=True, timeout=60, env=first.env)
+    assert keys.returncode == 2 and "runstream server" in keys.stderr and "Traceback" not in keys.stderr
     first.stop()
 
 
