@@ -34,5 +34,9 @@ kafka: prereqs $(VENV)/.installed
 clickhouse: $(VENV)/.installed
 	$(BIN)/python -m infra.clickhouse_server --data-dir .data/clickhouse --http-port 8123
 
+## ui: rebuild the web UI's bundle (api/ui, committed) from its sources in web/; needs Node 18+ and npm
+ui:
+	cd web && npm ci && npm run build
+
 clean:
 	rm -rf $(VENV) .data build *.egg-info

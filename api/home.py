@@ -9,10 +9,12 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from runstream.api.auth import authenticate
 from runstream.storage import accounts
@@ -44,8 +46,21 @@ async def home(request: Request) -> Response:
     return HTMLResponse(body)
 
 
+class UiFiles(StaticFiles):
+    """The built UI; any other GET outside /api/ is one of its pages (history routes such as
+    /projects/acme/mnist or /share/<token>), so it answers index.html and the app routes it."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        try:
+            return await super().get_response(path, scope)
+        except HTTPException as exc:
+            if exc.status_code != 404 or scope["method"] not in ("GET", "HEAD") or path.split("/", 1)[0] == "api":
+                raise
+            return await super().get_response("index.html", scope)
+
+
 def routes() -> list[Route | Mount]:
     """The UI's assets at / when they are built into the package, else the plain page."""
     if (UI_DIR / "index.html").is_file():
-        return [Mount("/", StaticFiles(directory=UI_DIR, html=True), name="ui")]
+        return [Mount("/", UiFiles(directory=UI_DIR, html=True), name="ui")]
     return [Route("/", home, methods=["GET"], include_in_schema=False)]

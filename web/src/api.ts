@@ -1,0 +1,143 @@
+// The public HTTP API, as the UI calls it: an API key from localStorage as a Bearer token,
+// or a report's share token (X-Runstream-Share) on /share/<token> pages.
+
+export const API = "/api/v1";
+const KEY_STORAGE = "runstream.apiKey";
+let shareToken: string | null = null;
+
+export class ApiError extends Error {
+  constructor(public status: number, message: string, public code: string = "") {
+    super(message);
+  }
+}
+
+export function getApiKey(): string {
+  try { return localStorage.getItem(KEY_STORAGE) ?? ""; } catch { return ""; }
+}
+
+export function setApiKey(key: string): void {
+  if (key) localStorage.setItem(KEY_STORAGE, key);
+  else localStorage.removeItem(KEY_STORAGE);
+}
+
+export function setShareToken(token: string | null): void {
+  shareToken = token;
+}
+
+export function getShareToken(): string | null {
+  return shareToken;
+}
+
+export function authHeaders(): Record<string, string> {
+  const headers: Record<string, string> = {};
+  if (shareToken) headers["X-Runstream-Share"] = shareToken;
+  else {
+    const key = getApiKey();
+    if (key) headers["Authorization"] = `Bearer ${key}`;
+  }
+  return headers;
+}
+
+/** A query string from defined values (objects become their JSON text). */
+export function qs(params: Record<string, unknown>): string {
+  const parts: string[] = [];
+  for (const [k, v] of Object.entries(params)) {
+    if (v === undefined || v === null || v === "") continue;
+    const text = typeof v === "object" ? JSON.stringify(v) : String(v);
+    parts.push(`${encodeURIComponent(k)}=${encodeURIComponent(text)}`);
+  }
+  return parts.length ? `?${parts.join("&")}` : "";
+}
+
+export async function api<T = any>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
+  const headers: Record<string, string> = { Accept: "application/json", ...authHeaders() };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(API + path, {
+    method, headers, signal, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 204) return undefined as T;
+  const text = await response.text();
+  let data: any = null;
+  try { data = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
+  if (!response.ok) {
+    const error = data?.error;
+    const message = error?.message ?? `${method} ${path}: HTTP ${response.status}`;
+    throw new ApiError(response.status, message, error?.code ?? "");
+  }
+  return data as T;
+}
+
+export const get = <T = any>(path: string, signal?: AbortSignal) => api<T>("GET", path, undefined, signal);
+export const post = <T = any>(path: string, body: unknown, signal?: AbortSignal) => api<T>("POST", path, body, signal);
+export const patch = <T = any>(path: string, body: unknown) => api<T>("PATCH", path, body);
+export const put = <T = any>(path: string, body: unknown) => api<T>("PUT", path, body);
+export const del = <T = any>(path: string) => api<T>("DELETE", path);
+
+/** A file's URL for links and <img>: with the share token as ?share= (an <img> sends no headers). */
+export function fileUrl(url: string): string {
+  if (!shareToken) return url;
+  return url + (url.includes("?") ? "&" : "?") + "share=" + encodeURIComponent(shareToken);
+}
+
+/** Fetch a file's bytes as text with the caller's credentials (patches, tables, histograms). */
+export async function fetchText(url: string): Promise<string> {
+  const response = await fetch(url, { headers: authHeaders() });
+  if (!response.ok) throw new ApiError(response.status, `${url}: HTTP ${response.status}`);
+  return response.text();
+}
+
+export interface SseEvent { id: string; event: string; data: string }
+
+/**
+ * Server-Sent Events over fetch, so the API key travels as a header (EventSource cannot
+ * send one). Reconnects after a drop, resuming with Last-Event-ID. Returns a stop function.
+ */
+export function sse(path: string, onEvent: (e: SseEvent) => void, onState?: (state: string) => void): () => void {
+  const controller = new AbortController();
+  let lastId = "";
+  let stopped = false;
+  const connect = async () => {
+    while (!stopped) {
+      try {
+        const headers: Record<string, string> = { Accept: "text/event-stream", ...authHeaders() };
+        if (lastId) headers["Last-Event-ID"] = lastId;
+        const response = await fetch(API + path, { headers, signal: controller.signal });
+        if (!response.ok || !response.body) throw new ApiError(response.status, `stream: HTTP ${response.status}`);
+        onState?.("live");
+        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += value;
+          let cut: number;
+          while ((cut = buffer.indexOf("\n\n")) >= 0) {
+            const block = buffer.slice(0, cut);
+            buffer = buffer.slice(cut + 2);
+            const event: SseEvent = { id: "", event: "message", data: "" };
+            const data: string[] = [];
+            for (const line of block.split("\n")) {
+              if (line.startsWith(":")) continue;
+              const colon = line.indexOf(":");
+              const field = colon < 0 ? line : line.slice(0, colon);
+              const val = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+              if (field === "id") event.id = val;
+              else if (field === "event") event.event = val;
+              else if (field === "data") data.push(val);
+            }
+            if (!data.length) continue;
+            event.data = data.join("\n");
+            if (event.id) lastId = event.id;
+            onEvent(event);
+          }
+        }
+      } catch (err) {
+        if (stopped) return;
+        onState?.(`reconnecting (${err instanceof Error ? err.message : err})`);
+      }
+      if (!stopped) await new Promise((r) => setTimeout(r, 2000));
+    }
+  };
+  void connect();
+  return () => { stopped = true; controller.abort(); };
+}

@@ -1,0 +1,125 @@
+// The app shell: history routes (the server answers index.html for every non-API path),
+// the top bar, the API key dialog.
+
+import { get, getApiKey, setApiKey, setShareToken } from "./api";
+import { append, clear, errorBox, h } from "./dom";
+import { alertsPage } from "./pages/alerts";
+import { projectsPage } from "./pages/projects";
+import { reportPage, reportsPage, sharedReportPage } from "./pages/reports";
+import { runPage } from "./pages/run";
+import { settingsPage } from "./pages/settings";
+import { workspacePage } from "./pages/workspace";
+
+export interface Whoami { user: string | null; team: string | null; role: string | null; local_admin: boolean }
+export type Cleanup = (() => void) | void;
+export type Page = (root: HTMLElement, params: string[]) => Cleanup | Promise<Cleanup>;
+
+const P = "([^/]+)";
+const ROUTES: Array<[RegExp, Page]> = [
+  [/^\/$/, projectsPage],
+  [new RegExp(`^/projects/${P}/${P}/?$`), workspacePage],
+  [new RegExp(`^/projects/${P}/${P}/runs/${P}/?$`), runPage],
+  [new RegExp(`^/projects/${P}/${P}/alerts/?$`), alertsPage],
+  [new RegExp(`^/projects/${P}/${P}/reports/?$`), reportsPage],
+  [new RegExp(`^/projects/${P}/${P}/reports/${P}/?$`), reportPage],
+  [new RegExp(`^/share/${P}/?$`), sharedReportPage],
+  [/^\/settings\/?$/, settingsPage],
+];
+
+let who: Whoami | null = null;
+let cleanup: Cleanup = undefined;
+
+/** Who the server says we are (cached until the key changes). */
+export async function whoami(): Promise<Whoami> {
+  if (!who) {
+    try { who = await get<Whoami>("/whoami"); } catch { who = { user: null, team: null, role: null, local_admin: false }; }
+  }
+  return who;
+}
+
+/** Who we are as a short name, for keys of settings saved in this browser. */
+export async function userKey(): Promise<string> {
+  const me = await whoami();
+  return me.local_admin ? "local" : me.user ? `${me.team}:${me.user}` : "anonymous";
+}
+
+export function navigate(path: string, replaceState = false): void {
+  if (replaceState) history.replaceState(null, "", path); else history.pushState(null, "", path);
+  void render();
+}
+
+/** The project tabs under the top bar. */
+export function projectNav(team: string, project: string, active: string): HTMLElement {
+  const base = `/projects/${encodeURIComponent(team)}/${encodeURIComponent(project)}`;
+  const tab = (name: string, href: string) => h("a", { href, className: active === name ? "active" : "" }, name);
+  return h("nav.tabs", null,
+    h("span.crumb", null, h("a", { href: "/" }, "projects"), " / ", `${team}/${project}`),
+    tab("workspace", base), tab("alerts", `${base}/alerts`), tab("reports", `${base}/reports`));
+}
+
+function keyDialog(): void {
+  const input = h("input", { type: "password", placeholder: "rs_…", value: getApiKey(), size: 40, name: "api-key" });
+  const dialog = h("dialog.key-dialog", null,
+    h("form", { method: "dialog" },
+      h("h3", null, "API key"),
+      h("p", null, "Stored in this browser (localStorage) and sent as a Bearer token. ",
+        "On the embedded server, from this machine, none is needed."),
+      input,
+      h("div.row", null,
+        h("button", { value: "save", onclick: () => { setApiKey(input.value.trim()); who = null; void render(); } }, "Save"),
+        h("button", { value: "clear", onclick: () => { setApiKey(""); who = null; void render(); } }, "Forget key"),
+        h("button", { value: "cancel" }, "Cancel"))));
+  document.body.appendChild(dialog);
+  dialog.addEventListener("close", () => dialog.remove());
+  dialog.showModal();
+}
+
+async function topBar(shared: boolean): Promise<HTMLElement> {
+  const bar = h("header.top", null, h("a.brand", { href: "/" }, "runstream"));
+  if (shared) {
+    append(bar, [h("span.who", null, "shared report (read-only)")]);
+    return bar;
+  }
+  const me = await whoami();
+  const label = me.local_admin ? "local admin" : me.user ? `${me.user} · ${me.role} of ${me.team}` : "anonymous";
+  append(bar, [h("span.spacer"), h("a", { href: "/settings" }, "settings"),
+    h("span.who", { title: "who the server says you are" }, label),
+    h("button.link", { onclick: keyDialog }, getApiKey() ? "change key" : "API key")]);
+  return bar;
+}
+
+async function render(): Promise<void> {
+  if (typeof cleanup === "function") cleanup();
+  cleanup = undefined;
+  const app = document.getElementById("app")!;
+  const path = location.pathname;
+  const shared = path.startsWith("/share/");
+  setShareToken(null);
+  clear(app);
+  const main = h("main");
+  app.append(await topBar(shared), main);
+  for (const [pattern, page] of ROUTES) {
+    const m = path.match(pattern);
+    if (!m) continue;
+    try {
+      cleanup = await page(main, m.slice(1).map(decodeURIComponent));
+    } catch (err) {
+      main.append(errorBox(err));
+    }
+    return;
+  }
+  main.append(h("h2", null, "Not found"), h("p", null, "No page here. ", h("a", { href: "/" }, "Projects")));
+}
+
+// Same-site links navigate without reloading; downloads and new tabs keep the browser's way.
+document.addEventListener("click", (event) => {
+  const a = (event.target as Element).closest?.("a");
+  if (!a || event.defaultPrevented || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey) return;
+  const href = a.getAttribute("href");
+  if (!href || !href.startsWith("/") || href.startsWith("//") || href.startsWith("/api/") ||
+      a.hasAttribute("download") || a.target) return;
+  event.preventDefault();
+  navigate(href);
+});
+window.addEventListener("popstate", () => void render());
+void render();

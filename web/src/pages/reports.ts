@@ -1,0 +1,172 @@
+// Reports: markdown with chart panels bound to runs or a filter; share links that open
+// without an account (/share/<token> reads the report with the X-Runstream-Share header).
+
+import { del, get, patch, post, qs, setShareToken } from "../api";
+import { ChartPanel, type PanelSpec } from "../chart";
+import { seriesLoader, type ChartRun } from "../data";
+import { errorBox, h, select } from "../dom";
+import { renderMarkdown } from "../markdown";
+import { navigate, projectNav } from "../main";
+import { fmtTime } from "../util";
+
+const enc = encodeURIComponent;
+
+/** A report's chart spec, as stored in its panels array. */
+interface ReportPanel { metric: string; run_ids?: string[]; filters?: unknown; limit?: number; x?: string; log?: boolean;
+                        smoothing?: number; title?: string }
+
+export async function reportsPage(root: HTMLElement, [team, project]: string[]): Promise<void> {
+  const base = `/projects/${enc(team)}/${enc(project)}`;
+  root.append(projectNav(team, project, "reports"));
+  const { reports } = await get<{ reports: any[] }>(`${base}/reports`);
+  const title = h("input", { placeholder: "title of a new report", size: 40, name: "report-title" });
+  const message = h("div");
+  const create = async () => {
+    const keys = await get<any>(`${base}/keys`);
+    const metric = keys.metric[0]?.key;
+    try {
+      const report = await post<{ id: string }>(`${base}/reports`, {
+        title: title.value.trim() || "Untitled report",
+        body: `# ${title.value.trim() || "Untitled report"}\n\nWhat we found.\n\n{{panel 1}}\n`,
+        panels: metric ? [{ metric, filters: {}, limit: 100 }] : [],
+      });
+      navigate(`${base}/reports/${enc(report.id)}`);
+    } catch (err) { message.replaceChildren(errorBox(err)); }
+  };
+  root.append(h("h2", null, "Reports"),
+    h("div.row", null, title, h("button.create-report", { onclick: create }, "create report")), message,
+    reports.length ? h("table.grid.reports", null,
+      h("thead", null, h("tr", null, ["title", "panels", "by", "updated"].map((c) => h("th", null, c)))),
+      h("tbody", null, reports.map((r) => h("tr", null,
+        h("td", null, h("a", { href: `${base}/reports/${enc(r.id)}` }, r.title)), h("td.num", null, r.panel_count),
+        h("td", null, r.created_by ?? ""), h("td", null, fmtTime(r.updated_at))))))
+      : h("p.muted", null, "No reports yet."));
+}
+
+/** Renders a report's body with its panels in place (and the unplaced ones after it). */
+async function renderReport(team: string, project: string, report: any, into: HTMLElement): Promise<ChartPanel[]> {
+  const base = `/projects/${enc(team)}/${enc(project)}`;
+  const { html, panels: placed } = renderMarkdown(report.body ?? "");
+  const body = h("article.markdown");
+  body.innerHTML = html; // safe: renderMarkdown escapes every character of the source
+  into.replaceChildren(body);
+  const specs: ReportPanel[] = report.panels ?? [];
+  const charts: ChartPanel[] = [];
+  const runCache = new Map<string, Promise<ChartRun[]>>();
+  const runsFor = (p: ReportPanel): Promise<ChartRun[]> => {
+    const key = JSON.stringify([p.run_ids, p.filters, p.limit]);
+    if (!runCache.has(key)) {
+      const filters = p.run_ids?.length ? { run_id: { $in: p.run_ids } } : p.filters && Object.keys(p.filters as object).length ? p.filters : undefined;
+      runCache.set(key, get<{ runs: any[] }>(`${base}/runs` + qs({ filters, limit: Math.min(1000, p.limit ?? 100) }))
+        .then((a) => a.runs.map((r) => ({ id: r.id, name: r.name || r.id }))));
+    }
+    return runCache.get(key)!;
+  };
+  const leftovers = h("div.panels");
+  for (let i = 0; i < specs.length; i++) {
+    const p = specs[i];
+    const spec: PanelSpec = { id: `r${i}`, metric: p.metric, x: (p.x as any) ?? "step", log: p.log, smoothing: p.smoothing ?? 0,
+                              title: p.title ?? `${p.metric}${p.run_ids ? ` · ${p.run_ids.length} runs` : p.filters && Object.keys(p.filters as object).length ? " · filtered runs" : ""}` };
+    let runs: ChartRun[] = [];
+    const loader = seriesLoader(team, project, () => runs);
+    const chart = new ChartPanel(spec, { loader: async (s, r, w) => { runs = await runsFor(p); return loader(s, r, w); },
+                                          hidden: () => false, controls: true });
+    charts.push(chart);
+    const slot = body.querySelector(`[data-panel="${i + 1}"]`);
+    if (slot && placed.includes(i + 1)) slot.replaceWith(chart.el); else leftovers.append(chart.el);
+  }
+  if (leftovers.childElementCount) into.append(leftovers);
+  await Promise.all(charts.map((c) => c.load()));
+  return charts;
+}
+
+export async function reportPage(root: HTMLElement, [team, project, reportId]: string[]): Promise<() => void> {
+  const base = `/projects/${enc(team)}/${enc(project)}`;
+  const path = `${base}/reports/${enc(reportId)}`;
+  let report = await get<any>(path);
+  root.append(projectNav(team, project, "reports"));
+  const view = h("div.report-view");
+  const shareBox = h("div.share-box");
+  const message = h("div");
+  let charts: ChartPanel[] = [];
+  const draw = async () => { charts.forEach((c) => c.destroy()); charts = await renderReport(team, project, report, view); };
+
+  const editor = h("div.report-editor", { hidden: true });
+  const titleInput = h("input", { value: report.title, size: 50, name: "title" });
+  const bodyInput = h("textarea", { rows: 12, cols: 80, name: "body" }, report.body ?? "");
+  const panelsInput = h("textarea", { rows: 6, cols: 80, name: "panels" }, JSON.stringify(report.panels ?? [], null, 1));
+  const keys = await get<any>(`${base}/keys`).catch(() => ({ metric: [] }));
+  const metricPick = select(keys.metric.map((k: any) => [k.key, k.key] as [string, string]), keys.metric[0]?.key ?? "", () => {});
+  const runIds = h("input", { placeholder: "run ids, comma-separated (empty: a filter)", size: 30 });
+  const filterInput = h("input", { placeholder: '{"state": "finished"}', size: 30 });
+  const addPanel = () => {
+    const panels = JSON.parse(panelsInput.value || "[]");
+    const ids = runIds.value.split(",").map((s) => s.trim()).filter(Boolean);
+    let filters: unknown = {};
+    if (!ids.length && filterInput.value.trim()) {
+      try { filters = JSON.parse(filterInput.value); } catch { message.replaceChildren(errorBox("the filter is not valid JSON")); return; }
+    }
+    panels.push(ids.length ? { metric: metricPick.value, run_ids: ids } : { metric: metricPick.value, filters, limit: 100 });
+    panelsInput.value = JSON.stringify(panels, null, 1);
+    bodyInput.value += `\n{{panel ${panels.length}}}\n`;
+  };
+  const save = async () => {
+    let panels: unknown;
+    try { panels = JSON.parse(panelsInput.value || "[]"); } catch { message.replaceChildren(errorBox("panels are not valid JSON")); return; }
+    try {
+      report = await patch(path, { title: titleInput.value, body: bodyInput.value, panels });
+      heading.textContent = report.title;
+      editor.hidden = true;
+      message.replaceChildren();
+      await draw();
+    } catch (err) { message.replaceChildren(errorBox(err)); }
+  };
+  editor.append(h("label.block", null, "title ", titleInput),
+    h("label.block", null, "markdown (", h("code", null, "{{panel N}}"), " places the Nth panel) ", bodyInput),
+    h("div.row", null, "add panel: ", metricPick, runIds, " or filter ", filterInput, h("button", { onclick: addPanel }, "add")),
+    h("label.block", null, "panels (JSON) ", panelsInput),
+    h("button.save-report", { onclick: save }, "save"), " ", h("button.link", { onclick: () => { editor.hidden = true; } }, "cancel"));
+
+  const share = async () => {
+    try {
+      const link = await post<{ url: string; expires_at: number }>(`${path}/share`, {});
+      const url = `${location.origin}${link.url}`;
+      shareBox.replaceChildren("Read-only link, valid until ", fmtTime(link.expires_at), ": ",
+        h("a.share-link", { href: link.url, target: "_blank" }, url), " ",
+        h("button.link", { onclick: () => void navigator.clipboard?.writeText(url) }, "copy"));
+    } catch (err) { shareBox.replaceChildren(errorBox(err)); }
+  };
+  const revoke = async () => {
+    report = await del(`${path}/share`).then(() => get(path)).catch((e) => { shareBox.replaceChildren(errorBox(e)); return report; });
+    shareBox.replaceChildren("Every share link made so far stopped working.");
+  };
+  const heading = h("h2", null, report.title);
+  root.append(heading,
+    h("div.row", null,
+      h("button.edit-report", { onclick: () => { editor.hidden = !editor.hidden; } }, "edit"),
+      h("button.share-report", { onclick: share }, "share link"),
+      h("button.link", { onclick: revoke }, "revoke links"),
+      h("button.link", { onclick: async () => { if (confirm("Delete this report?")) { await del(path); navigate(`${base}/reports`); } } }, "delete")),
+    shareBox, message, editor, view);
+  await draw();
+  return () => charts.forEach((c) => c.destroy());
+}
+
+/** /share/<token>: the report, read with the share token only (no account, no key). */
+export async function sharedReportPage(root: HTMLElement, [token]: string[]): Promise<() => void> {
+  setShareToken(token);
+  let shared: any;
+  try {
+    shared = await get<any>(`/shared/${enc(token)}`);
+  } catch (err) {
+    root.append(h("h2", null, "This link does not work"), errorBox(err));
+    return () => setShareToken(null);
+  }
+  const { report, project } = shared;
+  root.append(h("h2.shared-title", null, report.title),
+    h("p.muted", null, `${project.team}/${project.name} · shared read-only until ${fmtTime(shared.expires_at)}`));
+  const view = h("div.report-view");
+  root.append(view);
+  const charts = await renderReport(project.team, project.name, report, view);
+  return () => { charts.forEach((c) => c.destroy()); setShareToken(null); };
+}

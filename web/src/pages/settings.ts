@@ -1,0 +1,72 @@
+// Settings: teams, their members and roles, API keys (a new key is shown once), and the key
+// this browser uses.
+
+import { del, get, getApiKey, post, put, setApiKey } from "../api";
+import { errorBox, h, select } from "../dom";
+import { whoami } from "../main";
+import { fmtTime } from "../util";
+
+const enc = encodeURIComponent;
+const ROLES: Array<[string, string]> = [["viewer", "viewer"], ["member", "member"], ["admin", "admin"]];
+
+export async function settingsPage(root: HTMLElement): Promise<void> {
+  const me = await whoami();
+  const keyInput = h("input", { type: "password", value: getApiKey(), size: 40, placeholder: "rs_…", name: "browser-key" });
+  root.append(h("h2", null, "Settings"),
+    h("section", null, h("h3", null, "This browser"),
+      h("p", null, me.local_admin ? "You are the embedded server's local admin (no key needed from this machine)."
+        : me.user ? `Signed in with a key of ${me.user}, ${me.role} of team ${me.team}.` : "No key: you see public projects only."),
+      h("div.row", null, keyInput, h("button", { onclick: () => { setApiKey(keyInput.value.trim()); location.reload(); } }, "use this key"))));
+  let teams: any[] = [];
+  try {
+    teams = (await get<{ teams: any[] }>("/teams")).teams;
+  } catch (err) {
+    root.append(errorBox(err));
+    return;
+  }
+  const teamBox = h("div");
+  const pick = select(teams.map((t) => [t.team, `${t.team} (${t.role})`] as [string, string]), teams[0]?.team ?? "", (t) => void showTeam(t));
+  const newTeam = h("input", { placeholder: "new team", size: 16 });
+  root.append(h("section", null, h("h3", null, "Teams"),
+    teams.length ? h("div.row", null, "team: ", pick) : h("p.muted", null, "No teams yet."),
+    me.local_admin ? h("div.row", null, newTeam, h("button", { onclick: async () => {
+      try { await post("/teams", { team: newTeam.value.trim() }); location.reload(); } catch (err) { teamBox.prepend(errorBox(err)); }
+    } }, "create team")) : null,
+    teamBox));
+
+  async function showTeam(team: string): Promise<void> {
+    const t = `/teams/${enc(team)}`;
+    const [{ members }, { keys }] = await Promise.all([get<{ members: any[] }>(`${t}/members`), get<{ keys: any[] }>(`${t}/keys`)]);
+    const message = h("div");
+    const fail = (err: unknown) => message.replaceChildren(errorBox(err));
+    const user = h("input", { placeholder: "user", size: 16, name: "member-user" });
+    let role = "member";
+    const keyName = h("input", { placeholder: "key name", size: 16, name: "key-name" });
+    let keyUser = me.user ?? members[0]?.user ?? "";
+    const created = h("div.new-key");
+    teamBox.replaceChildren(message,
+      h("h4", null, "Members"),
+      h("table.grid.members", null, h("thead", null, h("tr", null, ["user", "role", "since", ""].map((c) => h("th", null, c)))),
+        h("tbody", null, members.map((m) => h("tr", null, h("td", null, m.user),
+          h("td", null, select(ROLES, m.role, (r) => void put(`${t}/members/${enc(m.user)}`, { role: r }).then(() => showTeam(team)).catch(fail))),
+          h("td", null, fmtTime(m.created_at)),
+          h("td", null, h("button.link", { onclick: () => void del(`${t}/members/${enc(m.user)}`).then(() => showTeam(team)).catch(fail) }, "remove")))))),
+      h("div.row", null, user, select(ROLES, role, (r) => { role = r; }),
+        h("button", { onclick: () => void put(`${t}/members/${enc(user.value.trim())}`, { role }).then(() => showTeam(team)).catch(fail) }, "add member")),
+      h("h4", null, "API keys"),
+      h("table.grid.keys", null, h("thead", null, h("tr", null, ["key id", "user", "name", "created", "revoked", ""].map((c) => h("th", null, c)))),
+        h("tbody", null, keys.map((k) => h("tr", null, h("td", null, h("code", null, k.key_id)), h("td", null, k.user), h("td", null, k.name),
+          h("td", null, fmtTime(k.created_at)), h("td", null, k.revoked_at ? fmtTime(k.revoked_at) : ""),
+          h("td", null, k.revoked_at ? "" : h("button.link", { onclick: () => void del(`${t}/keys/${enc(k.key_id)}`).then(() => showTeam(team)).catch(fail) }, "revoke")))))),
+      h("div.row", null, keyName, " for ", select(members.map((m) => [m.user, m.user] as [string, string]), keyUser, (u) => { keyUser = u; }),
+        h("button.create-key", { onclick: async () => {
+          try {
+            const k = await post<any>(`${t}/keys`, { name: keyName.value, user: keyUser || undefined });
+            await showTeam(team);
+            teamBox.append(h("div.new-key", null, "New key for ", k.user, " — copy it now, it is not shown again: ", h("code.secret", null, k.key)));
+          } catch (err) { fail(err); }
+        } }, "create key")),
+      created);
+  }
+  if (teams.length) await showTeam(teams[0].team);
+}

@@ -1,0 +1,324 @@
+// The workspace: a runs table paged, sorted, filtered and grouped by the server, and chart
+// panels of the runs it selects (or of its groups, as mean ± std bands). Eye toggles and
+// colours per run; the layout is saved in this browser, per project and user.
+
+import { get, patch, post, qs } from "../api";
+import { ChartPanel, type PanelSpec } from "../chart";
+import { bandsLoader, type ChartRun, seriesLoader, systemLoader } from "../data";
+import { errorBox, h, select } from "../dom";
+import { filterBuilder, type FilterRow, RUN_FIELDS, toFilter } from "../filters";
+import { navigate, projectNav, userKey } from "../main";
+import { afterPaint, colorOf, fmtNum, fmtTime, getPath, loadLocal, saveLocal } from "../util";
+
+interface Catalog { config: { key: string }[]; summary: { key: string }[]; metric: { key: string }[]; system: { key: string }[] }
+
+interface WsState {
+  filters: FilterRow[];
+  search: string;
+  order: string;
+  groupBy: string[];
+  columns: string[];
+  panels: PanelSpec[];
+  chartLimit: number;
+  hidden: string[];
+}
+
+interface GroupRow { key: string; label: string; values: Record<string, unknown>; count: number; run_ids: string[];
+                     summary: Record<string, any> }
+
+const PAGE = 50;
+let panelSeq = 0;
+const newId = () => `p${Date.now().toString(36)}${(panelSeq++).toString(36)}`;
+
+function defaults(catalog: Catalog): WsState {
+  return {
+    filters: [], search: "", order: "-created_at", groupBy: [], chartLimit: 100, hidden: [],
+    columns: [...catalog.config.slice(0, 3).map((k) => `config.${k.key}`), ...catalog.summary.slice(0, 3).map((k) => `summary.${k.key}`)],
+    panels: catalog.metric.slice(0, 6).map((k) => ({ id: newId(), metric: k.key, kind: "metric" as const, x: "step" as const, smoothing: 0 })),
+  };
+}
+
+export async function workspacePage(root: HTMLElement, [team, project]: string[]): Promise<() => void> {
+  performance.clearMarks("workspace-start");
+  performance.mark("workspace-start");
+  const enc = encodeURIComponent;
+  const base = `/projects/${enc(team)}/${enc(project)}`;
+  root.append(projectNav(team, project, "workspace"));
+  const [catalog, user] = await Promise.all([get<Catalog>(`${base}/keys`), userKey()]);
+  const storageKey = `runstream.workspace.${user}.${team}/${project}`;
+  const state: WsState = { ...defaults(catalog), ...loadLocal<Partial<WsState>>(storageKey, {}) };
+  const save = () => saveLocal(storageKey, state);
+  let hidden = new Set(state.hidden);
+  const metrics = catalog.metric.map((k) => k.key);
+  const fields = [...RUN_FIELDS, ...catalog.config.map((k) => `config.${k.key}`), ...catalog.summary.map((k) => `summary.${k.key}`)];
+  const filters = () => toFilter(state.filters, state.search);
+
+  // -- the chart side ---------------------------------------------------------------------
+  let chartRuns: ChartRun[] = [];
+  let groups: GroupRow[] = [];
+  let panels: ChartPanel[] = [];
+  const grid = h("div.panels");
+  const chartNote = h("span.muted");
+  const isHidden = (key: string) => hidden.has(key);
+  const runLoader = seriesLoader(team, project, () => chartRuns.filter((r) => state.groupBy.length === 0 || true));
+  const groupLoader = bandsLoader(team, project, () => state.groupBy, filters);
+  const sysLoader = systemLoader(team, project, () => chartRuns.filter((r) => !hidden.has(r.id)));
+  // Grouped charts draw each group's band from its visible runs (so a run's eye takes it out).
+  const groupedLoader: typeof runLoader = async (spec, range, width) => {
+    const body: Record<string, unknown> = { metric: spec.metric, points: Math.min(1000, Math.max(100, width)),
+      groups: Object.fromEntries(groups.map((g) => [g.key, g.run_ids.filter((id) => !hidden.has(id))])
+        .filter(([, ids]) => ids.length)) };
+    if (range) body.step_range = range;
+    if (!Object.keys(body.groups as object).length) return { lines: [] };
+    const answer = await post<{ groups: any[] }>(`${base}/bands`, body);
+    const labels = new Map(groups.map((g) => [g.key, g.label]));
+    return {
+      note: "mean ± std per group",
+      lines: answer.groups.map((g) => ({
+        key: g.group, label: labels.get(g.group) ?? g.group, color: colorOf(g.group), x: g.x, y: g.mean,
+        lo: g.mean.map((m: number | null, i: number) => (m == null || g.std[i] == null ? null : m - g.std[i])),
+        hi: g.mean.map((m: number | null, i: number) => (m == null || g.std[i] == null ? null : m + g.std[i])),
+      })),
+    };
+  };
+  void groupLoader;
+
+  const makePanel = (spec: PanelSpec) => {
+    const system = spec.kind === "system";
+    const panel = new ChartPanel(spec, {
+      loader: (s, r, w) => (system ? sysLoader(s, r, w) : state.groupBy.length ? groupedLoader(s, r, w) : runLoader(s, r, w)),
+      hidden: isHidden, metrics, onChange: save,
+      xChoices: system ? ["time", "relative"] : state.groupBy.length ? ["step"] : undefined,
+      onRemove: () => {
+        state.panels = state.panels.filter((p) => p !== spec);
+        save();
+        panel.destroy();
+        panel.el.remove();
+        panels = panels.filter((p) => p !== panel);
+      },
+    });
+    return panel;
+  };
+  const drawPanels = () => {
+    panels.forEach((p) => p.destroy());
+    panels = state.panels.map(makePanel);
+    grid.replaceChildren(...panels.map((p) => p.el));
+  };
+  const loadCharts = async () => {
+    if (state.groupBy.length) {
+      chartNote.textContent = `grouped by ${state.groupBy.join(", ")}: mean ± std per group`;
+    } else {
+      const f = filters();
+      const { runs } = await get<{ runs: any[] }>(`${base}/runs` + qs({ filters: f, order: state.order, limit: state.chartLimit }));
+      chartRuns = runs.map((r) => ({ id: r.id, name: r.name || r.id }));
+      chartNote.textContent = `charts show the first ${chartRuns.length} runs of the table`;
+    }
+    await Promise.all(panels.map((p) => p.load()));
+  };
+
+  // -- the table side ---------------------------------------------------------------------
+  const table = h("table.grid.runs");
+  const count = h("span.count");
+  const pager = h("span.pager");
+  let cursors: (string | null)[] = [null];
+  let pageIndex = 0;
+
+  const toggle = (keys: string[], show: boolean, refetchGroups: boolean) => {
+    performance.clearMarks("toggle-run-start");
+    performance.mark("toggle-run-start");
+    for (const k of keys) { if (show) hidden.delete(k); else hidden.add(k); }
+    state.hidden = [...hidden];
+    save();
+    if (refetchGroups) {
+      void Promise.all(panels.map((p) => p.load()));
+    } else {
+      for (const p of panels) p.setVisible(keys, show);
+    }
+    void afterPaint().then(() => {
+      performance.clearMeasures("toggle-run");
+      performance.measure("toggle-run", "toggle-run-start");
+    });
+  };
+  const eye = (keys: string[], title: string, refetch = false) => {
+    const on = () => !keys.every((k) => hidden.has(k));
+    const button = h("button.eye", { title, "aria-pressed": String(on()), dataset: { keys: keys.join(",") } }, on() ? "◉" : "○");
+    button.addEventListener("click", () => {
+      const show = !on();
+      toggle(keys, show, refetch);
+      button.textContent = show ? "◉" : "○";
+      button.setAttribute("aria-pressed", String(show));
+    });
+    return button;
+  };
+
+  const tagsCell = (run: any) => {
+    const cell = h("td.tags");
+    const show = () => {
+      cell.replaceChildren(...run.tags.map((t: string) => h("span.tag", null, t)),
+        h("button.link.edit-tags", { title: "edit tags", onclick: edit }, "✎"));
+    };
+    const edit = () => {
+      const input = h("input.tag-input", { value: run.tags.join(", "), size: 16, placeholder: "tag, tag" });
+      const commit = async () => {
+        const tags = input.value.split(",").map((t) => t.trim()).filter(Boolean);
+        try {
+          const updated = await patch(`/runs/${enc(team)}/${enc(project)}/${enc(run.id)}`, { tags });
+          run.tags = updated.tags;
+        } catch (err) { cell.append(errorBox(err)); return; }
+        show();
+      };
+      input.addEventListener("keydown", (e) => { if (e.key === "Enter") void commit(); if (e.key === "Escape") show(); });
+      cell.replaceChildren(input, h("button.link", { onclick: commit }, "save"));
+      input.focus();
+    };
+    show();
+    return cell;
+  };
+
+  const header = () => {
+    const sortable = (key: string, label: string) => {
+      const active = state.order.slice(1) === key;
+      const arrow = active ? (state.order[0] === "-" ? " ▼" : " ▲") : "";
+      return h("th.sortable", { title: `sort by ${key}`, dataset: { key }, onclick: () => {
+        state.order = (active && state.order[0] === "-" ? "+" : "-") + key;
+        save();
+        void refresh();
+      } }, label + arrow);
+    };
+    return h("thead", null, h("tr", null,
+      h("th", null, ""), sortable("name", "name"), sortable("state", "state"), sortable("created_at", "created"),
+      h("th", null, "tags"), state.columns.map((c) => sortable(c, c.replace(/^(config|summary)\./, "")))));
+  };
+  const runRow = (run: any, indent = false) => h("tr", { dataset: { run: run.id } },
+    h("td.nowrap", null, eye([run.id], "show in charts", state.groupBy.length > 0),
+      h("span.swatch", { style: { background: colorOf(run.id) } })),
+    h("td.name", { className: indent ? "indent" : "" },
+      h("a", { href: `${base}/runs/${enc(run.id)}` }, run.name || run.id)),
+    h("td", null, h("span", { className: `state state-${run.state}` }, run.state)),
+    h("td.nowrap", null, fmtTime(run.created_at)),
+    tagsCell(run),
+    state.columns.map((c) => h("td.num", null, fmtNum(getPath(c.startsWith("config.") ? run.config : run.summary, c.replace(/^(config|summary)\./, ""))))));
+
+  const loadTable = async () => {
+    const f = filters();
+    if (state.groupBy.length) {
+      const aggregates = state.columns.filter((c) => c.startsWith("summary.")).map((c) => c.slice(8));
+      const answer = await post<{ groups: any[] }>(`${base}/runs/groups`, { by: state.groupBy, filters: f ?? undefined, aggregates, run_ids: true });
+      groups = answer.groups.map((g) => {
+        const values = state.groupBy.map((k) => g.group[k]);
+        return { key: `group:${JSON.stringify(values)}`, label: values.map((v) => (v === null ? "—" : String(v))).join(" / "),
+                 values: g.group, count: g.count, run_ids: g.run_ids ?? [], summary: g.summary };
+      });
+      count.textContent = `${groups.length} groups, ${groups.reduce((n, g) => n + g.count, 0)} runs`;
+      pager.replaceChildren();
+      const body = h("tbody");
+      for (const g of groups) {
+        const expand = h("button.link.expand", { title: "show its runs" }, "▸");
+        const row = h("tr.group", { dataset: { group: g.label } },
+          h("td.nowrap", null, eye([g.key], "show this group in charts"), h("span.swatch", { style: { background: colorOf(g.key) } })),
+          h("td.name", { colSpan: 4 }, expand, ` ${g.label} `, h("span.muted", null, `(${g.count} runs)`)),
+          state.columns.map((c) => h("td.num", null, c.startsWith("summary.") ? fmtNum(g.summary?.[c.slice(8)]?.mean) : "")));
+        body.append(row);
+        let open: HTMLElement[] = [];
+        expand.addEventListener("click", async () => {
+          if (open.length) { open.forEach((r) => r.remove()); open = []; expand.textContent = "▸"; return; }
+          expand.textContent = "▾";
+          const { runs } = await get<{ runs: any[] }>(`${base}/runs` + qs({ filters: { run_id: { $in: g.run_ids.slice(0, 200) } }, order: state.order, limit: 200 }));
+          open = runs.map((r) => runRow(r, true));
+          row.after(...open);
+        });
+      }
+      table.replaceChildren(header(), body);
+      return;
+    }
+    const [page, total] = await Promise.all([
+      get<{ runs: any[]; next_cursor: string | null }>(`${base}/runs` + qs({ filters: f, order: state.order, limit: PAGE, cursor: cursors[pageIndex] })),
+      get<{ count: number }>(`${base}/runs/count` + qs({ filters: f })),
+    ]);
+    cursors[pageIndex + 1] = page.next_cursor;
+    count.textContent = `${total.count} runs`;
+    const first = pageIndex * PAGE;
+    pager.replaceChildren(
+      h("button.link", { disabled: pageIndex === 0, onclick: () => { pageIndex--; void loadTable(); } }, "‹ prev"),
+      ` ${total.count ? first + 1 : 0}–${first + page.runs.length} `,
+      h("button.link.next-page", { disabled: !page.next_cursor, onclick: () => { pageIndex++; void loadTable(); } }, "next ›"));
+    table.replaceChildren(header(), h("tbody", null, page.runs.map((r) => runRow(r))));
+  };
+
+  const status = h("div.ws-status");
+  const refresh = async () => {
+    cursors = [null];
+    pageIndex = 0;
+    status.replaceChildren();
+    try {
+      await loadTable();
+      await loadCharts();
+    } catch (err) {
+      status.replaceChildren(errorBox(err));
+    }
+  };
+
+  // -- toolbar ----------------------------------------------------------------------------
+  const checklist = (label: string, options: string[], chosen: string[], onChange: (v: string[]) => void, cls: string) => {
+    const box = h("details.checklist", { className: cls }, h("summary", null, label));
+    for (const o of options) {
+      const input = h("input", { type: "checkbox", checked: chosen.includes(o), value: o });
+      input.addEventListener("change", () => {
+        const next = [...box.querySelectorAll<HTMLInputElement>("input:checked")].map((i) => i.value);
+        onChange(next);
+      });
+      box.append(h("label", null, input, " ", o));
+    }
+    return box;
+  };
+  const search = h("input.search", { type: "search", placeholder: "search run names", value: state.search });
+  search.addEventListener("change", () => { state.search = search.value; save(); void refresh(); });
+  const addPanel = select([["", "+ panel…"], ...metrics.map((m) => [`metric:${m}`, m] as [string, string]),
+                           ...catalog.system.map((k) => [`system:${k.key}`, `system: ${k.key}`] as [string, string])], "", (v) => {
+    if (!v) return;
+    const [kind, metric] = [v.slice(0, v.indexOf(":")), v.slice(v.indexOf(":") + 1)];
+    const spec: PanelSpec = { id: newId(), metric, kind: kind as "metric" | "system", x: kind === "system" ? "relative" : "step", smoothing: 0 };
+    state.panels.push(spec);
+    save();
+    const panel = makePanel(spec);
+    panels.push(panel);
+    grid.append(panel.el);
+    void panel.load();
+    addPanel.value = "";
+  }, { className: "add-panel" });
+  const saveReport = async () => {
+    const f = filters();
+    const report = await post<{ id: string }>(`${base}/reports`, {
+      title: `${project} workspace ${new Date().toLocaleDateString()}`,
+      body: `# ${project}\n\nCharts of the runs${f ? " matching the workspace's filter" : ""}.\n`,
+      panels: state.panels.filter((p) => p.kind !== "system").map((p) => ({ metric: p.metric, x: p.x, log: p.log, smoothing: p.smoothing,
+        filters: f ?? {}, limit: state.chartLimit })),
+    });
+    navigate(`${base}/reports/${enc(report.id)}`);
+  };
+  const toolbar = h("div.toolbar", null,
+    search,
+    filterBuilder(state.filters, fields, () => { save(); void refresh(); }),
+    checklist("group by", catalog.config.map((k) => `config.${k.key}`), state.groupBy,
+      (v) => { state.groupBy = v; save(); drawPanels(); void refresh(); }, "group-by"),
+    checklist("columns", fields.filter((f) => f.startsWith("config.") || f.startsWith("summary.")), state.columns,
+      (v) => { state.columns = v; save(); void loadTable(); }, "columns"),
+    h("label", null, "charts: ", select([["10", "10"], ["100", "100"], ["1000", "1,000"]].map(([v, l]) => [v, `${l} runs`] as [string, string]),
+      String(state.chartLimit), (v) => { state.chartLimit = Number(v); save(); void loadCharts(); }, { className: "chart-limit" })),
+    h("button.link", { onclick: () => { toggle(chartRuns.map((r) => r.id), true, state.groupBy.length > 0); void loadTable(); } }, "show all"),
+    addPanel,
+    h("button", { onclick: () => void saveReport().catch((e) => status.replaceChildren(errorBox(e))) }, "save as report"));
+
+  root.append(toolbar, status,
+    h("div.workspace", null,
+      h("section.runs-side", null, h("div.table-head", null, count, pager), h("div.table-scroll", null, table)),
+      h("section.charts-side", null, h("div.charts-head", null, chartNote), grid)));
+
+  drawPanels();
+  await refresh();
+  await afterPaint();
+  performance.measure("workspace-first-render", "workspace-start");
+  root.dataset.ready = "1";
+  void hidden;
+  return () => panels.forEach((p) => p.destroy());
+}
