@@ -200,6 +200,8 @@ export class ChartPanel {
   /** Rebuilds the chart from the loaded lines (smoothing, log scale and axes applied). */
   redraw(): void {
     this.built = build(this.lines, this.spec, this.opts.hidden);
+    this.el.dataset.lines = String(this.lines.length);
+    this.el.dataset.visible = String(this.lines.filter((l) => !this.opts.hidden(l.key)).length);
     this.plot?.destroy();
     this.plot = null;
     if (!this.lines.length) return;
@@ -246,6 +248,7 @@ export class ChartPanel {
         if (plot.series[i].show !== show) plot.setSeries(i, { show }, false);
       }
     });
+    this.el.dataset.visible = String(built.lines.filter((l) => !this.opts.hidden(l.key)).length);
   }
 
   private onScale(u: uPlot): void {

@@ -37,24 +37,6 @@ export function seriesLoader(team: string, project: string, runs: () => ChartRun
   };
 }
 
-/** Grouped lines from POST .../bands: each group's mean, with mean ± std as its band. */
-export function bandsLoader(team: string, project: string, by: () => string[], filters: () => unknown): Loader {
-  return async (spec, stepRange, width) => {
-    const body: Record<string, unknown> = { by: by(), metric: spec.metric, points: Math.min(1000, Math.max(100, width)) };
-    const f = filters();
-    if (f) body.filters = f;
-    if (stepRange) body.step_range = stepRange;
-    const answer = await post<{ groups: any[] }>(`/projects/${enc(team)}/${enc(project)}/bands`, body);
-    const lines: Line[] = answer.groups.map((g) => ({
-      key: `group:${g.group}`, label: `${g.group} (${g.run_count ?? ""})`, color: colorOf(`group:${g.group}`), x: g.x,
-      y: g.mean,
-      lo: g.mean.map((m: number | null, i: number) => (m == null || g.std[i] == null ? null : m - g.std[i])),
-      hi: g.mean.map((m: number | null, i: number) => (m == null || g.std[i] == null ? null : m + g.std[i])),
-    }));
-    return { lines, note: "mean ± std per group" };
-  };
-}
-
 /** System metrics of a few runs (GET .../system per run; there is no project-wide endpoint). */
 export function systemLoader(team: string, project: string, runs: () => ChartRun[], limit = 20): Loader {
   return async (spec, _range, width) => {

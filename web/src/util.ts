@@ -30,7 +30,7 @@ export function fmtNum(v: unknown): string {
   if (typeof v !== "number") return JSON.stringify(v);
   if (Number.isInteger(v) && Math.abs(v) < 1e9) return String(v);
   const a = Math.abs(v);
-  if (a !== 0 && (a < 1e-3 || a >= 1e6)) return v.toExponential(3);
+  if (a !== 0 && (a < 1e-3 || a >= 1e6)) return Number(v.toPrecision(4)).toExponential();
   return String(Number(v.toPrecision(4)));
 }
 

@@ -21,7 +21,7 @@ export async function alertsPage(root: HTMLElement, [team, project]: string[]): 
   const live = h("span.live", null, "connecting…");
   const list = h("tbody");
   const seen = new Set<string>();
-  const alertRow = (a: any) => h("tr", { className: `level-${a.level}`, dataset: { alert: a.alert_id } },
+  const alertRow = (a: any) => h("tr.alert-row", { dataset: { alert: a.alert_id } },
     h("td.nowrap", null, fmtTime(a.time)), h("td", null, h("span", { className: `level level-${a.level}` }, a.level)),
     h("td", null, h("a", { href: `${base}/runs/${enc(a.run_id)}` }, a.run_id)),
     h("td", null, h("b", null, a.title), h("div.alert-text", null, a.text)), h("td.muted", null, a.source));

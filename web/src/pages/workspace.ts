@@ -4,7 +4,7 @@
 
 import { get, patch, post, qs } from "../api";
 import { ChartPanel, type PanelSpec } from "../chart";
-import { bandsLoader, type ChartRun, seriesLoader, systemLoader } from "../data";
+import { type ChartRun, seriesLoader, systemLoader } from "../data";
 import { errorBox, h, select } from "../dom";
 import { filterBuilder, type FilterRow, RUN_FIELDS, toFilter } from "../filters";
 import { navigate, projectNav, userKey } from "../main";
@@ -60,8 +60,7 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
   const grid = h("div.panels");
   const chartNote = h("span.muted");
   const isHidden = (key: string) => hidden.has(key);
-  const runLoader = seriesLoader(team, project, () => chartRuns.filter((r) => state.groupBy.length === 0 || true));
-  const groupLoader = bandsLoader(team, project, () => state.groupBy, filters);
+  const runLoader = seriesLoader(team, project, () => chartRuns);
   const sysLoader = systemLoader(team, project, () => chartRuns.filter((r) => !hidden.has(r.id)));
   // Grouped charts draw each group's band from its visible runs (so a run's eye takes it out).
   const groupedLoader: typeof runLoader = async (spec, range, width) => {
@@ -81,7 +80,6 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
       })),
     };
   };
-  void groupLoader;
 
   const makePanel = (spec: PanelSpec) => {
     const system = spec.kind === "system";
@@ -260,14 +258,15 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
 
   // -- toolbar ----------------------------------------------------------------------------
   const checklist = (label: string, options: string[], chosen: string[], onChange: (v: string[]) => void, cls: string) => {
-    const box = h("details.checklist", { className: cls }, h("summary", null, label));
+    const items = h("div.checklist-items");
+    const box = h("details.checklist", { className: cls }, h("summary", null, label), items);
     for (const o of options) {
       const input = h("input", { type: "checkbox", checked: chosen.includes(o), value: o });
       input.addEventListener("change", () => {
         const next = [...box.querySelectorAll<HTMLInputElement>("input:checked")].map((i) => i.value);
         onChange(next);
       });
-      box.append(h("label", null, input, " ", o));
+      items.append(h("label", null, input, " ", o));
     }
     return box;
   };
@@ -309,6 +308,11 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
     addPanel,
     h("button", { onclick: () => void saveReport().catch((e) => status.replaceChildren(errorBox(e))) }, "save as report"));
 
+  // An open checklist closes when the click lands elsewhere.
+  const closeLists = (e: Event) => root.querySelectorAll("details.checklist[open]").forEach((d) => {
+    if (!d.contains(e.target as Node)) d.removeAttribute("open");
+  });
+  document.addEventListener("click", closeLists);
   root.append(toolbar, status,
     h("div.workspace", null,
       h("section.runs-side", null, h("div.table-head", null, count, pager), h("div.table-scroll", null, table)),
@@ -319,6 +323,5 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
   await afterPaint();
   performance.measure("workspace-first-render", "workspace-start");
   root.dataset.ready = "1";
-  void hidden;
-  return () => panels.forEach((p) => p.destroy());
+  return () => { panels.forEach((p) => p.destroy()); document.removeEventListener("click", closeLists); };
 }

@@ -1,0 +1,295 @@
+"""The web UI in a real headless Chromium (Debian's ``chromium``, driven by Playwright with
+``executable_path``; no browser download), against ``runstream server`` with the demo sweep.
+
+Screenshots go to tmp/artifacts/browser (or $RUNSTREAM_ARTIFACTS); the path is printed.
+``pytest -m browser`` runs exactly these tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from infra.net import free_port
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNSTREAM = Path(sys.executable).parent / "runstream"
+ARTIFACTS = Path(os.environ.get("RUNSTREAM_ARTIFACTS", ROOT / "tmp" / "artifacts")) / "browser"
+TIMEOUT_MS = 20_000
+
+
+def chromium_path() -> str | None:
+    return os.environ.get("RUNSTREAM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return orjson.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``runstream server`` in its own process, with ``runstream demo`` logged into it."""
+    data_dir = tmp_path_factory.mktemp("ui-server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "RUNSTREAM_CONFIG": str(data_dir / "no-config.toml")}
+    process = subprocess.Popen([RUNSTREAM, "server", "--data-dir", str(data_dir), "--port", str(port)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"the server exited: {process.stdout.read()}")
+            try:
+                if _get(f"{url}/api/v1/health")["status"] == "ok":
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the server did not answer within 90 s"
+            time.sleep(0.3)
+        demo = subprocess.run([RUNSTREAM, "demo", "--url", url, "--quiet"], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    path = chromium_path()
+    if path is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; `make test` installs it as root)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -e '.[test]')")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    print(f"\nbrowser test screenshots: {ARTIFACTS}")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, request: pytest.FixtureRequest) -> Iterator[object]:
+    """A fresh context (no stored key) and page; page errors fail the test; a screenshot whatever happens."""
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}-end.png"), full_page=True)
+    context.close()
+    assert not errors, f"errors in the page: {errors}"
+
+
+def _shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _runs_count(page) -> str:
+    return page.locator(".table-head .count").inner_text()
+
+
+def _loss_panel(page, attribute: str, value: str) -> None:
+    """Wait until the train/loss panel (every demo run logs it) has data-<attribute> = value."""
+    page.wait_for_function(f"(document.querySelector(\".panel[data-metric='train/loss']\") || {{dataset: {{}}}})"
+                           f".dataset.{attribute} === '{value}'")
+
+
+def _open_workspace(page, url: str) -> None:
+    page.goto(f"{url}/projects/default/demo")
+    page.wait_for_selector("main[data-ready]")
+
+
+def test_projects_page_lists_the_demo(page, server: str) -> None:
+    page.goto(server)
+    page.get_by_role("link", name="default/demo").click()
+    page.wait_for_selector("main[data-ready]")
+    assert page.url.endswith("/projects/default/demo")
+
+
+def test_workspace_filter_group_and_toggle(page, server: str) -> None:
+    _open_workspace(page, server)
+    assert _runs_count(page) == "24 runs"
+    panels = page.locator(".panels .panel")
+    assert panels.count() == 5  # every metric the demo logs, up to six
+    _loss_panel(page, "lines", "24")
+    page.wait_for_function("[...document.querySelectorAll('.panel')].every(p => Number(p.dataset.lines) > 20)")
+    assert page.evaluate("performance.getEntriesByName('workspace-first-render').length") == 1
+    _shot(page, "workspace")
+
+    # Filter: optimizer = adam.
+    page.get_by_role("button", name="+ filter").click()
+    page.locator(".filter .filter-field").select_option("config.optimizer")
+    page.locator(".filter .filter-value").fill("adam")
+    page.locator(".filter .filter-value").dispatch_event("change")
+    page.wait_for_function("document.querySelector('.table-head .count').textContent === '12 runs'")
+    assert all(name.startswith("adam") for name in page.locator("table.runs td.name").all_inner_texts())
+    _loss_panel(page, "lines", "12")
+
+    # The eye hides a run from every chart without a refetch; the toggle is measured.
+    first = page.locator("table.runs tbody tr").first
+    first.locator("button.eye").click()
+    assert first.locator("button.eye").get_attribute("aria-pressed") == "false"
+    _loss_panel(page, "visible", "11")
+    page.wait_for_function("performance.getEntriesByName('toggle-run').length > 0")
+    first.locator("button.eye").click()
+    _loss_panel(page, "visible", "12")
+
+    # Sort by a column header (server-side).
+    page.locator("th.sortable", has_text="name").click()
+    page.wait_for_function("document.querySelector('th.sortable[data-key=name]').textContent.includes('▼')")
+    names = page.locator("table.runs td.name").all_inner_texts()
+    assert names == sorted(names, reverse=True)
+
+    # Remove the filter; group by optimizer: two groups, the charts draw their bands.
+    page.locator(".filter button", has_text="✕").click()
+    page.wait_for_function("document.querySelector('.table-head .count').textContent === '24 runs'")
+    page.locator("details.group-by summary").click()
+    page.locator("details.group-by label", has_text="config.optimizer").locator("input").check()
+    page.locator("details.group-by summary").click()
+    page.wait_for_selector("table.runs tr.group")
+    assert sorted(page.locator("table.runs tr.group").evaluate_all("rows => rows.map(r => r.dataset.group)")) == ["adam", "sgd"]
+    _loss_panel(page, "lines", "2")
+    page.locator("table.runs tr.group button.eye").first.click()
+    _loss_panel(page, "visible", "1")
+    page.locator("table.runs tr.group button.expand").first.click()
+    page.wait_for_selector("table.runs td.indent")
+    assert page.locator("table.runs td.indent").count() == 12
+    _shot(page, "workspace-grouped")
+    # The layout (grouping included) is saved for this project in this browser: undo it for the other tests.
+    page.locator("details.group-by summary").click()
+    page.locator("details.group-by label", has_text="config.optimizer").locator("input").uncheck()
+    page.wait_for_function("document.querySelector('.table-head .count').textContent === '24 runs'")
+
+
+def test_workspace_tags_and_panels(page, server: str) -> None:
+    _open_workspace(page, server)
+    row = page.locator("table.runs tbody tr").first
+    run_id = row.get_attribute("data-run")
+    row.locator("button.edit-tags").click()
+    row.locator("input.tag-input").fill("demo, best")
+    row.locator("input.tag-input").press("Enter")
+    page.wait_for_function(f"document.querySelector('tr[data-run=\"{run_id}\"] td.tags').textContent.includes('best')")
+    run = _get(f"{server}/api/v1/runs/default/demo/{run_id}")
+    assert "best" in run["tags"]
+
+    # A system-metric panel, then a panel's settings: log scale, smoothing, x axis.
+    page.locator("select.add-panel").select_option("system:cpu.percent")
+    page.wait_for_selector(".panel[data-metric='cpu.percent']")
+    loss = page.locator(".panel[data-metric='train/loss']")
+    loss.locator("input.log").check()
+    loss.locator("select.x-axis").select_option("relative")
+    _loss_panel(page, "lines", "24")
+    # The layout survives a reload.
+    page.reload()
+    page.wait_for_selector("main[data-ready]")
+    assert page.locator(".panel[data-metric='cpu.percent']").count() == 1
+    assert page.locator(".panel[data-metric='train/loss'] input.log").is_checked()
+
+
+def test_run_page_git_diff_console_media(page, server: str) -> None:
+    _open_workspace(page, server)
+    page.locator("table.runs td.name a").first.click()
+    page.wait_for_selector("pre.diff")
+    assert "+LR = 3e-4" in page.locator("pre.diff").inner_text()
+    assert "commit" in page.locator(".overview").inner_text()
+    _shot(page, "run-overview")
+
+    page.locator("nav.run-tabs a", has_text="console").click()
+    page.wait_for_function("document.querySelector('pre.console') && document.querySelector('pre.console').textContent.includes('step 99')")
+    page.locator("input.console-search").fill("step 399")
+    page.wait_for_function("!document.querySelector('pre.console').textContent.includes('step 99:')")
+    assert "step 399" in page.locator("pre.console").inner_text()
+    _shot(page, "run-console")
+
+    page.locator("nav.run-tabs a", has_text="charts").click()
+    page.wait_for_selector(".panel canvas")
+    page.locator("nav.run-tabs a", has_text="media").click()
+    page.wait_for_selector("canvas.histogram")
+    assert page.locator(".image-grid img").count() >= 1
+    assert page.locator("section.media table.grid").count() == 1
+    page.locator("nav.run-tabs a", has_text="files").click()
+    page.wait_for_selector("table.files")
+    assert "diff.patch" in page.locator("table.files").inner_text()
+
+
+def test_alerts_live_list_and_rules(page, server: str) -> None:
+    page.goto(f"{server}/projects/default/demo/alerts")
+    page.wait_for_selector("tr.alert-row")
+    page.wait_for_function("document.querySelector('.live').textContent.includes('live')")
+    assert "diverged" in page.locator("table.alerts").inner_text()
+    page.get_by_role("button", name="+ rule").click()
+    page.locator("input[name=rule-name]").fill("loss too high")
+    page.locator(".rule-editor button", has_text="save").click()
+    page.wait_for_function("document.querySelector('.rules').textContent.includes('loss too high')")
+    rules = _get(f"{server}/api/v1/projects/default/demo/alert-rules")["rules"]
+    assert any(r["name"] == "loss too high" and r["kind"] == "threshold" for r in rules)
+
+
+def test_report_and_share_link_without_a_key(page, browser, server: str) -> None:
+    page.goto(f"{server}/projects/default/demo/reports")
+    page.locator("input[name=report-title]").fill("Sweep findings")
+    page.get_by_role("button", name="create report").click()
+    page.wait_for_selector(".report-view .panel canvas")
+    assert page.locator("h2", has_text="Sweep findings").count() == 1
+    page.get_by_role("button", name="share link").click()
+    link = page.locator("a.share-link").get_attribute("href")
+    assert link.startswith("/share/")
+    _shot(page, "report")
+
+    # A fresh context: no stored key, nothing but the link. Every API call carries the share token.
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        shared = context.new_page()
+        calls: list[tuple[str, str | None]] = []
+        shared.on("request", lambda r: calls.append((r.url, r.headers.get("x-runstream-share")))
+                  if "/api/v1/" in r.url else None)
+        shared.goto(server + link)
+        shared.wait_for_selector("h2.shared-title")
+        assert shared.locator("h2.shared-title").inner_text() == "Sweep findings"
+        shared.wait_for_function("document.querySelector('.report-view .panel') && Number(document.querySelector('.report-view .panel').dataset.lines) > 20")
+        shared.screenshot(path=str(ARTIFACTS / "shared-report.png"), full_page=True)
+        token = link.rsplit("/", 1)[1]
+        assert calls and all(header == token for url, header in calls if "/shared/" not in url), calls
+    finally:
+        context.close()
+
+
+def test_settings_team_members_and_keys(page, server: str) -> None:
+    page.goto(f"{server}/settings")
+    page.locator("input[placeholder='new team']").fill("acme")
+    page.get_by_role("button", name="create team").click()
+    page.wait_for_selector("table.members")
+    page.locator("input[name=member-user]").fill("alice")
+    page.get_by_role("button", name="add member").click()
+    page.wait_for_function("document.querySelector('table.members').textContent.includes('alice')")
+    page.locator("input[name=key-name]").fill("laptop")
+    page.get_by_role("button", name="create key").click()
+    secret = page.locator("code.secret").inner_text()
+    assert secret.startswith("rs_")
+    page.wait_for_function("document.querySelector('table.keys').textContent.includes('laptop')")
+    page.locator("table.keys button", has_text="revoke").click()
+    page.wait_for_function("!document.querySelector('table.keys button')")
+    _shot(page, "settings")
