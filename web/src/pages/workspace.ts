@@ -132,10 +132,7 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
     } else {
       for (const p of panels) p.setVisible(keys, show);
     }
-    void afterPaint().then(() => {
-      performance.clearMeasures("toggle-run");
-      performance.measure("toggle-run", "toggle-run-start");
-    });
+    void afterPaint().then(() => performance.measure("toggle-run", "toggle-run-start"));
   };
   const eye = (keys: string[], title: string, refetch = false) => {
     const on = () => !keys.every((k) => hidden.has(k));
