@@ -202,6 +202,20 @@ def test_workspace_tags_and_panels(page, server: str) -> None:
     loss.locator("input.log").check()
     loss.locator("select.x-axis").select_option("relative")
     _loss_panel(page, "lines", "24")
+    # Zooming (a drag across the chart) fetches finer data for the zoomed step range; a double-click undoes it.
+    acc = page.locator(".panel[data-metric='train/accuracy']")
+    box = acc.locator(".u-over").bounding_box()
+    y = box["y"] + box["height"] / 2
+    with page.expect_request(lambda r: r.url.endswith("/series") and r.post_data and "step_range" in r.post_data) as zoom:
+        page.mouse.move(box["x"] + box["width"] * 0.3, y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.45, y, steps=5)
+        page.mouse.up()
+    first, last = orjson.loads(zoom.value.post_data)["step_range"]
+    assert 0 < first < last < 400
+    page.wait_for_function("document.querySelector(\".panel[data-metric='train/accuracy']\").classList.contains('zoomed')")
+    with page.expect_request(lambda r: r.url.endswith("/series") and r.post_data and "step_range" not in r.post_data):
+        acc.locator(".u-over").dblclick()
     # The layout survives a reload.
     page.reload()
     page.wait_for_selector("main[data-ready]")
