@@ -23,6 +23,7 @@ found = {name: importlib.import_module(name).__file__ for name in %r}
 import runstream.events
 from importlib.resources import files
 found["migrations"] = sorted(p.name for p in files("runstream.storage").joinpath("migrations").iterdir())
+found["ui"] = sorted(p.name for p in files("runstream.api").joinpath("ui").iterdir())
 found["faust_installed"] = importlib.util.find_spec("faust") is not None
 print(json.dumps(found))
 """ % (list(PACKAGES),)
@@ -65,6 +66,8 @@ def test_fresh_venv_imports_all_four_packages(tmp_path, editable):
         else:
             assert "site-packages" in path.parts
     assert "0001_metrics.sql" in found["migrations"]
+    # The web UI's built bundle ships in the package: serving it needs no Node.
+    assert {"index.html", "app.js", "app.css", "manifest.json"} <= set(found["ui"])
     assert found["faust_installed"] is False, "the base install must stay light: faust belongs to [server]"
     if editable:
         (src / "sdk" / "events.py").write_text((src / "sdk" / "events.py").read_text() + "\nEDITED = True\n")
