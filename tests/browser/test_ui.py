@@ -216,11 +216,18 @@ def test_workspace_tags_and_panels(page, server: str) -> None:
     page.wait_for_function("document.querySelector(\".panel[data-metric='train/accuracy']\").classList.contains('zoomed')")
     with page.expect_request(lambda r: r.url.endswith("/series") and r.post_data and "step_range" not in r.post_data):
         acc.locator(".u-over").dblclick()
+    # Panels move (the layout's order).
+    order = page.locator(".panels .panel").evaluate_all("ps => ps.map(p => p.dataset.metric)")
+    page.locator(".panel[data-metric='train/loss'] button.move").click()
+    moved = page.locator(".panels .panel").evaluate_all("ps => ps.map(p => p.dataset.metric)")
+    i = order.index("train/loss")
+    assert moved[i - 1] == "train/loss" and moved[i] == order[i - 1]
     # The layout survives a reload.
     page.reload()
     page.wait_for_selector("main[data-ready]")
     assert page.locator(".panel[data-metric='cpu.percent']").count() == 1
     assert page.locator(".panel[data-metric='train/loss'] input.log").is_checked()
+    assert page.locator(".panels .panel").evaluate_all("ps => ps.map(p => p.dataset.metric)") == moved
 
 
 def test_run_page_git_diff_console_media(page, server: str) -> None:
@@ -289,6 +296,26 @@ def test_report_and_share_link_without_a_key(page, browser, server: str) -> None
         assert calls and all(header == token for url, header in calls if "/shared/" not in url), calls
     finally:
         context.close()
+
+
+def test_report_markdown_is_safe(page, server: str) -> None:
+    body = ("# Findings\n\n<script>window.pwned = 1</script>\n\n<img src=x onerror=\"window.pwned = 2\">\n\n"
+            "[click](javascript:window.pwned=3) and [docs](https://example.org) **bold** `x < y`\n\n- a\n- b\n")
+    request = urllib.request.Request(f"{server}/api/v1/projects/default/demo/reports", method="POST",
+                                     data=orjson.dumps({"title": "safety", "body": body}),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        report = orjson.loads(response.read())
+    page.goto(f"{server}/projects/default/demo/reports/{report['id']}")
+    article = page.locator("article.markdown")
+    page.wait_for_selector("article.markdown h1")
+    assert article.locator("script, img").count() == 0
+    assert "<script>" in article.inner_text()  # shown as text, never run
+    assert article.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))") == ["https://example.org"]
+    assert article.locator("strong").inner_text() == "bold"
+    assert article.locator("code").inner_text() == "x < y"
+    assert article.locator("li").count() == 2
+    assert page.evaluate("window.pwned === undefined")
 
 
 def test_settings_team_members_and_keys(page, server: str) -> None:

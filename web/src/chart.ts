@@ -42,6 +42,7 @@ export interface PanelOptions {
   metrics?: string[];          // for the x = another metric choice
   onChange?: (spec: PanelSpec) => void;
   onRemove?: () => void;
+  onMove?: () => void;         // one place earlier in the layout
   height?: number;
   controls?: boolean;
   xChoices?: XAxis[];
@@ -175,6 +176,7 @@ export class ChartPanel {
       h("label", { title: "EMA smoothing" }, "smooth ", smooth, smoothLabel),
       h("label", { title: "log scale" }, log, " log"),
       h("button.link.reset-zoom", { title: "show everything (double-click the chart too)", onclick: () => this.resetZoom() }, "⟲"),
+      this.opts.onMove ? h("button.link.move", { title: "move earlier", onclick: () => this.opts.onMove?.() }, "◀") : null,
       this.opts.onRemove ? h("button.link", { title: "remove panel", onclick: () => this.opts.onRemove?.() }, "✕") : null);
   }
 

@@ -87,6 +87,15 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
       loader: (s, r, w) => (system ? sysLoader(s, r, w) : state.groupBy.length ? groupedLoader(s, r, w) : runLoader(s, r, w)),
       hidden: isHidden, metrics, onChange: save,
       xChoices: system ? ["time", "relative"] : state.groupBy.length ? ["step"] : undefined,
+      onMove: () => {
+        const i = state.panels.indexOf(spec);
+        if (i <= 0) return;
+        [state.panels[i - 1], state.panels[i]] = [state.panels[i], state.panels[i - 1]];
+        const j = panels.indexOf(panel);
+        [panels[j - 1], panels[j]] = [panels[j], panels[j - 1]];
+        panels[j].el.before(panel.el);
+        save();
+      },
       onRemove: () => {
         state.panels = state.panels.filter((p) => p !== spec);
         save();
