@@ -110,7 +110,10 @@ export function build(lines: Line[], spec: PanelSpec, hidden: (key: string) => b
     }
     data.push(place(line, ema(line.y, smoothing)));
     ids.push(series.length);
-    series.push({ label: line.label, stroke: line.color, width, points: { show: false }, spanGaps: true, show });
+    // A line of one or two points draws nothing: show its points instead.
+    const sparse = line.x.length <= 2;
+    series.push({ label: line.label, stroke: line.color, width, spanGaps: true, show,
+                  points: sparse ? { show: true, size: 6, fill: line.color } : { show: false } });
     index.set(line.key, ids);
   }
   return { data: data as uPlot.AlignedData, series, bands, index, lines, xMin, xMax };
@@ -147,7 +150,7 @@ export class ChartPanel {
     const spec = this.spec;
     const changed = (reload: boolean) => {
       this.opts.onChange?.(spec);
-      if (reload) void this.load(); else this.redraw();
+      if (reload) void this.load(); else this.scheduleRedraw();
     };
     const xChoices = this.opts.xChoices ?? ["step", "time", "relative", "metric"];
     const xLabels: Record<XAxis, string> = { step: "step", time: "wall time", relative: "relative time", metric: "metric…" };
@@ -198,6 +201,15 @@ export class ChartPanel {
   }
 
   private lines: Line[] = [];
+
+  private redrawQueued = false;
+
+  /** One redraw per frame however fast a slider moves (a redraw of 1,000 lines is not free). */
+  private scheduleRedraw(): void {
+    if (this.redrawQueued) return;
+    this.redrawQueued = true;
+    requestAnimationFrame(() => { this.redrawQueued = false; this.redraw(); });
+  }
 
   /** Rebuilds the chart from the loaded lines (smoothing, log scale and axes applied). */
   redraw(): void {

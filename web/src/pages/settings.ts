@@ -2,7 +2,7 @@
 // this browser uses.
 
 import { del, get, getApiKey, post, put, setApiKey } from "../api";
-import { errorBox, h, select } from "../dom";
+import { errorBox, h, replace, select } from "../dom";
 import { whoami } from "../main";
 import { fmtTime } from "../util";
 
@@ -43,30 +43,30 @@ export async function settingsPage(root: HTMLElement): Promise<void> {
     let role = "member";
     const keyName = h("input", { placeholder: "key name", size: 16, name: "key-name" });
     let keyUser = me.user ?? members[0]?.user ?? "";
-    const created = h("div.new-key");
-    teamBox.replaceChildren(message,
+    // Only the team's admins change members; the others see them.
+    const admin = me.local_admin || teams.find((x) => x.team === team)?.role === "admin";
+    replace(teamBox, message,
       h("h4", null, "Members"),
       h("table.grid.members", null, h("thead", null, h("tr", null, ["user", "role", "since", ""].map((c) => h("th", null, c)))),
         h("tbody", null, members.map((m) => h("tr", null, h("td", null, m.user),
-          h("td", null, select(ROLES, m.role, (r) => void put(`${t}/members/${enc(m.user)}`, { role: r }).then(() => showTeam(team)).catch(fail))),
+          h("td", null, admin ? select(ROLES, m.role, (r) => void put(`${t}/members/${enc(m.user)}`, { role: r }).then(() => showTeam(team)).catch(fail)) : m.role),
           h("td", null, fmtTime(m.created_at)),
-          h("td", null, h("button.link", { onclick: () => void del(`${t}/members/${enc(m.user)}`).then(() => showTeam(team)).catch(fail) }, "remove")))))),
-      h("div.row", null, user, select(ROLES, role, (r) => { role = r; }),
-        h("button", { onclick: () => void put(`${t}/members/${enc(user.value.trim())}`, { role }).then(() => showTeam(team)).catch(fail) }, "add member")),
+          h("td", null, admin ? h("button.link", { onclick: () => void del(`${t}/members/${enc(m.user)}`).then(() => showTeam(team)).catch(fail) }, "remove") : ""))))),
+      admin ? h("div.row", null, user, select(ROLES, role, (r) => { role = r; }),
+        h("button", { onclick: () => void put(`${t}/members/${enc(user.value.trim())}`, { role }).then(() => showTeam(team)).catch(fail) }, "add member")) : null,
       h("h4", null, "API keys"),
       h("table.grid.keys", null, h("thead", null, h("tr", null, ["key id", "user", "name", "created", "revoked", ""].map((c) => h("th", null, c)))),
         h("tbody", null, keys.map((k) => h("tr", null, h("td", null, h("code", null, k.key_id)), h("td", null, k.user), h("td", null, k.name),
           h("td", null, fmtTime(k.created_at)), h("td", null, k.revoked_at ? fmtTime(k.revoked_at) : ""),
           h("td", null, k.revoked_at ? "" : h("button.link", { onclick: () => void del(`${t}/keys/${enc(k.key_id)}`).then(() => showTeam(team)).catch(fail) }, "revoke")))))),
-      h("div.row", null, keyName, " for ", select(members.map((m) => [m.user, m.user] as [string, string]), keyUser, (u) => { keyUser = u; }),
+      h("div.row", null, keyName, admin ? [" for ", select(members.map((m) => [m.user, m.user] as [string, string]), keyUser, (u) => { keyUser = u; })] : null,
         h("button.create-key", { onclick: async () => {
           try {
             const k = await post<any>(`${t}/keys`, { name: keyName.value, user: keyUser || undefined });
             await showTeam(team);
             teamBox.append(h("div.new-key", null, "New key for ", k.user, " — copy it now, it is not shown again: ", h("code.secret", null, k.key)));
           } catch (err) { fail(err); }
-        } }, "create key")),
-      created);
+        } }, "create key")));
   }
   if (teams.length) await showTeam(teams[0].team);
 }
