@@ -60,9 +60,12 @@ interface Built { data: uPlot.AlignedData; series: uPlot.Series[]; bands: uPlot.
 export function build(lines: Line[], spec: PanelSpec, hidden: (key: string) => boolean): Built {
   let total = 0;
   for (const line of lines) total += line.x.length;
-  const all = new Float64Array(total);
+  // x may be null where another metric is the x axis and was not logged: such points are left out.
+  const ok = (x: number | null) => x !== null && Number.isFinite(x);
+  let all = new Float64Array(total);
   let k = 0;
-  for (const line of lines) for (let i = 0; i < line.x.length; i++) all[k++] = line.x[i];
+  for (const line of lines) for (let i = 0; i < line.x.length; i++) if (ok(line.x[i])) all[k++] = line.x[i];
+  all = all.subarray(0, k);
   all.sort();
   let unique = 0;
   for (let i = 0; i < all.length; i++) if (i === 0 || all[i] !== all[i - 1]) all[unique++] = all[i];
@@ -86,6 +89,7 @@ export function build(lines: Line[], spec: PanelSpec, hidden: (key: string) => b
   const place = (line: Line, values: ArrayLike<number | null>): (number | null)[] => {
     const col: (number | null)[] = new Array(n).fill(null);
     for (let i = 0; i < line.x.length; i++) {
+      if (!ok(line.x[i])) continue;
       const v = values[i];
       col[column(line.x[i])] = v === null || (log && v <= 0) ? null : v;
     }
