@@ -48,7 +48,7 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
   const storageKey = `runstream.workspace.${user}.${team}/${project}`;
   const state: WsState = { ...defaults(catalog), ...loadLocal<Partial<WsState>>(storageKey, {}) };
   const save = () => saveLocal(storageKey, state);
-  let hidden = new Set(state.hidden);
+  const hidden = new Set(state.hidden);
   const metrics = catalog.metric.map((k) => k.key);
   const fields = [...RUN_FIELDS, ...catalog.config.map((k) => `config.${k.key}`), ...catalog.summary.map((k) => `summary.${k.key}`)];
   const filters = () => toFilter(state.filters, state.search);
@@ -61,7 +61,7 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
   const chartNote = h("span.muted");
   const isHidden = (key: string) => hidden.has(key);
   const runLoader = seriesLoader(team, project, () => chartRuns);
-  const sysLoader = systemLoader(team, project, () => chartRuns.filter((r) => !hidden.has(r.id)));
+  const sysLoader = systemLoader(team, project, () => chartRuns);
   // Grouped charts draw each group's band from its visible runs (so a run's eye takes it out).
   const groupedLoader: typeof runLoader = async (spec, range, width) => {
     const body: Record<string, unknown> = { metric: spec.metric, points: Math.min(1000, Math.max(100, width)),
@@ -83,6 +83,7 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
 
   const makePanel = (spec: PanelSpec) => {
     const system = spec.kind === "system";
+    if (state.groupBy.length && !system) spec.x = "step"; // bands are by step
     const panel = new ChartPanel(spec, {
       loader: (s, r, w) => (system ? sysLoader(s, r, w) : state.groupBy.length ? groupedLoader(s, r, w) : runLoader(s, r, w)),
       hidden: isHidden, metrics, onChange: save,
@@ -112,14 +113,11 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
     grid.replaceChildren(...panels.map((p) => p.el));
   };
   const loadCharts = async () => {
-    if (state.groupBy.length) {
-      chartNote.textContent = `grouped by ${state.groupBy.join(", ")}: mean ± std per group`;
-    } else {
-      const f = filters();
-      const { runs } = await get<{ runs: any[] }>(`${base}/runs` + qs({ filters: f, order: state.order, limit: state.chartLimit }));
-      chartRuns = runs.map((r) => ({ id: r.id, name: r.name || r.id }));
-      chartNote.textContent = `charts show the first ${chartRuns.length} runs of the table`;
-    }
+    // The runs the charts show (system panels too, when grouped).
+    const { runs } = await get<{ runs: any[] }>(`${base}/runs` + qs({ filters: filters(), order: state.order, limit: state.chartLimit }));
+    chartRuns = runs.map((r) => ({ id: r.id, name: r.name || r.id }));
+    chartNote.textContent = state.groupBy.length ? `grouped by ${state.groupBy.join(", ")}: mean ± std per group`
+      : `charts show the first ${chartRuns.length} runs of the table`;
     await Promise.all(panels.map((p) => p.load()));
   };
 
