@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -347,11 +346,7 @@ async def post_series(request: Request) -> Response:
     tags: [charts]
     requestBody: {required: true, content: {application/json: {schema: $BODY}}}
     responses:
-      200:
-        description: "one entry per (run, metric) with data, by metric then run; with Accept: application/vnd.apache.arrow.stream, one Arrow IPC stream with a row per point"
-        content:
-          application/json: {schema: $SERIES}
-          application/vnd.apache.arrow.stream: {schema: {type: string, format: binary}}
+      200: {description: "one entry per (run, metric) with data, by metric then run", content: {application/json: {schema: $SERIES}}}
       400: {description: bad arguments or filter, content: {application/json: {schema: $ERROR}}}
       401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
       404: {description: the project is not visible with this key, content: {application/json: {schema: $ERROR}}}
@@ -378,8 +373,6 @@ async def post_series(request: Request) -> Response:
         raise ApiError(400, f"fields are some of {', '.join(SERIES_FIELDS)}")
     dropped = set() if fields is None else set(SERIES_FIELDS) - set(fields)
 
-    arrow = ARROW_STREAM in request.headers.get("accept", "")
-
     def read(client: Client) -> bytes:
         ids = run_ids if run_ids is not None else runs.matching_run_ids(client, team, project, filters, charts.MAX_RUNS)
         if not ids:
@@ -389,53 +382,9 @@ async def post_series(request: Request) -> Response:
                                    None if step_range is None else tuple(step_range))
         if dropped:
             result["series"] = [{k: v for k, v in s.items() if k not in dropped} for s in result["series"]]
-        # Rendered here, in the worker thread: 1,000 runs make megabytes.
-        return series_arrow(result, [f for f in SERIES_FIELDS if f not in dropped]) if arrow else render_json(result)
+        return render_json(result)  # here, in the worker thread: 1,000 runs make megabytes
 
-    body = await request.app.state.backend.run(read)
-    return Response(body, media_type=ARROW_STREAM) if arrow else rendered_json(body)
-
-
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
-
-
-def series_arrow(result: dict[str, Any], fields: list[str]) -> bytes:
-    """Chart series as one Arrow IPC stream: a row per point, run and metric dictionary-encoded.
-
-    The binary answer the web UI reads: typed arrays for the charts with no text
-    to render or parse. Missing values are nulls; with the step axis there is
-    no ``x`` column (``step`` is x). Each series' level, bucket width and row
-    count, and the axis, travel in the schema's metadata.
-    """
-    series = result["series"]
-    lengths = np.fromiter((len(s["step"]) for s in series), dtype=np.int64, count=len(series))
-    row_series = np.repeat(np.arange(len(series), dtype=np.int32), lengths)
-    run_codes = {name: i for i, name in enumerate(dict.fromkeys(s["run_id"] for s in series))}
-    metric_codes = {name: i for i, name in enumerate(dict.fromkeys(s["metric"] for s in series))}
-    run_names, metric_names = list(run_codes), list(metric_codes)
-    run_index = np.fromiter((run_codes[s["run_id"]] for s in series), dtype=np.int32, count=len(series))
-    metric_index = np.fromiter((metric_codes[s["metric"]] for s in series), dtype=np.int32, count=len(series))
-    columns: dict[str, pa.Array] = {
-        "run_id": pa.DictionaryArray.from_arrays(run_index[row_series], pa.array(run_names, pa.string())),
-        "metric": pa.DictionaryArray.from_arrays(metric_index[row_series], pa.array(metric_names, pa.string())),
-    }
-    for name in fields:
-        if name == "x" and result["x"] == "step":
-            continue  # the step column is the x axis
-        parts = [np.asarray(s[name]) for s in series if name in s]
-        values = np.concatenate(parts) if parts else np.empty(0)
-        if values.dtype.kind == "f":
-            columns[name] = pa.array(values, type=pa.float64(), mask=~np.isfinite(values))
-        else:
-            columns[name] = pa.array(values.astype(np.int64), type=pa.int64())
-    meta = {"x": result["x"], "x_metric": result.get("x_metric"), "points": result["points"],
-            "series": [{"run_id": s["run_id"], "metric": s["metric"], "level": s.get("level"),
-                        "bucket_steps": s.get("bucket_steps"), "length": int(n)} for s, n in zip(series, lengths)]}
-    table = pa.table(columns).replace_schema_metadata({"runstream": render_json(meta)})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    return rendered_json(await request.app.state.backend.run(read))
 
 
 _BANDS_BODY = {

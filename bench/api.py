@@ -18,11 +18,11 @@ actual caller pays; the engine is the embedded one, in the server's process.
 
 - compare chart: ``POST /api/v1/projects/{team}/{project}/series`` for every run
   x ``loss``, 500 points, timed end to end (request sent -> whole body read,
-  rendering and transfer included), as Arrow IPC with the arrays a chart draws
-  (the web UI's request: step, y, min, max) and as JSON with every array, interleaved with the same storage call (``storage.series.series``)
+  rendering and transfer included), asking for the arrays the web UI's panels
+  draw with 1,000 runs (x and y) and for every array, interleaved with the same storage call (``storage.series.series``)
   made directly in this process while the server idles; the overhead ratio is
-  API p50 / raw p50 (target <= 1.2), for Arrow (``api_overhead_ratio``) and JSON
-  (``api_overhead_ratio_json``);
+  API p50 / raw p50 (target <= 1.2), for the UI's request (``api_overhead_ratio``)
+  and every array (``api_overhead_ratio_all_fields``);
 - runs table: ``GET /api/v1/projects/{team}/{project}/runs`` with bench.query's
   filter, order and page, one request at a time (p50 beside the raw query), then
   under load from ``--concurrency`` connections for ``--duration`` seconds
@@ -62,8 +62,8 @@ from bench.query import (
 API_TARGET = 1.2
 USER = "bench-reader"
 SERIES_PATH = f"/api/v1/projects/{TEAM}/{PROJECT}/series"
-ARROW = "application/vnd.apache.arrow.stream"
-UI_FIELDS = {"fields": ["step", "y", "min", "max"]}
+#: What the web UI's panels ask for with 1,000 runs (web/src/data.ts): x and y, no envelope.
+UI_FIELDS = {"fields": ["x", "y"]}
 RUNS_PATH = (f"/api/v1/projects/{TEAM}/{PROJECT}/runs?filters={quote(json.dumps(RUNS_FILTER))}"
              f"&order={quote(RUNS_ORDER)}&limit={RUNS_PAGE}")
 
@@ -91,25 +91,18 @@ def client_process(conn: Connection, port: int, key: str) -> None:
             conn.send(None)
             return
         if op == "request":  # one request on a kept-alive connection: (status, ms to whole body, bytes, parse ms, items)
-            _, method, path, body, accept = command
-            sent_headers = {**headers, **({"Content-Type": "application/json"} if body is not None else {}),
-                            **({"Accept": accept} if accept else {})}
+            _, method, path, body = command
+            sent_headers = {**headers, **({"Content-Type": "application/json"} if body is not None else {})}
             start = time.perf_counter()
             http_conn.request(method, path, body=body, headers=sent_headers)
             response = http_conn.getresponse()
             data = response.read()
             elapsed = (time.perf_counter() - start) * 1000
             start = time.perf_counter()
-            if response.getheader("content-type", "").startswith(ARROW):
-                import pyarrow as pa
-
-                table = pa.ipc.open_stream(data).read_all()  # typed columns, as the web UI reads them
-                parsed = {"series": orjson.loads(table.schema.metadata[b"runstream"])["series"]}
-            else:
-                try:
-                    parsed = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    parsed = None
+            try:
+                parsed = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                parsed = None
             parse_ms = (time.perf_counter() - start) * 1000
             items = len(parsed.get("series", parsed.get("runs", []))) if isinstance(parsed, dict) else -1
             detail = "" if response.status == 200 else data[:300].decode(errors="replace")
@@ -266,7 +259,7 @@ def measure(args: argparse.Namespace, settings: Any, client: Any, key: str, ids:
 
     backend = Backend(settings, client=client, sink=NoSink())
     chart_body = orjson.dumps({"run_ids": ids, "metrics": [CHART_METRIC], "points": CHART_POINTS})
-    # The web UI's request: the arrays a line with its min/max envelope draws (storage computes them all anyway).
+    # The web UI's request: the arrays its lines draw (storage computes them all anyway).
     ui_body = orjson.dumps({"run_ids": ids, "metrics": [CHART_METRIC], "points": CHART_POINTS, **UI_FIELDS})
     label = "on" if access_log else "off"
     with Served(create_app(settings, backend=backend), access_log, log_path) as served:
@@ -287,9 +280,8 @@ def measure(args: argparse.Namespace, settings: Any, client: Any, key: str, ids:
 
             out: dict[str, Any] = {"errors": 0, "problems": []}
 
-            def api(method: str, path: str, body: bytes | None, want: int, accept: str | None = None
-                    ) -> tuple[float, int, float]:
-                status, ms, size, parse_ms, items, detail = http.ask("request", method, path, body, accept)
+            def api(method: str, path: str, body: bytes | None, want: int) -> tuple[float, int, float]:
+                status, ms, size, parse_ms, items, detail = http.ask("request", method, path, body)
                 if status != 200 or items != want:
                     out["errors"] += 1
                     if len(out["problems"]) < 3:
@@ -300,17 +292,17 @@ def measure(args: argparse.Namespace, settings: Any, client: Any, key: str, ids:
             print(f"  access log {label}: compare chart x {args.repeat} (raw and API interleaved) ...", flush=True)
             raw_chart()
             api("POST", SERIES_PATH, chart_body, len(ids))
-            api("POST", SERIES_PATH, ui_body, len(ids), ARROW)
+            api("POST", SERIES_PATH, ui_body, len(ids))
             chart_raw, chart_api, chart_parse, chart_bytes = [], [], [], 0
-            arrow_api, arrow_parse, arrow_bytes = [], [], 0
+            ui_api, ui_parse, ui_bytes = [], [], 0
             for _ in range(args.repeat):
                 chart_raw.append(raw_chart())
                 ms, chart_bytes, parse_ms = api("POST", SERIES_PATH, chart_body, len(ids))
                 chart_api.append(ms)
                 chart_parse.append(parse_ms)
-                ms, arrow_bytes, parse_ms = api("POST", SERIES_PATH, ui_body, len(ids), ARROW)
-                arrow_api.append(ms)
-                arrow_parse.append(parse_ms)
+                ms, ui_bytes, parse_ms = api("POST", SERIES_PATH, ui_body, len(ids))
+                ui_api.append(ms)
+                ui_parse.append(parse_ms)
             print(f"  access log {label}: runs table x {args.repeat * 5} (raw and API interleaved) ...", flush=True)
             raw_runs()
             api("GET", RUNS_PATH, None, RUNS_PAGE)
@@ -330,9 +322,9 @@ def measure(args: argparse.Namespace, settings: Any, client: Any, key: str, ids:
     out.update({
         "chart_raw_p50": statistics.median(chart_raw), "chart_api_p50": statistics.median(chart_api),
         "chart_api_p95": percentile(chart_api, 0.95), "chart_parse_p50": statistics.median(chart_parse),
-        "chart_bytes": chart_bytes, "arrow_api_p50": statistics.median(arrow_api),
-        "arrow_api_p95": percentile(arrow_api, 0.95), "arrow_parse_p50": statistics.median(arrow_parse),
-        "arrow_bytes": arrow_bytes, "runs_raw_p50": statistics.median(runs_raw),
+        "chart_bytes": chart_bytes, "ui_api_p50": statistics.median(ui_api),
+        "ui_api_p95": percentile(ui_api, 0.95), "ui_parse_p50": statistics.median(ui_parse),
+        "ui_bytes": ui_bytes, "runs_raw_p50": statistics.median(runs_raw),
         "runs_api_p50": statistics.median(runs_api), "runs_raw_cpu_p50": statistics.median(runs_raw_cpu),
         "load": under_load,
     })
@@ -409,7 +401,7 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     r = measure(args, settings, client, key, ids, True, work_dir / "uvicorn-access.log")
     json_ratio = r["chart_api_p50"] / r["chart_raw_p50"]
-    arrow_ratio = r["arrow_api_p50"] / r["chart_raw_p50"]
+    ui_ratio = r["ui_api_p50"] / r["chart_raw_p50"]
     load_run = r["load"]
     cores = len(os.sched_getaffinity(0))
     print(f"""
@@ -417,8 +409,8 @@ API benchmark ({args.runs:,} runs x {args.steps:,} steps, {meta_runs:,} runs of 
 in this process, the client in another, {cores} cores, an API key on every request; 1-minute load average, this
 benchmark included: {load_before:.1f} before measuring, {os.getloadavg()[0]:.1f} after)
   compare chart ({args.runs:,} runs x {CHART_METRIC}, {CHART_POINTS} points), raw storage call p50 {r['chart_raw_p50']:.1f} ms:
-    Arrow IPC, step/y/min/max (the web UI's request)  p50 {r['arrow_api_p50']:7.1f} ms (p95 {r['arrow_api_p95']:.1f})  ratio {arrow_ratio:.2f}  (target <= {API_TARGET})  {r['arrow_bytes'] / 1e6:.1f} MB, client decode {r['arrow_parse_p50']:.1f} ms
-    JSON, every array                                 p50 {r['chart_api_p50']:7.1f} ms (p95 {r['chart_api_p95']:.1f})  ratio {json_ratio:.2f}  {r['chart_bytes'] / 1e6:.1f} MB, client parse {r['chart_parse_p50']:.1f} ms
+    the web UI's request (x and y)        p50 {r['ui_api_p50']:7.1f} ms (p95 {r['ui_api_p95']:.1f})  ratio {ui_ratio:.2f}  (target <= {API_TARGET})  {r['ui_bytes'] / 1e6:.1f} MB, client parse {r['ui_parse_p50']:.1f} ms
+    every array                           p50 {r['chart_api_p50']:7.1f} ms (p95 {r['chart_api_p95']:.1f})  ratio {json_ratio:.2f}  {r['chart_bytes'] / 1e6:.1f} MB, client parse {r['chart_parse_p50']:.1f} ms
   runs table (page of {RUNS_PAGE}), one at a time: raw p50 {r['runs_raw_p50']:6.1f} ms   API p50 {r['runs_api_p50']:6.1f} ms   ratio {r['runs_api_p50'] / r['runs_raw_p50']:.2f}
   runs table under load ({args.concurrency} connections, {load_run['seconds']:.1f} s): {load_run['rps']:7.1f} requests/s   p50 {load_run['p50_ms']:6.1f} ms   p99 {load_run['p99_ms']:6.1f} ms
     answers: {load_run['statuses']}, failed connections {load_run['failures'] or 0}; CPU s: server process {load_run['server_cpu_s']:.1f}, load generator {load_run['client_cpu_s']:.1f}
@@ -427,10 +419,10 @@ benchmark included: {load_before:.1f} before measuring, {os.getloadavg()[0]:.1f}
   in-process parts of a request: rendering the chart's storage result as JSON p50 {render_ms:.1f} ms ({render_bytes / 1e6:.1f} MB); the API key lookup p50 {key_ms:.1f} ms
   server logs: {work_dir}""")
     print(json.dumps({
-        "api_overhead_ratio": round(arrow_ratio, 3), "runs_table_rps": round(load_run["rps"], 1),
-        "api_overhead_ratio_json": round(json_ratio, 3),
-        "compare_raw_p50_ms": round(r["chart_raw_p50"], 2), "compare_api_p50_ms": round(r["arrow_api_p50"], 2),
-        "compare_json_api_p50_ms": round(r["chart_api_p50"], 2), "compare_arrow_bytes": r["arrow_bytes"],
+        "api_overhead_ratio": round(ui_ratio, 3), "runs_table_rps": round(load_run["rps"], 1),
+        "api_overhead_ratio_all_fields": round(json_ratio, 3),
+        "compare_raw_p50_ms": round(r["chart_raw_p50"], 2), "compare_api_p50_ms": round(r["ui_api_p50"], 2),
+        "compare_all_fields_api_p50_ms": round(r["chart_api_p50"], 2), "compare_ui_json_bytes": r["ui_bytes"],
         "compare_json_bytes": r["chart_bytes"], "compare_render_p50_ms": round(render_ms, 2),
         "key_lookup_p50_ms": round(key_ms, 2),
         "runs_table_api_p50_ms": round(r["runs_api_p50"], 2), "runs_table_raw_p50_ms": round(r["runs_raw_p50"], 2),

@@ -432,35 +432,6 @@ def test_scan_history_walks_pages_in_a_step_range(project):
 # -- charts ----------------------------------------------------------------------------------------
 
 
-
-def test_series_as_arrow_carry_the_same_numbers_as_json(project):
-    """The web UI's binary form: one row per point, nulls where JSON has null, no x column on the step axis."""
-    import orjson
-    import pyarrow as pa
-
-    base = f"/projects/{TEAM}/{PROJECT}"
-    body = {"run_ids": ["r0", "r1", "r2"], "metrics": ["loss", "acc"], "points": 7}
-    as_json = project.ok(project.post(base + "/series", body))
-    response = project.api.http.post(f"/api/v1{base}/series", json=body,
-                                     headers={**project.member, "Accept": "application/vnd.apache.arrow.stream"})
-    assert response.status_code == 200
-    assert response.headers["content-type"] == "application/vnd.apache.arrow.stream"
-    table = pa.ipc.open_stream(response.content).read_all()
-    assert "x" not in table.column_names
-    meta = orjson.loads(table.schema.metadata[b"runstream"])
-    assert meta["x"] == "step" and meta["points"] == 7
-    assert [(m["run_id"], m["metric"]) for m in meta["series"]] == [(s["run_id"], s["metric"]) for s in as_json["series"]]
-    rows = table.to_pylist()
-    offset = 0
-    for series, described in zip(as_json["series"], meta["series"]):
-        assert described["length"] == len(series["step"]) and described["level"] == series["level"]
-        part = rows[offset:offset + described["length"]]
-        offset += described["length"]
-        assert {(r["run_id"], r["metric"]) for r in part} == {(series["run_id"], series["metric"])}
-        for field in ("step", "y", "mean", "min", "max", "count"):
-            assert [r[field] for r in part] == series[field], field
-    assert offset == table.num_rows
-
 def test_series_by_ids_and_by_filter_match_the_points(project):
     base = f"/projects/{TEAM}/{PROJECT}"
     body = project.ok(project.post(base + "/series", {"run_ids": ["r1", "r0", "ghost"], "metrics": ["loss"],
