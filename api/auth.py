@@ -8,8 +8,9 @@ A request carries at most one credential:
 - a report's share token (``X-Runstream-Share`` header or ``?share=``): read-only
   access to that report and to its project's data, until it expires or the report's
   links are revoked;
-- nothing: anonymous, which reads public projects only. The embedded server on
-  loopback trusts its local user instead (``local_admin``).
+- nothing: anonymous, which reads public projects only. The embedded server trusts
+  its machine's own user instead (``local_admin``): a request from loopback, not
+  relayed by a proxy, for a loopback Host, and not sent by another site's page.
 
 Access rules, one place for every endpoint:
 
@@ -32,6 +33,7 @@ import hmac
 import time
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
 import orjson
 from starlette.requests import Request
@@ -151,9 +153,31 @@ async def _authenticate(request: Request) -> Principal:
     return Principal()
 
 
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+_FORWARDING = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+
+
 def _is_loopback(request: Request) -> bool:
-    host = request.client.host if request.client else ""
-    return host in ("127.0.0.1", "::1", "localhost")
+    """A request from this machine's own user: the socket's peer is loopback, and nothing says otherwise.
+
+    The peer alone is not enough. A request relayed by a proxy on this machine carries
+    forwarding headers; a web page in the user's browser sends its own Origin (a
+    cross-site request) or a foreign Host (DNS rebinding). Those are not local.
+    """
+    peer = request.client.host if request.client else ""
+    if peer not in _LOOPBACK or any(h in request.headers for h in _FORWARDING):
+        return False
+    if _hostname(request.headers.get("host", "")) not in _LOOPBACK:
+        return False
+    origin = request.headers.get("origin")
+    return origin is None or _hostname(urlsplit(origin).netloc) in _LOOPBACK
+
+
+def _hostname(netloc: str) -> str:
+    """``host`` of ``host:port`` or ``[v6]:port``."""
+    if netloc.startswith("["):
+        return netloc[1:].partition("]")[0]
+    return netloc.rpartition(":")[0] if netloc.count(":") == 1 else netloc
 
 
 # -- authorization ------------------------------------------------------------------------------

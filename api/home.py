@@ -54,7 +54,8 @@ class UiFiles(StaticFiles):
         try:
             return await super().get_response(path, scope)
         except HTTPException as exc:
-            if exc.status_code != 404 or scope["method"] not in ("GET", "HEAD") or path.split("/", 1)[0] == "api":
+            # The request's own path, not ``path`` (normalised, so /api/../x would look like /x).
+            if exc.status_code != 404 or scope["method"] not in ("GET", "HEAD") or scope["path"].startswith("/api/"):
                 raise
             return await super().get_response("index.html", scope)
 

@@ -9,6 +9,7 @@ after it is written.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import os
@@ -77,12 +78,15 @@ def serve(settings: Settings, demo: bool = False, log_level: str = "warning") ->
 
     _check_port(settings.host, settings.port)
     _open_storage(settings)
-    url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{settings.port}"
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    url = f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
     app = create_app(settings, Backend(settings, local_admin=True))
     print(f"runstream server at {url}  (data in {settings.data_dir}; Ctrl-C stops it)", flush=True)
     if demo:
         threading.Thread(target=_load_demo, args=(url,), name="runstream-demo", daemon=True).start()
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=30)
+    # No proxy headers: who is local is decided by the socket's peer alone (see auth.py).
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=30,
+                proxy_headers=False)
 
 
 def _load_demo(url: str) -> None:
@@ -102,10 +106,16 @@ def _load_demo(url: str) -> None:
     except OSError:
         pass  # 404: not loaded yet
     print("logging the demo sweep (24 runs, about 20 s) ...", flush=True)
-    env = {**os.environ, "RUNSTREAM_URL": url}
-    done = subprocess.run([sys.executable, "-m", "runstream.demo", "--url", url], env=env, stdout=subprocess.PIPE,
-                          text=True)
-    if done.returncode != 0:
-        print(f"the demo failed (exit {done.returncode}); the server keeps running", file=sys.stderr, flush=True)
+    # This machine's own server needs no key (a key for another server would be refused).
+    env = {k: v for k, v in os.environ.items() if k != "RUNSTREAM_API_KEY"} | {"RUNSTREAM_URL": url}
+    demo = subprocess.Popen([sys.executable, "-m", "runstream.demo", "--url", url], env=env, stdout=subprocess.DEVNULL)
+    atexit.register(_stop, demo)  # Ctrl-C on the server ends the demo too
+    if demo.wait() != 0:
+        print(f"the demo failed (exit {demo.returncode}); the server keeps running", file=sys.stderr, flush=True)
         return
     print(f"demo loaded: open {url}", flush=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()

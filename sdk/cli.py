@@ -69,7 +69,7 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
     from runstream.sync import sync
 
     results = sync(
-        args.paths, url=args.url, api_key=settings.api_key, progress=not args.quiet, files_url=args.files_url or settings.files_url
+        args.paths, url=args.url, api_key=settings.key_for(args.url or settings.url), progress=not args.quiet, files_url=args.files_url or settings.files_url
     )
     if not results:
         print(f"no runs found in {', '.join(args.paths)}", file=sys.stderr)
@@ -214,9 +214,10 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     from runstream.settings import config_path
 
     print(f"server:  {settings.url}")
-    print(f"key:     {'set' if settings.api_key else 'none'}   (config file: {config_path()})")
+    key = settings.key_for(settings.url)
+    print(f"key:     {'set' if key else 'none'}   (config file: {config_path()})")
     try:
-        api = Api(url=settings.url, api_key=settings.api_key)
+        api = Api(url=settings.url, api_key=key)
         health = api._request("GET", "/health")
         me = api._request("GET", "/whoami")
         projects = api.projects()
@@ -246,7 +247,8 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
             print(f"error: --filters must be JSON, e.g. '{{\"config.lr\": {{\"$lt\": 0.01}}}}' ({exc})",
                   file=sys.stderr)
             return 2
-    api = Api(url=args.url or settings.url, api_key=settings.api_key)
+    url = args.url or settings.url
+    api = Api(url=url, api_key=settings.key_for(url))
     try:
         written = api.export(args.project, args.output, runs=args.runs or None, filters=filters,
                              metrics=args.metrics or None, format=args.format, progress=not args.quiet)

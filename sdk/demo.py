@@ -25,6 +25,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,7 @@ def _curve(config: dict[str, Any], step: int, steps: int, rng: random.Random) ->
 
 def _training_run(url: str, api_key: str, team: str, project: str, config: dict[str, Any], workdir: Path,
                   steps: int) -> None:
-    rng = random.Random(hash(tuple(str(v) for v in config.values())) & 0xFFFF)
+    rng = random.Random(zlib.crc32(repr(sorted(config.items())).encode()))  # the same curves on every machine
     name = f"{config['optimizer']}-lr{config['lr']:g}-bs{config['batch_size']}"
     failing = (config["lr"], config["batch_size"], config["optimizer"]) == FAILING
     run = runstream.init(entity=team, project=project, name=name, config=config, dir=workdir,
@@ -175,7 +176,7 @@ def _crashing_run(url: str, api_key: str, team: str, project: str, config: dict[
         import os, signal, time, runstream
         run = runstream.init(entity={team!r}, project={project!r}, name="sgd-lr0.0003-bs128", dir={str(workdir)!r},
                              config={config!r}, group="sgd", job_type="train", tags=["demo", "bs128"],
-                             settings={{"url": {url!r}, "api_key": {api_key!r}, "console": False,
+                             settings={{"url": {url!r}, "console": False,
                                         "system_interval": 1.0, "heartbeat_interval": 1.0}})
         for step in range({steps // 4}):
             run.log({{"train/loss": 2.3 / (1 + step / 50), "train/accuracy": step / {steps}}}, step=step)
@@ -185,7 +186,8 @@ def _crashing_run(url: str, api_key: str, team: str, project: str, config: dict[
         time.sleep(1.5)  # the sender delivers what was logged
         os.kill(os.getpid(), signal.SIGKILL)
     """)
-    subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    env = {**os.environ, "RUNSTREAM_API_KEY": api_key} if api_key else dict(os.environ)  # not in argv, which ps shows
+    subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120, env=env)
 
 
 def _git_repo(path: Path) -> Path:
@@ -229,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
-    result = run_demo(args.url or settings.url, settings.api_key, args.team, args.project, progress=not args.quiet)
+    url = args.url or settings.url
+    result = run_demo(url, settings.key_for(url), args.team, args.project, progress=not args.quiet)
     print(orjson.dumps({"runs": result.runs, "seconds": round(result.seconds, 1), "url": result.project_url}).decode())
     return 0
 

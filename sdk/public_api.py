@@ -80,7 +80,7 @@ class Api:
         if url is None or api_key is None:
             settings = Settings.from_env()
             url = settings.url if url is None else url
-            api_key = settings.api_key if api_key is None else api_key
+            api_key = settings.key_for(url) if api_key is None else api_key
         if urlparse(url).scheme not in ("http", "https"):
             raise Error(
                 f"runstream.Api reads through the HTTP server, but the URL is {url!r}: "

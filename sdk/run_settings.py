@@ -39,11 +39,10 @@ class RunSettings:
         env = EnvSettings.from_env()
         base = cls(url=env.url, api_key=env.api_key, files_url=env.files_url)
         if given is None:
-            return base
+            return replace(base, api_key=env.key_for(base.url))
         if isinstance(given, RunSettings):
-            return replace(
-                given, url=given.url or base.url, api_key=given.api_key or base.api_key, files_url=given.files_url or base.files_url
-            )
+            url = given.url or base.url
+            return replace(given, url=url, api_key=given.api_key or env.key_for(url), files_url=given.files_url or base.files_url)
         if isinstance(given, dict):
             values = dict(given)
         else:
@@ -52,7 +51,10 @@ class RunSettings:
         ignored = sorted(k for k in values if k not in known)
         if ignored:
             log.debug("runstream: ignoring settings it does not use: %s", ", ".join(ignored))
-        return replace(base, **{k: v for k, v in values.items() if k in known and v is not None})
+        resolved = replace(base, **{k: v for k, v in values.items() if k in known and v is not None})
+        if not values.get("api_key"):  # a saved key goes only to the server it was saved for
+            resolved = replace(resolved, api_key=env.key_for(resolved.url))
+        return resolved
 
 
 def Settings(**kwargs: Any) -> dict[str, Any]:  # noqa: N802 - named like wandb.Settings, which scripts call

@@ -13,7 +13,7 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 DEFAULT_PORT = 8080
@@ -43,26 +43,42 @@ class Settings:
     crash_timeout: int = 90
     #: Webhook URLs (comma-separated) every alert is posted to, Slack-compatible.
     alert_webhooks: str = ""
+    #: The server a key saved by ``runstream login`` belongs to ("": the key came from the environment).
+    api_key_url: str = field(default="", metadata={"internal": True})
+
+    def key_for(self, url: str) -> str:
+        """The API key to send to ``url``: a saved key goes only to the server it was saved for."""
+        if self.api_key_url and url.rstrip("/") != self.api_key_url.rstrip("/"):
+            return ""
+        return self.api_key
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, config: Path | None = None) -> Settings:
         """Environment variables over the config file (``config``, default: ``config_path(environ)``) over defaults."""
-        stored = read_config(config or config_path(environ))
+        path = config or config_path(environ)
+        stored = read_config(path)
         values: dict[str, object] = {}
-        for field in fields(cls):
-            raw = environ.get(env_var(field.name))
+        for setting in public_fields():
+            raw, where = environ.get(env_var(setting.name)), env_var(setting.name)
             if raw is None or raw == "":
-                raw = stored.get(field.name)
+                raw, where = stored.get(setting.name), f"{setting.name} in {path}"
             if raw is None or raw == "":
                 continue
-            if field.type in (int, "int"):
+            if setting.type in (int, "int"):
                 try:
-                    values[field.name] = int(raw)
+                    values[setting.name] = int(raw)
                 except ValueError:
-                    raise ValueError(f"{env_var(field.name)} must be a whole number, got {raw!r}") from None
+                    raise ValueError(f"{where} must be a whole number, got {raw!r}") from None
             else:
-                values[field.name] = raw
+                values[setting.name] = raw
+        if not environ.get(env_var("api_key")) and stored.get("api_key"):
+            values["api_key_url"] = stored.get("url", "")  # the saved key is for the saved server only
         return cls(**values)
+
+
+def public_fields() -> list:
+    """The settings a user sets (not the internal bookkeeping ones)."""
+    return [f for f in fields(Settings) if not f.metadata.get("internal")]
 
 
 def env_var(field_name: str) -> str:
@@ -70,7 +86,7 @@ def env_var(field_name: str) -> str:
 
 
 #: Every environment variable runstream reads.
-ENV_VARS: tuple[str, ...] = (*(env_var(f.name) for f in fields(Settings)), "RUNSTREAM_CONFIG")
+ENV_VARS: tuple[str, ...] = (*(env_var(f.name) for f in public_fields()), "RUNSTREAM_CONFIG")
 
 
 def config_path(environ: Mapping[str, str] = os.environ) -> Path:
@@ -90,7 +106,7 @@ def read_config(path: Path) -> dict[str, str]:
         return {}
     except (tomllib.TOMLDecodeError, OSError) as exc:
         raise ValueError(f"the config file {path} cannot be read ({exc}): fix or delete it") from None
-    known = {f.name for f in fields(Settings)}
+    known = {f.name for f in public_fields()}
     return {k: str(v) for k, v in data.items() if k in known}
 
 

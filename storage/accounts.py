@@ -34,8 +34,10 @@ MAX_DISPLAY_NAME = 200
 MAX_KEY_NAME = 200
 
 
-def _version() -> int:
-    return time.time_ns() // 1000
+def _version(after: int = 0) -> int:
+    """A row version: microseconds now, and always above ``after`` (the row it replaces), so a change
+    written by a replica whose clock is behind still wins."""
+    return max(time.time_ns() // 1000, after + 1)
 
 
 def _now_ms() -> int:
@@ -108,7 +110,7 @@ def set_member(client: Client, team: str, user: str, role: Role) -> dict[str, An
     existing = member_role(client, team, user)
     created = _now_ms() if existing is None else existing["created_at_ms"]
     _insert(client, "members", {"team": team, "user": user, "role": role, "created_at": created,
-                                "version": _version(), "is_deleted": 0})
+                                "version": _version(existing["version"] if existing else 0), "is_deleted": 0})
     return {"team": team, "user": user, "role": role}
 
 
@@ -122,7 +124,8 @@ def remove_member(client: Client, team: str, user: str) -> bool:
     if existing is None:
         return False
     _insert(client, "members", {"team": team, "user": user, "role": existing["role"],
-                                "created_at": existing["created_at_ms"], "version": _version(), "is_deleted": 1})
+                                "created_at": existing["created_at_ms"], "version": _version(existing["version"]),
+                                "is_deleted": 1})
     for key in list_keys(client, team, user):
         if key["revoked_at"] is None:
             revoke_key(client, key["key_id"])
@@ -131,7 +134,7 @@ def remove_member(client: Client, team: str, user: str) -> bool:
 
 def member_role(client: Client, team: str, user: str) -> dict[str, Any] | None:
     rows = list(client.query(
-        "SELECT role, toUnixTimestamp64Milli(created_at) AS created_at_ms FROM members FINAL "
+        "SELECT role, toUnixTimestamp64Milli(created_at) AS created_at_ms, version FROM members FINAL "
         "WHERE team = {t:String} AND user = {u:String}", parameters={"t": team, "u": user}).named_results())
     return rows[0] if rows else None
 
@@ -224,7 +227,7 @@ def _key_row(client: Client, key_id: str) -> dict[str, Any] | None:
     """The whole stored row (with the hash, and times in integer milliseconds so a rewrite keeps them exact)."""
     rows = list(client.query(
         "SELECT key_id, team, user, name, secret_sha256, toUnixTimestamp64Milli(created_at) AS created_ms, "
-        "toUnixTimestamp64Milli(revoked_at) AS revoked_ms FROM api_keys FINAL WHERE key_id = {k:String}",
+        "toUnixTimestamp64Milli(revoked_at) AS revoked_ms, version FROM api_keys FINAL WHERE key_id = {k:String}",
         parameters={"k": key_id}).named_results())
     return rows[0] if rows else None
 
@@ -236,7 +239,7 @@ def revoke_key(client: Client, key_id: str) -> bool:
         return False
     _insert(client, "api_keys", {"key_id": key_id, "secret_sha256": row["secret_sha256"], "team": row["team"],
                                  "user": row["user"], "name": row["name"], "created_at": row["created_ms"],
-                                 "revoked_at": _now_ms(), "version": _version()})
+                                 "revoked_at": _now_ms(), "version": _version(row["version"])})
     return True
 
 

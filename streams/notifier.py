@@ -16,6 +16,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -94,8 +95,9 @@ class Notifier:
             if attempt < self.tries:
                 await asyncio.sleep(delay)
                 delay *= 2
-        log.warning("alert webhook %s failed after %d tries (%s); alert %s not delivered there",
-                    url, attempt, problem, payload["runstream"]["alert_id"])
+        # The host only: a webhook's path is its secret (Slack's are).
+        log.warning("alert webhook at %s failed after %d tries (%s); alert %s not delivered there",
+                    urlsplit(url).hostname, attempt, problem, payload["runstream"]["alert_id"])
         return False
 
 

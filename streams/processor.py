@@ -41,7 +41,7 @@ import orjson
 from clickhouse_connect.driver.client import Client
 
 from runstream import events
-from runstream.events import ALERT, CONSOLE, FILE, METRICS, RUN_STATE, RUN_UPDATE, SYSTEM, Event
+from runstream.events import ALERT, CONSOLE, FILE, METRICS, RUN_EDIT, RUN_STATE, RUN_UPDATE, SYSTEM, Event
 from runstream.storage.writer import (
     insert_alerts,
     insert_console_lines,
@@ -127,7 +127,7 @@ class Output:
 
 
 def folded(state: dict[str, Any]) -> int:
-    """How many SDK events a state has folded: the version of every row written from it.
+    """How many SDK events (and user edits) a state has folded: the version of every row written from it.
 
     A version that grows with what was folded (not with the clock) makes a worker that
     lost a run's partition in the middle of a batch harmless: its late write, from the
@@ -187,7 +187,8 @@ class Processor:
             if applied and (event.type != RUN_STATE or changes):  # a reported state change alters nothing
                 changed_runs.add(key)
             evaluator = Evaluator(self.rules.rules(event.team, event.project), state["alerts"])
-            new = applied and event.type in runstate.RUN_EVENTS  # an SDK event not folded before
+            # An SDK event or a user's edit not folded before: the written rows' version grows.
+            new = applied and event.type in (*runstate.RUN_EVENTS, RUN_EDIT)
             if event.type == METRICS:
                 new = event.seq > state["summary"]["metrics_seq"]
                 names = summaries.fold_metrics(state["summary"], event)

@@ -131,7 +131,7 @@ def test_cluster_mode_answers_after_kafka_acknowledged(kafka_bootstrap, clickhou
 def test_an_unreachable_kafka_is_503_and_nothing_is_claimed(clickhouse_dsn, tmp_path):
     settings = Settings(kafka=f"127.0.0.1:{free_port()}", clickhouse_dsn=clickhouse_dsn, data_dir=str(tmp_path))
     app = create_app(settings, Backend(settings, local_admin=True))
-    with TestClient(app, client=("127.0.0.1", 50000)) as http:
+    with TestClient(app, client=("127.0.0.1", 50000), base_url="http://127.0.0.1:8080") as http:
         response = http.post("/api/v1/events", content=orjson.dumps(_start(unique("p"))))
     assert response.status_code == 503
     assert "retry" in response.json()["error"]["message"]

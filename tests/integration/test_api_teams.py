@@ -52,7 +52,8 @@ class World:
 def local_client(api) -> Iterator[TestClient]:
     """The same database behind a server whose loopback caller is its local admin (``runstream server``)."""
     app = create_app(api.settings, backend=Backend(api.settings, local_admin=True))
-    with TestClient(app, client=("127.0.0.1", 50000), raise_server_exceptions=False) as http:
+    with TestClient(app, client=("127.0.0.1", 50000), base_url="http://127.0.0.1:8080",
+                    raise_server_exceptions=False) as http:
         yield http
 
 
