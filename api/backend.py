@@ -37,6 +37,9 @@ class EventSink(Protocol):
 
     async def send(self, events: Sequence[Event]) -> None: ...
 
+    async def reset(self) -> None:
+        """After a failed send: drop what may be broken, so the next send starts afresh."""
+
     async def stop(self) -> None: ...
 
 
@@ -61,6 +64,13 @@ class KafkaSink:
             await self.start()
         futures = [await self._producer.send(e.topic.name, e.to_bytes(), key=e.key) for e in events]
         await asyncio.gather(*futures)
+
+    async def reset(self) -> None:
+        """A fresh producer next time: an idempotent producer's sequence state may be broken."""
+        try:
+            await self.stop()
+        except Exception:  # noqa: BLE001 - stopping a producer whose broker is gone
+            pass
 
     async def stop(self) -> None:
         producer, self._producer = self._producer, None
@@ -93,6 +103,9 @@ class PipelineSink:
 
     async def send(self, events: Sequence[Event]) -> None:
         await run_in_threadpool(self.pipeline.handle, list(events))
+
+    async def reset(self) -> None:
+        return None  # nothing to rebuild: the next batch goes through the same pipeline, the sweep keeps running
 
     async def stop(self) -> None:
         loop = asyncio.get_running_loop()
