@@ -115,6 +115,10 @@ doc = openapi_doc({
                    "properties": {"alerts": {"type": "array", "items": _ALERT}}},
     "RULE_LIST": {"type": "object", "required": ["rules"], "properties": {"rules": {"type": "array", "items": _RULE}}},
     "RULE": _RULE,
+    # One Server-Sent Event as schemathesis and OpenAPI 3.2 read a stream: its fields, data as JSON text.
+    "SSE_EVENT": {"type": "object", "required": ["event", "id", "data"], "properties": {
+        "event": {"type": "string", "enum": ["alert"]}, "id": {"type": "string"}, "retry": {"type": "integer"},
+        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": _ALERT}}},
     "NEW_RULE": {"type": "object", "required": ["name", "kind", "spec"], "additionalProperties": False,
                  "properties": _RULE_PROPS, "anyOf": _KIND_SPECS},
     "RULE_CHANGES": {"type": "object", "additionalProperties": False, "properties": _RULE_PROPS, "anyOf": [
@@ -298,7 +302,7 @@ async def stream_alerts(request: Request) -> Response:
       - {name: timeout_s, in: query, required: false, schema: {type: integer, minimum: 1, maximum: 86400}}
       - {name: Last-Event-ID, in: header, required: false, schema: {type: string}}
     responses:
-      200: {description: an event stream, content: {text/event-stream: {schema: {type: string}}}}
+      200: {description: "an event stream: each event is an alert (event, id, and the alert as JSON data)", content: {text/event-stream: {schema: $SSE_EVENT}}}
       400: {description: "a bad query parameter, or a team or project name that cannot exist", content: {application/json: {schema: $ERROR}}}
       401: {description: a key or share link that does not work, content: {application/json: {schema: $ERROR}}}
       404: {description: the project is not visible, content: {application/json: {schema: $ERROR}}}
@@ -371,7 +375,7 @@ async def create_rule(request: Request) -> Response:
     responses:
       201: {description: the new rule, content: {application/json: {schema: $RULE}}}
       400: {description: "not a JSON object, or a team or project name that cannot exist", content: {application/json: {schema: $ERROR}}}
-      401: {description: no key, or one that does not work, content: {application/json: {schema: $ERROR}}}
+      401: {description: "no key, or one that does not work", content: {application/json: {schema: $ERROR}}}
       403: {description: the key may not write here, content: {application/json: {schema: $ERROR}}}
       404: {description: the project is not visible, content: {application/json: {schema: $ERROR}}}
       413: {description: the body is too large, content: {application/json: {schema: $ERROR}}}
@@ -402,7 +406,7 @@ async def get_rule(request: Request) -> Response:
       200: {description: the rule, content: {application/json: {schema: $RULE}}}
       400: {description: a team or project name that cannot exist, content: {application/json: {schema: $ERROR}}}
       401: {description: a key or share link that does not work, content: {application/json: {schema: $ERROR}}}
-      404: {description: no such rule, or not visible, content: {application/json: {schema: $ERROR}}}
+      404: {description: "no such rule, or not visible", content: {application/json: {schema: $ERROR}}}
     """
     team, project, _ = await authorize(request, "read")
     rule_id = request.path_params["rule_id"]
@@ -428,9 +432,9 @@ async def patch_rule(request: Request) -> Response:
     responses:
       200: {description: the updated rule, content: {application/json: {schema: $RULE}}}
       400: {description: "not a JSON object, or a team or project name that cannot exist", content: {application/json: {schema: $ERROR}}}
-      401: {description: no key, or one that does not work, content: {application/json: {schema: $ERROR}}}
+      401: {description: "no key, or one that does not work", content: {application/json: {schema: $ERROR}}}
       403: {description: the key may not write here, content: {application/json: {schema: $ERROR}}}
-      404: {description: no such rule, or not visible, content: {application/json: {schema: $ERROR}}}
+      404: {description: "no such rule, or not visible", content: {application/json: {schema: $ERROR}}}
       413: {description: the body is too large, content: {application/json: {schema: $ERROR}}}
       422: {description: "a field, the kind or the spec does not fit; the message says what to fix", content: {application/json: {schema: $ERROR}}}
     """
@@ -461,9 +465,9 @@ async def delete_rule(request: Request) -> Response:
     responses:
       204: {description: deleted}
       400: {description: a team or project name that cannot exist, content: {application/json: {schema: $ERROR}}}
-      401: {description: no key, or one that does not work, content: {application/json: {schema: $ERROR}}}
+      401: {description: "no key, or one that does not work", content: {application/json: {schema: $ERROR}}}
       403: {description: the key may not write here, content: {application/json: {schema: $ERROR}}}
-      404: {description: no such rule, or not visible, content: {application/json: {schema: $ERROR}}}
+      404: {description: "no such rule, or not visible", content: {application/json: {schema: $ERROR}}}
     """
     team, project, _ = await authorize(request, "write")
     rule_id = request.path_params["rule_id"]

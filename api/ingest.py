@@ -11,6 +11,7 @@ which the events' (run, seq) identity makes harmless.
 from __future__ import annotations
 
 import logging
+import mimetypes
 import time
 from typing import Any
 
@@ -75,7 +76,7 @@ async def post_events(request: Request) -> Response:
           schema: {type: string}
     responses:
       200: {description: every event is durable}
-      401: {description: no key, or a key that does not work}
+      401: {description: "no key, or a key that does not work"}
       403: {description: the key may not write to a project in the batch}
       404: {description: a project in the batch is not visible with this key}
       413: {description: the body or the batch is too large}
@@ -148,8 +149,8 @@ async def put_file(request: Request) -> Response:
           schema: {type: string, format: binary}
     responses:
       200: {description: stored}
-      400: {description: the SHA-256 does not match, or a bad path}
-      401: {description: no key, or a key that does not work}
+      400: {description: "the SHA-256 does not match, or a bad path"}
+      401: {description: "no key, or a key that does not work"}
       403: {description: the key may not write here}
       404: {description: the project is not visible with this key}
       413: {description: larger than the limit}
@@ -176,11 +177,15 @@ async def get_file(request: Request) -> Response:
     tags: [files]
     responses:
       200:
-        description: the bytes
+        description: "the bytes: images, audio and video as their type (guessed from the name), anything else as application/octet-stream"
         content:
-          application/octet-stream:
-            schema: {type: string, format: binary}
-      404: {description: no such file, or not visible with this key}
+          application/octet-stream: {schema: {type: string, format: binary}}
+          image/*: {schema: {type: string, format: binary}}
+          audio/*: {schema: {type: string, format: binary}}
+          video/*: {schema: {type: string, format: binary}}
+      400: {description: a bad file path}
+      401: {description: a key or share link that does not work}
+      404: {description: "no such file, or not visible with this key"}
     """
     team, project, run_id, store_key = _file_key(request)
     await require_project(request, team, project, "read")
@@ -190,7 +195,12 @@ async def get_file(request: Request) -> Response:
         raise ApiError(exc.status, exc.message) from None
     if path is None:
         raise not_found(f"file {store_key} of run {team}/{project}/{run_id}")
-    return FileResponse(path, filename=path.name, content_disposition_type="inline")
+    # Only media play inline: a blob named .html or .svg must not run script in the API's origin.
+    media_type = mimetypes.guess_type(path.name)[0] or ""
+    if not media_type.startswith(("image/", "audio/", "video/")) or media_type == "image/svg+xml":
+        media_type = "application/octet-stream"
+    return FileResponse(path, media_type=media_type, filename=path.name, content_disposition_type="inline",
+                        headers={"X-Content-Type-Options": "nosniff"})
 
 
 FILE_PATH = "/api/v1/files/{team}/{project}/{run_id}/{store_key:path}"

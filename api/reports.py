@@ -114,11 +114,14 @@ def _author(principal: Principal) -> str:
 
 
 async def _fields(request: Request, required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The body's report fields; 422 for an unknown or missing one."""
+    """The body's report fields; 422 for an unknown, missing or null one."""
     body = await json_body(request, MAX_REPORT_JSON)
     unknown = sorted(set(body) - set(_FIELDS))
     if unknown:
         raise ApiError(422, f"unknown report fields {unknown}; a report has {', '.join(_FIELDS)}")
+    nulls = sorted(name for name, value in body.items() if value is None)
+    if nulls:  # storage reads None as "the default": null is a mistake here, not "no panels"
+        raise ApiError(422, f"{', '.join(nulls)} cannot be null; leave a field out to keep it as it is")
     missing = [name for name in required if name not in body]
     if missing:
         raise ApiError(422, f"a report needs {', '.join(missing)}")
@@ -190,7 +193,7 @@ async def create_report(request: Request) -> Response:
     responses:
       201: {description: the new report, content: {application/json: {schema: $REPORT}}}
       400: {description: "not a JSON object, or a team or project name that cannot exist", content: {application/json: {schema: $ERROR}}}
-      401: {description: no key, or one that does not work, content: {application/json: {schema: $ERROR}}}
+      401: {description: "no key, or one that does not work", content: {application/json: {schema: $ERROR}}}
       403: {description: the key may not write here, content: {application/json: {schema: $ERROR}}}
       404: {description: the project is not visible, content: {application/json: {schema: $ERROR}}}
       413: {description: the body is too large, content: {application/json: {schema: $ERROR}}}
@@ -220,7 +223,7 @@ async def get_report(request: Request) -> Response:
       200: {description: the report, content: {application/json: {schema: $REPORT}}}
       400: {description: a team or project name that cannot exist, content: {application/json: {schema: $ERROR}}}
       401: {description: a key or share link that does not work, content: {application/json: {schema: $ERROR}}}
-      404: {description: no such report, or not visible, content: {application/json: {schema: $ERROR}}}
+      404: {description: "no such report, or not visible", content: {application/json: {schema: $ERROR}}}
     """
     team, project, _ = await authorize(request, "read")
     return json_response(await _report(request, team, project, request.path_params["report_id"]))
@@ -242,9 +245,9 @@ async def patch_report(request: Request) -> Response:
     responses:
       200: {description: the updated report, content: {application/json: {schema: $REPORT}}}
       400: {description: "not a JSON object, or a team or project name that cannot exist", content: {application/json: {schema: $ERROR}}}
-      401: {description: no key, or one that does not work, content: {application/json: {schema: $ERROR}}}
+      401: {description: "no key, or one that does not work", content: {application/json: {schema: $ERROR}}}
       403: {description: the key may not write here, content: {application/json: {schema: $ERROR}}}
-      404: {description: no such report, or not visible, content: {application/json: {schema: $ERROR}}}
+      404: {description: "no such report, or not visible", content: {application/json: {schema: $ERROR}}}
       413: {description: the body is too large, content: {application/json: {schema: $ERROR}}}
       422: {description: a field does not fit; the message says which, content: {application/json: {schema: $ERROR}}}
     """
@@ -273,9 +276,9 @@ async def delete_report(request: Request) -> Response:
     responses:
       204: {description: deleted}
       400: {description: a team or project name that cannot exist, content: {application/json: {schema: $ERROR}}}
-      401: {description: no key, or one that does not work, content: {application/json: {schema: $ERROR}}}
+      401: {description: "no key, or one that does not work", content: {application/json: {schema: $ERROR}}}
       403: {description: the key may not write here, content: {application/json: {schema: $ERROR}}}
-      404: {description: no such report, or not visible, content: {application/json: {schema: $ERROR}}}
+      404: {description: "no such report, or not visible", content: {application/json: {schema: $ERROR}}}
     """
     team, project, _ = await authorize(request, "write")
     report_id = request.path_params["report_id"]
@@ -303,9 +306,9 @@ async def create_share(request: Request) -> Response:
     responses:
       201: {description: "the token, the web UI's path for it, and when it expires", content: {application/json: {schema: $SHARE}}}
       400: {description: "not a JSON object, or a team or project name that cannot exist", content: {application/json: {schema: $ERROR}}}
-      401: {description: no key, or one that does not work, content: {application/json: {schema: $ERROR}}}
+      401: {description: "no key, or one that does not work", content: {application/json: {schema: $ERROR}}}
       403: {description: the key may not write here, content: {application/json: {schema: $ERROR}}}
-      404: {description: no such report, or not visible, content: {application/json: {schema: $ERROR}}}
+      404: {description: "no such report, or not visible", content: {application/json: {schema: $ERROR}}}
       413: {description: the body is too large, content: {application/json: {schema: $ERROR}}}
       422: {description: expires_in_s is not a whole number of seconds in range, content: {application/json: {schema: $ERROR}}}
     """
@@ -339,9 +342,9 @@ async def revoke_shares(request: Request) -> Response:
     responses:
       200: {description: the report with its new share_version, content: {application/json: {schema: $REPORT}}}
       400: {description: a team or project name that cannot exist, content: {application/json: {schema: $ERROR}}}
-      401: {description: no key, or one that does not work, content: {application/json: {schema: $ERROR}}}
+      401: {description: "no key, or one that does not work", content: {application/json: {schema: $ERROR}}}
       403: {description: the key may not write here, content: {application/json: {schema: $ERROR}}}
-      404: {description: no such report, or not visible, content: {application/json: {schema: $ERROR}}}
+      404: {description: "no such report, or not visible", content: {application/json: {schema: $ERROR}}}
     """
     team, project, _ = await authorize(request, "write")
     report_id = request.path_params["report_id"]

@@ -213,7 +213,7 @@ async def list_runs(request: Request) -> Response:
       - {name: cursor, in: query, required: false, schema: {type: string}, description: next_cursor of the previous page}
     responses:
       200: {description: "a page; next_cursor is null on the last", content: {application/json: {schema: $RUNS}}}
-      400: {description: a bad filter, order, limit or cursor, content: {application/json: {schema: $ERROR}}}
+      400: {description: "a bad filter, order, limit or cursor", content: {application/json: {schema: $ERROR}}}
       401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
       404: {description: the project is not visible with this key, content: {application/json: {schema: $ERROR}}}
     """
@@ -276,7 +276,7 @@ async def group_runs(request: Request) -> Response:
     tags: [runs]
     requestBody: {required: true, content: {application/json: {schema: $BODY}}}
     responses:
-      200: {description: the groups, ordered by their values, content: {application/json: {schema: $GROUPS}}}
+      200: {description: "the groups, ordered by their values", content: {application/json: {schema: $GROUPS}}}
       400: {description: bad fields or filter, content: {application/json: {schema: $ERROR}}}
       401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
       404: {description: the project is not visible with this key, content: {application/json: {schema: $ERROR}}}
@@ -326,7 +326,7 @@ async def get_run(request: Request) -> Response:
     responses:
       200: {description: the run, content: {application/json: {schema: $RUN}}}
       401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
-      404: {description: no such run, or not visible with this key, content: {application/json: {schema: $ERROR}}}
+      404: {description: "no such run, or not visible with this key", content: {application/json: {schema: $ERROR}}}
     """
     team, project, run_id = _run_path(request)
     await require_project(request, team, project, "read")
@@ -357,9 +357,9 @@ async def edit_run(request: Request) -> Response:
     responses:
       200: {description: the run with the edit, content: {application/json: {schema: $RUN}}}
       400: {description: a bad edit, content: {application/json: {schema: $ERROR}}}
-      401: {description: no key, or a key that does not work, content: {application/json: {schema: $ERROR}}}
+      401: {description: "no key, or a key that does not work", content: {application/json: {schema: $ERROR}}}
       403: {description: the key may not write here, content: {application/json: {schema: $ERROR}}}
-      404: {description: no such run, or not visible with this key, content: {application/json: {schema: $ERROR}}}
+      404: {description: "no such run, or not visible with this key", content: {application/json: {schema: $ERROR}}}
       413: {description: the body is too large, content: {application/json: {schema: $ERROR}}}
       503: {description: the edit could not be stored; retry, content: {application/json: {schema: $ERROR}}}
     """
@@ -423,7 +423,7 @@ async def run_metrics(request: Request) -> Response:
         description: the names
         content: {application/json: {schema: {type: object, required: [metrics], properties: {metrics: $NAMES}}}}
       401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
-      404: {description: no such run, or not visible with this key, content: {application/json: {schema: $ERROR}}}
+      404: {description: "no such run, or not visible with this key", content: {application/json: {schema: $ERROR}}}
     """
     return json_response({"metrics": await _read_run(request, history.run_metrics)})
 
@@ -442,7 +442,7 @@ async def run_system(request: Request) -> Response:
       200: {description: "one series per metric; time in Unix seconds, null where a bucket has no finite value", content: {application/json: {schema: $SYSTEM}}}
       400: {description: bad arguments, content: {application/json: {schema: $ERROR}}}
       401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
-      404: {description: no such run, or not visible with this key, content: {application/json: {schema: $ERROR}}}
+      404: {description: "no such run, or not visible with this key", content: {application/json: {schema: $ERROR}}}
     """
     names = query_list(request, "names")
     points = query_int(request, "points", 500, 1, logs.MAX_POINTS)
@@ -473,7 +473,7 @@ async def run_console(request: Request) -> Response:
       200: {description: the lines, content: {application/json: {schema: $CONSOLE}}}
       400: {description: bad arguments or a bad pattern, content: {application/json: {schema: $ERROR}}}
       401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
-      404: {description: no such run, or not visible with this key, content: {application/json: {schema: $ERROR}}}
+      404: {description: "no such run, or not visible with this key", content: {application/json: {schema: $ERROR}}}
     """
     tail = query_int(request, "tail", 1000, 1, logs.MAX_LINES)
     q = request.query_params.get("q")
@@ -511,7 +511,7 @@ async def run_files(request: Request) -> Response:
       200: {description: the files, content: {application/json: {schema: $FILES}}}
       400: {description: an unknown kind, content: {application/json: {schema: $ERROR}}}
       401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
-      404: {description: no such run, or not visible with this key, content: {application/json: {schema: $ERROR}}}
+      404: {description: "no such run, or not visible with this key", content: {application/json: {schema: $ERROR}}}
     """
     kind = request.query_params.get("kind")  # present but empty is an unknown kind
     prefix = request.query_params.get("prefix") or None
@@ -532,7 +532,7 @@ async def run_media(request: Request) -> Response:
       200: {description: the media files by step, content: {application/json: {schema: $MEDIA}}}
       400: {description: no key given, content: {application/json: {schema: $ERROR}}}
       401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
-      404: {description: no such run, or not visible with this key, content: {application/json: {schema: $ERROR}}}
+      404: {description: "no such run, or not visible with this key", content: {application/json: {schema: $ERROR}}}
     """
     key = request.query_params.get("key")
     if not key:
