@@ -21,12 +21,14 @@ import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from runstream.api.auth import Principal, allows
 from runstream.api.backend import Backend
 from runstream.api.errors import ApiError, not_found
 from runstream.api.reports import SCHEMAS as REPORT_SCHEMAS
@@ -355,8 +357,9 @@ async def list_rules(request: Request) -> Response:
       401: {description: a key or share link that does not work, content: {application/json: {schema: $ERROR}}}
       404: {description: the project is not visible, content: {application/json: {schema: $ERROR}}}
     """
-    team, project, _ = await authorize(request, "read")
-    return json_response({"rules": await _backend(request).run(rules.list_rules, team, project)})
+    team, project, principal = await authorize(request, "read")
+    found = await _backend(request).run(rules.list_rules, team, project)
+    return json_response({"rules": [_shown(rule, principal, team) for rule in found]})
 
 
 @doc
@@ -408,12 +411,21 @@ async def get_rule(request: Request) -> Response:
       401: {description: a key or share link that does not work, content: {application/json: {schema: $ERROR}}}
       404: {description: "no such rule, or not visible", content: {application/json: {schema: $ERROR}}}
     """
-    team, project, _ = await authorize(request, "read")
+    team, project, principal = await authorize(request, "read")
     rule_id = request.path_params["rule_id"]
     rule = await _backend(request).run(rules.get_rule, team, project, rule_id)
     if rule is None:
         raise not_found(f"alert rule {rule_id} in {team}/{project}")
-    return json_response(rule)
+    return json_response(_shown(rule, principal, team))
+
+
+def _shown(rule: dict[str, Any], principal: Principal, team: str) -> dict[str, Any]:
+    """A rule as this caller may see it: a webhook URL's path is its secret, so only writers see it whole."""
+    hooks = rule["spec"].get("webhooks")
+    if not hooks or allows(principal, team, "write"):
+        return rule
+    masked = [f"{urlsplit(url).scheme}://{urlsplit(url).hostname}/…" for url in hooks]
+    return {**rule, "spec": {**rule["spec"], "webhooks": masked}}
 
 
 @doc

@@ -207,6 +207,13 @@ async def require_project(request: Request, team: str, project: str, need: Need 
     raise ApiError(403, f"{principal.describe()} may only read the public project {team}/{project}")
 
 
+def allows(principal: Principal, team: str, need: Need) -> bool:
+    """Whether an authenticated caller holds ``need`` in ``team`` (for showing more, not for access checks)."""
+    if principal.local_admin:
+        return True
+    return principal.team == team and principal.role is not None and _RANK[principal.role] >= _NEED_RANK[need]
+
+
 async def require_team(request: Request, team: str, need: Need = "read") -> Principal:
     """For team resources (members, keys): its members read, admins change; others get 404 (or 401 when anonymous)."""
     principal = await authenticate(request)

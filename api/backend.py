@@ -33,6 +33,9 @@ SHARE_SECRET_NAME = "share_links"
 
 
 class EventSink(Protocol):
+    #: Whether a sent event is already applied to storage when ``send`` returns (the embedded pipeline).
+    applied_on_send: bool
+
     async def start(self) -> None: ...
 
     async def send(self, events: Sequence[Event]) -> None: ...
@@ -45,6 +48,8 @@ class EventSink(Protocol):
 
 class KafkaSink:
     """Produces each event to its topic, keyed by run, and returns when the brokers acknowledged all of them."""
+
+    applied_on_send = False  # a worker applies them shortly after
 
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
@@ -85,6 +90,8 @@ class PipelineSink:
     crashed and stalled runs, and alerts are posted to webhooks in the background,
     as the Faust worker's timer and alerts agent do in cluster mode.
     """
+
+    applied_on_send = True
 
     def __init__(self, client: Callable[[], Client], settings: Settings, sweep_every_s: float = 5.0) -> None:
         from runstream.streams.notifier import Notifier

@@ -19,14 +19,14 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from runstream.api.auth import Principal, require_project
+from runstream.api.auth import require_project
 from runstream.api.backend import Backend
 from runstream.api.errors import ApiError, not_found
 from runstream.api.filestore import BlobError
 from runstream.api.middleware import INGESTED, REJECTED
 from runstream.api.requests import read_body
 from runstream.api.responses import json_response
-from runstream.events import RUN_EDIT, RUN_STATE, Event, InvalidEvent, decode
+from runstream.events import ALERT, RUN_EDIT, RUN_STATE, Event, InvalidEvent, decode, validate
 
 log = logging.getLogger("runstream.api")
 
@@ -52,6 +52,9 @@ def parse_batch(body: bytes) -> list[Event]:
             event = decode(line)
             if event.type in SERVER_EVENTS:
                 raise InvalidEvent(f"{event.type} events are written by the server, not sent by clients")
+            if event.type == ALERT and (event.data["source"] != "sdk" or event.data.keys() & {"rule_id", "alert_id"}):
+                # Rule alerts come from the processor; a client's would reach the rule's webhooks.
+                raise InvalidEvent("clients send alerts with source 'sdk' and no rule_id or alert_id")
             events.append(event)
         except InvalidEvent as exc:
             errors.append({"line": number, "reason": exc.reason})
@@ -92,37 +95,25 @@ async def post_events(request: Request) -> Response:
     except Exception as exc:  # noqa: BLE001 - any sink failure: the client keeps the batch and retries
         REJECTED.labels("unavailable").inc()
         log.warning("ingest of %d events failed: %s: %s", len(events), type(exc).__name__, exc)
-        await _reset_sink(backend)
+        await backend.sink.reset()
         raise ApiError(503, f"the events could not be stored ({type(exc).__name__}); nothing was acknowledged: "
                             "retry (the SDK does so by itself)") from None
     INGESTED.inc(len(events))
     return json_response({"accepted": len(events)})
 
 
-async def _reset_sink(backend: Backend) -> None:
-    """A fresh producer after a failure: an idempotent producer's sequence state may be broken."""
-    try:
-        await backend.sink.stop()
-    except Exception:  # noqa: BLE001 - stopping a producer whose broker is gone
-        pass
-
-
-async def publish_edit(request: Request, principal: Principal, team: str, project: str, run_id: str,
-                       changes: dict[str, Any]) -> None:
+async def publish_edit(request: Request, team: str, project: str, run_id: str, changes: dict[str, Any]) -> None:
     """Send a user's edit of a run's tags or notes through the pipeline, like any run event."""
     data = {k: v for k, v in changes.items() if k in ("tags", "notes")}
-    data["by"] = principal.user or principal.describe()
-    from runstream.events import validate
-
     try:
         event = validate({"v": 1, "type": RUN_EDIT, "team": team, "project": project, "run_id": run_id, "seq": 0,
                           "ts": time.time(), "data": data})
     except InvalidEvent as exc:
-        raise ApiError(400, exc.reason) from None
+        raise ApiError(400, exc.reason.removeprefix(f"{RUN_EDIT}: ")) from None
     try:
         await request.app.state.backend.sink.send([event])
     except Exception as exc:  # noqa: BLE001
-        await _reset_sink(request.app.state.backend)
+        await request.app.state.backend.sink.reset()
         raise ApiError(503, f"the edit could not be stored ({type(exc).__name__}); retry") from None
 
 

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from runstream.api.auth import require_project
-from runstream.api.backend import Backend, PipelineSink
+from runstream.api.backend import Backend
 from runstream.api.errors import ApiError, not_found
 from runstream.api.ingest import publish_edit
 from runstream.api.requests import json_body, query_int, query_json, query_list
@@ -383,11 +383,11 @@ async def edit_run(request: Request) -> Response:
     backend: Backend = request.app.state.backend
     if await backend.run(runs.get_run, team, project, run_id) is None:
         raise not_found(f"run {team}/{project}/{run_id}")  # the pipeline would drop an edit of an unknown run
-    await publish_edit(request, principal, team, project, run_id, changes)
+    await publish_edit(request, team, project, run_id, changes)
     run = await backend.run(runs.get_run, team, project, run_id)
     if run is None:
         raise not_found(f"run {team}/{project}/{run_id}")
-    if not isinstance(backend.sink, PipelineSink):
+    if not backend.sink.applied_on_send:
         run.update(changes)  # cluster mode: a worker applies the edit shortly; answer what it will store
     return json_response(public_run(team, project, run))
 

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runstream.api.auth import Principal, authenticate, require_project, require_team
+from runstream.api.auth import Principal, allows, authenticate, require_project, require_team
 from runstream.api.backend import Backend
 from runstream.api.errors import ApiError, not_found
 from runstream.api.requests import json_body
@@ -479,7 +479,7 @@ async def create_project(request: Request) -> Response:
         content: {application/json: {schema: $PROJECT}}
       400: {description: "a bad name, visibility, description or body"}
       401: {description: "no key, or a key that does not work"}
-      403: {description: viewers do not create projects}
+      403: {description: "viewers do not create projects, and only admins create public ones"}
       404: {description: "no such team, or not this key's"}
       409: {description: the project exists}
       413: {description: the body is too large}
@@ -490,6 +490,9 @@ async def create_project(request: Request) -> Response:
     name = accounts.check_name("project", _field(body, "name", required=True))
     visibility = _field(body, "visibility")
     description = _field(body, "description")
+    if visibility == "public" and not allows(principal, team, "admin"):
+        raise ApiError(403, f"only an admin of team {team} makes a project public; create it private, "
+                            "and ask an admin to change its visibility")
     backend = _backend(request)
     if principal.local_admin:  # the embedded server's owner: the team comes into being with its first project
         await backend.run(accounts.ensure_team, team)

@@ -165,11 +165,16 @@ async def load_run(url: str, headers: dict[str, str], concurrency: int, duration
 class NoSink:
     """The benchmark only reads: no pipeline (whose timer would sweep the generated runs) and no Kafka."""
 
+    applied_on_send = True
+
     async def start(self) -> None:
         return None
 
     async def send(self, events: Any) -> None:
         raise RuntimeError("the API benchmark does not ingest")
+
+    async def reset(self) -> None:
+        return None
 
     async def stop(self) -> None:
         return None

@@ -401,12 +401,10 @@ def _check_run_state(data: dict[str, Any]) -> None:
 
 def _check_run_edit(data: dict[str, Any]) -> None:
     # Tags and notes edited by a user through the API; the edit's ts (the server's clock) orders edits.
-    unknown = data.keys() - {"tags", "notes", "by"}
-    if unknown or not data.keys() & {"tags", "notes"}:
-        raise InvalidEvent("an edit sets tags and/or notes (and may name who made it: by)")
-    _require(data, "tags", _is_str_list, "an array of non-empty strings", optional=True)
-    _require(data, "notes", _is_opt_str, "a string or null", optional=True)
-    _require(data, "by", _is_opt_str, "a string or null", optional=True)
+    if data.keys() - {"tags", "notes"} or not data:
+        raise InvalidEvent("an edit sets tags and/or notes")
+    _require(data, "tags", _is_str_list, f"an array of non-empty strings of at most {MAX_NAME_LEN} characters", True)
+    _require(data, "notes", _is_opt_str, f"a string of at most {MAX_TEXT_LEN:,} characters, or null", optional=True)
 
 
 def _check_file(data: dict[str, Any]) -> None:

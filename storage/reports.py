@@ -3,8 +3,11 @@
 Each write inserts the whole row with a larger ``version``; a delete writes
 ``is_deleted = 1``. Reads use ``FINAL``, so a write is visible to the next read
 on any replica. Share links are signed tokens that name ``share_version``:
-bumping it revokes every link made before. The API decides who may call these;
-this module validates shapes and keeps SQL parameterized.
+bumping it revokes every link made before. Revocations and deletions are also
+appended to ``report_links``, where the largest version and any deletion win,
+so an edit racing them (it rewrites the row it read) cannot undo them. The API
+decides who may call these; this module validates shapes and keeps SQL
+parameterized.
 """
 
 from __future__ import annotations
@@ -80,11 +83,28 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Each report's latest revocation and whether it was deleted (no row: neither).
+_LINKS = """LEFT JOIN (SELECT report_id, max(share_version) AS link_version, max(deleted) AS gone FROM report_links
+                    WHERE team = {t:String} AND project = {p:String} GROUP BY report_id) AS l USING (report_id)"""
+
+
 def _row(client: Client, team: str, project: str, report_id: str) -> dict[str, Any] | None:
     rows = list(client.query(
-        f"SELECT {_COLUMNS} FROM reports FINAL WHERE team = {{t:String}} AND project = {{p:String}} "
-        "AND report_id = {r:String}", parameters={"t": team, "p": project, "r": report_id}).named_results())
-    return rows[0] if rows else None
+        f"SELECT {_COLUMNS}, link_version, gone FROM reports FINAL {_LINKS} WHERE team = {{t:String}} "
+        "AND project = {p:String} AND report_id = {r:String} AND gone = 0",
+        parameters={"t": team, "p": project, "r": report_id}).named_results())
+    if not rows:
+        return None
+    row = rows[0]
+    row["share_version"] = max(int(row["share_version"]), int(row.pop("link_version")))
+    del row["gone"]
+    return row
+
+
+def _log_links(client: Client, row: dict[str, Any], deleted: bool = False) -> None:
+    client.insert("report_links", [[row["team"], row["project"], row["report_id"], row["share_version"], int(deleted),
+                                    _now_ms()]], column_names=["team", "project", "report_id", "share_version",
+                                                               "deleted", "at"])
 
 
 def _write(client: Client, row: dict[str, Any], current_version: int | None, deleted: bool = False) -> None:
@@ -107,9 +127,9 @@ def list_reports(client: Client, team: str, project: str) -> list[dict[str, Any]
     """The project's reports, most recently updated first, without their bodies and panels."""
     rows = client.query(
         "SELECT report_id, title, created_by, toUnixTimestamp64Milli(created_at), toUnixTimestamp64Milli(updated_at), "
-        "share_version, length(JSONExtractArrayRaw(panels)) FROM reports FINAL "
-        "WHERE team = {t:String} AND project = {p:String} ORDER BY updated_at DESC, report_id LIMIT {n:UInt32}",
-        parameters={"t": team, "p": project, "n": MAX_REPORTS}).result_rows
+        f"greatest(share_version, link_version), length(JSONExtractArrayRaw(panels)) FROM reports FINAL {_LINKS} "
+        "WHERE team = {t:String} AND project = {p:String} AND gone = 0 ORDER BY updated_at DESC, report_id "
+        "LIMIT {n:UInt32}", parameters={"t": team, "p": project, "n": MAX_REPORTS}).result_rows
     return [
         {"id": rid, "team": team, "project": project, "title": title, "created_by": by, "created_at": created / 1000,
          "updated_at": updated / 1000, "share_version": int(share), "panel_count": int(panels)}
@@ -152,6 +172,7 @@ def revoke_shares(client: Client, team: str, project: str, report_id: str) -> di
     if row is None:
         return None
     row["share_version"] = int(row["share_version"]) + 1
+    _log_links(client, row)
     _write(client, row, row["version"])
     return _public(row)
 
@@ -161,5 +182,6 @@ def delete_report(client: Client, team: str, project: str, report_id: str) -> bo
     row = _row(client, team, project, report_id)
     if row is None:
         return False
+    _log_links(client, row, deleted=True)
     _write(client, row, row["version"], deleted=True)
     return True

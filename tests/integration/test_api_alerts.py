@@ -169,7 +169,7 @@ def test_invalid_rules_are_422_with_the_reason(api):
     cases = [
         ({"kind": "telepathy"}, "unknown rule kind"),
         ({"spec": {"metric": "loss", "op": ">"}}, "'value'"),
-        ({"spec": {"metric": "loss", "op": ["<"], "value": 1}}, "wrong type"),
+        ({"spec": {"metric": "loss", "op": ["<"], "value": 1}}, "'op'"),
         ({"spec": {"metric": "loss", "op": ">", "value": 1, "webhooks": ["ftp://x"]}}, "webhooks"),
         ({"spec": {"metric": "loss", "op": ">", "value": 1, "level": "LOUD"}}, "level"),
         ({"spec": "loss > 1"}, "JSON object"),
@@ -255,3 +255,14 @@ def test_role_matrix(api):
             assert status in (expected if isinstance(expected, tuple) else (expected,)), (method, path, status)
     for who, expected in (({}, 401), (outsider, 404), (viewer, 403), (member, 204)):
         assert api.http.delete(one, headers=who).status_code == expected
+
+
+def test_webhook_urls_are_shown_whole_only_to_writers(api):
+    """A webhook URL's path is its secret (a Slack token): readers see where it goes, not the URL."""
+    member, viewer = api.key(TEAM, "mia", "member"), api.key(TEAM, "vic", "viewer")
+    secret = "https://hooks.slack.com/services/T000/B000/SECRETTOKEN"
+    rule = _rule(api, member, spec={"metric": "loss", "op": ">", "value": 1, "webhooks": [secret]})
+    assert rule["spec"]["webhooks"] == [secret]
+    assert api.http.get(f"{RULES}/{rule['id']}", headers=member).json()["spec"]["webhooks"] == [secret]
+    assert api.http.get(RULES, headers=viewer).json()["rules"][0]["spec"]["webhooks"] == ["https://hooks.slack.com/…"]
+    assert "SECRETTOKEN" not in api.http.get(f"{RULES}/{rule['id']}", headers=viewer).text

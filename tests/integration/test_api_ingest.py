@@ -79,6 +79,13 @@ def test_server_written_events_are_refused_from_clients(api):
     response = api.ingest([_start(project), forged], headers)
     assert response.status_code == 422
     assert "written by the server" in response.json()["error"]["details"]["errors"][0]["reason"]
+    # A rule's alert comes from the processor: a client's would be posted to the rule's webhooks.
+    rule_alert = make_event(events.ALERT, {"title": "loss diverged", "text": "x", "level": "ERROR", "source": "rule",
+                                           "rule_id": "r1", "alert_id": "a1"}, project=project)
+    response = api.ingest([_start(project), rule_alert], headers)
+    assert response.status_code == 422 and "source 'sdk'" in response.json()["error"]["details"]["errors"][0]["reason"]
+    sdk_alert = make_event(events.ALERT, {"title": "done", "text": "x", "level": "INFO", "source": "sdk"}, project=project)
+    assert api.ingest([_start(project), sdk_alert], headers).status_code == 200
 
 
 def test_size_limits_are_413_and_an_empty_batch_is_422(api):

@@ -216,3 +216,22 @@ def test_revoking_ends_every_link_and_new_ones_work(api):
 
     assert api.http.delete(f"{REPORTS}/{report['id']}", headers=member).status_code == 204
     assert fresh.get(f"/api/v1/shared/{third}").status_code == 401  # a deleted report's links die with it
+
+
+def test_an_edit_racing_a_revoke_or_a_delete_cannot_undo_it(api):
+    """An edit rewrites the row it read; if a revoke or a delete landed in between, that row is stale."""
+    from runstream.storage import reports
+
+    client = api.storage
+    report = reports.create_report(client, "acme", "mnist", "race")
+    stale = reports._row(client, "acme", "mnist", report["id"])  # an edit has read the row ...
+    assert reports.revoke_shares(client, "acme", "mnist", report["id"])["share_version"] == 2  # ... a revoke lands
+    reports._write(client, {**stale, "title": "edited"}, stale["version"])  # ... and the edit writes what it read
+    after = reports.get_report(client, "acme", "mnist", report["id"])
+    assert after["title"] == "edited" and after["share_version"] == 2  # links made before the revoke stay dead
+
+    stale = reports._row(client, "acme", "mnist", report["id"])
+    assert reports.delete_report(client, "acme", "mnist", report["id"])
+    reports._write(client, {**stale, "title": "edited again"}, stale["version"])
+    assert reports.get_report(client, "acme", "mnist", report["id"]) is None
+    assert report["id"] not in {r["id"] for r in reports.list_reports(client, "acme", "mnist")}

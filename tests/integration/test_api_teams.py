@@ -295,6 +295,9 @@ def test_creating_and_changing_a_project(world):
     assert created.json() == {"team": "acme", "name": "vision", "visibility": "private", "description": "cnn",
                               "run_count": 0, "created_at": created.json()["created_at"]}
     assert world.call("admin", "POST", "/projects/acme", {"name": "vision"}).status_code == 409
+    # Publishing is an admin's decision, at creation too.
+    assert world.call("member", "POST", "/projects/acme", {"name": "open", "visibility": "public"}).status_code == 403
+    assert world.call("admin", "POST", "/projects/acme", {"name": "open", "visibility": "public"}).status_code == 201
     for _ in range(3):  # created_at survives edits exactly
         patched = world.call("admin", "PATCH", "/projects/acme/vision", {"description": "resnet"})
         assert patched.json()["created_at"] == created.json()["created_at"]
