@@ -32,7 +32,8 @@ from runstream.api.auth import Principal, allows
 from runstream.api.backend import Backend
 from runstream.api.errors import ApiError, not_found
 from runstream.api.reports import SCHEMAS as REPORT_SCHEMAS
-from runstream.api.reports import authorize, openapi_doc
+from runstream.api.openapi import with_schemas
+from runstream.api.reports import authorize
 from runstream.api.requests import json_body, query_int
 from runstream.api.responses import json_response
 from runstream.storage import logs, rules
@@ -111,7 +112,7 @@ _RULE = {"type": "object", "required": ["id", "team", "project", "name", "kind",
                         "name": {"type": "string"}, "kind": {"type": "string"}, "spec": {"type": "object"},
                         "enabled": {"type": "boolean"}, "cooldown_s": {"type": "integer"},
                         "created_at": {"type": "number"}, "updated_at": {"type": "number"}}}
-doc = openapi_doc({
+doc = with_schemas({
     "ERROR": REPORT_SCHEMAS["ERROR"], "TEAM": REPORT_SCHEMAS["TEAM"], "PROJECT": REPORT_SCHEMAS["PROJECT"],
     "ALERT_LIST": {"type": "object", "required": ["alerts"],
                    "properties": {"alerts": {"type": "array", "items": _ALERT}}},

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator
 
 from aiokafka.admin import AIOKafkaAdminClient
@@ -18,12 +17,12 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.schemas import SchemaGenerator
 
 from runstream.api import alerts, home, ingest, reports, runs, series, teams
 from runstream.api.backend import Backend
 from runstream.api.errors import EXCEPTION_HANDLERS
 from runstream.api.middleware import RequestContext, metrics_endpoint
+from runstream.api.openapi import openapi
 from runstream.api.responses import json_response
 from runstream.settings import Settings
 
@@ -70,49 +69,6 @@ async def health(request: Request) -> Response:
             checks[name] = f"unavailable: {type(exc).__name__}: {exc}"
     body = {"status": "ok" if healthy else "unavailable", "checks": checks}
     return json_response(body, status_code=200 if healthy else 503)
-
-
-SCHEMAS = SchemaGenerator({
-    "openapi": "3.0.3",
-    "info": {"title": "runstream API", "version": "1"},
-    "components": {"securitySchemes": {
-        "apiKey": {"type": "http", "scheme": "bearer", "description": "rs_<key_id>_<secret>"},
-        "shareLink": {"type": "apiKey", "in": "header", "name": "X-Runstream-Share"},
-    }},
-    "security": [{"apiKey": []}, {"shareLink": []}, {}],
-})
-
-
-# The event contract's names (runstream.events), so generated requests use names that can exist.
-_NAME_SCHEMA = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"}
-PATH_SCHEMAS = {"team": _NAME_SCHEMA, "project": _NAME_SCHEMA,
-                "run_id": {"type": "string", "pattern": r"^[A-Za-z0-9_\-]{1,64}$"}}
-
-
-async def openapi(request: Request) -> Response:
-    """The OpenAPI document, built from the endpoints' docstrings.
-
-    ---
-    summary: This document
-    tags: [service]
-    security: []
-    responses:
-      200: {description: OpenAPI 3 JSON}
-    """
-    schema = SCHEMAS.get_schema(routes=request.app.routes)
-    for path, operations in schema.get("paths", {}).items():
-        for operation in operations.values():
-            _declare_path_parameters(path, operation)
-    return json_response(schema)
-
-
-def _declare_path_parameters(path: str, operation: dict) -> None:
-    """Every ``{name}`` of a path as a required string parameter, unless the docstring declares it."""
-    declared = {p.get("name") for p in operation.get("parameters", []) if p.get("in") == "path"}
-    for name in re.findall(r"{(\w+)}", path):
-        if name not in declared:
-            schema = PATH_SCHEMAS.get(name, {"type": "string", "minLength": 1})
-            operation.setdefault("parameters", []).append({"name": name, "in": "path", "required": True, "schema": schema})
 
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Starlette:

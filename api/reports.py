@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -22,6 +21,7 @@ from starlette.routing import Route
 from runstream.api.auth import MAX_SHARE_SECONDS, Need, Principal, read_share, require_project, sign_share
 from runstream.api.backend import Backend
 from runstream.api.errors import ApiError, not_found
+from runstream.api.openapi import ERROR_SCHEMA, NAME_SCHEMA, with_schemas
 from runstream.api.requests import json_body, read_body
 from runstream.api.responses import json_response
 from runstream.storage import reports
@@ -39,9 +39,6 @@ _FIELDS = ("title", "body", "panels")
 
 # -- OpenAPI schemas, put into the docstrings below -----------------------------------------
 
-_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
-    "type": "object", "required": ["code", "message"],
-    "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": {}}}}}
 _TITLE = {"type": "string", "minLength": 1, "maxLength": reports.MAX_TITLE, "pattern": "\\S"}
 _BODY = {"type": "string", "maxLength": reports.MAX_BODY, "description": "markdown"}
 _PANELS = {"type": "array", "maxItems": reports.MAX_PANELS, "items": {"type": "object"},
@@ -54,12 +51,11 @@ _REPORT = {"type": "object", "required": [*_COMMON, "body", "panels"],
 _SUMMARY = {"type": "object", "required": [*_COMMON, "panel_count"],
             "properties": {**_COMMON, "panel_count": {"type": "integer"}}}
 # Team and project names as the event contract has them (storage.accounts.check_name).
-_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"}
 _TOKEN = re.compile(r"[A-Za-z0-9_\-]{1,4096}\.[A-Za-z0-9_\-]{1,100}\Z")
 SCHEMAS: dict[str, Any] = {
-    "ERROR": _ERROR,
-    "TEAM": {"name": "team", "in": "path", "required": True, "schema": _NAME},
-    "PROJECT": {"name": "project", "in": "path", "required": True, "schema": _NAME},
+    "ERROR": ERROR_SCHEMA,
+    "TEAM": {"name": "team", "in": "path", "required": True, "schema": NAME_SCHEMA},
+    "PROJECT": {"name": "project", "in": "path", "required": True, "schema": NAME_SCHEMA},
     "REPORT": _REPORT,
     "REPORT_LIST": {"type": "object", "required": ["reports"],
                     "properties": {"reports": {"type": "array", "items": _SUMMARY}}},
@@ -78,18 +74,7 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
-def openapi_doc(schemas: dict[str, Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Put ``$NAME`` schemas into an endpoint's docstring as JSON (valid YAML), so each shape is written once."""
-    def put(fn: Callable[..., Any]) -> Callable[..., Any]:
-        doc = fn.__doc__ or ""
-        for name in sorted(schemas, key=len, reverse=True):
-            doc = doc.replace(f"${name}", orjson.dumps(schemas[name]).decode())
-        fn.__doc__ = doc
-        return fn
-    return put
-
-
-doc = openapi_doc(SCHEMAS)
+doc = with_schemas(SCHEMAS)
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-import orjson
 from clickhouse_connect.driver.client import Client
 from starlette.requests import Request
 from starlette.responses import Response
@@ -29,6 +28,7 @@ from runstream.api.auth import require_project
 from runstream.api.backend import Backend
 from runstream.api.errors import ApiError, not_found
 from runstream.api.ingest import publish_edit
+from runstream.api.openapi import ERROR_SCHEMA, with_schemas
 from runstream.api.requests import json_body, query_int, query_json, query_list
 from runstream.api.responses import json_response
 from runstream.events import encode_value
@@ -47,11 +47,7 @@ _OPT_STR = {"type": "string", "nullable": True}
 _TIME = {"type": "number", "description": "Unix seconds"}
 _NAMES = {"type": "array", "items": _STR}
 SCHEMAS: dict[str, Any] = {
-    "ERROR": {
-        "type": "object", "required": ["error"],
-        "properties": {"error": {"type": "object", "required": ["code", "message"],
-                                 "properties": {"code": _STR, "message": _STR, "details": {}}}},
-    },
+    "ERROR": ERROR_SCHEMA,
     "RUN": {
         "type": "object",
         "required": ["team", "project", "id", "name", "state", "config", "summary", "tags", "created_at"],
@@ -101,17 +97,8 @@ SCHEMAS["CONSOLE"] = {"type": "object", "required": ["lines", "next_cursor"], "p
 
 
 def documented(**extra: Any) -> Callable[[F], F]:
-    """Put JSON schemas into an endpoint's OpenAPI YAML: ``$NAME`` becomes ``SCHEMAS[NAME]`` (JSON is YAML)."""
-    table = {**SCHEMAS, **extra}
-
-    def apply(fn: F) -> F:
-        doc = fn.__doc__ or ""
-        for name in sorted(table, key=len, reverse=True):  # $RUNS before $RUN
-            doc = doc.replace(f"${name}", orjson.dumps(table[name]).decode())
-        fn.__doc__ = doc
-        return fn
-
-    return apply
+    """Put this module's schemas (and ``extra``) into an endpoint's OpenAPI YAML."""
+    return with_schemas({**SCHEMAS, **extra})
 
 
 # -- converting storage's answers --------------------------------------------------------------
@@ -364,7 +351,7 @@ async def edit_run(request: Request) -> Response:
       503: {description: the edit could not be stored; retry, content: {application/json: {schema: $ERROR}}}
     """
     team, project, run_id = _run_path(request)
-    principal = await require_project(request, team, project, "write")
+    await require_project(request, team, project, "write")
     body = await json_body(request, max_bytes=1 << 20)
     check_fields(body, ("tags", "notes"))
     changes: dict[str, Any] = {}

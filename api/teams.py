@@ -10,7 +10,6 @@ a private project is 404 to everyone outside its team.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -20,6 +19,7 @@ from starlette.routing import Route
 from runstream.api.auth import Principal, allows, authenticate, require_project, require_team
 from runstream.api.backend import Backend
 from runstream.api.errors import ApiError, not_found
+from runstream.api.openapi import with_schemas
 from runstream.api.requests import json_body
 from runstream.api.responses import json_response
 from runstream.storage import accounts
@@ -68,13 +68,7 @@ _SCHEMAS["KEYS"] = _object(team={"type": "string"}, keys={"type": "array", "item
 _SCHEMAS["PROJECTS"] = _object(projects={"type": "array", "items": _SCHEMAS["PROJECT"]})
 
 
-def _documented(fn: Any) -> Any:
-    """Put the shared schemas into the docstring's OpenAPI YAML (JSON is YAML)."""
-    doc = fn.__doc__ or ""
-    for name in sorted(_SCHEMAS, key=len, reverse=True):  # $NEW_KEY before $KEY
-        doc = doc.replace(f"${name}", json.dumps(_SCHEMAS[name]))
-    fn.__doc__ = doc
-    return fn
+_documented = with_schemas(_SCHEMAS)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
