@@ -183,14 +183,19 @@ def _hostname(netloc: str) -> str:
 # -- authorization ------------------------------------------------------------------------------
 
 
+def allows(principal: Principal, team: str, need: Need) -> bool:
+    """Whether an authenticated caller holds ``need`` in ``team`` (the rule every check below applies)."""
+    if principal.local_admin:
+        return True
+    return principal.team == team and principal.role is not None and _RANK[principal.role] >= _NEED_RANK[need]
+
+
 async def require_project(request: Request, team: str, project: str, need: Need = "read") -> Principal:
     """The principal, if it may ``need`` the project; else 401, 403 or 404 (see the module's table)."""
     principal = await authenticate(request)
-    if principal.local_admin:
+    if allows(principal, team, need):
         return principal
-    if principal.team == team and principal.role:
-        if _RANK[principal.role] >= _NEED_RANK[need]:
-            return principal
+    if principal.team == team:  # a member whose role is too low
         raise ApiError(403, f"{principal.describe()} may not {need} in team {team}; ask a team admin for a role "
                             f"that can")
     if need != "read" and principal.anonymous:
@@ -207,21 +212,12 @@ async def require_project(request: Request, team: str, project: str, need: Need 
     raise ApiError(403, f"{principal.describe()} may only read the public project {team}/{project}")
 
 
-def allows(principal: Principal, team: str, need: Need) -> bool:
-    """Whether an authenticated caller holds ``need`` in ``team`` (for showing more, not for access checks)."""
-    if principal.local_admin:
-        return True
-    return principal.team == team and principal.role is not None and _RANK[principal.role] >= _NEED_RANK[need]
-
-
 async def require_team(request: Request, team: str, need: Need = "read") -> Principal:
     """For team resources (members, keys): its members read, admins change; others get 404 (or 401 when anonymous)."""
     principal = await authenticate(request)
-    if principal.local_admin:
+    if allows(principal, team, need):
         return principal
-    if principal.team == team and principal.role:
-        if _RANK[principal.role] >= _NEED_RANK[need]:
-            return principal
+    if principal.team == team:
         raise ApiError(403, f"{principal.describe()} may not {need} team {team}; only its admins can")
     if principal.anonymous:
         raise ApiError(401, "team resources need an API key: send 'Authorization: Bearer <key>'")

@@ -13,7 +13,6 @@ import re
 import time
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -22,7 +21,7 @@ from runstream.api.auth import MAX_SHARE_SECONDS, Need, Principal, read_share, r
 from runstream.api.backend import Backend
 from runstream.api.errors import ApiError, not_found
 from runstream.api.openapi import ERROR_SCHEMA, NAME_SCHEMA, with_schemas
-from runstream.api.requests import json_body, read_body
+from runstream.api.requests import json_body
 from runstream.api.responses import json_response
 from runstream.storage import reports
 from runstream.storage.accounts import check_name
@@ -110,20 +109,6 @@ async def _fields(request: Request, required: tuple[str, ...] = ()) -> dict[str,
     missing = [name for name in required if name not in body]
     if missing:
         raise ApiError(422, f"a report needs {', '.join(missing)}")
-    return body
-
-
-async def _optional_object(request: Request, max_bytes: int = 4096) -> dict[str, Any]:
-    """A small JSON object body, or {} when the body is empty (a share link with the defaults)."""
-    raw = await read_body(request, max_bytes)
-    if not raw.strip():
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object (or empty)")
     return body
 
 
@@ -298,7 +283,7 @@ async def create_share(request: Request) -> Response:
       422: {description: expires_in_s is not a whole number of seconds in range, content: {application/json: {schema: $ERROR}}}
     """
     team, project, _ = await authorize(request, "write")
-    body = await _optional_object(request)
+    body = await json_body(request, 4096, empty_ok=True)
     unknown = sorted(set(body) - {"expires_in_s"})
     if unknown:
         raise ApiError(422, f"unknown share link fields {unknown}; send only expires_in_s")

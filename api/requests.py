@@ -29,9 +29,11 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def json_body(request: Request, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:
-    """The body as a JSON object."""
+async def json_body(request: Request, max_bytes: int = MAX_JSON_BYTES, empty_ok: bool = False) -> dict[str, Any]:
+    """The body as a JSON object (``{}`` for an empty body when ``empty_ok``: all defaults)."""
     raw = await read_body(request, max_bytes)
+    if empty_ok and not raw.strip():
+        return {}
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -34,13 +34,13 @@ MAX_DISPLAY_NAME = 200
 MAX_KEY_NAME = 200
 
 
-def _version(after: int = 0) -> int:
+def next_version(after: int | None = None) -> int:
     """A row version: microseconds now, and always above ``after`` (the row it replaces), so a change
-    written by a replica whose clock is behind still wins."""
-    return max(time.time_ns() // 1000, after + 1)
+    written right after it, or by a replica whose clock is behind, still wins."""
+    return max(time.time_ns() // 1000, (after or 0) + 1)
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
@@ -83,8 +83,8 @@ def ensure_team(client: Client, team: str, display_name: str = "") -> bool:
                          field="display_name")
     if get_team(client, team) is not None:
         return False
-    _insert(client, "teams", {"team": team, "display_name": display_name or team, "created_at": _now_ms(),
-                              "version": _version(), "is_deleted": 0})
+    _insert(client, "teams", {"team": team, "display_name": display_name or team, "created_at": now_ms(),
+                              "version": next_version(), "is_deleted": 0})
     return True
 
 
@@ -108,9 +108,9 @@ def set_member(client: Client, team: str, user: str, role: Role) -> dict[str, An
     check_user(user)
     check_role(role)
     existing = member_role(client, team, user)
-    created = _now_ms() if existing is None else existing["created_at_ms"]
+    created = now_ms() if existing is None else existing["created_at_ms"]
     _insert(client, "members", {"team": team, "user": user, "role": role, "created_at": created,
-                                "version": _version(existing["version"] if existing else 0), "is_deleted": 0})
+                                "version": next_version(existing["version"] if existing else 0), "is_deleted": 0})
     return {"team": team, "user": user, "role": role}
 
 
@@ -124,7 +124,7 @@ def remove_member(client: Client, team: str, user: str) -> bool:
     if existing is None:
         return False
     _insert(client, "members", {"team": team, "user": user, "role": existing["role"],
-                                "created_at": existing["created_at_ms"], "version": _version(existing["version"]),
+                                "created_at": existing["created_at_ms"], "version": next_version(existing["version"]),
                                 "is_deleted": 1})
     for key in list_keys(client, team, user):
         if key["revoked_at"] is None:
@@ -175,7 +175,7 @@ def create_key(client: Client, team: str, user: str, name: str = "") -> tuple[st
         raise QueryError(f"a key's name is a string of at most {MAX_KEY_NAME} characters", field="name")
     key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
     _insert(client, "api_keys", {"key_id": key_id, "secret_sha256": _digest(secret), "team": team, "user": user,
-                                 "name": name, "created_at": _now_ms(), "revoked_at": None, "version": _version()})
+                                 "name": name, "created_at": now_ms(), "revoked_at": None, "version": next_version()})
     return key_id, f"rs_{key_id}_{secret}"
 
 
@@ -239,7 +239,7 @@ def revoke_key(client: Client, key_id: str) -> bool:
         return False
     _insert(client, "api_keys", {"key_id": key_id, "secret_sha256": row["secret_sha256"], "team": row["team"],
                                  "user": row["user"], "name": row["name"], "created_at": row["created_ms"],
-                                 "revoked_at": _now_ms(), "version": _version(row["version"])})
+                                 "revoked_at": now_ms(), "version": next_version(row["version"])})
     return True
 
 
@@ -315,8 +315,8 @@ def upsert_project(client: Client, team: str, project: str, visibility: str | No
         "visibility": visibility or (current["visibility"] if current else "private"),
         "description": description if description is not None else (current["description"] if current else ""),
         # round, not int: created_at is a float of seconds, and truncating would move it back 1 ms per edit
-        "created_at": round(current["created_at"] * 1000) if current else _now_ms(),
-        "version": _version(),
+        "created_at": round(current["created_at"] * 1000) if current else now_ms(),
+        "version": next_version(),
         "is_deleted": 0,
     }
     _insert(client, "projects", row)

@@ -13,13 +13,12 @@ parameterized.
 from __future__ import annotations
 
 import secrets
-import time
 from typing import Any
 
 import orjson
 from clickhouse_connect.driver.client import Client
 
-from runstream.storage.accounts import check_name
+from runstream.storage.accounts import check_name, next_version, now_ms
 from runstream.storage.errors import QueryError
 
 MAX_TITLE = 256
@@ -31,16 +30,6 @@ MAX_REPORTS = 10_000
 _COLUMNS = """report_id, team, project, title, body, panels, created_by,
     toUnixTimestamp64Milli(created_at) AS created_ms, toUnixTimestamp64Milli(updated_at) AS updated_ms,
     share_version, version"""
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _next_version(current: int | None) -> int:
-    """Microseconds now, but always past the row it replaces (a fast second write, a replica's slower clock)."""
-    now = time.time_ns() // 1000
-    return now if current is None else max(now, current + 1)
 
 
 def check_title(value: Any) -> str:
@@ -103,7 +92,7 @@ def _row(client: Client, team: str, project: str, report_id: str) -> dict[str, A
 
 def _log_links(client: Client, row: dict[str, Any], deleted: bool = False) -> None:
     client.insert("report_links", [[row["team"], row["project"], row["report_id"], row["share_version"], int(deleted),
-                                    _now_ms()]], column_names=["team", "project", "report_id", "share_version",
+                                    now_ms()]], column_names=["team", "project", "report_id", "share_version",
                                                                "deleted", "at"])
 
 
@@ -112,7 +101,7 @@ def _write(client: Client, row: dict[str, Any], current_version: int | None, del
         "team": row["team"], "project": row["project"], "report_id": row["report_id"], "title": row["title"],
         "body": row["body"], "panels": row["panels"], "created_by": row["created_by"],
         "created_at": row["created_ms"], "updated_at": row["updated_ms"], "share_version": row["share_version"],
-        "version": _next_version(current_version), "is_deleted": int(deleted),
+        "version": next_version(current_version), "is_deleted": int(deleted),
     }
     client.insert("reports", [list(values.values())], column_names=list(values))
 
@@ -141,7 +130,7 @@ def create_report(client: Client, team: str, project: str, title: str, body: str
                   panels: list[dict[str, Any]] | None = None, created_by: str = "") -> dict[str, Any]:
     check_name("team", team)
     check_name("project", project)
-    now = _now_ms()
+    now = now_ms()
     row = {"team": team, "project": project, "report_id": secrets.token_hex(8), "title": check_title(title),
            "body": check_body(body), "panels": check_panels(panels if panels is not None else []),
            "created_by": created_by, "created_ms": now, "updated_ms": now, "share_version": 1}
@@ -161,7 +150,7 @@ def update_report(client: Client, team: str, project: str, report_id: str,
         row["body"] = check_body(changes["body"])
     if "panels" in changes:
         row["panels"] = check_panels(changes["panels"])
-    row["updated_ms"] = max(_now_ms(), row["updated_ms"])
+    row["updated_ms"] = max(now_ms(), row["updated_ms"])
     _write(client, row, row["version"])
     return _public(row)
 

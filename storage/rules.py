@@ -10,14 +10,13 @@ Each write inserts the whole row with a larger ``version``; a delete writes
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from clickhouse_connect.driver.client import Client
 
-from runstream.storage.accounts import check_name
+from runstream.storage.accounts import check_name, next_version, now_ms
 from runstream.storage.errors import QueryError
 from runstream.streams.alerting import RuleError, check_rule
 
@@ -31,15 +30,6 @@ _MAX_MS = 10**13
 
 _COLUMNS = """rule_id, team, project, name, kind, spec, enabled, cooldown_s,
     toUnixTimestamp64Milli(created_at) AS created_ms, toUnixTimestamp64Milli(updated_at) AS updated_ms, version"""
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _next_version(current: int | None) -> int:
-    now = time.time_ns() // 1000
-    return now if current is None else max(now, current + 1)
 
 
 def check_fields(fields: dict[str, Any]) -> None:
@@ -86,7 +76,7 @@ def _write(client: Client, row: dict[str, Any], current_version: int | None, del
         "team": row["team"], "project": row["project"], "rule_id": row["rule_id"], "name": row["name"],
         "kind": row["kind"], "spec": row["spec"], "enabled": bool(row["enabled"]), "cooldown_s": row["cooldown_s"],
         "created_at": row["created_ms"], "updated_at": row["updated_ms"],
-        "version": _next_version(current_version), "is_deleted": int(deleted),
+        "version": next_version(current_version), "is_deleted": int(deleted),
     }
     client.insert("alert_rules", [list(values.values())], column_names=list(values))
 
@@ -119,7 +109,7 @@ def create_rule(client: Client, team: str, project: str, name: str, kind: str, s
     check_fields({"name": name, "enabled": enabled, "cooldown_s": cooldown_s})
     if len(list_rules(client, team, project)) >= MAX_RULES:
         raise QueryError(f"a project holds at most {MAX_RULES} alert rules; delete some first")
-    now = _now_ms()
+    now = now_ms()
     row = {"team": team, "project": project, "rule_id": secrets.token_hex(8), "name": name, "kind": kind,
            "spec": check_spec(kind, spec), "enabled": enabled, "cooldown_s": cooldown_s, "created_ms": now,
            "updated_ms": now}
@@ -138,7 +128,7 @@ def update_rule(client: Client, team: str, project: str, rule_id: str, changes: 
             row[key] = changes[key]
     spec = changes["spec"] if "spec" in changes else orjson.loads(row["spec"])
     row["spec"] = check_spec(row["kind"], spec)
-    row["updated_ms"] = max(_now_ms(), row["updated_ms"])
+    row["updated_ms"] = max(now_ms(), row["updated_ms"])
     _write(client, row, row["version"])
     return _public(row)
 
