@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from runstream.events import encode_value
+
 
 def to_scalar(value: Any) -> float | None:
     """A loggable number as a float (bools as 0/1), or None when the value is not a scalar.
@@ -48,7 +50,7 @@ def json_safe(value: Any) -> Any:
     if value is None or type(value) in (str, bool, int):
         return value
     if type(value) is float:
-        return value if math.isfinite(value) else str(value)
+        return value if math.isfinite(value) else encode_value(value)  # the contract's "NaN", "Infinity"
     if isinstance(value, Mapping):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):

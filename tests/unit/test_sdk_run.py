@@ -121,6 +121,18 @@ def test_summary_last_by_default_and_define_metric(run):
     assert final.data["summary"]["loss"] == 0.123 and final.data["summary"]["val/acc"] == 0.9
 
 
+
+def test_non_finite_config_and_summary_values_travel_as_the_contract_strings(run):
+    run.config.update({"eps": math.inf})
+    run.summary["best"] = -math.inf
+    run.summary["ratio"] = math.nan
+    run.finish()
+    evs = spooled_events(run.dir)
+    config = {k: v for e in evs if e.type in (events.RUN_START, events.RUN_UPDATE) for k, v in e.data.get("config", {}).items()}
+    summary = [e for e in evs if e.type == events.RUN_UPDATE and "summary" in e.data][-1].data["summary"]
+    assert config["eps"] == "Infinity"
+    assert summary["best"] == "-Infinity" and summary["ratio"] == "NaN"
+
 def test_alert_and_wait_duration(run):
     run.alert("loss is nan", "at step 3", level=runstream.AlertLevel.WARN)
     run.alert("slow", "step took 10 s", wait_duration=300)
