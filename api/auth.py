@@ -32,7 +32,7 @@ import hashlib
 import hmac
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
@@ -95,13 +95,14 @@ def sign_share(secret: bytes, team: str, project: str, report_id: str, share_ver
     return f"{payload}.{signature}"
 
 
-def read_share(secret: bytes, token: str, now: float | None = None) -> tuple[Share, int]:
+def read_share(secrets: list[bytes], token: str, now: float | None = None) -> tuple[Share, int]:
     """The grant in a share token and the report share version it was made for; ApiError 401 when it is not valid."""
     invalid = ApiError(401, "this share link is not valid; ask for a new one", code="invalid_share_link")
     payload, _, signature = token.partition(".")
-    expected = _b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest())
     # Bytes, so a token with any characters is just "not valid" (str comparison refuses non-ASCII).
-    if not signature or not hmac.compare_digest(signature.encode(), expected.encode()):
+    expected = [_b64(hmac.new(secret, payload.encode(errors="replace"), hashlib.sha256).digest()).encode()
+                for secret in secrets]
+    if not signature or not any(hmac.compare_digest(signature.encode(errors="replace"), e) for e in expected):
         raise invalid
     try:
         claims = orjson.loads(_unb64(payload))
@@ -112,6 +113,16 @@ def read_share(secret: bytes, token: str, now: float | None = None) -> tuple[Sha
     if share.expires_at <= (time.time() if now is None else now):
         raise ApiError(401, "this share link has expired; ask for a new one", code="share_link_expired")
     return share, version
+
+
+async def open_share(backend: Any, token: str) -> tuple[Share, int]:
+    """``read_share`` with the server's secrets, re-read once when none fits (another replica made a new one)."""
+    try:
+        return read_share(await backend.share_secrets(), token)
+    except ApiError as exc:
+        if exc.code != "invalid_share_link":
+            raise
+        return read_share(await backend.share_secrets(refresh=True), token)
 
 
 # -- authentication ---------------------------------------------------------------------------
@@ -141,7 +152,7 @@ async def _authenticate(request: Request) -> Principal:
                                 "create a new one with `runstream keys create`", code="invalid_api_key")
         return Principal(user=owner.user, team=owner.team, role=owner.role, key_id=owner.key_id)
     if share_token:
-        share, version = read_share(await backend.share_secret(), share_token)
+        share, version = await open_share(backend, share_token)
         from runstream.storage import reports  # the report decides whether its links still hold
 
         report = await backend.run(reports.get_report, share.team, share.project, share.report_id)

@@ -161,7 +161,7 @@ class Backend:
         self._client = client
         self.files = files or LocalFileStore(f"{settings.data_dir}/files")
         self.sink = sink or self._default_sink()
-        self._share_secret: bytes | None = None
+        self._share_secrets: list[bytes] | None = None
 
     def _default_sink(self) -> EventSink:
         if self.settings.kafka:
@@ -185,7 +185,8 @@ class Backend:
         """``fn(client, *args, **kwargs)`` in the thread pool."""
         return await run_in_threadpool(fn, self.client, *args, **kwargs)
 
-    async def share_secret(self) -> bytes:
-        if self._share_secret is None:
-            self._share_secret = await self.run(accounts.server_secret, SHARE_SECRET_NAME)
-        return self._share_secret
+    async def share_secrets(self, refresh: bool = False) -> list[bytes]:
+        """The keys of share links: sign with the first, accept any (``refresh`` re-reads them)."""
+        if self._share_secrets is None or refresh:
+            self._share_secrets = await self.run(accounts.server_secrets, SHARE_SECRET_NAME)
+        return self._share_secrets

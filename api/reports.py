@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runstream.api.auth import MAX_SHARE_SECONDS, Need, Principal, read_share, require_project, sign_share
+from runstream.api.auth import MAX_SHARE_SECONDS, Need, Principal, open_share, require_project, sign_share
 from runstream.api.backend import Backend
 from runstream.api.errors import ApiError, not_found
 from runstream.api.openapi import ERROR_SCHEMA, NAME_SCHEMA, with_schemas
@@ -294,7 +294,7 @@ async def create_share(request: Request) -> Response:
     report_id = request.path_params["report_id"]
     report = await _report(request, team, project, report_id)
     expires_at = int(time.time()) + seconds
-    token = sign_share(await _backend(request).share_secret(), team, project, report_id, report["share_version"],
+    token = sign_share((await _backend(request).share_secrets())[0], team, project, report_id, report["share_version"],
                        expires_at)
     return json_response({"token": token, "url": f"/share/{token}", "expires_at": expires_at}, status_code=201)
 
@@ -342,7 +342,7 @@ async def open_shared(request: Request) -> Response:
     token = request.path_params["token"]
     if not _TOKEN.match(token):  # not one of ours: no need to check a signature
         raise ApiError(401, "this share link is not valid; ask for a new one", code="invalid_share_link")
-    share, version = read_share(await backend.share_secret(), token)
+    share, version = await open_share(backend, token)
     report = await backend.run(reports.get_report, share.team, share.project, share.report_id)
     if report is None or report["share_version"] != version:
         raise ApiError(401, "this share link was revoked; ask for a new one", code="share_link_revoked")

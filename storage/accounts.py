@@ -326,12 +326,16 @@ def upsert_project(client: Client, team: str, project: str, visibility: str | No
 # -- server secrets -------------------------------------------------------------------------
 
 
-def server_secret(client: Client, name: str) -> bytes:
-    """A random secret every replica shares, created on first use."""
-    sql = "SELECT argMin(value, (created_at, value)) FROM server_secrets WHERE name = {n:String} HAVING count() > 0"
+def server_secrets(client: Client, name: str) -> list[bytes]:
+    """The random secrets of ``name`` every replica shares, the one to sign with first; created on first use.
+
+    Two replicas starting at once may each create one. Both are kept: everyone signs
+    with the earliest and accepts either, so no link made in the race stops working.
+    """
+    sql = "SELECT value FROM server_secrets WHERE name = {n:String} ORDER BY created_at, value"
     rows = client.query(sql, parameters={"n": name}).result_rows
     if not rows:
         _insert(client, "server_secrets", {"name": name, "value": secrets.token_hex(32),
                                            "created_at": time.time_ns() // 1000})
         rows = client.query(sql, parameters={"n": name}).result_rows
-    return bytes.fromhex(rows[0][0])
+    return [bytes.fromhex(value) for (value,) in rows]

@@ -163,7 +163,7 @@ def test_expired_and_tampered_links_are_401(api):
     member = api.key(TEAM, "mia", "member")
     report = _new(api, member)
     fresh = TestClient(api.app, raise_server_exceptions=False)
-    secret = accounts.server_secret(api.storage, "share_links")
+    secret = accounts.server_secrets(api.storage, "share_links")[0]
 
     expired = auth.sign_share(secret, TEAM, PROJECT, report["id"], report["share_version"], time.time() - 1)
     response = fresh.get(f"/api/v1/shared/{expired}")
@@ -235,3 +235,17 @@ def test_an_edit_racing_a_revoke_or_a_delete_cannot_undo_it(api):
     reports._write(client, {**stale, "title": "edited again"}, stale["version"])
     assert reports.get_report(client, "acme", "mnist", report["id"]) is None
     assert report["id"] not in {r["id"] for r in reports.list_reports(client, "acme", "mnist")}
+
+
+def test_links_signed_by_either_replica_of_a_secret_race_work(api):
+    """Two API replicas starting at once may each create the link secret; links made with either keep working."""
+    headers = api.key(TEAM, "ada", "admin")
+    report = api.http.post(REPORTS, json={"title": "race"}, headers=headers).json()
+    mine = api.http.post(f"{REPORTS}/{report['id']}/share", headers=headers).json()["token"]
+    # The other replica's secret lands after this one cached its own, and sorts first.
+    api.storage.insert("server_secrets", [["share_links", "ab" * 32, 0]], column_names=["name", "value", "created_at"])
+    assert accounts.server_secrets(api.storage, "share_links")[0] == bytes.fromhex("ab" * 32)
+    theirs = auth.sign_share(bytes.fromhex("ab" * 32), TEAM, PROJECT, report["id"], report["share_version"],
+                             time.time() + 60)
+    for token in (mine, theirs):
+        assert api.http.get(f"/api/v1/shared/{token}").status_code == 200
