@@ -1,5 +1,8 @@
 """Per-request context: a request id (echoed as ``X-Request-Id`` and put in the access log) and Prometheus metrics.
 
+The access log (logger ``runstream.api.access``) shows the path without its query
+string, and share tokens in paths cut off, so no credential reaches a log.
+
 Metrics are labelled by route template (``/api/v1/runs/{team}/{project}/{run_id}``),
 never by raw path, so their number stays bounded.
 """
@@ -18,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("runstream.api.access")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}\Z")
+_SHARE_TOKEN = re.compile(r"(/shared?/)[^/]+")  # a share link is a credential: never in a log
 
 REGISTRY = CollectorRegistry()
 REQUESTS = Counter("runstream_api_requests", "API requests answered", ["method", "route", "status"], registry=REGISTRY)
@@ -55,7 +59,8 @@ class RequestContext:
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             REQUESTS.labels(scope["method"], route, str(status)).inc()
-            log.info("%s %s %s %d %.1fms", request_id, scope["method"], scope["path"], status,
+            path = _SHARE_TOKEN.sub(r"\1…", scope["path"])
+            log.info("%s %s %s %d %.1fms", request_id, scope["method"], path, status,
                      (time.perf_counter() - started) * 1000)
 
 

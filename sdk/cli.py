@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import logging
 import sys
 from collections.abc import Callable
 
@@ -61,7 +62,11 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
 
     from runstream.api.app import create_app
 
-    uvicorn.run(create_app(settings), host=args.host or settings.host, port=args.port or settings.port)
+    # This API's own access log (with request ids, without query strings, which may hold a share token)
+    # replaces uvicorn's.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=args.host or settings.host, port=args.port or settings.port,
+                access_log=False)
     return 0
 
 

@@ -249,3 +249,15 @@ def test_links_signed_by_either_replica_of_a_secret_race_work(api):
                              time.time() + 60)
     for token in (mine, theirs):
         assert api.http.get(f"/api/v1/shared/{token}").status_code == 200
+
+
+def test_share_tokens_never_reach_the_access_log(api, caplog):
+    headers = api.key(TEAM, "ada", "admin")
+    report = api.http.post(REPORTS, json={"title": "logged"}, headers=headers).json()
+    token = api.http.post(f"{REPORTS}/{report['id']}/share", headers=headers).json()["token"]
+    with caplog.at_level("INFO", logger="runstream.api.access"):
+        assert api.http.get(f"/api/v1/shared/{token}").status_code == 200
+        assert api.http.get(f"{REPORTS}/{report['id']}", params={"share": token}).status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "runstream.api.access"]
+    assert len(lines) == 2 and "/api/v1/shared/…" in lines[0]
+    assert not any(token in line or token[:20] in line for line in lines)
