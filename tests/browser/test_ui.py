@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,7 +93,9 @@ def browser() -> Iterator[object]:
 @pytest.fixture
 def page(browser, request: pytest.FixtureRequest) -> Iterator[object]:
     """A fresh context (no stored key) and page; page errors fail the test; a screenshot whatever happens."""
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    # bypass_csp: these tests poll with string predicates, which Playwright evaluates in the page
+    # (the UI's CSP refuses eval); test_run_media_and_downloads_with_an_api_key keeps the CSP.
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, bypass_csp=True)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
@@ -256,6 +259,46 @@ def test_run_page_git_diff_console_media(page, server: str) -> None:
     assert "diff.patch" in page.locator("table.files").inner_text()
 
 
+def _as_local_admin(url: str, method: str, path: str, body: dict) -> dict:
+    request = urllib.request.Request(f"{url}/api/v1{path}", method=method, data=orjson.dumps(body),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return orjson.loads(response.read())
+
+
+def test_run_media_and_downloads_with_an_api_key(browser, server: str) -> None:
+    """With a key (a cluster user), images and downloads are fetched with the Authorization
+    header (an <img src> would send none and fail), and the UI's CSP allows what it does."""
+    try:  # the demo logs into team "default", which the accounts store holds once created
+        _as_local_admin(server, "POST", "/teams", {"team": "default"})
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 409, exc.read()
+    _as_local_admin(server, "PUT", "/teams/default/members/mediauser", {"role": "member"})
+    key = _as_local_admin(server, "POST", "/teams/default/keys", {"user": "mediauser", "name": "browser"})["key"]
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    context.add_init_script(f"localStorage.setItem('runstream.apiKey', {orjson.dumps(key).decode()})")
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.on("console", lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None)
+    try:
+        _open_workspace(page, server)
+        assert "mediauser" in page.locator("header .who").inner_text()
+        page.locator("table.runs td.name a").first.click()
+        page.wait_for_selector("pre.diff")
+        with page.expect_download() as download:
+            page.locator(".overview h3 a", has_text="download").click()
+        assert "+LR = 3e-4" in Path(download.value.path()).read_text()
+        page.locator("nav.run-tabs a", has_text="media").click()
+        page.wait_for_function("() => [...document.querySelectorAll('.image-grid img')].some((i) => i.complete && i.naturalWidth > 0)")
+        assert page.locator(".image-grid img").first.get_attribute("src").startswith("blob:")
+        _shot(page, "run-media-with-key")
+    finally:
+        context.close()
+    assert not problems, problems
+
+
 def test_alerts_live_list_and_rules(page, server: str) -> None:
     page.goto(f"{server}/projects/default/demo/alerts")
     page.wait_for_selector("tr.alert-row")
@@ -281,7 +324,7 @@ def test_report_and_share_link_without_a_key(page, browser, server: str) -> None
     _shot(page, "report")
 
     # A fresh context: no stored key, nothing but the link. Every API call carries the share token.
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True)
     try:
         shared = context.new_page()
         calls: list[tuple[str, str | None]] = []

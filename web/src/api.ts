@@ -24,10 +24,6 @@ export function setShareToken(token: string | null): void {
   shareToken = token;
 }
 
-export function getShareToken(): string | null {
-  return shareToken;
-}
-
 export function authHeaders(): Record<string, string> {
   const headers: Record<string, string> = {};
   if (shareToken) headers["X-Runstream-Share"] = shareToken;
@@ -73,17 +69,68 @@ export const patch = <T = any>(path: string, body: unknown) => api<T>("PATCH", p
 export const put = <T = any>(path: string, body: unknown) => api<T>("PUT", path, body);
 export const del = <T = any>(path: string) => api<T>("DELETE", path);
 
-/** A file's URL for links and <img>: with the share token as ?share= (an <img> sends no headers). */
-export function fileUrl(url: string): string {
-  if (!shareToken) return url;
-  return url + (url.includes("?") ? "&" : "?") + "share=" + encodeURIComponent(shareToken);
+/** Fetch a file with the caller's credentials as headers (never in the URL). */
+async function fetchFile(url: string, signal?: AbortSignal): Promise<Response> {
+  const response = await fetch(url, { headers: authHeaders(), signal });
+  if (!response.ok) throw new ApiError(response.status, `${url}: HTTP ${response.status}`);
+  return response;
 }
 
-/** Fetch a file's bytes as text with the caller's credentials (patches, tables, histograms). */
-export async function fetchText(url: string): Promise<string> {
-  const response = await fetch(url, { headers: authHeaders() });
-  if (!response.ok) throw new ApiError(response.status, `${url}: HTTP ${response.status}`);
-  return response.text();
+/** A file's bytes as text (patches, tables, histograms). */
+export async function fetchText(url: string, signal?: AbortSignal): Promise<string> {
+  return (await fetchFile(url, signal)).text();
+}
+
+/**
+ * Object URLs of files fetched with the caller's credentials, for <img> and downloads (an
+ * <img src> or <a href download> would send no Authorization header). revoke() frees them all.
+ */
+export class BlobUrls {
+  private urls: string[] = [];
+
+  async get(url: string, signal?: AbortSignal): Promise<string> {
+    const blob = await (await fetchFile(url, signal)).blob();
+    const objectUrl = URL.createObjectURL(blob);
+    this.urls.push(objectUrl);
+    return objectUrl;
+  }
+
+  /** An <img> whose bytes are fetched with credentials; onError says why one failed. */
+  image(url: string, attrs: Record<string, string | number>, onError: (err: unknown) => void, signal?: AbortSignal): HTMLImageElement {
+    const img = document.createElement("img");
+    for (const [k, v] of Object.entries(attrs)) img.setAttribute(k, String(v));
+    this.get(url, signal).then((src) => { img.src = src; }, (err) => { if (!signal?.aborted) onError(err); });
+    return img;
+  }
+
+  /** A download link: a click fetches the file with credentials and saves it under `name`. */
+  download(url: string, name: string, label: string, onError: (err: unknown) => void, className = ""): HTMLAnchorElement {
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = name;
+    a.textContent = label;
+    if (className) a.className = className;
+    a.addEventListener("click", (event) => {
+      if (a.dataset.blob) return; // the second, synthetic click below: let the browser save it
+      event.preventDefault();
+      this.get(url).then((objectUrl) => {
+        const saver = document.createElement("a");
+        saver.href = objectUrl;
+        saver.download = name;
+        saver.dataset.blob = "1";
+        saver.hidden = true;
+        document.body.append(saver);
+        saver.click();
+        saver.remove();
+      }, onError);
+    });
+    return a;
+  }
+
+  revoke(): void {
+    this.urls.forEach((u) => URL.revokeObjectURL(u));
+    this.urls = [];
+  }
 }
 
 export interface SseEvent { id: string; event: string; data: string }
@@ -92,7 +139,8 @@ export interface SseEvent { id: string; event: string; data: string }
  * Server-Sent Events over fetch, so the API key travels as a header (EventSource cannot
  * send one). Reconnects after a drop, resuming with Last-Event-ID. Returns a stop function.
  */
-export function sse(path: string, onEvent: (e: SseEvent) => void, onState?: (state: string) => void): () => void {
+export function sse(path: string, onEvent: (e: SseEvent) => void, onState?: (state: string) => void,
+                    signal?: AbortSignal): () => void {
   const controller = new AbortController();
   let lastId = "";
   let stopped = false;
@@ -138,6 +186,9 @@ export function sse(path: string, onEvent: (e: SseEvent) => void, onState?: (sta
       if (!stopped) await new Promise((r) => setTimeout(r, 2000));
     }
   };
+  const stop = () => { stopped = true; controller.abort(); };
+  if (signal?.aborted) return stop;
+  signal?.addEventListener("abort", stop);
   void connect();
-  return () => { stopped = true; controller.abort(); };
+  return stop;
 }

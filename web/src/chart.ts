@@ -5,7 +5,7 @@
 
 import uPlot from "uplot";
 import { h, select } from "./dom";
-import { ema, fmtNum } from "./util";
+import { ema, fmtNum, withAlpha } from "./util";
 
 export type XAxis = "step" | "time" | "relative" | "metric";
 
@@ -50,7 +50,8 @@ export interface PanelOptions {
 
 const MAX_EXACT_COLUMNS = 4000;
 const GRID_COLUMNS = 1500;
-const MAX_ENVELOPES = 25;      // beyond this many lines, envelopes only clutter (and cost)
+/** Beyond this many lines, envelopes only clutter (and cost): the loaders ask for none. */
+export const MAX_ENVELOPES = 25;
 const MAX_FOCUS = 60;          // focusing a line redraws all of them: only for modest counts
 
 interface Built { data: uPlot.AlignedData; series: uPlot.Series[]; bands: uPlot.Band[]; index: Map<string, number[]>;
@@ -109,7 +110,7 @@ export function build(lines: Line[], spec: PanelSpec, hidden: (key: string) => b
       const hiIdx = series.length;
       series.push({ label: `${line.label} max`, stroke: "transparent", width: 0, points: { show: false }, spanGaps: true, show },
                   { label: `${line.label} min`, stroke: "transparent", width: 0, points: { show: false }, spanGaps: true, show });
-      bands.push({ series: [hiIdx, hiIdx + 1], fill: line.color.replace(")", " / 0.14)") });
+      bands.push({ series: [hiIdx, hiIdx + 1], fill: withAlpha(line.color, 0.14) });
       ids.push(hiIdx, hiIdx + 1);
     }
     data.push(place(line, ema(line.y, smoothing)));
@@ -327,6 +328,7 @@ export class ChartPanel {
   }
 
   destroy(): void {
+    this.loading++; // a load still in flight draws nothing
     this.resize.disconnect();
     this.plot?.destroy();
     this.plot = null;

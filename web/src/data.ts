@@ -1,7 +1,7 @@
 // Chart loaders: what a panel draws, read from the series, bands and system endpoints.
 
 import { post, get, qs } from "./api";
-import type { Line, Loader, PanelSpec } from "./chart";
+import { MAX_ENVELOPES, type Line, type Loader, type PanelSpec } from "./chart";
 import { colorOf } from "./util";
 
 export interface ChartRun { id: string; name: string }
@@ -20,7 +20,7 @@ export function seriesLoader(team: string, project: string, runs: () => ChartRun
   return async (spec: PanelSpec, stepRange, width) => {
     const chartRuns = runs();
     if (!chartRuns.length) return { lines: [], note: "no runs" };
-    const envelope = chartRuns.length <= 25;
+    const envelope = chartRuns.length <= MAX_ENVELOPES;
     const body: Record<string, unknown> = {
       run_ids: chartRuns.map((r) => r.id), metrics: [spec.metric], points: pointsFor(chartRuns.length, width),
       x: spec.x ?? "step", fields: envelope ? ["x", "y", "min", "max"] : ["x", "y"],

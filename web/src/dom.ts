@@ -55,6 +55,20 @@ export function errorBox(err: unknown): HTMLElement {
   return h("div.error", { role: "alert" }, message);
 }
 
+/**
+ * An event handler that runs `fn` and shows its failure in `where` (the page's status area)
+ * instead of leaving an unhandled rejection with nothing on screen.
+ */
+export function guarded<A extends unknown[]>(where: Element, fn: (...args: A) => unknown): (...args: A) => void {
+  return (...args: A) => {
+    try {
+      Promise.resolve(fn(...args)).catch((err) => where.replaceChildren(errorBox(err)));
+    } catch (err) {
+      where.replaceChildren(errorBox(err));
+    }
+  };
+}
+
 /** A select element from [value, label] pairs. */
 export function select(options: Array<[string, string]>, value: string, onChange: (v: string) => void,
                        attrs: Attrs = {}): HTMLSelectElement {

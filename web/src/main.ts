@@ -12,7 +12,8 @@ import { workspacePage } from "./pages/workspace";
 
 export interface Whoami { user: string | null; team: string | null; role: string | null; local_admin: boolean }
 export type Cleanup = (() => void) | void;
-export type Page = (root: HTMLElement, params: string[]) => Cleanup | Promise<Cleanup>;
+/** A page draws into root; signal aborts when the page is left (or a newer render started). */
+export type Page = (root: HTMLElement, params: string[], signal: AbortSignal) => Cleanup | Promise<Cleanup>;
 
 const P = "([^/]+)";
 const ROUTES: Array<[RegExp, Page]> = [
@@ -88,24 +89,37 @@ async function topBar(shared: boolean): Promise<HTMLElement> {
   return bar;
 }
 
+let generation = 0;
+let leaving: AbortController | null = null;
+
 async function render(): Promise<void> {
+  // A newer render makes this one stale: after each await it stops and undoes what it started.
+  const mine = ++generation;
+  leaving?.abort();
+  leaving = new AbortController();
+  const signal = leaving.signal;
   if (typeof cleanup === "function") cleanup();
   cleanup = undefined;
   const app = document.getElementById("app")!;
   const path = location.pathname;
   const shared = path.startsWith("/share/");
   setShareToken(null);
+  const bar = await topBar(shared);
+  if (mine !== generation) return;
   clear(app);
   const main = h("main");
-  app.append(await topBar(shared), main);
+  app.append(bar, main);
   for (const [pattern, page] of ROUTES) {
     const m = path.match(pattern);
     if (!m) continue;
+    let done: Cleanup = undefined;
     try {
-      cleanup = await page(main, m.slice(1).map(decodeURIComponent));
+      done = await page(main, m.slice(1).map(decodeURIComponent), signal);
     } catch (err) {
-      main.append(errorBox(err));
+      if (mine === generation) main.append(errorBox(err));
     }
+    if (mine !== generation) { if (typeof done === "function") done(); return; }
+    cleanup = done;
     return;
   }
   main.append(h("h2", null, "Not found"), h("p", null, "No page here. ", h("a", { href: "/" }, "Projects")));

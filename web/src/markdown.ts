@@ -10,7 +10,10 @@ export function escapeHtml(text: string): string {
 
 function safeUrl(url: string): string | null {
   const u = url.trim();
-  if (/^(https?:|mailto:)/i.test(u) || /^[/#?]/.test(u) && !u.startsWith("//")) return u;
+  // A backslash reads as a slash to browsers ("/\evil.example" is "//evil.example"): none at all.
+  if (u.includes("\\") || /[\u0000-\u001f]/.test(u)) return null;
+  if (/^(https?:|mailto:)/i.test(u)) return u;
+  if (/^[/#?]/.test(u) && !u.startsWith("//") && new URL(u, location.origin).origin === location.origin) return u;
   return null;
 }
 

@@ -18,8 +18,9 @@ export function colorOf(id: string): string {
   return `hsl(${hue} 70% ${light}%)`;
 }
 
-export function colorWithAlpha(id: string, alpha: number): string {
-  return colorOf(id).replace(")", ` / ${alpha})`);
+/** An hsl() colour (colorOf's) with an alpha: envelope and band fills. */
+export function withAlpha(color: string, alpha: number): string {
+  return color.replace(")", ` / ${alpha})`);
 }
 
 /** Numbers as people read them in a table: 4 significant digits, exponent when tiny or huge. */

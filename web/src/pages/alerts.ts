@@ -1,7 +1,7 @@
 // Alerts: the live list (Server-Sent Events) and the rules editor.
 
 import { del, get, patch, post, sse } from "../api";
-import { errorBox, h, select } from "../dom";
+import { errorBox, guarded, h, select } from "../dom";
 import { projectNav } from "../main";
 import { fmtTime } from "../util";
 
@@ -15,7 +15,7 @@ const EXAMPLES: Record<string, object> = {
   run_state: { states: ["crashed", "failed"], level: "WARN" },
 };
 
-export async function alertsPage(root: HTMLElement, [team, project]: string[]): Promise<() => void> {
+export async function alertsPage(root: HTMLElement, [team, project]: string[], signal?: AbortSignal): Promise<() => void> {
   const base = `/projects/${enc(team)}/${enc(project)}`;
   root.append(projectNav(team, project, "alerts"));
   const live = h("span.live", null, "connecting…");
@@ -25,7 +25,7 @@ export async function alertsPage(root: HTMLElement, [team, project]: string[]): 
     h("td.nowrap", null, fmtTime(a.time)), h("td", null, h("span", { className: `level level-${a.level}` }, a.level)),
     h("td", null, h("a", { href: `${base}/runs/${enc(a.run_id)}` }, a.run_id)),
     h("td", null, h("b", null, a.title), h("div.alert-text", null, a.text)), h("td.muted", null, a.source));
-  const { alerts } = await get<{ alerts: any[] }>(`${base}/alerts?limit=200`);
+  const { alerts } = await get<{ alerts: any[] }>(`${base}/alerts?limit=200`, signal);
   for (const a of alerts) { seen.add(a.alert_id + a.run_id); list.append(alertRow(a)); }
   const since = alerts.length ? Math.max(...alerts.map((a) => a.time)) : undefined;
   const stop = sse(`${base}/alerts/stream${since ? `?since=${since}` : ""}`, (e) => {
@@ -36,8 +36,9 @@ export async function alertsPage(root: HTMLElement, [team, project]: string[]): 
     const row = alertRow(a);
     row.classList.add("new");
     list.prepend(row);
-  }, (s) => { live.textContent = s === "live" ? "● live" : s; });
+  }, (s) => { live.textContent = s === "live" ? "● live" : s; }, signal);
 
+  const rulesStatus = h("div.rules-status");
   const rulesBox = h("div.rules");
   const drawRules = async () => {
     const { rules } = await get<{ rules: any[] }>(`${base}/alert-rules`);
@@ -45,12 +46,17 @@ export async function alertsPage(root: HTMLElement, [team, project]: string[]): 
       h("thead", null, h("tr", null, ["name", "kind", "spec", "cooldown", "enabled", ""].map((c) => h("th", null, c)))),
       h("tbody", null, rules.map((r) => {
         const enabled = h("input", { type: "checkbox", checked: r.enabled });
-        enabled.addEventListener("change", () => void patch(`${base}/alert-rules/${enc(r.id)}`, { enabled: enabled.checked })
-          .catch((e) => rulesBox.prepend(errorBox(e))));
+        enabled.addEventListener("change", () => {
+          const want = enabled.checked;
+          patch(`${base}/alert-rules/${enc(r.id)}`, { enabled: want }).then(() => rulesStatus.replaceChildren(), (e) => {
+            enabled.checked = !want; // the server kept the old value: show it
+            rulesStatus.replaceChildren(errorBox(e));
+          });
+        });
         return h("tr", null, h("td", null, r.name), h("td", null, r.kind), h("td", null, h("code", null, JSON.stringify(r.spec))),
           h("td.num", null, `${r.cooldown_s} s`), h("td", null, enabled),
           h("td", null, h("button.link", { onclick: () => editor(r) }, "edit"), " ",
-            h("button.link", { onclick: async () => { await del(`${base}/alert-rules/${enc(r.id)}`); await drawRules(); } }, "delete")));
+            h("button.link", { onclick: guarded(rulesStatus, async () => { await del(`${base}/alert-rules/${enc(r.id)}`); await drawRules(); }) }, "delete")));
       }))), h("button.new-rule", { onclick: () => editor(null) }, "+ rule"));
   };
   const editorBox = h("div.rule-editor");
@@ -81,7 +87,11 @@ export async function alertsPage(root: HTMLElement, [team, project]: string[]): 
   root.append(h("div.alerts-page", null,
     h("section", null, h("h2", null, "Alerts ", live),
       h("table.grid.alerts", null, h("thead", null, h("tr", null, ["time", "level", "run", "alert", "source"].map((c) => h("th", null, c)))), list)),
-    h("section", null, h("h2", null, "Rules"), rulesBox, editorBox)));
-  await drawRules();
+    h("section", null, h("h2", null, "Rules"), rulesStatus, rulesBox, editorBox)));
+  try {
+    await drawRules();
+  } catch (err) {
+    rulesStatus.replaceChildren(errorBox(err));
+  }
   return stop;
 }

@@ -4,7 +4,7 @@
 import { del, get, patch, post, qs, setShareToken } from "../api";
 import { ChartPanel, type PanelSpec } from "../chart";
 import { seriesLoader, type ChartRun } from "../data";
-import { errorBox, h, select } from "../dom";
+import { errorBox, guarded, h, select } from "../dom";
 import { renderMarkdown } from "../markdown";
 import { navigate, projectNav } from "../main";
 import { fmtTime } from "../util";
@@ -22,9 +22,9 @@ export async function reportsPage(root: HTMLElement, [team, project]: string[]):
   const title = h("input", { placeholder: "title of a new report", size: 40, name: "report-title" });
   const message = h("div");
   const create = async () => {
-    const keys = await get<any>(`${base}/keys`);
-    const metric = keys.metric[0]?.key;
     try {
+      const keys = await get<any>(`${base}/keys`);
+      const metric = keys.metric[0]?.key;
       const report = await post<{ id: string }>(`${base}/reports`, {
         title: title.value.trim() || "Untitled report",
         body: `# ${title.value.trim() || "Untitled report"}\n\nWhat we found.\n\n{{panel 1}}\n`,
@@ -100,7 +100,9 @@ export async function reportPage(root: HTMLElement, [team, project, reportId]: s
   const runIds = h("input", { placeholder: "run ids, comma-separated (empty: a filter)", size: 30 });
   const filterInput = h("input", { placeholder: '{"state": "finished"}', size: 30 });
   const addPanel = () => {
-    const panels = JSON.parse(panelsInput.value || "[]");
+    let panels: unknown[];
+    try { panels = JSON.parse(panelsInput.value || "[]"); } catch { message.replaceChildren(errorBox("panels are not valid JSON")); return; }
+    if (!Array.isArray(panels)) { message.replaceChildren(errorBox("panels must be a JSON array")); return; }
     const ids = runIds.value.split(",").map((s) => s.trim()).filter(Boolean);
     let filters: unknown = {};
     if (!ids.length && filterInput.value.trim()) {
@@ -137,8 +139,10 @@ export async function reportPage(root: HTMLElement, [team, project, reportId]: s
     } catch (err) { shareBox.replaceChildren(errorBox(err)); }
   };
   const revoke = async () => {
-    report = await del(`${path}/share`).then(() => get(path)).catch((e) => { shareBox.replaceChildren(errorBox(e)); return report; });
-    shareBox.replaceChildren("Every share link made so far stopped working.");
+    try {
+      report = await del(`${path}/share`); // answers the report
+      shareBox.replaceChildren("Every share link made so far stopped working.");
+    } catch (err) { shareBox.replaceChildren(errorBox(err)); }
   };
   const heading = h("h2", null, report.title);
   root.append(heading,
@@ -146,7 +150,7 @@ export async function reportPage(root: HTMLElement, [team, project, reportId]: s
       h("button.edit-report", { onclick: () => { editor.hidden = !editor.hidden; } }, "edit"),
       h("button.share-report", { onclick: share }, "share link"),
       h("button.link", { onclick: revoke }, "revoke links"),
-      h("button.link", { onclick: async () => { if (confirm("Delete this report?")) { await del(path); navigate(`${base}/reports`); } } }, "delete")),
+      h("button.link", { onclick: guarded(message, async () => { if (confirm("Delete this report?")) { await del(path); navigate(`${base}/reports`); } }) }, "delete")),
     shareBox, message, editor, view);
   await draw();
   return () => charts.forEach((c) => c.destroy());

@@ -1,10 +1,10 @@
 // One run: overview (live state, config, summary, git and its diff), charts of every metric,
 // system metrics, console log, files and media.
 
-import { fetchText, fileUrl, get, patch, qs } from "../api";
+import { BlobUrls, fetchText, get, patch, qs } from "../api";
 import { ChartPanel, type Line, type PanelSpec } from "../chart";
 import { seriesLoader } from "../data";
-import { debounce, errorBox, h, replace } from "../dom";
+import { debounce, errorBox, guarded, h, replace } from "../dom";
 import { projectNav } from "../main";
 import { colorOf, fmtAgo, fmtBytes, fmtDuration, fmtNum, fmtTime, flatten } from "../util";
 
@@ -24,9 +24,9 @@ export function diffView(patchText: string): HTMLElement {
   }));
 }
 
-export async function runPage(root: HTMLElement, [team, project, runId]: string[]): Promise<() => void> {
+export async function runPage(root: HTMLElement, [team, project, runId]: string[], signal?: AbortSignal): Promise<() => void> {
   const path = `/runs/${enc(team)}/${enc(project)}/${enc(runId)}`;
-  let run = await get<any>(path);
+  let run = await get<any>(path, signal);
   root.append(projectNav(team, project, ""));
   const stateBadge = h("span", { className: `state state-${run.state}` }, run.state);
   const heartbeat = h("span.muted.heartbeat");
@@ -36,6 +36,7 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
   const content = h("div.run-content");
   root.append(title, tabsEl, content);
   const timers: number[] = [];
+  const blobs = new BlobUrls();     // images and downloads fetched with credentials
   let panels: ChartPanel[] = [];
   const destroyPanels = () => { panels.forEach((p) => p.destroy()); panels = []; };
 
@@ -56,9 +57,14 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
     } catch { /* keep the last state */ }
   }, 5000));
 
-  const overview = async () => {
+  // Each tab paints into its own pane and checks alive() after every await: a tab left while
+  // it loads paints nothing and starts no timer.
+  type Tab = (pane: HTMLElement, alive: () => boolean, tabSignal: AbortSignal) => Promise<void>;
+
+  const overview: Tab = async (content, alive, tabSignal) => {
     const git = run.git ?? {};
-    const files = (await get<{ files: any[] }>(`${path}/files`)).files;
+    const files = (await get<{ files: any[] }>(`${path}/files`, tabSignal)).files;
+    if (!alive()) return;
     const patchFile = files.find((f) => f.kind === "git_patch");
     const notes = h("textarea.notes", { rows: 3, placeholder: "notes" }, run.notes ?? "");
     const saved = h("span.muted");
@@ -88,17 +94,22 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
         h("section", null, h("h3", null, "Git"), kv([
           ["commit", git.commit ? h("code", null, git.commit) : null], ["branch", git.branch], ["remote", git.remote],
           ["dirty", git.dirty === undefined ? null : String(git.dirty)], ["root", git.root],
-        ]), patchFile ? h("div", null, h("h3", null, "Diff ", h("a.muted", { href: fileUrl(patchFile.url), download: patchFile.path }, "download")), diffBox)
+        ]), patchFile ? h("div", null, h("h3", null, "Diff ", blobs.download(patchFile.url, patchFile.path.split("/").pop() || "diff.patch", "download",
+          (err) => diffBox.replaceChildren(errorBox(err)), "muted")), diffBox)
           : h("p.muted", null, "no diff (the working tree was clean or not a git repository)")),
         h("section", null, h("h3", null, "Config"), kv(Object.entries(flatten(run.config)))),
         h("section", null, h("h3", null, "Summary"), kv(Object.entries(flatten(run.summary))))));
-    if (patchFile) diffBox.append(diffView(await fetchText(fileUrl(patchFile.url))));
+    if (patchFile) {
+      const text = await fetchText(patchFile.url, tabSignal);
+      if (alive()) diffBox.append(diffView(text));
+    }
   };
 
-  const charts = async (system: boolean) => {
+  const charts = async (system: boolean, content: HTMLElement, alive: () => boolean, tabSignal: AbortSignal) => {
     const names: string[] = system
-      ? (await get<{ series: any[] }>(`${path}/system` + qs({ points: 500 }))).series.map((s) => s.metric)
-      : (await get<{ metrics: string[] }>(`${path}/metrics`)).metrics;
+      ? (await get<{ series: any[] }>(`${path}/system` + qs({ points: 500 }), tabSignal)).series.map((s) => s.metric)
+      : (await get<{ metrics: string[] }>(`${path}/metrics`, tabSignal)).metrics;
+    if (!alive()) return;
     if (!names.length) { replace(content, h("p.muted", null, system ? "no system metrics" : "no metrics")); return; }
     const runs = () => [{ id: run.id, name: run.name || run.id }];
     let sysCache: Promise<any[]> | null = null;
@@ -110,22 +121,30 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
       return { lines: [{ key: run.id, label: spec.metric, color: colorOf(run.id), x, y: s.mean, lo: s.min, hi: s.max }] };
     };
     const loader = system ? sysLoader : seriesLoader(team, project, runs);
-    panels = names.map((metric) => new ChartPanel(
+    const mine = names.map((metric) => new ChartPanel(
       { id: metric, metric, kind: system ? "system" : "metric", x: system ? "relative" : "step", smoothing: 0 },
       { loader, hidden: () => false, metrics: names, xChoices: system ? ["relative", "time"] : undefined }));
-    replace(content, h("div.panels", null, panels.map((p) => p.el)));
-    await Promise.all(panels.map((p) => p.load()));
+    panels = mine;
+    replace(content, h("div.panels", null, mine.map((p) => p.el)));
+    await Promise.all(mine.map((p) => p.load()));
   };
 
-  const consoleTab = async () => {
+  const consoleTab: Tab = async (content, alive, tabSignal) => {
     const q = h("input.console-search", { type: "search", placeholder: "search the log (text; tick regex for RE2)", size: 40 });
     const regex = h("input", { type: "checkbox" });
     const out = h("pre.console");
     const more = h("button.link", { hidden: true }, "older lines");
+    const status = h("div.console-status");
     let cursor: string | null = null;
+    let olderLoaded = false;   // older pages shown: a refresh of the tail would drop them
+    let asked = 0;             // the newest question wins (a slow answer to an older one is dropped)
     const show = async (older: boolean) => {
+      const ticket = ++asked;
       const answer = await get<{ lines: any[]; next_cursor: string | null }>(`${path}/console` +
-        qs({ tail: 1000, q: q.value || undefined, regex: q.value && regex.checked ? 1 : undefined, cursor: older ? cursor : undefined }));
+        qs({ tail: 1000, q: q.value || undefined, regex: q.value && regex.checked ? 1 : undefined, cursor: older ? cursor : undefined }), tabSignal);
+      if (ticket !== asked || !alive()) return;
+      status.replaceChildren();
+      olderLoaded = older;
       cursor = answer.next_cursor;
       more.hidden = !cursor;
       const lines = answer.lines.map((l) => h("span", { className: l.stream === "stderr" ? "stderr" : "" },
@@ -134,28 +153,40 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
       if (!answer.lines.length && !older) out.textContent = q.value ? "no line matches" : "no console output";
       if (!older) out.scrollTop = out.scrollHeight;
     };
-    q.addEventListener("input", debounce(() => void show(false).catch((e) => out.replaceChildren(errorBox(e))), 300));
-    regex.addEventListener("change", () => void show(false));
-    more.addEventListener("click", () => void show(true));
-    replace(content, h("div.console-bar", null, q, h("label", null, regex, " regex"), " ", more), out);
+    q.addEventListener("input", debounce(guarded(status, () => show(false)), 300));
+    regex.addEventListener("change", guarded(status, () => show(false)));
+    more.addEventListener("click", guarded(status, () => show(true)));
+    replace(content, h("div.console-bar", null, q, h("label", null, regex, " regex"), " ", more), status, out);
     await show(false);
-    if (run.state === "running") timers.push(window.setInterval(() => { if (!q.value) void show(false); }, 5000));
+    if (!alive() || run.state !== "running") return;
+    // Refresh the tail while the run runs, unless the reader is searching, has loaded older
+    // lines, or scrolled up (a refresh would replace what they read and jump to the bottom).
+    const poll = window.setInterval(() => {
+      if (run.state !== "running") { window.clearInterval(poll); return; }
+      const atBottom = out.scrollTop + out.clientHeight >= out.scrollHeight - 24;
+      if (q.value || olderLoaded || !atBottom) return;
+      show(false).catch((e) => status.replaceChildren(errorBox(e)));
+    }, 5000);
+    timers.push(poll);
   };
 
-  const filesTab = async () => {
-    const { files } = await get<{ files: any[] }>(`${path}/files`);
+  const filesTab: Tab = async (content, alive, tabSignal) => {
+    const { files } = await get<{ files: any[] }>(`${path}/files`, tabSignal);
+    if (!alive()) return;
+    const status = h("div.files-status");
     if (!files.length) { replace(content, h("p.muted", null, "no files")); return; }
     const rows = files.map((f) => h("tr", null,
-      h("td", null, h("a", { href: fileUrl(f.url), download: f.path.split("/").pop() }, f.path)),
+      h("td", null, blobs.download(f.url, f.path.split("/").pop() || "file", f.path, (err) => status.replaceChildren(errorBox(err)))),
       h("td", null, f.media_type ? `${f.kind} (${f.media_type})` : f.kind), h("td.num", null, fmtBytes(f.size)),
       h("td.num", null, f.step ?? ""), h("td", null, fmtTime(f.time))));
-    replace(content, h("table.grid.files", null,
+    replace(content, status, h("table.grid.files", null,
       h("thead", null, h("tr", null, ["path", "kind", "size", "step", "time"].map((c) => h("th", null, c)))),
       h("tbody", null, rows)));
   };
 
-  const mediaTab = async () => {
-    const media = (await get<{ files: any[] }>(`${path}/files` + qs({ kind: "media" }))).files;
+  const mediaTab: Tab = async (content, alive, tabSignal) => {
+    const media = (await get<{ files: any[] }>(`${path}/files` + qs({ kind: "media" }), tabSignal)).files;
+    if (!alive()) return;
     if (!media.length) { replace(content, h("p.muted", null, "no media")); return; }
     const byKey = new Map<string, any[]>();
     for (const f of media) {
@@ -163,6 +194,8 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
       byKey.set(key, [...(byKey.get(key) ?? []), f]);
     }
     const sections: HTMLElement[] = [];
+    const status = h("div.media-status");
+    const fail = (err: unknown) => { if (alive()) status.replaceChildren(errorBox(err)); };
     for (const [key, items] of byKey) {
       items.sort((a, b) => (a.step ?? 0) - (b.step ?? 0));
       const [type, name] = [key.slice(0, key.indexOf(":")), key.slice(key.indexOf(":") + 1)];
@@ -171,47 +204,63 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
       if (type === "image") {
         body.className = "image-grid";
         body.append(...items.map((f) => h("figure", null,
-          h("img", { src: fileUrl(f.url), alt: f.meta?.caption ?? f.path, loading: "lazy", width: 96, height: 96 }),
+          blobs.image(f.url, { alt: f.meta?.caption ?? f.path, width: 96, height: 96 }, fail, tabSignal),
           h("figcaption", null, `step ${f.step ?? "?"}`, f.meta?.caption ? ` · ${f.meta.caption}` : ""))));
       } else if (type === "histogram") {
         body.className = "histograms";
-        void Promise.all(items.map(async (f) => ({ f, data: JSON.parse(await fetchText(fileUrl(f.url))) })))
-          .then((all) => body.append(histogramView(all)));
+        Promise.all(items.map(async (f) => ({ f, data: JSON.parse(await fetchText(f.url, tabSignal)) })))
+          .then((all) => { if (alive()) body.append(histogramView(all)); }, fail);
       } else if (type === "table") {
         const step = h("select");
         items.forEach((f, i) => step.append(h("option", { value: String(i), selected: i === items.length - 1 }, `step ${f.step}`)));
         const holder = h("div");
         const show = async () => {
-          const data = JSON.parse(await fetchText(fileUrl(items[Number(step.value)].url)));
+          const data = JSON.parse(await fetchText(items[Number(step.value)].url, tabSignal));
+          if (!alive()) return;
           holder.replaceChildren(h("table.grid", null, h("thead", null, h("tr", null, data.columns.map((c: string) => h("th", null, c)))),
             h("tbody", null, data.data.map((row: unknown[]) => h("tr", null, row.map((v) => h("td", null, fmtNum(v))))))));
         };
-        step.addEventListener("change", () => void show());
+        step.addEventListener("change", () => void show().catch(fail));
         body.append(step, holder);
-        void show();
+        void show().catch(fail);
       } else {
-        body.append(h("ul", null, items.map((f) => h("li", null, h("a", { href: fileUrl(f.url), download: "" }, f.path)))));
+        body.append(h("ul", null, items.map((f) => h("li", null, blobs.download(f.url, f.path.split("/").pop() || "file", f.path, fail)))));
       }
     }
-    replace(content, ...sections);
+    replace(content, status, ...sections);
   };
 
-  const tabs: Array<[string, () => Promise<void>]> = [
-    ["overview", overview], ["charts", () => charts(false)], ["system", () => charts(true)],
+  const tabs: Array<[string, Tab]> = [
+    ["overview", overview], ["charts", (p, a, s) => charts(false, p, a, s)], ["system", (p, a, s) => charts(true, p, a, s)],
     ["console", consoleTab], ["files", filesTab], ["media", mediaTab],
   ];
+  let opened = 0;
+  let tabAbort: AbortController | null = null;
   const open = (name: string) => {
+    const ticket = ++opened;
+    tabAbort?.abort();
+    tabAbort = new AbortController();
+    const tabSignal = tabAbort.signal;
+    const alive = () => ticket === opened && !signal?.aborted;
     destroyPanels();
+    blobs.revoke();
     timers.splice(1).forEach((t) => window.clearInterval(t));
     tabsEl.querySelectorAll("a").forEach((a) => a.classList.toggle("active", a.dataset.tab === name));
-    replace(content, h("p.muted", null, "loading…"));
+    const pane = h("div.run-pane", null, h("p.muted", null, "loading…"));
+    replace(content, pane);
     const fn = tabs.find(([n]) => n === name)![1];
-    fn().catch((err) => replace(content, errorBox(err)));
+    fn(pane, alive, tabSignal).catch((err) => { if (alive()) replace(pane, errorBox(err)); });
     history.replaceState(null, "", `${location.pathname}#${name}`);
   };
   tabsEl.append(...tabs.map(([name]) => h("a", { href: `#${name}`, dataset: { tab: name }, onclick: (e: Event) => { e.preventDefault(); open(name); } }, name)));
   open(tabs.some(([n]) => `#${n}` === location.hash) ? location.hash.slice(1) : "overview");
-  return () => { timers.forEach((t) => window.clearInterval(t)); destroyPanels(); };
+  return () => {
+    opened++;
+    tabAbort?.abort();
+    timers.forEach((t) => window.clearInterval(t));
+    destroyPanels();
+    blobs.revoke();
+  };
 }
 
 /** Histograms over steps: one row of bars per step, darker where a bin holds more. */

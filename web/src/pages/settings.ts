@@ -25,7 +25,8 @@ export async function settingsPage(root: HTMLElement): Promise<void> {
     return;
   }
   const teamBox = h("div");
-  const pick = select(teams.map((t) => [t.team, `${t.team} (${t.role})`] as [string, string]), teams[0]?.team ?? "", (t) => void showTeam(t));
+  const pick = select(teams.map((t) => [t.team, `${t.team} (${t.role})`] as [string, string]), teams[0]?.team ?? "",
+    (t) => void showTeam(t).catch((err) => teamBox.replaceChildren(errorBox(err))));
   const newTeam = h("input", { placeholder: "new team", size: 16 });
   root.append(h("section", null, h("h3", null, "Teams"),
     teams.length ? h("div.row", null, "team: ", pick) : h("p.muted", null, "No teams yet."),

@@ -5,7 +5,7 @@
 import { get, patch, post, qs } from "../api";
 import { ChartPanel, type PanelSpec } from "../chart";
 import { type ChartRun, seriesLoader, systemLoader } from "../data";
-import { errorBox, h, select } from "../dom";
+import { errorBox, guarded, h, select } from "../dom";
 import { filterBuilder, type FilterRow, RUN_FIELDS, toFilter } from "../filters";
 import { navigate, projectNav, userKey } from "../main";
 import { afterPaint, colorOf, fmtNum, fmtTime, getPath, loadLocal, saveLocal } from "../util";
@@ -38,7 +38,7 @@ function defaults(catalog: Catalog): WsState {
   };
 }
 
-export async function workspacePage(root: HTMLElement, [team, project]: string[]): Promise<() => void> {
+export async function workspacePage(root: HTMLElement, [team, project]: string[], signal?: AbortSignal): Promise<() => void> {
   performance.clearMarks("workspace-start");
   performance.mark("workspace-start");
   const enc = encodeURIComponent;
@@ -112,9 +112,15 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
     panels = state.panels.map(makePanel);
     grid.replaceChildren(...panels.map((p) => p.el));
   };
+  // Each load takes a ticket; an answer to an older one (a slower earlier filter) is dropped.
+  let chartTicket = 0;
+  let tableTicket = 0;
+  let refreshTicket = 0;
   const loadCharts = async () => {
+    const ticket = ++chartTicket;
     // The runs the charts show (system panels too, when grouped).
-    const { runs } = await get<{ runs: any[] }>(`${base}/runs` + qs({ filters: filters(), order: state.order, limit: state.chartLimit }));
+    const { runs } = await get<{ runs: any[] }>(`${base}/runs` + qs({ filters: filters(), order: state.order, limit: state.chartLimit }), signal);
+    if (ticket !== chartTicket || signal?.aborted) return;
     chartRuns = runs.map((r) => ({ id: r.id, name: r.name || r.id }));
     chartNote.textContent = state.groupBy.length ? `grouped by ${state.groupBy.join(", ")}: mean ± std per group`
       : `charts show the first ${chartRuns.length} runs of the table`;
@@ -122,6 +128,7 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
   };
 
   // -- the table side ---------------------------------------------------------------------
+  const status = h("div.ws-status");
   const table = h("table.grid.runs");
   const count = h("span.count");
   const pager = h("span.pager");
@@ -202,10 +209,12 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
     state.columns.map((c) => h("td.num", null, fmtNum(getPath(c.startsWith("config.") ? run.config : run.summary, c.replace(/^(config|summary)\./, ""))))));
 
   const loadTable = async () => {
+    const ticket = ++tableTicket;
     const f = filters();
     if (state.groupBy.length) {
       const aggregates = state.columns.filter((c) => c.startsWith("summary.")).map((c) => c.slice(8));
-      const answer = await post<{ groups: any[] }>(`${base}/runs/groups`, { by: state.groupBy, filters: f ?? undefined, aggregates, run_ids: true });
+      const answer = await post<{ groups: any[] }>(`${base}/runs/groups`, { by: state.groupBy, filters: f ?? undefined, aggregates, run_ids: true }, signal);
+      if (ticket !== tableTicket || signal?.aborted) return;
       groups = answer.groups.map((g) => {
         const values = state.groupBy.map((k) => g.group[k]);
         return { key: `group:${JSON.stringify(values)}`, label: values.map((v) => (v === null ? "—" : String(v))).join(" / "),
@@ -222,41 +231,45 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
           state.columns.map((c) => h("td.num", null, c.startsWith("summary.") ? fmtNum(g.summary?.[c.slice(8)]?.mean) : "")));
         body.append(row);
         let open: HTMLElement[] = [];
-        expand.addEventListener("click", async () => {
+        expand.addEventListener("click", guarded(status, async () => {
           if (open.length) { open.forEach((r) => r.remove()); open = []; expand.textContent = "▸"; return; }
           expand.textContent = "▾";
-          const { runs } = await get<{ runs: any[] }>(`${base}/runs` + qs({ filters: { run_id: { $in: g.run_ids.slice(0, 200) } }, order: state.order, limit: 200 }));
-          open = runs.map((r) => runRow(r, true));
-          row.after(...open);
-        });
+          try {
+            const { runs } = await get<{ runs: any[] }>(`${base}/runs` + qs({ filters: { run_id: { $in: g.run_ids.slice(0, 200) } }, order: state.order, limit: 200 }), signal);
+            open = runs.map((r) => runRow(r, true));
+            row.after(...open);
+          } catch (err) { expand.textContent = "▸"; throw err; }
+        }));
       }
       table.replaceChildren(header(), body);
       return;
     }
     const [page, total] = await Promise.all([
-      get<{ runs: any[]; next_cursor: string | null }>(`${base}/runs` + qs({ filters: f, order: state.order, limit: PAGE, cursor: cursors[pageIndex] })),
-      get<{ count: number }>(`${base}/runs/count` + qs({ filters: f })),
+      get<{ runs: any[]; next_cursor: string | null }>(`${base}/runs` + qs({ filters: f, order: state.order, limit: PAGE, cursor: cursors[pageIndex] }), signal),
+      get<{ count: number }>(`${base}/runs/count` + qs({ filters: f }), signal),
     ]);
+    if (ticket !== tableTicket || signal?.aborted) return;
     cursors[pageIndex + 1] = page.next_cursor;
     count.textContent = `${total.count} runs`;
     const first = pageIndex * PAGE;
     pager.replaceChildren(
-      h("button.link", { disabled: pageIndex === 0, onclick: () => { pageIndex--; void loadTable(); } }, "‹ prev"),
+      h("button.link", { disabled: pageIndex === 0, onclick: guarded(status, () => { pageIndex--; return loadTable(); }) }, "‹ prev"),
       ` ${total.count ? first + 1 : 0}–${first + page.runs.length} `,
-      h("button.link.next-page", { disabled: !page.next_cursor, onclick: () => { pageIndex++; void loadTable(); } }, "next ›"));
+      h("button.link.next-page", { disabled: !page.next_cursor, onclick: guarded(status, () => { pageIndex++; return loadTable(); }) }, "next ›"));
     table.replaceChildren(header(), h("tbody", null, page.runs.map((r) => runRow(r))));
   };
 
-  const status = h("div.ws-status");
   const refresh = async () => {
+    const ticket = ++refreshTicket;
     cursors = [null];
     pageIndex = 0;
     status.replaceChildren();
     try {
       await loadTable();
+      if (ticket !== refreshTicket) return;
       await loadCharts();
     } catch (err) {
-      status.replaceChildren(errorBox(err));
+      if (ticket === refreshTicket && !signal?.aborted) status.replaceChildren(errorBox(err));
     }
   };
 
@@ -305,12 +318,12 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
     checklist("group by", catalog.config.map((k) => `config.${k.key}`), state.groupBy,
       (v) => { state.groupBy = v; save(); drawPanels(); void refresh(); }, "group-by"),
     checklist("columns", fields.filter((f) => f.startsWith("config.") || f.startsWith("summary.")), state.columns,
-      (v) => { state.columns = v; save(); void loadTable(); }, "columns"),
+      (v) => { state.columns = v; save(); guarded(status, loadTable)(); }, "columns"),
     h("label", null, "charts: ", select([["10", "10"], ["100", "100"], ["1000", "1,000"]].map(([v, l]) => [v, `${l} runs`] as [string, string]),
-      String(state.chartLimit), (v) => { state.chartLimit = Number(v); save(); void loadCharts(); }, { className: "chart-limit" })),
-    h("button.link", { onclick: () => { toggle(chartRuns.map((r) => r.id), true, state.groupBy.length > 0); void loadTable(); } }, "show all"),
+      String(state.chartLimit), (v) => { state.chartLimit = Number(v); save(); guarded(status, loadCharts)(); }, { className: "chart-limit" })),
+    h("button.link", { onclick: guarded(status, () => { toggle(chartRuns.map((r) => r.id), true, state.groupBy.length > 0); return loadTable(); }) }, "show all"),
     addPanel,
-    h("button", { onclick: () => void saveReport().catch((e) => status.replaceChildren(errorBox(e))) }, "save as report"));
+    h("button", { onclick: guarded(status, saveReport) }, "save as report"));
 
   // An open checklist closes when the click lands elsewhere.
   const closeLists = (e: Event) => root.querySelectorAll("details.checklist[open]").forEach((d) => {
