@@ -27,6 +27,9 @@ from runstream.settings import Settings
 
 log = logging.getLogger("runstream.server")
 
+#: The team of runs that name no entity (``runstream.init``'s default).
+DEFAULT_TEAM = "default"
+
 
 def embedded_settings(settings: Settings, data_dir: str | None = None, host: str | None = None,
                       port: int | None = None) -> Settings:
@@ -58,12 +61,15 @@ def _check_port(host: str, port: int) -> None:
 
 
 def _open_storage(settings: Settings) -> None:
+    from runstream.storage import accounts
     from runstream.storage.client import connect
     from runstream.storage.migrations import migrate
 
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     try:
-        migrate(connect(settings.clickhouse_dsn))
+        client = connect(settings.clickhouse_dsn)
+        migrate(client)
+        accounts.ensure_team(client, DEFAULT_TEAM)  # where runs go without an entity: members and keys start there
     except Exception as exc:  # noqa: BLE001 - the engine's own message, with what to do
         raise ServerError(f"cannot open the database in {settings.data_dir} ({type(exc).__name__}: {exc}). "
                           "Another runstream server may be using that directory: stop it, or pass --data-dir") from None

@@ -269,10 +269,7 @@ def _as_local_admin(url: str, method: str, path: str, body: dict) -> dict:
 def test_run_media_and_downloads_with_an_api_key(browser, server: str) -> None:
     """With a key (a cluster user), images and downloads are fetched with the Authorization
     header (an <img src> would send none and fail), and the UI's CSP allows what it does."""
-    try:  # the demo logs into team "default", which the accounts store holds once created
-        _as_local_admin(server, "POST", "/teams", {"team": "default"})
-    except urllib.error.HTTPError as exc:
-        assert exc.code == 409, exc.read()
+    # The demo logs into team "default", which the embedded server creates at start-up.
     _as_local_admin(server, "PUT", "/teams/default/members/mediauser", {"role": "member"})
     key = _as_local_admin(server, "POST", "/teams/default/keys", {"user": "mediauser", "name": "browser"})["key"]
     context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)

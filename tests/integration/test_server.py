@@ -174,6 +174,7 @@ def test_the_demo_shows_its_runs_alert_and_crashed_run(server_factory, tmp_path)
     by_name = {run.name: run for run in runs}
     diverged = by_name["sgd-lr0.003-bs32"]
     assert diverged.git["commit"] and diverged.git.get("dirty") is True
+    assert [t["team"] for t in _get(f"{server.url}/api/v1/teams")["teams"]] == ["default"]  # made at start-up
     alerts = _get(f"{server.url}/api/v1/projects/default/demo/alerts?limit=100")["alerts"]
     kinds = {(a["run_id"], a["title"]) for a in alerts}
     assert any(run_id == diverged.id and "diverged" in title for run_id, title in kinds), alerts
