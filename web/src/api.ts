@@ -150,13 +150,20 @@ export function sse(path: string, onEvent: (e: SseEvent) => void, onState?: (sta
         const headers: Record<string, string> = { Accept: "text/event-stream", ...authHeaders() };
         if (lastId) headers["Last-Event-ID"] = lastId;
         const response = await fetch(API + path, { headers, signal: controller.signal });
-        if (!response.ok || !response.body) throw new ApiError(response.status, `stream: HTTP ${response.status}`);
+        if (!response.ok || !response.body) {
+          // A refusal (bad key, no access) does not pass by retrying: say what the server said, and stop.
+          const permanent = response.status >= 400 && response.status < 500 && ![408, 429].includes(response.status);
+          let message = `stream: HTTP ${response.status}`;
+          try { message = (await response.json())?.error?.message ?? message; } catch { /* not JSON */ }
+          if (permanent) { onState?.(`stopped: ${message}`); return; }
+          throw new ApiError(response.status, message);
+        }
         onState?.("live");
         const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
         let buffer = "";
         for (;;) {
           const { value, done } = await reader.read();
-          if (done) break;
+          if (done) { onState?.("reconnecting"); break; }
           buffer += value;
           let cut: number;
           while ((cut = buffer.indexOf("\n\n")) >= 0) {

@@ -14,6 +14,8 @@ export interface PanelSpec {
   metric: string;
   kind?: "metric" | "system";
   x?: XAxis;
+  /** The panel's own x axis while grouping draws it by step (bands are by step), restored when ungrouped. */
+  xUngrouped?: XAxis;
   xMetric?: string;
   log?: boolean;
   smoothing?: number;

@@ -12,7 +12,7 @@ import { fmtTime } from "../util";
 const enc = encodeURIComponent;
 
 /** A report's chart spec, as stored in its panels array. */
-interface ReportPanel { metric: string; run_ids?: string[]; filters?: unknown; limit?: number; x?: string; log?: boolean;
+interface ReportPanel { metric: string; run_ids?: string[]; filters?: unknown; limit?: number; x?: string; x_metric?: string; log?: boolean;
                         smoothing?: number; title?: string }
 
 export async function reportsPage(root: HTMLElement, [team, project]: string[]): Promise<void> {
@@ -65,7 +65,8 @@ async function renderReport(team: string, project: string, report: any, into: HT
   const leftovers = h("div.panels");
   for (let i = 0; i < specs.length; i++) {
     const p = specs[i];
-    const spec: PanelSpec = { id: `r${i}`, metric: p.metric, x: (p.x as any) ?? "step", log: p.log, smoothing: p.smoothing ?? 0,
+    const spec: PanelSpec = { id: `r${i}`, metric: p.metric, x: (p.x as any) ?? "step", xMetric: p.x_metric,
+                              log: p.log, smoothing: p.smoothing ?? 0,
                               title: p.title ?? `${p.metric}${p.run_ids ? ` · ${p.run_ids.length} runs` : p.filters && Object.keys(p.filters as object).length ? " · filtered runs" : ""}` };
     let runs: ChartRun[] = [];
     const loader = seriesLoader(team, project, () => runs);

@@ -83,7 +83,13 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
 
   const makePanel = (spec: PanelSpec) => {
     const system = spec.kind === "system";
-    if (state.groupBy.length && !system) spec.x = "step"; // bands are by step
+    if (state.groupBy.length && !system && spec.x && spec.x !== "step") {
+      spec.xUngrouped = spec.x; // bands are by step; the panel gets its own axis back when ungrouped
+      spec.x = "step";
+    } else if (!state.groupBy.length && spec.xUngrouped) {
+      spec.x = spec.xUngrouped;
+      delete spec.xUngrouped;
+    }
     const panel = new ChartPanel(spec, {
       loader: (s, r, w) => (system ? sysLoader(s, r, w) : state.groupBy.length ? groupedLoader(s, r, w) : runLoader(s, r, w)),
       hidden: isHidden, metrics, onChange: save,
@@ -307,8 +313,8 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
     const report = await post<{ id: string }>(`${base}/reports`, {
       title: `${project} workspace ${new Date().toLocaleDateString()}`,
       body: `# ${project}\n\nCharts of the runs${f ? " matching the workspace's filter" : ""}.\n`,
-      panels: state.panels.filter((p) => p.kind !== "system").map((p) => ({ metric: p.metric, x: p.x, log: p.log, smoothing: p.smoothing,
-        filters: f ?? {}, limit: state.chartLimit })),
+      panels: state.panels.filter((p) => p.kind !== "system").map((p) => ({ metric: p.metric, x: p.xUngrouped ?? p.x,
+        x_metric: p.xMetric, log: p.log, smoothing: p.smoothing, filters: f ?? {}, limit: state.chartLimit })),
     });
     navigate(`${base}/reports/${enc(report.id)}`);
   };
