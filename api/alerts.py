@@ -237,11 +237,11 @@ async def _start_cursor(request: Request, team: str, project: str, run_id: str |
     # stored after connecting goes out, even an alert stamped a little earlier by the run's clock.
     now_ms = int(time.time() * 1000)
     cursor = _Cursor((now_ms - LOOKBACK_MS, ""), now_ms)
-    present = await _backend(request).run(rules.alerts_after, team, project, cursor.floor_ms(), cursor.start, (),
-                                          run_id, rules.MAX_STREAM_BATCH)
+    present = await _backend(request).run(logs.alerts_after, team, project, cursor.floor_ms(), cursor.start, (),
+                                          run_id, logs.MAX_STREAM_BATCH)
     for alert in present:
         cursor.seen[alert["alert_id"]] = alert["time_ms"]
-    if len(present) == rules.MAX_STREAM_BATCH:  # more than a batch in the window: start after the last of them
+    if len(present) == logs.MAX_STREAM_BATCH:  # more than a batch in the window: start after the last of them
         cursor.start = (present[-1]["time_ms"], present[-1]["alert_id"])
     return cursor
 
@@ -261,8 +261,8 @@ async def _alert_events(request: Request, team: str, project: str, run_id: str |
     yield f"retry: {RETRY_MS}\n\n".encode()  # also sends the headers at once
     while not await request.is_disconnected():
         try:
-            batch = await backend.run(rules.alerts_after, team, project, cursor.floor_ms(), cursor.start,
-                                      cursor.exclude(), run_id, rules.MAX_STREAM_BATCH)
+            batch = await backend.run(logs.alerts_after, team, project, cursor.floor_ms(), cursor.start,
+                                      cursor.exclude(), run_id, logs.MAX_STREAM_BATCH)
         except Exception as exc:  # noqa: BLE001 - storage is away: end the stream; the client resumes by Last-Event-ID
             log.warning("alert stream of %s/%s ends: %s: %s", team, project, type(exc).__name__, exc)
             return
@@ -273,7 +273,7 @@ async def _alert_events(request: Request, team: str, project: str, run_id: str |
             last_write = time.monotonic()
             if max_events and sent >= max_events:
                 return
-        if len(batch) == rules.MAX_STREAM_BATCH:
+        if len(batch) == logs.MAX_STREAM_BATCH:
             continue  # more are waiting: no pause
         now = time.monotonic()
         if deadline is not None and now >= deadline:

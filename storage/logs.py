@@ -23,6 +23,7 @@ MAX_RUNS = 10_000
 MAX_POINTS = 10_000
 MAX_LINES = 10_000
 MAX_ALERTS = 10_000
+MAX_STREAM_BATCH = 1000  # alerts a live stream reads at once
 MAX_QUERY_LEN = 1_000
 _MAX_MS = 10**13  # year 2286, inside DateTime64(3)'s range
 
@@ -246,14 +247,54 @@ def list_alerts(
     if since is not None:
         where += " AND time >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')"
         params["since"] = _ms("since", since, 0)
-    sql = f"""SELECT run_id, alert_id, rule_id, toString(source), toString(level), title, text, toUnixTimestamp64Milli(time)
+    sql = f"""SELECT {_ALERT_COLUMNS}
         FROM alerts FINAL WHERE team = {{team:String}} AND project = {{project:String}}{where}
         ORDER BY time DESC, run_id, alert_id LIMIT {{limit:UInt64}}"""
-    return [
-        {"run_id": run, "alert_id": alert_id, "rule_id": rule_id or None, "source": source, "level": level,
-         "title": title, "text": text, "time": ms / 1000}
-        for run, alert_id, rule_id, source, level, title, text, ms in client.query(sql, parameters=params).result_rows
-    ]
+    return [_alert(row) for row in client.query(sql, parameters=params).result_rows]
+
+
+def alerts_after(
+    client: Client,
+    team: str,
+    project: str,
+    floor_ms: int,
+    after: tuple[int, str] = (0, ""),
+    exclude: Sequence[str] = (),
+    run_id: str | None = None,
+    limit: int = MAX_STREAM_BATCH,
+) -> list[dict[str, Any]]:
+    """Alerts at ``floor_ms`` (Unix milliseconds) or later whose (time in ms, alert_id) is past ``after`` and whose
+    id is not in ``exclude``, oldest first: what a live stream has not sent yet. Same shape as
+    ``list_alerts``, plus ``time_ms`` (the stream's cursor)."""
+    for name, ms in (("floor_ms", floor_ms), ("after", after[0])):
+        if isinstance(ms, bool) or not isinstance(ms, int) or not 0 <= ms <= _MAX_MS:
+            raise QueryError(f"{name} must be Unix milliseconds from 0 to {_MAX_MS}, got {ms!r}")
+    if not 1 <= limit <= MAX_STREAM_BATCH:
+        raise QueryError(f"limit must be from 1 to {MAX_STREAM_BATCH}")
+    where = ""
+    params: dict[str, Any] = {"team": team, "project": project, "floor": floor_ms, "after_ms": after[0],
+                              "after_id": after[1], "exclude": list(exclude), "limit": limit}
+    if run_id is not None:
+        where = " AND run_id = {run:String}"
+        params["run"] = run_id
+    sql = f"""SELECT {_ALERT_COLUMNS}
+        FROM alerts FINAL
+        WHERE team = {{team:String}} AND project = {{project:String}}{where}
+            AND time >= fromUnixTimestamp64Milli({{floor:Int64}}, 'UTC')
+            AND (toUnixTimestamp64Milli(time), alert_id) > ({{after_ms:Int64}}, {{after_id:String}})
+            AND alert_id NOT IN {{exclude:Array(String)}}
+        ORDER BY ms, alert_id LIMIT {{limit:UInt32}}"""
+    return [{**_alert(row), "time_ms": row[-1]} for row in client.query(sql, parameters=params).result_rows]
+
+
+_ALERT_COLUMNS = ("run_id, alert_id, rule_id, toString(source), toString(level), title, text, "
+                  "toUnixTimestamp64Milli(time) AS ms")
+
+
+def _alert(row: Sequence[Any]) -> dict[str, Any]:
+    run, alert_id, rule_id, source, level, title, text, ms = row
+    return {"run_id": run, "alert_id": alert_id, "rule_id": rule_id or None, "source": source, "level": level,
+            "title": title, "text": text, "time": ms / 1000}
 
 
 # -- arguments ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Alert rules as the API writes them and the processor reads them, and alerts in arrival order for live streams.
+"""Alert rules as the API writes them and the processor reads them.
 
 A rule row is what ``streams.processor.RuleBook`` loads (``FINAL``, ``enabled``,
 ``spec`` as JSON text, ``cooldown_s``), so every rule written here is checked
@@ -10,7 +10,6 @@ Each write inserts the whole row with a larger ``version``; a delete writes
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -25,8 +24,6 @@ MAX_SPEC_BYTES = 16 << 10
 MAX_COOLDOWN_S = 30 * 24 * 3600
 DEFAULT_COOLDOWN_S = 300
 MAX_RULES = 1000
-MAX_STREAM_BATCH = 1000
-_MAX_MS = 10**13
 
 _COLUMNS = """rule_id, team, project, name, kind, spec, enabled, cooldown_s,
     toUnixTimestamp64Milli(created_at) AS created_ms, toUnixTimestamp64Milli(updated_at) AS updated_ms, version"""
@@ -139,45 +136,3 @@ def delete_rule(client: Client, team: str, project: str, rule_id: str) -> bool:
         return False
     _write(client, row, row["version"], deleted=True)
     return True
-
-
-# -- alerts for live streams ----------------------------------------------------------------
-
-
-def alerts_after(
-    client: Client,
-    team: str,
-    project: str,
-    floor_ms: int,
-    after: tuple[int, str] = (0, ""),
-    exclude: Sequence[str] = (),
-    run_id: str | None = None,
-    limit: int = MAX_STREAM_BATCH,
-) -> list[dict[str, Any]]:
-    """Alerts at ``floor_ms`` (Unix milliseconds) or later whose (time in ms, alert_id) is past ``after`` and whose
-    id is not in ``exclude``, oldest first: what a live stream has not sent yet. Same shape as
-    ``logs.list_alerts``, plus ``time_ms`` (the stream's cursor)."""
-    for name, ms in (("floor_ms", floor_ms), ("after", after[0])):
-        if isinstance(ms, bool) or not isinstance(ms, int) or not 0 <= ms <= _MAX_MS:
-            raise QueryError(f"{name} must be Unix milliseconds from 0 to {_MAX_MS}, got {ms!r}")
-    if not 1 <= limit <= MAX_STREAM_BATCH:
-        raise QueryError(f"limit must be from 1 to {MAX_STREAM_BATCH}")
-    where = ""
-    params: dict[str, Any] = {"team": team, "project": project, "floor": floor_ms, "after_ms": after[0],
-                              "after_id": after[1], "exclude": list(exclude), "limit": limit}
-    if run_id is not None:
-        where = " AND run_id = {run:String}"
-        params["run"] = run_id
-    sql = f"""SELECT run_id, alert_id, rule_id, toString(source), toString(level), title, text,
-            toUnixTimestamp64Milli(time) AS ms
-        FROM alerts FINAL
-        WHERE team = {{team:String}} AND project = {{project:String}}{where}
-            AND time >= fromUnixTimestamp64Milli({{floor:Int64}}, 'UTC')
-            AND (toUnixTimestamp64Milli(time), alert_id) > ({{after_ms:Int64}}, {{after_id:String}})
-            AND alert_id NOT IN {{exclude:Array(String)}}
-        ORDER BY ms, alert_id LIMIT {{limit:UInt32}}"""
-    return [
-        {"run_id": run, "alert_id": alert_id, "rule_id": rule_id or None, "source": source, "level": level,
-         "title": title, "text": text, "time": ms / 1000, "time_ms": ms}
-        for run, alert_id, rule_id, source, level, title, text, ms in client.query(sql, parameters=params).result_rows
-    ]
