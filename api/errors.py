@@ -58,14 +58,15 @@ async def on_query_error(request: Request, exc: Exception) -> Response:
 async def on_http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own (unknown path, wrong method) in the API's shape."""
     assert isinstance(exc, HTTPException)
-    if exc.status_code == 404 and _allowed_methods(request):
+    allowed = _allowed_methods(request) if exc.status_code in (404, 405) else []
+    if exc.status_code == 404 and allowed:
         # An API path with another method: the UI mounted at / answered 404 where the router would say 405.
         exc = HTTPException(405)
     message = {404: f"no such endpoint: {request.method} {request.url.path} (see /api/v1/openapi.json)",
                405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
-        headers["Allow"] = ", ".join(_allowed_methods(request))
+        headers["Allow"] = ", ".join(allowed)
     return error_response(exc.status_code, _CODES.get(exc.status_code, "error"), message, None, headers)
 
 
