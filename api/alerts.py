@@ -29,7 +29,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from runstream.api.auth import Principal, allows
-from runstream.api.backend import Backend
+from runstream.api.backend import backend_of
 from runstream.api.errors import ApiError, not_found
 from runstream.api.reports import SCHEMAS as REPORT_SCHEMAS
 from runstream.api.openapi import with_schemas
@@ -134,10 +134,6 @@ doc = with_schemas({
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _backend(request: Request) -> Backend:
-    return request.app.state.backend
-
-
 def _no_empty(request: Request, *names: str) -> None:
     """``?since=`` is a mistake, not "no value": say so instead of guessing."""
     for name in names:
@@ -188,7 +184,7 @@ async def list_alerts(request: Request) -> Response:
     team, project, _ = await authorize(request, "read")
     _no_empty(request, "run_id", "since", "limit")
     limit = query_int(request, "limit", 100, 1, logs.MAX_ALERTS)
-    found = await _backend(request).run(logs.list_alerts, team, project, _query_run(request), _query_since(request),
+    found = await backend_of(request).run(logs.list_alerts, team, project, _query_run(request), _query_since(request),
                                         limit)
     return json_response({"alerts": found})
 
@@ -237,7 +233,7 @@ async def _start_cursor(request: Request, team: str, project: str, run_id: str |
     # stored after connecting goes out, even an alert stamped a little earlier by the run's clock.
     now_ms = int(time.time() * 1000)
     cursor = _Cursor((now_ms - LOOKBACK_MS, ""), now_ms)
-    present = await _backend(request).run(logs.alerts_after, team, project, cursor.floor_ms(), cursor.start, (),
+    present = await backend_of(request).run(logs.alerts_after, team, project, cursor.floor_ms(), cursor.start, (),
                                           run_id, logs.MAX_STREAM_BATCH)
     for alert in present:
         cursor.seen[alert["alert_id"]] = alert["time_ms"]
@@ -254,7 +250,7 @@ def _event(alert: dict[str, Any]) -> bytes:
 
 async def _alert_events(request: Request, team: str, project: str, run_id: str | None, cursor: _Cursor,
                         max_events: int | None, timeout_s: int | None) -> AsyncIterator[bytes]:
-    backend = _backend(request)
+    backend = backend_of(request)
     started = last_write = time.monotonic()
     deadline = started + timeout_s if timeout_s else None
     sent = 0
@@ -359,7 +355,7 @@ async def list_rules(request: Request) -> Response:
       404: {description: the project is not visible, content: {application/json: {schema: $ERROR}}}
     """
     team, project, principal = await authorize(request, "read")
-    found = await _backend(request).run(rules.list_rules, team, project)
+    found = await backend_of(request).run(rules.list_rules, team, project)
     return json_response({"rules": [_shown(rule, principal, team) for rule in found]})
 
 
@@ -388,7 +384,7 @@ async def create_rule(request: Request) -> Response:
     team, project, _ = await authorize(request, "write")
     body = await _rule_fields(request, required=("name", "kind", "spec"))
     try:
-        rule = await _backend(request).run(
+        rule = await backend_of(request).run(
             rules.create_rule, team, project, body["name"], body["kind"], body["spec"], body.get("enabled", True),
             body.get("cooldown_s", rules.DEFAULT_COOLDOWN_S))
     except (QueryError, RuleError) as exc:
@@ -414,7 +410,7 @@ async def get_rule(request: Request) -> Response:
     """
     team, project, principal = await authorize(request, "read")
     rule_id = request.path_params["rule_id"]
-    rule = await _backend(request).run(rules.get_rule, team, project, rule_id)
+    rule = await backend_of(request).run(rules.get_rule, team, project, rule_id)
     if rule is None:
         raise not_found(f"alert rule {rule_id} in {team}/{project}")
     return json_response(_shown(rule, principal, team))
@@ -457,7 +453,7 @@ async def patch_rule(request: Request) -> Response:
         raise ApiError(422, "kind and spec change together (a spec is only valid for its kind): send both")
     rule_id = request.path_params["rule_id"]
     try:
-        rule = await _backend(request).run(rules.update_rule, team, project, rule_id, changes)
+        rule = await backend_of(request).run(rules.update_rule, team, project, rule_id, changes)
     except (QueryError, RuleError) as exc:
         raise _invalid(exc) from None
     if rule is None:
@@ -484,7 +480,7 @@ async def delete_rule(request: Request) -> Response:
     """
     team, project, _ = await authorize(request, "write")
     rule_id = request.path_params["rule_id"]
-    if not await _backend(request).run(rules.delete_rule, team, project, rule_id):
+    if not await backend_of(request).run(rules.delete_rule, team, project, rule_id):
         raise not_found(f"alert rule {rule_id} in {team}/{project}")
     return Response(status_code=204)
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 from clickhouse_connect.driver.client import Client
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 
 from runstream.api.filestore import FileStore, LocalFileStore
 from runstream.events import Event
@@ -190,3 +191,8 @@ class Backend:
         if self._share_secrets is None or refresh:
             self._share_secrets = await self.run(accounts.server_secrets, SHARE_SECRET_NAME)
         return self._share_secrets
+
+
+def backend_of(request: Request) -> Backend:
+    """The app's backend, as handlers reach it."""
+    return request.app.state.backend

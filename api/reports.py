@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from runstream.api.auth import MAX_SHARE_SECONDS, Need, Principal, open_share, require_project, sign_share
-from runstream.api.backend import Backend
+from runstream.api.backend import backend_of
 from runstream.api.errors import ApiError, not_found
 from runstream.api.openapi import ERROR_SCHEMA, NAME_SCHEMA, with_schemas
 from runstream.api.requests import json_body
@@ -79,10 +79,6 @@ doc = with_schemas(SCHEMAS)
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _backend(request: Request) -> Backend:
-    return request.app.state.backend
-
-
 async def authorize(request: Request, need: Need) -> tuple[str, str, Principal]:
     """The path's team and project once the caller may ``need`` them (401/403/404 first, like every endpoint);
     then a name that no project can have is 400, so a typo is not mistaken for an empty project."""
@@ -118,7 +114,7 @@ def _invalid(exc: QueryError) -> ApiError:
 
 
 async def _report(request: Request, team: str, project: str, report_id: str) -> dict[str, Any]:
-    found = await _backend(request).run(reports.get_report, team, project, report_id)
+    found = await backend_of(request).run(reports.get_report, team, project, report_id)
     if found is None:
         raise not_found(f"report {report_id} in {team}/{project}")
     return found
@@ -144,7 +140,7 @@ async def list_reports(request: Request) -> Response:
       404: {description: the project is not visible, content: {application/json: {schema: $ERROR}}}
     """
     team, project, _ = await authorize(request, "read")
-    return json_response({"reports": await _backend(request).run(reports.list_reports, team, project)})
+    return json_response({"reports": await backend_of(request).run(reports.list_reports, team, project)})
 
 
 @doc
@@ -172,7 +168,7 @@ async def create_report(request: Request) -> Response:
     team, project, principal = await authorize(request, "write")
     body = await _fields(request, required=("title",))
     try:
-        report = await _backend(request).run(reports.create_report, team, project, body["title"], body.get("body", ""),
+        report = await backend_of(request).run(reports.create_report, team, project, body["title"], body.get("body", ""),
                                              body.get("panels", []), _author(principal))
     except QueryError as exc:
         raise _invalid(exc) from None
@@ -224,7 +220,7 @@ async def patch_report(request: Request) -> Response:
     team, project, _ = await authorize(request, "write")
     changes = await _fields(request)
     try:
-        report = await _backend(request).run(reports.update_report, team, project, request.path_params["report_id"],
+        report = await backend_of(request).run(reports.update_report, team, project, request.path_params["report_id"],
                                              changes)
     except QueryError as exc:
         raise _invalid(exc) from None
@@ -252,7 +248,7 @@ async def delete_report(request: Request) -> Response:
     """
     team, project, _ = await authorize(request, "write")
     report_id = request.path_params["report_id"]
-    if not await _backend(request).run(reports.delete_report, team, project, report_id):
+    if not await backend_of(request).run(reports.delete_report, team, project, report_id):
         raise not_found(f"report {report_id} in {team}/{project}")
     return Response(status_code=204)
 
@@ -294,7 +290,7 @@ async def create_share(request: Request) -> Response:
     report_id = request.path_params["report_id"]
     report = await _report(request, team, project, report_id)
     expires_at = int(time.time()) + seconds
-    token = sign_share((await _backend(request).share_secrets())[0], team, project, report_id, report["share_version"],
+    token = sign_share((await backend_of(request).share_secrets())[0], team, project, report_id, report["share_version"],
                        expires_at)
     return json_response({"token": token, "url": f"/share/{token}", "expires_at": expires_at}, status_code=201)
 
@@ -318,7 +314,7 @@ async def revoke_shares(request: Request) -> Response:
     """
     team, project, _ = await authorize(request, "write")
     report_id = request.path_params["report_id"]
-    report = await _backend(request).run(reports.revoke_shares, team, project, report_id)
+    report = await backend_of(request).run(reports.revoke_shares, team, project, report_id)
     if report is None:
         raise not_found(f"report {report_id} in {team}/{project}")
     return json_response(report)
@@ -338,7 +334,7 @@ async def open_shared(request: Request) -> Response:
       200: {description: the report and its project, content: {application/json: {schema: $SHARED}}}
       401: {description: "the link is not valid, has expired, or was revoked; ask for a new one", content: {application/json: {schema: $ERROR}}}
     """
-    backend = _backend(request)
+    backend = backend_of(request)
     token = request.path_params["token"]
     if not _TOKEN.match(token):  # not one of ours: no need to check a signature
         raise ApiError(401, "this share link is not valid; ask for a new one", code="invalid_share_link")

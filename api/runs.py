@@ -131,11 +131,13 @@ def run_exists(client: Client, team: str, project: str, run_id: str) -> bool:
     return runs.count_runs(client, team, project, {"run_id": run_id}) > 0
 
 
-def _path(request: Request) -> tuple[str, str]:
+def project_path(request: Request) -> tuple[str, str]:
+    """The (team, project) a project endpoint's path names."""
     return request.path_params["team"], request.path_params["project"]
 
 
-def _run_path(request: Request) -> tuple[str, str, str]:
+def run_path(request: Request) -> tuple[str, str, str]:
+    """The (team, project, run_id) a run endpoint's path names."""
     p = request.path_params
     return p["team"], p["project"], p["run_id"]
 
@@ -204,7 +206,7 @@ async def list_runs(request: Request) -> Response:
       401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
       404: {description: the project is not visible with this key, content: {application/json: {schema: $ERROR}}}
     """
-    team, project = _path(request)
+    team, project = project_path(request)
     await require_project(request, team, project, "read")
     filters = query_filters(request)
     order = request.query_params.get("order") or "-created_at"
@@ -232,7 +234,7 @@ async def count_runs(request: Request) -> Response:
       401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
       404: {description: the project is not visible with this key, content: {application/json: {schema: $ERROR}}}
     """
-    team, project = _path(request)
+    team, project = project_path(request)
     await require_project(request, team, project, "read")
     count = await request.app.state.backend.run(runs.count_runs, team, project, query_filters(request))
     return json_response({"count": count})
@@ -269,7 +271,7 @@ async def group_runs(request: Request) -> Response:
       404: {description: the project is not visible with this key, content: {application/json: {schema: $ERROR}}}
       413: {description: the body is too large, content: {application/json: {schema: $ERROR}}}
     """
-    team, project = _path(request)
+    team, project = project_path(request)
     await require_project(request, team, project, "read")
     body = await json_body(request)
     check_fields(body, ("by", "filters", "aggregates", "run_ids"))
@@ -295,7 +297,7 @@ async def key_catalog(request: Request) -> Response:
       401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
       404: {description: the project is not visible with this key, content: {application/json: {schema: $ERROR}}}
     """
-    team, project = _path(request)
+    team, project = project_path(request)
     await require_project(request, team, project, "read")
     return json_response(await request.app.state.backend.run(runs.key_catalog, team, project))
 
@@ -315,7 +317,7 @@ async def get_run(request: Request) -> Response:
       401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
       404: {description: "no such run, or not visible with this key", content: {application/json: {schema: $ERROR}}}
     """
-    team, project, run_id = _run_path(request)
+    team, project, run_id = run_path(request)
     await require_project(request, team, project, "read")
     run = await request.app.state.backend.run(runs.get_run, team, project, run_id)
     if run is None:
@@ -350,7 +352,7 @@ async def edit_run(request: Request) -> Response:
       413: {description: the body is too large, content: {application/json: {schema: $ERROR}}}
       503: {description: the edit could not be stored; retry, content: {application/json: {schema: $ERROR}}}
     """
-    team, project, run_id = _run_path(request)
+    team, project, run_id = run_path(request)
     await require_project(request, team, project, "write")
     body = await json_body(request, max_bytes=1 << 20)
     check_fields(body, ("tags", "notes"))
@@ -384,7 +386,7 @@ async def edit_run(request: Request) -> Response:
 
 async def _read_run(request: Request, fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(client, team, project, run_id, *args)`` after the access check; 404 when the run does not exist."""
-    team, project, run_id = _run_path(request)
+    team, project, run_id = run_path(request)
     await require_project(request, team, project, "read")
 
     def read(client: Client) -> tuple[bool, Any]:
@@ -503,7 +505,7 @@ async def run_files(request: Request) -> Response:
     kind = request.query_params.get("kind")  # present but empty is an unknown kind
     prefix = request.query_params.get("prefix") or None
     files = await _read_run(request, logs.run_files, kind, prefix)
-    return json_response({"files": _with_urls(*_run_path(request), files)})
+    return json_response({"files": _with_urls(*run_path(request), files)})
 
 
 @documented()
@@ -525,7 +527,7 @@ async def run_media(request: Request) -> Response:
     if not key:
         raise ApiError(400, "name the media key: ?key=<the key passed to run.log>")
     media = await _read_run(request, logs.media_steps, key)
-    return json_response({"key": key, "media": _with_urls(*_run_path(request), media)})
+    return json_response({"key": key, "media": _with_urls(*run_path(request), media)})
 
 
 routes = [

@@ -36,7 +36,7 @@ from runstream.api.requests import json_body, query_int, query_list
 from runstream.api.responses import json_response, render_json, rendered_json
 from runstream.api.runs import (
     PROJECT_PATH, RUN_PATH, SCHEMAS, body_field, check_fields, contract_numbers, documented, names_field, nullable,
-    query_filters, run_exists,
+    project_path, query_filters, run_exists, run_path,
 )
 from runstream.events import encode_value
 from runstream.storage import export, history, runs
@@ -177,11 +177,6 @@ def sampled_history(client: Client, team: str, project: str, run_id: str, keys: 
     return {"columns": kept.columns(names)}
 
 
-def _run_path(request: Request) -> tuple[str, str, str]:
-    p = request.path_params
-    return p["team"], p["project"], p["run_id"]
-
-
 def _keys(request: Request) -> list[str] | None:
     keys = query_list(request, "keys")
     if keys is not None and len(keys) > charts.MAX_METRICS * 10:
@@ -209,7 +204,7 @@ async def run_history(request: Request) -> Response:
       401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
       404: {description: "no such run, or not visible with this key", content: {application/json: {schema: $ERROR}}}
     """
-    team, project, run_id = _run_path(request)
+    team, project, run_id = run_path(request)
     await require_project(request, team, project, "read")
     keys = _keys(request)
     samples = query_int(request, "samples", DEFAULT_SAMPLES, 1, MAX_SAMPLES)
@@ -254,7 +249,7 @@ async def run_history_scan(request: Request) -> Response:
       401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
       404: {description: "no such run, or not visible with this key", content: {application/json: {schema: $ERROR}}}
     """
-    team, project, run_id = _run_path(request)
+    team, project, run_id = run_path(request)
     await require_project(request, team, project, "read")
     keys = _keys(request)
     page_size = query_int(request, "page_size", 1000, 1, history.MAX_PAGE_SIZE)
@@ -352,7 +347,7 @@ async def post_series(request: Request) -> Response:
       404: {description: the project is not visible with this key, content: {application/json: {schema: $ERROR}}}
       413: {description: the body is too large, content: {application/json: {schema: $ERROR}}}
     """
-    team, project = request.path_params["team"], request.path_params["project"]
+    team, project = project_path(request)
     await require_project(request, team, project, "read")
     body = await json_body(request)
     check_fields(body, ("run_ids", "filters", "metrics", "points", "x", "x_metric", "step_range", "fields"))
@@ -439,7 +434,7 @@ async def post_bands(request: Request) -> Response:
       404: {description: the project is not visible with this key, content: {application/json: {schema: $ERROR}}}
       413: {description: the body is too large, content: {application/json: {schema: $ERROR}}}
     """
-    team, project = request.path_params["team"], request.path_params["project"]
+    team, project = project_path(request)
     await require_project(request, team, project, "read")
     body = await json_body(request)
     check_fields(body, ("groups", "by", "filters", "metric", "points", "step_range"))
@@ -526,7 +521,7 @@ async def export_project(request: Request) -> Response:
       401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
       404: {description: the project is not visible with this key, content: {application/json: {schema: $ERROR}}}
     """
-    team, project = request.path_params["team"], request.path_params["project"]
+    team, project = project_path(request)
     await require_project(request, team, project, "read")
     fmt = _format(request)
     table = request.query_params.get("table", "history")
@@ -566,7 +561,7 @@ async def export_run(request: Request) -> Response:
       401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
       404: {description: "no such run, or not visible with this key", content: {application/json: {schema: $ERROR}}}
     """
-    team, project, run_id = _run_path(request)
+    team, project, run_id = run_path(request)
     await require_project(request, team, project, "read")
     fmt = _format(request)
     metrics = query_list(request, "metrics")

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from runstream.api.auth import Principal, allows, authenticate, require_project, require_team
-from runstream.api.backend import Backend
+from runstream.api.backend import backend_of
 from runstream.api.errors import ApiError, not_found
 from runstream.api.openapi import with_schemas
 from runstream.api.requests import json_body
@@ -74,10 +74,6 @@ _documented = with_schemas(_SCHEMAS)
 # -- helpers ---------------------------------------------------------------------------------------------
 
 
-def _backend(request: Request) -> Backend:
-    return request.app.state.backend
-
-
 def _path_name(request: Request, param: str, what: str) -> str:
     """A team or project name from the path; one no team or project can have is simply not found."""
     value = request.path_params[param]
@@ -99,7 +95,7 @@ def _field(body: dict[str, Any], name: str, *, required: bool = False) -> str | 
 
 async def _team_must_exist(request: Request, principal: Principal, team: str) -> None:
     """The local admin passes every check, so for it a missing team must still be a 404."""
-    if principal.local_admin and await _backend(request).run(accounts.get_team, team) is None:
+    if principal.local_admin and await backend_of(request).run(accounts.get_team, team) is None:
         raise not_found(f"team {team}")
 
 
@@ -158,11 +154,11 @@ async def list_teams(request: Request) -> Response:
     """
     principal = await authenticate(request)
     if principal.local_admin:
-        teams = await _backend(request).run(accounts.list_teams)
+        teams = await backend_of(request).run(accounts.list_teams)
         return json_response({"teams": [{**t, "role": "admin"} for t in teams]})
     if principal.team is None:
         raise ApiError(401, "listing teams needs an API key: send 'Authorization: Bearer <key>'")
-    teams = await _backend(request).run(accounts.list_teams, [principal.team])
+    teams = await backend_of(request).run(accounts.list_teams, [principal.team])
     return json_response({"teams": [{**t, "role": principal.role} for t in teams]})
 
 
@@ -203,9 +199,9 @@ async def create_team(request: Request) -> Response:
     body = await json_body(request)
     team = _field(body, "team", required=True)
     display_name = _field(body, "display_name") or ""
-    if not await _backend(request).run(accounts.ensure_team, team, display_name):
+    if not await backend_of(request).run(accounts.ensure_team, team, display_name):
         raise ApiError(409, f"team {team} exists already", code="exists")
-    created = await _backend(request).run(accounts.get_team, team)
+    created = await backend_of(request).run(accounts.get_team, team)
     return json_response({**created, "role": "admin"}, status_code=201)
 
 
@@ -229,7 +225,7 @@ async def list_members(request: Request) -> Response:
     team = _path_name(request, "team", "team")
     principal = await require_team(request, team, "read")
     await _team_must_exist(request, principal, team)
-    rows = await _backend(request).run(accounts.list_members, team)
+    rows = await backend_of(request).run(accounts.list_members, team)
     return json_response({"team": team, "members": [{"team": team, **row} for row in rows]})
 
 
@@ -266,7 +262,7 @@ async def put_member(request: Request) -> Response:
     await _team_must_exist(request, principal, team)
     user = accounts.check_user(request.path_params["user"])
     role = accounts.check_role(_field(await json_body(request), "role", required=True))
-    backend = _backend(request)
+    backend = backend_of(request)
     current = await backend.run(accounts.member_role, team, user)
     if current is not None and current["role"] == "admin" and role != "admin" \
             and await backend.run(accounts.admin_count, team) <= 1:
@@ -299,7 +295,7 @@ async def delete_member(request: Request) -> Response:
     principal = await require_team(request, team, "admin")
     await _team_must_exist(request, principal, team)
     user = request.path_params["user"]
-    backend = _backend(request)
+    backend = backend_of(request)
     current = await backend.run(accounts.member_role, team, user)
     if current is None:
         raise not_found(f"member {user[:200]!r} of team {team}")
@@ -331,7 +327,7 @@ async def list_keys(request: Request) -> Response:
     principal = await require_team(request, team, "read")
     await _team_must_exist(request, principal, team)
     user = None if _is_admin(principal) else principal.user
-    rows = await _backend(request).run(accounts.list_keys, team, user)
+    rows = await backend_of(request).run(accounts.list_keys, team, user)
     return json_response({"team": team, "keys": rows})
 
 
@@ -374,7 +370,7 @@ async def create_key(request: Request) -> Response:
     accounts.check_user(user)
     if user != principal.user and not _is_admin(principal):
         raise ApiError(403, f"{principal.describe()} may create keys only for themselves; ask a team admin")
-    backend = _backend(request)
+    backend = backend_of(request)
     if await backend.run(accounts.member_role, team, user) is None:
         # 404 as for any missing thing a request names (the user is schema-valid, just not in the team).
         raise ApiError(404, f"{user} is not a member of team {team}; add them first with "
@@ -404,7 +400,7 @@ async def revoke_key(request: Request) -> Response:
     principal = await require_team(request, team, "read")
     await _team_must_exist(request, principal, team)
     key_id = request.path_params["key_id"]
-    backend = _backend(request)
+    backend = backend_of(request)
     row = await backend.run(accounts.get_key, key_id)
     if row is None or row["team"] != team:
         raise not_found(f"key {key_id[:200]!r} of team {team}")
@@ -434,7 +430,7 @@ async def list_projects(request: Request) -> Response:
     """
     principal = await authenticate(request)
     only = request.query_params.get("team") or None
-    backend = _backend(request)
+    backend = backend_of(request)
     if principal.local_admin:
         rows = await backend.run(accounts.list_projects, None if only is None else [only], False)
     else:
@@ -487,7 +483,7 @@ async def create_project(request: Request) -> Response:
     if visibility == "public" and not allows(principal, team, "admin"):
         raise ApiError(403, f"only an admin of team {team} makes a project public; create it private, "
                             "and ask an admin to change its visibility")
-    backend = _backend(request)
+    backend = backend_of(request)
     if principal.local_admin:  # the embedded server's owner: the team comes into being with its first project
         await backend.run(accounts.ensure_team, team)
     if await backend.run(accounts.get_project, team, name) is not None:
@@ -514,7 +510,7 @@ async def get_project(request: Request) -> Response:
     team = _path_name(request, "team", "team")
     project = _path_name(request, "project", "project")
     await require_project(request, team, project, "read")
-    row = await _backend(request).run(accounts.get_project, team, project)
+    row = await backend_of(request).run(accounts.get_project, team, project)
     if row is None:
         raise not_found(f"project {team}/{project}")
     return json_response(_project(row))
@@ -549,7 +545,7 @@ async def patch_project(request: Request) -> Response:
     team = _path_name(request, "team", "team")
     project = _path_name(request, "project", "project")
     await require_project(request, team, project, "admin")
-    backend = _backend(request)
+    backend = backend_of(request)
     if await backend.run(accounts.get_project, team, project) is None:
         raise not_found(f"project {team}/{project}")
     body = await json_body(request)
