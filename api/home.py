@@ -1,49 +1,16 @@
-"""``GET /``: the web UI when its built assets are installed, else a plain page listing the projects.
-
-The plain page is what a newcomer sees before the UI is built: every project the
-caller can read, with links to its runs and alerts in the JSON API.
-"""
+"""``GET /`` and every page of the web UI: its built assets (``api/ui``, shipped in the package)."""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
-from starlette.routing import Mount, Route
+from starlette.responses import Response
+from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from runstream.api.auth import authenticate
-from runstream.storage import accounts
-
 UI_DIR = Path(__file__).resolve().parent / "ui"
-
-
-async def home(request: Request) -> Response:
-    principal = await authenticate(request)
-    backend = request.app.state.backend
-    if principal.local_admin:
-        projects = await backend.run(accounts.list_projects, None, True)
-    else:
-        projects = await backend.run(accounts.list_projects, [principal.team] if principal.team else [], True)
-    rows = "".join(
-        f"<tr><td>{html.escape(p['team'])}/{html.escape(p['project'])}</td><td>{p['run_count']}</td>"
-        f"<td>{html.escape(p['visibility'])}</td>"
-        f"<td><a href='/api/v1/projects/{html.escape(p['team'])}/{html.escape(p['project'])}/runs?limit=100'>runs</a> · "
-        f"<a href='/api/v1/projects/{html.escape(p['team'])}/{html.escape(p['project'])}/alerts'>alerts</a></td></tr>"
-        for p in projects)
-    body = (
-        "<!doctype html><meta charset=utf-8><title>runstream</title>"
-        "<style>body{font:15px system-ui;margin:2em}td,th{padding:.3em 1em;text-align:left}</style>"
-        "<h1>runstream</h1><p>Projects you can see:</p>"
-        f"<table><tr><th>project</th><th>runs</th><th>visibility</th><th></th></tr>{rows}</table>"
-        + ("" if projects else "<p>None yet: log a run (<code>runstream demo</code>) and reload.</p>")
-        + "<p>API: <a href='/api/v1/openapi.json'>/api/v1/openapi.json</a> · "
-          "health: <a href='/api/v1/health'>/api/v1/health</a></p>")
-    return HTMLResponse(body)
 
 
 # The UI's policy (defence in depth behind the markdown renderer's escaping): scripts and
@@ -70,8 +37,6 @@ class UiFiles(StaticFiles):
         return response
 
 
-def routes() -> list[Route | Mount]:
-    """The UI's assets at / when they are built into the package, else the plain page."""
-    if (UI_DIR / "index.html").is_file():
-        return [Mount("/", UiFiles(directory=UI_DIR, html=True), name="ui")]
-    return [Route("/", home, methods=["GET"], include_in_schema=False)]
+def routes() -> list[Mount]:
+    """The UI's assets at / (mounted last: every API route matches before it)."""
+    return [Mount("/", UiFiles(directory=UI_DIR, html=True), name="ui")]

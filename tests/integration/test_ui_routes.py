@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
 from runstream.api.home import UI_DIR
-
-pytestmark = pytest.mark.skipif(not (UI_DIR / "index.html").is_file(), reason="the UI bundle is not built")
 
 
 def test_pages_answer_index_html(api) -> None:
