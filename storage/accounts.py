@@ -22,6 +22,7 @@ from typing import Any, Literal
 from clickhouse_connect.driver.client import Client
 
 from runstream.storage.errors import QueryError
+from runstream.storage.writer import insert_row
 
 Role = Literal["viewer", "member", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "member", "admin")
@@ -68,10 +69,6 @@ def check_role(value: Any) -> Role:
     return value
 
 
-def _insert(client: Client, table: str, row: dict[str, Any]) -> None:
-    client.insert(table, [list(row.values())], column_names=list(row))
-
-
 # -- teams and members --------------------------------------------------------------------
 
 
@@ -83,7 +80,7 @@ def ensure_team(client: Client, team: str, display_name: str = "") -> bool:
                          field="display_name")
     if get_team(client, team) is not None:
         return False
-    _insert(client, "teams", {"team": team, "display_name": display_name or team, "created_at": now_ms(),
+    insert_row(client, "teams", {"team": team, "display_name": display_name or team, "created_at": now_ms(),
                               "version": next_version(), "is_deleted": 0})
     return True
 
@@ -109,7 +106,7 @@ def set_member(client: Client, team: str, user: str, role: Role) -> dict[str, An
     check_role(role)
     existing = member_role(client, team, user)
     created = now_ms() if existing is None else existing["created_at_ms"]
-    _insert(client, "members", {"team": team, "user": user, "role": role, "created_at": created,
+    insert_row(client, "members", {"team": team, "user": user, "role": role, "created_at": created,
                                 "version": next_version(existing["version"] if existing else 0), "is_deleted": 0})
     return {"team": team, "user": user, "role": role}
 
@@ -123,7 +120,7 @@ def remove_member(client: Client, team: str, user: str) -> bool:
     existing = member_role(client, team, user)
     if existing is None:
         return False
-    _insert(client, "members", {"team": team, "user": user, "role": existing["role"],
+    insert_row(client, "members", {"team": team, "user": user, "role": existing["role"],
                                 "created_at": existing["created_at_ms"], "version": next_version(existing["version"]),
                                 "is_deleted": 1})
     for key in list_keys(client, team, user):
@@ -174,7 +171,7 @@ def create_key(client: Client, team: str, user: str, name: str = "") -> tuple[st
     if not isinstance(name, str) or len(name) > MAX_KEY_NAME:
         raise QueryError(f"a key's name is a string of at most {MAX_KEY_NAME} characters", field="name")
     key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-    _insert(client, "api_keys", {"key_id": key_id, "secret_sha256": _digest(secret), "team": team, "user": user,
+    insert_row(client, "api_keys", {"key_id": key_id, "secret_sha256": _digest(secret), "team": team, "user": user,
                                  "name": name, "created_at": now_ms(), "revoked_at": None, "version": next_version()})
     return key_id, f"rs_{key_id}_{secret}"
 
@@ -237,7 +234,7 @@ def revoke_key(client: Client, key_id: str) -> bool:
     row = _key_row(client, key_id)
     if row is None or row["revoked_ms"] is not None:
         return False
-    _insert(client, "api_keys", {"key_id": key_id, "secret_sha256": row["secret_sha256"], "team": row["team"],
+    insert_row(client, "api_keys", {"key_id": key_id, "secret_sha256": row["secret_sha256"], "team": row["team"],
                                  "user": row["user"], "name": row["name"], "created_at": row["created_ms"],
                                  "revoked_at": now_ms(), "version": next_version(row["version"])})
     return True
@@ -319,7 +316,7 @@ def upsert_project(client: Client, team: str, project: str, visibility: str | No
         "version": next_version(),
         "is_deleted": 0,
     }
-    _insert(client, "projects", row)
+    insert_row(client, "projects", row)
     return get_project(client, team, project) or {}
 
 
@@ -335,7 +332,7 @@ def server_secrets(client: Client, name: str) -> list[bytes]:
     sql = "SELECT value FROM server_secrets WHERE name = {n:String} ORDER BY created_at, value"
     rows = client.query(sql, parameters={"n": name}).result_rows
     if not rows:
-        _insert(client, "server_secrets", {"name": name, "value": secrets.token_hex(32),
+        insert_row(client, "server_secrets", {"name": name, "value": secrets.token_hex(32),
                                            "created_at": time.time_ns() // 1000})
         rows = client.query(sql, parameters={"n": name}).result_rows
     return [bytes.fromhex(value) for (value,) in rows]

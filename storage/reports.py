@@ -20,6 +20,7 @@ from clickhouse_connect.driver.client import Client
 
 from runstream.storage.accounts import check_name, next_version, now_ms
 from runstream.storage.errors import QueryError
+from runstream.storage.writer import insert_row
 
 MAX_TITLE = 256
 MAX_BODY = 1 << 20  # characters of markdown
@@ -91,9 +92,8 @@ def _row(client: Client, team: str, project: str, report_id: str) -> dict[str, A
 
 
 def _log_links(client: Client, row: dict[str, Any], deleted: bool = False) -> None:
-    client.insert("report_links", [[row["team"], row["project"], row["report_id"], row["share_version"], int(deleted),
-                                    now_ms()]], column_names=["team", "project", "report_id", "share_version",
-                                                               "deleted", "at"])
+    insert_row(client, "report_links", {"team": row["team"], "project": row["project"], "report_id": row["report_id"],
+                                         "share_version": row["share_version"], "deleted": int(deleted), "at": now_ms()})
 
 
 def _write(client: Client, row: dict[str, Any], current_version: int | None, deleted: bool = False) -> None:
@@ -103,7 +103,7 @@ def _write(client: Client, row: dict[str, Any], current_version: int | None, del
         "created_at": row["created_ms"], "updated_at": row["updated_ms"], "share_version": row["share_version"],
         "version": next_version(current_version), "is_deleted": int(deleted),
     }
-    client.insert("reports", [list(values.values())], column_names=list(values))
+    insert_row(client, "reports", values)
 
 
 def get_report(client: Client, team: str, project: str, report_id: str) -> dict[str, Any] | None:

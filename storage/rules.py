@@ -17,6 +17,7 @@ from clickhouse_connect.driver.client import Client
 
 from runstream.storage.accounts import check_name, next_version, now_ms
 from runstream.storage.errors import QueryError
+from runstream.storage.writer import insert_row
 from runstream.streams.alerting import RuleError, check_rule
 
 MAX_NAME = 256
@@ -75,7 +76,7 @@ def _write(client: Client, row: dict[str, Any], current_version: int | None, del
         "created_at": row["created_ms"], "updated_at": row["updated_ms"],
         "version": next_version(current_version), "is_deleted": int(deleted),
     }
-    client.insert("alert_rules", [list(values.values())], column_names=list(values))
+    insert_row(client, "alert_rules", values)
 
 
 def _row(client: Client, team: str, project: str, rule_id: str) -> dict[str, Any] | None:

@@ -232,13 +232,13 @@ def insert_files(client: Client, events: Sequence[Event]) -> int:
         }
         for e in events
     ]
-    _insert_rows(client, "run_files", rows)
+    insert_rows(client, "run_files", rows)
     return len(rows)
 
 
 def insert_alerts(client: Client, alerts: Sequence[Mapping[str, Any]]) -> int:
     """Store alerts: dicts with team, project, run_id, alert_id, rule_id, source, level, title, text, time (Unix s)."""
-    _insert_rows(client, "alerts", [{**a, "rule_id": a.get("rule_id") or "", "time": _ms(a["time"])} for a in alerts])
+    insert_rows(client, "alerts", [{**a, "rule_id": a.get("rule_id") or "", "time": _ms(a["time"])} for a in alerts])
     return len(alerts)
 
 
@@ -344,7 +344,7 @@ def upsert_runs(client: Client, runs: Sequence[Mapping[str, Any]]) -> None:
                 "version": run["version"],
             }
         )
-    _insert_rows(client, "runs", rows)
+    insert_rows(client, "runs", rows)
     record_keys(client, catalog)
 
 
@@ -358,7 +358,7 @@ def upsert_run_summaries(client: Client, summaries: Sequence[Mapping[str, Any]])
         catalog += [(s["team"], s["project"], "summary", k, json_type(v)) for k, v in flat.items()]
         rows.append({"team": s["team"], "project": s["project"], "run_id": s["run_id"], "summary": summary,
                      "summary_num": summary_num, "version": s["version"]})
-    _insert_rows(client, "run_summaries", rows)
+    insert_rows(client, "run_summaries", rows)
     record_keys(client, catalog)
 
 
@@ -373,7 +373,7 @@ def upsert_metric_summaries(client: Client, summaries: Sequence[Mapping[str, Any
     rows = [{k: s[k] for k in METRIC_SUMMARY_FIELDS} for s in summaries]
     for row in rows:
         row["first_time"], row["last_time"] = _ms(row["first_time"]), _ms(row["last_time"])
-    _insert_rows(client, "metric_summaries", rows)
+    insert_rows(client, "metric_summaries", rows)
 
 
 def record_keys(client: Client, keys: Iterable[tuple[str, str, str, str, str]]) -> None:
@@ -383,12 +383,17 @@ def record_keys(client: Client, keys: Iterable[tuple[str, str, str, str, str]]) 
         client.insert("key_catalog", rows, column_names=["team", "project", "kind", "key", "type"])
 
 
-def _insert_rows(client: Client, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+def insert_rows(client: Client, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
     """Insert row dicts (DateTime64 values as integer ms since the epoch) in one columnar insert."""
     if not rows:
         return
     names = list(rows[0])
     client.insert(table, [[row[name] for row in rows] for name in names], column_names=names, column_oriented=True)
+
+
+def insert_row(client: Client, table: str, row: Mapping[str, Any]) -> None:
+    """One row dict: the small tables' writes (accounts, reports, rules)."""
+    insert_rows(client, table, [row])
 
 
 # -- processor state -------------------------------------------------------------------
@@ -398,7 +403,7 @@ def upsert_run_states(client: Client, states: Mapping[tuple[str, str, str], tupl
     """Write processor states: (team, project, run_id) -> (JSON bytes, version)."""
     rows = [{"team": t, "project": p, "run_id": r, "state": raw.decode(), "version": version}
             for (t, p, r), (raw, version) in states.items()]
-    _insert_rows(client, "run_states", rows)
+    insert_rows(client, "run_states", rows)
 
 
 def load_run_states(client: Client, keys: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], bytes]:
