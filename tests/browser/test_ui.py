@@ -289,6 +289,8 @@ def test_run_media_and_downloads_with_an_api_key(browser, server: str) -> None:
         assert "+LR = 3e-4" in Path(download.value.path()).read_text()
         page.locator("nav.run-tabs a", has_text="media").click()
         page.wait_for_function("() => [...document.querySelectorAll('.image-grid img')].some((i) => i.complete && i.naturalWidth > 0)")
+        # Images get their src as each fetch finishes: wait for the first one's, then check where it points.
+        page.wait_for_function("() => !!document.querySelector('.image-grid img')?.getAttribute('src')")
         assert page.locator(".image-grid img").first.get_attribute("src").startswith("blob:")
         _shot(page, "run-media-with-key")
     finally:
