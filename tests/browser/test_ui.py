@@ -364,7 +364,8 @@ def test_settings_team_members_and_keys(page, server: str) -> None:
     page.goto(f"{server}/settings")
     page.locator("input[placeholder='new team']").fill("acme")
     page.get_by_role("button", name="create team").click()
-    page.wait_for_selector("table.members")
+    # The page reloads onto the new team; team "default" was shown before, so wait for acme's table.
+    page.wait_for_selector("table.members[data-team=acme]")
     page.locator("input[name=member-user]").fill("alice")
     page.get_by_role("button", name="add member").click()
     page.wait_for_function("document.querySelector('table.members').textContent.includes('alice')")

@@ -24,14 +24,21 @@ export async function settingsPage(root: HTMLElement): Promise<void> {
     root.append(errorBox(err));
     return;
   }
+  // ?team= picks the team shown first (a team just created is shown after the reload).
+  const asked = new URLSearchParams(location.search).get("team");
+  const first: string = teams.find((t) => t.team === asked)?.team ?? teams[0]?.team ?? "";
   const teamBox = h("div");
-  const pick = select(teams.map((t) => [t.team, `${t.team} (${t.role})`] as [string, string]), teams[0]?.team ?? "",
+  const pick = select(teams.map((t) => [t.team, `${t.team} (${t.role})`] as [string, string]), first,
     (t) => void showTeam(t).catch((err) => teamBox.replaceChildren(errorBox(err))));
   const newTeam = h("input", { placeholder: "new team", size: 16 });
   root.append(h("section", null, h("h3", null, "Teams"),
     teams.length ? h("div.row", null, "team: ", pick) : h("p.muted", null, "No teams yet."),
     me.local_admin ? h("div.row", null, newTeam, h("button", { onclick: async () => {
-      try { await post("/teams", { team: newTeam.value.trim() }); location.reload(); } catch (err) { teamBox.prepend(errorBox(err)); }
+      try {
+        const name = newTeam.value.trim();
+        await post("/teams", { team: name });
+        location.assign(`/settings?team=${enc(name)}`);
+      } catch (err) { teamBox.prepend(errorBox(err)); }
     } }, "create team")) : null,
     teamBox));
 
@@ -48,7 +55,7 @@ export async function settingsPage(root: HTMLElement): Promise<void> {
     const admin = me.local_admin || teams.find((x) => x.team === team)?.role === "admin";
     replace(teamBox, message,
       h("h4", null, "Members"),
-      h("table.grid.members", null, h("thead", null, h("tr", null, ["user", "role", "since", ""].map((c) => h("th", null, c)))),
+      h("table.grid.members", { dataset: { team } }, h("thead", null, h("tr", null, ["user", "role", "since", ""].map((c) => h("th", null, c)))),
         h("tbody", null, members.map((m) => h("tr", null, h("td", null, m.user),
           h("td", null, admin ? select(ROLES, m.role, (r) => void put(`${t}/members/${enc(m.user)}`, { role: r }).then(() => showTeam(team)).catch(fail)) : m.role),
           h("td", null, fmtTime(m.created_at)),
@@ -69,5 +76,5 @@ export async function settingsPage(root: HTMLElement): Promise<void> {
           } catch (err) { fail(err); }
         } }, "create key")));
   }
-  if (teams.length) await showTeam(teams[0].team);
+  if (first) await showTeam(first);
 }
