@@ -40,6 +40,7 @@ from runstream.storage import logs, rules
 from runstream.storage.errors import QueryError
 from runstream.events import ALERT_LEVELS
 from runstream.streams.alerting import OPS, RULE_KINDS, RuleError
+from runstream.streams.notifier import WebhookPolicy
 
 log = logging.getLogger("runstream.api")
 
@@ -333,6 +334,18 @@ async def _rule_fields(request: Request, required: tuple[str, ...] = ()) -> dict
     return body
 
 
+def _check_webhooks(request: Request, spec: Any) -> None:
+    """Refuse a rule webhook aimed at an internal address now, rather than silently at its first alert."""
+    hooks = spec.get("webhooks") if isinstance(spec, dict) else None
+    if not isinstance(hooks, list):
+        return  # check_rule explains what is wrong with it
+    policy = WebhookPolicy(backend_of(request).settings.webhook_allow)
+    for url in hooks:
+        refused = policy.refusal(url) if isinstance(url, str) else None
+        if refused:
+            raise ApiError(422, refused)
+
+
 def _invalid(exc: QueryError | RuleError) -> ApiError:
     details = exc.details or None if isinstance(exc, QueryError) else None
     return ApiError(422, exc.message if isinstance(exc, QueryError) else str(exc), details=details)
@@ -383,6 +396,7 @@ async def create_rule(request: Request) -> Response:
     """
     team, project, _ = await authorize(request, "write")
     body = await _rule_fields(request, required=("name", "kind", "spec"))
+    _check_webhooks(request, body["spec"])
     try:
         rule = await backend_of(request).run(
             rules.create_rule, team, project, body["name"], body["kind"], body["spec"], body.get("enabled", True),
@@ -451,6 +465,7 @@ async def patch_rule(request: Request) -> Response:
     changes = await _rule_fields(request)
     if ("kind" in changes) != ("spec" in changes):
         raise ApiError(422, "kind and spec change together (a spec is only valid for its kind): send both")
+    _check_webhooks(request, changes.get("spec"))
     rule_id = request.path_params["rule_id"]
     try:
         rule = await backend_of(request).run(rules.update_rule, team, project, rule_id, changes)

@@ -100,7 +100,7 @@ class PipelineSink:
 
         self.settings = settings
         self.sweep_every_s = sweep_every_s
-        self.notifier = Notifier([u.strip() for u in settings.alert_webhooks.split(",")])
+        self.notifier = Notifier([u.strip() for u in settings.alert_webhooks.split(",")], allow=settings.webhook_allow)
         self.pipeline = Pipeline(client, on_alert=self._on_alert)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task] = set()

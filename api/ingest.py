@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from runstream.api.auth import require_project
+from runstream.api.auth import authenticate, require_project
 from runstream.api.backend import Backend
 from runstream.api.errors import ApiError, not_found
 from runstream.api.filestore import BlobError
@@ -87,6 +87,10 @@ async def post_events(request: Request) -> Response:
       503: {description: the events could not be stored; retry}
     """
     backend: Backend = request.app.state.backend
+    # Who is asking comes first: a caller without a key learns it needs one, not what is wrong with its batch.
+    principal = await authenticate(request)
+    if principal.anonymous:
+        raise ApiError(401, "ingest needs an API key: send 'Authorization: Bearer <key>'")
     events = parse_batch(await read_body(request, MAX_BATCH_BYTES))
     for team, project in sorted({(e.team, e.project) for e in events}):
         await require_project(request, team, project, "write")

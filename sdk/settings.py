@@ -43,6 +43,9 @@ class Settings:
     crash_timeout: int = 90
     #: Webhook URLs (comma-separated) every alert is posted to, Slack-compatible.
     alert_webhooks: str = ""
+    #: Internal hosts, addresses and CIDR networks (comma-separated) that alert rules' own webhooks may reach;
+    #: without them a rule's webhook reaches public addresses only.
+    webhook_allow: str = ""
     #: The server a key saved by ``runstream login`` belongs to ("": the key came from the environment).
     api_key_url: str = field(default="", metadata={"internal": True})
 

@@ -166,7 +166,7 @@ def create_app(
         except Exception as exc:  # noqa: BLE001 - the next sweep tries again
             log.warning("sweep failed (%s: %s)", type(exc).__name__, exc)
 
-    notifier = Notifier([u.strip() for u in settings.alert_webhooks.split(",")])
+    notifier = Notifier([u.strip() for u in settings.alert_webhooks.split(",")], allow=settings.webhook_allow)
 
     deliveries: set[asyncio.Task] = set()
 

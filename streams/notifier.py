@@ -7,18 +7,27 @@ is retried with exponential backoff; after the last try the alert is logged
 and skipped, so one dead receiver never stops the stream. An alert id already
 delivered (a replayed alert, or a stall seen again by the next sweep) is not
 posted twice while it is remembered.
+
+A rule's own webhooks are typed in by any project member, so they may only
+reach public addresses (no server-side request forgery into the cluster's
+network): ``WebhookPolicy`` checks every address the host resolves to, at
+connection time, and redirects are not followed. The operator's global
+webhooks, and hosts or networks in ``RUNSTREAM_WEBHOOK_ALLOW``, are trusted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from runstream.events import Event
 
@@ -49,6 +58,79 @@ def slack_payload(event: Event, alert_id: str, run_url: str | None = None) -> di
     }
 
 
+class WebhookRefused(OSError):
+    """A webhook whose host is (or resolves to) an address the policy does not allow."""
+
+
+class WebhookPolicy:
+    """Which hosts a webhook may reach: public addresses, plus the hosts and networks allowed by name.
+
+    ``allow`` is comma-separated host names, addresses and CIDR networks (``hooks.internal,10.1.0.0/16``).
+    """
+
+    def __init__(self, allow: str | Sequence[str] = "") -> None:
+        items = allow.split(",") if isinstance(allow, str) else list(allow)
+        self.hosts: set[str] = set()
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for item in (i.strip().lower().strip("[]") for i in items):
+            if not item:
+                continue
+            try:
+                self.networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                self.hosts.add(item.rstrip("."))
+
+    def trusts_host(self, host: str) -> bool:
+        return host.lower().rstrip(".") in self.hosts
+
+    def allows_address(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address.split("%")[0])  # an IPv6 zone id is not part of the address
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return ip.is_global or any(ip in network for network in self.networks)
+
+    def refusal(self, url: str) -> str | None:
+        """Why ``url`` may not be posted to, judged without DNS (an address or localhost); else None."""
+        host = (urlsplit(url).hostname or "").rstrip(".")
+        if not host:
+            return f"webhook {url!r} has no host"
+        if self.trusts_host(host):
+            return None
+        try:
+            allowed = self.allows_address(host)
+        except ValueError:  # a name: its addresses are checked when the alert is posted
+            allowed = host != "localhost" and not host.endswith(".localhost")
+        if allowed:
+            return None
+        return (f"webhook host {host} is an internal address; only public hosts are allowed, unless the "
+                f"operator lists it in RUNSTREAM_WEBHOOK_ALLOW")
+
+
+class _PolicyResolver(AbstractResolver):
+    """DNS through aiohttp's default resolver, keeping only the addresses the policy allows: the
+    connection goes to a checked address, so a name cannot resolve to a public one for the check
+    and an internal one for the post."""
+
+    def __init__(self, policy: WebhookPolicy) -> None:
+        self.policy = policy
+        self.inner = aiohttp.DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        found = await self.inner.resolve(host, port, family)
+        if self.policy.trusts_host(host):
+            return found
+        kept = [r for r in found if self.policy.allows_address(r["host"])]
+        if not kept:
+            raise WebhookRefused(f"webhook host {host} resolves only to internal addresses "
+                                 f"({', '.join(sorted({r['host'] for r in found}))}); the operator can "
+                                 f"allow it in RUNSTREAM_WEBHOOK_ALLOW")
+        return kept
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
 class Notifier:
     def __init__(
         self,
@@ -57,8 +139,12 @@ class Notifier:
         first_backoff_s: float = 0.5,
         timeout_s: float = 10.0,
         remember: int = 10_000,
+        allow: str | Sequence[str] = "",
     ) -> None:
         self.webhooks = [url for url in webhooks if url]
+        # The operator's own webhooks are trusted wherever they point.
+        trusted = [urlsplit(url).hostname or "" for url in self.webhooks]
+        self.policy = WebhookPolicy([*(allow.split(",") if isinstance(allow, str) else allow), *trusted])
         self.tries = tries
         self.first_backoff_s = first_backoff_s
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -73,7 +159,8 @@ class Notifier:
         if not urls:
             return 0
         payload = slack_payload(event, alert_id)
-        async with aiohttp.ClientSession(timeout=self.timeout) as session:  # alerts are rare: no pool to keep
+        connector = aiohttp.TCPConnector(resolver=_PolicyResolver(self.policy))
+        async with aiohttp.ClientSession(timeout=self.timeout, connector=connector) as session:  # alerts are rare
             results = await asyncio.gather(*(self._post(session, url, payload) for url in urls))
         self._delivered[alert_id] = None
         while len(self._delivered) > self._remember:
@@ -81,15 +168,25 @@ class Notifier:
         return sum(results)
 
     async def _post(self, session: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> bool:
+        refused = self.policy.refusal(url)
+        if refused:
+            log.warning("%s; alert %s not posted there", refused, payload["runstream"]["alert_id"])
+            return False
         delay = self.first_backoff_s
         for attempt in range(1, self.tries + 1):
             try:
-                async with session.post(url, json=payload) as response:
+                # No redirects: a public receiver must not bounce the post to an internal address.
+                async with session.post(url, json=payload, allow_redirects=False) as response:
                     if response.status < 300:
                         return True
                     problem = f"HTTP {response.status}"
-                    if 400 <= response.status < 500 and response.status not in (408, 429):
-                        break  # the receiver refuses this payload: retrying will not help
+                    if response.status < 500 and response.status not in (408, 429):
+                        break  # a redirect, or the receiver refuses this payload: retrying will not help
+            except aiohttp.ClientConnectorError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc.os_error, WebhookRefused):
+                    problem = str(exc.os_error)
+                    break
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             if attempt < self.tries:

@@ -171,6 +171,11 @@ def test_invalid_rules_are_422_with_the_reason(api):
         ({"spec": {"metric": "loss", "op": ">"}}, "'value'"),
         ({"spec": {"metric": "loss", "op": ["<"], "value": 1}}, "'op'"),
         ({"spec": {"metric": "loss", "op": ">", "value": 1, "webhooks": ["ftp://x"]}}, "webhooks"),
+        # A rule's webhook may not reach into the server's network (the operator can allow hosts).
+        ({"spec": {"metric": "loss", "op": ">", "value": 1, "webhooks": ["http://169.254.169.254/latest"]}},
+         "RUNSTREAM_WEBHOOK_ALLOW"),
+        ({"spec": {"metric": "loss", "op": ">", "value": 1, "webhooks": ["http://localhost:9200/x"]}},
+         "internal address"),
         ({"spec": {"metric": "loss", "op": ">", "value": 1, "level": "LOUD"}}, "level"),
         ({"spec": "loss > 1"}, "JSON object"),
         ({"cooldown_s": -1}, "cooldown_s"),
@@ -187,6 +192,11 @@ def test_invalid_rules_are_422_with_the_reason(api):
     assert missing.status_code == 422 and "spec" in missing.json()["error"]["message"]
     assert api.http.post(RULES, content=b"{", headers=member).status_code == 400
     assert api.http.get(RULES, headers=member).json() == {"rules": []}
+    rule = _rule(api, member)
+    internal = {"kind": "threshold", "spec": {"metric": "loss", "op": ">", "value": 1, "webhooks": ["http://10.0.0.7/"]}}
+    response = api.http.patch(f"{RULES}/{rule['id']}", json=internal, headers=member)
+    assert response.status_code == 422 and "internal address" in response.json()["error"]["message"]
+    assert "webhooks" not in api.http.get(f"{RULES}/{rule['id']}", headers=member).json()["spec"]
 
     rule = _rule(api, member)
     alone = api.http.patch(f"{RULES}/{rule['id']}", json={"kind": "divergence"}, headers=member)

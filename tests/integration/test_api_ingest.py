@@ -108,6 +108,9 @@ def test_ingest_needs_a_key_that_may_write_to_the_project(api):
     assert api.ingest(batch, {}).status_code == 401
     assert api.ingest(batch, {"Authorization": "Bearer rs_000000000000_" + "x" * 43}).status_code == 401
     assert api.ingest(batch, {"Authorization": "Basic abc"}).status_code == 401
+    # Without a key the answer is 401 even for a batch that is also invalid.
+    response = api.http.post("/api/v1/events", content=b"not json\n")
+    assert response.status_code == 401 and "API key" in response.json()["error"]["message"]
     assert api.ingest(batch, api.key("acme", "vera", "viewer")).status_code == 403
     # Another team's key: the private project is not even confirmed to exist.
     assert api.ingest(batch, api.key("globex", "gus", "admin")).status_code == 404
