@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -163,6 +164,9 @@ class Backend:
         self.files = files or LocalFileStore(f"{settings.data_dir}/files")
         self.sink = sink or self._default_sink()
         self._share_secrets: list[bytes] | None = None
+        #: Digests of API keys that passed their check here lately (``auth.read_checked`` trusts them enough to
+        #: start a read beside their next check, never instead of it).
+        self.keys_passed: OrderedDict[bytes, None] = OrderedDict()
 
     def _default_sink(self) -> EventSink:
         if self.settings.kafka:

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runstream.api.auth import require_project
+from runstream.api.auth import read_project, require_project
 from runstream.api.backend import Backend
 from runstream.api.errors import ApiError, not_found
 from runstream.api.ingest import publish_edit
@@ -207,12 +207,15 @@ async def list_runs(request: Request) -> Response:
       404: {description: the project is not visible with this key, content: {application/json: {schema: $ERROR}}}
     """
     team, project = project_path(request)
-    await require_project(request, team, project, "read")
-    filters = query_filters(request)
-    order = request.query_params.get("order") or "-created_at"
-    limit = query_int(request, "limit", DEFAULT_PAGE, 1, runs.MAX_LIMIT)
-    cursor = request.query_params.get("cursor") or None
-    page = await request.app.state.backend.run(runs.search_runs, team, project, filters, order, limit, cursor)
+
+    async def search() -> Callable[[Client], dict[str, Any]]:
+        filters = query_filters(request)
+        order = request.query_params.get("order") or "-created_at"
+        limit = query_int(request, "limit", DEFAULT_PAGE, 1, runs.MAX_LIMIT)
+        cursor = request.query_params.get("cursor") or None
+        return lambda client: runs.search_runs(client, team, project, filters, order, limit, cursor)
+
+    page = await read_project(request, team, project, search)
     return json_response({"runs": [public_run(team, project, r) for r in page["runs"]],
                           "next_cursor": page["next_cursor"]})
 

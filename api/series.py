@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from runstream.api.auth import require_project
+from runstream.api.auth import read_project, require_project
 from runstream.api.errors import ApiError, not_found
 from runstream.api.requests import json_body, query_int, query_list
 from runstream.api.responses import json_response, render_json, rendered_json
@@ -348,7 +348,11 @@ async def post_series(request: Request) -> Response:
       413: {description: the body is too large, content: {application/json: {schema: $ERROR}}}
     """
     team, project = project_path(request)
-    await require_project(request, team, project, "read")
+    return rendered_json(await read_project(request, team, project, lambda: _series_read(request, team, project)))
+
+
+async def _series_read(request: Request, team: str, project: str) -> Callable[[Client], bytes]:
+    """The series request's arguments, checked, as the read that answers it."""
     body = await json_body(request)
     check_fields(body, ("run_ids", "filters", "metrics", "points", "x", "x_metric", "step_range", "fields"))
     run_ids, filters = _selection(body)
@@ -379,7 +383,7 @@ async def post_series(request: Request) -> Response:
             result["series"] = [{k: v for k, v in s.items() if k not in dropped} for s in result["series"]]
         return render_json(result)  # here, in the worker thread: 1,000 runs make megabytes
 
-    return rendered_json(await request.app.state.backend.run(read))
+    return read
 
 
 _BANDS_BODY = {
@@ -435,7 +439,11 @@ async def post_bands(request: Request) -> Response:
       413: {description: the body is too large, content: {application/json: {schema: $ERROR}}}
     """
     team, project = project_path(request)
-    await require_project(request, team, project, "read")
+    return json_response(await read_project(request, team, project, lambda: _bands_read(request, team, project)))
+
+
+async def _bands_read(request: Request, team: str, project: str) -> Callable[[Client], dict[str, Any]]:
+    """The bands request's arguments, checked, as the read that answers it."""
     body = await json_body(request)
     check_fields(body, ("groups", "by", "filters", "metric", "points", "step_range"))
     groups = body_field(body, "groups", dict, "an object mapping a label to a list of run ids")
@@ -467,7 +475,7 @@ async def post_bands(request: Request) -> Response:
             band.update(group=_label(group["group"]), values=contract_numbers(group["group"]), run_count=group["count"])
         return result
 
-    return json_response(await request.app.state.backend.run(read))
+    return read
 
 
 # -- exports -------------------------------------------------------------------------------------------

@@ -648,3 +648,26 @@ def test_public_client_end_to_end(project, server, tmp_path):
     with pytest.raises(ApiError) as missing:
         client.run(f"{TEAM}/{PROJECT}/ghost")
     assert missing.value.status == 404
+
+
+def test_a_key_that_worked_before_is_still_checked_before_every_read(project):
+    """Chart and runs reads start beside the check of a key that passed before; the check still decides."""
+    from runstream.storage import accounts
+
+    accounts.set_member(project.api.storage, TEAM, "kim", "member")
+    key_id, key = accounts.create_key(project.api.storage, TEAM, "kim")
+    kim = {"Authorization": f"Bearer {key}"}
+    where = f"/projects/{TEAM}/{PROJECT}"
+    series, bands = {"metrics": ["loss"], "points": 10}, {"metric": "loss", "groups": {"a": ["r0", "r1"]}}
+    assert project.ok(project.post(f"{where}/series", series, kim))["series"]
+    assert project.ok(project.post(f"{where}/bands", bands, kim))["groups"]
+    assert project.ok(project.get(f"{where}/runs", kim))["runs"]
+    # Another team's working key learns nothing here, not even what is wrong with its request.
+    project.ok(project.get("/whoami", project.rival))
+    expect_error(project.post(f"{where}/series", series, project.rival), 404)
+    expect_error(project.post(f"{where}/series", {"metrics": []}, project.rival), 404)
+    expect_error(project.get(f"{where}/runs", project.rival, limit=0), 404)
+    accounts.revoke_key(project.api.storage, key_id)
+    for response in (project.post(f"{where}/series", series, kim), project.post(f"{where}/bands", bands, kim),
+                     project.get(f"{where}/runs", kim), project.post(f"{where}/series", {"metrics": []}, kim)):
+        expect_error(response, 401, "invalid_api_key")
