@@ -42,6 +42,7 @@ from clickhouse_connect.driver.client import Client
 
 from runstream import events
 from runstream.events import ALERT, CONSOLE, FILE, METRICS, RUN_EDIT, RUN_STATE, RUN_UPDATE, SYSTEM, Event
+from runstream.storage.history import metric_statistics
 from runstream.storage.writer import (
     insert_alerts,
     insert_console_lines,
@@ -172,6 +173,7 @@ class Processor:
         fired: list[Fired] = []
         changed_runs: set[RunKey] = set()
         changed_summaries: dict[RunKey, set[str]] = {}
+        relogged: dict[RunKey, set[str]] = {}
         summary_touched: set[RunKey] = set()
         for event in batch:
             if event.type == ALERT:
@@ -191,6 +193,8 @@ class Processor:
             new = applied and event.type in (*runstate.RUN_EVENTS, RUN_EDIT)
             if event.type == METRICS:
                 new = event.seq > state["summary"]["metrics_seq"]
+                if again := summaries.relogged(state["summary"], event):
+                    relogged.setdefault(key, set()).update(again)
                 names = summaries.fold_metrics(state["summary"], event)
                 if names:
                     changed_summaries.setdefault(key, set()).update(names)
@@ -210,6 +214,8 @@ class Processor:
                 out.publish.append(_state_event(change))
             fired += evaluator.fired
 
+        self._restate(client, relogged, out.states)
+
         # 3. derived rows, written whole
         upsert_runs(client, [runstate.record_for_write(out.states[k], folded(out.states[k])) for k in sorted(changed_runs)])
         run_summaries, metric_rows = [], []
@@ -225,6 +231,18 @@ class Processor:
         upsert_metric_summaries(client, metric_rows)
         out.publish += [_alert_event(f, self.clock()) for f in fired]
         return out
+
+    def _restate(self, client: Client, relogged: dict[RunKey, set[str]], states: dict[RunKey, dict[str, Any]]) -> None:
+        """Statistics of metrics whose steps were logged again, recomputed from the history written in step 1
+        (one query per project; a run that logs every step once never gets here)."""
+        by_project: dict[tuple[str, str], dict[str, tuple[int, set[str]]]] = {}
+        for (team, project, run_id), names in relogged.items():
+            summary = states[(team, project, run_id)]["summary"]
+            by_project.setdefault((team, project), {})[run_id] = (summary["metrics_seq"], names)
+        for (team, project), wanted in by_project.items():
+            found = metric_statistics(client, team, project, wanted)
+            for (run_id, metric), stats in found.items():
+                summaries.restate(states[(team, project, run_id)]["summary"], metric, stats)
 
     def _states(self, client: Client, batch: Sequence[Event], cache: Mapping[RunKey, dict[str, Any]]) -> dict[RunKey, dict]:
         keys = {(e.team, e.project, e.run_id) for e in batch}

@@ -10,6 +10,11 @@ and time. The run summary takes each metric's last value unless a
 
 A metrics event whose seq is at or below the highest one folded is a replay and
 changes nothing (a run's metric events arrive in seq order on one partition).
+
+A step logged again (a run resumed from a checkpoint logs its last steps once
+more) cannot be folded: history keeps the newer value, while min, max, sum and
+count would hold both. ``relogged`` names such metrics, and the processor
+restates their statistics from the history it has just written (``restate``).
 """
 
 from __future__ import annotations
@@ -53,6 +58,36 @@ def fold_metrics(summary: Summary, event: Event) -> set[str]:
             _fold_rows(s, steps, times, column)
         summary["metrics"][name] = s
     return names
+
+
+def relogged(summary: Summary, event: Event) -> set[str]:
+    """The metrics of a batch not folded yet that log a step again: at or below the metric's last
+    step folded, or twice in the batch. Call it before ``fold_metrics``."""
+    if event.seq <= summary["metrics_seq"]:
+        return set()
+    steps = event.data["step"]
+    increasing = all(a < b for a, b in zip(steps, steps[1:]))
+    out = set()
+    for name, column in event.data["values"].items():
+        s = summary["metrics"].get(name)
+        last = s["last_step"] if s else -1
+        if increasing and None not in column:
+            again = steps[0] <= last
+        else:
+            logged = [step for step, value in zip(steps, column) if value is not None]
+            again = bool(logged) and (min(logged) <= last or len(set(logged)) < len(logged))
+        if again:
+            out.add(name)
+    return out
+
+
+def restate(summary: Summary, metric: str, stats: dict[str, Any]) -> None:
+    """Replace a metric's folded statistics with ``stats`` computed from its history
+    (``storage.history.metric_statistics``)."""
+    summary["metrics"][metric] = {
+        "last": encode_value(stats["last"]), "last_step": stats["last_step"], "min": stats["min"],
+        "max": stats["max"], "sum": stats["sum"], "count": stats["count"], "nan": stats["nan"], "inf": stats["inf"],
+        "first_step": stats["first_step"], "first_time": stats["first_time"], "last_time": stats["last_time"]}
 
 
 def _fold_dense(s: dict[str, Any], steps: list[int], times: list[float], column: list[float]) -> None:

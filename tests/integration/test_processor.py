@@ -197,3 +197,41 @@ def test_processor_alone_returns_what_to_publish(clickhouse):
                              _event(RUN_FINISH, "p1", 2, T0 + 1, {"state": "failed", "exit_code": 3})], {})
     assert [(e.type, e.data["state"]) for e in out.publish] == [("run_state", "running"), ("run_state", "failed")]
     assert out.states[("acme", "proc", "p1")]["record"]["state"] == "failed"
+
+
+def test_steps_logged_again_are_counted_once_with_their_newer_values(clickhouse_dsn):
+    """A run resumed from a checkpoint logs its last steps again: history keeps the newer values,
+    and the summaries count each step once, with those values."""
+    client = _client(clickhouse_dsn, "relog")
+    seq = (int(T0) << 32) + 1
+    first = [10.0 - 0.1 * s for s in range(100)]
+    again = [5.0 + 0.01 * s for s in range(50, 150)]
+    stream = [
+        _event(RUN_START, "r", seq, T0, {"name": "r"}),
+        _event(RUN_UPDATE, "r", seq + 1, T0, {"define_metric": [{"name": "loss", "summary": "mean"}]}),
+        _metrics("r", seq + 2, list(range(0, 60)), {"loss": first[:60]}),
+        _metrics("r", seq + 3, list(range(60, 100)), {"loss": first[60:]}),
+        # The resumed process: steps 50..149, the first 50 of them logged before.
+        _metrics("r", seq + 4, list(range(50, 100)), {"loss": again[:50]}, t0=T0 + 1000),
+        _metrics("r", seq + 5, list(range(100, 150)), {"loss": again[50:]}, t0=T0 + 1000),
+        # One step twice in a batch: the later row is the one kept.
+        _metrics("r", seq + 6, [150, 150], {"loss": [99.0, 7.0]}, t0=T0 + 1000),
+    ]
+    pipeline = Pipeline(lambda: client)
+    pipeline.handle(stream[:4])  # the first process
+    pipeline.handle(stream[4:])  # the resumed one
+    kept = client.query("SELECT value FROM metric_points FINAL WHERE run_id = 'r' ORDER BY step").result_rows
+    history = [v for (v,) in kept]
+    assert history == first[:50] + again + [7.0]
+    row = client.query("SELECT last, min, max, mean, count, first_step, last_step, first_time, last_time "
+                       "FROM metric_summaries FINAL WHERE run_id = 'r' AND metric = 'loss'").result_rows[0]
+    assert row[4] == 151 and row[:3] == (7.0, min(history), max(history))
+    assert math.isclose(row[3], sum(history) / len(history))
+    assert row[5:7] == (0, 150) and row[7].timestamp() == T0 and row[8].timestamp() == T0 + 1150
+    summary = client.query("SELECT summary FROM run_summaries FINAL WHERE run_id = 'r'").result_rows[0][0]
+    assert math.isclose(orjson.loads(summary["loss"]), sum(history) / len(history))  # define_metric mean
+    # Redelivered, the same batches change nothing.
+    before = snapshot(client)
+    pipeline.handle(stream)
+    Pipeline(lambda: client).handle(stream[4:])
+    assert snapshot(client) == before

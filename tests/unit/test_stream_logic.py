@@ -98,3 +98,24 @@ def test_run_state_lifecycle_and_resends():
     assert [(c.old, c.new) for c in changes] == [(None, "running"), ("running", "crashed"), ("crashed", "running"),
                                                  ("running", "failed")]
     assert record["finished_at"] == 310.0 and record["exit_code"] == 1 and record["seen_at"] == 3910.0
+
+
+def test_a_step_logged_again_is_named_for_restating():
+    summary = summaries.new_summary()
+    first = _ev(METRICS, 5, 0.0, {"step": [0, 1, 2], "time": [1.0, 2.0, 3.0], "values": {"loss": [3.0, 2.0, 1.0],
+                                                                                       "acc": [None, 0.5, None]}})
+    assert summaries.relogged(summary, first) == set()
+    summaries.fold_metrics(summary, first)
+    assert summaries.relogged(summary, first) == set()  # a replay is skipped, not restated
+    later = {"step": [3, 4], "time": [4.0, 5.0], "values": {"loss": [0.9, 0.8], "acc": [0.6, None]}}
+    assert summaries.relogged(summary, _ev(METRICS, 6, 0.0, later)) == set()
+    resumed = {"step": [2, 3], "time": [4.0, 5.0], "values": {"loss": [1.5, 0.7], "acc": [None, 0.7]}}
+    assert summaries.relogged(summary, _ev(METRICS, 6, 0.0, resumed)) == {"loss"}  # acc's step 1 is not logged again
+    twice = {"step": [7, 7], "time": [4.0, 5.0], "values": {"loss": [1.0, 2.0], "acc": [0.1, None]}}
+    assert summaries.relogged(summary, _ev(METRICS, 6, 0.0, twice)) == {"loss"}
+    summaries.restate(summary, "loss", {"count": 2, "sum": 3.0, "min": 1.0, "max": 2.0, "nan": 1, "inf": 0,
+                                        "first_step": 0, "last_step": 9, "last": float("nan"),
+                                        "first_time": 1.0, "last_time": 9.0})
+    row = summaries.metric_summary_rows(summary, "acme", "p", "r1", 1, {"loss"})[0]
+    assert (row["count"], row["mean"], row["min"], row["max"], row["last_step"]) == (3, 1.5, 1.0, 2.0, 9)
+    assert summary["metrics"]["loss"]["last"] == "NaN"  # the state stays JSON
