@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,13 +42,18 @@ _PROJECT = "team = {team:String} AND project = {project:String}"
 
 # Times travel as integer milliseconds; non-finite floats are stored as "NaN"/"Infinity"
 # JSON strings, so the few numeric-map entries that are not finite come along to restore them.
-_RUN_COLUMNS = """
+_PLAIN_COLUMNS = """
     run_id, name, state,
     toUnixTimestamp64Milli(created_at) AS _created_ms, toUnixTimestamp64Milli(updated_at) AS _updated_ms,
     toUnixTimestamp64Milli(heartbeat_at) AS _heartbeat_ms, toUnixTimestamp64Milli(finished_at) AS _finished_ms,
-    exit_code, run_group, job_type, tags, notes, user, host, program, args, python, git,
-    config, mapFilter((k, v) -> NOT isFinite(v), config_num) AS _config_nonfinite,
-    summary, mapFilter((k, v) -> NOT isFinite(v), summary_num) AS _summary_nonfinite"""
+    exit_code, run_group, job_type, tags, notes, user, host, program, args, python, git"""
+#: The maps, the costly part of a run (the summaries come from a join): a search may leave them out.
+_MAP_COLUMNS = {
+    "config": "config, mapFilter((k, v) -> NOT isFinite(v), config_num) AS _config_nonfinite",
+    "summary": "summary, mapFilter((k, v) -> NOT isFinite(v), summary_num) AS _summary_nonfinite",
+}
+MAPS = tuple(_MAP_COLUMNS)
+_RUN_COLUMNS = ", ".join([_PLAIN_COLUMNS, *_MAP_COLUMNS.values()])
 
 
 # -- sorting -----------------------------------------------------------------------------
@@ -189,8 +194,7 @@ def _run(row: Mapping[str, Any]) -> dict[str, Any]:
         "args": list(row["args"]),
         "python": row["python"],
         "git": git if isinstance(git, dict) else {},
-        "config": _values(row["config"], row["_config_nonfinite"]),
-        "summary": _values(row["summary"], row["_summary_nonfinite"]),
+        **{name: _values(row[name], row[f"_{name}_nonfinite"]) for name in MAPS if name in row},
     }
 
 
@@ -219,12 +223,17 @@ def search_runs(
     order: str = "-created_at",
     limit: int = 100,
     cursor: str | None = None,
+    maps: Collection[str] = MAPS,
 ) -> dict[str, Any]:
     """One page of a project's runs: ``{"runs": [...], "next_cursor": str | None}``.
 
     ``order`` is a run column, ``config.<key>`` or ``summary.<key>``, ``-`` first
-    for descending; ``cursor`` is a previous page's ``next_cursor``.
+    for descending; ``cursor`` is a previous page's ``next_cursor``. ``maps`` are the
+    maps each run comes with (config, summary); without the summary, the summaries are
+    joined only when the filter or the order needs them.
     """
+    if not set(maps) <= set(MAPS):
+        raise QueryError(f"maps are some of {', '.join(MAPS)}, not {sorted(maps)!r}")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise QueryError(f"limit must be an integer from 1 to {MAX_LIMIT}, not {limit!r}")
     params = _check_project(team, project)
@@ -241,10 +250,12 @@ def search_runs(
             "(_missing > {c_missing:UInt8} OR (_missing = {c_missing:UInt8} AND "
             f"(_num, _text, run_id) {after} ({{c_number:Float64}}, {{c_text:String}}, {{c_run:String}})))"
         )
+    columns = ", ".join([_PLAIN_COLUMNS, *(_MAP_COLUMNS[name] for name in MAPS if name in maps)])
+    joined = "summary" in maps or compiled.uses_summary or sort.name[1:].startswith("summary.")
     sql = f"""{with_}
-SELECT {_RUN_COLUMNS}, {"toUInt8(_numeric)" if sort.with_ else "0"} AS _numeric_sort,
+SELECT {columns}, {"toUInt8(_numeric)" if sort.with_ else "0"} AS _numeric_sort,
     {sort.missing} AS _missing, {sort.number} AS _num, {sort.text} AS _text
-FROM runs FINAL {_SUMMARIES}
+FROM runs FINAL {_SUMMARIES if joined else ""}
 WHERE {_PROJECT} AND {compiled.sql} AND {keyset}
 ORDER BY _missing ASC, _num {direction}, _text {direction}, run_id {direction}
 LIMIT {limit + 1}"""

@@ -380,6 +380,19 @@ def test_pages_with_a_filter(db):
     assert len(exact["runs"]) == 1 and exact["next_cursor"] is None  # a full last page says there is no more
 
 
+def test_a_search_without_maps_keeps_filters_orders_and_pages(db):
+    filters = {"$or": [{"config.optimizer": {"$in": ["adam", "Adam"]}}, {"summary.acc": {"$gt": 0.7}}]}
+    for order in ("-summary.acc", "config.batch_size", "name"):
+        full = search_runs(db, TEAM, PROJECT, filters, order=order, limit=7)
+        for maps in ((), ("config",), ("summary",)):
+            light = search_runs(db, TEAM, PROJECT, filters, order=order, limit=7, maps=maps)
+            assert light["next_cursor"] == full["next_cursor"]
+            assert light["runs"] == [{k: v for k, v in r.items() if k not in ("config", "summary") or k in maps}
+                                     for r in full["runs"]]
+    with pytest.raises(QueryError, match="maps"):
+        search_runs(db, TEAM, PROJECT, maps=("git",))
+
+
 def test_runs_written_between_pages_neither_repeat_nor_vanish(db):
     first = search_runs(db, TEAM, PROJECT, order="created_at", limit=50)
     seen = [r["run_id"] for r in first["runs"]]
