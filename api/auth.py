@@ -153,7 +153,6 @@ async def _authenticate(request: Request) -> Principal:
         if scheme.lower() != "bearer" or not raw.strip():
             raise ApiError(401, "send the API key as 'Authorization: Bearer <key>'")
         owner = await backend.run(accounts.resolve_key, raw.strip())
-        _remember_key(backend.keys_passed, raw.strip(), owner is not None)
         if owner is None:
             raise ApiError(401, "this API key is not valid (unknown, revoked, or its user left the team); "
                                 "create a new one with `runstream keys create`", code="invalid_api_key")
@@ -169,61 +168,6 @@ async def _authenticate(request: Request) -> Principal:
     if backend.local_admin and _is_loopback(request):
         return Principal(local_admin=True)
     return Principal()
-
-
-_KEYS_REMEMBERED = 10_000
-
-
-def _key_digest(raw: str) -> bytes:
-    return hashlib.sha256(raw.encode()).digest()
-
-
-def _remember_key(passed: OrderedDict[bytes, None], raw: str, ok: bool) -> None:
-    digest = _key_digest(raw)
-    if not ok:
-        passed.pop(digest, None)
-        return
-    passed[digest] = None
-    passed.move_to_end(digest)
-    while len(passed) > _KEYS_REMEMBERED:
-        passed.popitem(last=False)
-
-
-# -- reads whose check overlaps the work -----------------------------------------------------
-
-
-async def read_project(request: Request, team: str, project: str,
-                       prepare: Callable[[], Awaitable[Callable[[Client], T]]]) -> T:
-    """The read ``prepare()`` returns, run in the thread pool once the caller may read the project.
-
-    The check (``require_project``) starts first and runs beside ``prepare``, which reads
-    and checks the request's arguments; a refusal wins over their errors. A key that passed
-    here before (a dashboard's, request after request) also starts the read at once, beside
-    its fresh check: the key lookup, a ClickHouse query of ~4 ms, hides behind the read, and
-    a refusal still wins while the read's result is dropped. Other callers' reads wait for
-    their check, so a made-up key never gets the server to do work.
-    """
-    backend = request.app.state.backend
-    check = _started(require_project(request, team, project, "read"))
-    try:
-        read = await prepare()
-    except ApiError:
-        await check
-        raise
-    scheme, _, raw = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or _key_digest(raw.strip()) not in backend.keys_passed:
-        await check
-        return await backend.run(read)
-    reading = _started(backend.run(read))
-    await check
-    return await reading
-
-
-def _started(work: Awaitable[T]) -> asyncio.Future[T]:
-    """``work`` running now; a failure nobody awaits (the request was answered) is dropped quietly."""
-    future = asyncio.ensure_future(work)
-    future.add_done_callback(lambda done: done.cancelled() or done.exception())
-    return future
 
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -295,3 +239,77 @@ async def require_team(request: Request, team: str, need: Need = "read") -> Prin
     if principal.anonymous:
         raise ApiError(401, "team resources need an API key: send 'Authorization: Bearer <key>'")
     raise not_found(f"team {team}")
+
+
+# -- reads whose check overlaps the work -----------------------------------------------------
+
+
+async def read_project(request: Request, team: str, project: str,
+                       prepare: Callable[[], Awaitable[Callable[[Client], T]]]) -> T:
+    """The read ``prepare()`` returns (after reading and checking the request's arguments), run in the
+    thread pool once the caller may read the project.
+
+    In the plain order the check (``require_project``) comes first. A key that already read
+    this project on this replica (a dashboard's, request after request) gets ``prepare`` and
+    the read started beside its fresh check instead: the key lookup, a ClickHouse query of
+    ~4 ms, hides behind the read. The answer still waits for the check; a refusal wins over
+    everything (and the key is forgotten for the project), and the read's result is dropped.
+    So a key never makes the server read a project it has not been allowed to read.
+    """
+    backend = request.app.state.backend
+    reader = _reader(request, team, project)
+    if reader is None or reader not in backend.keys_read:
+        await require_project(request, team, project, "read")
+        if reader is not None:
+            _remember(backend.keys_read, reader)
+        return await backend.run(await prepare())
+    check = _started(require_project(request, team, project, "read"))
+    try:
+        read = await prepare()
+    except Exception:
+        await _passed(check, backend.keys_read, reader)  # a refusal is the answer
+        raise
+    except BaseException:  # cancelled: the client went away
+        check.cancel()
+        raise
+    reading = _started(backend.run(read))
+    try:
+        await _passed(check, backend.keys_read, reader)
+    except BaseException:
+        reading.cancel()  # its thread finishes the query; the result goes nowhere
+        raise
+    return await reading
+
+
+_READERS_REMEMBERED = 10_000
+
+
+def _reader(request: Request, team: str, project: str) -> tuple[bytes, str, str] | None:
+    """(digest of the request's API key, team, project), or None without a key."""
+    scheme, _, raw = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not raw.strip():
+        return None
+    return hashlib.sha256(raw.strip().encode()).digest(), team, project
+
+
+def _remember(readers: OrderedDict[tuple[bytes, str, str], None], reader: tuple[bytes, str, str]) -> None:
+    readers[reader] = None
+    readers.move_to_end(reader)
+    while len(readers) > _READERS_REMEMBERED:
+        readers.popitem(last=False)
+
+
+async def _passed(check: asyncio.Future[Principal], readers: OrderedDict[tuple[bytes, str, str], None],
+                  reader: tuple[bytes, str, str]) -> None:
+    try:
+        await check
+    except BaseException:
+        readers.pop(reader, None)
+        raise
+
+
+def _started(work: Awaitable[T]) -> asyncio.Future[T]:
+    """``work`` running now; a failure nobody awaits (the request was answered) is dropped quietly."""
+    future = asyncio.ensure_future(work)
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return future

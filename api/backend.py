@@ -164,9 +164,9 @@ class Backend:
         self.files = files or LocalFileStore(f"{settings.data_dir}/files")
         self.sink = sink or self._default_sink()
         self._share_secrets: list[bytes] | None = None
-        #: Digests of API keys that passed their check here lately (``auth.read_checked`` trusts them enough to
-        #: start a read beside their next check, never instead of it).
-        self.keys_passed: OrderedDict[bytes, None] = OrderedDict()
+        #: (key digest, team, project) of API keys that read a project here lately: ``auth.read_project``
+        #: starts their next read of it beside the key's check, never instead of it.
+        self.keys_read: OrderedDict[tuple[bytes, str, str], None] = OrderedDict()
 
     def _default_sink(self) -> EventSink:
         if self.settings.kafka:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import socket
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from runstream.events import Event
 
@@ -62,8 +64,14 @@ class WebhookRefused(OSError):
     """A webhook whose host is (or resolves to) an address the policy does not allow."""
 
 
+#: IPv6 ranges that carry an IPv4 address (NAT64, 6to4, Teredo, IPv4-compatible): Python calls
+#: some of them global, yet they can reach an internal IPv4 host; webhooks have no use for them.
+_IPV4_CARRIERS = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16",
+                                                         "2001::/32", "::/96"))
+
+
 class WebhookPolicy:
-    """Which hosts a webhook may reach: public addresses, plus the hosts and networks allowed by name.
+    """Which hosts a rule's webhook may reach: public addresses, plus the hosts and networks allowed by name.
 
     ``allow`` is comma-separated host names, addresses and CIDR networks (``hooks.internal,10.1.0.0/16``).
     """
@@ -72,12 +80,16 @@ class WebhookPolicy:
         items = allow.split(",") if isinstance(allow, str) else list(allow)
         self.hosts: set[str] = set()
         self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        for item in (i.strip().lower().strip("[]") for i in items):
+        for item in (i.strip().lower().replace("[", "").replace("]", "") for i in items):
             if not item:
                 continue
             try:
                 self.networks.append(ipaddress.ip_network(item, strict=False))
             except ValueError:
+                if not _HOST_NAME.fullmatch(item):
+                    log.warning("RUNSTREAM_WEBHOOK_ALLOW entry %r is neither a host name, an address nor a "
+                                "network (no ports or paths); it is ignored", item)
+                    continue
                 self.hosts.add(item.rstrip("."))
 
     def trusts_host(self, host: str) -> bool:
@@ -87,13 +99,23 @@ class WebhookPolicy:
         ip = ipaddress.ip_address(address.split("%")[0])  # an IPv6 zone id is not part of the address
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
             ip = ip.ipv4_mapped
-        return ip.is_global or any(ip in network for network in self.networks)
+        if any(ip in network for network in self.networks):
+            return True
+        return ip.is_global and not any(ip in carrier for carrier in _IPV4_CARRIERS)
 
     def refusal(self, url: str) -> str | None:
-        """Why ``url`` may not be posted to, judged without DNS (an address or localhost); else None."""
-        host = (urlsplit(url).hostname or "").rstrip(".")
-        if not host:
-            return f"webhook {url!r} has no host"
+        """Why ``url`` may not be posted to, judged without DNS (an address or localhost); else None.
+
+        The host is read as aiohttp will connect to it (yarl normalises Unicode digits and
+        dots into an address, and aiohttp does not resolve an address).
+        """
+        try:
+            parsed = URL(url)
+            host = (parsed.raw_host or "").rstrip(".")
+        except (ValueError, TypeError):
+            return f"webhook {url[:200]!r} is not a valid URL"
+        if parsed.scheme not in ("http", "https") or not host:
+            return f"webhook {url[:200]!r} is not an http:// or https:// URL with a host"
         if self.trusts_host(host):
             return None
         try:
@@ -104,6 +126,9 @@ class WebhookPolicy:
             return None
         return (f"webhook host {host} is an internal address; only public hosts are allowed, unless the "
                 f"operator lists it in RUNSTREAM_WEBHOOK_ALLOW")
+
+
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?")
 
 
 class _PolicyResolver(AbstractResolver):
@@ -142,9 +167,7 @@ class Notifier:
         allow: str | Sequence[str] = "",
     ) -> None:
         self.webhooks = [url for url in webhooks if url]
-        # The operator's own webhooks are trusted wherever they point.
-        trusted = [urlsplit(url).hostname or "" for url in self.webhooks]
-        self.policy = WebhookPolicy([*(allow.split(",") if isinstance(allow, str) else allow), *trusted])
+        self.policy = WebhookPolicy(allow)  # for rules' webhooks; the operator's own are trusted as they are
         self.tries = tries
         self.first_backoff_s = first_backoff_s
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -155,23 +178,37 @@ class Notifier:
         """Post the alert to the webhooks (and a rule's own); return how many accepted it."""
         if alert_id in self._delivered:
             return 0
-        urls = list(dict.fromkeys([*self.webhooks, *extra_urls]))
-        if not urls:
+        rules_urls = [url for url in dict.fromkeys(extra_urls) if url not in self.webhooks]
+        if not self.webhooks and not rules_urls:
             return 0
         payload = slack_payload(event, alert_id)
-        connector = aiohttp.TCPConnector(resolver=_PolicyResolver(self.policy))
-        async with aiohttp.ClientSession(timeout=self.timeout, connector=connector) as session:  # alerts are rare
-            results = await asyncio.gather(*(self._post(session, url, payload) for url in urls))
+        resolver = _PolicyResolver(self.policy)
+        # Two sessions (alerts are rare: no pool to keep): only a rule's URLs go through the policy.
+        async with (aiohttp.ClientSession(timeout=self.timeout) as trusted,
+                    aiohttp.ClientSession(timeout=self.timeout, connector=aiohttp.TCPConnector(resolver=resolver))
+                    as guarded):
+            results = await asyncio.gather(*(self._post(trusted, url, payload) for url in self.webhooks),
+                                           *(self._post(guarded, url, payload, checked=True) for url in rules_urls))
+        await resolver.close()  # a connector does not close a resolver it was given
         self._delivered[alert_id] = None
         while len(self._delivered) > self._remember:
             self._delivered.popitem(last=False)
         return sum(results)
 
-    async def _post(self, session: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> bool:
-        refused = self.policy.refusal(url)
+    async def _post(self, session: aiohttp.ClientSession, url: str, payload: dict[str, Any], checked: bool = False) -> bool:
+        """Post with retries; ``checked``: the URL must pass the policy (a rule's). Never raises."""
+        refused = self.policy.refusal(url) if checked else None
         if refused:
             log.warning("%s; alert %s not posted there", refused, payload["runstream"]["alert_id"])
             return False
+        try:
+            return await self._post_retrying(session, url, payload)
+        except Exception as exc:  # noqa: BLE001 - one bad URL must not keep the alert from the others
+            log.warning("alert webhook %s failed (%s); alert %s not delivered there", _where(url),
+                        type(exc).__name__, payload["runstream"]["alert_id"])
+            return False
+
+    async def _post_retrying(self, session: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> bool:
         delay = self.first_backoff_s
         for attempt in range(1, self.tries + 1):
             try:
@@ -180,6 +217,8 @@ class Notifier:
                     if response.status < 300:
                         return True
                     problem = f"HTTP {response.status}"
+                    if 300 <= response.status < 400:
+                        problem += f" (redirects are not followed: use the URL it points to, {_where(response.headers.get('Location', ''))})"
                     if response.status < 500 and response.status not in (408, 429):
                         break  # a redirect, or the receiver refuses this payload: retrying will not help
             except aiohttp.ClientConnectorError as exc:
@@ -192,10 +231,18 @@ class Notifier:
             if attempt < self.tries:
                 await asyncio.sleep(delay)
                 delay *= 2
-        # The host only: a webhook's path is its secret (Slack's are).
-        log.warning("alert webhook at %s failed after %d tries (%s); alert %s not delivered there",
-                    urlsplit(url).hostname, attempt, problem, payload["runstream"]["alert_id"])
+        log.warning("alert webhook %s failed after %d tries (%s); alert %s not delivered there",
+                    _where(url), attempt, problem, payload["runstream"]["alert_id"])
         return False
+
+
+def _where(url: str) -> str:
+    """A webhook's scheme and host, for logs: its path is its secret (Slack's are)."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname}/…"
+    except ValueError:
+        return "(not a URL)"
 
 
 class Rules(Protocol):

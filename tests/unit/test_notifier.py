@@ -71,8 +71,14 @@ def test_a_rules_webhook_may_not_reach_internal_addresses_unless_allowed():
         allowed = Notifier([], tries=3, first_backoff_s=0.01, allow="10.0.0.0/8, 127.0.0.0/8")
         assert await allowed.deliver(ALERT_EVENT, "b3", [url]) == 1
 
+        # Trusting the operator's webhook trusts that URL only, not its host for rules.
+        other_path = url.replace("/hook", "/hook?x=1")
+        assert await Notifier([url], tries=3, first_backoff_s=0.01).deliver(ALERT_EVENT, "b4", [other_path]) == 1
+        # A rule's URL that is not even a URL is refused alone: the global webhook still gets the alert.
+        assert await Notifier([url], tries=3, first_backoff_s=0.01).deliver(ALERT_EVENT, "b5", ["http://[::1"]) == 1
+
     got = asyncio.run(_with_receiver([], body))
-    assert [g["runstream"]["alert_id"] for g in got] == ["b2", "b3"]
+    assert [g["runstream"]["alert_id"] for g in got] == ["b2", "b3", "b4", "b5"]
 
 
 class _NameToLoopback(aiohttp.abc.AbstractResolver):
@@ -133,5 +139,12 @@ def test_webhook_policy_judges_addresses_and_names():
     assert policy.refusal("http://192.168.7.9/x") is None
     for url in ("http://127.0.0.1/x", "http://10.0.0.1/x", "http://169.254.169.254/latest/meta-data",
                 "http://[::1]:8080/x", "http://[::ffff:127.0.0.1]/x", "http://localhost/x", "http://a.localhost/x",
-                "http://192.168.8.1/x", "http://0.0.0.0/x"):
+                "http://192.168.8.1/x", "http://0.0.0.0/x",
+                # Unicode digits and dots that yarl turns into 127.0.0.1 (aiohttp then connects without DNS)
+                "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/x", "http://127\u30020\u30020\u30021/x",
+                # IPv6 forms that carry an internal IPv4 address: NAT64, 6to4, IPv4-compatible
+                "http://[64:ff9b::a9fe:a9fe]/latest", "http://[2002:7f00:1::]/x", "http://[::127.0.0.1]/x"):
         assert policy.refusal(url) and "RUNSTREAM_WEBHOOK_ALLOW" in policy.refusal(url), url
+    for url in ("http://[::1", "ftp://example.org/x", "http:///x"):
+        assert "URL" in policy.refusal(url), url
+    assert WebhookPolicy("[fd00::]/64").refusal("http://[fd00::5]/x") is None
