@@ -1,9 +1,10 @@
-"""Reading metric data: one run's history (sampled or paged), chart series of many runs, group bands, exports.
+"""Reading metric data: one run's history (sampled or paged), chart series of many runs, group bands, system
+metrics of many runs, exports.
 
 Non-finite numbers: a history cell is what the run logged, so NaN and
 infinities come as the event contract's strings ("NaN", "Infinity",
 "-Infinity") and ``null`` means "not logged in this row". Chart arrays (series,
-bands) are statistics: ``min``, ``max`` and ``mean`` are over a bucket's finite
+bands, system) are statistics: ``min``, ``max`` and ``mean`` are over a bucket's finite
 values and ``null`` where it has none, and ``y`` (the bucket's last logged
 value) is ``null`` when that value is not finite; ``count`` says how many finite
 values a bucket had.
@@ -39,13 +40,14 @@ from runstream.api.runs import (
     project_path, query_filters, run_exists, run_path,
 )
 from runstream.events import encode_value
-from runstream.storage import export, history, runs
+from runstream.storage import export, history, logs, runs
 from runstream.storage import series as charts
 
 DEFAULT_SAMPLES = 500
 MAX_SAMPLES = 100_000
 _SAMPLED_PAGE = 50_000
 _MAX_STEP = 2**64 - 1
+_MAX_SECONDS = 10**10  # storage keeps times to the year 2286 (logs._MAX_MS)
 
 # -- history --------------------------------------------------------------------------------------
 
@@ -478,6 +480,96 @@ async def _bands_read(request: Request, team: str, project: str) -> Callable[[Cl
     return read
 
 
+_SYSTEM_METRICS = charts.MAX_METRICS * 10  # system metrics of a machine with many GPUs: a few per GPU
+_SYSTEM_BODY = {
+    "type": "object", "additionalProperties": False,
+    "properties": {
+        "run_ids": nullable({"type": "array", "minItems": 1, "maxItems": logs.MAX_RUNS,
+                             "items": {"type": "string", "minLength": 1}}),
+        "filters": nullable(SCHEMAS["FILTERS"]),
+        "metrics": nullable({"type": "array", "minItems": 1, "maxItems": _SYSTEM_METRICS,
+                             "items": {"type": "string", "minLength": 1},
+                             "description": "system metric names (every one when omitted)"}),
+        "points": nullable({"type": "integer", "minimum": 1, "maximum": logs.MAX_POINTS, "default": 500,
+                            "description": "at most this many buckets per (run, metric)"}),
+        "start": nullable({"type": "number", "minimum": 0, "maximum": _MAX_SECONDS, "description": "Unix seconds, inclusive"}),
+        "end": nullable({"type": "number", "minimum": 0, "maximum": _MAX_SECONDS, "description": "Unix seconds, inclusive"}),
+    },
+}
+_SYSTEM_SERIES = {
+    "type": "object", "required": ["points", "series"],
+    "properties": {
+        "points": {"type": "integer"},
+        "series": {"type": "array", "items": {
+            "type": "object", "required": ["run_id", "metric", "bucket_seconds", "time", "mean", "min", "max"],
+            "properties": {"run_id": {"type": "string"}, "metric": {"type": "string"},
+                           "bucket_seconds": {"type": "number"}, "time": _ARRAY, "mean": _ARRAY, "min": _ARRAY,
+                           "max": _ARRAY}}},
+    },
+}
+
+
+@documented(BODY=_SYSTEM_BODY, SYSTEM_SERIES=_SYSTEM_SERIES)
+async def post_system(request: Request) -> Response:
+    """System metrics (CPU, memory, GPU, ...) of many runs in time buckets: mean, min and max of each.
+
+    The project-wide form of a run's ``/system``: a workspace panel of a system
+    metric draws every run it shows from this one request, instead of one request
+    per run (1,000 runs were 1,000 requests, so the UI drew only the first 20).
+    Runs are ``run_ids``, or those matching ``filters`` (every run of the project
+    when neither is sent); ``metrics`` (every one when omitted); at most ``points``
+    buckets per (run, metric), from the run's first sample between ``start`` and
+    ``end`` (Unix seconds, inclusive). Entries are as the run's endpoint answers
+    them, with ``run_id``, ordered by metric then by the order of ``run_ids``
+    (oldest run first for a filter); a run without samples of a metric has none.
+
+    ---
+    summary: System metrics of many runs
+    tags: [charts]
+    requestBody: {required: true, content: {application/json: {schema: $BODY}}}
+    responses:
+      200: {description: "one entry per (run, metric) with samples; time in Unix seconds (each bucket's start), null where a bucket has no finite value", content: {application/json: {schema: $SYSTEM_SERIES}}}
+      400: {description: bad arguments or filter, content: {application/json: {schema: $ERROR}}}
+      401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
+      404: {description: the project is not visible with this key, content: {application/json: {schema: $ERROR}}}
+      413: {description: the body is too large, content: {application/json: {schema: $ERROR}}}
+    """
+    team, project = project_path(request)
+    return rendered_json(await read_project(request, team, project, lambda: _system_read(request, team, project)))
+
+
+def _seconds(body: dict[str, Any], name: str) -> float | None:
+    value = body_field(body, name, (int, float), "a Unix time in seconds")
+    if value is not None and not 0 <= value <= _MAX_SECONDS:
+        raise ApiError(400, f"{name} must be a Unix time in seconds from 0 to {_MAX_SECONDS}, got {value}")
+    return value
+
+
+async def _system_read(request: Request, team: str, project: str) -> Callable[[Client], bytes]:
+    """The system request's arguments, checked, as the read that answers it."""
+    body = await json_body(request)
+    check_fields(body, ("run_ids", "filters", "metrics", "points", "start", "end"))
+    run_ids, filters = _selection(body)
+    metrics = names_field(body, "metrics")
+    if metrics is not None and len(metrics) > _SYSTEM_METRICS:
+        raise ApiError(400, f"ask for at most {_SYSTEM_METRICS} metrics at once, got {len(metrics)}")
+    points = body_field(body, "points", int, f"an integer from 1 to {logs.MAX_POINTS}", 500)
+    if not 1 <= points <= logs.MAX_POINTS:
+        raise ApiError(400, f"points must be an integer from 1 to {logs.MAX_POINTS}, got {points}")
+    start, end = _seconds(body, "start"), _seconds(body, "end")
+    if start is not None and end is not None and start > end:
+        raise ApiError(400, f"start ({start}) is after end ({end}): the range would be empty")
+
+    def read(client: Client) -> bytes:
+        ids = run_ids if run_ids is not None else runs.matching_run_ids(client, team, project, filters, logs.MAX_RUNS)
+        found = logs.system_series(client, team, project, ids, metrics, points, start, end)["runs"] if ids else []
+        order = {run_id: i for i, run_id in enumerate(dict.fromkeys(ids))}
+        found.sort(key=lambda s: (s["metric"], order[s["run_id"]]))
+        return render_json({"points": points, "series": found})  # here, in the worker thread: NaN becomes null
+
+    return read
+
+
 # -- exports -------------------------------------------------------------------------------------------
 
 MEDIA_TYPES = {"parquet": "application/vnd.apache.parquet", "arrow": "application/vnd.apache.arrow.stream",
@@ -591,5 +683,6 @@ routes = [
     Route(RUN_PATH + "/export", export_run, methods=["GET"]),
     Route(PROJECT_PATH + "/series", post_series, methods=["POST"]),
     Route(PROJECT_PATH + "/bands", post_bands, methods=["POST"]),
+    Route(PROJECT_PATH + "/system", post_system, methods=["POST"]),
     Route(PROJECT_PATH + "/export", export_project, methods=["GET"]),
 ]

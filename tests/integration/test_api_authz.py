@@ -253,6 +253,8 @@ ACCESS: dict[tuple[str, str], tuple[str, Build]] = {
                                      lambda w, t: Call("POST", f"{_p(t)}/series", json={"metrics": ["loss"]})),
     ("POST", f"/api/v1{P}/bands"): ("project-read", lambda w, t: Call(
         "POST", f"{_p(t)}/bands", json={"metric": "loss", "groups": {"all": [t.run_id]}})),
+    ("POST", f"/api/v1{P}/system"): ("project-read",
+                                     lambda w, t: Call("POST", f"{_p(t)}/system", json={"metrics": ["cpu"]})),
     ("GET", f"/api/v1{P}/export"): ("project-read",
                                     lambda w, t: Call("GET", f"{_p(t)}/export", params={"format": "csv"})),
     # reports and share links

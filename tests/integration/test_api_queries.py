@@ -1,9 +1,10 @@
 """The read endpoints (runs, history, charts, logs, exports) on the real engine, through the ingest endpoint.
 
 A small project of six runs is ingested once per module (configs, tags, groups,
-metrics with NaN, infinities, a sparse key and a spike; system samples, console
-lines and files for one run), and every answer is compared with ground truth
-computed from what was sent. Tests that edit runs use a project of their own.
+metrics with NaN, infinities, a sparse key and a spike; system samples of four
+runs, one with a NaN; console lines and files for one run), and every answer is
+compared with ground truth computed from what was sent. Tests that edit runs use
+a project of their own.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Run:
     points: dict[str, dict[int, float]] = field(default_factory=dict)  # metric -> step -> value
     times: dict[int, float] = field(default_factory=dict)  # step -> time
     summary_extra: dict[str, Any] = field(default_factory=dict)
+    system: dict[str, dict[float, float]] = field(default_factory=dict)  # system metric -> time -> value
 
 
 class Events:
@@ -95,6 +97,13 @@ def build_run(i: int) -> Run:
     if run.run_id == SPIKE[0]:
         run.points["loss"][SPIKE[1]] = SPIKE[2]
     run.summary_extra = {"best_acc": max(run.points["acc"].values())}
+    if i == 0:
+        run.system = {"cpu": {created + s: 2.0 * s for s in range(30)}, "mem": {created + s: 1e9 for s in range(30)}}
+    elif i <= 3:  # r1-r3: more runs with system samples, of different lengths; r2 and r3 have a GPU
+        times = [created + 2 + 1.5 * s for s in range(20 + 10 * i)]
+        run.system["cpu"] = {t: 10.0 * i + s for s, t in enumerate(times)}
+        if i >= 2:
+            run.system["gpu.0.util"] = {t: math.nan if (i, s) == (2, 3) else 40.0 + i + s % 7 for s, t in enumerate(times)}
     return run
 
 
@@ -110,14 +119,19 @@ def run_events(run: Run, project: str = PROJECT) -> list[dict[str, Any]]:
     return out
 
 
+def system_event(run: Run, send: Events) -> dict[str, Any]:
+    times = sorted({t for samples in run.system.values() for t in samples})
+    values = {m: [_wire(samples.get(t)) for t in times] for m, samples in sorted(run.system.items())}
+    return send(events.SYSTEM, {"time": times, "values": values}, times[-1])
+
+
 def logs_events(run: Run) -> list[dict[str, Any]]:
     send = Events(run.run_id)
     send.seq = 1000
     t = run.created
     sha = "ab" * 32
     return [
-        send(events.SYSTEM, {"time": [t + s for s in range(30)], "values": {"cpu": [2.0 * s for s in range(30)],
-                                                                            "mem": [1e9] * 30}}, t + 30),
+        system_event(run, send),
         send(events.CONSOLE, {"time": [t + k for k in range(12)], "stream": ["stdout"] * 11 + ["stderr"],
                               "line": [f"epoch {k} done" if k % 4 else f"ERROR at {k}" for k in range(12)]}, t + 12),
         send(events.FILE, {"path": "model.pt", "kind": "file", "size": 10, "sha256": sha, "store_key": "model.pt"}, t),
@@ -157,6 +171,10 @@ def project(chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         rival = harness.key("rival", "mallory", "admin")
         runs = {r.run_id: r for r in map(build_run, range(6))}
         batch = [e for run in runs.values() for e in run_events(run)] + logs_events(runs["r0"])
+        for run in (runs["r1"], runs["r2"], runs["r3"]):
+            send = Events(run.run_id)
+            send.seq = 1000
+            batch.append(system_event(run, send))
         response = harness.ingest(batch, member)
         assert response.status_code == 200, response.text
         yield Project(harness, member, viewer, rival, runs)
@@ -297,6 +315,7 @@ def test_missing_runs_and_other_teams_projects_are_404(project):
                      project.get(base + "/keys", rival), project.get(base + "/export", rival),
                      project.post(base + "/series", {"metrics": ["loss"]}, rival),
                      project.post(base + "/bands", {"metric": "loss", "by": ["group"]}, rival),
+                     project.post(base + "/system", {"metrics": ["cpu"]}, rival),
                      project.post(base + "/runs/groups", {"by": ["group"]}, rival),
                      project.get(f"{run}/r1", rival), project.get(f"{run}/r1/history", rival),
                      project.get(f"{run}/r1/export", rival), project.get(f"{run}/r1", {})):
@@ -482,6 +501,120 @@ def test_bands_by_groups_and_by_fields(project):
     assert [(g["group"], g["values"], g["run_count"]) for g in by["groups"]] == [
         ("g0", {"group": "g0"}, 2), ("g1", {"group": "g1"}, 3)]
     assert all(len(g["x"]) <= 20 for g in by["groups"])
+
+
+# -- system metrics of many runs -----------------------------------------------------------------------
+
+
+def assert_system_entry(entry: dict[str, Any], run: Run) -> None:
+    """An entry of few samples (fewer than points): one bucket per sample, its start at most a bucket before it."""
+    samples = sorted(run.system[entry["metric"]].items())
+    values = [None if math.isnan(v) else pytest.approx(v) for _, v in samples]
+    assert entry["mean"] == values and entry["min"] == values and entry["max"] == values  # NaN: null
+    width = entry["bucket_seconds"]
+    assert len(entry["time"]) == len(samples)
+    for start, (sample, _) in zip(entry["time"], samples):
+        assert start - 1e-3 <= sample < start + width + 1e-3
+
+
+def test_system_of_many_runs_matches_the_samples_and_each_runs_own_answer(project):
+    base = f"/projects/{TEAM}/{PROJECT}"
+    body = project.ok(project.post(base + "/system", {"run_ids": ["r3", "r0", "r1", "ghost", "r5"], "points": 500}))
+    assert body["points"] == 500
+    # By metric, then in the order asked; no samples (ghost, r5), no entry.
+    assert [(s["metric"], s["run_id"]) for s in body["series"]] == [
+        ("cpu", "r3"), ("cpu", "r0"), ("cpu", "r1"), ("gpu.0.util", "r3"), ("mem", "r0")]
+    for entry in body["series"]:
+        assert set(entry) == {"run_id", "metric", "bucket_seconds", "time", "mean", "min", "max"}
+        assert_system_entry(entry, project.runs[entry["run_id"]])
+    # The same numbers as each run's own endpoint: the same query answers both.
+    for run_id in ("r0", "r1", "r3"):
+        own = project.ok(project.get(f"/runs/{TEAM}/{PROJECT}/{run_id}/system", points=500))["series"]
+        assert own == [{k: v for k, v in s.items() if k != "run_id"} for s in
+                       sorted((s for s in body["series"] if s["run_id"] == run_id), key=lambda s: s["metric"])]
+
+
+def test_system_selects_runs_by_filter_or_all_and_a_subset_of_metrics(project):
+    base = f"/projects/{TEAM}/{PROJECT}"
+    adam = project.ok(project.post(base + "/system", {"filters": {"config.opt.name": "adam"},
+                                                      "metrics": ["gpu.0.util", "cpu", "disk"]}))
+    # r1, r2, r4 use adam, oldest first; r4 has no samples; r2's GPU sample 3 is NaN: null in every array.
+    assert [(s["metric"], s["run_id"]) for s in adam["series"]] == [("cpu", "r1"), ("cpu", "r2"), ("gpu.0.util", "r2")]
+    for entry in adam["series"]:
+        assert_system_entry(entry, project.runs[entry["run_id"]])
+    gpu = adam["series"][2]
+    assert (gpu["mean"][3], gpu["min"][3], gpu["max"][3]) == (None, None, None)
+
+    everything = project.ok(project.post(base + "/system", {"metrics": ["cpu"]}))
+    assert [s["run_id"] for s in everything["series"]] == ["r0", "r1", "r2", "r3"]  # every run, oldest first
+    every_metric = project.ok(project.post(base + "/system", {}))
+    assert sorted({s["metric"] for s in every_metric["series"]}) == ["cpu", "gpu.0.util", "mem"]
+    none = project.ok(project.post(base + "/system", {"filters": {"state": "crashed"}}))
+    assert none == {"points": 500, "series": []}
+
+
+def test_system_points_bound_each_run_and_keep_its_extremes(project):
+    base = f"/projects/{TEAM}/{PROJECT}"
+    body = project.ok(project.post(base + "/system", {"run_ids": ["r1", "r3"], "metrics": ["cpu", "gpu.0.util"],
+                                                      "points": 5}))
+    assert len(body["series"]) == 3
+    for entry in body["series"]:
+        samples = [v for v in project.runs[entry["run_id"]].system[entry["metric"]].values()]
+        assert 0 < len(entry["time"]) <= 5 and entry["time"] == sorted(entry["time"])
+        assert max(entry["max"]) == pytest.approx(max(samples)) and min(entry["min"]) == pytest.approx(min(samples))
+    one = project.ok(project.post(base + "/system", {"run_ids": ["r1"], "metrics": ["cpu"], "points": 1}))["series"][0]
+    cpu = list(project.runs["r1"].system["cpu"].values())
+    assert len(one["time"]) == 1 and one["mean"] == [pytest.approx(np.mean(cpu))]
+
+    # start and end (inclusive) keep samples 5 to 10 of r1; buckets start at the first sample in the range.
+    times = sorted(project.runs["r1"].system["cpu"])
+    window = project.ok(project.post(base + "/system", {"run_ids": ["r1"], "metrics": ["cpu"],
+                                                        "start": times[5] - 0.1, "end": times[10] + 0.1}))
+    assert window["series"][0]["max"] == [pytest.approx(project.runs["r1"].system["cpu"][t]) for t in times[5:11]]
+    later = project.ok(project.post(base + "/system", {"run_ids": ["r1"], "start": times[-1] + 1}))
+    assert later["series"] == []
+
+
+@pytest.mark.parametrize("body, what", [
+    ({"points": 0}, "points must be an integer from 1 to 10000"),
+    ({"points": 10_001}, "points must be an integer from 1 to 10000"),
+    ({"points": "many"}, "points must be an integer"),
+    ({"points": True}, "points must be an integer"),
+    ({"metrics": []}, "metrics must be a non-empty list"),
+    ({"metrics": ["cpu", ""]}, "metrics must be a non-empty list"),
+    ({"metrics": "cpu"}, "metrics must be a non-empty list"),
+    ({"metrics": [f"m{k}" for k in range(1001)]}, "at most 1000 metrics"),
+    ({"run_ids": []}, "run_ids must be a non-empty list"),
+    ({"run_ids": ["r1"], "filters": {}}, "run_ids or filters, not both"),
+    ({"filters": [1]}, "filters must be a filter object"),
+    ({"filters": {"nope.x": 1}}, "field"),
+    ({"colour": "red"}, "unknown field(s) 'colour'"),
+    ({"start": -1}, "start must be a unix time in seconds"),
+    ({"end": 1e11}, "end must be a unix time in seconds"),
+    ({"start": "yesterday"}, "start must be a unix time in seconds"),
+    ({"start": 20, "end": 10}, "start (20) is after end (10)"),
+])
+def test_bad_system_arguments_are_400(project, body, what):
+    error = expect_error(project.post(f"/projects/{TEAM}/{PROJECT}/system", body), 400)
+    assert what.lower() in error["message"].lower()
+
+
+def test_bad_system_bodies_are_400(project):
+    url = f"/api/v1/projects/{TEAM}/{PROJECT}/system"
+    assert "not valid JSON" in expect_error(project.api.http.post(url, content=b"{nope", headers=project.member),
+                                            400)["message"]
+    assert "JSON object" in expect_error(project.post(f"/projects/{TEAM}/{PROJECT}/system", ["r1"]), 400)["message"]
+
+
+def test_system_of_a_private_project_is_read_by_its_team_only(project):
+    path = f"/projects/{TEAM}/{PROJECT}/system"
+    body = {"run_ids": ["r0"], "metrics": ["cpu"]}
+    assert project.ok(project.post(path, body, project.viewer))["series"][0]["run_id"] == "r0"
+    # Another team's key and no key learn nothing, not even what is wrong with the request.
+    for headers in (project.rival, {}):
+        expect_error(project.post(path, body, headers), 404, "not_found")
+        expect_error(project.post(path, {"points": 0}, headers), 404, "not_found")
+    expect_error(project.post(path, body, {"Authorization": "Bearer rs_nope_nope"}), 401)
 
 
 # -- a run's logs ------------------------------------------------------------------------------------
