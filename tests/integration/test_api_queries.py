@@ -27,6 +27,7 @@ import pytest
 
 from runstream import events
 from runstream.storage import accounts
+from runstream.storage import series as charts
 from tests.conftest import ApiHarness
 from tests.helpers import make_event
 
@@ -783,8 +784,8 @@ def test_public_client_end_to_end(project, server, tmp_path):
     assert missing.value.status == 404
 
 
-def test_a_key_that_worked_before_is_still_checked_before_every_read(project):
-    """Chart and runs reads start beside the check of a key that passed before; the check still decides."""
+def test_a_key_that_worked_before_is_still_checked_before_every_read(project, monkeypatch):
+    """Chart and runs reads start beside the check of a key that already read the project; the check decides."""
     from runstream.storage import accounts
 
     accounts.set_member(project.api.storage, TEAM, "kim", "member")
@@ -795,12 +796,35 @@ def test_a_key_that_worked_before_is_still_checked_before_every_read(project):
     assert project.ok(project.post(f"{where}/series", series, kim))["series"]
     assert project.ok(project.post(f"{where}/bands", bands, kim))["groups"]
     assert project.ok(project.get(f"{where}/runs", kim))["runs"]
-    # Another team's working key learns nothing here, not even what is wrong with its request.
+    # Another team's key, however well it works elsewhere, learns nothing here, not even what is wrong
+    # with its request, and never gets the server to read the project.
     project.ok(project.get("/whoami", project.rival))
-    expect_error(project.post(f"{where}/series", series, project.rival), 404)
-    expect_error(project.post(f"{where}/series", {"metrics": []}, project.rival), 404)
-    expect_error(project.get(f"{where}/runs", project.rival, limit=0), 404)
+    project.ok(project.get("/projects/rival/elsewhere/runs", project.rival))
+    reads = []
+    monkeypatch.setattr(charts, "series", lambda *args, **kwargs: reads.append(args) or {"series": []})
+    for _ in range(2):
+        expect_error(project.post(f"{where}/series", series, project.rival), 404)
+        expect_error(project.post(f"{where}/series", {"metrics": []}, project.rival), 404)
+        expect_error(project.get(f"{where}/runs", project.rival, limit=0), 404)
+    assert reads == []
+    monkeypatch.undo()
     accounts.revoke_key(project.api.storage, key_id)
     for response in (project.post(f"{where}/series", series, kim), project.post(f"{where}/bands", bands, kim),
                      project.get(f"{where}/runs", kim), project.post(f"{where}/series", {"metrics": []}, kim)):
         expect_error(response, 401, "invalid_api_key")
+
+
+def test_runs_search_answers_only_the_fields_asked_for(project):
+    where = f"/projects/{TEAM}/{PROJECT}/runs"
+    full = project.ok(project.get(where, order="name"))
+    named = project.ok(project.get(where, order="name", fields="name"))
+    assert named["runs"] == [{"team": TEAM, "project": PROJECT, "id": r["id"], "name": r["name"]} for r in full["runs"]]
+    both = project.ok(project.get(where, order="-summary.acc", fields="state,summary", limit=2))
+    assert both == {"runs": [{k: r[k] for k in ("team", "project", "id", "state", "summary")}
+                             for r in project.ok(project.get(where, order="-summary.acc", limit=2))["runs"]],
+                    "next_cursor": both["next_cursor"]}
+    filtered = project.ok(project.get(where, fields="name", filters=orjson.dumps({"summary.acc": {"$gt": 0}}).decode()))
+    assert filtered["runs"] and all(set(r) == {"team", "project", "id", "name"} for r in filtered["runs"])
+    error = expect_error(project.get(where, fields="name,secrets"), 400)
+    assert "secrets" in error["message"] and "config" in error["message"]
+    expect_error(project.get(where, project.rival, fields="secrets"), 404)  # who asks comes first

@@ -29,7 +29,10 @@ export async function settingsPage(root: HTMLElement): Promise<void> {
   const first: string = teams.find((t) => t.team === asked)?.team ?? teams[0]?.team ?? "";
   const teamBox = h("div");
   const pick = select(teams.map((t) => [t.team, `${t.team} (${t.role})`] as [string, string]), first,
-    (t) => void showTeam(t).catch((err) => teamBox.replaceChildren(errorBox(err))));
+    (t) => {
+      history.replaceState(null, "", `/settings?team=${enc(t)}`); // a reload shows the team picked last
+      void showTeam(t).catch((err) => teamBox.replaceChildren(errorBox(err)));
+    });
   const newTeam = h("input", { placeholder: "new team", size: 16 });
   root.append(h("section", null, h("h3", null, "Teams"),
     teams.length ? h("div.row", null, "team: ", pick) : h("p.muted", null, "No teams yet."),

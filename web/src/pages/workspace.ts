@@ -125,7 +125,7 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
   const loadCharts = async () => {
     const ticket = ++chartTicket;
     // The runs the charts show (system panels too, when grouped).
-    const { runs } = await get<{ runs: any[] }>(`${base}/runs` + qs({ filters: filters(), order: state.order, limit: state.chartLimit }), signal);
+    const { runs } = await get<{ runs: any[] }>(`${base}/runs` + qs({ filters: filters(), order: state.order, limit: state.chartLimit, fields: "name" }), signal);
     if (ticket !== chartTicket || signal?.aborted) return;
     chartRuns = runs.map((r) => ({ id: r.id, name: r.name || r.id }));
     chartNote.textContent = state.groupBy.length ? `grouped by ${state.groupBy.join(", ")}: mean ± std per group`
