@@ -272,6 +272,7 @@ async def read_project(request: Request, team: str, project: str,
     except BaseException:  # cancelled: the client went away
         check.cancel()
         raise
+    backend.keys_read.move_to_end(reader)  # a busy dashboard's key stays remembered
     reading = _started(backend.run(read))
     try:
         await _passed(check, backend.keys_read, reader)
@@ -303,7 +304,7 @@ async def _passed(check: asyncio.Future[Principal], readers: OrderedDict[tuple[b
                   reader: tuple[bytes, str, str]) -> None:
     try:
         await check
-    except BaseException:
+    except ApiError:  # refused: no more early reads for this key here (a client going away is no refusal)
         readers.pop(reader, None)
         raise
 

@@ -214,6 +214,8 @@ async def list_runs(request: Request) -> Response:
     """
     team, project = project_path(request)
     fields = query_list(request, "fields")
+    if fields is not None:
+        fields = [f.strip() for f in fields if f.strip()]  # "name, state" too
 
     async def search() -> Callable[[Client], dict[str, Any]]:
         if fields is not None and (unknown := sorted(set(fields) - set(RUN_FIELDS) - {"team", "project", "id"})):

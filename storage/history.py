@@ -202,13 +202,11 @@ def _check_step(what: str, value: Any, default: int) -> int:
 
 # -- whole-history statistics -------------------------------------------------------------------
 
-# Per (run, metric): what streams/summaries.py folds, recomputed from the kept history (the
-# latest value of each step, by seq, among seqs up to the run's limit). The metric's
-# first and last steps' times come from metric_steps the same way.
+# Per (run, metric), over the kept history (the latest value of each step, by seq, among seqs up
+# to the run's limit): what streams/summaries.py folds from values.
 _STATISTICS = """
 SELECT run_id, metric, countIf(isFinite(value)), sumIf(value, isFinite(value)), minIf(value, isFinite(value)),
-       maxIf(value, isFinite(value)), countIf(isNaN(value)), countIf(isInfinite(value)),
-       min(step), max(step), argMax(value, step)
+       maxIf(value, isFinite(value)), countIf(isNaN(value)), countIf(isInfinite(value))
 FROM (
     SELECT run_id, metric, step, argMax(value, seq) AS value FROM metric_points
     WHERE team = {team:String} AND project = {project:String} AND run_id IN {runs:Array(String)}
@@ -217,23 +215,16 @@ FROM (
 )
 GROUP BY run_id, metric
 """
-_STEP_TIMES = """
-SELECT run_id, step, toUnixTimestamp64Milli(argMax(time, seq)) FROM metric_steps
-WHERE team = {team:String} AND project = {project:String} AND run_id IN {runs:Array(String)}
-    AND step IN {steps:Array(UInt64)} AND seq <= {limits:Array(UInt64)}[indexOf({runs:Array(String)}, run_id)]
-GROUP BY run_id, step
-"""
 
 
 def metric_statistics(client: Client, team: str, project: str, wanted: dict[str, tuple[int, Sequence[str]]]
                       ) -> dict[tuple[str, str], dict[str, Any]]:
     """Statistics of whole metric histories: ``wanted`` maps a run id to (its largest seq to count, its metrics).
 
-    Per (run, metric) with points: ``count``, ``sum``, ``min``, ``max`` (finite values; min
-    and max None without any), ``nan``, ``inf``, ``first_step``, ``last_step``, ``last`` (the
-    value at the last step), ``first_time`` and ``last_time`` (Unix seconds of those steps).
-    The seq limit keeps out points written by events not counted yet (a batch written
-    before a crash and redelivered in smaller pieces).
+    Per (run, metric) with points: ``count``, ``sum``, ``min``, ``max`` (of the finite values; min
+    and max None without any), ``nan`` and ``inf`` (how many of each). The seq limit keeps out
+    points of events not counted yet (a batch written before a crash and redelivered in
+    smaller pieces).
     """
     if not wanted:
         return {}
@@ -241,16 +232,8 @@ def metric_statistics(client: Client, team: str, project: str, wanted: dict[str,
                               "limits": [limit for limit, _ in wanted.values()],
                               "metrics": sorted({m for _, metrics in wanted.values() for m in metrics})}
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    for run, metric, count, total, low, high, nan, inf, first, last_step, last in client.query(
-            _STATISTICS, parameters=params).result_rows:
-        if metric not in wanted[run][1]:
-            continue  # asked for another run's metric
-        out[(run, metric)] = {"count": count, "sum": total, "min": low if count else None,
-                              "max": high if count else None, "nan": nan, "inf": inf, "first_step": first,
-                              "last_step": last_step, "last": last, "first_time": None, "last_time": None}
-    if out:
-        params["steps"] = sorted({s[k] for s in out.values() for k in ("first_step", "last_step")})
-        times = {(run, step): ms / 1000 for run, step, ms in client.query(_STEP_TIMES, parameters=params).result_rows}
-        for (run, _), s in out.items():
-            s["first_time"], s["last_time"] = times.get((run, s["first_step"])), times.get((run, s["last_step"]))
+    for run, metric, count, total, low, high, nan, inf in client.query(_STATISTICS, parameters=params).result_rows:
+        if metric in wanted[run][1]:  # not another run's metric
+            out[(run, metric)] = {"count": count, "sum": total, "min": low if count else None,
+                                  "max": high if count else None, "nan": nan, "inf": inf}
     return out

@@ -64,10 +64,10 @@ class WebhookRefused(OSError):
     """A webhook whose host is (or resolves to) an address the policy does not allow."""
 
 
-#: IPv6 ranges that carry an IPv4 address (NAT64, 6to4, Teredo, IPv4-compatible): Python calls
+#: IPv6 ranges that carry an IPv4 address (NAT64, 6to4, Teredo, IPv4-compatible, SIIT): Python calls
 #: some of them global, yet they can reach an internal IPv4 host; webhooks have no use for them.
 _IPV4_CARRIERS = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16",
-                                                         "2001::/32", "::/96"))
+                                                         "2001::/32", "::/96", "::ffff:0:0:0/96"))
 
 
 class WebhookPolicy:
@@ -184,12 +184,14 @@ class Notifier:
         payload = slack_payload(event, alert_id)
         resolver = _PolicyResolver(self.policy)
         # Two sessions (alerts are rare: no pool to keep): only a rule's URLs go through the policy.
-        async with (aiohttp.ClientSession(timeout=self.timeout) as trusted,
-                    aiohttp.ClientSession(timeout=self.timeout, connector=aiohttp.TCPConnector(resolver=resolver))
-                    as guarded):
-            results = await asyncio.gather(*(self._post(trusted, url, payload) for url in self.webhooks),
-                                           *(self._post(guarded, url, payload, checked=True) for url in rules_urls))
-        await resolver.close()  # a connector does not close a resolver it was given
+        try:
+            async with (aiohttp.ClientSession(timeout=self.timeout) as trusted,
+                        aiohttp.ClientSession(timeout=self.timeout, connector=aiohttp.TCPConnector(resolver=resolver))
+                        as guarded):
+                results = await asyncio.gather(*(self._post(trusted, url, payload) for url in self.webhooks),
+                                               *(self._post(guarded, url, payload, checked=True) for url in rules_urls))
+        finally:
+            await resolver.close()  # a connector does not close a resolver it was given
         self._delivered[alert_id] = None
         while len(self._delivered) > self._remember:
             self._delivered.popitem(last=False)

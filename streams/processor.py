@@ -233,8 +233,8 @@ class Processor:
         return out
 
     def _restate(self, client: Client, relogged: dict[RunKey, set[str]], states: dict[RunKey, dict[str, Any]]) -> None:
-        """Statistics of metrics whose steps were logged again, recomputed from the history written in step 1
-        (one query per project; a run that logs every step once never gets here)."""
+        """Statistics of metrics that logged a step of an earlier batch again, recomputed from the history
+        written in step 1: one query per project and batch (a run that logs each step once never gets here)."""
         by_project: dict[tuple[str, str], dict[str, tuple[int, set[str]]]] = {}
         for (team, project, run_id), names in relogged.items():
             summary = states[(team, project, run_id)]["summary"]

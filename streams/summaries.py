@@ -11,10 +11,14 @@ and time. The run summary takes each metric's last value unless a
 A metrics event whose seq is at or below the highest one folded is a replay and
 changes nothing (a run's metric events arrive in seq order on one partition).
 
-A step logged again (a run resumed from a checkpoint logs its last steps once
-more) cannot be folded: history keeps the newer value, while min, max, sum and
-count would hold both. ``relogged`` names such metrics, and the processor
-restates their statistics from the history it has just written (``restate``).
+A step logged again replaces its value in history, so the statistics count the
+newer value only. Within one batch that is folding's own business: of rows at
+the same step, only the last is folded. A step logged before the batch (a run
+resumed from a checkpoint logs its last steps once more) cannot be unfolded:
+``relogged`` names such metrics, and the processor restates their counts, sum,
+minimum and maximum from the history it has just written (``restate``). The last
+value and the first and last steps and times need no repair: replacing a value
+keeps the set of steps, and folding keeps the newest value at the last step.
 """
 
 from __future__ import annotations
@@ -54,40 +58,39 @@ def fold_metrics(summary: Summary, event: Event) -> set[str]:
         s = summary["metrics"].get(name) or _stats()
         if ordered and None not in column and str not in map(type, column):
             _fold_dense(s, steps, times, column)  # the common case: min/max/sum run in C
-        else:
+        elif ordered:
             _fold_rows(s, steps, times, column)
+        else:  # a step may come twice: history keeps its last row, and so do the statistics
+            last_rows = {step: (t, v) for step, t, v in zip(steps, times, column) if v is not None}
+            _fold_rows(s, list(last_rows), [t for t, _ in last_rows.values()], [v for _, v in last_rows.values()])
         summary["metrics"][name] = s
     return names
 
 
 def relogged(summary: Summary, event: Event) -> set[str]:
-    """The metrics of a batch not folded yet that log a step again: at or below the metric's last
-    step folded, or twice in the batch. Call it before ``fold_metrics``."""
+    """The metrics of a batch not folded yet that log a step again, at or below the metric's last
+    step folded: their statistics need ``restate`` after the batch is folded."""
     if event.seq <= summary["metrics_seq"]:
         return set()
     steps = event.data["step"]
-    increasing = all(a < b for a, b in zip(steps, steps[1:]))
     out = set()
     for name, column in event.data["values"].items():
         s = summary["metrics"].get(name)
-        last = s["last_step"] if s else -1
-        if increasing and None not in column:
-            again = steps[0] <= last
+        if s is None or s["last_step"] < 0:
+            continue
+        if None not in column:
+            first = min(steps)
         else:
-            logged = [step for step, value in zip(steps, column) if value is not None]
-            again = bool(logged) and (min(logged) <= last or len(set(logged)) < len(logged))
-        if again:
+            first = min((step for step, value in zip(steps, column) if value is not None), default=None)
+        if first is not None and first <= s["last_step"]:
             out.add(name)
     return out
 
 
 def restate(summary: Summary, metric: str, stats: dict[str, Any]) -> None:
-    """Replace a metric's folded statistics with ``stats`` computed from its history
+    """Replace a metric's counts, sum, minimum and maximum with ``stats`` from its whole history
     (``storage.history.metric_statistics``)."""
-    summary["metrics"][metric] = {
-        "last": encode_value(stats["last"]), "last_step": stats["last_step"], "min": stats["min"],
-        "max": stats["max"], "sum": stats["sum"], "count": stats["count"], "nan": stats["nan"], "inf": stats["inf"],
-        "first_step": stats["first_step"], "first_time": stats["first_time"], "last_time": stats["last_time"]}
+    summary["metrics"][metric].update({k: stats[k] for k in ("count", "sum", "min", "max", "nan", "inf")})
 
 
 def _fold_dense(s: dict[str, Any], steps: list[int], times: list[float], column: list[float]) -> None:

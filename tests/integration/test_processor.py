@@ -235,3 +235,34 @@ def test_steps_logged_again_are_counted_once_with_their_newer_values(clickhouse_
     pipeline.handle(stream)
     Pipeline(lambda: client).handle(stream[4:])
     assert snapshot(client) == before
+
+
+def test_a_restated_metric_keeps_its_own_steps_times_and_last_value(clickhouse_dsn):
+    client = _client(clickhouse_dsn, "relog_times")
+    seq = (int(T0) << 32) + 1
+    pipeline = Pipeline(lambda: client)
+    pipeline.handle([_event(RUN_START, "r", seq, T0, {"name": "r"}),
+                     _metrics("r", seq + 1, [0, 10], {"loss": [0.5, 2.0]}),
+                     # Another metric at step 10, later: step 10's time in metric_steps moves, loss's must not.
+                     _metrics("r", seq + 2, [10], {"val": [1.0]}, t0=T0 + 490)])
+    # Step 0 again, replacing the minimum: the statistics are recomputed from history.
+    pipeline.handle([_metrics("r", seq + 3, [0], {"loss": [1.5]}, t0=T0 + 600)])
+    row = client.query("SELECT min, max, mean, count, first_step, last_step, first_time, last_time, last "
+                       "FROM metric_summaries FINAL WHERE run_id = 'r' AND metric = 'loss'").result_rows[0]
+    assert row[:6] == (1.5, 2.0, 1.75, 2, 0, 10)
+    assert row[6].timestamp() == T0 and row[7].timestamp() == T0 + 10 and row[8] == 2.0
+
+
+def test_history_statistics_count_only_events_up_to_the_limit(clickhouse_dsn):
+    """Points of events a state has not folded yet (written before a crash) stay out of a rescan."""
+    from runstream.storage.history import metric_statistics
+    from runstream.storage.writer import insert_metric_points
+
+    client = _client(clickhouse_dsn, "relog_limit")
+    # Separate inserts, as separate batches write them (one insert keeps only the newest row of a step).
+    insert_metric_points(client, [_metrics("r", 10, [0, 1, 2], {"loss": [3.0, 2.0, 1.0]})])
+    insert_metric_points(client, [_metrics("r", 11, [1, 2], {"loss": [5.0, "NaN"]}), _metrics("q", 12, [0], {"loss": [9.0]})])
+    assert metric_statistics(client, TEAM, PROJECT, {"r": (10, ["loss"])})[("r", "loss")] == {
+        "count": 3, "sum": 6.0, "min": 1.0, "max": 3.0, "nan": 0, "inf": 0}
+    got = metric_statistics(client, TEAM, PROJECT, {"r": (11, ["loss"]), "q": (11, ["loss"])})
+    assert got == {("r", "loss"): {"count": 2, "sum": 8.0, "min": 3.0, "max": 5.0, "nan": 1, "inf": 0}}

@@ -143,7 +143,8 @@ def test_webhook_policy_judges_addresses_and_names():
                 # Unicode digits and dots that yarl turns into 127.0.0.1 (aiohttp then connects without DNS)
                 "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/x", "http://127\u30020\u30020\u30021/x",
                 # IPv6 forms that carry an internal IPv4 address: NAT64, 6to4, IPv4-compatible
-                "http://[64:ff9b::a9fe:a9fe]/latest", "http://[2002:7f00:1::]/x", "http://[::127.0.0.1]/x"):
+                "http://[64:ff9b::a9fe:a9fe]/latest", "http://[2002:7f00:1::]/x", "http://[::127.0.0.1]/x",
+                "http://[::ffff:0:7f00:1]/x"):
         assert policy.refusal(url) and "RUNSTREAM_WEBHOOK_ALLOW" in policy.refusal(url), url
     for url in ("http://[::1", "ftp://example.org/x", "http:///x"):
         assert "URL" in policy.refusal(url), url

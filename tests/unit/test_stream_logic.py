@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from runstream.events import HEARTBEAT, METRICS, RUN_FINISH, RUN_START, RUN_STATE, RUN_UPDATE, SYSTEM, Event
@@ -100,7 +102,7 @@ def test_run_state_lifecycle_and_resends():
     assert record["finished_at"] == 310.0 and record["exit_code"] == 1 and record["seen_at"] == 3910.0
 
 
-def test_a_step_logged_again_is_named_for_restating():
+def test_a_step_logged_again_counts_once():
     summary = summaries.new_summary()
     first = _ev(METRICS, 5, 0.0, {"step": [0, 1, 2], "time": [1.0, 2.0, 3.0], "values": {"loss": [3.0, 2.0, 1.0],
                                                                                        "acc": [None, 0.5, None]}})
@@ -111,11 +113,18 @@ def test_a_step_logged_again_is_named_for_restating():
     assert summaries.relogged(summary, _ev(METRICS, 6, 0.0, later)) == set()
     resumed = {"step": [2, 3], "time": [4.0, 5.0], "values": {"loss": [1.5, 0.7], "acc": [None, 0.7]}}
     assert summaries.relogged(summary, _ev(METRICS, 6, 0.0, resumed)) == {"loss"}  # acc's step 1 is not logged again
-    twice = {"step": [7, 7], "time": [4.0, 5.0], "values": {"loss": [1.0, 2.0], "acc": [0.1, None]}}
-    assert summaries.relogged(summary, _ev(METRICS, 6, 0.0, twice)) == {"loss"}
-    summaries.restate(summary, "loss", {"count": 2, "sum": 3.0, "min": 1.0, "max": 2.0, "nan": 1, "inf": 0,
-                                        "first_step": 0, "last_step": 9, "last": float("nan"),
-                                        "first_time": 1.0, "last_time": 9.0})
+    # A step twice within a batch is folding's own business: its last row counts.
+    twice = _ev(METRICS, 6, 0.0, {"step": [7, 7, 8, 7], "time": [4.0, 5.0, 6.0, 7.0],
+                                  "values": {"loss": [99.0, 2.0, "NaN", 0.5], "acc": [0.1, None, None, None]}})
+    assert summaries.relogged(summary, twice) == set()
+    summaries.fold_metrics(summary, twice)
+    row = summaries.metric_summary_rows(summary, "acme", "p", "r1", 1, {"loss", "acc"})
+    assert [(r["metric"], r["count"], r["nan_count"], r["min"], r["max"], r["last_step"]) for r in row] == [
+        ("acc", 2, 0, 0.1, 0.5, 7), ("loss", 5, 1, 0.5, 3.0, 8)]  # loss: 3, 2, 1, 0.5 and a NaN
+    assert row[0]["last"] == 0.1 and math.isnan(row[1]["last"])
+    assert row[1]["last_time"] == 6.0
+    # restate replaces the counts, sum and extremes only: steps, times and the last value stay.
+    summaries.restate(summary, "loss", {"count": 2, "sum": 3.0, "min": 1.0, "max": 2.0, "nan": 0, "inf": 1})
     row = summaries.metric_summary_rows(summary, "acme", "p", "r1", 1, {"loss"})[0]
-    assert (row["count"], row["mean"], row["min"], row["max"], row["last_step"]) == (3, 1.5, 1.0, 2.0, 9)
+    assert (row["count"], row["mean"], row["min"], row["max"], row["inf_count"], row["last_step"]) == (3, 1.5, 1.0, 2.0, 1, 8)
     assert summary["metrics"]["loss"]["last"] == "NaN"  # the state stays JSON
