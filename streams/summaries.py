@@ -73,13 +73,14 @@ def relogged(summary: Summary, event: Event) -> set[str]:
     if event.seq <= summary["metrics_seq"]:
         return set()
     steps = event.data["step"]
+    lowest = min(steps, default=None)
     out = set()
     for name, column in event.data["values"].items():
         s = summary["metrics"].get(name)
-        if s is None or s["last_step"] < 0:
-            continue
+        if s is None or s["last_step"] < 0 or lowest is None or lowest > s["last_step"]:
+            continue  # the common case, decided without reading the column
         if None not in column:
-            first = min(steps)
+            first = lowest
         else:
             first = min((step for step, value in zip(steps, column) if value is not None), default=None)
         if first is not None and first <= s["last_step"]:
