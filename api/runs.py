@@ -65,7 +65,8 @@ SCHEMAS: dict[str, Any] = {
     "NAMES": _NAMES,
 }
 #: A run as a search with ``fields`` answers it: the fields asked for, besides its identity.
-SCHEMAS["RUN_FIELDS"] = {**SCHEMAS["RUN"], "required": ["team", "project", "id"]}
+SCHEMAS["RUN_FIELDS"] = {**SCHEMAS["RUN"], "required": ["team", "project", "id"],
+                         "description": "every field of a RUN, unless the request's fields= picks some"}
 SCHEMAS["RUNS"] = {"type": "object", "required": ["runs", "next_cursor"],
                    "properties": {"runs": {"type": "array", "items": SCHEMAS["RUN_FIELDS"]}, "next_cursor": _OPT_STR}}
 RUN_FIELDS = tuple(p for p in SCHEMAS["RUN"]["properties"] if p not in ("team", "project", "id"))
@@ -204,8 +205,9 @@ async def list_runs(request: Request) -> Response:
       - {name: limit, in: query, required: false, schema: {type: integer, minimum: 1, maximum: 1000, default: 50}}
       - {name: cursor, in: query, required: false, schema: {type: string}, description: next_cursor of the previous page}
       - {name: fields, in: query, required: false, schema: {type: string},
-         description: "comma-separated run fields to answer besides team, project and id (default: all); a chart
-           legend needs name only, and leaving out config and summary makes a page several times cheaper"}
+         description: "comma-separated run fields to answer besides team, project and id (absent: all; empty:
+           none); a chart legend needs name only, and leaving out config and summary makes a page several times
+           cheaper"}
     responses:
       200: {description: "a page; next_cursor is null on the last", content: {application/json: {schema: $RUNS}}}
       400: {description: "a bad filter, order, limit, cursor or field", content: {application/json: {schema: $ERROR}}}

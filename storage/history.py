@@ -203,9 +203,10 @@ def _check_step(what: str, value: Any, default: int) -> int:
 # -- whole-history statistics -------------------------------------------------------------------
 
 # Per (run, metric), over the kept history (the latest value of each step, by seq, among seqs up
-# to the run's limit): what streams/summaries.py folds from values.
+# to the run's limit): what streams/summaries.py folds from values. Kahan summation, so a
+# redelivered batch rewrites the same mean whatever order the engine reads the points in.
 _STATISTICS = """
-SELECT run_id, metric, countIf(isFinite(value)), sumIf(value, isFinite(value)), minIf(value, isFinite(value)),
+SELECT run_id, metric, countIf(isFinite(value)), sumKahanIf(value, isFinite(value)), minIf(value, isFinite(value)),
        maxIf(value, isFinite(value)), countIf(isNaN(value)), countIf(isInfinite(value))
 FROM (
     SELECT run_id, metric, step, argMax(value, seq) AS value FROM metric_points
