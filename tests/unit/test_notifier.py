@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 
 import aiohttp
 import aiohttp.abc
@@ -17,6 +19,21 @@ ALERT_EVENT = Event(ALERT, "acme", "mnist", "run1", 7, 1_760_000_000.0,
                     {"title": "loss too big", "text": "loss = 12", "level": "ERROR", "source": "rule", "rule_id": "r1"})
 
 
+@contextlib.asynccontextmanager
+async def _serving(handler) -> AsyncIterator[str]:
+    """A local HTTP server with ``handler`` at /hook; yields its URL."""
+    app = web.Application()
+    app.router.add_post("/hook", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}/hook"
+    finally:
+        await runner.cleanup()
+
+
 async def _with_receiver(statuses: list[int], body) -> list[dict]:
     """Run ``body(url)`` against a receiver answering ``statuses`` in turn (then 200)."""
     got: list[dict] = []
@@ -25,16 +42,8 @@ async def _with_receiver(statuses: list[int], body) -> list[dict]:
         got.append(await request.json())
         return web.Response(status=statuses.pop(0) if statuses else 200)
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        await body(f"http://127.0.0.1:{port}/hook")
-    finally:
-        await runner.cleanup()
+    async with _serving(hook) as url:
+        await body(url)
     return got
 
 
@@ -115,17 +124,9 @@ def test_a_redirect_is_not_followed():
             bounced.append(True)
             raise web.HTTPFound(url)  # to a receiver the rule may not reach by itself
 
-        app = web.Application()
-        app.router.add_post("/bounce", redirect)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
+        async with _serving(redirect) as bounce:
             notifier = Notifier([], tries=3, first_backoff_s=5.0, allow="127.0.0.1/32")
-            assert await asyncio.wait_for(notifier.deliver(ALERT_EVENT, "c1", [f"http://127.0.0.1:{port}/bounce"]), 4) == 0
-        finally:
-            await runner.cleanup()
+            assert await asyncio.wait_for(notifier.deliver(ALERT_EVENT, "c1", [bounce]), 4) == 0
         assert bounced == [True]  # posted once, not retried, and the redirect was not followed
 
     assert asyncio.run(_with_receiver([], body)) == []
