@@ -22,6 +22,7 @@ import pytest
 
 from infra.clickhouse_server import ClickHouseServer
 from infra.kafka_broker import KafkaBroker
+from tests.helpers import fresh_chdb_dsn
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +57,7 @@ def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def clickhouse_dsn(chdb_dir: Path) -> str:
     """A DSN for a fresh, empty database in the session's embedded ClickHouse engine."""
-    return f"chdb://{chdb_dir}?database=test_{uuid.uuid4().hex[:12]}"
+    return fresh_chdb_dsn(chdb_dir)
 
 
 @pytest.fixture(scope="session")

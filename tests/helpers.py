@@ -13,6 +13,11 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def fresh_chdb_dsn(chdb_dir: Any) -> str:
+    """A DSN for a fresh, empty database in the embedded engine at ``chdb_dir``."""
+    return f"chdb://{chdb_dir}?database={unique('test').replace('-', '_')}"
+
+
 def make_event(type: str, data: dict[str, Any], seq: int = 0, run_id: str = "run1", **envelope: Any) -> dict[str, Any]:
     return {
         "v": events.SCHEMA_VERSION,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from runstream import events
 from runstream.api.app import create_app
 from runstream.settings import Settings
 from runstream.storage import accounts
-from tests.helpers import ServedApp, make_event
+from tests.helpers import ServedApp, fresh_chdb_dsn, make_event
 
 TEAM, PRIVATE, PUBLIC = "acme", "mnist", "open"
 RUN = {PRIVATE: "r1", PUBLIC: "p1"}
@@ -170,7 +169,7 @@ def seed(world: World) -> None:
 
 @pytest.fixture(scope="module")
 def world(chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    settings = Settings(clickhouse_dsn=f"chdb://{chdb_dir}?database=test_{uuid.uuid4().hex[:12]}",
+    settings = Settings(clickhouse_dsn=fresh_chdb_dsn(chdb_dir),
                         data_dir=str(tmp_path_factory.mktemp("authz")))
     app = create_app(settings)
     with ServedApp(app) as url:

@@ -29,7 +29,7 @@ from runstream import events
 from runstream.storage import accounts
 from runstream.storage import series as charts
 from tests.conftest import ApiHarness
-from tests.helpers import make_event
+from tests.helpers import fresh_chdb_dsn, make_event
 
 TEAM, PROJECT = "acme", "mnist"
 T0 = time.time() - 3600
@@ -163,9 +163,7 @@ class Project:
 
 @pytest.fixture(scope="module")
 def project(chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
-    import uuid
-
-    harness = ApiHarness(f"chdb://{chdb_dir}?database=test_{uuid.uuid4().hex[:12]}", tmp_path_factory.mktemp("api"))
+    harness = ApiHarness(fresh_chdb_dsn(chdb_dir), tmp_path_factory.mktemp("api"))
     try:
         member = harness.key(TEAM, "alice", "member")
         viewer = harness.key(TEAM, "vic", "viewer")

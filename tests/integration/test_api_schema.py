@@ -22,7 +22,6 @@ import hashlib
 import itertools
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ from runstream import events
 from runstream.api.app import create_app
 from runstream.settings import Settings
 from runstream.storage import accounts
-from tests.helpers import ServedApp, make_event
+from tests.helpers import ServedApp, fresh_chdb_dsn, make_event
 
 TEAM, PRIVATE, PUBLIC = "acme", "mnist", "open"
 OPENAPI = "/api/v1/openapi.json"
@@ -205,7 +204,7 @@ def prepared(case: schemathesis.Case) -> schemathesis.Case:
 
 @pytest.fixture(scope="module")
 def world(chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    settings = Settings(clickhouse_dsn=f"chdb://{chdb_dir}?database=test_{uuid.uuid4().hex[:12]}",
+    settings = Settings(clickhouse_dsn=fresh_chdb_dsn(chdb_dir),
                         data_dir=str(tmp_path_factory.mktemp("schema")))
     app = create_app(settings)
     with ServedApp(app) as url:
