@@ -40,7 +40,6 @@ from runstream.storage import logs, rules
 from runstream.storage.errors import QueryError
 from runstream.events import ALERT_LEVELS
 from runstream.streams.alerting import OPS, RULE_KINDS, RuleError
-from runstream.streams.notifier import WebhookPolicy
 
 log = logging.getLogger("runstream.api")
 
@@ -339,7 +338,7 @@ def _check_webhooks(request: Request, spec: Any) -> None:
     hooks = spec.get("webhooks") if isinstance(spec, dict) else None
     if not isinstance(hooks, list):
         return  # check_rule explains what is wrong with it
-    policy = WebhookPolicy(backend_of(request).settings.webhook_allow)
+    policy = backend_of(request).webhook_policy
     for url in hooks:
         # Not http(s) at all: check_rule says what webhooks must be.
         refused = policy.refusal(url) if isinstance(url, str) and url.startswith(("http://", "https://")) else None

@@ -272,7 +272,7 @@ async def read_project(request: Request, team: str, project: str,
     except BaseException:  # cancelled: the client went away
         check.cancel()
         raise
-    backend.keys_read.move_to_end(reader)  # a busy dashboard's key stays remembered
+    _remember(backend.keys_read, reader)  # a busy dashboard's key stays remembered
     reading = _started(backend.run(read))
     try:
         await _passed(check, backend.keys_read, reader)

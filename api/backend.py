@@ -27,6 +27,7 @@ from runstream.settings import Settings
 from runstream.storage import accounts
 from runstream.storage.client import connect
 from runstream.storage.migrations import migrate
+from runstream.streams.notifier import WebhookPolicy
 
 log = logging.getLogger("runstream.api")
 T = TypeVar("T")
@@ -167,6 +168,8 @@ class Backend:
         #: (key digest, team, project) of API keys that read a project here lately: ``auth.read_project``
         #: starts their next read of it beside the key's check, never instead of it.
         self.keys_read: OrderedDict[tuple[bytes, str, str], None] = OrderedDict()
+        #: What rule webhooks may reach (checked when a rule is saved; the notifier checks again when posting).
+        self.webhook_policy = WebhookPolicy(settings.webhook_allow)
 
     def _default_sink(self) -> EventSink:
         if self.settings.kafka:
