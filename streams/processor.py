@@ -16,6 +16,8 @@ redelivering the batch:
 1. raw rows (metric points and their buckets, system samples, console lines,
    files, alerts) are written: identity-keyed, so writing twice is harmless;
 2. run states are folded on copies: events already folded (by seq) are skipped;
+   metrics that logged a step of an earlier batch again get their statistics
+   recomputed from step 1's rows (``_restate``);
 3. derived rows (runs, run summaries, metric summaries) are written whole;
 4. the caller publishes the produced events (state changes, rule alerts);
 5. ``commit`` stores the states; then the offsets may be committed.
