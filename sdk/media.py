@@ -12,17 +12,20 @@ from __future__ import annotations
 import hashlib
 import importlib
 import io
+import logging
 import math
 import operator
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
 
 import orjson
+
+log = logging.getLogger("runstream")
 
 #: wandb's limit on histogram bins.
 MAX_BINS = 512
@@ -46,6 +49,8 @@ class Media:
 
     media_type: ClassVar[str]
     _dir: ClassVar[str]  # the folder under files/media/
+    #: How many of this kind one list logged at a step may hold (a gallery); 0: lists of it are refused.
+    max_gallery: ClassVar[int] = 0
 
     def _encode(self) -> tuple[bytes, str, dict[str, Any]]:
         """The blob, its file extension and the event's meta."""
@@ -57,13 +62,7 @@ class Media:
 
     def to_file(self, files_dir: Path, key: str, step: int) -> MediaFile:
         blob, ext, meta = self._encode()
-        digest = hashlib.sha256(blob).hexdigest()
-        # The content hash keeps two different values logged under one key and step apart.
-        path = f"media/{self._dir}/{_safe_name(key)}_{int(step)}_{digest[:8]}.{ext}"
-        target = Path(files_dir) / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(blob)
-        return MediaFile(path, self.media_type, len(blob), digest, meta)
+        return _write(files_dir, f"media/{self._dir}/{_safe_name(key)}_{int(step)}", blob, ext, self.media_type, meta)
 
 
 class Image(Media):
@@ -77,6 +76,7 @@ class Image(Media):
 
     media_type = "image"
     _dir = "images"
+    max_gallery = 108  # wandb.Image.MAX_ITEMS: wandb keeps the first 108 and warns
 
     def __init__(self, data_or_path: Any, mode: str | None = None, caption: Any = None) -> None:
         pil = _require("PIL.Image", "pillow", "runstream.Image")
@@ -265,11 +265,29 @@ class Plotly(Media):
         return self._json.encode(), "json", {}
 
 
+class GalleryItem:
+    """One item of a list of media logged under one key at one step (a gallery, as wandb shows it)."""
+
+    def __init__(self, item: Media, index: int, count: int) -> None:
+        self.item, self.index, self.count = item, index, count
+
+    def snapshot(self) -> GalleryItem:
+        return GalleryItem(self.item.snapshot(), self.index, self.count)
+
+    def to_file(self, files_dir: Path, key: str, step: int) -> MediaFile:
+        blob, ext, meta = self.item._encode()
+        # The index is part of the path: the server keeps one entry per path, so two equal
+        # images of one gallery must not share one. Zero-padded, so path order is index order.
+        stem = f"media/{self.item._dir}/{_safe_name(key)}_{int(step)}_{self.index:03d}"
+        return _write(files_dir, stem, blob, ext, self.item.media_type, {**meta, "index": self.index, "count": self.count})
+
+
 def to_media(value: Any) -> Media | None:
     """The media ``log()`` stores for ``value``, or None when it is not media.
 
     matplotlib figures (and the ``pyplot`` module, meaning its current figure) become
-    images; plotly figures are kept as plotly JSON.
+    images; plotly figures are kept as plotly JSON; pandas DataFrames become tables, as
+    ``wandb.log`` does.
     """
     if isinstance(value, Media):
         return value
@@ -277,7 +295,52 @@ def to_media(value: Any) -> Media | None:
         return Image(value)
     if _is_plotly(value):
         return Plotly(value)
+    if _is_dataframe(value):
+        return Table(dataframe=value)
     return None
+
+
+_capped_keys: set[str] = set()  # keys whose gallery was cut, so the warning is given once per key
+
+
+def sequence_to_media(key: str, values: Sequence[Any]) -> list[Media] | list[GalleryItem]:
+    """What ``log()`` stores for a list or tuple logged under ``key``.
+
+    Media of one kind that supports it (images) are a gallery: one file per item at the
+    step, whose meta gives its ``index`` and the gallery's ``count``; at most
+    ``max_gallery`` items are kept (wandb's cap), with a warning. Numbers are a histogram.
+    An empty list stores nothing (wandb has nothing to show for it either). Mixed lists
+    and lists of media that has no gallery (tables, histograms, plotly) raise TypeError.
+    """
+    if not values:
+        return []
+    if not _is_media(values[0]):  # checking only the first keeps long lists of numbers cheap
+        try:
+            return [Histogram(values)]  # wandb turns sequences into histograms too
+        except TypeError as exc:
+            if any(_is_media(v) for v in values):
+                raise TypeError(f"log() value for {key!r} mixes media with other values") from None
+            raise TypeError(f"log() value for {key!r}: {exc}") from None
+    items = [to_media(v) for v in values]
+    kind = type(items[0])
+    odd = next((i for i, item in enumerate(items) if type(item) is not kind), None)
+    if odd is not None:
+        raise TypeError(
+            f"log() value for {key!r} mixes {kind.__name__} with {type(values[odd]).__name__} (item {odd}): "
+            "a list logged under one key must hold media of one kind"
+        )
+    if not kind.max_gallery:
+        raise TypeError(
+            f"log() value for {key!r} is a list of {kind.__name__}: only images can be logged as a list "
+            f"(a gallery); log each {kind.__name__} under a key of its own"
+        )
+    if len(items) > kind.max_gallery:
+        if key not in _capped_keys:
+            _capped_keys.add(key)
+            log.warning("runstream: log() value for %r holds %d %ss; only the first %d are kept, as in wandb",
+                        key, len(items), kind.__name__, kind.max_gallery)
+        items = items[: kind.max_gallery]
+    return [GalleryItem(item, i, len(items)) for i, item in enumerate(items)]  # type: ignore[arg-type]
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -301,6 +364,22 @@ def _is_plotly(value: Any) -> bool:
 
 def _is_dataframe(value: Any) -> bool:
     return _from(value, "pandas") and hasattr(value, "columns") and hasattr(value, "notna")
+
+
+def _is_media(value: Any) -> bool:
+    """Whether ``to_media`` makes media of ``value``, without building it."""
+    return isinstance(value, Media) or _is_matplotlib(value) or _is_plotly(value) or _is_dataframe(value)
+
+
+def _write(files_dir: Path, stem: str, blob: bytes, ext: str, media_type: str, meta: dict[str, Any]) -> MediaFile:
+    """Write ``blob`` into the run's files directory at ``stem``, the content hash and ``ext`` appended."""
+    digest = hashlib.sha256(blob).hexdigest()
+    # The content hash keeps two different values logged under one key and step apart.
+    path = f"{stem}_{digest[:8]}.{ext}"
+    target = Path(files_dir) / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(blob)
+    return MediaFile(path, media_type, len(blob), digest, meta)
 
 
 def _require(module: str, package: str, what: str) -> Any:

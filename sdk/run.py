@@ -206,8 +206,13 @@ class Run:
             from runstream import media as media_types
 
             item = media_types.to_media(value)
-            if item is None and (isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) >= 1):
-                item = media_types.Histogram(value)  # wandb turns sequences into histograms too
+            if item is None and isinstance(value, (list, tuple)):
+                # A gallery of images (one file each), a histogram of numbers, or nothing when empty.
+                for each in media_types.sequence_to_media(key, value):
+                    self._sender.media.append((step, now, key, each.snapshot()))
+                continue
+            if item is None and getattr(value, "ndim", 0) >= 1:
+                item = media_types.Histogram(value)  # wandb turns arrays into histograms too
             if item is not None:
                 self._sender.media.append((step, now, key, item.snapshot()))
             elif isinstance(value, str):
@@ -215,7 +220,7 @@ class Run:
             else:
                 raise TypeError(
                     f"log() value for {key!r} is a {type(value).__name__}: use a number, a bool, a numpy/torch "
-                    "scalar, a sequence (histogram) or runstream.Image/Histogram/Table"
+                    "scalar, a sequence of numbers (histogram), runstream.Image/Histogram/Table or a list of Images"
                 )
         if self._pending is not None and step != self._pending_step:
             self._commit_pending()

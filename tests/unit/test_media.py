@@ -324,3 +324,104 @@ def test_to_media_converts_only_media_and_figures():
 def test_the_package_exposes_the_wandb_names():
     assert runstream.Image is Image and runstream.Histogram is Histogram
     assert runstream.Table is Table and runstream.Plotly is Plotly
+
+
+# -- lists of media (galleries) and DataFrames, as log() turns values into media ---------------
+
+
+def _image(value: int, caption=None) -> Image:
+    return Image(np.full((2, 3), value, dtype=np.uint8), caption=caption)
+
+
+def test_a_list_of_images_is_a_gallery_one_file_per_image(tmp_path):
+    same = _image(7, "a cat")
+    items = media.sequence_to_media("val/examples", [same, same, _image(200, 3)])  # equal images, twice
+    stored = [_store(item.snapshot(), tmp_path, key="val/examples", step=5)[0] for item in items]
+    assert [s.meta["index"] for s in stored] == [0, 1, 2] and {s.meta["count"] for s in stored} == {3}
+    assert [s.meta["caption"] for s in stored] == ["a cat", "a cat", "3"]
+    assert all(s.media_type == "image" for s in stored)
+    # The server keeps one entry per path: each image has its own, in index order.
+    assert [s.path for s in stored] == sorted({s.path for s in stored})
+    assert stored[0].path == f"media/images/val_examples_5_000_{stored[0].sha256[:8]}.png"
+    assert stored[0].sha256 == stored[1].sha256 != stored[2].sha256
+    assert _pixels((tmp_path / stored[2].path).read_bytes())[1].max() == 200
+
+
+def test_a_tuple_of_matplotlib_figures_is_a_gallery_of_images():
+    plt = pytest.importorskip("matplotlib.pyplot")
+    figures = (plt.figure(figsize=(1, 1)), plt.figure(figsize=(1, 1)))
+    try:
+        items = media.sequence_to_media("plots", figures)
+    finally:
+        for fig in figures:
+            plt.close(fig)
+    assert [(type(i.item), i.index, i.count) for i in items] == [(Image, 0, 2), (Image, 1, 2)]
+
+
+def test_lists_of_numbers_stay_histograms_and_empty_lists_store_nothing(tmp_path):
+    for values in ([1, 2, 2, 3], (1.0, 2.0, 2.0, 3.0), [[1, 2], [2, 3]]):
+        (item,) = media.sequence_to_media("h", values)
+        assert isinstance(item, Histogram) and sum(item.histogram) == 4
+    assert media.sequence_to_media("h", []) == [] and media.sequence_to_media("h", ()) == []
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        (lambda: [1.0, _image(1)], "'bad' mixes media with other values"),
+        (lambda: [_image(1), 1.0], "'bad' mixes Image with float"),
+        (lambda: [_image(1), Table(columns=["a"])], "'bad' mixes Image with Table"),
+        (lambda: [Table(columns=["a"]), Table(columns=["a"])], "'bad' is a list of Table"),
+        (lambda: [Histogram([1]), Histogram([2])], "'bad' is a list of Histogram"),
+        (lambda: [_FakePlotlyFigure()], "'bad' is a list of Plotly"),
+        (lambda: ["a", "b"], "'bad': runstream.Histogram takes a sequence of numbers"),
+    ],
+)
+def test_mixed_and_unsupported_lists_are_refused_naming_the_key(values, message):
+    with pytest.raises(TypeError, match=message):
+        media.sequence_to_media("bad", values())
+
+
+def test_a_gallery_keeps_wandbs_first_108_images_and_warns_once(caplog, monkeypatch):
+    monkeypatch.setattr(media, "_capped_keys", set())
+    images = [_image(i) for i in range(110)]
+    with caplog.at_level("WARNING", logger="runstream"):
+        items = media.sequence_to_media("many", images)
+        media.sequence_to_media("many", images)
+    assert len(items) == 108 and items[-1].item is images[107] and {i.count for i in items} == {108}
+    assert [r.getMessage() for r in caplog.records] == [
+        "runstream: log() value for 'many' holds 110 Images; only the first 108 are kept, as in wandb"
+    ]
+
+
+def test_a_dataframe_becomes_a_table_as_in_wandb(tmp_path):
+    df = pd.DataFrame({"label": ["cat", None], "score": [0.5, np.nan]})
+    table = to_media(df)
+    assert isinstance(table, Table)
+    stored, blob = _store(table, tmp_path, key="preds")
+    assert stored.media_type == "table" and stored.path.startswith("media/tables/preds_3_")
+    assert orjson.loads(blob) == {"columns": ["label", "score"], "data": [["cat", 0.5], [None, None]]}
+    assert to_media(df["score"]) is None  # a Series is numbers: a histogram, as before
+
+
+def test_log_stores_galleries_dataframes_and_histograms_at_the_step(tmp_path):
+    from runstream import events
+    from tests.helpers import spooled_events
+
+    run = runstream.init(project="p", mode="offline", dir=tmp_path,
+                         settings={"console": False, "system_metrics": False, "git": False})
+    run.log({"examples": [_image(1, "one"), _image(2, "two")], "df": pd.DataFrame({"a": [1]}), "h": [1, 2], "empty": []},
+            step=4)
+    with pytest.raises(TypeError, match="'mixed' mixes Image with int"):
+        run.log({"mixed": [_image(1), 2]})
+    run.finish()
+    stored = sorted(
+        (e.data["meta"]["key"], e.data["step"], e.data["media_type"], e.data["meta"].get("index"), e.data["meta"].get("caption"))
+        for e in spooled_events(run.dir) if e.type == events.FILE and e.data["kind"] == "media"
+    )
+    assert stored == [
+        ("df", 4, "table", None, None),
+        ("examples", 4, "image", 0, "one"),
+        ("examples", 4, "image", 1, "two"),
+        ("h", 4, "histogram", None, None),
+    ]
