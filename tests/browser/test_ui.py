@@ -259,6 +259,28 @@ def test_run_page_git_diff_console_media(page, server: str) -> None:
     assert "diff.patch" in page.locator("table.files").inner_text()
 
 
+def test_a_gallery_shows_every_image_of_the_chosen_step(page, server: str, tmp_path) -> None:
+    import numpy as np
+
+    import runstream
+
+    run = runstream.init(entity="default", project="galleries", id="gallery1", dir=tmp_path,
+                         settings={"url": server, "console": False, "system_metrics": False, "git": False})
+    run.log({"examples": [runstream.Image(np.full((8, 8), 40, dtype=np.uint8), caption="first")]}, step=1)
+    images = [runstream.Image(np.full((8, 8), v, dtype=np.uint8), caption=c) for v, c in ((0, "cat"), (120, "dog"), (250, "bird"))]
+    run.log({"examples": images}, step=2)
+    assert run.finish().unacked_events == 0
+    page.goto(f"{server}/projects/default/galleries/runs/gallery1#media")
+    page.wait_for_selector("select.gallery-step")
+    figures = page.locator(".image-grid.gallery figure")
+    page.wait_for_function("document.querySelectorAll('.image-grid.gallery img[src]').length === 3")
+    assert figures.locator("figcaption").all_inner_texts() == ["cat", "dog", "bird"]  # the latest step, in order
+    _shot(page, "run-media-gallery")
+    page.locator("select.gallery-step").select_option("1")
+    page.wait_for_function("document.querySelectorAll('.image-grid.gallery img[src]').length === 1")
+    assert figures.locator("figcaption").all_inner_texts() == ["first"]
+
+
 def _as_local_admin(url: str, method: str, path: str, body: dict) -> dict:
     request = urllib.request.Request(f"{url}/api/v1{path}", method=method, data=orjson.dumps(body),
                                      headers={"Content-Type": "application/json"})

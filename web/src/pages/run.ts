@@ -202,10 +202,17 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
       const body = h("div");
       sections.push(h("section.media", null, h("h3", null, `${name} `, h("span.muted", null, type)), body));
       if (type === "image") {
-        body.className = "image-grid";
-        body.append(...items.map((f) => h("figure", null,
-          blobs.image(f.url, { alt: f.meta?.caption ?? f.path, width: 96, height: 96 }, fail, tabSignal),
-          h("figcaption", null, `step ${f.step ?? "?"}`, f.meta?.caption ? ` · ${f.meta.caption}` : ""))));
+        const byStep = new Map<number, any[]>();
+        for (const f of items) byStep.set(f.step ?? 0, [...(byStep.get(f.step ?? 0) ?? []), f]);
+        if ([...byStep.values()].every((g) => g.length === 1)) {
+          // One image per step: all steps in one grid.
+          body.className = "image-grid";
+          body.append(...items.map((f) => h("figure", null,
+            blobs.image(f.url, { alt: f.meta?.caption ?? f.path, width: 96, height: 96 }, fail, tabSignal),
+            h("figcaption", null, `step ${f.step ?? "?"}`, f.meta?.caption ? ` · ${f.meta.caption}` : ""))));
+        } else {
+          body.append(galleryView(byStep, (f) => blobs.image(f.url, { alt: f.meta?.caption ?? f.path, width: 96, height: 96 }, fail, tabSignal)));
+        }
       } else if (type === "histogram") {
         body.className = "histograms";
         Promise.all(items.map(async (f) => ({ f, data: JSON.parse(await fetchText(f.url, tabSignal)) })))
@@ -261,6 +268,32 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
     destroyPanels();
     blobs.revoke();
   };
+}
+
+/**
+ * Images logged as lists (galleries): a step picker (the latest step first shown) and every
+ * image of the chosen step in a grid, in the order logged (meta.index), with its caption.
+ * A step's images are fetched when it is first shown and kept for when it is shown again.
+ */
+function galleryView(byStep: Map<number, any[]>, image: (f: any) => HTMLImageElement): HTMLElement {
+  const steps = [...byStep.keys()].sort((a, b) => a - b);
+  const picker = h("select.gallery-step");
+  steps.forEach((s) => picker.append(h("option", { value: String(s), selected: s === steps[steps.length - 1] },
+    `step ${s} (${byStep.get(s)!.length})`)));
+  const grid = h("div.image-grid.gallery");
+  const shown = new Map<number, HTMLElement[]>();
+  const show = () => {
+    const step = Number(picker.value);
+    if (!shown.has(step)) {
+      const group = [...byStep.get(step)!].sort((a, b) => (a.meta?.index ?? 0) - (b.meta?.index ?? 0));
+      shown.set(step, group.map((f) => h("figure", null, image(f),
+        h("figcaption", null, f.meta?.caption ?? (f.meta?.index !== undefined ? `#${f.meta.index + 1}` : "")))));
+    }
+    grid.replaceChildren(...shown.get(step)!);
+  };
+  picker.addEventListener("change", show);
+  show();
+  return h("div", null, picker, grid);
 }
 
 /** Histograms over steps: one row of bars per step, darker where a bin holds more. */
