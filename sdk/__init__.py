@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from runstream.run import AlertLevel, Error, Run, init
-from runstream.run import current as _current
+from runstream.lifecycle import current as _current
+from runstream.lifecycle import init
+from runstream.run import AlertLevel, Error, Run
 from runstream.run_settings import Settings
 
 __version__ = "0.1.0"

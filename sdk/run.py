@@ -1,35 +1,31 @@
-"""``runstream.init()`` and ``Run``: the wandb-compatible surface a training script uses.
+"""``Run``: the wandb-compatible object a training script logs through (``runstream.init()`` makes it).
 
 ``log()`` does no I/O and no serialisation: it checks its arguments, copies the
 row and appends it to the sender's list. Everything else (columnar batching,
 encoding, spooling, sending, media encoding) happens on the sender's thread.
+How a process starts and ends its run (``init()``, the exit hooks) lives in
+``runstream.lifecycle``.
 """
 
 from __future__ import annotations
 
-import atexit
 import enum
 import glob
 import hashlib
 import logging
 import os
-import random
-import secrets
 import shutil
-import signal
-import string
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from runstream import events
 from runstream.config import Config
+from runstream.resume import RECORD_FILE, read_progress, write_json
 from runstream.run_settings import RunSettings
 from runstream.sender import FinishResult, RunIdentity, Sender, file_event_data
 from runstream.spool import Spool
@@ -39,12 +35,8 @@ from runstream.values import flatten, json_safe, to_scalar
 
 log = logging.getLogger("runstream")
 
-MODES = ("online", "offline", "disabled")
-RESUME = ("allow", "must", "never", None, True, False)
-RUNS_DIR_NAME = "runstream"
-
-_ADJECTIVES = "amber bold brisk calm clever crisp daring eager fluent gentle golden hardy keen lively lucid mellow misty noble quiet rapid silent snowy solar steady swift vivid".split()
-_NOUNS = "brook cedar comet dawn delta ember field fjord glade grove harbor lake meadow moon orbit pine prairie river sky sun thunder valley wave wind".split()
+#: How often files saved with policy "live" are looked at again (new matches, changes).
+LIVE_SAVE_INTERVAL = 2.0
 
 
 class Error(Exception):
@@ -55,20 +47,6 @@ class AlertLevel(str, enum.Enum):
     INFO = "INFO"
     WARN = "WARN"
     ERROR = "ERROR"
-
-
-def _new_run_id() -> str:
-    alphabet = string.ascii_lowercase + string.digits
-    return "".join(secrets.choice(alphabet) for _ in range(8))
-
-
-def _new_name() -> str:
-    return f"{random.choice(_ADJECTIVES)}-{random.choice(_NOUNS)}-{random.randint(1, 999)}"
-
-
-def _find_run_dir(root: Path, run_id: str) -> Path | None:
-    matches = sorted(root.glob(f"run-*-{run_id}"))
-    return matches[-1] if matches else None
 
 
 def _glob_base(pattern: str) -> Path:
@@ -82,10 +60,25 @@ def _seq_start(spool_dir: Path) -> int:
     """Sequence numbers of a run only grow, also across resumes: the session's start time in the
     high 32 bits (a resume elsewhere starts above this session), and past this machine's last one."""
     start = int(time.time()) << 32
-    try:
-        return max(start, int((spool_dir / "last_seq").read_text()) + 1)
-    except (FileNotFoundError, ValueError):
-        return start
+    _, last_seq = read_progress(spool_dir)
+    return start if last_seq is None else max(start, last_seq + 1)
+
+
+def check_tags(tags: Any, what: str) -> list[str]:
+    if isinstance(tags, str) or not isinstance(tags, (list, tuple, set, frozenset)):
+        raise TypeError(f"{what} takes a list of non-empty strings, got {tags!r}")
+    tags = list(dict.fromkeys(tags))
+    if not all(isinstance(t, str) and 0 < len(t) <= events.MAX_NAME_LEN for t in tags):
+        raise TypeError(f"{what} takes a list of non-empty strings of at most {events.MAX_NAME_LEN} characters, got {tags!r}")
+    return tags
+
+
+def _check_text(value: Any, what: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{what} must be a string or None, got {type(value).__name__}")
+    if value is not None and len(value) > events.MAX_TEXT_LEN:
+        raise ValueError(f"{what} is longer than {events.MAX_TEXT_LEN:,} characters")
+    return value
 
 
 def _sha256(path: Path) -> str:
@@ -110,20 +103,25 @@ class Run:
         settings: RunSettings,
         mode: str,
         resumed: bool,
+        step: int = 0,
+        meta: Mapping[str, Any] | None = None,
     ) -> None:
         self.entity = team
         self.project = project
         self.id = run_id
-        self.name = name
-        self.dir = str(run_dir)
+        self._name = name
+        self._meta: dict[str, Any] = dict(meta or {})  # tags, notes, group, job_type
+        self.dir = str(run_dir.absolute())
         self.mode = mode
         self.settings = settings
         self.resumed = resumed
+        self._run_dir = run_dir
         self._files_dir = run_dir / "files"
         self._files_dir.mkdir(parents=True, exist_ok=True)
-        self._step = 0
+        self._step = step
         self._fast_keys: frozenset[str] = frozenset()
-        self._pending_step = 0
+        self._pending_step = step
+        self._started = False
         self._finished = False
         self._finish_result: FinishResult | None = None
         self._alert_times: dict[str, float] = {}
@@ -131,6 +129,8 @@ class Run:
         self._watched_models: list[tuple[Any, str, int]] = []
         self._simple = True  # no uncommitted row and no watched model: log() may take its hot path
         self._saved: dict[Path, tuple[str, float]] = {}
+        self._save_globs: list[tuple[str, Path, str]] = []  # (pattern, base, policy) of save() calls to look at again
+        self._saved_lock = threading.Lock()  # save() (training thread) and the live re-scan (sender thread)
         self._collectors: list[Any] = []
         identity = RunIdentity(team, project, run_id)
         transport = open_transport(settings.url, settings.api_key) if mode == "online" else None
@@ -145,9 +145,76 @@ class Run:
             files_dir=self._files_dir,
             flush_interval=settings.flush_interval,
             heartbeat_interval=settings.heartbeat_interval,
+            last_step=step - 1,
         )
         self._append_row = self._sender.rows.append
         self.config = Config()  # changes travel as run_update events once the run has started
+        #: Called once the run has finished, with its exit code (``runstream.lifecycle`` forgets the run).
+        self.on_finish: Callable[[Run, int | None], None] | None = None
+
+    # -- the run's record: name, tags, notes, group, job type ------------------------------
+    # Set during the run, each travels as a run_update and is kept in run.json for a resume.
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        if not isinstance(value, str) or not value or len(value) > events.MAX_NAME_LEN:
+            raise ValueError(f"run.name must be a non-empty string of at most {events.MAX_NAME_LEN} characters, got {value!r}")
+        self._name = value
+        self._update_record({"name": value})
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return tuple(self._meta.get("tags", ()))
+
+    @tags.setter
+    def tags(self, value: Any) -> None:
+        self._update_record({"tags": check_tags(value, "run.tags")})
+
+    @property
+    def notes(self) -> str | None:
+        return self._meta.get("notes")
+
+    @notes.setter
+    def notes(self, value: str | None) -> None:
+        self._update_record({"notes": _check_text(value, "run.notes")})
+
+    @property
+    def group(self) -> str | None:
+        return self._meta.get("group")
+
+    @group.setter
+    def group(self, value: str | None) -> None:
+        self._update_record({"group": _check_text(value, "run.group")})
+
+    @property
+    def job_type(self) -> str | None:
+        return self._meta.get("job_type")
+
+    @job_type.setter
+    def job_type(self, value: str | None) -> None:
+        self._update_record({"job_type": _check_text(value, "run.job_type")})
+
+    def _update_record(self, changes: dict[str, Any]) -> None:
+        self._meta.update({k: v for k, v in changes.items() if k != "name"})
+        if self._started and not self._finished:
+            self._sender.put(events.RUN_UPDATE, changes)
+            self._save_record()
+        elif self._finished:
+            log.warning("runstream: the run has finished; edit it with runstream.Api().run(%r).update()", self.path)
+
+    def _save_record(self) -> None:
+        """run.json: what this machine knows of the run, for ``runstream sync`` and for a resume."""
+        settings = self.settings
+        record = {"team": self.entity, "project": self.project, "run_id": self.id, "name": self._name,
+                  "url": settings.url, "files_url": settings.files_url, "mode": self.mode,
+                  "config": self.config.as_dict(), **self._meta}  # fmt: skip
+        try:
+            write_json(self._run_dir / RECORD_FILE, record)
+        except OSError as exc:  # a full disk must not stop training
+            log.warning("runstream: could not write %s: %s", self._run_dir / RECORD_FILE, exc)
 
     # -- logging -----------------------------------------------------------------------
     def log(self, data: Mapping[str, Any], step: int | None = None, commit: bool | None = True) -> None:
@@ -322,32 +389,52 @@ class Run:
     def save(self, glob_str: str | os.PathLike, base_path: str | None = None, policy: str = "live") -> list[str]:
         """Copy matching files into the run's files and announce them; returns the run-relative paths.
 
-        ``policy``: "now" (once), "end" (at finish), "live" (now, and again at finish if changed).
+        ``policy``: "now" (once), "end" (the files matching at finish), "live" (now, then every
+        few seconds and at finish: changed files again, and files matching the glob later).
         """
         if policy not in ("live", "now", "end"):
             raise ValueError(f"save(policy=...) must be 'live', 'now' or 'end', got {policy!r}")
-        pattern = os.fspath(glob_str)
-        base = Path(base_path) if base_path else _glob_base(pattern)
+        pattern = os.path.abspath(os.fspath(glob_str))
+        base = Path(base_path).absolute() if base_path else _glob_base(pattern)
+        if policy != "now":
+            with self._saved_lock:
+                self._save_globs.append((pattern, base, policy))
+        return self._save_matches(pattern, base, store=policy != "end", keep=policy != "now")
+
+    def _save_matches(self, pattern: str, base: Path, store: bool, keep: bool) -> list[str]:
+        """Store (or only note, for "end") the files matching ``pattern``; ``keep`` notes them for later."""
         saved = []
         for match in sorted(glob.glob(pattern, recursive=True)):
             source = Path(match)
-            if not source.is_file():
+            if not source.is_file() or self._files_dir in source.parents:
                 continue
             try:
                 relative = source.resolve().relative_to(base.resolve()).as_posix()
             except ValueError:
                 relative = source.name
-            self._saved[source] = (relative, -1.0)
-            if policy in ("live", "now"):
-                self._store_saved(source)
-            if policy == "now":
-                del self._saved[source]
+            with self._saved_lock:
+                if source not in self._saved:
+                    self._saved[source] = (relative, -1.0)
+                if store:
+                    self._store_saved(source)
+                if not keep:
+                    del self._saved[source]
             saved.append(relative)
         return saved
 
+    def _save_again(self, policies: tuple[str, ...]) -> None:
+        """Look at the save() globs of ``policies`` again: new matches and changed files are stored."""
+        with self._saved_lock:
+            globs = [g for g in self._save_globs if g[2] in policies]
+        for pattern, base, _ in globs:
+            self._save_matches(pattern, base, store=True, keep=True)
+
     def _store_saved(self, source: Path) -> None:
         relative, stored_mtime = self._saved[source]
-        mtime = source.stat().st_mtime
+        try:
+            mtime = source.stat().st_mtime
+        except FileNotFoundError:
+            return  # deleted since: what was stored stays
         if mtime == stored_mtime:
             return
         target = self._files_dir / relative
@@ -392,7 +479,15 @@ class Run:
     # -- life cycle -------------------------------------------------------------------
     def _start(self, start_data: dict[str, Any]) -> None:
         self._sender.put(events.RUN_START, start_data)
-        self.config.on_change(lambda changed: self._sender.put(events.RUN_UPDATE, {"config": changed}))
+        self._started = True
+        self._save_record()
+
+        def config_changed(changed: dict[str, Any]) -> None:
+            self._sender.put(events.RUN_UPDATE, {"config": changed})
+            self._save_record()
+
+        self.config.on_change(config_changed)
+        self._sender.every(LIVE_SAVE_INTERVAL, lambda: self._save_again(("live",)))
         self._sender.start()
         self._start_collectors()
 
@@ -440,16 +535,15 @@ class Run:
                 pass
         if self._pending:
             self._commit_pending()
-        for source in list(self._saved):
-            if source.exists():
-                self._guarded(f"save {source}", lambda source=source: self._store_saved(source))
+        self._guarded("save", lambda: self._save_again(("live", "end")))
+        # The server computes the summary from every point the run ever logged (also before a
+        # resume); the user's own summary values went out as they were set.
+        exit_code = 0 if exit_code is None else exit_code  # wandb: finish() is a success unless told otherwise
         state = _state or ("finished" if not exit_code else "failed")
         data: dict[str, Any] = {"state": state, "exit_code": exit_code}
         if _traceback:
             data["traceback"] = _traceback[-events.MAX_TEXT_LEN :]
-        summary = self._summary.as_dict()  # drains the last rows first
-        if summary:
-            self._sender.put(events.RUN_UPDATE, {"summary": summary})
+        self._sender.drain()  # every row before run_finish: nothing may follow it
         self._sender.put(events.RUN_FINISH, data)
         self._finish_result = self._sender.finish(self.settings.finish_timeout)
         if self.mode == "online" and self._finish_result.unacked_events:
@@ -458,7 +552,8 @@ class Run:
                 f"within {self.settings.finish_timeout:g} s; they are kept in {self.dir} — send them with: runstream sync {self.dir}",
                 file=sys.__stderr__,
             )
-        _on_finish(self)
+        if self.on_finish is not None:
+            self.on_finish(self, exit_code)
         return self._finish_result
 
     def __enter__(self) -> Run:
@@ -487,206 +582,3 @@ def _to_numpy(tensor: Any) -> Any:
     return tensor.detach().cpu().float().numpy()
 
 
-# -- module state and init() ---------------------------------------------------------------
-
-_current: Run | None = None
-_hooks_installed = False
-_previous_excepthook = sys.excepthook
-_failure: tuple[str, int, str] | None = None
-
-
-def _on_finish(run: Run) -> None:
-    global _current
-    if _current is run:
-        _current = None
-        import runstream
-
-        runstream.run = None
-        runstream.config = runstream._PreInit("config")
-        runstream.summary = runstream._PreInit("summary")
-
-
-def init(
-    project: str | None = None,
-    entity: str | None = None,
-    name: str | None = None,
-    id: str | None = None,  # noqa: A002 - wandb's argument name
-    config: Mapping[str, Any] | Any | None = None,
-    tags: list[str] | tuple[str, ...] | None = None,
-    group: str | None = None,
-    job_type: str | None = None,
-    notes: str | None = None,
-    dir: str | os.PathLike | None = None,  # noqa: A002
-    mode: str | None = None,
-    resume: str | bool | None = None,
-    settings: Any = None,
-    reinit: bool | None = None,
-    **ignored: Any,
-) -> Run:
-    """Start a run (wandb.init's arguments and meaning)."""
-    global _current
-    mode = mode or os.environ.get("RUNSTREAM_MODE") or os.environ.get("WANDB_MODE") or "online"
-    if mode == "dryrun":
-        mode = "offline"
-    if mode not in MODES:
-        raise ValueError(f"init(mode=...) must be one of {MODES}, got {mode!r}")
-    if resume not in RESUME:
-        raise ValueError(f"init(resume=...) must be 'allow', 'must', 'never' or None, got {resume!r}")
-    if _current is not None:
-        _current.finish()  # one active run per process, as in wandb (a new init ends the previous run)
-    run_settings = RunSettings.resolve(settings)
-    team = entity or os.environ.get("RUNSTREAM_ENTITY") or "default"
-    project = project or os.environ.get("RUNSTREAM_PROJECT") or "uncategorized"
-    for what, value in (("entity", team), ("project", project)):
-        if not events._NAME.match(value):
-            raise ValueError(f"{what} {value!r} must be 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit")
-    if id is not None and not events._RUN_ID.match(str(id)):
-        raise ValueError(f"run id {id!r} must be 1-64 letters, digits, '_' or '-'")
-    root = Path(dir or os.environ.get("RUNSTREAM_DIR") or ".") / RUNS_DIR_NAME
-    existing = _find_run_dir(root, str(id)) if id else None
-    if resume == "must" and existing is None:
-        raise Error(f"resume='must' but no run {id!r} was found under {root}")
-    if resume == "never" and existing is not None:
-        raise Error(f"resume='never' but run {id!r} already exists at {existing}")
-    resumed = existing is not None and resume in ("allow", "must", True)
-    run_id = str(id) if id else _new_run_id()
-    run_dir = existing if resumed else root / f"run-{time.strftime('%Y%m%d_%H%M%S')}-{run_id}"
-    if mode == "disabled":
-        run_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"runstream-disabled-{os.getpid()}-{run_id}"
-    run = Run(
-        team=team,
-        project=project,
-        run_id=run_id,
-        name=name or _new_name(),
-        run_dir=run_dir,
-        settings=run_settings if mode != "disabled" else RunSettings(system_metrics=False, console=False, git=False),
-        mode=mode,
-        resumed=resumed,
-    )
-    if config is not None:
-        run.config.update(config if isinstance(config, Mapping) else vars(config), allow_val_change=True)
-    start = _start_data(run, tags, group, job_type, notes)
-    (run_dir / "run.json").write_bytes(
-        orjson.dumps(
-            {
-                "team": team,
-                "project": project,
-                "run_id": run_id,
-                "name": run.name,
-                "url": run_settings.url,
-                "files_url": run_settings.files_url,
-                "mode": mode,
-            }
-        )
-    )
-    if mode == "disabled":
-        run._finished = True  # nothing is collected or sent
-        run.log = lambda *a, **k: None  # type: ignore[method-assign]  # and log() stays free
-    else:
-        run._start(start)
-        if run_settings.git:
-            Run._guarded("git", lambda: _save_git_patch(run))
-        Run._guarded("requirements", lambda: _save_requirements(run))
-        _install_hooks()
-    _current = run
-    _publish(run)
-    return run
-
-
-def _start_data(run: Run, tags: Any, group: str | None, job_type: str | None, notes: str | None) -> dict[str, Any]:
-    data: dict[str, Any] = {"name": run.name, "config": run.config.as_dict(), "resumed": run.resumed}
-    if tags:
-        if isinstance(tags, str) or not all(isinstance(t, str) and t for t in tags):
-            raise TypeError(f"init(tags=...) takes a list of non-empty strings, got {tags!r}")
-        data["tags"] = list(tags)
-    for key, value in (("group", group), ("job_type", job_type), ("notes", notes)):
-        if value is not None:
-            data[key] = str(value)
-    if run.mode != "disabled":
-        try:
-            from runstream.collectors.host import host_info
-
-            host = host_info()
-            for key in ("host", "user", "program", "python"):
-                if host.get(key) is not None:
-                    data[key] = str(host[key])
-            data["args"] = [str(a) for a in host.get("args", [])]
-        except Exception as exc:  # noqa: BLE001
-            log.warning("runstream: host information unavailable: %s", exc)
-        if run.settings.git:
-            try:
-                from runstream.collectors.git import git_info
-
-                info = git_info(".")
-                if info:
-                    data["git"] = json_safe(info)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("runstream: git information unavailable: %s", exc)
-    return data
-
-
-def _save_git_patch(run: Run) -> None:
-    from runstream.collectors.git import diff_patch
-
-    patch = diff_patch(".")
-    if patch:
-        run._store_file("diff.patch", patch.encode(), "git_patch")
-
-
-def _save_requirements(run: Run) -> None:
-    from runstream.collectors.host import installed_packages
-
-    run._store_file("requirements.txt", ("\n".join(installed_packages()) + "\n").encode(), "requirements")
-
-
-def _publish(run: Run) -> None:
-    import runstream
-
-    runstream.run = run
-    runstream.config = run.config
-    runstream.summary = run.summary
-
-
-# -- process exit: finished, failed (uncaught exception) or killed (SIGTERM) -------------------
-
-
-def _install_hooks() -> None:
-    global _hooks_installed
-    if _hooks_installed:
-        return
-    _hooks_installed = True
-    atexit.register(_at_exit)
-    sys.excepthook = _excepthook
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.getsignal(signal.SIGTERM)
-
-        def on_sigterm(signum: int, frame: Any) -> None:
-            if _current is not None:
-                _current.finish(exit_code=128 + signum, _state="killed")
-            if callable(previous):
-                previous(signum, frame)
-            else:
-                signal.signal(signum, signal.SIG_DFL)
-                os.kill(os.getpid(), signum)
-
-        signal.signal(signal.SIGTERM, on_sigterm)
-
-
-def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
-    if _current is not None:
-        if issubclass(exc_type, KeyboardInterrupt):
-            _current.finish(exit_code=130, _state="killed")
-        else:
-            _current.finish(exit_code=1, _state="failed", _traceback="".join(traceback.format_exception(exc_type, exc, tb)))
-    _previous_excepthook(exc_type, exc, tb)
-
-
-def _at_exit() -> None:
-    if _current is not None:
-        _current.finish()
-
-
-def current() -> Run:
-    if _current is None:
-        raise Error("call runstream.init() before using the run (runstream.log, runstream.finish, ...)")
-    return _current

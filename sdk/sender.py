@@ -18,11 +18,12 @@ An error inside the sender is logged once and never reaches the training loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,10 @@ import orjson
 from runstream import events
 from runstream.events import encode_value
 from runstream.media import MediaFile
+from runstream.resume import PROGRESS_FILE, write_json
 from runstream.spool import Spool
 from runstream.summary import MetricStats
-from runstream.transport import HttpTransport, Transport, TransportError
+from runstream.transport import HttpTransport, Transport
 
 log = logging.getLogger("runstream")
 
@@ -68,6 +70,34 @@ class FinishResult:
 
     def __getitem__(self, key: str) -> Any:  # dict-like access, e.g. result["unacked_events"]
         return getattr(self, key)
+
+
+class ExitSafeExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The sender loop's default executor (``asyncio.to_thread``, DNS look-ups): a thread per call.
+
+    A script that never calls ``finish()`` is finished from ``atexit``, after the interpreter
+    has told every ``ThreadPoolExecutor`` to refuse work ("cannot schedule new futures after
+    interpreter shutdown"). The last sends happen exactly then, so they must not need a pool.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def call() -> None:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                    future.set_exception(exc)
+
+        threading.Thread(target=call, name="runstream-io", daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        return None  # no pool to stop; a call still running is a daemon thread
 
 
 def metric_batches(rows: list[Row], stats: MetricStats | None = None) -> Iterator[tuple[dict[str, Any], int]]:
@@ -159,6 +189,7 @@ class Sender:
         files_dir: Path,
         flush_interval: float = 0.25,
         heartbeat_interval: float = 15.0,
+        last_step: int = -1,
     ) -> None:
         self.identity = identity
         self.spool = spool
@@ -182,7 +213,10 @@ class Sender:
         self._stopping = False
         self._deadline = 0.0
         self._last_heartbeat = 0.0
-        self.last_step = 0
+        self._periodic: list[list[Any]] = []  # [interval, callable, when last called]
+        #: The largest step spooled (a resumed run starts above the one it had).
+        self.last_step = last_step
+        self._progress = (last_step, seq_start - 1)  # what the spool's progress file says
         self.points = 0
         self.acked_events = 0
         self._reported: set[str] = set()
@@ -193,6 +227,10 @@ class Sender:
 
     def put_console(self, lines: list[tuple[float, str, str]]) -> None:
         self._console.extend(lines)
+
+    def every(self, interval: float, fn: Callable[[], None]) -> None:
+        """Call ``fn`` on the sender's thread about every ``interval`` s while the run lives."""
+        self._periodic.append([interval, fn, time.monotonic()])
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._thread_main, name="runstream-sender", daemon=True)
@@ -217,7 +255,7 @@ class Sender:
             self.drain()
         pending = self._count_unacked()
         with self._lock:
-            (self.spool.dir / "last_seq").write_text(f"{self._seq - 1}\n")  # a resumed run continues after it
+            self._record_progress()  # a resumed run continues after it
             self.spool.close()  # releases the spool's lock: `runstream sync` may take it from here
         return FinishResult(self.acked_events, pending, self.points, str(self.spool.dir))
 
@@ -230,6 +268,7 @@ class Sender:
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop.set_default_executor(ExitSafeExecutor())
         self._wake = asyncio.Event()
         data_ready, idle = asyncio.Event(), asyncio.Event()
         pump = asyncio.create_task(self._pump(data_ready, idle)) if self.transport else None
@@ -242,6 +281,7 @@ class Sender:
             self._wake.clear()
             if not self._stopping:  # nothing may follow run_finish
                 self._heartbeat()
+                self._call_periodic()
             self._safe_drain()
             data_ready.set()
         self._safe_drain()
@@ -271,7 +311,7 @@ class Sender:
             try:
                 await upload_files(self.uploader, self.identity, self.files_dir, records)
                 await self.transport.send(records, self.identity.key)
-            except TransportError as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the events stay spooled and the pump lives on
                 self._report("send", exc, "events stay in the spool and are retried")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -281,6 +321,17 @@ class Sender:
                 self.spool.ack(after)
             cursor = after
             self.acked_events += len(records)
+
+    def _call_periodic(self) -> None:
+        now = time.monotonic()
+        for entry in self._periodic:
+            interval, fn, last = entry
+            if now - last >= interval:
+                entry[2] = now
+                try:
+                    fn()
+                except Exception as exc:  # noqa: BLE001 - e.g. a saved file that vanished mid-copy
+                    self._report("periodic", exc)
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
@@ -304,14 +355,31 @@ class Sender:
                 self.points += points
                 self._spool(events.METRICS, payload, time.time())
             if rows:
-                self.last_step = max(self.last_step, rows[-1][0])
+                self.last_step = max(self.last_step, max(row[0] for row in rows))
             self._drain_media()
             if self._console:
                 lines = [self._console.popleft() for _ in range(len(self._console))]
                 for payload in console_batches(lines):
                     self._spool(events.CONSOLE, payload, time.time())
             self._drain_queue()  # what the media produced
+            self._record_progress()
             self.spool.flush()
+
+    def _record_progress(self) -> None:
+        """The spool's ``progress`` file: the last step and seq spooled, where a resume continues.
+
+        Written before the records themselves: a process killed in between then makes a
+        resume skip a few steps, never log over ones it had stored.
+        """
+        progress = (self.last_step, self._seq - 1)
+        if progress == self._progress:
+            return
+        try:
+            write_json(self.spool.dir / PROGRESS_FILE, {"last_step": progress[0], "last_seq": progress[1]})
+        except OSError as exc:
+            self._report("progress", exc)
+            return
+        self._progress = progress
 
     def _drain_queue(self) -> None:
         while self._queue:

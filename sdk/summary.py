@@ -1,9 +1,15 @@
 """``run.summary`` and ``run.define_metric``: one value per metric for the runs table.
 
 By default a metric's summary is its last logged value; ``define_metric`` (glob
-patterns, first match wins, later definitions first) can pick min, max, mean or
-none instead. Values the user sets explicitly (``run.summary["best"] = x``) win
-over computed ones.
+patterns, first match wins, later definitions first) can ask for some of min,
+max, mean, last and best instead (``summary="min,max"``), which shapes the entry
+as wandb does: ``{"loss": {"min": 0.1, "max": 2.3}}``; "none" leaves the metric
+out, "copy" is the default. Values the user sets explicitly
+(``run.summary["best"] = x``) win over computed ones.
+
+This is the training script's local view. The server computes the stored
+summary itself, from every point the run logged (also before a resume): the SDK
+sends only the values the user set and the ``define_metric`` choices.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from runstream import events
+from runstream.events import decode_value
 from runstream.values import json_safe
 
-SUMMARY_CHOICES = ("min", "max", "mean", "last", "none")
+SUMMARY_CHOICES = events.SUMMARY_OPS
 
 
 @dataclass(frozen=True)
@@ -34,11 +42,39 @@ class MetricDefinition:
         return spec
 
 
+def summary_ops(summary: str | None) -> tuple[str, ...]:
+    """The operations of a summary choice: "min,max" -> ("min", "max")."""
+    return tuple(op.strip() for op in summary.split(",") if op.strip()) if summary else ()
+
+
+def summary_value(ops: tuple[str, ...], goal: str | None, stat: Callable[[str], Any]) -> Any:
+    """A metric's summary entry as wandb shapes it, from ``stat("last" | "min" | "max" | "mean")``:
+    the last value (no choice, or "copy"), nothing ("none": ``NO_SUMMARY``) or a dict of the chosen statistics."""
+    if "none" in ops:
+        return NO_SUMMARY
+    if not ops or ops == ("copy",):
+        return stat("last")
+    out = {}
+    for op in ops:
+        if op == "best":
+            out["best"] = stat("max" if goal == "maximize" else "min")
+        elif op in ("min", "max", "mean", "last"):
+            out[op] = stat(op)
+    out = {k: v for k, v in out.items() if v is not None}
+    return out or NO_SUMMARY
+
+
+NO_SUMMARY = object()
+
+
 def make_definition(name: str, step_metric: str | None, summary: str | None, goal: str | None) -> MetricDefinition:
     if not isinstance(name, str) or not name:
         raise TypeError(f"define_metric() needs a metric name or glob pattern, got {name!r}")
-    if summary is not None and summary not in SUMMARY_CHOICES:
-        raise ValueError(f"define_metric(summary=...) must be one of {SUMMARY_CHOICES}, got {summary!r}")
+    if summary is not None and (not isinstance(summary, str) or not summary_ops(summary)
+                                or not set(summary_ops(summary)) <= set(SUMMARY_CHOICES)):
+        raise ValueError(f"define_metric(summary=...) takes one or more of {SUMMARY_CHOICES} separated by commas, got {summary!r}")
+    if summary is not None:
+        summary = ",".join(summary_ops(summary))
     if goal is not None and goal not in ("minimize", "maximize"):
         raise ValueError(f"define_metric(goal=...) must be 'minimize' or 'maximize', got {goal!r}")
     if step_metric is not None and (not isinstance(step_metric, str) or not step_metric):
@@ -79,7 +115,7 @@ class MetricStats:
         s = self.stats.get(key)
         if s is None:
             s = self.stats[key] = _Stats()
-        s.last = float(values[-1])
+        s.last = values[-1]  # an int stays an int, as W&B keeps it
         s.count += len(values)
         s.total += total
         s.min = min(s.min, min(values))
@@ -92,6 +128,19 @@ class MetricStats:
         if s.count == 0:
             return None
         return {"min": s.min, "max": s.max, "mean": s.total / s.count}[summary]
+
+    def restore(self, key: str, stats: dict[str, Any]) -> None:
+        """Start from the statistics the server has of a resumed run's metric."""
+        s = self.stats[key] = _Stats()
+        count = stats.get("count") or 0
+        s.count = int(count)
+        s.total = float(stats.get("mean") or 0.0) * s.count
+        if stats.get("min") is not None and s.count:
+            s.min = decode_value(stats["min"])
+        if stats.get("max") is not None and s.count:
+            s.max = decode_value(stats["max"])
+        if stats.get("last") is not None:
+            s.last = decode_value(stats["last"])
 
 
 class Summary:
@@ -122,13 +171,23 @@ class Summary:
         out: dict[str, Any] = {}
         for key in self._stats.stats:
             definition = self.definition_for(key)
-            choice = definition.summary if definition else "last"
-            if choice == "none":
-                continue
-            value = self._stats.value(key, choice)
-            if value is not None:
+            ops = summary_ops(definition.summary) if definition else ()
+            value = summary_value(ops, definition.goal if definition else None, lambda op: self._stats.value(key, op))
+            if value is not NO_SUMMARY and value is not None:
                 out[key] = json_safe(value)
         return out
+
+    def restore(self, metrics: dict[str, dict[str, Any]], summary: dict[str, Any]) -> None:
+        """A resumed run's summary so far: the server's statistics of its metrics, and the other
+        values of its summary (set by the user) as explicit ones, without sending them again."""
+        for key, stats in metrics.items():
+            self._stats.restore(key, stats)
+        self._explicit.update({k: v for k, v in summary.items() if k not in metrics})
+
+    def detach(self) -> None:
+        """Nothing to refresh from and nowhere to send to (a disabled run)."""
+        self._refresh = lambda: None
+        self._on_set = lambda values: None
 
     def as_dict(self) -> dict[str, Any]:
         self._refresh()

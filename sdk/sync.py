@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from runstream.run import RUNS_DIR_NAME
+from runstream.lifecycle import LEGACY_RUNS_DIR_NAMES, RUNS_DIR_NAME
 from runstream.sender import RunIdentity, upload_files
 from runstream.spool import Spool, SpoolLocked
 from runstream.transport import TransportError, open_transport, open_uploader
@@ -28,14 +28,15 @@ class SyncResult:
 
 
 def find_run_dirs(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Run directories in ``paths``: a run directory itself, a ``runstream/`` root, or a folder holding one."""
+    """Run directories in ``paths``: a run directory itself, a ``runstream-runs/`` root (or the
+    ``runstream/`` of older versions), or a folder holding one."""
     for path in map(Path, paths):
         if (path / "spool").is_dir() and (path / "run.json").exists():
             yield path
-        elif (path / RUNS_DIR_NAME).is_dir():
-            yield from sorted(p for p in (path / RUNS_DIR_NAME).glob("run-*") if (p / "spool").is_dir())
-        else:
-            yield from sorted(p for p in path.glob("run-*") if (p / "spool").is_dir())
+            continue
+        roots = [path / name for name in (RUNS_DIR_NAME, *LEGACY_RUNS_DIR_NAMES) if (path / name).is_dir()] or [path]
+        for root in roots:
+            yield from sorted(p for p in root.glob("run-*") if (p / "spool").is_dir() and not p.is_symlink())
 
 
 async def sync_run(

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
 import uuid
+from pathlib import Path
 from typing import Any
 
 from runstream import events
@@ -158,3 +164,47 @@ class ServedApp:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+RUNSTREAM = Path(sys.executable).parent / "runstream"
+
+
+class Server:
+    """``runstream server`` on a data directory and port, started and stopped (or killed) by the test."""
+
+    def __init__(self, data_dir: Path, port: int, **env: str) -> None:
+        self.data_dir, self.port = data_dir, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {**os.environ, "RUNSTREAM_CONFIG": str(data_dir / "no-config.toml"), **env}
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        self.process = subprocess.Popen(
+            [RUNSTREAM, "server", "--data-dir", str(self.data_dir), "--port", str(self.port)],
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the server exited: {self.process.stdout.read()}")
+            try:
+                urllib.request.urlopen(f"{self.url}/api/v1/health", timeout=2).close()
+                return self
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("the server did not answer within 90 s")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> str:
+        """Ctrl-C, as a user stops it; its output."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.stdout.read()

@@ -14,7 +14,7 @@ def test_wandb_style_script_runs_unchanged(tmp_path):
     env = {"RUNSTREAM_MODE": "offline", "RUNSTREAM_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    run_dir = next((tmp_path / "runstream").glob("run-*"))
+    run_dir = next((tmp_path / "runstream-runs").glob("run-*"))
     evs = spooled_events(run_dir)
     by_type = {}
     for event in evs:

@@ -102,12 +102,14 @@ def test_config_at_init_travels_in_run_start(tmp_path):
 
 
 def test_summary_last_by_default_and_define_metric(run):
-    run.define_metric("val/*", summary="max", goal="maximize")
+    # wandb's shape: a define_metric summary choice makes the entry a dict of the chosen statistics
+    # ({"loss": {"min": 1.0}}), "best" follows the goal, "none" leaves the metric out.
+    run.define_metric("val/*", summary="max,best", goal="maximize")
     run.define_metric("loss", summary="min")
     run.define_metric("noise", summary="none")
     for i, (loss, acc, noise) in enumerate([(3.0, 0.1, 1), (1.0, 0.9, 2), (2.0, 0.5, 3)]):
         run.log({"loss": loss, "val/acc": acc, "noise": noise, "lr": 0.1 / (i + 1)})
-    assert run.summary["loss"] == 1.0 and run.summary["val/acc"] == 0.9
+    assert run.summary["loss"] == {"min": 1.0} and run.summary["val/acc"] == {"max": 0.9, "best": 0.9}
     assert run.summary["lr"] == pytest.approx(0.1 / 3)  # last
     assert "noise" not in run.summary
     run.summary["best_epoch"] = 1
@@ -115,11 +117,18 @@ def test_summary_last_by_default_and_define_metric(run):
     assert run.summary["loss"] == 0.123 and run.summary["best_epoch"] == 1
     run.finish()
     evs = spooled_events(run.dir)
-    defined = [d["name"] for e in evs if e.type == events.RUN_UPDATE for d in e.data.get("define_metric", [])]
-    assert defined == ["val/*", "loss", "noise"]
-    final = [e for e in evs if e.type == events.RUN_UPDATE and "summary" in e.data][-1]
-    assert final.data["summary"]["loss"] == 0.123 and final.data["summary"]["val/acc"] == 0.9
+    defined = [(d["name"], d.get("summary")) for e in evs if e.type == events.RUN_UPDATE for d in e.data.get("define_metric", [])]
+    assert defined == [("val/*", "max,best"), ("loss", "min"), ("noise", "none")]
+    # Only what the user set travels: the server computes the rest from every point (also across resumes).
+    sent = {k: v for e in evs if e.type == events.RUN_UPDATE for k, v in e.data.get("summary", {}).items()}
+    assert sent == {"best_epoch": 1, "loss": 0.123}
 
+
+def test_define_metric_refuses_unknown_summary_choices(run):
+    with pytest.raises(ValueError, match="min"):
+        run.define_metric("loss", summary="median")
+    with pytest.raises(ValueError):
+        run.define_metric("loss", summary="min,oops")
 
 
 def test_non_finite_config_and_summary_values_travel_as_the_contract_strings(run):
@@ -129,7 +138,7 @@ def test_non_finite_config_and_summary_values_travel_as_the_contract_strings(run
     run.finish()
     evs = spooled_events(run.dir)
     config = {k: v for e in evs if e.type in (events.RUN_START, events.RUN_UPDATE) for k, v in e.data.get("config", {}).items()}
-    summary = [e for e in evs if e.type == events.RUN_UPDATE and "summary" in e.data][-1].data["summary"]
+    summary = {k: v for e in evs if e.type == events.RUN_UPDATE for k, v in e.data.get("summary", {}).items()}
     assert config["eps"] == "Infinity"
     assert summary["best"] == "-Infinity" and summary["ratio"] == "NaN"
 
@@ -154,7 +163,7 @@ def test_save_copies_files_and_announces_them(run, tmp_path):
     run.finish()
     files = [e.data for e in spooled_events(run.dir) if e.type == events.FILE and e.data["kind"] == "file"]
     assert [(f["path"], f["size"]) for f in files] == [("ckpt/model.pt", 7), ("ckpt/notes.txt", 2), ("ckpt/model.pt", 14)]
-    assert (tmp_path.glob("runstream/run-*/files/ckpt/model.pt").__next__()).read_bytes() == b"better weights"
+    assert (tmp_path.glob("runstream-runs/run-*/files/ckpt/model.pt").__next__()).read_bytes() == b"better weights"
 
 
 def test_every_spooled_event_follows_the_contract_and_seq_increases(run):
@@ -205,7 +214,7 @@ def test_disabled_mode_does_nothing(tmp_path):
     r.log({"x": 1.0})
     r.config.update({"a": 1})
     r.finish()
-    assert not (tmp_path / "runstream").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_resume_rules(tmp_path):
@@ -240,7 +249,7 @@ run.log({{"x": 1.0}})
 def test_uncaught_exception_in_a_script_marks_the_run_failed(tmp_path):
     result = subprocess.run(_script(tmp_path, 'raise RuntimeError("boom")'), capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "RuntimeError: boom" in result.stderr
-    run_dir = next((tmp_path / "runstream").glob("run-*"))
+    run_dir = next((tmp_path / "runstream-runs").glob("run-*"))
     finish = [e for e in spooled_events(run_dir) if e.type == events.RUN_FINISH]
     assert finish[0].data["state"] == "failed" and "boom" in finish[0].data["traceback"]
 
@@ -250,7 +259,7 @@ def test_sigterm_marks_the_run_killed(tmp_path):
     assert proc.stdout.readline().strip() == "ready"
     proc.terminate()
     assert proc.wait(timeout=30) == -15
-    run_dir = next((tmp_path / "runstream").glob("run-*"))
+    run_dir = next((tmp_path / "runstream-runs").glob("run-*"))
     finish = [e for e in spooled_events(run_dir) if e.type == events.RUN_FINISH]
     assert finish[0].data["state"] == "killed"
 

@@ -58,6 +58,22 @@ def test_a_replayed_update_leaves_the_summary_alone_and_definitions_replace_by_n
     assert summary["define"] == [{"name": "loss", "summary": "max"}]
 
 
+def test_run_summary_is_shaped_as_wandb_shapes_define_metric_choices():
+    summary = summaries.new_summary()
+    batch = _ev(METRICS, 1, 0.0, {"step": [0, 1, 2], "time": [1.0, 2.0, 3.0],
+                                  "values": {"loss": [3.0, 1.0, 2.0], "acc": [0.1, 0.9, 0.5], "lr": [0.3, 0.2, 0.1]}})
+    summaries.fold_metrics(summary, batch)
+    assert summaries.run_summary(summary) == {"loss": 2.0, "acc": 0.5, "lr": 0.1}  # no choice: the last value
+    specs = [{"name": "loss", "summary": "min,max,mean,last"}, {"name": "acc", "summary": "best", "goal": "maximize"},
+             {"name": "lr", "summary": "none"}]
+    summaries.fold_update(summary, _ev(RUN_UPDATE, 2, 0.0, {"define_metric": specs}))
+    assert summaries.run_summary(summary) == {"loss": {"min": 1.0, "max": 3.0, "mean": 2.0, "last": 2.0}, "acc": {"best": 0.9}}
+    summaries.fold_update(summary, _ev(RUN_UPDATE, 3, 0.0, {"define_metric": [{"name": "acc", "summary": "best", "goal": "minimize"}],
+                                                            "summary": {"lr": 7}}))
+    assert summaries.run_summary(summary) == {"loss": {"min": 1.0, "max": 3.0, "mean": 2.0, "last": 2.0}, "acc": {"best": 0.1},
+                                              "lr": 7}  # a value the user set wins
+
+
 def test_stored_rules_are_checked_when_loaded():
     from runstream.streams.alerting import rule_from_row
 
@@ -76,7 +92,7 @@ def test_summary_stats_fold_each_batch_once_and_honour_summary_choices():
     assert summaries.fold_metrics(summary, batch) == {"loss"}
     assert summaries.fold_metrics(summary, batch) == set()  # a replay
     summaries.fold_update(summary, _ev(RUN_UPDATE, 6, 0.0, {"define_metric": [{"name": "l*", "summary": "max"}]}))
-    assert summaries.run_summary(summary) == {"loss": 3.0}
+    assert summaries.run_summary(summary) == {"loss": {"max": 3.0}}  # wandb's shape for a summary choice
     row = summaries.metric_summary_rows(summary, "acme", "p", "r1", 1)[0]
     assert (row["last"], row["min"], row["max"], row["count"], row["nan_count"]) == (1.0, 1.0, 3.0, 3, 1)
     assert row["mean"] == 2.0 and (row["first_step"], row["last_step"]) == (0, 2)

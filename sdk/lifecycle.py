@@ -1,0 +1,347 @@
+"""``runstream.init()`` and the process's life with its run: the active run, resume, and the exit hooks.
+
+How a process ends its run (docs/sdk.md has the same table):
+
+| the script ...                                   | the run              | exit code |
+|--------------------------------------------------|----------------------|-----------|
+| returns, falls off the end, calls ``sys.exit(0)`` | finished             | 0         |
+| calls ``sys.exit(n)``, n != 0 (a message: 1)      | failed               | n         |
+| raises an uncaught exception                      | failed, + traceback  | 1         |
+| is interrupted (Ctrl-C, ``KeyboardInterrupt``)    | killed               | 130       |
+| gets SIGTERM                                      | killed               | 143       |
+| gets SIGKILL, ``os._exit``, loses power           | crashed (by the server, after its crash timeout) | none |
+
+Each path but the last runs ``Run.finish()``, which sends what is left, waiting at most
+``finish_timeout`` s; what it could not send stays in the run's spool for ``runstream sync``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random
+import secrets
+import shutil
+import signal
+import string
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from runstream import events
+from runstream import resume as resuming  # `resume` is init()'s argument
+from runstream.resume import Previous
+from runstream.run import Error, Run, check_tags
+from runstream.run_settings import RunSettings
+from runstream.values import json_safe
+
+log = logging.getLogger("runstream")
+
+MODES = ("online", "offline", "disabled")
+RESUME = ("allow", "must", "never", "auto", None, True, False)
+#: The folder, in the script's directory (or ``dir=``), that holds this machine's runs. Not
+#: "runstream": a folder of that name beside a script is imported instead of the package.
+RUNS_DIR_NAME = "runstream-runs"
+#: Where runs were kept before; ``runstream sync`` still looks there.
+LEGACY_RUNS_DIR_NAMES = ("runstream",)
+
+_ADJECTIVES = "amber bold brisk calm clever crisp daring eager fluent gentle golden hardy keen lively lucid mellow misty noble quiet rapid silent snowy solar steady swift vivid".split()
+_NOUNS = "brook cedar comet dawn delta ember field fjord glade grove harbor lake meadow moon orbit pine prairie river sky sun thunder valley wave wind".split()
+
+_current: Run | None = None
+
+
+def current() -> Run:
+    if _current is None:
+        raise Error("call runstream.init() before using the run (runstream.log, runstream.finish, ...)")
+    return _current
+
+
+def _new_run_id() -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def _new_name() -> str:
+    return f"{random.choice(_ADJECTIVES)}-{random.choice(_NOUNS)}-{random.randint(1, 999)}"
+
+
+def find_run_dir(root: Path, run_id: str) -> Path | None:
+    matches = sorted(p for p in root.glob(f"run-*-{run_id}") if p.name.endswith(f"-{run_id}"))
+    return matches[-1] if matches else None
+
+
+def init(
+    project: str | None = None,
+    entity: str | None = None,
+    name: str | None = None,
+    id: str | None = None,  # noqa: A002 - wandb's argument name
+    config: Mapping[str, Any] | Any | None = None,
+    tags: list[str] | tuple[str, ...] | None = None,
+    group: str | None = None,
+    job_type: str | None = None,
+    notes: str | None = None,
+    dir: str | os.PathLike | None = None,  # noqa: A002
+    mode: str | None = None,
+    resume: str | bool | None = None,
+    settings: Any = None,
+    reinit: bool | None = None,
+    **ignored: Any,
+) -> Run:
+    """Start a run, or continue one (wandb.init's arguments and meaning; see docs/sdk.md for resume)."""
+    global _current
+    mode = mode or os.environ.get("RUNSTREAM_MODE") or os.environ.get("WANDB_MODE") or "online"
+    if mode == "dryrun":
+        mode = "offline"
+    if mode not in MODES:
+        raise ValueError(f"init(mode=...) must be one of {MODES}, got {mode!r}")
+    if resume not in RESUME:
+        raise ValueError(f"init(resume=...) must be 'allow', 'must', 'never', 'auto' or None, got {resume!r}")
+    if _current is not None:
+        _current.finish()  # one active run per process, as in wandb (a new init ends the previous run)
+    team = entity or os.environ.get("RUNSTREAM_ENTITY") or "default"
+    project = project or os.environ.get("RUNSTREAM_PROJECT") or "uncategorized"
+    for what, value in (("entity", team), ("project", project)):
+        if not events._NAME.match(value):
+            raise ValueError(f"{what} {value!r} must be 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    if id is not None and not events._RUN_ID.match(str(id)):
+        raise ValueError(f"run id {id!r} must be 1-64 letters, digits, '_' or '-'")
+    meta = _given_meta(tags, group, job_type, notes)
+    if mode == "disabled":
+        run = _disabled_run(team, project, str(id) if id else _new_run_id(), name, config)
+        _current = run
+        _publish(run)
+        return run
+
+    run_settings = RunSettings.resolve(settings)
+    root = Path(dir or os.environ.get("RUNSTREAM_DIR") or ".").absolute() / RUNS_DIR_NAME
+    run_id = str(id) if id else None
+    auto = resume in ("auto", True)
+    if run_id is None and auto:
+        run_id = resuming.auto_resume_id(root)
+    existing, previous = _previous(root, team, project, run_id, mode, run_settings, resume) if run_id else (None, None)
+    run_id = run_id or _new_run_id()
+    run_dir = existing or root / f"run-{time.strftime('%Y%m%d_%H%M%S')}-{run_id}"
+    last_step = previous.last_step if previous is not None and previous.last_step is not None else -1
+    run = Run(
+        team=team,
+        project=project,
+        run_id=run_id,
+        name=name or (previous.name if previous else None) or _new_name(),
+        run_dir=run_dir,
+        settings=run_settings,
+        mode=mode,
+        resumed=previous is not None,
+        step=last_step + 1,
+        meta={**(previous.meta if previous else {}), **meta},
+    )
+    if previous is not None:
+        run.config.update(previous.config, allow_val_change=True)
+        run.summary.restore(previous.metrics, previous.summary)
+    if config is not None:
+        run.config.update(config if isinstance(config, Mapping) else vars(config), allow_val_change=True)
+    run.on_finish = _forget
+    if auto:
+        Run._guarded("resume file", lambda: resuming.remember_for_auto_resume(root, run_id))
+    Run._guarded("latest-run link", lambda: _link_latest(root, run_dir))
+    run._start(_start_data(run))
+    if run_settings.git:
+        Run._guarded("git", lambda: _save_git_patch(run))
+    Run._guarded("requirements", lambda: _save_requirements(run))
+    _install_hooks()
+    _current = run
+    _publish(run)
+    return run
+
+
+def _given_meta(tags: Any, group: Any, job_type: Any, notes: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    if tags is not None:
+        meta["tags"] = check_tags(tags, "init(tags=...)")
+    for key, value in (("group", group), ("job_type", job_type), ("notes", notes)):
+        if value is not None:
+            meta[key] = str(value)
+    return meta
+
+
+def _previous(
+    root: Path, team: str, project: str, run_id: str, mode: str, settings: RunSettings, how: Any
+) -> tuple[Path | None, Previous | None]:
+    """This machine's directory of the run and what the run was, when it exists (here or on the server),
+    after the rules of ``resume=``."""
+    existing = find_run_dir(root, run_id)
+    local = resuming.from_local(existing) if existing is not None else None
+    server: Previous | None = None
+    unreachable: Exception | None = None
+    base = resuming.server_url(settings.url, settings.files_url) if mode == "online" else None
+    if base is not None:
+        try:
+            server = resuming.from_server(base, settings.api_key, team, project, run_id)
+        except resuming.ServerUnreachable as exc:
+            unreachable = exc
+    previous = resuming.combine(local, server)
+    path = f"{team}/{project}/{run_id}"
+    if how == "must" and previous is None:
+        asked = f" nor on {base}" if base and not unreachable else ""
+        hint = f"; {base} could not be asked ({unreachable}): retry when it answers" if unreachable else ""
+        raise Error(f"resume='must' but run {path} was not found under {root}{asked}{hint}")
+    if how == "never" and previous is not None:
+        raise Error(f"resume='never' but run {path} already exists ({previous.where}): use another id")
+    if previous is None and unreachable is not None:
+        log.warning("runstream: could not ask %s whether run %s exists (%s); starting it at step 0", base, path, unreachable)
+    if previous is not None and how in (None, False):
+        # wandb would start the run over; continuing it never writes over logged steps.
+        print(f"runstream: run {path} exists ({previous.where}); continuing it after step {previous.last_step}. "
+              "Pass resume='allow' to say so, or another id for a new run.", file=sys.__stderr__)
+    return existing, previous
+
+
+def _disabled_run(team: str, project: str, run_id: str, name: str | None, config: Any) -> Run:
+    """A run that records nothing and leaves nothing on disk (``mode="disabled"``)."""
+    scratch = Path(tempfile.mkdtemp(prefix="runstream-disabled-"))
+    run = Run(team=team, project=project, run_id=run_id, name=name or _new_name(), run_dir=scratch,
+              settings=RunSettings(system_metrics=False, console=False, git=False), mode="disabled", resumed=False)
+    run._sender.spool.close()
+    shutil.rmtree(scratch, ignore_errors=True)
+    run.dir = tempfile.gettempdir()  # exists and is writable, as scripts that write into run.dir expect
+    run._finished = True  # nothing is collected or sent
+    run.log = lambda *a, **k: None  # type: ignore[method-assign]  # and log() stays free
+    run.save = lambda *a, **k: []  # type: ignore[method-assign]
+    run.summary.detach()
+    if config is not None:
+        run.config.update(config if isinstance(config, Mapping) else vars(config), allow_val_change=True)
+    run.on_finish = _forget
+    return run
+
+
+def _start_data(run: Run) -> dict[str, Any]:
+    data: dict[str, Any] = {"name": run.name, "config": run.config.as_dict(), "resumed": run.resumed}
+    data.update({k: v for k, v in run._meta.items() if v is not None})
+    try:
+        from runstream.collectors.host import host_info
+
+        host = host_info()
+        for key in ("host", "user", "program", "python"):
+            if host.get(key) is not None:
+                data[key] = str(host[key])
+        data["args"] = [str(a) for a in host.get("args", [])]
+    except Exception as exc:  # noqa: BLE001
+        log.warning("runstream: host information unavailable: %s", exc)
+    if run.settings.git:
+        try:
+            from runstream.collectors.git import git_info
+
+            info = git_info(".")
+            if info:
+                data["git"] = json_safe(info)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("runstream: git information unavailable: %s", exc)
+    return data
+
+
+def _link_latest(root: Path, run_dir: Path) -> None:
+    """``<root>/latest-run`` points at the newest run, as wandb's ``wandb/latest-run`` does."""
+    link = root / "latest-run"
+    tmp = root / f".latest-run-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, link)
+
+
+def _save_git_patch(run: Run) -> None:
+    from runstream.collectors.git import diff_patch
+
+    patch = diff_patch(".")
+    if patch:
+        run._store_file("diff.patch", patch.encode(), "git_patch")
+
+
+def _save_requirements(run: Run) -> None:
+    from runstream.collectors.host import installed_packages
+
+    run._store_file("requirements.txt", ("\n".join(installed_packages()) + "\n").encode(), "requirements")
+
+
+def _publish(run: Run) -> None:
+    import runstream
+
+    runstream.run = run
+    runstream.config = run.config
+    runstream.summary = run.summary
+
+
+def _forget(run: Run, exit_code: int | None) -> None:
+    """A run has finished: it is no longer the active run; one that ended well is not auto-resumed."""
+    global _current
+    if not exit_code and run.mode != "disabled":
+        root = Path(run.dir).parent
+        Run._guarded("resume file", lambda: resuming.forget_auto_resume(root, run.id))
+    if _current is run:
+        _current = None
+        import runstream
+
+        runstream.run = None
+        runstream.config = runstream._PreInit("config")
+        runstream.summary = runstream._PreInit("summary")
+
+
+# -- the process's end: finished, failed (uncaught exception, sys.exit(n)) or killed ----------------
+
+_hooks_installed = False
+#: The code the script asked ``sys.exit`` for (None: it did not call it).
+_exit_code: int | None = None
+_original_exit = sys.exit
+_previous_excepthook = sys.excepthook
+
+
+def _install_hooks() -> None:
+    global _hooks_installed, _original_exit, _previous_excepthook
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(_at_exit)
+    _original_exit = sys.exit
+    sys.exit = _exit
+    _previous_excepthook = sys.excepthook
+    sys.excepthook = _excepthook
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            if _current is not None:
+                _current.finish(exit_code=128 + signum, _state="killed")
+            if callable(previous):
+                previous(signum, frame)
+            else:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _exit(code: object = 0) -> None:
+    """``sys.exit`` that remembers the code, so the run ends failed with it (as wandb's hook does)."""
+    global _exit_code
+    _exit_code = 0 if code is None else code if isinstance(code, int) else 1
+    _original_exit(code)
+
+
+def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+    # The traceback is printed first, so that the console capture keeps it with the run.
+    _previous_excepthook(exc_type, exc, tb)
+    if _current is not None:
+        if issubclass(exc_type, KeyboardInterrupt):
+            _current.finish(exit_code=130, _state="killed")
+        else:
+            _current.finish(exit_code=1, _state="failed", _traceback="".join(traceback.format_exception(exc_type, exc, tb)))
+
+
+def _at_exit() -> None:
+    if _current is not None:
+        _current.finish(exit_code=_exit_code or 0)
