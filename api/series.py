@@ -3,7 +3,8 @@ metrics of many runs, exports.
 
 Non-finite numbers: a history cell is what the run logged, so NaN and
 infinities come as the event contract's strings ("NaN", "Infinity",
-"-Infinity") and ``null`` means "not logged in this row". Chart arrays (series,
+"-Infinity") and ``null`` means "not logged in this row"; a metric whose every
+finite value was logged as an int comes as ints (``history.integer_metrics``). Chart arrays (series,
 bands, system) are statistics: ``min``, ``max`` and ``mean`` are over a bucket's finite
 values and ``null`` where it has none, and ``y`` (the bucket's last logged
 value) is ``null`` when that value is not finite; ``count`` says how many finite
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,25 +53,33 @@ _MAX_SECONDS = 10**10  # storage keeps times to the year 2286 (logs._MAX_MS)
 # -- history --------------------------------------------------------------------------------------
 
 
-def contract_column(values: list[Any]) -> list[Any]:
-    """A history column (floats, None where not logged) with non-finite floats as the contract's strings.
+def contract_column(values: list[Any], integer: bool = False) -> list[Any]:
+    """A history column (floats, None where not logged) with non-finite floats as the contract's strings,
+    and with ``integer`` (a metric logged as ints) its finite values as ints.
 
     numpy finds the few cells to change, so a page of 100,000 rows costs no Python loop per value.
     """
     if not values:
         return values
     array = np.array(values, dtype=float)  # None becomes NaN: those are skipped below
-    for i in np.flatnonzero(~np.isfinite(array)).tolist():
+    finite = np.isfinite(array)
+    for i in np.flatnonzero(~finite).tolist():
         if values[i] is not None:
             values[i] = encode_value(values[i])
+    whole = np.flatnonzero(finite)
+    if integer and len(whole) and np.abs(array[whole]).max() < 2.0**63:  # beyond int64: stays float
+        out = np.array(values, dtype=object)
+        out[whole] = array[whole].astype(np.int64)  # into an object array as Python ints
+        values = out.tolist()
     return values
 
 
-def history_columns(page: dict[str, Any]) -> dict[str, list[Any]]:
-    """A ``history_page`` as the API's columns: ``_step``, ``_timestamp`` and one per key."""
+def history_columns(page: dict[str, Any], integer: Collection[str] = ()) -> dict[str, list[Any]]:
+    """A ``history_page`` as the API's columns: ``_step``, ``_timestamp`` and one per key (those in
+    ``integer`` as ints)."""
     columns: dict[str, list[Any]] = {"_step": page["step"], "_timestamp": page["time"]}
     for name, values in page["columns"].items():
-        columns[name] = contract_column(values)
+        columns[name] = contract_column(values, name in integer)
     return columns
 
 
@@ -112,10 +121,10 @@ class _Rows:
                      np.concatenate([self.has_time, other.has_time]), np.concatenate([self.values, other.values], 1),
                      np.concatenate([self.logged, other.logged], 1))
 
-    def columns(self, names: list[str]) -> dict[str, list[Any]]:
+    def columns(self, names: list[str], integer: Collection[str]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"_step": self.step.tolist(), "_timestamp": _gaps(self.time, self.has_time)}
         for i, name in enumerate(names):
-            out[name] = contract_column(_gaps(self.values[i], self.logged[i]))
+            out[name] = contract_column(_gaps(self.values[i], self.logged[i]), name in integer)
         return out
 
 
@@ -176,7 +185,7 @@ def sampled_history(client: Client, team: str, project: str, run_id: str, keys: 
             break
     if len(kept) > samples:  # more keys than samples has room for: evenly spaced rows
         kept = kept.take(np.unique(np.linspace(0, len(kept) - 1, samples).round().astype(np.int64)))
-    return {"columns": kept.columns(names)}
+    return {"columns": kept.columns(names, history.integer_metrics(client, team, project, run_id, names))}
 
 
 def _keys(request: Request) -> list[str] | None:
@@ -259,21 +268,24 @@ async def run_history_scan(request: Request) -> Response:
     min_step = _step_param(request, "min_step")
     max_step = _step_param(request, "max_step")
 
-    def scan(client: Client) -> dict[str, Any] | None:
+    def scan(client: Client) -> tuple[dict[str, Any], set[str]] | None:
         if not run_exists(client, team, project, run_id):
             return None
         if max_step == 0:  # exclusive: nothing before step 0
             names = keys if keys is not None else history.run_metrics(client, team, project, run_id)
-            return {"step": [], "time": [], "columns": {n: [] for n in names}, "next_after_step": None}
-        return history.history_page(client, team, project, run_id, keys, min_step=min_step,
+            return {"step": [], "time": [], "columns": {n: [] for n in names}, "next_after_step": None}, set()
+        page = history.history_page(client, team, project, run_id, keys, min_step=min_step,
                                     max_step=None if max_step is None else max_step - 1, after_step=after,
                                     page_size=page_size)
+        return page, history.integer_metrics(client, team, project, run_id, [n for n, v in page["columns"].items() if v])
 
-    page = await request.app.state.backend.run(scan)
-    if page is None:
+    found = await request.app.state.backend.run(scan)
+    if found is None:
         raise not_found(f"run {team}/{project}/{run_id}")
+    page, integer = found
     cursor = page["next_after_step"]
-    return json_response({"columns": history_columns(page), "next_cursor": None if cursor is None else str(cursor)})
+    return json_response({"columns": history_columns(page, integer),
+                          "next_cursor": None if cursor is None else str(cursor)})
 
 
 # -- charts ------------------------------------------------------------------------------------------

@@ -163,8 +163,8 @@ def run_key(team: str, project: str, run_id: str) -> bytes:
 # -- metric values --------------------------------------------------------------
 
 
-def encode_value(x: float) -> float | str:
-    """A float as it travels in JSON: finite numbers as they are, NaN/±Inf as strings."""
+def encode_value(x: float | int) -> float | int | str:
+    """A number as it travels in JSON: finite numbers as they are (ints stay ints), NaN/±Inf as strings."""
     if math.isfinite(x):
         return x
     if math.isnan(x):
@@ -172,12 +172,11 @@ def encode_value(x: float) -> float | str:
     return "Infinity" if x > 0 else "-Infinity"
 
 
-def decode_value(x: float | int | str | None) -> float | None:
-    """The inverse of ``encode_value``; ``None`` stays ``None`` (not logged in that row)."""
-    if x is None or type(x) is float:
+def decode_value(x: float | int | str | None) -> float | int | None:
+    """The inverse of ``encode_value``: ints stay ints (a metric logged as whole numbers reads back
+    as ints), ``None`` stays ``None`` (not logged in that row)."""
+    if x is None or type(x) is float or type(x) is int:
         return x
-    if type(x) is int:
-        return float(x)
     return NON_FINITE[x]
 
 

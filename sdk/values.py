@@ -1,4 +1,4 @@
-"""Turning user values into what events carry: JSON-safe config, float metrics, flat keys."""
+"""Turning user values into what events carry: JSON-safe config, int or float metrics, flat keys."""
 
 from __future__ import annotations
 
@@ -9,24 +9,35 @@ from typing import Any
 from runstream.events import encode_value
 
 
-def to_scalar(value: Any) -> float | None:
-    """A loggable number as a float (bools as 0/1), or None when the value is not a scalar.
+_INT64 = 2**63
 
-    numpy and torch scalars are recognised without importing either library.
+
+def to_scalar(value: Any) -> float | int | None:
+    """A loggable number as an int or a float, or None when the value is not a scalar.
+
+    Integers (Python, numpy and torch integer kinds) stay ints, so a metric logged
+    as whole numbers reads back as ints (W&B's ``epoch == 3``); bools become the
+    ints 0 and 1 (metrics are numbers on the server); ints beyond 64 bits, which
+    JSON events cannot carry, become floats. numpy and torch scalars are
+    recognised without importing either library.
     """
     t = type(value)
-    if t is float or t is int:
-        return float(value)
+    if t is float:
+        return value
+    if t is int:
+        return value if -_INT64 <= value < _INT64 else float(value)
     if t is bool:
-        return 1.0 if value else 0.0
+        return int(value)
     module = t.__module__
     if module == "numpy" or module.startswith("numpy."):
         if getattr(value, "ndim", None) == 0 and getattr(value.dtype, "kind", "") in "biuf":
-            return float(value)
+            return to_scalar(value.item())  # a Python bool, int or float
         return None
     if module.startswith("torch") and getattr(value, "ndim", None) == 0 and not value.is_complex():
-        return float(value.item())
-    if isinstance(value, (int, float)):  # subclasses: IntEnum, numbers from other libraries
+        return to_scalar(value.item())
+    if isinstance(value, int):  # subclasses: IntEnum, integers from other libraries
+        return to_scalar(int(value))
+    if isinstance(value, float):
         return float(value)
     return None
 

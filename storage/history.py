@@ -71,6 +71,7 @@ _SPARSE = f"""AND step IN (SELECT step FROM metric_points
                          WHERE {_RUN} {_METRICS} AND step >= {{lo:UInt64}} AND step <= {{hi:UInt64}})"""
 
 _RUN_METRICS = f"SELECT DISTINCT metric FROM metric_points WHERE {_RUN} ORDER BY metric"
+_INTEGER_METRICS = f"SELECT metric FROM metric_summaries FINAL WHERE {_RUN} {_METRICS} AND integer"
 
 
 def run_metrics(client: Client, team: str, project: str, run_id: str) -> list[str]:
@@ -78,6 +79,15 @@ def run_metrics(client: Client, team: str, project: str, run_id: str) -> list[st
     _check_name("run_id", run_id)
     rows = client.query(_RUN_METRICS, parameters={"team": team, "project": project, "run": run_id}).result_rows
     return [str(name) for (name,) in rows]
+
+
+def integer_metrics(client: Client, team: str, project: str, run_id: str, keys: Sequence[str]) -> set[str]:
+    """Those of ``keys`` whose every finite value the run logged as an int (the stream processor's
+    ``metric_summaries.integer``): history stores Float64, callers show these as ints."""
+    if not keys:
+        return set()
+    params = {"team": team, "project": project, "run": run_id, "keys": list(keys)}
+    return {str(name) for (name,) in client.query(_INTEGER_METRICS, parameters=params).result_rows}
 
 
 def history_page(

@@ -102,7 +102,7 @@ def metric_columns(events: Iterable[Event]) -> MetricColumns:
             else:
                 step_col.extend(steps)
             if str in map(type, column) or int in map(type, column):  # "NaN"/"Infinity" strings; big ints
-                column = [decode_value(v) for v in column]
+                column = [float(decode_value(v)) for v in column]  # points are Float64, ints too
             count = len(column)
             value_col.extend(column)
             team.extend(event.team, count)
@@ -168,7 +168,7 @@ def insert_system_points(client: Client, events: Iterable[Event]) -> int:
             for key, value in (("team", event.team), ("project", event.project), ("metric", name), ("run_id", event.run_id)):
                 cols[key].extend(value, len(kept))
             time_col.extend(times[i] for i in kept)
-            value_col.extend(decode_value(column[i]) for i in kept)
+            value_col.extend(float(decode_value(column[i])) for i in kept)
             seq_col.extend([event.seq] * len(kept))
             names.add((event.team, event.project, name))
     if not time_col:
@@ -364,7 +364,7 @@ def upsert_run_summaries(client: Client, summaries: Sequence[Mapping[str, Any]])
 
 METRIC_SUMMARY_FIELDS = (
     "team", "project", "run_id", "metric", "last", "min", "max", "mean", "count", "nan_count", "inf_count",
-    "first_step", "last_step", "first_time", "last_time", "version",
+    "first_step", "last_step", "first_time", "last_time", "integer", "version",
 )
 
 

@@ -8,6 +8,12 @@ and time. The run summary takes each metric's last value unless a
 ``run.summary[...]`` win. Non-finite values are kept as the contract's strings
 ("NaN", "Infinity") so the state stays valid JSON.
 
+A metric's ``integer`` says whether every finite value so far was logged as an
+int (a JSON int in the event): such a metric keeps its last value, min and max
+as ints, so the run summary and history read back as ints (W&B's ``epoch ==
+3``); one float value makes it float for good, and so do states from before the
+flag.
+
 A metrics event whose seq is at or below the highest one folded is a replay and
 changes nothing (a run's metric events arrive in seq order on one partition).
 
@@ -38,7 +44,15 @@ def new_summary() -> Summary:
 
 def _stats() -> dict[str, Any]:
     return {"last": None, "last_step": -1, "min": None, "max": None, "sum": 0.0, "count": 0, "nan": 0, "inf": 0,
-            "first_step": None, "first_time": None, "last_time": None}
+            "first_step": None, "first_time": None, "last_time": None, "integer": True}
+
+
+def _to_float(s: dict[str, Any]) -> None:
+    """A float value arrived: the metric is float from now on, its kept values too."""
+    s["integer"] = False
+    for key in ("last", "min", "max"):
+        if type(s[key]) is int:
+            s[key] = float(s[key])
 
 
 def fold_metrics(summary: Summary, event: Event) -> set[str]:
@@ -91,12 +105,19 @@ def relogged(summary: Summary, event: Event) -> set[str]:
 def restate(summary: Summary, metric: str, stats: dict[str, Any]) -> None:
     """Replace a metric's counts, sum, minimum and maximum with ``stats`` from its whole history
     (``storage.history.metric_statistics``)."""
-    summary["metrics"][metric].update({k: stats[k] for k in ("count", "sum", "min", "max", "nan", "inf")})
+    s = summary["metrics"][metric]
+    s.update({k: stats[k] for k in ("count", "sum", "min", "max", "nan", "inf")})
+    if s.get("integer"):  # the history read back is Float64; its values were all logged as ints
+        s["min"], s["max"] = (None if v is None else int(v) for v in (s["min"], s["max"]))
 
 
-def _fold_dense(s: dict[str, Any], steps: list[int], times: list[float], column: list[float]) -> None:
+def _fold_dense(s: dict[str, Any], steps: list[int], times: list[float], column: list[float | int]) -> None:
+    if s.get("integer") and float in map(type, column):
+        _to_float(s)
     low, high = min(column), max(column)
     if math.isfinite(low) and math.isfinite(high) and math.isfinite(total := math.fsum(column)):
+        if not s.get("integer"):  # a float metric's odd int value is kept as a float
+            low, high = float(low), float(high)
         s["count"] += len(column)
         s["sum"] += total
         s["min"] = low if s["min"] is None else min(s["min"], low)
@@ -105,7 +126,8 @@ def _fold_dense(s: dict[str, Any], steps: list[int], times: list[float], column:
         _fold_rows(s, steps, times, column)
         return
     if steps[-1] >= s["last_step"]:
-        s["last"], s["last_step"], s["last_time"] = column[-1], steps[-1], times[-1]
+        last = column[-1] if s.get("integer") else float(column[-1])
+        s["last"], s["last_step"], s["last_time"] = last, steps[-1], times[-1]
     if s["first_step"] is None or steps[0] < s["first_step"]:
         s["first_step"], s["first_time"] = steps[0], times[0]
 
@@ -116,6 +138,11 @@ def _fold_rows(s: dict[str, Any], steps: list[int], times: list[float], column: 
             continue
         value = decode_value(raw)
         if math.isfinite(value):
+            if type(value) is not int:
+                if s.get("integer"):
+                    _to_float(s)
+            elif not s.get("integer"):
+                value = float(value)
             s["count"] += 1
             s["sum"] += value
             s["min"] = value if s["min"] is None else min(s["min"], value)
@@ -174,18 +201,19 @@ def run_summary(summary: Summary) -> dict[str, Any]:
 
 def metric_summary_rows(summary: Summary, team: str, project: str, run_id: str, version: int,
                         metrics: set[str] | None = None) -> list[dict[str, Any]]:
-    """``metric_summaries`` rows for the given metrics (default: all)."""
+    """``metric_summaries`` rows for the given metrics (default: all); its values are Float64."""
     rows = []
     for metric in sorted(metrics if metrics is not None else summary["metrics"]):
         s = summary["metrics"][metric]
         rows.append({
             "team": team, "project": project, "run_id": run_id, "metric": metric,
-            "last": decode_value(s["last"]) if s["last"] is not None else math.nan,
-            "min": s["min"] if s["min"] is not None else math.nan,
-            "max": s["max"] if s["max"] is not None else math.nan,
+            "last": float(decode_value(s["last"])) if s["last"] is not None else math.nan,
+            "min": float(s["min"]) if s["min"] is not None else math.nan,
+            "max": float(s["max"]) if s["max"] is not None else math.nan,
             "mean": s["sum"] / s["count"] if s["count"] else math.nan,
             "count": s["count"] + s["nan"] + s["inf"], "nan_count": s["nan"], "inf_count": s["inf"],
             "first_step": s["first_step"] or 0, "last_step": max(s["last_step"], 0),
-            "first_time": s["first_time"] or 0.0, "last_time": s["last_time"] or 0.0, "version": version,
+            "first_time": s["first_time"] or 0.0, "last_time": s["last_time"] or 0.0,
+            "integer": bool(s.get("integer")), "version": version,
         })
     return rows
