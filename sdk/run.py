@@ -260,7 +260,7 @@ class Run:
 
     def _log_slow(self, data: Mapping[str, Any], step: int, commit: bool) -> None:
         now = time.time()
-        scalars: dict[str, float] = {}
+        scalars: dict[str, float | int] = {}  # to_scalar keeps ints as ints
         for key, value in flatten(data).items():
             if not key or len(key) > events.MAX_NAME_LEN:
                 raise ValueError(f"log() key must be 1-{events.MAX_NAME_LEN} characters, got {key!r:.60}")
