@@ -398,12 +398,19 @@ def _check_run_state(data: dict[str, Any]) -> None:
     _require(data, "since", _is_time, "a Unix time in seconds", optional=True)
 
 
+RUN_EDIT_FIELDS = ("name", "tags", "notes", "config", "summary")
+
+
 def _check_run_edit(data: dict[str, Any]) -> None:
-    # Tags and notes edited by a user through the API; the edit's ts (the server's clock) orders edits.
-    if data.keys() - {"tags", "notes"} or not data:
-        raise InvalidEvent("an edit sets tags and/or notes")
+    # A user's edit through the API; the edit's ts (the server's clock) orders edits. config keys
+    # merge into the run's config, summary keys become explicit summary values.
+    if data.keys() - set(RUN_EDIT_FIELDS) or not data:
+        raise InvalidEvent(f"an edit sets some of {', '.join(RUN_EDIT_FIELDS)}")
+    _require(data, "name", _is_name, f"a non-empty string of at most {MAX_NAME_LEN} characters", optional=True)
     _require(data, "tags", _is_str_list, f"an array of non-empty strings of at most {MAX_NAME_LEN} characters", True)
     _require(data, "notes", _is_opt_str, f"a string of at most {MAX_TEXT_LEN:,} characters, or null", optional=True)
+    for field in ("config", "summary"):
+        _require(data, field, _is_obj, "an object", optional=True)
 
 
 def _check_file(data: dict[str, Any]) -> None:

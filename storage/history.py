@@ -248,3 +248,24 @@ def metric_statistics(client: Client, team: str, project: str, wanted: dict[str,
             out[(run, metric)] = {"count": count, "sum": total, "min": low if count else None,
                                   "max": high if count else None, "nan": nan, "inf": inf}
     return out
+
+
+_RUN_STATISTICS = f"""
+SELECT metric, last, min, max, mean, count - nan_count - inf_count AS finite, first_step, last_step
+FROM metric_summaries FINAL WHERE {_RUN} ORDER BY metric"""
+
+
+def run_statistics(client: Client, team: str, project: str, run_id: str) -> dict[str, Any]:
+    """What a resumed run needs to go on where it stopped, from the processor's ``metric_summaries``:
+    ``{"last_step": largest step logged (None without metrics), "metrics": {name: {"count" (finite values),
+    "min", "max", "mean" (None without finite values), "last" (may be NaN or infinite), "first_step",
+    "last_step"}}}``."""
+    _check_name("run_id", run_id)
+    rows = client.query(_RUN_STATISTICS, parameters={"team": team, "project": project, "run": run_id}).result_rows
+    metrics = {}
+    for metric, last, low, high, mean, finite, first_step, last_step in rows:
+        metrics[str(metric)] = {
+            "count": int(finite), "min": low if finite else None, "max": high if finite else None,
+            "mean": mean if finite else None, "last": last, "first_step": int(first_step), "last_step": int(last_step),
+        }
+    return {"last_step": max((m["last_step"] for m in metrics.values()), default=None), "metrics": metrics}

@@ -298,6 +298,8 @@ RUN_DEFAULTS: dict[str, Any] = {
     "python": "",
     "git": {},
     "config": {},
+    "error": None,
+    "metrics": [],
 }
 
 
@@ -307,7 +309,8 @@ def upsert_runs(client: Client, runs: Sequence[Mapping[str, Any]]) -> None:
     A record has team, project, run_id, name, created_at, updated_at, heartbeat_at
     (Unix seconds), version, and optionally seen_at (the server's clock when the run
     last sent anything; default heartbeat_at) and the keys of ``RUN_DEFAULTS``
-    (``config`` nested, ``git`` a dict).
+    (``config`` nested, ``git`` a dict, ``error`` a traceback or None, ``metrics`` the
+    define_metric specs, stored as the ``metric_defs`` JSON).
     """
     rows = []
     catalog = []
@@ -341,6 +344,8 @@ def upsert_runs(client: Client, runs: Sequence[Mapping[str, Any]]) -> None:
                 "git": orjson.dumps(run["git"] or {}).decode(),
                 "config": config,
                 "config_num": config_num,
+                "error": run["error"] or "",
+                "metric_defs": orjson.dumps(run["metrics"]).decode(),
                 "version": run["version"],
             }
         )

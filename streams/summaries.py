@@ -5,7 +5,10 @@ Plain Python, folded into the same JSON-able run state as ``runstate`` (the
 sum and count of the finite values, NaN and infinity counts, first/last step
 and time. The run summary takes each metric's last value unless a
 ``define_metric`` summary choice says min, max, mean or none; values set with
-``run.summary[...]`` win. Non-finite values are kept as the contract's strings
+``run.summary[...]`` (or a user's edit through the API) win. The ``define``
+entry also keeps each spec's ``step_metric`` and ``goal``: the runs table shows
+them, and the web UI's charts take a metric's step_metric as their x axis.
+Non-finite values are kept as the contract's strings
 ("NaN", "Infinity") so the state stays valid JSON.
 
 A metric's ``integer`` says whether every finite value so far was logged as an
@@ -33,7 +36,7 @@ import fnmatch
 import math
 from typing import Any
 
-from runstream.events import METRICS, RUN_UPDATE, Event, decode_value, encode_value
+from runstream.events import METRICS, RUN_EDIT, RUN_UPDATE, Event, decode_value, encode_value
 
 Summary = dict[str, Any]
 
@@ -157,20 +160,40 @@ def _fold_rows(s: dict[str, Any], steps: list[int], times: list[float], column: 
             s["first_step"], s["first_time"] = step, t
 
 
+#: What a define_metric spec may set; each is looked up on its own (``metric_definitions``).
+DEFINED = ("step_metric", "summary", "goal")
+
+
 def fold_update(summary: Summary, event: Event) -> bool:
-    """Fold explicit summary values and define_metric choices from a run_update; True if anything changed."""
-    if event.type != RUN_UPDATE:
+    """Fold explicit summary values and define_metric specs from a run_update, or the summary of a
+    user's edit (run_edit, already ordered by ``runstate``); True if anything changed."""
+    if event.type not in (RUN_UPDATE, RUN_EDIT):
         return False
     changed = False
     if "summary" in event.data:
         summary["explicit"].update(event.data["summary"])
         changed = True
-    for spec in event.data.get("define_metric", ()):
-        if spec.get("summary"):
-            # Later definitions win, as in the SDK; one per name.
-            summary["define"] = [spec, *(d for d in summary["define"] if d["name"] != spec["name"])]
-            changed = True
+    for spec in event.data.get("define_metric", ()) if event.type == RUN_UPDATE else ():
+        # Newest first. As in the SDK, each attribute is the newest matching spec's that sets it, so an
+        # older spec of the same name keeps only what the new one leaves unset (and goes once it has nothing).
+        new = {"name": spec["name"], **{k: spec[k] for k in DEFINED if spec.get(k) is not None}}
+        if len(new) == 1:
+            continue  # define_metric("epoch") alone chooses nothing
+        older = []
+        for d in summary["define"]:
+            if d["name"] == spec["name"]:
+                d = {k: v for k, v in d.items() if k not in new or k == "name"}
+            if len(d) > 1:
+                older.append(d)
+        summary["define"] = [new, *older]
+        changed = True
     return changed
+
+
+def metric_definitions(summary: Summary) -> list[dict[str, Any]]:
+    """The run's define_metric specs, oldest first (the runs table's ``metric_defs``): for each attribute,
+    the last spec whose glob matches a metric and that sets it wins."""
+    return [{"name": d["name"], **{k: d.get(k) for k in DEFINED}} for d in reversed(summary["define"])]
 
 
 def _choice(summary: Summary, metric: str) -> str:

@@ -115,7 +115,7 @@ def test_summaries_follow_define_metric_and_explicit_values(clickhouse):
     summary = clickhouse.query("SELECT summary FROM run_summaries FINAL WHERE run_id = 's1'").result_rows[0][0]
     finite = loss.copy()
     finite[205] = np.nan
-    assert orjson.loads(summary["loss"]) == np.nanmin(finite)  # define_metric summary="min"
+    assert orjson.loads(summary["loss.min"]) == np.nanmin(finite)  # define_metric summary="min": {"loss": {"min": ...}}, as in wandb
     assert orjson.loads(summary["best"]) == 7 and orjson.loads(summary["acc"]) == 598 / 600  # last by step
     row = clickhouse.query(
         "SELECT last, min, max, mean, count, nan_count, first_step, last_step FROM metric_summaries FINAL "
@@ -229,7 +229,7 @@ def test_steps_logged_again_are_counted_once_with_their_newer_values(clickhouse_
     assert math.isclose(row[3], sum(history) / len(history))
     assert row[5:7] == (0, 150) and row[7].timestamp() == T0 and row[8].timestamp() == T0 + 1150
     summary = client.query("SELECT summary FROM run_summaries FINAL WHERE run_id = 'r'").result_rows[0][0]
-    assert math.isclose(orjson.loads(summary["loss"]), sum(history) / len(history))  # define_metric mean
+    assert math.isclose(orjson.loads(summary["loss.mean"]), sum(history) / len(history))  # define_metric mean: {"loss": {"mean": ...}}
     # Redelivered, the same batches change nothing.
     before = snapshot(client)
     pipeline.handle(stream)

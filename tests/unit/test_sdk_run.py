@@ -176,7 +176,7 @@ def test_every_spooled_event_follows_the_contract_and_seq_increases(run):
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert evs[0].type == events.RUN_START and evs[-1].type == events.RUN_FINISH
     assert {(e.team, e.project, e.run_id) for e in evs} == {("team", "proj", run.id)}
-    assert evs[-1].data == {"state": "finished", "exit_code": None}
+    assert evs[-1].data == {"state": "finished", "exit_code": 0}  # wandb: finish() without a code is exit code 0
 
 
 def test_finish_result_and_idempotent_finish(run):
