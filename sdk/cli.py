@@ -269,7 +269,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("sync", help="send what runs left in their spools (offline runs, crashes, outages)")
-    p.add_argument("paths", nargs="*", default=["."], help="run directories, or folders holding runstream/ (default: .)")
+    p.add_argument("paths", nargs="*", default=["."], help="run directories, or folders holding runstream-runs/ (default: .)")
     p.add_argument("--url", help="where to send: http(s)://server or kafka://host:port (default: each run's own URL)")
     p.add_argument("--files-url", help="where blobs go, http(s)://server (default: each run's own, or --url when it is http)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
