@@ -26,7 +26,7 @@ from runstream.api.filestore import BlobError
 from runstream.api.middleware import INGESTED, REJECTED
 from runstream.api.requests import read_body
 from runstream.api.responses import json_response
-from runstream.events import ALERT, RUN_EDIT, RUN_STATE, Event, InvalidEvent, decode, validate
+from runstream.events import ALERT, RUN_EDIT, RUN_EDIT_FIELDS, RUN_STATE, Event, InvalidEvent, decode, validate
 
 log = logging.getLogger("runstream.api")
 
@@ -107,8 +107,8 @@ async def post_events(request: Request) -> Response:
 
 
 async def publish_edit(request: Request, team: str, project: str, run_id: str, changes: dict[str, Any]) -> None:
-    """Send a user's edit of a run's tags or notes through the pipeline, like any run event."""
-    data = {k: v for k, v in changes.items() if k in ("tags", "notes")}
+    """Send a user's edit of a run (name, tags, notes, config, summary) through the pipeline, like any run event."""
+    data = {k: v for k, v in changes.items() if k in RUN_EDIT_FIELDS}
     try:
         event = validate({"v": 1, "type": RUN_EDIT, "team": team, "project": project, "run_id": run_id, "seq": 0,
                           "ts": time.time(), "data": data})

@@ -31,8 +31,9 @@ from runstream.api.ingest import publish_edit
 from runstream.api.openapi import ERROR_SCHEMA, with_schemas
 from runstream.api.requests import json_body, query_int, query_json, query_list
 from runstream.api.responses import json_response
-from runstream.events import encode_value
+from runstream.events import MAX_NAME_LEN, RUN_EDIT_FIELDS, encode_value
 from runstream.storage import history, logs, runs
+from runstream.streams.runstate import merge_config
 
 F = TypeVar("F", bound=Callable[..., Any])
 API = "/api/v1"
@@ -58,6 +59,11 @@ SCHEMAS: dict[str, Any] = {
             "created_at": _TIME, "updated_at": _TIME, "heartbeat_at": _TIME,
             "finished_at": {**_TIME, "nullable": True}, "exit_code": {"type": "integer", "nullable": True},
             "user": _STR, "host": _STR, "program": _STR, "args": _NAMES, "python": _STR, "git": {"type": "object"},
+            "error": {**_OPT_STR, "description": "a failed run's traceback, until it resumes"},
+            "metrics": {"type": "array", "description": "define_metric specs, oldest first: for each attribute the "
+                        "last spec whose glob matches a metric and sets it wins", "items": {
+                "type": "object", "required": ["name", "step_metric", "goal", "summary"],
+                "properties": {"name": _STR, "step_metric": _OPT_STR, "goal": _OPT_STR, "summary": _OPT_STR}}},
         },
     },
     "FILTERS": {"type": "object", "description": "wandb-style filter document, e.g. {\"config.lr\": {\"$gt\": 0.01}}"},
@@ -94,6 +100,14 @@ SCHEMAS["SYSTEM"] = {"type": "object", "required": ["series"], "properties": {"s
     "type": "object", "required": ["metric", "bucket_seconds", "time", "mean", "min", "max"],
     "properties": {"metric": _STR, "bucket_seconds": {"type": "number"}, "time": _NUMBERS, "mean": _NUMBERS,
                    "min": _NUMBERS, "max": _NUMBERS}}}}}
+_OPT_NUMBER = {"type": "number", "nullable": True}
+SCHEMAS["STATISTICS"] = {"type": "object", "required": ["last_step", "metrics"], "properties": {
+    "last_step": {"type": "integer", "nullable": True},
+    "metrics": {"type": "object", "additionalProperties": {
+        "type": "object", "required": ["count", "min", "max", "mean", "last", "first_step", "last_step"],
+        "properties": {"count": {"type": "integer"}, "min": _OPT_NUMBER, "max": _OPT_NUMBER, "mean": _OPT_NUMBER,
+                       "last": {"nullable": True, "description": "a number, or \"NaN\"/\"Infinity\"/\"-Infinity\""},
+                       "first_step": {"type": "integer"}, "last_step": {"type": "integer"}}}}}}
 SCHEMAS["CONSOLE"] = {"type": "object", "required": ["lines", "next_cursor"], "properties": {
     "lines": {"type": "array", "items": {"type": "object", "required": ["time", "stream", "line"],
                                          "properties": {"time": {"type": "number"}, "stream": _STR, "line": _STR}}},
@@ -348,20 +362,27 @@ async def get_run(request: Request) -> Response:
 
 _EDIT_BODY = {
     "type": "object", "additionalProperties": False, "minProperties": 1,
-    "properties": {"tags": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 256}},
-                   "notes": {"type": "string", "nullable": True}},
+    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LEN},
+                   "tags": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LEN}},
+                   "notes": {"type": "string", "nullable": True},
+                   "config": {"type": "object", "description": "keys merged into the config, nested objects "
+                              "merged key by key (as run.config.update)"},
+                   "summary": {"type": "object", "description": "keys set as explicit summary values, which win "
+                               "over the ones computed from metrics"}},
 }
 
 
 @documented(BODY=_EDIT_BODY)
 async def edit_run(request: Request) -> Response:
-    """Edit a run's tags and notes; answers the updated run.
+    """Edit a run's name, tags, notes, config and summary; answers the updated run.
 
     The edit travels through the pipeline like the SDK's events, so every
-    replica and the run's later events see it; a later edit wins.
+    replica and the run's later events see it; a later edit wins, and so does,
+    field by field, a later value the run's SDK sends (a tag list, a config or
+    summary key, its name).
 
     ---
-    summary: Edit tags and notes
+    summary: Edit a run
     tags: [runs]
     requestBody: {required: true, content: {application/json: {schema: $BODY}}}
     responses:
@@ -376,8 +397,18 @@ async def edit_run(request: Request) -> Response:
     team, project, run_id = run_path(request)
     await require_project(request, team, project, "write")
     body = await json_body(request, max_bytes=1 << 20)
-    check_fields(body, ("tags", "notes"))
+    check_fields(body, RUN_EDIT_FIELDS)
     changes: dict[str, Any] = {}
+    if "name" in body:
+        name = body["name"]
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LEN:
+            raise ApiError(400, f"name must be a non-empty string of at most {MAX_NAME_LEN} characters")
+        changes["name"] = name
+    for field in ("config", "summary"):
+        if field in body:
+            if not isinstance(body[field], dict):
+                raise ApiError(400, f"{field} must be an object of the keys to set, e.g. {{\"lr\": 0.01}}")
+            changes[field] = body[field]
     if "tags" in body:
         tags = body["tags"]
         if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
@@ -389,7 +420,7 @@ async def edit_run(request: Request) -> Response:
             raise ApiError(400, "notes must be a string")
         changes["notes"] = notes or ""  # cleared notes are "", as the runs table keeps them
     if not changes:
-        raise ApiError(400, "send the tags and/or notes to set, e.g. {\"tags\": [\"baseline\"]}")
+        raise ApiError(400, f"send some of {', '.join(RUN_EDIT_FIELDS)} to set, e.g. {{\"tags\": [\"baseline\"]}}")
     backend: Backend = request.app.state.backend
     if await backend.run(runs.get_run, team, project, run_id) is None:
         raise not_found(f"run {team}/{project}/{run_id}")  # the pipeline would drop an edit of an unknown run
@@ -397,8 +428,10 @@ async def edit_run(request: Request) -> Response:
     run = await backend.run(runs.get_run, team, project, run_id)
     if run is None:
         raise not_found(f"run {team}/{project}/{run_id}")
-    if not backend.sink.applied_on_send:
-        run.update(changes)  # cluster mode: a worker applies the edit shortly; answer what it will store
+    if not backend.sink.applied_on_send:  # cluster mode: a worker applies the edit shortly; answer what it will store
+        run.update({k: v for k, v in changes.items() if k not in ("config", "summary")})
+        run["config"] = merge_config(run["config"], changes.get("config", {}))
+        run["summary"] = {**run["summary"], **changes.get("summary", {})}
     return json_response(public_run(team, project, run))
 
 
@@ -436,6 +469,26 @@ async def run_metrics(request: Request) -> Response:
       404: {description: "no such run, or not visible with this key", content: {application/json: {schema: $ERROR}}}
     """
     return json_response({"metrics": await _read_run(request, history.run_metrics)})
+
+
+@documented()
+async def run_statistics(request: Request) -> Response:
+    """What a run resumed elsewhere needs to go on: its last step, and each metric's statistics.
+
+    ``count`` is the number of finite values, which ``min``, ``max`` and ``mean``
+    are over (null without any); ``last`` is the value logged at the metric's
+    last step (non-finite ones as the contract's strings).
+
+    ---
+    summary: A run's metric statistics
+    tags: [runs]
+    responses:
+      200: {description: "the largest step any metric logged (null when none), and per metric its statistics",
+            content: {application/json: {schema: $STATISTICS}}}
+      401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
+      404: {description: "no such run, or not visible with this key", content: {application/json: {schema: $ERROR}}}
+    """
+    return json_response(contract_numbers(await _read_run(request, history.run_statistics)))
 
 
 @documented()
@@ -559,6 +612,7 @@ routes = [
     Route(RUN_PATH, get_run, methods=["GET"]),
     Route(RUN_PATH, edit_run, methods=["PATCH"]),
     Route(RUN_PATH + "/metrics", run_metrics, methods=["GET"]),
+    Route(RUN_PATH + "/statistics", run_statistics, methods=["GET"]),
     Route(RUN_PATH + "/system", run_system, methods=["GET"]),
     Route(RUN_PATH + "/console", run_console, methods=["GET"]),
     Route(RUN_PATH + "/files", run_files, methods=["GET"]),

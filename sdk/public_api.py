@@ -17,6 +17,7 @@ client does.
 from __future__ import annotations
 
 import contextlib
+import copy
 import http.client
 import math
 import os
@@ -35,12 +36,14 @@ import orjson
 from runstream.events import NON_FINITE
 from runstream.run import Error
 from runstream.settings import Settings
+from runstream.values import json_safe
 
 API_PREFIX = "/api/v1"
 DEFAULT_ENTITY = "default"
 
 # JSON has no NaN or infinities: the server sends the contract's strings instead.
 _SPECIAL_FLOATS = NON_FINITE
+_MISSING = object()
 
 
 class ApiError(Error):
@@ -347,6 +350,10 @@ class Run:
         self.user: str | None = attrs.get("user")
         self.host: str | None = attrs.get("host")
         self.git: dict[str, Any] = attrs.get("git") or {}
+        self.error: str | None = attrs.get("error")  # a failed run's traceback
+        self.metric_definitions: list[dict[str, Any]] = list(attrs.get("metrics") or [])
+        # What update() compares edits with, so it sends only what changed.
+        self._loaded = {"name": self.name, "config": copy.deepcopy(self.config), "summary": copy.deepcopy(self.summary)}
 
     @property
     def path(self) -> list[str]:
@@ -356,15 +363,28 @@ class Run:
         return f"<Run {'/'.join(self.path)} ({self.state})>"
 
     def load(self) -> Run:
-        """Re-fetch the run from the server (local edits to tags/notes are dropped)."""
+        """Re-fetch the run from the server (local edits not saved with update() are dropped)."""
         self._set(self._api._get_run(*self.path))
         return self
 
     def update(self) -> None:
-        """Save edits to ``tags`` and ``notes`` (wandb's semantics: edit the attributes, then call this)."""
+        """Save edits of ``name``, ``tags``, ``notes``, ``config`` and ``summary`` (wandb's semantics: edit the
+        attributes, then call this).
+
+        Of config and summary only what changed since the run was loaded is sent: changed config
+        values merge into the run's config; changed (top-level) summary keys become explicit values,
+        which win over the ones computed from metrics, so the untouched computed ones keep following
+        the run. Deleting a key here deletes nothing on the server.
+        """
         body: dict[str, Any] = {"tags": list(self.tags)}
         if self.notes is not None:
             body["notes"] = self.notes
+        if self.name and self.name != self._loaded["name"]:
+            body["name"] = self.name
+        if config := _changed(self._loaded["config"], self.config, nested=True):
+            body["config"] = config
+        if summary := _changed(self._loaded["summary"], self.summary, nested=False):
+            body["summary"] = summary
         self._set(self._api._request("PATCH", _run_path(*self.path), body=body, what=self._what()))
 
     def history(
@@ -438,6 +458,21 @@ class Run:
 
     def _what(self) -> str:
         return f"run {'/'.join(self.path)}"
+
+
+def _changed(loaded: dict[str, Any], now: dict[str, Any], nested: bool) -> dict[str, Any]:
+    """The keys of ``now`` whose values differ from ``loaded`` (as JSON carries them: the server sent
+    non-finite numbers as "NaN" strings); ``nested``: only the changed keys of nested dicts too."""
+    out: dict[str, Any] = {}
+    for key, value in now.items():
+        value = json_safe(value)
+        before = loaded.get(key, _MISSING)
+        if nested and isinstance(value, dict) and isinstance(before, dict) and value:
+            if inner := _changed(before, value, nested):
+                out[key] = inner
+        elif value != before:
+            out[key] = value
+    return out
 
 
 def _rows(columns: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:

@@ -22,6 +22,8 @@ Semantics follow MongoDB where the two could differ:
   compare strings. A key a run lacks never matches a comparison.
 - ``$ne``/``$nin``/``$not`` are exact negations, so they match runs that lack
   the key; ``{"config.x": None}`` matches ``null`` and missing alike.
+- ``config.<x>.value``, W&B's spelling of a config value, reads ``config.<x>``
+  in each run whose config has no ``<x>.value`` (in filters, sorts and groups).
 - ``$regex`` is an RE2 pattern (``(?i)`` for case-insensitive) matched against
   string values; ``check_regexes`` asks the engine to compile each pattern first
   so a bad one is a ``QueryError`` rather than an engine failure.
@@ -32,7 +34,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -81,6 +83,22 @@ class MapKey:
     @property
     def num(self) -> str:
         return f"{self.prefix}_num"
+
+    @property
+    def fallback(self) -> str | None:
+        """What ``config.<x>.value`` reads in a run whose config has no ``<x>.value``: ``<x>``. W&B's stored
+        config reads {"lr": {"value": 0.01}}, so W&B users write config.lr.value for runstream's config.lr."""
+        if self.prefix == "config" and self.key.endswith(".value") and len(self.key) > len(".value"):
+            return self.key[: -len(".value")]
+        return None
+
+    def key_sql(self, placeholder: Callable[[str], str]) -> str:
+        """The SQL of the map key each row reads (``placeholder`` binds a string): the key, or per row
+        the fallback when the row lacks the key. The text map holds every key, so it decides for both maps."""
+        k = placeholder(self.key)
+        if self.fallback is None:
+            return k
+        return f"if(mapContains({self.text}, {k}), {k}, {placeholder(self.fallback)})"
 
 
 _COLUMNS = [
@@ -312,7 +330,7 @@ class _Compiler:
     # -- config and summary keys ----------------------------------------------------
 
     def map_op(self, target: MapKey, op: str, value: Any) -> str:
-        k = self.param(target.key, "String")
+        k = target.key_sql(lambda key: self.param(key, "String"))
         text, num = f"{target.text}[{k}]", f"{target.num}[{k}]"
         # A number is a key in the numeric map whose JSON is not true/false; a string is
         # quoted JSON not in the numeric map (non-finite floats are stored as "NaN" text).

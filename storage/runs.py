@@ -46,7 +46,7 @@ _PLAIN_COLUMNS = """
     run_id, name, state,
     toUnixTimestamp64Milli(created_at) AS _created_ms, toUnixTimestamp64Milli(updated_at) AS _updated_ms,
     toUnixTimestamp64Milli(heartbeat_at) AS _heartbeat_ms, toUnixTimestamp64Milli(finished_at) AS _finished_ms,
-    exit_code, run_group, job_type, tags, notes, user, host, program, args, python, git"""
+    exit_code, run_group, job_type, tags, notes, user, host, program, args, python, git, error, metric_defs"""
 #: The maps, the costly part of a run (the summaries come from a join): a search may leave them out.
 _MAP_COLUMNS = {
     "config": "config, mapFilter((k, v) -> NOT isFinite(v), config_num) AS _config_nonfinite",
@@ -92,15 +92,29 @@ def _sort(order: Any) -> _Sort:
 def _map_sort(name: str, descending: bool, key: MapKey) -> _Sort:
     # Whether to sort numerically is the catalog's answer, read in the same statement
     # (later pages reuse the first page's answer, kept in the cursor).
+    params = {"sort_kind": key.prefix}
+    k = _map_key(key, "sort_key", params)
+    keys = ", ".join(f"{{{bound}:String}}" for bound in params if bound != "sort_kind")
     numeric = (
         "WITH (SELECT count() > 0 FROM key_catalog WHERE team = {team:String} AND project = {project:String}"
-        " AND kind = {sort_kind:String} AND key = {sort_key:String} AND type IN ('number', 'bool')) AS _numeric"
+        f" AND kind = {{sort_kind:String}} AND key IN ({keys}) AND type IN ('number', 'bool')) AS _numeric"
     )
-    k = "{sort_key:String}"
     text, num = f"{key.text}[{k}]", f"{key.num}[{k}]"
     missing = f"if(_numeric, NOT mapContains({key.num}, {k}) OR isNaN({num}), NOT mapContains({key.text}, {k}))"
     return _Sort(name, descending, f"toUInt8({missing})", f"if(_numeric AND _missing = 0, {num}, 0.)",
-                 f"if(_numeric OR _missing = 1, '', {text})", numeric, {"sort_kind": key.prefix, "sort_key": key.key})
+                 f"if(_numeric OR _missing = 1, '', {text})", numeric, params)
+
+
+def _map_key(key: MapKey, name: str, params: dict[str, Any]) -> str:
+    """The SQL of the map key a row reads for ``key`` (``MapKey.key_sql``), bound as ``name`` (and ``name_alt``)."""
+    names = iter((name, f"{name}_alt"))
+
+    def placeholder(value: str) -> str:
+        bound = next(names)
+        params[bound] = value
+        return f"{{{bound}:String}}"
+
+    return key.key_sql(placeholder)
 
 
 def _encode_cursor(sort: _Sort, row: Mapping[str, Any]) -> str:
@@ -194,6 +208,8 @@ def _run(row: Mapping[str, Any]) -> dict[str, Any]:
         "args": list(row["args"]),
         "python": row["python"],
         "git": git if isinstance(git, dict) else {},
+        "error": row["error"] or None,
+        "metrics": _decode(row["metric_defs"] or "[]"),
         **{name: _values(row[name], row[f"_{name}_nonfinite"]) for name in MAPS if name in row},
     }
 
@@ -342,8 +358,7 @@ def group_runs(
         order_by += [f"_o{i} ASC NULLS LAST", f"_g{i} ASC NULLS LAST"]
     for i, name in enumerate(aggregates):
         key = _aggregate_key(name)
-        params[f"a{i}"] = key.key
-        k = f"{{a{i}:String}}"
+        k = _map_key(key, f"a{i}", params)
         num = f"{key.num}[{k}]"
         ok = f"mapContains({key.num}, {k}) AND NOT isNaN({num}) AND {key.text}[{k}] NOT IN ('true', 'false')"
         columns += [f"countIf({ok}) AS _n{i}", f"avgIf({num}, {ok}) AS _mean{i}",
@@ -378,8 +393,7 @@ LIMIT {limit}"""
 def _group_key(target: Column | MapKey, name: str, params: dict[str, Any]) -> tuple[str, str]:
     """The SQL of a grouping value (NULL when missing) and of its numeric order (NULL when not a number)."""
     if isinstance(target, MapKey):
-        params[name] = target.key
-        k = f"{{{name}:String}}"
+        k = _map_key(target, name, params)
         return (f"if(mapContains({target.text}, {k}), {target.text}[{k}], NULL)",
                 f"if(mapContains({target.num}, {k}) AND NOT isNaN({target.num}[{k}]), {target.num}[{k}], NULL)")
     if target.kind == "tags":

@@ -207,7 +207,7 @@ class Processor:
                 if new:  # replays leave rule memory alone
                     state["system_seq"] = event.seq
                     evaluator.system(event)
-            elif event.type == RUN_UPDATE and applied and summaries.fold_update(state["summary"], event):
+            elif event.type in (RUN_UPDATE, RUN_EDIT) and applied and summaries.fold_update(state["summary"], event):
                 summary_touched.add(key)
             if new:
                 state["folded"] = state.get("folded", 0) + 1
@@ -219,7 +219,7 @@ class Processor:
         self._restate(client, relogged, out.states)
 
         # 3. derived rows, written whole
-        upsert_runs(client, [runstate.record_for_write(out.states[k], folded(out.states[k])) for k in sorted(changed_runs)])
+        upsert_runs(client, [_run_row(out.states[k]) for k in sorted(changed_runs)])
         run_summaries, metric_rows = [], []
         for key in sorted(summary_touched):
             state = out.states[key]
@@ -299,6 +299,11 @@ class Processor:
                 evaluator.sweep(run_id, now, last_ms / 1000)
                 out += [_alert_event(f, now) for f in evaluator.fired]
         return out
+
+
+def _run_row(state: dict[str, Any]) -> dict[str, Any]:
+    """The runs row of a state: its record, with the run's define_metric specs."""
+    return {**runstate.record_for_write(state, folded(state)), "metrics": summaries.metric_definitions(state["summary"])}
 
 
 def _alert_row(event: Event) -> dict[str, Any]:

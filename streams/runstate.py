@@ -14,8 +14,15 @@ Replays: SDK events carry the run's sequence numbers; an event at or below the
 highest one already folded changes nothing. ``run_state`` events (written by
 this processor) carry no SDK sequence and are applied only while they still
 hold (a crash only if the run is still silent), so a replay is harmless too.
-``run_edit`` events (tags and notes a user edited through the API) are ordered
-by their timestamp, the API's clock: a replayed or older edit changes nothing.
+``run_edit`` events (name, tags, notes and config a user edited through the
+API; its summary part is ``summaries.fold_update``'s) are ordered by their
+timestamp, the API's clock: a replayed or older edit changes nothing. An edit
+and the SDK's own updates meet field by field, the later wins: the SDK's next
+``run.name = ...``, ``run.tags = ...`` or config key replaces an edited one, and
+leaves the rest of the edit alone.
+
+A failed run's traceback (``run_finish``) is kept as the record's ``error``
+until the run starts again (a resume).
 """
 
 from __future__ import annotations
@@ -80,12 +87,12 @@ def _touch(state: RunState, ts: float, now: float) -> None:
     record["seen_at"] = max(record.get("seen_at", 0.0), now)
 
 
-def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+def merge_config(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     """Nested dict update, the way ``run.config.update`` sends partial changes."""
     out = dict(base)
     for key, value in changes.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_config(out[key], value)
         else:
             out[key] = value
     return out
@@ -118,16 +125,18 @@ def apply(state: RunState, event: Event, changes: list[StateChange], now: float)
         for key in ("tags", "args", "git"):
             if key in data:
                 record[key] = data[key]
-        record["config"] = _merge(record.get("config", {}), data.get("config") or {})
+        record["config"] = merge_config(record.get("config", {}), data.get("config") or {})
+        record["error"] = None  # a resumed run has not failed (yet)
         _set_state(state, "running", event.ts, "started", changes)
     elif event.type == RUN_UPDATE:
         for key in ("name", "group", "job_type", "notes", "tags"):
             if key in data:
                 record[key] = data[key]
         if "config" in data:
-            record["config"] = _merge(record.get("config", {}), data["config"])
+            record["config"] = merge_config(record.get("config", {}), data["config"])
     elif event.type == RUN_FINISH:
         record["exit_code"] = data.get("exit_code")
+        record["error"] = data.get("traceback") or None
         _set_state(state, data["state"], event.ts, data.get("traceback"), changes)
     if record["state"] is None:  # its first event was not run_start (lost, or not sent yet)
         _set_state(state, "running", event.ts, None, changes)
@@ -135,14 +144,17 @@ def apply(state: RunState, event: Event, changes: list[StateChange], now: float)
 
 
 def _apply_edit(state: RunState, event: Event) -> bool:
-    """A user's edit of tags or notes (through the API): the latest edit wins; it says nothing about liveness."""
+    """A user's edit (through the API): the latest edit wins; it says nothing about liveness.
+    Its summary part is folded by ``summaries.fold_update``."""
     record = state["record"]
     if record["state"] is None or event.ts <= record.get("edited_at", 0.0):
         return False  # an edit of a run this processor never saw, or a replay of an older edit
     record["edited_at"] = event.ts
-    for key in ("tags", "notes"):
+    for key in ("name", "tags", "notes"):
         if key in event.data:
             record[key] = event.data[key]
+    if "config" in event.data:
+        record["config"] = merge_config(record.get("config", {}), event.data["config"])
     return True
 
 

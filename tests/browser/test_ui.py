@@ -281,6 +281,44 @@ def test_a_gallery_shows_every_image_of_the_chosen_step(page, server: str, tmp_p
     assert figures.locator("figcaption").all_inner_texts() == ["first"]
 
 
+def test_a_failed_run_shows_its_traceback_and_charts_take_the_step_metric(page, server: str) -> None:
+    traceback = 'Traceback (most recent call last):\n  File "train.py", line 9, in <module>\nValueError: boom\n'
+    now = time.time()
+
+    def event(seq: int, type: str, data: dict) -> bytes:
+        return orjson.dumps({"v": 1, "type": type, "team": "default", "project": "failing", "run_id": "f1",
+                             "seq": seq, "ts": now + seq, "data": data})
+
+    steps = list(range(8))
+    lines = [event(1, "run_start", {"name": "f1"}),
+             event(2, "run_update", {"define_metric": [{"name": "val/*", "step_metric": "epoch"}]}),
+             event(3, "metrics", {"step": steps, "time": [now + s for s in steps],
+                                  "values": {"epoch": [s // 2 for s in steps], "val/acc": [s / 10 for s in steps],
+                                             "loss": [1 / (s + 1) for s in steps]}}),
+             event(4, "run_finish", {"state": "failed", "exit_code": 1, "traceback": traceback})]
+    request = urllib.request.Request(f"{server}/api/v1/events", data=b"\n".join(lines), method="POST",
+                                     headers={"Content-Type": "application/x-ndjson"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+
+    page.goto(f"{server}/projects/default/failing/runs/f1")
+    page.wait_for_selector("pre.traceback")
+    assert "ValueError: boom" in page.locator(".overview pre.traceback").inner_text()
+    _shot(page, "run-traceback")
+    page.locator("nav.run-tabs a", has_text="charts").click()
+    page.wait_for_selector(".panel[data-metric='val/acc'] canvas")
+    acc, loss = page.locator(".panel[data-metric='val/acc']"), page.locator(".panel[data-metric='loss']")
+    assert (acc.locator("select.x-axis").input_value(), acc.locator("select.x-metric").input_value()) == ("metric", "epoch")
+    assert loss.locator("select.x-axis").input_value() == "step"
+
+    # The workspace's default panels: every shown run (the one) defines val/*'s step metric.
+    page.goto(f"{server}/projects/default/failing")
+    page.wait_for_selector("main[data-ready]")
+    page.wait_for_function("document.querySelector(\".panel[data-metric='val/acc'] select.x-axis\").value === 'metric'")
+    assert page.locator(".panel[data-metric='val/acc'] select.x-metric").input_value() == "epoch"
+    assert page.locator(".panel[data-metric='loss'] select.x-axis").input_value() == "step"
+
+
 def _as_local_admin(url: str, method: str, path: str, body: dict) -> dict:
     request = urllib.request.Request(f"{url}/api/v1{path}", method=method, data=orjson.dumps(body),
                                      headers={"Content-Type": "application/json"})

@@ -236,8 +236,10 @@ ACCESS: dict[tuple[str, str], tuple[str, Build]] = {
                                           lambda w, t: Call("POST", f"{_p(t)}/runs/groups", json={"by": ["group"]})),
     ("GET", f"/api/v1{P}/keys"): ("project-read", lambda w, t: Call("GET", f"{_p(t)}/keys")),
     ("GET", f"/api/v1{R}"): ("project-read", lambda w, t: Call("GET", _r(t))),
-    ("PATCH", f"/api/v1{R}"): ("project-write", lambda w, t: Call("PATCH", _r(t), json={"tags": ["seen"]})),
+    ("PATCH", f"/api/v1{R}"): ("project-write", lambda w, t: Call(
+        "PATCH", _r(t), json={"tags": ["seen"], "name": "seen", "config": {"seen": True}, "summary": {"seen": 1}})),
     ("GET", f"/api/v1{R}/metrics"): ("project-read", lambda w, t: Call("GET", f"{_r(t)}/metrics")),
+    ("GET", f"/api/v1{R}/statistics"): ("project-read", lambda w, t: Call("GET", f"{_r(t)}/statistics")),
     ("GET", f"/api/v1{R}/system"): ("project-read", lambda w, t: Call("GET", f"{_r(t)}/system")),
     ("GET", f"/api/v1{R}/console"): ("project-read", lambda w, t: Call("GET", f"{_r(t)}/console")),
     ("GET", f"/api/v1{R}/files"): ("project-read", lambda w, t: Call("GET", f"{_r(t)}/files")),

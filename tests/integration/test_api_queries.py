@@ -195,7 +195,7 @@ def expect_error(response, status: int, code: str | None = None) -> dict[str, An
 
 RUN_KEYS = {"team", "project", "id", "name", "state", "config", "summary", "tags", "group", "job_type", "notes",
             "created_at", "updated_at", "heartbeat_at", "finished_at", "exit_code", "user", "host", "program", "args",
-            "python", "git"}
+            "python", "git", "error", "metrics"}
 
 
 def test_run_has_the_documented_shape(project):
@@ -368,7 +368,7 @@ def test_edit_round_trips_and_later_sdk_updates_still_apply(api):
     assert api.ingest([tags], member).status_code == 200
     assert api.http.get(path, headers=member).json()["tags"] == ["from-sdk"]
 
-    for body in ({}, {"tags": "x"}, {"tags": [""]}, {"notes": 3}, {"name": "x"}):
+    for body in ({}, {"tags": "x"}, {"tags": [""]}, {"notes": 3}, {"name": ""}, {"colour": "red"}):
         expect_error(api.http.patch(path, json=body, headers=member), 400)
 
 

@@ -17,6 +17,10 @@ export interface PanelSpec {
   /** The panel's own x axis while grouping draws it by step (bands are by step), restored when ungrouped. */
   xUngrouped?: XAxis;
   xMetric?: string;
+  /** The x axis came from the runs' define_metric(step_metric=...), not from the reader. */
+  xAuto?: boolean;
+  /** The reader picked the x axis: definitions no longer change it. */
+  xChosen?: boolean;
   log?: boolean;
   smoothing?: number;
   title?: string;
@@ -48,6 +52,42 @@ export interface PanelOptions {
   height?: number;
   controls?: boolean;
   xChoices?: XAxis[];
+}
+
+/** A run's define_metric spec (GET run's ``metrics``): ``name`` is a metric or an fnmatch glob. */
+export interface MetricDef { name: string; step_metric: string | null; goal: string | null; summary: string | null }
+
+/** fnmatch's glob as a RegExp: * anything (slashes too), ? one character, [seq] and [!seq]. */
+function globRegExp(glob: string): RegExp {
+  let out = "";
+  for (let i = 0; i < glob.length; i++) {
+    const c = glob[i];
+    const close = c === "[" ? glob.indexOf("]", i + 2) : -1;
+    if (c === "*") out += "[\\s\\S]*";
+    else if (c === "?") out += "[\\s\\S]";
+    else if (close > 0) {
+      const body = glob.slice(i + 1, close);
+      const raw = body.replace(/\\/g, "\\\\");
+      out += `[${raw[0] === "!" ? "^" + raw.slice(1) : raw[0] === "^" ? "\\" + raw : raw}]`;
+      i = close;
+    } else out += c.replace(/[.*+?^${}()|[\]\\\/]/g, "\\$&");
+  }
+  return new RegExp(`^${out}$`);
+}
+
+/** The step metric a run's definitions give a metric: the last matching definition that sets one wins. */
+export function stepMetricOf(defs: MetricDef[] | undefined, metric: string): string | null {
+  for (const d of [...(defs ?? [])].reverse()) {
+    if (d.step_metric && globRegExp(d.name).test(metric)) return d.step_metric;
+  }
+  return null;
+}
+
+/** The x axis of a step metric: wandb's _step and _timestamp are the step and wall-time axes. */
+export function xOfStepMetric(stepMetric: string | null): { x: XAxis; xMetric?: string } {
+  if (!stepMetric || stepMetric === "_step") return { x: "step" };
+  if (stepMetric === "_timestamp") return { x: "time" };
+  return { x: "metric", xMetric: stepMetric };
 }
 
 const MAX_EXACT_COLUMNS = 4000;
@@ -138,6 +178,8 @@ export class ChartPanel {
   private resize: ResizeObserver;
   private zoomTimer = 0;
   private settingData = false;
+  private xSelect: HTMLSelectElement | null = null;
+  private xMetricSelect: HTMLSelectElement | null = null;
 
   constructor(public spec: PanelSpec, private opts: PanelOptions) {
     this.status = h("span.panel-status");
@@ -161,8 +203,11 @@ export class ChartPanel {
     };
     const xChoices = this.opts.xChoices ?? ["step", "time", "relative", "metric"];
     const xLabels: Record<XAxis, string> = { step: "step", time: "wall time", relative: "relative time", metric: "metric…" };
-    const xMetric = select((this.opts.metrics ?? []).map((m) => [m, m] as [string, string]), spec.xMetric ?? "",
-      (v) => { spec.xMetric = v; changed(true); }, { title: "x metric", className: "x-metric" });
+    const metricChoices = [...new Set([...(this.opts.metrics ?? []), ...(spec.xMetric ? [spec.xMetric] : [])])];
+    const xMetric = select(metricChoices.map((m) => [m, m] as [string, string]), spec.xMetric ?? "",
+      (v) => { spec.xMetric = v; spec.xChosen = true; delete spec.xAuto; changed(true); },
+      { title: "x metric", className: "x-metric" });
+    this.xMetricSelect = xMetric;
     xMetric.hidden = spec.x !== "metric";
     const smooth = h("input", { type: "range", min: 0, max: 0.99, step: 0.01, value: String(spec.smoothing ?? 0),
                                 title: "EMA smoothing", className: "smoothing" });
@@ -174,20 +219,47 @@ export class ChartPanel {
     });
     const log = h("input", { type: "checkbox", checked: !!spec.log, className: "log" });
     log.addEventListener("change", () => { spec.log = log.checked; changed(false); });
+    this.xSelect = xChoices.length > 1 ? select(xChoices.map((x) => [x, xLabels[x]] as [string, string]), spec.x ?? "step", (v) => {
+      spec.x = v as XAxis;
+      spec.xChosen = true;
+      delete spec.xAuto;
+      xMetric.hidden = spec.x !== "metric";
+      if (spec.x === "metric" && !spec.xMetric && this.opts.metrics?.length) spec.xMetric = xMetric.value;
+      this.range = null;
+      changed(true);
+    }, { title: "x axis", className: "x-axis" }) : null;
     return h("span.panel-controls", null,
-      xChoices.length > 1 ? select(xChoices.map((x) => [x, xLabels[x]] as [string, string]), spec.x ?? "step", (v) => {
-        spec.x = v as XAxis;
-        xMetric.hidden = spec.x !== "metric";
-        if (spec.x === "metric" && !spec.xMetric && this.opts.metrics?.length) spec.xMetric = xMetric.value;
-        this.range = null;
-        changed(true);
-      }, { title: "x axis", className: "x-axis" }) : null,
+      this.xSelect,
       xMetric,
       h("label", { title: "EMA smoothing" }, "smooth ", smooth, smoothLabel),
       h("label", { title: "log scale" }, log, " log"),
       h("button.link.reset-zoom", { title: "show everything (double-click the chart too)", onclick: () => this.resetZoom() }, "⟲"),
       this.opts.onMove ? h("button.link.move", { title: "move earlier", onclick: () => this.opts.onMove?.() }, "◀") : null,
       this.opts.onRemove ? h("button.link", { title: "remove panel", onclick: () => this.opts.onRemove?.() }, "✕") : null);
+  }
+
+  /**
+   * The x axis the runs' define_metric(step_metric=...) gives (null: none, or they disagree), unless the
+   * reader picked one: a panel on the plain step axis, or on one set this way, follows it. True when it changed.
+   */
+  defaultX(stepMetric: string | null): boolean {
+    const spec = this.spec;
+    if (spec.xChosen || !(spec.xAuto || (spec.x ?? "step") === "step")) return false;
+    const { x, xMetric } = xOfStepMetric(stepMetric);
+    if (x === (spec.x ?? "step") && (x !== "metric" || xMetric === spec.xMetric)) return false;
+    spec.x = x;
+    if (xMetric) spec.xMetric = xMetric;
+    if (stepMetric) spec.xAuto = true; else delete spec.xAuto;
+    this.range = null;
+    if (this.xSelect) this.xSelect.value = x;
+    if (this.xMetricSelect) {
+      if (xMetric && ![...this.xMetricSelect.options].some((o) => o.value === xMetric)) {
+        this.xMetricSelect.append(h("option", { value: xMetric }, xMetric));
+      }
+      this.xMetricSelect.value = xMetric ?? this.xMetricSelect.value;
+      this.xMetricSelect.hidden = x !== "metric";
+    }
+    return true;
   }
 
   /** Fetches the data (for the current zoom) and draws it. */

@@ -2,7 +2,7 @@
 // system metrics, console log, files and media.
 
 import { BlobUrls, fetchText, get, patch, qs } from "../api";
-import { ChartPanel, type Line, type PanelSpec } from "../chart";
+import { ChartPanel, type Line, type PanelSpec, stepMetricOf, xOfStepMetric } from "../chart";
 import { seriesLoader } from "../data";
 import { debounce, errorBox, guarded, h, replace } from "../dom";
 import { projectNav } from "../main";
@@ -90,7 +90,10 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
           ["command", h("code", null, [run.program, ...(run.args ?? [])].filter(Boolean).join(" "))],
           ["python", run.python],
           ["tags", tagsInput],
-        ]), h("h3", null, "Notes"), notes, saved),
+        ]),
+        // A failed run's traceback, under its state (the server clears it when the run resumes).
+        run.state === "failed" && run.error ? h("div.run-error", null, h("h3", null, "Traceback"), h("pre.traceback", null, run.error)) : null,
+        h("h3", null, "Notes"), notes, saved),
         h("section", null, h("h3", null, "Git"), kv([
           ["commit", git.commit ? h("code", null, git.commit) : null], ["branch", git.branch], ["remote", git.remote],
           ["dirty", git.dirty === undefined ? null : String(git.dirty)], ["root", git.root],
@@ -121,8 +124,10 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
       return { lines: [{ key: run.id, label: spec.metric, color: colorOf(run.id), x, y: s.mean, lo: s.min, hi: s.max }] };
     };
     const loader = system ? sysLoader : seriesLoader(team, project, runs);
+    // A metric's x axis is its define_metric(step_metric=...), if the run defined one; else the step.
     const mine = names.map((metric) => new ChartPanel(
-      { id: metric, metric, kind: system ? "system" : "metric", x: system ? "relative" : "step", smoothing: 0 },
+      { id: metric, metric, kind: system ? "system" : "metric", smoothing: 0,
+        ...(system ? { x: "relative" as const } : xOfStepMetric(stepMetricOf(run.metrics, metric))) },
       { loader, hidden: () => false, metrics: names, xChoices: system ? ["relative", "time"] : undefined }));
     panels = mine;
     replace(content, h("div.panels", null, mine.map((p) => p.el)));

@@ -3,7 +3,7 @@
 // colours per run; the layout is saved in this browser, per project and user.
 
 import { get, patch, post, qs } from "../api";
-import { ChartPanel, type PanelSpec } from "../chart";
+import { ChartPanel, type MetricDef, type PanelSpec, stepMetricOf } from "../chart";
 import { type ChartRun, seriesLoader, systemLoader } from "../data";
 import { errorBox, guarded, h, select } from "../dom";
 import { filterBuilder, type FilterRow, RUN_FIELDS, toFilter } from "../filters";
@@ -125,9 +125,21 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
   const loadCharts = async () => {
     const ticket = ++chartTicket;
     // The runs the charts show (system panels too, when grouped).
-    const { runs } = await get<{ runs: any[] }>(`${base}/runs` + qs({ filters: filters(), order: state.order, limit: state.chartLimit, fields: "name" }), signal);
+    const { runs } = await get<{ runs: any[] }>(`${base}/runs` + qs({ filters: filters(), order: state.order, limit: state.chartLimit, fields: "name,metrics" }), signal);
     if (ticket !== chartTicket || signal?.aborted) return;
     chartRuns = runs.map((r) => ({ id: r.id, name: r.name || r.id }));
+    // A panel the reader left on its default x axis takes the step metric every shown run defines for its
+    // metric (define_metric(step_metric=...)), when they all agree; bands are by step, so not when grouped.
+    if (!state.groupBy.length && runs.length) {
+      const defs: MetricDef[][] = runs.map((r) => r.metrics ?? []);
+      let changed = false;
+      for (const panel of panels) {
+        if (panel.spec.kind === "system") continue;
+        const chosen = defs.map((d) => stepMetricOf(d, panel.spec.metric));
+        changed = panel.defaultX(chosen.every((c) => c === chosen[0]) ? chosen[0] : null) || changed;
+      }
+      if (changed) save();
+    }
     chartNote.textContent = state.groupBy.length ? `grouped by ${state.groupBy.join(", ")}: mean ± std per group`
       : `charts show the first ${chartRuns.length} runs of the table`;
     await Promise.all(panels.map((p) => p.load()));

@@ -1,0 +1,264 @@
+"""Run edits that stick (name, config, summary through PATCH and ``runstream.Api().run().update()``), W&B-style
+``config.<x>.value`` fields, a failed run's traceback, define_metric specs on the run, and the statistics a
+resumed run reads: on the real engine, through the ingest endpoint and the embedded pipeline."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from runstream import events
+from tests.conftest import ApiHarness
+from tests.helpers import make_event
+
+TEAM = "acme"
+T0 = time.time() - 600
+
+
+class Run:
+    """Event dicts of one run, seq counting up."""
+
+    def __init__(self, project: str, run_id: str) -> None:
+        self.project, self.run_id, self.seq = project, run_id, 0
+        self.path = f"/api/v1/runs/{TEAM}/{project}/{run_id}"
+
+    def __call__(self, type: str, data: dict[str, Any], ts: float | None = None) -> dict[str, Any]:
+        self.seq += 1
+        return make_event(type, data, seq=self.seq, run_id=self.run_id, team=TEAM, project=self.project,
+                          ts=T0 + self.seq if ts is None else ts)
+
+    def metrics(self, steps: list[int], values: dict[str, list[Any]]) -> dict[str, Any]:
+        return self(events.METRICS, {"step": steps, "time": [T0 + s for s in steps], "values": values})
+
+
+def ok(response: Any) -> Any:
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def get(api: ApiHarness, path: str, headers: dict[str, str], **params: Any) -> Any:
+    return ok(api.http.get(path, params=params, headers=headers))
+
+
+# -- PATCH: name, config, summary ---------------------------------------------------------------------
+
+
+def test_edits_of_name_config_and_summary_stick_while_the_run_goes_on(api):
+    member = api.key(TEAM, "alice")
+    run = Run("edits", "r0")
+    sent = [run(events.RUN_START, {"name": "first", "config": {"lr": 0.1, "opt": {"name": "adam", "beta": 0.9}}}),
+            run.metrics([0, 1, 2], {"loss": [3.0, 2.0, 1.0]}),
+            run(events.RUN_UPDATE, {"summary": {"best": 1}})]
+    assert api.ingest(sent, member).status_code == 200
+
+    edit = {"name": "renamed", "config": {"opt": {"beta": 0.95}, "extra": [1, 2]},
+            "summary": {"loss": 0.5, "note": "checked"}}
+    edited = ok(api.http.patch(run.path, json=edit, headers=member))
+    config = {"lr": 0.1, "opt": {"name": "adam", "beta": 0.95}, "extra": [1, 2]}
+    assert (edited["name"], edited["config"]) == ("renamed", config)
+    assert edited["summary"] == {"loss": 0.5, "best": 1, "note": "checked"}
+    stored = get(api, run.path, member)
+    assert (stored["name"], stored["config"], stored["summary"]) == ("renamed", config, edited["summary"])
+    # The summary edit reached the summaries table that filters and sorts read.
+    listed = get(api, f"/api/v1/projects/{TEAM}/edits/runs", member, filters='{"summary.note": "checked"}')
+    assert [r["id"] for r in listed["runs"]] == ["r0"]
+
+    # The run goes on: new metrics leave the edited summary value alone (explicit values win); the SDK's
+    # own later values win field by field and leave the rest of the edit alone.
+    later = [run.metrics([3, 4], {"loss": [0.9, 0.8]}),
+             run(events.RUN_UPDATE, {"config": {"lr": 0.2}, "summary": {"note": "from the script"}}),
+             run(events.RUN_FINISH, {"state": "finished", "exit_code": 0})]
+    assert api.ingest(later, member).status_code == 200
+    after = get(api, run.path, member)
+    assert after["name"] == "renamed" and after["state"] == "finished"
+    assert after["config"] == {**config, "lr": 0.2}
+    assert after["summary"] == {"loss": 0.5, "best": 1, "note": "from the script"}
+
+    # A later edit wins over the SDK's values too.
+    again = ok(api.http.patch(run.path, json={"name": "final", "config": {"lr": 0.3}}, headers=member))
+    assert (again["name"], again["config"]["lr"], again["config"]["opt"]) == ("final", 0.3, config["opt"])
+    assert get(api, run.path, member)["config"]["lr"] == 0.3
+
+    for body in ({}, {"name": ""}, {"name": "x" * 257}, {"name": 3}, {"config": [1]}, {"summary": "x"},
+                 {"config": None}, {"colour": "red"}):
+        response = api.http.patch(run.path, json=body, headers=member)
+        assert response.status_code == 400, (body, response.text)
+    assert get(api, run.path, member)["name"] == "final"
+
+
+def test_an_edit_of_a_run_that_does_not_exist_is_404_and_viewers_cannot_edit(api):
+    member, viewer = api.key(TEAM, "alice"), api.key(TEAM, "val", "viewer")
+    run = Run("edits", "r1")
+    assert api.ingest([run(events.RUN_START, {"name": "n"})], member).status_code == 200
+    assert api.http.patch(run.path + "x", json={"name": "a"}, headers=member).status_code == 404
+    assert api.http.patch(run.path, json={"config": {"a": 1}}, headers=viewer).status_code == 403
+    assert get(api, run.path, member)["config"] == {}
+
+
+# -- runstream.Api().run(...).update() ------------------------------------------------------------------
+
+
+@pytest.fixture
+def server(api: ApiHarness) -> Iterator[str]:
+    """The harness's app served by uvicorn on a free port, in a thread."""
+    import uvicorn
+
+    from infra.net import free_port
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(api.app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert srv.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+def test_public_client_update_saves_name_config_and_only_the_summary_keys_changed(api, server):
+    import runstream
+
+    member = api.key(TEAM, "alice")
+    run = Run("client", "c1")
+    sent = [run(events.RUN_START, {"name": "before", "config": {"lr": 0.1, "opt": {"name": "adam", "beta": 0.9}}}),
+            run.metrics([0, 1], {"loss": [2.0, 1.0], "gap": [1.0, "NaN"]})]
+    assert api.ingest(sent, member).status_code == 200
+
+    client = runstream.Api(server, member["Authorization"].removeprefix("Bearer "))
+    loaded = client.run(f"{TEAM}/client/c1")
+    assert loaded.summary == {"loss": 1.0, "gap": "NaN"} and loaded.error is None
+    loaded.name = "after"
+    loaded.config["opt"]["beta"] = 0.8
+    loaded.config["epochs"] = 10
+    loaded.summary["best_loss"] = 0.25
+    loaded.summary["bad"] = float("inf")
+    loaded.tags = ["tuned"]
+    loaded.update()
+    expected_config = {"lr": 0.1, "opt": {"name": "adam", "beta": 0.8}, "epochs": 10}
+    assert (loaded.name, loaded.config, loaded.tags) == ("after", expected_config, ["tuned"])
+
+    fresh = client.run(f"{TEAM}/client/c1")
+    assert (fresh.name, fresh.config, fresh.tags) == ("after", expected_config, ["tuned"])
+    assert fresh.summary == {"loss": 1.0, "gap": "NaN", "best_loss": 0.25, "bad": "Infinity"}
+    # loss and gap were not sent: they still follow the run's metrics.
+    assert api.ingest([run.metrics([2], {"loss": [0.5], "gap": [0.1]})], member).status_code == 200
+    assert client.run(f"{TEAM}/client/c1").summary == {"loss": 0.5, "gap": 0.1, "best_loss": 0.25, "bad": "Infinity"}
+
+    # Nothing changed: update() sends tags and notes only, and changes nothing else.
+    same = client.run(f"{TEAM}/client/c1")
+    same.update()
+    assert (same.name, same.config, same.summary["loss"]) == ("after", expected_config, 0.5)
+
+
+# -- config.<x>.value ----------------------------------------------------------------------------------
+
+
+def test_wandb_style_config_value_fields_filter_order_and_group(api):
+    member = api.key(TEAM, "alice")
+    configs = {"w0": {"lr": 0.1}, "w1": {"lr": 0.001}, "w2": {"lr": {"value": 0.05, "desc": "as W&B stores it"}},
+               "w3": {"momentum": 0.9}}
+    sent = []
+    for i, (run_id, config) in enumerate(configs.items()):
+        run = Run("wb", run_id)
+        sent.append(run(events.RUN_START, {"name": run_id, "config": config}, ts=T0 + i))
+    assert api.ingest(sent, member).status_code == 200
+    base = f"/api/v1/projects/{TEAM}/wb"
+
+    def ids(filters: dict[str, Any], order: str = "+name") -> list[str]:
+        return [r["id"] for r in get(api, base + "/runs", member, filters=orjson.dumps(filters).decode(),
+                                      order=order)["runs"]]
+
+    assert ids({"config.lr.value": {"$lt": 0.01}}) == ["w1"]
+    assert ids({"config.lr.value": {"$lt": 0.07}}) == ["w1", "w2"]
+    assert ids({"config.lr.value": 0.1}) == ["w0"]
+    assert ids({"config.lr.value": {"$exists": False}}) == ["w3"]
+    assert ids({"config.lr": {"$lt": 0.07}}) == ["w1"]  # config.lr is not W&B-shaped in w2: no fallback there
+    assert ids({}, order="+config.lr.value") == ["w1", "w2", "w0", "w3"]  # numeric, the missing last
+    assert ids({}, order="-config.lr.value") == ["w0", "w2", "w1", "w3"]
+    assert ids({"config.momentum.value": 0.9}) == ["w3"]
+
+    groups = ok(api.http.post(base + "/runs/groups", json={"by": ["config.lr.value"], "aggregates": ["config.lr.value"]},
+                              headers=member))["groups"]
+    assert [(g["group"]["config.lr.value"], g["count"]) for g in groups] == [(0.001, 1), (0.05, 1), (0.1, 1), (None, 1)]
+    assert groups[1]["summary"]["config.lr.value"]["mean"] == 0.05
+
+
+# -- a failed run's traceback, define_metric specs ------------------------------------------------------
+
+
+def test_a_failed_runs_traceback_and_metric_definitions_are_on_the_run(api):
+    member = api.key(TEAM, "alice")
+    run = Run("fail", "f1")
+    traceback = 'Traceback (most recent call last):\n  File "train.py", line 3, in <module>\nValueError: boom\n'
+    sent = [run(events.RUN_START, {"name": "f1"}),
+            run(events.RUN_UPDATE, {"define_metric": [{"name": "epoch"},
+                                                      {"name": "val/*", "step_metric": "epoch", "summary": "max"}]}),
+            run(events.RUN_UPDATE, {"define_metric": [{"name": "val/*", "goal": "maximize"}]}),
+            run(events.RUN_UPDATE, {"define_metric": [{"name": "val/acc", "step_metric": "batch"}]}),
+            run.metrics([0, 1], {"val/acc": [0.5, 0.4]}),
+            run(events.RUN_FINISH, {"state": "failed", "exit_code": 1, "traceback": traceback})]
+    assert api.ingest(sent, member).status_code == 200
+    failed = get(api, run.path, member)
+    assert (failed["state"], failed["error"]) == ("failed", traceback)
+    assert failed["metrics"] == [
+        {"name": "val/*", "step_metric": "epoch", "goal": None, "summary": "max"},
+        {"name": "val/*", "step_metric": None, "goal": "maximize", "summary": None},
+        {"name": "val/acc", "step_metric": "batch", "goal": None, "summary": None},
+    ]
+    listed = get(api, f"/api/v1/projects/{TEAM}/fail/runs", member, fields="error,metrics")["runs"]
+    assert listed == [{"team": TEAM, "project": "fail", "id": "f1", "error": traceback, "metrics": failed["metrics"]}]
+
+    # Redefining a name keeps the older spec's other attributes; resuming clears the error.
+    again = [run(events.RUN_UPDATE, {"define_metric": [{"name": "val/*", "step_metric": "step"}]}),
+             run(events.RUN_START, {"name": "f1", "resumed": True})]
+    assert api.ingest(again, member).status_code == 200
+    resumed = get(api, run.path, member)
+    assert (resumed["state"], resumed["error"]) == ("running", None)
+    assert resumed["metrics"] == [
+        {"name": "val/*", "step_metric": None, "goal": None, "summary": "max"},
+        {"name": "val/*", "step_metric": None, "goal": "maximize", "summary": None},
+        {"name": "val/acc", "step_metric": "batch", "goal": None, "summary": None},
+        {"name": "val/*", "step_metric": "step", "goal": None, "summary": None},
+    ]
+    assert api.ingest([run(events.RUN_FINISH, {"state": "finished", "exit_code": 0})], member).status_code == 200
+    assert get(api, run.path, member)["error"] is None
+
+
+# -- statistics --------------------------------------------------------------------------------------------
+
+
+def test_statistics_of_a_run_for_its_resume(api):
+    member, rival = api.key(TEAM, "alice"), api.key("rival", "rex")
+    run = Run("stats", "s1")
+    sent = [run(events.RUN_START, {"name": "s1"}),
+            run.metrics([0, 1, 2, 3], {"loss": [3.0, "NaN", 1.0, "Infinity"], "acc": [0.5, 0.7, None, None]}),
+            run.metrics([7], {"only_nan": ["NaN"]}),
+            run.metrics([2, 3], {"acc": [0.6, "-Infinity"]})]
+    empty = Run("stats", "s2")
+    sent.append(empty(events.RUN_START, {"name": "s2"}))
+    assert api.ingest(sent, member).status_code == 200
+
+    stats = get(api, run.path + "/statistics", member)
+    assert stats == {"last_step": 7, "metrics": {
+        "acc": {"count": 3, "min": 0.5, "max": 0.7, "mean": pytest.approx(0.6), "last": "-Infinity",
+                "first_step": 0, "last_step": 3},
+        "loss": {"count": 2, "min": 1.0, "max": 3.0, "mean": 2.0, "last": "Infinity", "first_step": 0, "last_step": 3},
+        "only_nan": {"count": 0, "min": None, "max": None, "mean": None, "last": "NaN", "first_step": 7,
+                     "last_step": 7},
+    }}
+    assert math.isclose(stats["metrics"]["acc"]["mean"], 0.6)
+    assert get(api, empty.path + "/statistics", member) == {"last_step": None, "metrics": {}}
+    assert api.http.get(run.path + "x/statistics", headers=member).status_code == 404
+    assert api.http.get(run.path + "/statistics", headers=rival).status_code == 404
+    assert api.http.get(run.path + "/statistics").status_code == 404
