@@ -26,6 +26,7 @@ loss every N steps) read naturally next to dense ones.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -251,7 +252,7 @@ def metric_statistics(client: Client, team: str, project: str, wanted: dict[str,
 
 
 _RUN_STATISTICS = f"""
-SELECT metric, last, min, max, mean, count - nan_count - inf_count AS finite, first_step, last_step
+SELECT metric, last, min, max, mean, count - nan_count - inf_count AS finite, first_step, last_step, integer
 FROM metric_summaries FINAL WHERE {_RUN} ORDER BY metric"""
 
 
@@ -259,11 +260,13 @@ def run_statistics(client: Client, team: str, project: str, run_id: str) -> dict
     """What a resumed run needs to go on where it stopped, from the processor's ``metric_summaries``:
     ``{"last_step": largest step logged (None without metrics), "metrics": {name: {"count" (finite values),
     "min", "max", "mean" (None without finite values), "last" (may be NaN or infinite), "first_step",
-    "last_step"}}}``."""
+    "last_step"}}}``. A metric logged as ints has its last value, min and max as ints."""
     _check_name("run_id", run_id)
     rows = client.query(_RUN_STATISTICS, parameters={"team": team, "project": project, "run": run_id}).result_rows
     metrics = {}
-    for metric, last, low, high, mean, finite, first_step, last_step in rows:
+    for metric, last, low, high, mean, finite, first_step, last_step, integer in rows:
+        if integer:
+            last, low, high = (int(v) if math.isfinite(v) else v for v in (last, low, high))
         metrics[str(metric)] = {
             "count": int(finite), "min": low if finite else None, "max": high if finite else None,
             "mean": mean if finite else None, "last": last, "first_step": int(first_step), "last_step": int(last_step),

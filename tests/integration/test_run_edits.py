@@ -242,7 +242,8 @@ def test_statistics_of_a_run_for_its_resume(api):
     member, rival = api.key(TEAM, "alice"), api.key("rival", "rex")
     run = Run("stats", "s1")
     sent = [run(events.RUN_START, {"name": "s1"}),
-            run.metrics([0, 1, 2, 3], {"loss": [3.0, "NaN", 1.0, "Infinity"], "acc": [0.5, 0.7, None, None]}),
+            run.metrics([0, 1, 2, 3], {"loss": [3.0, "NaN", 1.0, "Infinity"], "acc": [0.5, 0.7, None, None],
+                                       "epoch": [0, 0, 1, 1]}),
             run.metrics([7], {"only_nan": ["NaN"]}),
             run.metrics([2, 3], {"acc": [0.6, "-Infinity"]})]
     empty = Run("stats", "s2")
@@ -253,11 +254,14 @@ def test_statistics_of_a_run_for_its_resume(api):
     assert stats == {"last_step": 7, "metrics": {
         "acc": {"count": 3, "min": 0.5, "max": 0.7, "mean": pytest.approx(0.6), "last": "-Infinity",
                 "first_step": 0, "last_step": 3},
+        "epoch": {"count": 4, "min": 0, "max": 1, "mean": 0.5, "last": 1, "first_step": 0, "last_step": 3},
         "loss": {"count": 2, "min": 1.0, "max": 3.0, "mean": 2.0, "last": "Infinity", "first_step": 0, "last_step": 3},
         "only_nan": {"count": 0, "min": None, "max": None, "mean": None, "last": "NaN", "first_step": 7,
                      "last_step": 7},
     }}
     assert math.isclose(stats["metrics"]["acc"]["mean"], 0.6)
+    epoch = stats["metrics"]["epoch"]
+    assert [type(epoch[k]) for k in ("last", "min", "max")] == [int, int, int]  # logged as ints, read as ints
     assert get(api, empty.path + "/statistics", member) == {"last_step": None, "metrics": {}}
     assert api.http.get(run.path + "x/statistics", headers=member).status_code == 404
     assert api.http.get(run.path + "/statistics", headers=rival).status_code == 404
