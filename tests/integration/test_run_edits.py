@@ -42,8 +42,9 @@ def ok(response: Any) -> Any:
     return response.json()
 
 
-def get(api: ApiHarness, path: str, headers: dict[str, str], **params: Any) -> Any:
-    return ok(api.http.get(path, params=params, headers=headers))
+def get(http: Any, path: str, headers: dict[str, str], **params: Any) -> Any:
+    """A GET through a test client that must answer 200."""
+    return ok(http.get(path, params=params, headers=headers))
 
 
 # -- PATCH: name, config, summary ---------------------------------------------------------------------
@@ -63,10 +64,10 @@ def test_edits_of_name_config_and_summary_stick_while_the_run_goes_on(api):
     config = {"lr": 0.1, "opt": {"name": "adam", "beta": 0.95}, "extra": [1, 2]}
     assert (edited["name"], edited["config"]) == ("renamed", config)
     assert edited["summary"] == {"loss": 0.5, "best": 1, "note": "checked"}
-    stored = get(api, run.path, member)
+    stored = get(api.http, run.path, member)
     assert (stored["name"], stored["config"], stored["summary"]) == ("renamed", config, edited["summary"])
     # The summary edit reached the summaries table that filters and sorts read.
-    listed = get(api, f"/api/v1/projects/{TEAM}/edits/runs", member, filters='{"summary.note": "checked"}')
+    listed = get(api.http, f"/api/v1/projects/{TEAM}/edits/runs", member, filters='{"summary.note": "checked"}')
     assert [r["id"] for r in listed["runs"]] == ["r0"]
 
     # The run goes on: new metrics leave the edited summary value alone (explicit values win); the SDK's
@@ -75,7 +76,7 @@ def test_edits_of_name_config_and_summary_stick_while_the_run_goes_on(api):
              run(events.RUN_UPDATE, {"config": {"lr": 0.2}, "summary": {"note": "from the script"}}),
              run(events.RUN_FINISH, {"state": "finished", "exit_code": 0})]
     assert api.ingest(later, member).status_code == 200
-    after = get(api, run.path, member)
+    after = get(api.http, run.path, member)
     assert after["name"] == "renamed" and after["state"] == "finished"
     assert after["config"] == {**config, "lr": 0.2}
     assert after["summary"] == {"loss": 0.5, "best": 1, "note": "from the script"}
@@ -83,13 +84,13 @@ def test_edits_of_name_config_and_summary_stick_while_the_run_goes_on(api):
     # A later edit wins over the SDK's values too.
     again = ok(api.http.patch(run.path, json={"name": "final", "config": {"lr": 0.3}}, headers=member))
     assert (again["name"], again["config"]["lr"], again["config"]["opt"]) == ("final", 0.3, config["opt"])
-    assert get(api, run.path, member)["config"]["lr"] == 0.3
+    assert get(api.http, run.path, member)["config"]["lr"] == 0.3
 
     for body in ({}, {"name": ""}, {"name": "x" * 257}, {"name": 3}, {"config": [1]}, {"summary": "x"},
                  {"config": None}, {"colour": "red"}):
         response = api.http.patch(run.path, json=body, headers=member)
         assert response.status_code == 400, (body, response.text)
-    assert get(api, run.path, member)["name"] == "final"
+    assert get(api.http, run.path, member)["name"] == "final"
 
 
 def test_an_edit_of_a_run_that_does_not_exist_is_404_and_viewers_cannot_edit(api):
@@ -98,7 +99,7 @@ def test_an_edit_of_a_run_that_does_not_exist_is_404_and_viewers_cannot_edit(api
     assert api.ingest([run(events.RUN_START, {"name": "n"})], member).status_code == 200
     assert api.http.patch(run.path + "x", json={"name": "a"}, headers=member).status_code == 404
     assert api.http.patch(run.path, json={"config": {"a": 1}}, headers=viewer).status_code == 403
-    assert get(api, run.path, member)["config"] == {}
+    assert get(api.http, run.path, member)["config"] == {}
 
 
 # -- runstream.Api().run(...).update() ------------------------------------------------------------------
@@ -176,7 +177,7 @@ def test_wandb_style_config_value_fields_filter_order_and_group(api):
     base = f"/api/v1/projects/{TEAM}/wb"
 
     def ids(filters: dict[str, Any], order: str = "+name") -> list[str]:
-        return [r["id"] for r in get(api, base + "/runs", member, filters=orjson.dumps(filters).decode(),
+        return [r["id"] for r in get(api.http, base + "/runs", member, filters=orjson.dumps(filters).decode(),
                                       order=order)["runs"]]
 
     assert ids({"config.lr.value": {"$lt": 0.01}}) == ["w1"]
@@ -209,21 +210,21 @@ def test_a_failed_runs_traceback_and_metric_definitions_are_on_the_run(api):
             run.metrics([0, 1], {"val/acc": [0.5, 0.4]}),
             run(events.RUN_FINISH, {"state": "failed", "exit_code": 1, "traceback": traceback})]
     assert api.ingest(sent, member).status_code == 200
-    failed = get(api, run.path, member)
+    failed = get(api.http, run.path, member)
     assert (failed["state"], failed["error"]) == ("failed", traceback)
     assert failed["metrics"] == [
         {"name": "val/*", "step_metric": "epoch", "goal": None, "summary": "max"},
         {"name": "val/*", "step_metric": None, "goal": "maximize", "summary": None},
         {"name": "val/acc", "step_metric": "batch", "goal": None, "summary": None},
     ]
-    listed = get(api, f"/api/v1/projects/{TEAM}/fail/runs", member, fields="error,metrics")["runs"]
+    listed = get(api.http, f"/api/v1/projects/{TEAM}/fail/runs", member, fields="error,metrics")["runs"]
     assert listed == [{"team": TEAM, "project": "fail", "id": "f1", "error": traceback, "metrics": failed["metrics"]}]
 
     # Redefining a name keeps the older spec's other attributes; resuming clears the error.
     again = [run(events.RUN_UPDATE, {"define_metric": [{"name": "val/*", "step_metric": "step"}]}),
              run(events.RUN_START, {"name": "f1", "resumed": True})]
     assert api.ingest(again, member).status_code == 200
-    resumed = get(api, run.path, member)
+    resumed = get(api.http, run.path, member)
     assert (resumed["state"], resumed["error"]) == ("running", None)
     assert resumed["metrics"] == [
         {"name": "val/*", "step_metric": None, "goal": None, "summary": "max"},
@@ -232,7 +233,7 @@ def test_a_failed_runs_traceback_and_metric_definitions_are_on_the_run(api):
         {"name": "val/*", "step_metric": "step", "goal": None, "summary": None},
     ]
     assert api.ingest([run(events.RUN_FINISH, {"state": "finished", "exit_code": 0})], member).status_code == 200
-    assert get(api, run.path, member)["error"] is None
+    assert get(api.http, run.path, member)["error"] is None
 
 
 # -- statistics --------------------------------------------------------------------------------------------
@@ -250,7 +251,7 @@ def test_statistics_of_a_run_for_its_resume(api):
     sent.append(empty(events.RUN_START, {"name": "s2"}))
     assert api.ingest(sent, member).status_code == 200
 
-    stats = get(api, run.path + "/statistics", member)
+    stats = get(api.http, run.path + "/statistics", member)
     assert stats == {"last_step": 7, "metrics": {
         "acc": {"count": 3, "min": 0.5, "max": 0.7, "mean": pytest.approx(0.6), "last": "-Infinity",
                 "first_step": 0, "last_step": 3},
@@ -262,7 +263,46 @@ def test_statistics_of_a_run_for_its_resume(api):
     assert math.isclose(stats["metrics"]["acc"]["mean"], 0.6)
     epoch = stats["metrics"]["epoch"]
     assert [type(epoch[k]) for k in ("last", "min", "max")] == [int, int, int]  # logged as ints, read as ints
-    assert get(api, empty.path + "/statistics", member) == {"last_step": None, "metrics": {}}
+    assert get(api.http, empty.path + "/statistics", member) == {"last_step": None, "metrics": {}}
     assert api.http.get(run.path + "x/statistics", headers=member).status_code == 404
     assert api.http.get(run.path + "/statistics", headers=rival).status_code == 404
     assert api.http.get(run.path + "/statistics").status_code == 404
+
+
+def test_in_cluster_mode_the_answer_shows_the_edit_a_worker_then_applies(kafka_bootstrap, clickhouse_dsn, tmp_path):
+    """With Kafka the API answers before a worker applied the edit: the answer is what the worker will store."""
+    import asyncio
+
+    from starlette.testclient import TestClient
+
+    from runstream.api.app import create_app
+    from runstream.settings import Settings
+    from runstream.storage import accounts
+    from runstream.streams.processor import Processor
+    from tests.helpers import consume_events, unique
+
+    app = create_app(Settings(kafka=kafka_bootstrap, clickhouse_dsn=clickhouse_dsn, data_dir=str(tmp_path)))
+    project = unique("p")
+    run = Run(project, "k1")
+    with TestClient(app) as http:
+        client = app.state.backend.client
+        accounts.ensure_team(client, TEAM)
+        accounts.set_member(client, TEAM, "alice", "member")
+        member = {"Authorization": f"Bearer {accounts.create_key(client, TEAM, 'alice')[1]}"}
+        worker = Processor(lambda: client)
+        start = events.validate(run(events.RUN_START, {"name": "k1", "config": {"opt": {"name": "adam", "lr": 0.1}}}))
+        worker.commit(worker.process([start, events.validate(run.metrics([0, 1], {"loss": [2.0, 1.0]}))]))
+
+        edit = {"name": "edited", "config": {"opt": {"lr": 0.2}}, "summary": {"best": 0.5}}
+        answer = ok(http.patch(run.path, json=edit, headers=member))
+        expected = ("edited", {"opt": {"name": "adam", "lr": 0.2}}, {"loss": 1.0, "best": 0.5})
+        assert (answer["name"], answer["config"], answer["summary"]) == expected
+        assert get(http, run.path, member)["name"] == "k1"  # not applied yet
+
+        found = asyncio.run(consume_events(kafka_bootstrap, [events.TOPIC_RUNS.name], project,
+                                           lambda got: any(e.type == events.RUN_EDIT for e in got)))
+        edits = [e for e in found if e.type == events.RUN_EDIT]
+        assert [e.data for e in edits] == [edit]
+        worker.commit(worker.process(edits))  # what the worker that owns the run does with it
+        stored = get(http, run.path, member)
+        assert (stored["name"], stored["config"], stored["summary"]) == expected
