@@ -375,9 +375,17 @@ def _check_run_update(data: dict[str, Any]) -> None:
     _require(data, "define_metric", lambda x: isinstance(x, list) and all(_is_obj(d) for d in x), "an array", True)
     for spec in data.get("define_metric", ()):
         _require(spec, "name", _is_name, "a metric name or glob")
-        _require(spec, "summary", lambda x: x in ("min", "max", "mean", "last", "none"), "min|max|mean|last|none", True)
+        _require(spec, "summary", _is_summary_choice, f"one or more of {'|'.join(SUMMARY_OPS)}, separated by commas", True)
         _require(spec, "goal", lambda x: x in ("minimize", "maximize"), "minimize|maximize", optional=True)
         _require(spec, "step_metric", _is_name, "a metric name", optional=True)
+
+
+#: What ``define_metric(summary=...)`` may ask for ("min,max": both), as in wandb.
+SUMMARY_OPS = ("min", "max", "mean", "last", "best", "copy", "none")
+
+
+def _is_summary_choice(x: Any) -> bool:
+    return isinstance(x, str) and 0 < len(x) <= MAX_NAME_LEN and all(op.strip() in SUMMARY_OPS for op in x.split(","))
 
 
 def _check_run_finish(data: dict[str, Any]) -> None:

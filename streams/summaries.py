@@ -4,7 +4,9 @@ Plain Python, folded into the same JSON-able run state as ``runstate`` (the
 ``summary`` entry): per metric the last value (at the largest step), min, max,
 sum and count of the finite values, NaN and infinity counts, first/last step
 and time. The run summary takes each metric's last value unless a
-``define_metric`` summary choice says min, max, mean or none; values set with
+``define_metric`` summary choice asks for some of min, max, mean, last and best
+(then the entry is shaped as wandb shapes it: ``{"loss": {"min": 0.1}}``, the
+same function as the SDK's local view) or none; values set with
 ``run.summary[...]`` (or a user's edit through the API) win. The ``define``
 entry also keeps each spec's ``step_metric`` and ``goal``: the runs table shows
 them, and the web UI's charts take a metric's step_metric as their x axis.
@@ -37,6 +39,7 @@ import math
 from typing import Any
 
 from runstream.events import METRICS, RUN_EDIT, RUN_UPDATE, Event, decode_value, encode_value
+from runstream.summary import NO_SUMMARY, summary_ops, summary_value
 
 Summary = dict[str, Any]
 
@@ -196,27 +199,30 @@ def metric_definitions(summary: Summary) -> list[dict[str, Any]]:
     return [{"name": d["name"], **{k: d.get(k) for k in DEFINED}} for d in reversed(summary["define"])]
 
 
-def _choice(summary: Summary, metric: str) -> str:
+def _defined(summary: Summary, metric: str, attribute: str) -> Any:
+    """The newest define_metric spec's ``attribute`` among those whose glob matches ``metric``."""
     for spec in summary["define"]:
-        if spec.get("summary") and fnmatch.fnmatchcase(metric, spec["name"]):
-            return spec["summary"]
-    return "last"
+        if spec.get(attribute) and fnmatch.fnmatchcase(metric, spec["name"]):
+            return spec[attribute]
+    return None
+
+
+def _statistic(s: dict[str, Any], op: str) -> Any:
+    if op == "last":
+        return None if s["last"] is None else decode_value(s["last"])
+    if op == "mean":
+        return s["sum"] / s["count"] if s["count"] else None
+    return s[op]  # min, max
 
 
 def run_summary(summary: Summary) -> dict[str, Any]:
-    """The run summary: one value per metric by its summary choice, explicit values over them."""
+    """The run summary: per metric its last value, or the statistics its define_metric summary asks
+    for, shaped as wandb shapes them (``{"loss": {"min": 0.1}}``); explicit values over them."""
     out: dict[str, Any] = {}
     for metric, s in summary["metrics"].items():
-        choice = _choice(summary, metric)
-        if choice == "last":
-            value = decode_value(s["last"]) if s["last"] is not None else None
-        elif choice == "mean":
-            value = s["sum"] / s["count"] if s["count"] else None
-        elif choice in ("min", "max"):
-            value = s[choice]
-        else:  # "none"
-            continue
-        if value is not None:
+        ops = summary_ops(_defined(summary, metric, "summary"))
+        value = summary_value(ops, _defined(summary, metric, "goal"), lambda op: _statistic(s, op))
+        if value is not NO_SUMMARY and value is not None:
             out[metric] = value
     out.update(summary["explicit"])
     return out
