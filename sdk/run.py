@@ -81,6 +81,19 @@ def _check_text(value: Any, what: str) -> str | None:
     return value
 
 
+class _RecordText:
+    """``run.notes``, ``run.group``, ``run.job_type``: read from the run's record, set through a run_update."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, run: Run | None, owner: type | None = None) -> Any:
+        return self if run is None else run._meta.get(self.name)
+
+    def __set__(self, run: Run, value: str | None) -> None:
+        run._update_record({self.name: _check_text(value, f"run.{self.name}")})
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -173,29 +186,9 @@ class Run:
     def tags(self, value: Any) -> None:
         self._update_record({"tags": check_tags(value, "run.tags")})
 
-    @property
-    def notes(self) -> str | None:
-        return self._meta.get("notes")
-
-    @notes.setter
-    def notes(self, value: str | None) -> None:
-        self._update_record({"notes": _check_text(value, "run.notes")})
-
-    @property
-    def group(self) -> str | None:
-        return self._meta.get("group")
-
-    @group.setter
-    def group(self, value: str | None) -> None:
-        self._update_record({"group": _check_text(value, "run.group")})
-
-    @property
-    def job_type(self) -> str | None:
-        return self._meta.get("job_type")
-
-    @job_type.setter
-    def job_type(self, value: str | None) -> None:
-        self._update_record({"job_type": _check_text(value, "run.job_type")})
+    notes = _RecordText()
+    group = _RecordText()
+    job_type = _RecordText()
 
     def _update_record(self, changes: dict[str, Any]) -> None:
         self._meta.update({k: v for k, v in changes.items() if k != "name"})

@@ -138,16 +138,20 @@ async def dead_letters_with(bootstrap: str, marker: bytes, want: int, timeout: f
 
 
 class ServedApp:
-    """An ASGI app served by a real uvicorn server on a free loopback port, in a thread (``with ServedApp(app) as url``)."""
+    """An ASGI app served by a real uvicorn server on a free loopback port, in a thread (``with ServedApp(app) as url``).
 
-    def __init__(self, app: Any) -> None:
+    ``lifespan="off"`` for an app whose lifespan already ran (an ``ApiHarness``'s test client started it).
+    """
+
+    def __init__(self, app: Any, lifespan: str = "auto") -> None:
         import uvicorn
 
         from infra.net import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, lifespan=lifespan, log_level="warning")
+        self.server = uvicorn.Server(config)
 
     def __enter__(self) -> str:
         import threading

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import math
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from runstream import events
 from runstream.storage import accounts
 from runstream.storage import series as charts
 from tests.conftest import ApiHarness
-from tests.helpers import fresh_chdb_dsn, make_event
+from tests.helpers import ServedApp, fresh_chdb_dsn, make_event
 
 TEAM, PROJECT = "acme", "mnist"
 T0 = time.time() - 3600
@@ -715,24 +714,8 @@ def test_run_export(project):
 @pytest.fixture(scope="module")
 def server(project) -> Iterator[str]:
     """The same app served by uvicorn on a free port, in a thread."""
-    import uvicorn
-
-    from infra.net import free_port
-
-    port = free_port()
-    config = uvicorn.Config(project.api.app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(10)
+    with ServedApp(project.api.app, lifespan="off") as url:
+        yield url
 
 
 def test_public_client_end_to_end(project, server, tmp_path):

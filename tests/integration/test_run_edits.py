@@ -5,7 +5,6 @@ resumed run reads: on the real engine, through the ingest endpoint and the embed
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 
 from runstream import events
 from tests.conftest import ApiHarness
-from tests.helpers import make_event
+from tests.helpers import ServedApp, make_event
 
 TEAM = "acme"
 T0 = time.time() - 600
@@ -108,23 +107,8 @@ def test_an_edit_of_a_run_that_does_not_exist_is_404_and_viewers_cannot_edit(api
 @pytest.fixture
 def server(api: ApiHarness) -> Iterator[str]:
     """The harness's app served by uvicorn on a free port, in a thread."""
-    import uvicorn
-
-    from infra.net import free_port
-
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(api.app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(10)
+    with ServedApp(api.app, lifespan="off") as url:
+        yield url
 
 
 def test_public_client_update_saves_name_config_and_only_the_summary_keys_changed(api, server):

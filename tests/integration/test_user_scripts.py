@@ -125,22 +125,28 @@ ENDINGS = {
 }
 
 
-@pytest.mark.parametrize("ending", list(ENDINGS))
-def test_every_way_a_script_ends_keeps_every_point_and_says_how_it_ended(ending, server, api, tmp_path):
-    then, sig, state, exit_code = ENDINGS[ending]
-    project, run_id = unique("exits"), unique("r")
-    env = _env(server.url, tmp_path)
-    body = _script(project, run_id, then)
+def _end_as(ending: str, directory: Path, body: str, env: dict[str, str]) -> None:
+    """Run ``body`` to its end, or send it the ending's signal once it has logged everything."""
+    _, sig, _, exit_code = ENDINGS[ending]
     if sig is None:
-        result = _run(tmp_path / "work", body, env)
+        result = _run(directory, body, env)
         assert result.returncode == exit_code, result.stderr
-        assert "not acknowledged" not in result.stderr, result.stderr
+        stderr = result.stderr
     else:
-        proc = _start(tmp_path / "work", body, env)
+        proc = _start(directory, body, env)
         time.sleep(0.5)  # the rows are in the sender's hands, maybe not yet sent
         proc.send_signal(sig)
         proc.wait(timeout=60)
-        assert "not acknowledged" not in proc.stderr.read()  # type: ignore[union-attr]
+        stderr = proc.stderr.read()  # type: ignore[union-attr]
+    assert "not acknowledged" not in stderr, stderr
+
+
+@pytest.mark.parametrize("ending", list(ENDINGS))
+def test_every_way_a_script_ends_keeps_every_point_and_says_how_it_ended(ending, server, api, tmp_path):
+    then, _, state, exit_code = ENDINGS[ending]
+    project, run_id = unique("exits"), unique("r")
+    env = _env(server.url, tmp_path)
+    _end_as(ending, tmp_path / "work", _script(project, run_id, then), env)
 
     path = f"default/{project}/{run_id}"
     timeout = CRASH_TIMEOUT + 15 if state == "crashed" else 10
@@ -325,20 +331,10 @@ def test_every_way_a_script_ends_through_kafka_delivers_everything(ending, kafka
     from runstream import events
     from tests.helpers import consume_events, metric_points
 
-    then, sig, state, exit_code = ENDINGS[ending]
+    then, _, state, exit_code = ENDINGS[ending]
     project, run_id = unique("kexits"), unique("r")
-    env = {**_env(f"kafka://{kafka_bootstrap}", tmp_path)}
-    body = _script(project, run_id, then)
-    if sig is None:
-        result = _run(tmp_path / "work", body, env)
-        assert result.returncode == exit_code, result.stderr
-        assert "not acknowledged" not in result.stderr, result.stderr
-    else:
-        proc = _start(tmp_path / "work", body, env)
-        time.sleep(0.5)
-        proc.send_signal(sig)
-        proc.wait(timeout=60)
-        assert "not acknowledged" not in proc.stderr.read()  # type: ignore[union-attr]
+    env = _env(f"kafka://{kafka_bootstrap}", tmp_path)
+    _end_as(ending, tmp_path / "work", _script(project, run_id, then), env)
 
     def finished(found: list) -> bool:
         return any(e.type == events.RUN_FINISH for e in found)

@@ -319,3 +319,52 @@ def test_a_logged_table_keeps_the_rows_it_had_when_logged(run):
     run.finish()
     files = [e.data for e in spooled_events(run.dir) if e.type == events.FILE and e.data["kind"] == "media"]
     assert [f["meta"]["rows"] for f in files] == [1, 2]
+
+
+def test_edits_during_the_run_travel_as_run_updates_and_bad_ones_raise(run):
+    run.name = "renamed"
+    run.tags = ["a", "b", "a"]
+    run.notes = "note"
+    run.group = "g"
+    run.job_type = "train"
+    assert (run.name, run.tags, run.notes, run.group, run.job_type) == ("renamed", ("a", "b"), "note", "g", "train")
+    for bad in ("", None, "x" * 300):
+        with pytest.raises(ValueError, match="run.name"):
+            run.name = bad
+    with pytest.raises(TypeError, match="run.tags"):
+        run.tags = "not-a-list"
+    with pytest.raises(TypeError, match="run.notes"):
+        run.notes = 3
+    run.finish()
+    updates = {k: v for e in spooled_events(run.dir) if e.type == events.RUN_UPDATE for k, v in e.data.items()}
+    assert updates == {"name": "renamed", "tags": ["a", "b"], "notes": "note", "group": "g", "job_type": "train"}
+
+
+def test_an_offline_run_resumed_on_this_machine_continues_its_steps_name_and_config(tmp_path):
+    first = runstream.init(project="p", id="again1", mode="offline", dir=tmp_path, settings=QUIET, config={"lr": 0.1})
+    for i in range(7):
+        first.log({"x": float(i)})
+    first.tags = ["t"]
+    first.finish()
+    again = runstream.init(project="p", id="again1", resume="must", mode="offline", dir=tmp_path, settings=QUIET)
+    assert (again.resumed, again.step, again.name, dict(again.config), again.tags) == (True, 7, first.name, {"lr": 0.1}, ("t",))
+    again.log({"x": 7.0})
+    again.finish()
+    steps = [s for s, k, _ in metric_points(spooled_events(again.dir)) if k == "x"]
+    assert steps == list(range(8))
+
+
+def test_save_live_stores_files_that_match_later_and_changes(run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "early.txt").write_text("1")
+    assert run.save("*.txt") == ["early.txt"]
+    (tmp_path / "late.txt").write_text("22")
+    (tmp_path / "early.txt").write_text("333")
+    run.save("*.end", policy="end")
+    (tmp_path / "made_later.end").write_text("4444")
+    run.finish()
+    files = {}
+    for e in spooled_events(run.dir):
+        if e.type == events.FILE and e.data["kind"] == "file":
+            files[e.data["path"]] = e.data["size"]  # the latest announcement of each path
+    assert files == {"early.txt": 3, "late.txt": 2, "made_later.end": 4}
