@@ -85,8 +85,10 @@ def one(url: str, work: Path, env: dict[str, str], ending: str, steps: int) -> d
     work.mkdir(parents=True, exist_ok=True)
     (work / "train.py").write_text(_script(project, run_id, steps, then))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # SIGINT as a terminal delivers it: a shell's background job would inherit it ignored.
     proc = subprocess.Popen([sys.executable, "train.py"], cwd=work, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.DEVNULL, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     last_log = None
     for line in proc.stdout:  # type: ignore[union-attr]
         if line.startswith("LAST_LOG"):

@@ -77,12 +77,18 @@ def _run(directory: Path, body: str, env: dict[str, str], timeout: float = 120) 
                           timeout=timeout)
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C reaches a script started from a terminal; one started in the background of a
+    non-interactive shell (as CI may start the tests) inherits SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(directory: Path, body: str, env: dict[str, str]) -> subprocess.Popen:
     """The script in the background, once it has logged everything (it printed 'training done')."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "train.py").write_text(body)
     proc = subprocess.Popen([sys.executable, "train.py"], cwd=directory, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_as_in_a_terminal)
     for line in proc.stdout:  # type: ignore[union-attr]
         if line.strip() == "training done":
             return proc
