@@ -284,6 +284,13 @@ def test_edits_after_the_run_through_the_public_api_stick(server, api, tmp_path)
     assert (again.name, again.tags, again.notes) == ("renamed-after", ["reviewed"], "good one")
     assert again.config["lr"] == 0.02 and again.config["layers"] == 3
     assert again.summary["verdict"] == "keep" and again.summary["loss"] == 1.0 / STEPS
+    # A resume elsewhere keeps the edits: the run's name, tags and config come from the server.
+    resumed = _run(tmp_path / "elsewhere", _script(project, run_id, "", init_args=", resume='must'", config="None"),
+                   _env(server.url, tmp_path))
+    assert resumed.returncode == 0, resumed.stderr
+    assert _started(resumed.stdout)["name"] == "renamed-after"
+    after = api.run(f"default/{project}/{run_id}")
+    assert (after.name, after.tags, after.config["lr"], after.summary["verdict"]) == ("renamed-after", ["reviewed"], 0.02, "keep")
 
 
 # -- other things a W&B script does -----------------------------------------------------------------
