@@ -1,6 +1,9 @@
 """Lists of images (galleries) and DataFrames logged by the real SDK into the real embedded
 server (the API in embedded mode, served by uvicorn, on the embedded ClickHouse engine), read
-back through the API as the web UI reads them."""
+back through the API as the web UI reads them.
+
+W&B's behaviour pinned down: a list of images logged under a key is a gallery of them all at that
+step, with their captions; a pandas DataFrame logged directly is a Table (wandb's ``val_to_json``)."""
 
 import io
 
