@@ -26,7 +26,17 @@ from runstream.api.filestore import BlobError
 from runstream.api.middleware import INGESTED, REJECTED
 from runstream.api.requests import read_body
 from runstream.api.responses import json_response
-from runstream.events import ALERT, RUN_EDIT, RUN_EDIT_FIELDS, RUN_STATE, Event, InvalidEvent, decode, validate
+from runstream.events import (
+    ALERT,
+    MAX_EVENT_BYTES,
+    RUN_EDIT,
+    RUN_EDIT_FIELDS,
+    RUN_STATE,
+    Event,
+    InvalidEvent,
+    decode,
+    validate,
+)
 
 log = logging.getLogger("runstream.api")
 
@@ -114,6 +124,8 @@ async def publish_edit(request: Request, team: str, project: str, run_id: str, c
                           "ts": time.time(), "data": data})
     except InvalidEvent as exc:
         raise ApiError(400, exc.reason.removeprefix(f"{RUN_EDIT}: ")) from None
+    if len(event.to_bytes()) > MAX_EVENT_BYTES:  # a worker would refuse it as too large for Kafka
+        raise ApiError(413, f"the edit is larger than {MAX_EVENT_BYTES:,} bytes as an event: send it in parts")
     try:
         await request.app.state.backend.sink.send([event])
     except Exception as exc:  # noqa: BLE001

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import orjson
 from clickhouse_connect.driver.client import Client
 from starlette.requests import Request
 from starlette.responses import Response
@@ -33,6 +34,8 @@ from runstream.api.requests import json_body, query_int, query_json, query_list
 from runstream.api.responses import json_response
 from runstream.events import MAX_NAME_LEN, RUN_EDIT_FIELDS, encode_value
 from runstream.storage import history, logs, runs
+from runstream.storage.writer import load_run_states
+from runstream.streams.processor import last_seq
 from runstream.streams.runstate import merge_config
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -101,8 +104,9 @@ SCHEMAS["SYSTEM"] = {"type": "object", "required": ["series"], "properties": {"s
     "properties": {"metric": _STR, "bucket_seconds": {"type": "number"}, "time": _NUMBERS, "mean": _NUMBERS,
                    "min": _NUMBERS, "max": _NUMBERS}}}}}
 _OPT_NUMBER = {"type": "number", "nullable": True}
-SCHEMAS["STATISTICS"] = {"type": "object", "required": ["last_step", "metrics"], "properties": {
+SCHEMAS["STATISTICS"] = {"type": "object", "required": ["last_step", "last_seq", "metrics"], "properties": {
     "last_step": {"type": "integer", "nullable": True},
+    "last_seq": {"type": "integer", "nullable": True, "description": "the largest event seq of the run folded so far"},
     "metrics": {"type": "object", "additionalProperties": {
         "type": "object", "required": ["count", "min", "max", "mean", "last", "first_step", "last_step"],
         "properties": {"count": {"type": "integer"}, "min": _OPT_NUMBER, "max": _OPT_NUMBER, "mean": _OPT_NUMBER,
@@ -473,7 +477,8 @@ async def run_metrics(request: Request) -> Response:
 
 @documented()
 async def run_statistics(request: Request) -> Response:
-    """What a run resumed elsewhere needs to go on: its last step, and each metric's statistics.
+    """What a run resumed elsewhere needs to go on: its last step and sequence number, and each
+    metric's statistics.
 
     ``count`` is the number of finite values, which ``min``, ``max`` and ``mean``
     are over (null without any); ``last`` is the value logged at the metric's
@@ -488,7 +493,14 @@ async def run_statistics(request: Request) -> Response:
       401: {description: a credential that does not work, content: {application/json: {schema: $ERROR}}}
       404: {description: "no such run, or not visible with this key", content: {application/json: {schema: $ERROR}}}
     """
-    return json_response(contract_numbers(await _read_run(request, history.run_statistics)))
+    return json_response(contract_numbers(await _read_run(request, _statistics)))
+
+
+def _statistics(client: Client, team: str, project: str, run_id: str) -> dict[str, Any]:
+    stats = history.run_statistics(client, team, project, run_id)
+    state = load_run_states(client, [(team, project, run_id)]).get((team, project, run_id))
+    stats["last_seq"] = last_seq(orjson.loads(state)) if state else None
+    return stats
 
 
 @documented()

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from runstream import events
 from runstream.values import json_safe
 
 
@@ -39,6 +40,9 @@ class Config:
             if not isinstance(key, str) or not key:
                 raise TypeError(f"config keys must be non-empty strings, got {key!r}")
             value = json_safe(value)
+            if not events.is_tree({key: value}):
+                raise ConfigError(f"config key {key!r}: keys must be non-empty and nest at most {events.MAX_TREE_DEPTH} "
+                                  "levels (dotted keys count as levels)")
             if key in self._items and self._items[key] != value and not allow_val_change:
                 raise ConfigError(
                     f"config key {key!r} is already {self._items[key]!r}; to change it to {value!r}, "

@@ -244,7 +244,10 @@ def _json_type(x: Any) -> str:
 
 
 def _is_number(x: Any) -> bool:
-    return (type(x) is int or type(x) is float) and math.isfinite(x)
+    """A finite float, or an int that fits 64 signed bits (what readers and storage hold)."""
+    if type(x) is int:
+        return -(2**63) <= x < 2**63
+    return type(x) is float and math.isfinite(x)
 
 
 #: Times and steps must fit ClickHouse's DateTime64(3) and the readers' signed 64-bit ranges.
@@ -279,6 +282,29 @@ def _is_name(x: Any) -> bool:
 
 def _is_obj(x: Any) -> bool:
     return isinstance(x, dict)
+
+
+#: How deep a config or summary may nest, dotted keys counted as levels ("a.b" is two): storage
+#: keeps them flattened to dotted keys and nests them again when read, and JSON encoders stop at
+#: a few hundred levels.
+MAX_TREE_DEPTH = 32
+
+
+def is_tree(x: Any, depth: int = 0) -> bool:
+    """A config or summary: an object whose keys are non-empty and which nests at most ``MAX_TREE_DEPTH`` levels."""
+    if isinstance(x, dict):
+        return all(isinstance(k, str) and k and (level := depth + k.count(".") + 1) <= MAX_TREE_DEPTH
+                   and is_tree(v, level) for k, v in x.items())
+    if isinstance(x, list):
+        return depth < MAX_TREE_DEPTH and all(is_tree(v, depth + 1) for v in x)
+    return True
+
+
+def _is_config(x: Any) -> bool:
+    return isinstance(x, dict) and is_tree(x)
+
+
+_TREE = f"an object nested at most {MAX_TREE_DEPTH} levels deep (dotted keys count), with non-empty keys"
 
 
 def _is_str_list(x: Any) -> bool:
@@ -350,7 +376,7 @@ def _check_console(data: dict[str, Any]) -> None:
 
 def _check_run_start(data: dict[str, Any]) -> None:
     _require(data, "name", _is_name, "a non-empty string")
-    _require(data, "config", _is_obj, "an object", optional=True)
+    _require(data, "config", _is_config, _TREE, optional=True)
     _require(data, "tags", _is_str_list, "an array of non-empty strings", optional=True)
     for field in ("group", "job_type", "notes", "host", "user", "program", "python"):
         _require(data, field, _is_opt_str, "a string or null", optional=True)
@@ -368,7 +394,7 @@ def _check_run_update(data: dict[str, Any]) -> None:
         raise InvalidEvent("an update must set at least one field")
     _require(data, "name", _is_name, "a non-empty string", optional=True)
     for field in ("config", "summary"):
-        _require(data, field, _is_obj, "an object", optional=True)
+        _require(data, field, _is_config, _TREE, optional=True)
     _require(data, "tags", _is_str_list, "an array of non-empty strings", optional=True)
     for field in ("notes", "group", "job_type"):
         _require(data, field, _is_opt_str, "a string or null", optional=True)
@@ -418,7 +444,7 @@ def _check_run_edit(data: dict[str, Any]) -> None:
     _require(data, "tags", _is_str_list, f"an array of non-empty strings of at most {MAX_NAME_LEN} characters", True)
     _require(data, "notes", _is_opt_str, f"a string of at most {MAX_TEXT_LEN:,} characters, or null", optional=True)
     for field in ("config", "summary"):
-        _require(data, field, _is_obj, "an object", optional=True)
+        _require(data, field, _is_config, _TREE, optional=True)
 
 
 def _check_file(data: dict[str, Any]) -> None:

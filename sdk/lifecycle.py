@@ -37,8 +37,9 @@ from typing import Any
 from runstream import events
 from runstream import resume as resuming  # `resume` is init()'s argument
 from runstream.resume import Previous
-from runstream.run import Error, Run, check_tags
+from runstream.run import Error, Run, check_tags, exit_status
 from runstream.run_settings import RunSettings
+from runstream.spool import SpoolLocked
 from runstream.values import json_safe
 
 log = logging.getLogger("runstream")
@@ -105,6 +106,8 @@ def init(
         raise ValueError(f"init(resume=...) must be 'allow', 'must', 'never', 'auto' or None, got {resume!r}")
     if _current is not None:
         _current.finish()  # one active run per process, as in wandb (a new init ends the previous run)
+    global _exit_code, _terminated_by
+    _exit_code = _terminated_by = None  # what ended an earlier run of this process is not this one's
     team = entity or os.environ.get("RUNSTREAM_ENTITY") or "default"
     project = project or os.environ.get("RUNSTREAM_PROJECT") or "uncategorized"
     for what, value in (("entity", team), ("project", project)):
@@ -128,19 +131,16 @@ def init(
     existing, previous = _previous(root, team, project, run_id, mode, run_settings, resume) if run_id else (None, None)
     run_id = run_id or _new_run_id()
     run_dir = existing or root / f"run-{time.strftime('%Y%m%d_%H%M%S')}-{run_id}"
-    last_step = previous.last_step if previous is not None and previous.last_step is not None else -1
-    run = Run(
-        team=team,
-        project=project,
-        run_id=run_id,
-        name=name or (previous.name if previous else None) or _new_name(),
-        run_dir=run_dir,
-        settings=run_settings,
-        mode=mode,
-        resumed=previous is not None,
-        step=last_step + 1,
-        meta={**(previous.meta if previous else {}), **meta},
-    )
+    try:
+        run = _new_run(team, project, run_id, name, run_dir, run_settings, mode, previous, meta)
+    except SpoolLocked:
+        if not (auto and id is None):
+            raise Error(f"run {team}/{project}/{run_id} is being logged by another process on this machine "
+                        f"({run_dir}); wait for it to end, or use another id") from None
+        # resume="auto" remembered a run that another script in this directory is logging: a new run.
+        run_id = _new_run_id()
+        run_dir = root / f"run-{time.strftime('%Y%m%d_%H%M%S')}-{run_id}"
+        run = _new_run(team, project, run_id, name, run_dir, run_settings, mode, None, meta)
     if previous is not None:
         run.config.update(previous.config, allow_val_change=True)
         run.summary.restore(previous.metrics, previous.summary)
@@ -158,6 +158,25 @@ def init(
     _current = run
     _publish(run)
     return run
+
+
+def _new_run(team: str, project: str, run_id: str, name: str | None, run_dir: Path, settings: RunSettings, mode: str,
+             previous: Previous | None, meta: dict[str, Any]) -> Run:
+    """The Run, continuing ``previous`` when there is one (its step, name, record, sequence numbers)."""
+    last_step = previous.last_step if previous is not None and previous.last_step is not None else -1
+    return Run(
+        team=team,
+        project=project,
+        run_id=run_id,
+        name=name or (previous.name if previous else None) or _new_name(),
+        run_dir=run_dir,
+        settings=settings,
+        mode=mode,
+        resumed=previous is not None,
+        step=last_step + 1,
+        meta={**(previous.meta if previous else {}), **meta},
+        seq_floor=previous.last_seq + 1 if previous is not None and previous.last_seq is not None else 0,
+    )
 
 
 def _given_meta(tags: Any, group: Any, job_type: Any, notes: Any) -> dict[str, Any]:
@@ -207,11 +226,11 @@ def _disabled_run(team: str, project: str, run_id: str, name: str | None, config
     scratch = Path(tempfile.mkdtemp(prefix="runstream-disabled-"))
     run = Run(team=team, project=project, run_id=run_id, name=name or _new_name(), run_dir=scratch,
               settings=RunSettings(system_metrics=False, console=False, git=False), mode="disabled", resumed=False)
+    run._sender.discard()
     run._sender.spool.close()
     shutil.rmtree(scratch, ignore_errors=True)
     run.dir = tempfile.gettempdir()  # exists and is writable, as scripts that write into run.dir expect
-    run._finished = True  # nothing is collected or sent
-    run.log = lambda *a, **k: None  # type: ignore[method-assign]  # and log() stays free
+    run.log = lambda *a, **k: None  # type: ignore[method-assign]  # log() stays free
     run.save = lambda *a, **k: []  # type: ignore[method-assign]
     run.summary.detach()
     if config is not None:
@@ -289,13 +308,17 @@ def _forget(run: Run, exit_code: int | None) -> None:
         runstream.run = None
         runstream.config = runstream._PreInit("config")
         runstream.summary = runstream._PreInit("summary")
+    if _terminated_by is not None:  # SIGTERM came while the run was finishing: now the process ends
+        _die_of(_terminated_by)
 
 
 # -- the process's end: finished, failed (uncaught exception, sys.exit(n)) or killed ----------------
 
 _hooks_installed = False
-#: The code the script asked ``sys.exit`` for (None: it did not call it).
+#: The status the script asked ``sys.exit`` for on the main thread (None: it did not).
 _exit_code: int | None = None
+#: The signal that is ending the process (SIGTERM), if one is.
+_terminated_by: int | None = None
 _original_exit = sys.exit
 _previous_excepthook = sys.excepthook
 
@@ -310,25 +333,40 @@ def _install_hooks() -> None:
     sys.exit = _exit
     _previous_excepthook = sys.excepthook
     sys.excepthook = _excepthook
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.getsignal(signal.SIGTERM)
+    # Only where SIGTERM would kill the process: a script's own handler (a checkpoint before a
+    # requeue) or an ignored SIGTERM stays as it is, and the run ends however the script then ends.
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
-        def on_sigterm(signum: int, frame: Any) -> None:
-            if _current is not None:
-                _current.finish(exit_code=128 + signum, _state="killed")
-            if callable(previous):
-                previous(signum, frame)
-            else:
-                signal.signal(signum, signal.SIG_DFL)
-                os.kill(os.getpid(), signum)
 
-        signal.signal(signal.SIGTERM, on_sigterm)
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Unwind the main thread (its ``finally`` blocks run, its locks are let go); ``_at_exit``
+    finishes the run as killed, then the process dies of the signal as it would have.
+
+    Not finished here: the handler may interrupt the main thread inside the SDK, holding a lock
+    that finishing needs."""
+    global _terminated_by
+    already = _terminated_by is not None
+    _terminated_by = signum
+    if not already and _current is not None and not _current._finished:
+        raise SystemExit(128 + signum)
+    if _current is None or already:  # nothing to finish, or asked twice: die now
+        _die_of(signum)
+    # finishing already (it is bounded by finish_timeout): the process dies of the signal after it
+
+
+def _die_of(signum: int) -> None:
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _exit(code: object = 0) -> None:
-    """``sys.exit`` that remembers the code, so the run ends failed with it (as wandb's hook does)."""
+    """``sys.exit`` that remembers the status, so the run ends failed with it (as wandb's hook does).
+
+    Only the main thread's: ``sys.exit`` elsewhere ends just that thread."""
     global _exit_code
-    _exit_code = 0 if code is None else code if isinstance(code, int) else 1
+    if threading.current_thread() is threading.main_thread():
+        _exit_code = exit_status(code)
     _original_exit(code)
 
 
@@ -344,4 +382,9 @@ def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> N
 
 def _at_exit() -> None:
     if _current is not None:
-        _current.finish(exit_code=_exit_code or 0)
+        if _terminated_by is not None:
+            _current.finish(exit_code=128 + _terminated_by, _state="killed")
+        else:
+            _current.finish(exit_code=_exit_code or 0)
+    if _terminated_by is not None:
+        _die_of(_terminated_by)

@@ -353,7 +353,8 @@ class Run:
         self.error: str | None = attrs.get("error")  # a failed run's traceback
         self.metric_definitions: list[dict[str, Any]] = list(attrs.get("metrics") or [])
         # What update() compares edits with, so it sends only what changed.
-        self._loaded = {"name": self.name, "config": copy.deepcopy(self.config), "summary": copy.deepcopy(self.summary)}
+        self._loaded = {"name": self.name, "tags": list(self.tags), "notes": self.notes,
+                        "config": copy.deepcopy(self.config), "summary": copy.deepcopy(self.summary)}
 
     @property
     def path(self) -> list[str]:
@@ -371,13 +372,16 @@ class Run:
         """Save edits of ``name``, ``tags``, ``notes``, ``config`` and ``summary`` (wandb's semantics: edit the
         attributes, then call this).
 
-        Of config and summary only what changed since the run was loaded is sent: changed config
+        Only what changed since the run was loaded is sent (a running run's own later edits of the
+        other fields stay): changed config
         values merge into the run's config; changed (top-level) summary keys become explicit values,
         which win over the ones computed from metrics, so the untouched computed ones keep following
         the run. Deleting a key here deletes nothing on the server.
         """
-        body: dict[str, Any] = {"tags": list(self.tags)}
-        if self.notes is not None:
+        body: dict[str, Any] = {}
+        if list(self.tags) != self._loaded["tags"]:
+            body["tags"] = list(self.tags)
+        if self.notes != self._loaded["notes"]:
             body["notes"] = self.notes
         if self.name and self.name != self._loaded["name"]:
             body["name"] = self.name
@@ -385,6 +389,8 @@ class Run:
             body["config"] = config
         if summary := _changed(self._loaded["summary"], self.summary, nested=False):
             body["summary"] = summary
+        if not body:
+            return  # nothing changed
         self._set(self._api._request("PATCH", _run_path(*self.path), body=body, what=self._what()))
 
     def history(

@@ -44,7 +44,7 @@ class Previous:
     meta: dict[str, Any] = field(default_factory=dict)
     #: The largest step stored, or None when nothing was logged.
     last_step: int | None = None
-    #: The largest sequence number this machine used (a resume here continues after it).
+    #: The largest sequence number used (on this machine, or folded by the server): a resume continues after it.
     last_seq: int | None = None
     #: Per-metric statistics (count, min, max, mean, last) from the server.
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -136,6 +136,7 @@ def from_server(base: str, api_key: str, team: str, project: str, run_id: str, t
         config=run.get("config") or {},
         meta={k: run[k] for k in META_FIELDS if run.get(k) not in (None, "", [])},
         last_step=stats.get("last_step"),
+        last_seq=stats.get("last_seq"),
         metrics=stats.get("metrics") or {},
         summary=run.get("summary") or {},
         where=base,
@@ -147,12 +148,13 @@ def combine(local: Previous | None, server: Previous | None) -> Previous | None:
     if local is None or server is None:
         return local or server
     steps = [s for s in (local.last_step, server.last_step) if s is not None]
+    seqs = [s for s in (local.last_seq, server.last_seq) if s is not None]
     return Previous(
         name=server.name or local.name,
         config={**local.config, **server.config},
         meta={**local.meta, **server.meta},
         last_step=max(steps) if steps else None,
-        last_seq=local.last_seq,
+        last_seq=max(seqs) if seqs else None,
         metrics=server.metrics,
         summary=server.summary,
         where=f"{local.where} and {server.where}",

@@ -56,12 +56,21 @@ def _glob_base(pattern: str) -> Path:
     return Path(*parts[:first_wildcard]) if first_wildcard else Path(".")
 
 
-def _seq_start(spool_dir: Path) -> int:
+def _seq_start(spool_dir: Path, floor: int = 0) -> int:
     """Sequence numbers of a run only grow, also across resumes: the session's start time in the
-    high 32 bits (a resume elsewhere starts above this session), and past this machine's last one."""
-    start = int(time.time()) << 32
+    high 32 bits, past this machine's last one, and past ``floor`` (the server's last one, so a
+    resume on a machine whose clock is behind is not taken for a replay)."""
+    start = max(int(time.time()) << 32, floor)
     _, last_seq = read_progress(spool_dir)
     return start if last_seq is None else max(start, last_seq + 1)
+
+
+def exit_status(code: object) -> int:
+    """The status a process exits with for ``sys.exit(code)``: None is 0, an int its low 8 bits
+    (as the operating system keeps them), anything else (a message) 1."""
+    if code is None:
+        return 0
+    return code & 0xFF if isinstance(code, int) else 1
 
 
 def check_tags(tags: Any, what: str) -> list[str]:
@@ -118,6 +127,7 @@ class Run:
         resumed: bool,
         step: int = 0,
         meta: Mapping[str, Any] | None = None,
+        seq_floor: int = 0,
     ) -> None:
         self.entity = team
         self.project = project
@@ -144,6 +154,7 @@ class Run:
         self._saved: dict[Path, tuple[str, float]] = {}
         self._save_globs: list[tuple[str, Path, str]] = []  # (pattern, base, policy) of save() calls to look at again
         self._saved_lock = threading.Lock()  # save() (training thread) and the live re-scan (sender thread)
+        self._copy_lock = threading.Lock()
         self._collectors: list[Any] = []
         identity = RunIdentity(team, project, run_id)
         transport = open_transport(settings.url, settings.api_key) if mode == "online" else None
@@ -153,12 +164,13 @@ class Run:
             Spool(run_dir / "spool"),
             transport,
             uploader=open_uploader(transport, settings.files_url, settings.api_key),
-            seq_start=_seq_start(run_dir / "spool"),
+            seq_start=_seq_start(run_dir / "spool", seq_floor),
             stats=self._summary.stats,
             files_dir=self._files_dir,
             flush_interval=settings.flush_interval,
             heartbeat_interval=settings.heartbeat_interval,
             last_step=step - 1,
+            next_step=lambda: self._step,
         )
         self._append_row = self._sender.rows.append
         self.config = Config()  # changes travel as run_update events once the run has started
@@ -346,7 +358,8 @@ class Run:
         self._sender.drain()
 
     def _summary_set(self, values: dict[str, Any]) -> None:
-        self._sender.put(events.RUN_UPDATE, {"summary": values})
+        if not self._sender.put(events.RUN_UPDATE, {"summary": values}) and self.mode != "disabled":
+            log.warning("runstream: the run has finished; edit its summary with runstream.Api().run(%r).update()", self.path)
 
     def define_metric(
         self,
@@ -397,21 +410,26 @@ class Run:
     def _save_matches(self, pattern: str, base: Path, store: bool, keep: bool) -> list[str]:
         """Store (or only note, for "end") the files matching ``pattern``; ``keep`` notes them for later."""
         saved = []
+        runs_root = self._run_dir.resolve().parent
         for match in sorted(glob.glob(pattern, recursive=True)):
             source = Path(match)
-            if not source.is_file() or self._files_dir in source.parents:
+            resolved = source.resolve()
+            # Never this machine's runs (a glob may reach them, also through latest-run): the run
+            # would copy its own files into themselves.
+            if not resolved.is_file() or runs_root in resolved.parents:
                 continue
             try:
-                relative = source.resolve().relative_to(base.resolve()).as_posix()
+                relative = resolved.relative_to(base.resolve()).as_posix()
             except ValueError:
                 relative = source.name
             with self._saved_lock:
                 if source not in self._saved:
                     self._saved[source] = (relative, -1.0)
-                if store:
-                    self._store_saved(source)
-                if not keep:
-                    del self._saved[source]
+            if store:
+                self._store_saved(source)
+            if not keep:
+                with self._saved_lock:
+                    self._saved.pop(source, None)
             saved.append(relative)
         return saved
 
@@ -423,7 +441,10 @@ class Run:
             self._save_matches(pattern, base, store=True, keep=True)
 
     def _store_saved(self, source: Path) -> None:
-        relative, stored_mtime = self._saved[source]
+        """Copy a saved file into the run's files when it changed since, and announce it. The copy
+        happens outside the lock: a large checkpoint must not hold up save() or the other scans."""
+        with self._saved_lock:
+            relative, stored_mtime = self._saved[source]
         try:
             mtime = source.stat().st_mtime
         except FileNotFoundError:
@@ -432,9 +453,12 @@ class Run:
             return
         target = self._files_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target)
-        self._saved[source] = (relative, mtime)
-        self._sender.put(events.FILE, file_event_data(relative, "file", target.stat().st_size, _sha256(target)))
+        with self._copy_lock:  # one copy of a target at a time (the live scan and finish may meet)
+            shutil.copy2(source, target)
+            size, digest = target.stat().st_size, _sha256(target)
+        with self._saved_lock:
+            self._saved[source] = (relative, mtime)
+        self._sender.put(events.FILE, file_event_data(relative, "file", size, digest))
 
     def _store_file(self, relative: str, content: bytes, kind: str) -> None:
         target = self._files_dir / relative
@@ -476,7 +500,9 @@ class Run:
         self._save_record()
 
         def config_changed(changed: dict[str, Any]) -> None:
-            self._sender.put(events.RUN_UPDATE, {"config": changed})
+            if not self._sender.put(events.RUN_UPDATE, {"config": changed}):
+                log.warning("runstream: the run has finished; edit its config with runstream.Api().run(%r).update()", self.path)
+                return
             self._save_record()
 
         self.config.on_change(config_changed)
@@ -521,6 +547,10 @@ class Run:
         if self._finished:
             return self._finish_result  # type: ignore[return-value]
         self._finished = True
+        if self.mode == "disabled":  # nothing was collected, nothing to send
+            if self.on_finish is not None:
+                self.on_finish(self, 0)
+            return None  # type: ignore[return-value]  # as wandb's disabled run
         for collector in reversed(self._collectors):
             try:
                 collector.stop()
@@ -536,9 +566,7 @@ class Run:
         data: dict[str, Any] = {"state": state, "exit_code": exit_code}
         if _traceback:
             data["traceback"] = _traceback[-events.MAX_TEXT_LEN :]
-        self._sender.drain()  # every row before run_finish: nothing may follow it
-        self._sender.put(events.RUN_FINISH, data)
-        self._finish_result = self._sender.finish(self.settings.finish_timeout)
+        self._finish_result = self._sender.finish(self.settings.finish_timeout, events.RUN_FINISH, data)
         if self.mode == "online" and self._finish_result.unacked_events:
             print(
                 f"runstream: {self._finish_result.unacked_events} events were not acknowledged by {self.settings.url} "
@@ -555,6 +583,8 @@ class Run:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
             self.finish()
+        elif issubclass(exc_type, SystemExit):  # sys.exit() inside the block: its code says how it ended
+            self.finish(exit_code=exit_status(exc.code))
         elif issubclass(exc_type, KeyboardInterrupt):
             self.finish(exit_code=130, _state="killed")
         else:

@@ -81,7 +81,7 @@ class ExitSafeExecutor(concurrent.futures.ThreadPoolExecutor):
     """
 
     def __init__(self) -> None:
-        super().__init__(max_workers=1)
+        super().__init__(max_workers=1)  # asyncio takes only a ThreadPoolExecutor; its pool is never used
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
@@ -190,6 +190,7 @@ class Sender:
         flush_interval: float = 0.25,
         heartbeat_interval: float = 15.0,
         last_step: int = -1,
+        next_step: Callable[[], int] | None = None,
     ) -> None:
         self.identity = identity
         self.spool = spool
@@ -216,17 +217,32 @@ class Sender:
         self._periodic: list[list[Any]] = []  # [interval, callable, when last called]
         #: The largest step spooled (a resumed run starts above the one it had).
         self.last_step = last_step
+        #: The run's next step (steps that logged only media or text count too), for the progress file.
+        self._next_step = next_step or (lambda: 0)
+        self._final: tuple[str, dict[str, Any], float] | None = None  # run_finish: spooled after everything else
+        self._closed = False  # finished: nothing more is spooled
+        self._accepting = True  # False from finish() on (or for a disabled run): put() drops
         self._progress = (last_step, seq_start - 1)  # what the spool's progress file says
         self.points = 0
         self.acked_events = 0
         self._reported: set[str] = set()
 
     # -- called from any thread --------------------------------------------------------
-    def put(self, etype: str, data: dict[str, Any], ts: float | None = None) -> None:
+    def put(self, etype: str, data: dict[str, Any], ts: float | None = None) -> bool:
+        """Queue an event; False (and nothing queued) once the run has finished."""
+        if not self._accepting:
+            return False
         self._queue.append((etype, data, ts if ts is not None else time.time()))
+        return True
 
     def put_console(self, lines: list[tuple[float, str, str]]) -> None:
-        self._console.extend(lines)
+        if self._accepting:
+            self._console.extend(lines)
+
+    def discard(self) -> None:
+        """A sender that will never run (a disabled run): whatever is put is dropped."""
+        self._accepting = False
+        self._closed = True
 
     def every(self, interval: float, fn: Callable[[], None]) -> None:
         """Call ``fn`` on the sender's thread about every ``interval`` s while the run lives."""
@@ -244,9 +260,12 @@ class Sender:
             except RuntimeError:  # the loop has closed
                 pass
 
-    def finish(self, timeout: float) -> FinishResult:
-        """Drain everything, wait up to ``timeout`` s for acknowledgements, stop. Never hangs."""
+    def finish(self, timeout: float, etype: str, data: dict[str, Any]) -> FinishResult:
+        """Drain everything, then the final event (``run_finish``: nothing is spooled after it),
+        wait up to ``timeout`` s for acknowledgements, stop. Never hangs."""
         self._deadline = time.monotonic() + timeout
+        self._final = (etype, data, time.time())
+        self._accepting = False
         self._stopping = True
         if self._thread is not None:
             self.wake()
@@ -255,7 +274,7 @@ class Sender:
             self.drain()
         pending = self._count_unacked()
         with self._lock:
-            self._record_progress()  # a resumed run continues after it
+            self._closed = True
             self.spool.close()  # releases the spool's lock: `runstream sync` may take it from here
         return FinishResult(self.acked_events, pending, self.points, str(self.spool.dir))
 
@@ -273,6 +292,7 @@ class Sender:
         data_ready, idle = asyncio.Event(), asyncio.Event()
         pump = asyncio.create_task(self._pump(data_ready, idle)) if self.transport else None
         self._last_heartbeat = time.monotonic()  # run_start says the run is alive
+        periodic: dict[int, asyncio.Future] = {}  # what each periodic call is doing now
         while not self._stopping:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval)
@@ -281,9 +301,10 @@ class Sender:
             self._wake.clear()
             if not self._stopping:  # nothing may follow run_finish
                 self._heartbeat()
-                self._call_periodic()
+                self._call_periodic(periodic)
             self._safe_drain()
             data_ready.set()
+        await asyncio.gather(*periodic.values(), return_exceptions=True)  # e.g. a file being copied
         self._safe_drain()
         if pump is not None:
             idle.clear()
@@ -322,16 +343,21 @@ class Sender:
             cursor = after
             self.acked_events += len(records)
 
-    def _call_periodic(self) -> None:
+    def _call_periodic(self, running: dict[int, asyncio.Future]) -> None:
+        """Start each periodic call that is due, on a thread of its own (copying a large saved file
+        must not hold up draining, sending and heartbeats), one at a time per call."""
         now = time.monotonic()
-        for entry in self._periodic:
+        for index, entry in enumerate(self._periodic):
             interval, fn, last = entry
-            if now - last >= interval:
+            if now - last >= interval and (index not in running or running[index].done()):
                 entry[2] = now
-                try:
-                    fn()
-                except Exception as exc:  # noqa: BLE001 - e.g. a saved file that vanished mid-copy
-                    self._report("periodic", exc)
+                running[index] = asyncio.ensure_future(asyncio.to_thread(self._guarded, fn))
+
+    def _guarded(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - e.g. a saved file that vanished mid-copy
+            self._report("periodic", exc)
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
@@ -347,8 +373,13 @@ class Sender:
             self._report("drain", exc)
 
     def drain(self) -> None:
-        """Turn everything collected so far into spooled events (any thread)."""
+        """Turn everything collected so far into spooled events (any thread); after them, once
+        finishing, the final event."""
         with self._lock:
+            if self._closed:
+                return
+            # Decided before taking the rows: whatever was logged before finish() is taken below.
+            last = self._stopping and self._final is not None
             self._drain_queue()  # before the rows: run_start precedes the first metrics
             rows = _take(self.rows)
             for payload, points in metric_batches(rows, self.stats):
@@ -362,6 +393,9 @@ class Sender:
                 for payload in console_batches(lines):
                     self._spool(events.CONSOLE, payload, time.time())
             self._drain_queue()  # what the media produced
+            if last:
+                self._spool(*self._final)  # type: ignore[misc]
+                self._closed = True
             self._record_progress()
             self.spool.flush()
 
@@ -371,7 +405,7 @@ class Sender:
         Written before the records themselves: a process killed in between then makes a
         resume skip a few steps, never log over ones it had stored.
         """
-        progress = (self.last_step, self._seq - 1)
+        progress = (max(self.last_step, self._next_step() - 1), self._seq - 1)
         if progress == self._progress:
             return
         try:

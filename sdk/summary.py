@@ -204,6 +204,9 @@ class Summary:
         if not isinstance(values, dict):
             raise TypeError(f"summary.update() takes a dict, got {type(values).__name__}")
         safe = {str(k): json_safe(v) for k, v in values.items()}
+        if not events.is_tree(safe):
+            raise ValueError(f"summary keys must be non-empty and nest at most {events.MAX_TREE_DEPTH} levels "
+                             "(dotted keys count as levels)")
         self._explicit.update(safe)
         self._on_set(safe)
 

@@ -141,6 +141,13 @@ def folded(state: dict[str, Any]) -> int:
     return state.get("folded", 0)
 
 
+def last_seq(state: dict[str, Any]) -> int | None:
+    """The largest SDK sequence number folded into a run's state (None before any): a resumed run
+    must number its events above it, or they are taken for replays."""
+    seqs = [state.get("runs_seq", -1), state.get("summary", {}).get("metrics_seq", -1), state.get("system_seq", -1)]
+    return max(seqs) if max(seqs) >= 0 else None
+
+
 def _new_run_state(event: Event) -> dict[str, Any]:
     state = runstate.new_state(event)
     state["summary"] = summaries.new_summary()

@@ -85,11 +85,23 @@ def test_edits_of_name_config_and_summary_stick_while_the_run_goes_on(api):
     assert (again["name"], again["config"]["lr"], again["config"]["opt"]) == ("final", 0.3, config["opt"])
     assert get(api.http, run.path, member)["config"]["lr"] == 0.3
 
+    deep: dict = {}
+    node = deep
+    for _ in range(300):
+        node["k"] = {}
+        node = node["k"]
+    # Too deep for storage, which nests dotted keys again when it reads them (and JSON encoders stop at a
+    # few hundred levels): refused, never stored where it would break every read of the project.
     for body in ({}, {"name": ""}, {"name": "x" * 257}, {"name": 3}, {"config": [1]}, {"summary": "x"},
-                 {"config": None}, {"colour": "red"}):
+                 {"config": None}, {"colour": "red"}, {"config": {"a." * 300 + "a": 1}}, {"summary": deep},
+                 {"config": {"": 1}}):
         response = api.http.patch(run.path, json=body, headers=member)
-        assert response.status_code == 400, (body, response.text)
+        assert response.status_code == 400, (str(body)[:80], response.text)
+    # An edit that would be larger than one event may be is refused too, not lost by a worker.
+    response = api.http.patch(run.path, json={"config": {f"k{i}": "v" * 1000 for i in range(1000)}}, headers=member)
+    assert response.status_code == 413, response.text
     assert get(api.http, run.path, member)["name"] == "final"
+    assert get(api.http, f"/api/v1/projects/{TEAM}/edits/runs", member)["runs"]
 
 
 def test_an_edit_of_a_run_that_does_not_exist_is_404_and_viewers_cannot_edit(api):
@@ -236,7 +248,8 @@ def test_statistics_of_a_run_for_its_resume(api):
     assert api.ingest(sent, member).status_code == 200
 
     stats = get(api.http, run.path + "/statistics", member)
-    assert stats == {"last_step": 7, "metrics": {
+    # last_seq: the largest seq folded, which a resume elsewhere numbers its events above
+    assert stats == {"last_step": 7, "last_seq": 4, "metrics": {
         "acc": {"count": 3, "min": 0.5, "max": 0.7, "mean": pytest.approx(0.6), "last": "-Infinity",
                 "first_step": 0, "last_step": 3},
         "epoch": {"count": 4, "min": 0, "max": 1, "mean": 0.5, "last": 1, "first_step": 0, "last_step": 3},
@@ -247,7 +260,7 @@ def test_statistics_of_a_run_for_its_resume(api):
     assert math.isclose(stats["metrics"]["acc"]["mean"], 0.6)
     epoch = stats["metrics"]["epoch"]
     assert [type(epoch[k]) for k in ("last", "min", "max")] == [int, int, int]  # logged as ints, read as ints
-    assert get(api.http, empty.path + "/statistics", member) == {"last_step": None, "metrics": {}}
+    assert get(api.http, empty.path + "/statistics", member) == {"last_step": None, "last_seq": 1, "metrics": {}}
     assert api.http.get(run.path + "x/statistics", headers=member).status_code == 404
     assert api.http.get(run.path + "/statistics", headers=rival).status_code == 404
     assert api.http.get(run.path + "/statistics").status_code == 404

@@ -129,3 +129,29 @@ def test_dead_letter_headers_carry_reason_and_source():
     headers = dict(events.dead_letter_headers("bad seq", "runstream.metrics"))
     assert headers[events.DEAD_LETTER_REASON_HEADER] == b"bad seq"
     assert headers[events.DEAD_LETTER_SOURCE_HEADER] == b"runstream.metrics"
+
+
+def test_metric_ints_must_fit_64_signed_bits():
+    ok = metrics_event(steps=range(1))
+    ok["data"]["values"] = {"big": [2**63 - 1]}
+    assert validate(ok).data["values"]["big"] == [2**63 - 1]
+    for value in (2**63, -(2**63) - 1, 2**64 - 1):
+        bad = metrics_event(steps=range(1))
+        bad["data"]["values"] = {"big": [value]}
+        with pytest.raises(InvalidEvent, match="values"):
+            validate(bad)
+
+
+def test_config_and_summary_nest_at_most_32_levels_dotted_keys_counted():
+    assert validate(make_event(events.RUN_START, {"name": "n", "config": {"a." * 31 + "b": 1}}))
+    for data in ({"name": "n", "config": {"a." * 32 + "b": 1}}, {"name": "n", "config": {"": 1}}):
+        with pytest.raises(InvalidEvent, match="nested at most 32 levels"):
+            validate(make_event(events.RUN_START, data))
+    deep: dict = {}
+    node = deep
+    for _ in range(33):
+        node["k"] = {}
+        node = node["k"]
+    for etype in (events.RUN_UPDATE, events.RUN_EDIT):
+        with pytest.raises(InvalidEvent, match="nested at most 32 levels"):
+            validate(make_event(etype, {"summary": deep}))

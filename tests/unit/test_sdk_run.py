@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -368,3 +369,137 @@ def test_save_live_stores_files_that_match_later_and_changes(run, tmp_path, monk
         if e.type == events.FILE and e.data["kind"] == "file":
             files[e.data["path"]] = e.data["size"]  # the latest announcement of each path
     assert files == {"early.txt": 3, "late.txt": 2, "made_later.end": 4}
+
+
+def _finish_of(tmp_path) -> dict:
+    run_dir = next((tmp_path / "runstream-runs").glob("run-*"))
+    evs = spooled_events(run_dir)
+    assert evs[-1].type == events.RUN_FINISH, "nothing follows run_finish"
+    return evs[-1].data
+
+
+@pytest.mark.parametrize(
+    "then,returncode,state,exit_code",
+    [
+        ("with run:\n    sys.exit(0)", 0, "finished", 0),  # a with-block's sys.exit(0) is a success
+        ("with run:\n    sys.exit(4)", 4, "failed", 4),
+        ("sys.exit(256)", 0, "finished", 0),  # the process exits with the low 8 bits, and so does the run
+        ("import threading\nt = threading.Thread(target=sys.exit, args=(5,))\nt.start(); t.join()", 0, "finished", 0),
+    ],
+)
+def test_exit_codes_are_the_ones_the_process_exits_with(tmp_path, then, returncode, state, exit_code):
+    result = subprocess.run(_script(tmp_path, "import sys\n" + then), capture_output=True, text=True, timeout=60)
+    assert result.returncode == returncode, result.stderr
+    finish = _finish_of(tmp_path)
+    assert (finish["state"], finish["exit_code"]) == (state, exit_code)
+
+
+def test_sigterm_while_the_main_thread_holds_an_sdk_lock_still_ends_the_run(tmp_path):
+    """The handler no longer finishes inside the signal: a slow save() on the main thread held a
+    lock that finishing needed, and SIGTERM hung the process."""
+    (tmp_path / "big.bin").write_bytes(b"x" * 1000)
+    then = f"""
+import shutil
+copy = shutil.copy2
+def slow_copy(*a, **k):
+    print("copying", flush=True)
+    time.sleep(3)
+    return copy(*a, **k)
+shutil.copy2 = slow_copy
+run.save({str(tmp_path / "big.bin")!r})
+time.sleep(60)
+"""
+    proc = subprocess.Popen(_script(tmp_path, then), stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "copying"
+    proc.terminate()
+    assert proc.wait(timeout=30) == -15
+    assert _finish_of(tmp_path)["state"] == "killed"
+
+
+def test_an_ignored_or_handled_sigterm_is_left_alone(tmp_path):
+    then = """
+import os, signal
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(0.2)
+print("still alive", flush=True)
+"""
+    before = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    body = before + _script(tmp_path, then)[2]
+    result = subprocess.run([sys.executable, "-c", body], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "still alive" in result.stdout, result.stderr
+    assert _finish_of(tmp_path)["state"] == "finished"
+
+
+def test_save_never_copies_this_machines_runs_into_themselves(run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.json").write_text("{}")
+    saved = run.save("**/*.json")  # the runs folder (and its latest-run link) is below the working directory
+    assert saved == ["params.json"]
+    run.finish()
+    files = {e.data["path"] for e in spooled_events(run.dir) if e.type == events.FILE and e.data["kind"] == "file"}
+    assert files == {"params.json"}
+
+
+def test_a_resume_continues_after_steps_that_logged_only_media_or_text(tmp_path):
+    first = runstream.init(project="p", id="media1", mode="offline", dir=tmp_path, settings=QUIET)
+    for i in range(3):
+        first.log({"h": runstream.Histogram([1, 2, 3]), "note": f"step {i}"})
+    first.finish()
+    again = runstream.init(project="p", id="media1", resume="allow", mode="offline", dir=tmp_path, settings=QUIET)
+    assert again.step == 3
+    again.finish()
+
+
+def test_after_finish_edits_warn_and_change_nothing(run, caplog):
+    run.log({"x": 1.0})
+    run.finish()
+    progress = (Path(run.dir) / "spool" / "progress").read_text()
+    with caplog.at_level("WARNING", logger="runstream"):
+        run.summary["best"] = 1
+        run.config.update({"late": 1})
+    assert "has finished" in caplog.text and "edit its summary" in caplog.text and "edit its config" in caplog.text
+    assert run.summary["best"] == 1  # the script's own view still answers
+    assert (Path(run.dir) / "spool" / "progress").read_text() == progress
+    assert spooled_events(run.dir)[-1].type == events.RUN_FINISH
+
+
+def test_resume_auto_starts_a_new_run_when_the_remembered_one_is_still_running(tmp_path):
+    script = f"""
+import runstream, sys, time
+run = runstream.init(project="p", mode="offline", resume="auto", dir={str(tmp_path)!r}, settings={QUIET!r})
+print(run.id, run.resumed, flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+    first = subprocess.Popen([sys.executable, "-c", script, "20"], stdout=subprocess.PIPE, text=True)
+    first_id = first.stdout.readline().split()[0]
+    second = subprocess.run([sys.executable, "-c", script, "0"], capture_output=True, text=True, timeout=60)
+    first.kill()
+    first.wait()
+    assert second.returncode == 0, second.stderr
+    second_id, resumed = second.stdout.split()
+    assert second_id != first_id and resumed == "False"
+
+
+def test_disabled_run_finishes_like_any_other(tmp_path):
+    r = runstream.init(project="p", mode="disabled", dir=tmp_path)
+    r.alert("t", "x")
+    r.name = "renamed"
+    assert runstream.run is r
+    assert r.finish() is None
+    assert runstream.run is None
+
+
+def test_config_and_summary_too_deep_for_storage_are_refused_in_the_caller(run):
+    deep: dict = {}
+    node = deep
+    for _ in range(40):
+        node["k"] = {}
+        node = node["k"]
+    with pytest.raises(ConfigError, match="nest at most 32"):
+        run.config.update({"deep": deep})
+    with pytest.raises(ConfigError, match="nest at most 32"):
+        run.config.update({"a." * 40 + "b": 1})
+    with pytest.raises(ValueError, match="nest at most 32"):
+        run.summary["x"] = deep
+    run.config.update({"fine": {"a": {"b": 1}}})
+    assert run.config["fine"] == {"a": {"b": 1}}
