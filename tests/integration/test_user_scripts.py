@@ -222,6 +222,20 @@ def test_resume_continues_the_run(where, server, api, tmp_path):
     assert run.summary["loss"] == {"min": min(losses), "max": max(losses), "mean": pytest.approx(sum(losses) / len(losses))}
 
 
+def test_a_resume_on_a_node_whose_clock_is_a_day_behind_is_not_taken_for_a_replay(server, api, tmp_path):
+    """Sequence numbers start from the clock; the resumed run numbers its events above the server's last."""
+    project, run_id = unique("skew"), unique("r")
+    env = _env(server.url, tmp_path)
+    assert _run(tmp_path / "node1", _script(project, run_id, "sys.exit(1)\n"), env).returncode == 1
+    behind = "real_time = time.time; time.time = lambda: real_time() - 86400"
+    second = _run(tmp_path / "node2", _script(project, run_id, "", before=behind, init_args=", resume='must'"), env)
+    assert second.returncode == 0, second.stderr
+    path = f"default/{project}/{run_id}"
+    run = api.run(path)
+    assert (run.state, run.exit_code) == ("finished", 0)
+    assert [r["_step"] for r in _history(api, path)] == list(range(2 * STEPS))
+
+
 def test_resume_must_and_never_are_clear_errors(server, api, tmp_path):
     project, run_id = unique("rules"), unique("r")
     env = _env(server.url, tmp_path)
