@@ -73,6 +73,10 @@ def _new_name() -> str:
     return f"{random.choice(_ADJECTIVES)}-{random.choice(_NOUNS)}-{random.randint(1, 999)}"
 
 
+def _new_run_dir(root: Path, run_id: str) -> Path:
+    return root / f"run-{time.strftime('%Y%m%d_%H%M%S')}-{run_id}"
+
+
 def find_run_dir(root: Path, run_id: str) -> Path | None:
     matches = sorted(p for p in root.glob(f"run-*-{run_id}") if p.name.endswith(f"-{run_id}"))
     return matches[-1] if matches else None
@@ -96,7 +100,7 @@ def init(
     **ignored: Any,
 ) -> Run:
     """Start a run, or continue one (wandb.init's arguments and meaning; see docs/sdk.md for resume)."""
-    global _current
+    global _current, _exit_code, _terminated_by
     mode = mode or os.environ.get("RUNSTREAM_MODE") or os.environ.get("WANDB_MODE") or "online"
     if mode == "dryrun":
         mode = "offline"
@@ -106,7 +110,6 @@ def init(
         raise ValueError(f"init(resume=...) must be 'allow', 'must', 'never', 'auto' or None, got {resume!r}")
     if _current is not None:
         _current.finish()  # one active run per process, as in wandb (a new init ends the previous run)
-    global _exit_code, _terminated_by
     _exit_code = _terminated_by = None  # what ended an earlier run of this process is not this one's
     team = entity or os.environ.get("RUNSTREAM_ENTITY") or "default"
     project = project or os.environ.get("RUNSTREAM_PROJECT") or "uncategorized"
@@ -117,7 +120,7 @@ def init(
         raise ValueError(f"run id {id!r} must be 1-64 letters, digits, '_' or '-'")
     meta = _given_meta(tags, group, job_type, notes)
     if mode == "disabled":
-        run = _disabled_run(team, project, str(id) if id else _new_run_id(), name, config)
+        run = _disabled_run(team, project, str(id) if id else _new_run_id(), name, config, meta)
         _current = run
         _publish(run)
         return run
@@ -130,7 +133,7 @@ def init(
         run_id = resuming.auto_resume_id(root)
     existing, previous = _previous(root, team, project, run_id, mode, run_settings, resume) if run_id else (None, None)
     run_id = run_id or _new_run_id()
-    run_dir = existing or root / f"run-{time.strftime('%Y%m%d_%H%M%S')}-{run_id}"
+    run_dir = existing or _new_run_dir(root, run_id)
     try:
         run = _new_run(team, project, run_id, name, run_dir, run_settings, mode, previous, meta)
     except SpoolLocked:
@@ -139,7 +142,7 @@ def init(
                         f"({run_dir}); wait for it to end, or use another id") from None
         # resume="auto" remembered a run that another script in this directory is logging: a new run.
         run_id = _new_run_id()
-        run_dir = root / f"run-{time.strftime('%Y%m%d_%H%M%S')}-{run_id}"
+        run_dir = _new_run_dir(root, run_id)
         run = _new_run(team, project, run_id, name, run_dir, run_settings, mode, None, meta)
     if previous is not None:
         run.config.update(previous.config, allow_val_change=True)
@@ -221,11 +224,12 @@ def _previous(
     return existing, previous
 
 
-def _disabled_run(team: str, project: str, run_id: str, name: str | None, config: Any) -> Run:
+def _disabled_run(team: str, project: str, run_id: str, name: str | None, config: Any, meta: dict[str, Any]) -> Run:
     """A run that records nothing and leaves nothing on disk (``mode="disabled"``)."""
     scratch = Path(tempfile.mkdtemp(prefix="runstream-disabled-"))
     run = Run(team=team, project=project, run_id=run_id, name=name or _new_name(), run_dir=scratch,
-              settings=RunSettings(system_metrics=False, console=False, git=False), mode="disabled", resumed=False)
+              settings=RunSettings(system_metrics=False, console=False, git=False), mode="disabled", resumed=False,
+              meta=meta)
     run._sender.discard()
     run._sender.spool.close()
     shutil.rmtree(scratch, ignore_errors=True)

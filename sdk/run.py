@@ -208,7 +208,13 @@ class Run:
             self._sender.put(events.RUN_UPDATE, changes)
             self._save_record()
         elif self._finished:
-            log.warning("runstream: the run has finished; edit it with runstream.Api().run(%r).update()", self.path)
+            self._too_late(", ".join(changes))
+
+    def _too_late(self, what: str) -> None:
+        """Said of an edit after finish(): nothing more is sent (a disabled run sends nothing anyway)."""
+        if self.mode != "disabled":
+            log.warning("runstream: the run has finished, so its %s is not sent; edit it with "
+                        "runstream.Api().run(%r).update()", what, self.path)
 
     def _save_record(self) -> None:
         """run.json: what this machine knows of the run, for ``runstream sync`` and for a resume."""
@@ -358,8 +364,8 @@ class Run:
         self._sender.drain()
 
     def _summary_set(self, values: dict[str, Any]) -> None:
-        if not self._sender.put(events.RUN_UPDATE, {"summary": values}) and self.mode != "disabled":
-            log.warning("runstream: the run has finished; edit its summary with runstream.Api().run(%r).update()", self.path)
+        if not self._sender.put(events.RUN_UPDATE, {"summary": values}):
+            self._too_late("summary")
 
     def define_metric(
         self,
@@ -501,7 +507,7 @@ class Run:
 
         def config_changed(changed: dict[str, Any]) -> None:
             if not self._sender.put(events.RUN_UPDATE, {"config": changed}):
-                log.warning("runstream: the run has finished; edit its config with runstream.Api().run(%r).update()", self.path)
+                self._too_late("config")
                 return
             self._save_record()
 
