@@ -14,14 +14,11 @@ and the last step is the larger of the two.
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlparse
+from urllib.parse import urlparse
 
 import orjson
 
@@ -107,30 +104,19 @@ def server_url(url: str, files_url: str) -> str | None:
     return None
 
 
-def _get(url: str, api_key: str, timeout: float) -> dict[str, Any] | None:
-    """The JSON at ``url``; None for 404; ``ServerUnreachable`` for anything that is no answer."""
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    if api_key:
-        request.add_header("Authorization", f"Bearer {api_key}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return None
-        detail = exc.read()[:500].decode(errors="replace")
-        raise ServerUnreachable(f"{url} answered HTTP {exc.code}: {detail}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise ServerUnreachable(f"{url}: {exc}") from None
-
-
 def from_server(base: str, api_key: str, team: str, project: str, run_id: str, timeout: float = 10.0) -> Previous | None:
-    """The run as the server has it, or None when the server does not know it."""
-    path = f"{base}/api/v1/runs/{quote(team, safe='')}/{quote(project, safe='')}/{quote(run_id, safe='')}"
-    run = _get(path, api_key, timeout)
-    if run is None:
-        return None
-    stats = _get(path + "/statistics", api_key, timeout) or {}
+    """The run as the server has it, or None when the server does not know it; ``ServerUnreachable``
+    when it gives no answer (down, a refused key, something else at that address)."""
+    from runstream.public_api import Api, ApiError, _run_path  # the client users read runs with; it imports Run, so late
+
+    api = Api(url=base, api_key=api_key, timeout=timeout)
+    try:
+        run = api._get_run(team, project, run_id)
+        stats = api._request("GET", _run_path(team, project, run_id) + "/statistics")
+    except ApiError as exc:
+        if exc.status == 404:
+            return None
+        raise ServerUnreachable(str(exc)) from None
     return Previous(
         name=run.get("name"),
         config=run.get("config") or {},

@@ -70,11 +70,11 @@ NO_SUMMARY = object()
 def make_definition(name: str, step_metric: str | None, summary: str | None, goal: str | None) -> MetricDefinition:
     if not isinstance(name, str) or not name:
         raise TypeError(f"define_metric() needs a metric name or glob pattern, got {name!r}")
-    if summary is not None and (not isinstance(summary, str) or not summary_ops(summary)
-                                or not set(summary_ops(summary)) <= set(SUMMARY_CHOICES)):
-        raise ValueError(f"define_metric(summary=...) takes one or more of {SUMMARY_CHOICES} separated by commas, got {summary!r}")
     if summary is not None:
-        summary = ",".join(summary_ops(summary))
+        ops = summary_ops(summary) if isinstance(summary, str) else ()
+        if not ops or not set(ops) <= set(SUMMARY_CHOICES):
+            raise ValueError(f"define_metric(summary=...) takes one or more of {SUMMARY_CHOICES} separated by commas, got {summary!r}")
+        summary = ",".join(ops)
     if goal is not None and goal not in ("minimize", "maximize"):
         raise ValueError(f"define_metric(goal=...) must be 'minimize' or 'maximize', got {goal!r}")
     if step_metric is not None and (not isinstance(step_metric, str) or not step_metric):
