@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo pipeline-demo test kafka clickhouse clean prereqs
+.PHONY: demo pipeline-demo test lint kafka clickhouse clean prereqs
 
 # Installs the package (editable, with the server and test extras) into .venv.
 $(VENV)/.installed: pyproject.toml
@@ -25,6 +25,18 @@ pipeline-demo: prereqs $(VENV)/.installed
 ## test: install, then run the whole test suite (it starts its own Kafka broker)
 test: prereqs $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## lint: ruff (lint and format check) and mypy, configured in pyproject.toml; seconds, no services
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	@# mypy finds a module by its directory's name, and sdk/ is `runstream` (package-dir in pyproject.toml):
+	@# lay the packages out under their import names, as links, and name the real files in its report.
+	@rm -rf build/typecheck && mkdir -p build/typecheck/runstream
+	@ln -s $(CURDIR)/sdk/* $(CURDIR)/api $(CURDIR)/storage $(CURDIR)/streams build/typecheck/runstream/
+	$(BIN)/mypy > build/typecheck/report.txt; status=$$?; \
+	sed -E 's#build/typecheck/runstream/(api|storage|streams)/#\1/#; s#build/typecheck/runstream/#sdk/#' \
+	    build/typecheck/report.txt; exit $$status
 
 ## kafka: a Kafka broker on 127.0.0.1:9092 with the pipeline's topics, until Ctrl-C
 kafka: prereqs $(VENV)/.installed
