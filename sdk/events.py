@@ -18,8 +18,8 @@ rows per event. JSON has no NaN or infinity, so metric values are numbers,
 ``"Infinity"``, ``"-Infinity"``; ``encode_value``/``decode_value`` convert.
 
 This module is the only place that defines an event shape; the SDK, the
-processors and the API all import it. It depends on orjson only, so training
-environments can import it without the server extras.
+processors and the API all import it. It depends on orjson and ``runstream.names``
+only, so training environments can import it without the server extras.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import orjson
+
+from runstream import names
 
 SCHEMA_VERSION = 1
 
@@ -107,8 +109,6 @@ MAX_ROWS = 100_000
 MAX_NAME_LEN = 256
 MAX_TEXT_LEN = 64_000
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}\Z")
-_RUN_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
 NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -212,12 +212,10 @@ def validate(obj: Any) -> Event:
         raise InvalidEvent(f"unknown envelope field(s) {sorted(unknown)}")
     team, project, run_id = obj.get("team"), obj.get("project"), obj.get("run_id")
     for field, value in (("team", team), ("project", project)):
-        if not isinstance(value, str) or not _NAME.match(value):
-            raise InvalidEvent(
-                f"{field} must be 1-128 letters, digits, '_', '.' or '-' starting with a letter or digit, got {value!r}"
-            )
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
-        raise InvalidEvent(f"run_id must be 1-64 letters, digits, '_' or '-', got {run_id!r}")
+        if not names.is_name(value):
+            raise InvalidEvent(f"{field} must be {names.NAME_RULE}, got {value!r}")
+    if not names.is_run_id(run_id):
+        raise InvalidEvent(f"run_id must be {names.RUN_ID_RULE}, got {run_id!r}")
     seq = obj.get("seq")
     if type(seq) is not int or seq < 0:
         raise InvalidEvent(f"seq must be a non-negative integer, got {seq!r}")

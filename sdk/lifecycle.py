@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from runstream import events
+from runstream import names
 from runstream import resume as resuming  # `resume` is init()'s argument
 from runstream.resume import Previous
 from runstream.run import Error, Run, check_tags, exit_status
@@ -114,10 +114,10 @@ def init(
     team = entity or os.environ.get("RUNSTREAM_ENTITY") or "default"
     project = project or os.environ.get("RUNSTREAM_PROJECT") or "uncategorized"
     for what, value in (("entity", team), ("project", project)):
-        if not events._NAME.match(value):
-            raise ValueError(f"{what} {value!r} must be 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit")
-    if id is not None and not events._RUN_ID.match(str(id)):
-        raise ValueError(f"run id {id!r} must be 1-64 letters, digits, '_' or '-'")
+        if not names.is_name(value):
+            raise ValueError(f"{what} {value!r} must be {names.NAME_RULE}")
+    if id is not None and not names.is_run_id(str(id)):
+        raise ValueError(f"run id {id!r} must be {names.RUN_ID_RULE}")
     meta = _given_meta(tags, group, job_type, notes)
     if mode == "disabled":
         run = _disabled_run(team, project, str(id) if id else _new_run_id(), name, config, meta)

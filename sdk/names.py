@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import re
 
+# Each pattern comes with the words error messages use to say it.
+
 #: A team or project name (the event contract's, so it is also a Kafka-key and path-safe word).
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+NAME_RULE = "1-128 letters, digits, '_', '.' or '-', starting with a letter or digit"
 #: A run id: what the SDK generates, or what a user passes as ``id=``.
 RUN_ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
+RUN_ID_RULE = "1-64 letters, digits, '_' or '-'"
 #: A user name (an e-mail address fits).
 USER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@+\-]{0,127}$"
+USER_RULE = "1-128 letters, digits or '_.@+-', starting with a letter or digit"
 
 # fullmatch on the bare pattern: ``$`` would let a trailing newline through.
 _NAME = re.compile(NAME_PATTERN.strip("^$"))

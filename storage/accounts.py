@@ -1,7 +1,6 @@
 """Teams, members, projects and API keys: the small tables access control reads.
 
-Each write inserts the whole row with a larger ``version`` (microseconds); a
-delete writes ``is_deleted = 1``. Reads use ``FINAL``, so a write is visible to
+Every record is a versioned row (``storage.versioned``): a write is visible to
 the next read on any replica. The API decides who may call these; this module
 only validates shapes and keeps SQL parameterized.
 
@@ -21,45 +20,35 @@ from typing import Any, Literal
 
 from clickhouse_connect.driver.client import Client
 
+from runstream.names import NAME_RULE, USER_RULE, is_name, is_user
 from runstream.storage.errors import QueryError
+from runstream.storage.versioned import VersionedTable, now_ms
 from runstream.storage.writer import insert_row
 
 Role = Literal["viewer", "member", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "member", "admin")
 VISIBILITIES = ("private", "public")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}\Z")  # the event contract's team/project names
-_USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+\-]{0,127}\Z")
 _KEY = re.compile(r"rs_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})\Z")
 MAX_DESCRIPTION = 4000
 MAX_DISPLAY_NAME = 200
 MAX_KEY_NAME = 200
 
-
-def next_version(after: int | None = None) -> int:
-    """A row version: microseconds now, and always above ``after`` (the row it replaces), so a change
-    written right after it, or by a replica whose clock is behind, still wins."""
-    return max(time.time_ns() // 1000, (after or 0) + 1)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def is_name(value: Any) -> bool:
-    """Whether ``value`` can name a team or project (the event contract's names)."""
-    return isinstance(value, str) and _NAME.match(value) is not None
+_TEAMS = VersionedTable("teams", ("team",))
+_MEMBERS = VersionedTable("members", ("team", "user"))
+_PROJECTS = VersionedTable("projects", ("team", "project"))
+_KEYS = VersionedTable("api_keys", ("key_id",), deletable=False)  # a key is revoked, never deleted
 
 
 def check_name(what: str, value: Any) -> str:
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise QueryError(f"{what} must be 1-128 letters, digits, '_', '.' or '-' starting with a letter or digit",
-                         field=what, value=value if isinstance(value, str) else None)
+    """A team or project name (``runstream.names``), or a QueryError saying what one is."""
+    if not is_name(value):
+        raise QueryError(f"{what} must be {NAME_RULE}", field=what, value=value if isinstance(value, str) else None)
     return value
 
 
 def check_user(value: Any) -> str:
-    if not isinstance(value, str) or not _USER.match(value):
-        raise QueryError("user must be 1-128 letters, digits or '_.@+-', starting with a letter or digit", field="user")
+    if not is_user(value):
+        raise QueryError(f"user must be {USER_RULE}", field="user")
     return value
 
 
@@ -80,16 +69,12 @@ def ensure_team(client: Client, team: str, display_name: str = "") -> bool:
                          field="display_name")
     if get_team(client, team) is not None:
         return False
-    insert_row(client, "teams", {"team": team, "display_name": display_name or team, "created_at": now_ms(),
-                              "version": next_version(), "is_deleted": 0})
+    _TEAMS.write(client, {"team": team, "display_name": display_name or team, "created_at": now_ms()})
     return True
 
 
 def get_team(client: Client, team: str) -> dict[str, Any] | None:
-    rows = list(client.query(
-        "SELECT team, display_name, toUnixTimestamp64Milli(created_at) / 1000 AS created_at "
-        "FROM teams FINAL WHERE team = {t:String}", parameters={"t": team}).named_results())
-    return rows[0] if rows else None
+    return _TEAMS.latest(client, "team, display_name, toUnixTimestamp64Milli(created_at) / 1000 AS created_at", team)
 
 
 def list_teams(client: Client, teams: list[str] | None = None) -> list[dict[str, Any]]:
@@ -106,8 +91,8 @@ def set_member(client: Client, team: str, user: str, role: Role) -> dict[str, An
     check_role(role)
     existing = member_role(client, team, user)
     created = now_ms() if existing is None else existing["created_at_ms"]
-    insert_row(client, "members", {"team": team, "user": user, "role": role, "created_at": created,
-                                "version": next_version(existing["version"] if existing else 0), "is_deleted": 0})
+    _MEMBERS.write(client, {"team": team, "user": user, "role": role, "created_at": created},
+                   after=existing["version"] if existing else None)
     return {"team": team, "user": user, "role": role}
 
 
@@ -120,9 +105,8 @@ def remove_member(client: Client, team: str, user: str) -> bool:
     existing = member_role(client, team, user)
     if existing is None:
         return False
-    insert_row(client, "members", {"team": team, "user": user, "role": existing["role"],
-                                "created_at": existing["created_at_ms"], "version": next_version(existing["version"]),
-                                "is_deleted": 1})
+    _MEMBERS.write(client, {"team": team, "user": user, "role": existing["role"],
+                            "created_at": existing["created_at_ms"]}, after=existing["version"], deleted=True)
     for key in list_keys(client, team, user):
         if key["revoked_at"] is None:
             revoke_key(client, key["key_id"])
@@ -130,10 +114,7 @@ def remove_member(client: Client, team: str, user: str) -> bool:
 
 
 def member_role(client: Client, team: str, user: str) -> dict[str, Any] | None:
-    rows = list(client.query(
-        "SELECT role, toUnixTimestamp64Milli(created_at) AS created_at_ms, version FROM members FINAL "
-        "WHERE team = {t:String} AND user = {u:String}", parameters={"t": team, "u": user}).named_results())
-    return rows[0] if rows else None
+    return _MEMBERS.latest(client, "role, toUnixTimestamp64Milli(created_at) AS created_at_ms, version", team, user)
 
 
 def list_members(client: Client, team: str) -> list[dict[str, Any]]:
@@ -171,8 +152,8 @@ def create_key(client: Client, team: str, user: str, name: str = "") -> tuple[st
     if not isinstance(name, str) or len(name) > MAX_KEY_NAME:
         raise QueryError(f"a key's name is a string of at most {MAX_KEY_NAME} characters", field="name")
     key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-    insert_row(client, "api_keys", {"key_id": key_id, "secret_sha256": _digest(secret), "team": team, "user": user,
-                                 "name": name, "created_at": now_ms(), "revoked_at": None, "version": next_version()})
+    _KEYS.write(client, {"key_id": key_id, "secret_sha256": _digest(secret), "team": team, "user": user,
+                         "name": name, "created_at": now_ms(), "revoked_at": None})
     return key_id, f"rs_{key_id}_{secret}"
 
 
@@ -222,11 +203,8 @@ def get_key(client: Client, key_id: str) -> dict[str, Any] | None:
 
 def _key_row(client: Client, key_id: str) -> dict[str, Any] | None:
     """The whole stored row (with the hash, and times in integer milliseconds so a rewrite keeps them exact)."""
-    rows = list(client.query(
-        "SELECT key_id, team, user, name, secret_sha256, toUnixTimestamp64Milli(created_at) AS created_ms, "
-        "toUnixTimestamp64Milli(revoked_at) AS revoked_ms, version FROM api_keys FINAL WHERE key_id = {k:String}",
-        parameters={"k": key_id}).named_results())
-    return rows[0] if rows else None
+    return _KEYS.latest(client, "key_id, team, user, name, secret_sha256, toUnixTimestamp64Milli(created_at) AS "
+                        "created_ms, toUnixTimestamp64Milli(revoked_at) AS revoked_ms, version", key_id)
 
 
 def revoke_key(client: Client, key_id: str) -> bool:
@@ -234,9 +212,9 @@ def revoke_key(client: Client, key_id: str) -> bool:
     row = _key_row(client, key_id)
     if row is None or row["revoked_ms"] is not None:
         return False
-    insert_row(client, "api_keys", {"key_id": key_id, "secret_sha256": row["secret_sha256"], "team": row["team"],
-                                 "user": row["user"], "name": row["name"], "created_at": row["created_ms"],
-                                 "revoked_at": now_ms(), "version": next_version(row["version"])})
+    _KEYS.write(client, {"key_id": key_id, "secret_sha256": row["secret_sha256"], "team": row["team"],
+                         "user": row["user"], "name": row["name"], "created_at": row["created_ms"],
+                         "revoked_at": now_ms()}, after=row["version"])
     return True
 
 
@@ -244,7 +222,7 @@ def revoke_key(client: Client, key_id: str) -> bool:
 
 # Projects exist once they have a row (created through the API) or runs (created by logging).
 # One without a row is private; the row's visibility and description win over the runs side.
-_PROJECTS = """
+_PROJECTS_SQL = """
 SELECT team, project,
        if(countIf(runs = 0) > 0, anyIf(visibility, runs = 0), 'private') AS visibility,
        anyIf(description, runs = 0) AS description,
@@ -263,7 +241,7 @@ ORDER BY team, project"""
 
 def list_projects(client: Client, teams: list[str] | None, public: bool) -> list[dict[str, Any]]:
     """Projects of ``teams`` (every team when None), plus every public project when ``public``."""
-    sql = _PROJECTS
+    sql = _PROJECTS_SQL
     if teams is None:
         rows = client.query(sql.format(where="1"))
     else:
@@ -284,7 +262,7 @@ def list_projects(client: Client, teams: list[str] | None, public: bool) -> list
 
 def get_project(client: Client, team: str, project: str) -> dict[str, Any] | None:
     """A project with its visibility and run count, or None when it has neither a row nor runs."""
-    rows = list(client.query(_PROJECTS.format(where="team = {t:String} AND project = {p:String}"),
+    rows = list(client.query(_PROJECTS_SQL.format(where="team = {t:String} AND project = {p:String}"),
                              parameters={"t": team, "p": project}).named_results())
     return rows[0] if rows else None
 
@@ -306,6 +284,7 @@ def upsert_project(client: Client, team: str, project: str, visibility: str | No
     if description is not None and (not isinstance(description, str) or len(description) > MAX_DESCRIPTION):
         raise QueryError(f"description must be a string of at most {MAX_DESCRIPTION} characters", field="description")
     current = get_project(client, team, project)
+    stored = _PROJECTS.latest(client, "version", team, project)  # None for a project known only by its runs
     row = {
         "team": team,
         "project": project,
@@ -313,10 +292,8 @@ def upsert_project(client: Client, team: str, project: str, visibility: str | No
         "description": description if description is not None else (current["description"] if current else ""),
         # round, not int: created_at is a float of seconds, and truncating would move it back 1 ms per edit
         "created_at": round(current["created_at"] * 1000) if current else now_ms(),
-        "version": next_version(),
-        "is_deleted": 0,
     }
-    insert_row(client, "projects", row)
+    _PROJECTS.write(client, row, after=stored["version"] if stored else None)
     return get_project(client, team, project) or {}
 
 

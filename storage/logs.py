@@ -17,6 +17,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from runstream.events import FILE_KINDS
+from runstream.names import MAX_TIME_MS, is_time_ms, is_time_s
 from runstream.storage.errors import QueryError
 
 MAX_RUNS = 10_000
@@ -25,7 +26,6 @@ MAX_LINES = 10_000
 MAX_ALERTS = 10_000
 MAX_STREAM_BATCH = 1000  # alerts a live stream reads at once
 MAX_QUERY_LEN = 1_000
-_MAX_MS = 10**13  # year 2286, inside DateTime64(3)'s range
 
 # -- system metrics -------------------------------------------------------------------
 
@@ -89,7 +89,7 @@ def system_series(
         "runs": runs,
         "metrics": names or [],
         "start": _ms("start", start, 0),
-        "end": _ms("end", end, _MAX_MS),
+        "end": _ms("end", end, MAX_TIME_MS),
     }
     where = {"metrics": "" if names is None else "AND metric IN {metrics:Array(String)}"}
     spans = client.query(_SYSTEM_SPANS % where, parameters=params).result_rows
@@ -267,8 +267,8 @@ def alerts_after(
     id is not in ``exclude``, oldest first: what a live stream has not sent yet. Same shape as
     ``list_alerts``, plus ``time_ms`` (the stream's cursor)."""
     for name, ms in (("floor_ms", floor_ms), ("after", after[0])):
-        if isinstance(ms, bool) or not isinstance(ms, int) or not 0 <= ms <= _MAX_MS:
-            raise QueryError(f"{name} must be Unix milliseconds from 0 to {_MAX_MS}, got {ms!r}")
+        if not is_time_ms(ms):
+            raise QueryError(f"{name} must be Unix milliseconds from 0 to {MAX_TIME_MS}, got {ms!r}")
     if not 1 <= limit <= MAX_STREAM_BATCH:
         raise QueryError(f"limit must be from 1 to {MAX_STREAM_BATCH}")
     where = ""
@@ -321,7 +321,7 @@ def _check_int(what: str, value: Any, lo: int, hi: int) -> None:
 def _ms(what: str, seconds: Any, default: int) -> int:
     if seconds is None:
         return default
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds * 1000 <= _MAX_MS:
+    if not is_time_s(seconds):
         raise QueryError(f"{what} must be a Unix time in seconds, got {seconds!r}")
     return round(seconds * 1000)
 

@@ -1,8 +1,7 @@
 """Reports: a project's markdown notes with chart panels (JSON specs), and the version of their share links.
 
-Each write inserts the whole row with a larger ``version``; a delete writes
-``is_deleted = 1``. Reads use ``FINAL``, so a write is visible to the next read
-on any replica. Share links are signed tokens that name ``share_version``:
+A report is a versioned row (``storage.versioned``): a write is visible to the
+next read on any replica. Share links are signed tokens that name ``share_version``:
 bumping it revokes every link made before. Revocations and deletions are also
 appended to ``report_links``, where the largest version and any deletion win,
 so an edit racing them (it rewrites the row it read) cannot undo them. The API
@@ -18,8 +17,9 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client
 
-from runstream.storage.accounts import check_name, next_version, now_ms
+from runstream.storage.accounts import check_name
 from runstream.storage.errors import QueryError
+from runstream.storage.versioned import VersionedTable, now_ms
 from runstream.storage.writer import insert_row
 
 MAX_TITLE = 256
@@ -27,6 +27,8 @@ MAX_BODY = 1 << 20  # characters of markdown
 MAX_PANELS = 100
 MAX_PANELS_BYTES = 256 << 10  # the panels' JSON text
 MAX_REPORTS = 10_000
+
+_REPORTS = VersionedTable("reports", ("team", "project", "report_id"))
 
 _COLUMNS = """report_id, team, project, title, body, panels, created_by,
     toUnixTimestamp64Milli(created_at) AS created_ms, toUnixTimestamp64Milli(updated_at) AS updated_ms,
@@ -75,17 +77,15 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
 
 # Each report's latest revocation and whether it was deleted (no row: neither).
 _LINKS = """LEFT JOIN (SELECT report_id, max(share_version) AS link_version, max(deleted) AS gone FROM report_links
-                    WHERE team = {t:String} AND project = {p:String} GROUP BY report_id) AS l USING (report_id)"""
+                    WHERE team = {team:String} AND project = {project:String} GROUP BY report_id) AS l
+          USING (report_id)"""
 
 
 def _row(client: Client, team: str, project: str, report_id: str) -> dict[str, Any] | None:
-    rows = list(client.query(
-        f"SELECT {_COLUMNS}, link_version, gone FROM reports FINAL {_LINKS} WHERE team = {{t:String}} "
-        "AND project = {p:String} AND report_id = {r:String} AND gone = 0",
-        parameters={"t": team, "p": project, "r": report_id}).named_results())
-    if not rows:
+    row = _REPORTS.latest(client, f"{_COLUMNS}, link_version, gone", team, project, report_id, join=_LINKS,
+                          where="gone = 0")
+    if row is None:
         return None
-    row = rows[0]
     row["share_version"] = max(int(row["share_version"]), int(row.pop("link_version")))
     del row["gone"]
     return row
@@ -101,9 +101,8 @@ def _write(client: Client, row: dict[str, Any], current_version: int | None, del
         "team": row["team"], "project": row["project"], "report_id": row["report_id"], "title": row["title"],
         "body": row["body"], "panels": row["panels"], "created_by": row["created_by"],
         "created_at": row["created_ms"], "updated_at": row["updated_ms"], "share_version": row["share_version"],
-        "version": next_version(current_version), "is_deleted": int(deleted),
     }
-    insert_row(client, "reports", values)
+    _REPORTS.write(client, values, after=current_version, deleted=deleted)
 
 
 def get_report(client: Client, team: str, project: str, report_id: str) -> dict[str, Any] | None:
@@ -117,8 +116,8 @@ def list_reports(client: Client, team: str, project: str) -> list[dict[str, Any]
     rows = client.query(
         "SELECT report_id, title, created_by, toUnixTimestamp64Milli(created_at), toUnixTimestamp64Milli(updated_at), "
         f"greatest(share_version, link_version), length(JSONExtractArrayRaw(panels)) FROM reports FINAL {_LINKS} "
-        "WHERE team = {t:String} AND project = {p:String} AND gone = 0 ORDER BY updated_at DESC, report_id "
-        "LIMIT {n:UInt32}", parameters={"t": team, "p": project, "n": MAX_REPORTS}).result_rows
+        "WHERE team = {team:String} AND project = {project:String} AND gone = 0 ORDER BY updated_at DESC, report_id "
+        "LIMIT {n:UInt32}", parameters={"team": team, "project": project, "n": MAX_REPORTS}).result_rows
     return [
         {"id": rid, "team": team, "project": project, "title": title, "created_by": by, "created_at": created / 1000,
          "updated_at": updated / 1000, "share_version": int(share), "panel_count": int(panels)}

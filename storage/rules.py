@@ -3,8 +3,8 @@
 A rule row is what ``streams.processor.RuleBook`` loads (``FINAL``, ``enabled``,
 ``spec`` as JSON text, ``cooldown_s``), so every rule written here is checked
 with ``streams.alerting.check_rule`` first: a rule stored is a rule that fires.
-Each write inserts the whole row with a larger ``version``; a delete writes
-``is_deleted = 1``, which ``FINAL`` hides from the processor too.
+A rule is a versioned row (``storage.versioned``); the processor reads it with
+``FINAL`` too, so a deleted rule stops firing.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client
 
-from runstream.storage.accounts import check_name, next_version, now_ms
+from runstream.storage.accounts import check_name
 from runstream.storage.errors import QueryError
-from runstream.storage.writer import insert_row
+from runstream.storage.versioned import VersionedTable, now_ms
 from runstream.streams.alerting import RuleError, check_rule
 
 MAX_NAME = 256
@@ -25,6 +25,8 @@ MAX_SPEC_BYTES = 16 << 10
 MAX_COOLDOWN_S = 30 * 24 * 3600
 DEFAULT_COOLDOWN_S = 300
 MAX_RULES = 1000
+
+_RULES = VersionedTable("alert_rules", ("team", "project", "rule_id"))
 
 _COLUMNS = """rule_id, team, project, name, kind, spec, enabled, cooldown_s,
     toUnixTimestamp64Milli(created_at) AS created_ms, toUnixTimestamp64Milli(updated_at) AS updated_ms, version"""
@@ -74,16 +76,12 @@ def _write(client: Client, row: dict[str, Any], current_version: int | None, del
         "team": row["team"], "project": row["project"], "rule_id": row["rule_id"], "name": row["name"],
         "kind": row["kind"], "spec": row["spec"], "enabled": bool(row["enabled"]), "cooldown_s": row["cooldown_s"],
         "created_at": row["created_ms"], "updated_at": row["updated_ms"],
-        "version": next_version(current_version), "is_deleted": int(deleted),
     }
-    insert_row(client, "alert_rules", values)
+    _RULES.write(client, values, after=current_version, deleted=deleted)
 
 
 def _row(client: Client, team: str, project: str, rule_id: str) -> dict[str, Any] | None:
-    rows = list(client.query(
-        f"SELECT {_COLUMNS} FROM alert_rules FINAL WHERE team = {{t:String}} AND project = {{p:String}} "
-        "AND rule_id = {r:String}", parameters={"t": team, "p": project, "r": rule_id}).named_results())
-    return rows[0] if rows else None
+    return _RULES.latest(client, _COLUMNS, team, project, rule_id)
 
 
 def get_rule(client: Client, team: str, project: str, rule_id: str) -> dict[str, Any] | None:
