@@ -56,7 +56,16 @@ from typing import Any
 from urllib.parse import quote
 
 from bench.query import (
-    CHART_METRIC, CHART_POINTS, METRIC_NAMES, PROJECT, RUNS_FILTER, RUNS_ORDER, RUNS_PAGE, TEAM, load, run_id,
+    CHART_METRIC,
+    CHART_POINTS,
+    METRIC_NAMES,
+    PROJECT,
+    RUNS_FILTER,
+    RUNS_ORDER,
+    RUNS_PAGE,
+    TEAM,
+    load,
+    run_id,
 )
 
 API_TARGET = 1.2
@@ -64,8 +73,10 @@ USER = "bench-reader"
 SERIES_PATH = f"/api/v1/projects/{TEAM}/{PROJECT}/series"
 #: What the web UI's panels ask for with 1,000 runs (web/src/data.ts): x and y, no envelope.
 UI_FIELDS = {"fields": ["x", "y"]}
-RUNS_PATH = (f"/api/v1/projects/{TEAM}/{PROJECT}/runs?filters={quote(json.dumps(RUNS_FILTER))}"
-             f"&order={quote(RUNS_ORDER)}&limit={RUNS_PAGE}")
+RUNS_PATH = (
+    f"/api/v1/projects/{TEAM}/{PROJECT}/runs?filters={quote(json.dumps(RUNS_FILTER))}"
+    f"&order={quote(RUNS_ORDER)}&limit={RUNS_PAGE}"
+)
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -90,7 +101,9 @@ def client_process(conn: Connection, port: int, key: str) -> None:
         if op == "stop":
             conn.send(None)
             return
-        if op == "request":  # one request on a kept-alive connection: (status, ms to whole body, bytes, parse ms, items)
+        if (
+            op == "request"
+        ):  # one request on a kept-alive connection: (status, ms to whole body, bytes, parse ms, items)
             _, method, path, body = command
             sent_headers = {**headers, **({"Content-Type": "application/json"} if body is not None else {})}
             start = time.perf_counter()
@@ -116,7 +129,9 @@ def client_process(conn: Connection, port: int, key: str) -> None:
             conn.send(result)
 
 
-async def load_run(url: str, headers: dict[str, str], concurrency: int, duration: float, warmup: float) -> dict[str, Any]:
+async def load_run(
+    url: str, headers: dict[str, str], concurrency: int, duration: float, warmup: float
+) -> dict[str, Any]:
     """``concurrency`` connections requesting ``url`` back to back; figures for those sent after the warm-up."""
     import aiohttp
 
@@ -136,7 +151,7 @@ async def load_run(url: str, headers: dict[str, str], concurrency: int, duration
                 async with session.get(url) as response:
                     await response.read()
                     status = response.status
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 failures[type(exc).__name__] += 1
             done = time.perf_counter()
             answered += 1
@@ -151,11 +166,15 @@ async def load_run(url: str, headers: dict[str, str], concurrency: int, duration
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
     elapsed = last_done - measure_from
     return {
-        "requests": len(latencies), "seconds": elapsed, "rps": len(latencies) / elapsed if elapsed > 0 else 0.0,
+        "requests": len(latencies),
+        "seconds": elapsed,
+        "rps": len(latencies) / elapsed if elapsed > 0 else 0.0,
         "p50_ms": statistics.median(latencies) if latencies else math.nan,
         "p99_ms": percentile(latencies, 0.99) if latencies else math.nan,
-        "statuses": dict(statuses), "errors": sum(n for s, n in statuses.items() if s != 200),
-        "failures": dict(failures), "answered": answered,
+        "statuses": dict(statuses),
+        "errors": sum(n for s, n in statuses.items() if s != 200),
+        "failures": dict(failures),
+        "answered": answered,
     }
 
 
@@ -194,8 +213,11 @@ class Served:
             handler.pop("stream", None)
             handler.update({"class": "logging.FileHandler", "filename": str(log_path)})
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, access_log=access_log,
-                                                    log_config=log_config, log_level="info"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app, host="127.0.0.1", port=self.port, access_log=access_log, log_config=log_config, log_level="info"
+            )
+        )
 
     def __enter__(self) -> Served:
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -227,8 +249,9 @@ class ClientProcess:
             return self.conn.recv()
         except (EOFError, OSError):
             self.process.join(timeout=5)
-            raise RuntimeError(f"the client process ended (exit code {self.process.exitcode}); "
-                               "its error is printed above") from None
+            raise RuntimeError(
+                f"the client process ended (exit code {self.process.exitcode}); its error is printed above"
+            ) from None
 
     def close(self) -> None:
         if self.process.is_alive():
@@ -241,19 +264,28 @@ class ClientProcess:
 
 def loaded(client: Any, runs: int, steps: int, meta_runs: int) -> bool | None:
     """Whether the directory already holds the project at this size (None: it holds nothing)."""
-    have_points = int(client.command(
-        "SELECT count() FROM metric_points WHERE team = {t:String} AND project = {p:String}",
-        parameters={"t": TEAM, "p": PROJECT}) or 0)
-    have_runs = int(client.command(
-        "SELECT count() FROM runs FINAL WHERE team = {t:String} AND project = {p:String}",
-        parameters={"t": TEAM, "p": PROJECT}) or 0)
+    have_points = int(
+        client.command(
+            "SELECT count() FROM metric_points WHERE team = {t:String} AND project = {p:String}",
+            parameters={"t": TEAM, "p": PROJECT},
+        )
+        or 0
+    )
+    have_runs = int(
+        client.command(
+            "SELECT count() FROM runs FINAL WHERE team = {t:String} AND project = {p:String}",
+            parameters={"t": TEAM, "p": PROJECT},
+        )
+        or 0
+    )
     if have_points == 0 and have_runs == 0:
         return None
     return have_points == runs * len(METRIC_NAMES) * steps and have_runs == meta_runs
 
 
-def measure(args: argparse.Namespace, settings: Any, client: Any, key: str, ids: list[str], access_log: bool,
-            log_path: Path) -> dict[str, Any]:
+def measure(
+    args: argparse.Namespace, settings: Any, client: Any, key: str, ids: list[str], access_log: bool, log_path: Path
+) -> dict[str, Any]:
     """One server configuration: the compare chart and runs table, sequentially and under load."""
     import orjson
 
@@ -270,6 +302,7 @@ def measure(args: argparse.Namespace, settings: Any, client: Any, key: str, ids:
     with Served(create_app(settings, backend=backend), access_log, log_path) as served:
         http = ClientProcess(served.port, key)
         try:
+
             def raw_chart() -> float:
                 start = time.perf_counter()
                 series(client, TEAM, PROJECT, ids, [CHART_METRIC], points=CHART_POINTS)
@@ -315,8 +348,11 @@ def measure(args: argparse.Namespace, settings: Any, client: Any, key: str, ids:
             for _ in range(args.repeat * 5):
                 runs_raw.append(raw_runs())
                 runs_api.append(api("GET", RUNS_PATH, None, RUNS_PAGE)[0])
-            print(f"  access log {label}: runs table under load, {args.concurrency} connections for "
-                  f"{args.duration:g} s ...", flush=True)
+            print(
+                f"  access log {label}: runs table under load, {args.concurrency} connections for "
+                f"{args.duration:g} s ...",
+                flush=True,
+            )
             server_cpu = resource.getrusage(resource.RUSAGE_SELF)
             under_load = http.ask("load", RUNS_PATH, args.concurrency, args.duration, args.warmup)
             after = resource.getrusage(resource.RUSAGE_SELF)
@@ -324,15 +360,23 @@ def measure(args: argparse.Namespace, settings: Any, client: Any, key: str, ids:
         finally:
             http.close()
     out["errors"] += under_load["errors"] + sum(under_load["failures"].values())
-    out.update({
-        "chart_raw_p50": statistics.median(chart_raw), "chart_api_p50": statistics.median(chart_api),
-        "chart_api_p95": percentile(chart_api, 0.95), "chart_parse_p50": statistics.median(chart_parse),
-        "chart_bytes": chart_bytes, "ui_api_p50": statistics.median(ui_api),
-        "ui_api_p95": percentile(ui_api, 0.95), "ui_parse_p50": statistics.median(ui_parse),
-        "ui_bytes": ui_bytes, "runs_raw_p50": statistics.median(runs_raw),
-        "runs_api_p50": statistics.median(runs_api), "runs_raw_cpu_p50": statistics.median(runs_raw_cpu),
-        "load": under_load,
-    })
+    out.update(
+        {
+            "chart_raw_p50": statistics.median(chart_raw),
+            "chart_api_p50": statistics.median(chart_api),
+            "chart_api_p95": percentile(chart_api, 0.95),
+            "chart_parse_p50": statistics.median(chart_parse),
+            "chart_bytes": chart_bytes,
+            "ui_api_p50": statistics.median(ui_api),
+            "ui_api_p95": percentile(ui_api, 0.95),
+            "ui_parse_p50": statistics.median(ui_parse),
+            "ui_bytes": ui_bytes,
+            "runs_raw_p50": statistics.median(runs_raw),
+            "runs_api_p50": statistics.median(runs_api),
+            "runs_raw_cpu_p50": statistics.median(runs_raw_cpu),
+            "load": under_load,
+        }
+    )
     return out
 
 
@@ -391,8 +435,10 @@ def main() -> int:
     elif state:
         print(f"reusing the project already loaded in {data_dir}", flush=True)
     else:
-        print(f"error: {data_dir} holds a {TEAM}/{PROJECT} project of another size; use another --data-dir",
-              file=sys.stderr)
+        print(
+            f"error: {data_dir} holds a {TEAM}/{PROJECT} project of another size; use another --data-dir",
+            file=sys.stderr,
+        )
         return 2
 
     accounts.ensure_team(client, TEAM)
@@ -413,28 +459,41 @@ def main() -> int:
 API benchmark ({args.runs:,} runs x {args.steps:,} steps, {meta_runs:,} runs of metadata; uvicorn (h11, access log on)
 in this process, the client in another, {cores} cores, an API key on every request; 1-minute load average, this
 benchmark included: {load_before:.1f} before measuring, {os.getloadavg()[0]:.1f} after)
-  compare chart ({args.runs:,} runs x {CHART_METRIC}, {CHART_POINTS} points), raw storage call p50 {r['chart_raw_p50']:.1f} ms:
-    the web UI's request (x and y)        p50 {r['ui_api_p50']:7.1f} ms (p95 {r['ui_api_p95']:.1f})  ratio {ui_ratio:.2f}  (target <= {API_TARGET})  {r['ui_bytes'] / 1e6:.1f} MB, client parse {r['ui_parse_p50']:.1f} ms
-    every array                           p50 {r['chart_api_p50']:7.1f} ms (p95 {r['chart_api_p95']:.1f})  ratio {json_ratio:.2f}  {r['chart_bytes'] / 1e6:.1f} MB, client parse {r['chart_parse_p50']:.1f} ms
-  runs table (page of {RUNS_PAGE}), one at a time: raw p50 {r['runs_raw_p50']:6.1f} ms   API p50 {r['runs_api_p50']:6.1f} ms   ratio {r['runs_api_p50'] / r['runs_raw_p50']:.2f}
-  runs table under load ({args.concurrency} connections, {load_run['seconds']:.1f} s): {load_run['rps']:7.1f} requests/s   p50 {load_run['p50_ms']:6.1f} ms   p99 {load_run['p99_ms']:6.1f} ms
-    answers: {load_run['statuses']}, failed connections {load_run['failures'] or 0}; CPU s: server process {load_run['server_cpu_s']:.1f}, load generator {load_run['client_cpu_s']:.1f}
-    server CPU per request {1000 * load_run['server_cpu_s'] / max(1, load_run['answered']):.1f} ms (the raw query alone: {r['runs_raw_cpu_p50']:.1f} ms)
-  errors (non-200 or wrong item count): {r['errors']}{''.join(chr(10) + '    ' + p for p in r['problems'])}
+  compare chart ({args.runs:,} runs x {CHART_METRIC}, {CHART_POINTS} points), raw storage call p50 {r["chart_raw_p50"]:.1f} ms:
+    the web UI's request (x and y)        p50 {r["ui_api_p50"]:7.1f} ms (p95 {r["ui_api_p95"]:.1f})  ratio {ui_ratio:.2f}  (target <= {API_TARGET})  {r["ui_bytes"] / 1e6:.1f} MB, client parse {r["ui_parse_p50"]:.1f} ms
+    every array                           p50 {r["chart_api_p50"]:7.1f} ms (p95 {r["chart_api_p95"]:.1f})  ratio {json_ratio:.2f}  {r["chart_bytes"] / 1e6:.1f} MB, client parse {r["chart_parse_p50"]:.1f} ms
+  runs table (page of {RUNS_PAGE}), one at a time: raw p50 {r["runs_raw_p50"]:6.1f} ms   API p50 {r["runs_api_p50"]:6.1f} ms   ratio {r["runs_api_p50"] / r["runs_raw_p50"]:.2f}
+  runs table under load ({args.concurrency} connections, {load_run["seconds"]:.1f} s): {load_run["rps"]:7.1f} requests/s   p50 {load_run["p50_ms"]:6.1f} ms   p99 {load_run["p99_ms"]:6.1f} ms
+    answers: {load_run["statuses"]}, failed connections {load_run["failures"] or 0}; CPU s: server process {load_run["server_cpu_s"]:.1f}, load generator {load_run["client_cpu_s"]:.1f}
+    server CPU per request {1000 * load_run["server_cpu_s"] / max(1, load_run["answered"]):.1f} ms (the raw query alone: {r["runs_raw_cpu_p50"]:.1f} ms)
+  errors (non-200 or wrong item count): {r["errors"]}{"".join(chr(10) + "    " + p for p in r["problems"])}
   in-process parts of a request: rendering the chart's storage result as JSON p50 {render_ms:.1f} ms ({render_bytes / 1e6:.1f} MB); the API key lookup p50 {key_ms:.1f} ms
   server logs: {work_dir}""")
-    print(json.dumps({
-        "api_overhead_ratio": round(ui_ratio, 3), "runs_table_rps": round(load_run["rps"], 1),
-        "api_overhead_ratio_all_fields": round(json_ratio, 3),
-        "compare_raw_p50_ms": round(r["chart_raw_p50"], 2), "compare_api_p50_ms": round(r["ui_api_p50"], 2),
-        "compare_all_fields_api_p50_ms": round(r["chart_api_p50"], 2), "compare_ui_json_bytes": r["ui_bytes"],
-        "compare_json_bytes": r["chart_bytes"], "compare_render_p50_ms": round(render_ms, 2),
-        "key_lookup_p50_ms": round(key_ms, 2),
-        "runs_table_api_p50_ms": round(r["runs_api_p50"], 2), "runs_table_raw_p50_ms": round(r["runs_raw_p50"], 2),
-        "runs_table_p50_ms": round(load_run["p50_ms"], 2), "runs_table_p99_ms": round(load_run["p99_ms"], 2),
-        "errors": r["errors"], "concurrency": args.concurrency, "runs": args.runs, "steps": args.steps,
-        "meta_runs": meta_runs,
-    }))
+    print(
+        json.dumps(
+            {
+                "api_overhead_ratio": round(ui_ratio, 3),
+                "runs_table_rps": round(load_run["rps"], 1),
+                "api_overhead_ratio_all_fields": round(json_ratio, 3),
+                "compare_raw_p50_ms": round(r["chart_raw_p50"], 2),
+                "compare_api_p50_ms": round(r["ui_api_p50"], 2),
+                "compare_all_fields_api_p50_ms": round(r["chart_api_p50"], 2),
+                "compare_ui_json_bytes": r["ui_bytes"],
+                "compare_json_bytes": r["chart_bytes"],
+                "compare_render_p50_ms": round(render_ms, 2),
+                "key_lookup_p50_ms": round(key_ms, 2),
+                "runs_table_api_p50_ms": round(r["runs_api_p50"], 2),
+                "runs_table_raw_p50_ms": round(r["runs_raw_p50"], 2),
+                "runs_table_p50_ms": round(load_run["p50_ms"], 2),
+                "runs_table_p99_ms": round(load_run["p99_ms"], 2),
+                "errors": r["errors"],
+                "concurrency": args.concurrency,
+                "runs": args.runs,
+                "steps": args.steps,
+                "meta_runs": meta_runs,
+            }
+        )
+    )
     if not args.data_dir:
         shutil.rmtree(data_dir, ignore_errors=True)
     return 0

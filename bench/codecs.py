@@ -64,7 +64,9 @@ def main() -> None:
         client = connect(f"chdb://{data_dir}?database=codecs")
         table = history(args.runs, args.metric_steps)
         points = table.num_rows
-        print(f"{points:,} points ({args.runs} runs x {len(METRIC_NAMES)} metrics x {args.metric_steps:,} steps); bytes per point:")
+        print(
+            f"{points:,} points ({args.runs} runs x {len(METRIC_NAMES)} metrics x {args.metric_steps:,} steps); bytes per point:"
+        )
         for name, columns in VARIANTS.items():
             target = f"points_{name.replace('-', '_')}"
             client.command(

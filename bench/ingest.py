@@ -50,19 +50,47 @@ def producer(bootstrap: str, run_id: str, steps: int, rate: float) -> None:
     """One training process: ``steps`` log() calls of 10 metrics (``rate`` per second, 0: flat out), then finish()."""
     import runstream
 
-    settings = {"url": f"kafka://{bootstrap}", "system_metrics": False, "console": False, "git": False,
-                "finish_timeout": 300.0}
-    run = runstream.init(project=PROJECT, id=run_id, name=run_id, dir=tempfile.mkdtemp(prefix="ingest-"), settings=settings)
+    settings = {
+        "url": f"kafka://{bootstrap}",
+        "system_metrics": False,
+        "console": False,
+        "git": False,
+        "finish_timeout": 300.0,
+    }
+    run = runstream.init(
+        project=PROJECT, id=run_id, name=run_id, dir=tempfile.mkdtemp(prefix="ingest-"), settings=settings
+    )
     start = time.monotonic()
     for step in range(steps):
         if rate and step % 100 == 0 and (ahead := step / rate - (time.monotonic() - start)) > 0:
             time.sleep(ahead)
         x = step * 1e-4
-        run.log({"wall": time.time(), "loss": 1 / (1 + x), "acc": x / (1 + x), "lr": 1e-3, "grad": 0.5 + x % 1,
-                 "m5": x, "m6": -x, "m7": x * 2, "m8": x * 3, "m9": x * 4})
+        run.log(
+            {
+                "wall": time.time(),
+                "loss": 1 / (1 + x),
+                "acc": x / (1 + x),
+                "lr": 1e-3,
+                "grad": 0.5 + x % 1,
+                "m5": x,
+                "m6": -x,
+                "m7": x * 2,
+                "m8": x * 3,
+                "m9": x * 4,
+            }
+        )
     result = run.finish()
-    print(json.dumps({"run_id": run_id, "acked_events": result["acked_events"], "unacked": result["unacked_events"],
-                      "points": result["points"]}), flush=True)
+    print(
+        json.dumps(
+            {
+                "run_id": run_id,
+                "acked_events": result["acked_events"],
+                "unacked": result["unacked_events"],
+                "points": result["points"],
+            }
+        ),
+        flush=True,
+    )
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -80,20 +108,71 @@ async def measure(args: argparse.Namespace, bootstrap: str) -> dict:
     dsn = f"chdb://{data_dir / 'clickhouse'}?database=ingest"
     client = connect(dsn)
     migrate(client)
-    app = create_app(Settings(kafka=bootstrap, clickhouse_dsn=dsn, data_dir=str(data_dir), app_id=f"ingest-{os.getpid()}"),
-                     storage=lambda: client)
-    client.insert("alert_rules", [["default", PROJECT, "m5-high", "m5 high", "threshold",
-                                   json.dumps({"metric": "m5", "op": ">", "value": 5}), True, 3600, 0, 0, 1, 0]],
-                  column_names=["team", "project", "rule_id", "name", "kind", "spec", "enabled", "cooldown_s",
-                                "created_at", "updated_at", "version", "is_deleted"])
+    app = create_app(
+        Settings(kafka=bootstrap, clickhouse_dsn=dsn, data_dir=str(data_dir), app_id=f"ingest-{os.getpid()}"),
+        storage=lambda: client,
+    )
+    client.insert(
+        "alert_rules",
+        [
+            [
+                "default",
+                PROJECT,
+                "m5-high",
+                "m5 high",
+                "threshold",
+                json.dumps({"metric": "m5", "op": ">", "value": 5}),
+                True,
+                3600,
+                0,
+                0,
+                1,
+                0,
+            ]
+        ],
+        column_names=[
+            "team",
+            "project",
+            "rule_id",
+            "name",
+            "kind",
+            "spec",
+            "enabled",
+            "cooldown_s",
+            "created_at",
+            "updated_at",
+            "version",
+            "is_deleted",
+        ],
+    )
     await app.start()
     expected = args.runs * args.steps * METRICS
-    print(f"worker started; {args.runs} producers x {args.steps:,} steps x {METRICS} metrics = {expected:,} points", flush=True)
+    print(
+        f"worker started; {args.runs} producers x {args.steps:,} steps x {METRICS} metrics = {expected:,} points",
+        flush=True,
+    )
     run_ids = [f"ingest-{os.getpid()}-{i}" for i in range(args.runs)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     producers = [
-        subprocess.Popen([sys.executable, "-m", "bench.ingest", "--producer", run_id, "--kafka", bootstrap,
-                          "--steps", str(args.steps), "--rate", str(args.rate)], env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.ingest",
+                "--producer",
+                run_id,
+                "--kafka",
+                bootstrap,
+                "--steps",
+                str(args.steps),
+                "--rate",
+                str(args.rate),
+            ],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for run_id in run_ids
     ]
     freshness: list[float] = []
@@ -103,11 +182,17 @@ async def measure(args: argparse.Namespace, bootstrap: str) -> dict:
     alert_latency: dict[str, float] = {}
 
     def poll() -> tuple[int, list[float]]:
-        stored = int(client.command("SELECT count() FROM metric_points WHERE project = {p:String}", parameters={"p": PROJECT}))
-        newest = client.query("SELECT max(value) FROM metric_points WHERE project = {p:String} AND metric = 'wall' "
-                              "GROUP BY run_id", parameters={"p": PROJECT}).result_rows
-        alerts = client.query("SELECT run_id, toUnixTimestamp64Milli(time) FROM alerts WHERE project = {p:String}",
-                              parameters={"p": PROJECT}).result_rows
+        stored = int(
+            client.command("SELECT count() FROM metric_points WHERE project = {p:String}", parameters={"p": PROJECT})
+        )
+        newest = client.query(
+            "SELECT max(value) FROM metric_points WHERE project = {p:String} AND metric = 'wall' GROUP BY run_id",
+            parameters={"p": PROJECT},
+        ).result_rows
+        alerts = client.query(
+            "SELECT run_id, toUnixTimestamp64Milli(time) FROM alerts WHERE project = {p:String}",
+            parameters={"p": PROJECT},
+        ).result_rows
         for run_id, fired_ms in alerts:
             alert_latency.setdefault(run_id, time.time() - fired_ms / 1000)
         return stored, [row[0] for row in newest]
@@ -137,10 +222,15 @@ async def measure(args: argparse.Namespace, bootstrap: str) -> dict:
     print(flush=True)
     reports = [json.loads(p.stdout.read().strip().splitlines()[-1]) for p in producers if p.wait() == 0 and p.stdout]
     acked_points = sum(r["points"] for r in reports if r["unacked"] == 0)
-    stored_points = int(client.command("SELECT count() FROM metric_points FINAL WHERE project = {p:String}",
-                                       parameters={"p": PROJECT}))
-    folded = int(client.command("SELECT sum(count) FROM metric_summaries FINAL WHERE project = {p:String}",
-                                parameters={"p": PROJECT}) or 0)
+    stored_points = int(
+        client.command("SELECT count() FROM metric_points FINAL WHERE project = {p:String}", parameters={"p": PROJECT})
+    )
+    folded = int(
+        client.command(
+            "SELECT sum(count) FROM metric_summaries FINAL WHERE project = {p:String}", parameters={"p": PROJECT}
+        )
+        or 0
+    )
     await app.stop()
     elapsed = (last_change - first_seen) if first_seen and last_change else float("nan")
     return {
@@ -161,9 +251,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=4, help="producer processes (one run each)")
     parser.add_argument("--steps", type=int, default=100_000, help="log() calls per run")
-    parser.add_argument("--rate", type=float, default=0.0,
-                        help="log() calls per second per run (default 0: as fast as possible, the throughput figure); "
-                             "below saturation, freshness measures the pipeline rather than its backlog")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="log() calls per second per run (default 0: as fast as possible, the throughput figure); "
+        "below saturation, freshness measures the pipeline rather than its backlog",
+    )
     parser.add_argument("--kafka", help="use this broker instead of starting one")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--producer", metavar="RUN_ID", help=argparse.SUPPRESS)
@@ -191,11 +285,11 @@ def main() -> None:
             broker.stop()
     print(f"""
 pipeline ingest benchmark (SDK -> Kafka -> 1 worker -> embedded ClickHouse, {os.cpu_count()} cores shared by all)
-  sustained:          {result['points_per_s'] or 0:>12,} points/s   (target >= 1,000,000)
-  freshness p50/p99:  {result['freshness_p50_s']} s / {result['freshness_p99_s']} s   (target p99 <= 2 s)
-  worker peak RSS:    {result['worker_rss_mib']} MiB
-  lost / duplicates:  {result['lost']} / {result['duplicates']}   ({result['points']:,} points stored; producers all acked: {result['producers_ok']})
-  rule alerts:        {result['alerts']} of {args.runs if args.steps > 50_000 else 0} expected, slowest visible {result['alert_latency_max_s']} s after its log()  (target <= 2 s)""")
+  sustained:          {result["points_per_s"] or 0:>12,} points/s   (target >= 1,000,000)
+  freshness p50/p99:  {result["freshness_p50_s"]} s / {result["freshness_p99_s"]} s   (target p99 <= 2 s)
+  worker peak RSS:    {result["worker_rss_mib"]} MiB
+  lost / duplicates:  {result["lost"]} / {result["duplicates"]}   ({result["points"]:,} points stored; producers all acked: {result["producers_ok"]})
+  rule alerts:        {result["alerts"]} of {args.runs if args.steps > 50_000 else 0} expected, slowest visible {result["alert_latency_max_s"]} s after its log()  (target <= 2 s)""")
     print(json.dumps(result))
 
 

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from clickhouse_connect.driver.client import Client
 
 from runstream.events import METRICS, Event
 from runstream.storage.client import connect
@@ -55,7 +56,18 @@ from runstream.storage.series import group_bands, series
 from runstream.storage.writer import insert_metric_points, upsert_run_summaries, upsert_runs
 
 TEAM, PROJECT = "bench", "compare"
-METRIC_NAMES = ("loss", "val_loss", "acc", "val_acc", "lr", "grad_norm", "throughput", "perplexity", "f1", "weight_norm")
+METRIC_NAMES = (
+    "loss",
+    "val_loss",
+    "acc",
+    "val_acc",
+    "lr",
+    "grad_norm",
+    "throughput",
+    "perplexity",
+    "f1",
+    "weight_norm",
+)
 OPTIMIZERS = ("adam", "adamw", "sgd", "lion", "adafactor")
 GROUPS = 10
 EVENT_ROWS = 1000
@@ -136,7 +148,10 @@ def run_records(n: int, metric_runs: int, final_loss: dict[str, float]) -> tuple
             "weight_decay": float(rng.uniform(0, 0.1)),
             "epochs": int(rng.integers(1, 100)),
             "schedule": str(rng.choice(["cosine", "linear", "constant"])),
-            "model": {"name": str(rng.choice(["resnet50", "vit-b16", "gpt2-small", "llama-1b"])), "depth": int(rng.integers(6, 48))},
+            "model": {
+                "name": str(rng.choice(["resnet50", "vit-b16", "gpt2-small", "llama-1b"])),
+                "depth": int(rng.integers(6, 48)),
+            },
             "data": {"dataset": str(rng.choice(["imagenet", "c4", "cifar10"])), "augment": bool(rng.integers(0, 2))},
             "grad_clip": float(rng.choice([0.5, 1.0, 5.0])),
             "precision": str(rng.choice(["bf16", "fp16", "fp32"])),
@@ -147,15 +162,28 @@ def run_records(n: int, metric_runs: int, final_loss: dict[str, float]) -> tuple
         run = run_id(i)
         runs.append(
             {
-                "team": TEAM, "project": PROJECT, "run_id": run, "name": f"{config['model']['name']}-{i}",
+                "team": TEAM,
+                "project": PROJECT,
+                "run_id": run,
+                "name": f"{config['model']['name']}-{i}",
                 "state": str(rng.choice(["finished", "finished", "finished", "failed", "crashed", "running"])),
-                "created_at": created, "updated_at": created + 3600, "heartbeat_at": created + 3600,
-                "group": f"sweep-{i % GROUPS}", "job_type": "train", "tags": [f"t{j}" for j in range(3) if rng.random() < 0.3],
-                "config": config, "version": 1,
+                "created_at": created,
+                "updated_at": created + 3600,
+                "heartbeat_at": created + 3600,
+                "group": f"sweep-{i % GROUPS}",
+                "job_type": "train",
+                "tags": [f"t{j}" for j in range(3) if rng.random() < 0.3],
+                "config": config,
+                "version": 1,
             }
         )
         loss = final_loss.get(run, float(rng.uniform(0.05, 3)))
-        summary = {"loss": loss, "acc": float(rng.uniform(0.5, 0.99)), "best_val_loss": loss * 1.1, "epoch": config["epochs"]}
+        summary = {
+            "loss": loss,
+            "acc": float(rng.uniform(0.5, 0.99)),
+            "best_val_loss": loss * 1.1,
+            "epoch": config["epochs"],
+        }
         summaries.append({"team": TEAM, "project": PROJECT, "run_id": run, "summary": summary, "version": 1})
     return runs, summaries
 
@@ -185,11 +213,14 @@ def spikes_found(chart: dict[str, Any], spikes: dict[str, tuple[int, float]]) ->
     return found
 
 
-def table_bytes(client, table: str) -> int:
-    return int(client.command(
-        "SELECT sum(data_compressed_bytes) FROM system.parts WHERE active AND database = currentDatabase() AND table = {t:String}",
-        parameters={"t": table},
-    ) or 0)
+def table_bytes(client: Client, table: str) -> int:
+    return int(
+        client.command(
+            "SELECT sum(data_compressed_bytes) FROM system.parts WHERE active AND database = currentDatabase() AND table = {t:String}",
+            parameters={"t": table},
+        )
+        or 0
+    )
 
 
 # The dashboard queries measured here, shared with bench.api (the same queries through the HTTP API).
@@ -200,11 +231,14 @@ CHART_METRIC = "loss"
 CHART_POINTS = 500
 
 
-def load(client, runs: int, metric_steps: int, meta_runs: int, where: object) -> dict[str, tuple[int, float]]:
+def load(client: Client, runs: int, metric_steps: int, meta_runs: int, where: object) -> dict[str, tuple[int, float]]:
     """Load the generated project (printing progress) and merge its parts; the planted spikes by run."""
     points = runs * len(METRIC_NAMES) * metric_steps
-    print(f"loading {runs:,} runs x {len(METRIC_NAMES)} metrics x {metric_steps:,} steps = {points:,} points "
-          f"and {meta_runs:,} runs of metadata into {where}", flush=True)
+    print(
+        f"loading {runs:,} runs x {len(METRIC_NAMES)} metrics x {metric_steps:,} steps = {points:,} points "
+        f"and {meta_runs:,} runs of metadata into {where}",
+        flush=True,
+    )
 
     spikes: dict[str, tuple[int, float]] = {}
     final_loss: dict[str, float] = {}
@@ -217,15 +251,22 @@ def load(client, runs: int, metric_steps: int, meta_runs: int, where: object) ->
             final_loss[e.run_id] = e.data["values"]["loss"][-1]
         done = min(first + chunk, runs)
         elapsed = time.perf_counter() - start
-        print(f"\r  history: {done:,}/{runs:,} runs, {elapsed:.0f} s, "
-              f"{done * points / runs / elapsed / 1e6:.2f}M points/s", end="", flush=True)
+        print(
+            f"\r  history: {done:,}/{runs:,} runs, {elapsed:.0f} s, "
+            f"{done * points / runs / elapsed / 1e6:.2f}M points/s",
+            end="",
+            flush=True,
+        )
     load_s = time.perf_counter() - start
     run_rows, summaries = run_records(meta_runs, runs, final_loss)
     for first in range(0, meta_runs, 2000):
-        upsert_runs(client, run_rows[first:first + 2000])
-        upsert_run_summaries(client, summaries[first:first + 2000])
-    print(f"\n  loaded in {time.perf_counter() - start:.0f} s (history {load_s:.0f} s through insert_metric_points, "
-          f"{points / load_s / 1e6:.2f}M points/s including all bucket levels); merging parts ...", flush=True)
+        upsert_runs(client, run_rows[first : first + 2000])
+        upsert_run_summaries(client, summaries[first : first + 2000])
+    print(
+        f"\n  loaded in {time.perf_counter() - start:.0f} s (history {load_s:.0f} s through insert_metric_points, "
+        f"{points / load_s / 1e6:.2f}M points/s including all bucket levels); merging parts ...",
+        flush=True,
+    )
     for table in ("metric_points", "metric_steps", "metric_buckets", "runs", "run_summaries", "key_catalog"):
         client.command(f"OPTIMIZE TABLE {table} FINAL")
     return spikes
@@ -254,11 +295,14 @@ def main() -> None:
     ids = [run_id(i) for i in range(args.runs)]
     groups = {f"sweep-{g}": ids[g::GROUPS] for g in range(GROUPS)}
     runs_p50, runs_p95, page = timed(
-        lambda: search_runs(client, TEAM, PROJECT, filters=RUNS_FILTER, order=RUNS_ORDER, limit=RUNS_PAGE), args.repeat)
+        lambda: search_runs(client, TEAM, PROJECT, filters=RUNS_FILTER, order=RUNS_ORDER, limit=RUNS_PAGE), args.repeat
+    )
     chart_p50, chart_p95, chart = timed(
-        lambda: series(client, TEAM, PROJECT, ids, [CHART_METRIC], points=CHART_POINTS), args.repeat)
+        lambda: series(client, TEAM, PROJECT, ids, [CHART_METRIC], points=CHART_POINTS), args.repeat
+    )
     bands_p50, bands_p95, bands = timed(
-        lambda: group_bands(client, TEAM, PROJECT, groups, CHART_METRIC, points=CHART_POINTS), args.repeat)
+        lambda: group_bands(client, TEAM, PROJECT, groups, CHART_METRIC, points=CHART_POINTS), args.repeat
+    )
 
     def full_history() -> int:
         rows, after = 0, None
@@ -284,22 +328,33 @@ def main() -> None:
     chart_points = max(len(s["x"]) for s in chart["series"])
     print(f"""
 storage query benchmark (chdb {client.server_version}, {points:,} points, {meta_runs:,} runs)
-  runs table (filter config.lr < 0.001, sort summary.loss, page of 100): p50 {runs_p50:7.1f} ms  p95 {runs_p95:7.1f} ms  (target <= 50 ms; {len(page['runs'])} rows)
-  compare chart ({len(chart['series']):,} runs x loss, <= {chart_points} points each):     p50 {chart_p50:7.1f} ms  p95 {chart_p95:7.1f} ms  (target <= 150 ms)
-  group bands ({len(bands['groups'])} groups of {args.runs // GROUPS} runs):                        p50 {bands_p50:7.1f} ms  p95 {bands_p95:7.1f} ms
+  runs table (filter config.lr < 0.001, sort summary.loss, page of 100): p50 {runs_p50:7.1f} ms  p95 {runs_p95:7.1f} ms  (target <= 50 ms; {len(page["runs"])} rows)
+  compare chart ({len(chart["series"]):,} runs x loss, <= {chart_points} points each):     p50 {chart_p50:7.1f} ms  p95 {chart_p95:7.1f} ms  (target <= 150 ms)
+  group bands ({len(bands["groups"])} groups of {args.runs // GROUPS} runs):                        p50 {bands_p50:7.1f} ms  p95 {bands_p95:7.1f} ms
   one run's full history ({hist_rows:,} steps x {len(METRIC_NAMES)} metrics):              p50 {hist_p50:7.1f} ms  p95 {hist_p95:7.1f} ms
-  bulk export, {export_points:,} points:  Arrow IPC {exports['arrow'][0] / 1e6:5.1f}M points/s ({exports['arrow'][1] / 1e6:.0f} MB), Parquet {exports['parquet'][0] / 1e6:5.1f}M points/s ({exports['parquet'][1] / 1e6:.0f} MB)  (target >= 10M)
+  bulk export, {export_points:,} points:  Arrow IPC {exports["arrow"][0] / 1e6:5.1f}M points/s ({exports["arrow"][1] / 1e6:.0f} MB), Parquet {exports["parquet"][0] / 1e6:5.1f}M points/s ({exports["parquet"][1] / 1e6:.0f} MB)  (target >= 10M)
   bytes per stored point (history + step times):  {bytes_per_point:5.2f}  (target <= 8; downsampled buckets add {bucket_bytes / stored:.2f})
   planted spikes found in the compare chart's max:   {found}/{len(spikes)}""")
-    print(json.dumps({
-        "runs_table_p50_ms": round(runs_p50, 2), "runs_table_p95_ms": round(runs_p95, 2),
-        "compare_1000_p50_ms": round(chart_p50, 2), "compare_1000_p95_ms": round(chart_p95, 2),
-        "group_bands_p50_ms": round(bands_p50, 2), "full_history_p50_ms": round(hist_p50, 2),
-        "export_points_per_s": round(export_rate), "export_parquet_points_per_s": round(exports["parquet"][0]),
-        "bytes_per_point": round(bytes_per_point, 3),
-        "bucket_bytes_per_point": round(bucket_bytes / stored, 3),
-        "spikes_found": int(found), "spikes_planted": len(spikes), "points": points, "runs": args.runs,
-    }))
+    print(
+        json.dumps(
+            {
+                "runs_table_p50_ms": round(runs_p50, 2),
+                "runs_table_p95_ms": round(runs_p95, 2),
+                "compare_1000_p50_ms": round(chart_p50, 2),
+                "compare_1000_p95_ms": round(chart_p95, 2),
+                "group_bands_p50_ms": round(bands_p50, 2),
+                "full_history_p50_ms": round(hist_p50, 2),
+                "export_points_per_s": round(export_rate),
+                "export_parquet_points_per_s": round(exports["parquet"][0]),
+                "bytes_per_point": round(bytes_per_point, 3),
+                "bucket_bytes_per_point": round(bucket_bytes / stored, 3),
+                "spikes_found": int(found),
+                "spikes_planted": len(spikes),
+                "points": points,
+                "runs": args.runs,
+            }
+        )
+    )
     if not args.data_dir:
         shutil.rmtree(data_dir, ignore_errors=True)
 

@@ -50,7 +50,8 @@ ENDINGS = {
 
 
 def _script(project: str, run_id: str, steps: int, then: str) -> str:
-    return textwrap.dedent(f"""\
+    return (
+        textwrap.dedent(f"""\
         import sys, time
         import runstream as wandb
         wandb.init(project={project!r}, id={run_id!r}, config={{"lr": 0.01}},
@@ -58,7 +59,9 @@ def _script(project: str, run_id: str, steps: int, then: str) -> str:
         for step in range({steps}):
             wandb.log({{f"m{{i}}": step * 0.001 + i for i in range(10)}})
         print("LAST_LOG", time.time(), flush=True)
-        """) + then
+        """)
+        + then
+    )
 
 
 def _get(url: str) -> dict:
@@ -86,9 +89,15 @@ def one(url: str, work: Path, env: dict[str, str], ending: str, steps: int) -> d
     (work / "train.py").write_text(_script(project, run_id, steps, then))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     # SIGINT as a terminal delivers it: a shell's background job would inherit it ignored.
-    proc = subprocess.Popen([sys.executable, "train.py"], cwd=work, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "train.py"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     last_log = None
     for line in proc.stdout:  # type: ignore[union-attr]
         if line.startswith("LAST_LOG"):
@@ -144,9 +153,19 @@ def main() -> None:
             (Path(tmp) / "sdk").mkdir()
             (Path(tmp) / "sdk" / "runstream").symlink_to(args.sdk.resolve())
             env["PYTHONPATH"] = str(Path(tmp) / "sdk")
-        server = subprocess.Popen([Path(sys.executable).parent / "runstream", "server", "--data-dir",
-                                   str(Path(tmp) / "data"), "--port", str(port)], env=server_env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [
+                Path(sys.executable).parent / "runstream",
+                "server",
+                "--data-dir",
+                str(Path(tmp) / "data"),
+                "--port",
+                str(port),
+            ],
+            env=server_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             _wait_ready(url, server)
             results = {}
@@ -160,8 +179,12 @@ def main() -> None:
                 kept = min(r["stored"] / r["logged"] for r in rows)
                 states = sorted({f"{r['state']}, {r['exit_code']}" for r in rows})
                 print(f"{ending:<20} {exit_s:>7.2f} {cpu_s:>6.2f} {kept:>13.1%}  {' / '.join(states)}")
-                results[ending] = {"exit_s": round(exit_s, 3), "cpu_s": round(cpu_s, 3), "stored_fraction": kept,
-                                   "states": states}
+                results[ending] = {
+                    "exit_s": round(exit_s, 3),
+                    "cpu_s": round(cpu_s, 3),
+                    "stored_fraction": kept,
+                    "states": states,
+                }
             print(json.dumps({"steps": args.steps, "repeat": args.repeat, "sdk": str(sdk), "endings": results}))
         finally:
             server.send_signal(signal.SIGINT)

@@ -204,7 +204,11 @@ def _worker_runstream(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
         def finish() -> dict[str, Any]:
             result = run.finish()
-            return {"acked_events": result["acked_events"], "unacked_events": result["unacked_events"], "points_reported": result["points"]}
+            return {
+                "acked_events": result["acked_events"],
+                "unacked_events": result["unacked_events"],
+                "points_reported": result["points"],
+            }
 
         return run.log, finish
 
@@ -314,7 +318,9 @@ def ensure_peers(venv: Path) -> Path:
     if check.returncode != 0:
         _say(f"Installing {', '.join(PEERS)} into {venv} (one-time, a minute or two) ...")
         # pip's own output is the progress display; it goes to stderr so stdout stays figures only.
-        subprocess.run([str(python), "-m", "pip", "install", "--progress-bar", "on", *PEERS], check=True, stdout=sys.stderr)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--progress-bar", "on", *PEERS], check=True, stdout=sys.stderr
+        )
     return python
 
 
@@ -327,7 +333,14 @@ def jobs(args: argparse.Namespace, peer_python: Path | None) -> list[Job]:
         Job("runstream_kafka", "runstream -> Kafka", "runstream", args.steps, PROJECT_PYTHON, kafka=True),
         Job("runstream_long", "runstream offline", "runstream", long_steps, PROJECT_PYTHON),
         Job("runstream_kafka_long", "runstream -> Kafka", "runstream", long_steps, PROJECT_PYTHON, kafka=True),
-        Job("runstream_defaults", "runstream offline, defaults", "runstream", args.steps, PROJECT_PYTHON, ("--defaults",)),
+        Job(
+            "runstream_defaults",
+            "runstream offline, defaults",
+            "runstream",
+            args.steps,
+            PROJECT_PYTHON,
+            ("--defaults",),
+        ),
     ]
     if peer_python is not None:
         all_jobs += [
@@ -348,7 +361,17 @@ def jobs(args: argparse.Namespace, peer_python: Path | None) -> list[Job]:
 
 
 def run_job(job: Job, repeat: int, bootstrap: str | None) -> dict[str, Any]:
-    cmd = [str(job.python), str(Path(__file__).resolve()), "--worker", job.worker, "--steps", str(job.steps), "--repeat", str(repeat), *job.args]
+    cmd = [
+        str(job.python),
+        str(Path(__file__).resolve()),
+        "--worker",
+        job.worker,
+        "--steps",
+        str(job.steps),
+        "--repeat",
+        str(repeat),
+        *job.args,
+    ]
     if job.kafka:
         cmd += ["--bootstrap", bootstrap or ""]
     with tempfile.TemporaryDirectory(prefix="sdk-log-home-") as home:
@@ -374,7 +397,17 @@ def _num(value: float | None, digits: int = 2) -> str:
 
 
 def print_table(results: dict[str, dict[str, Any]], labels: dict[str, str]) -> None:
-    header = ("tool", "steps", "µs/log()", "finish() s", "points/s e2e", "init() s", "peak RSS MiB", "bg CPU s", "helper CPU s")
+    header = (
+        "tool",
+        "steps",
+        "µs/log()",
+        "finish() s",
+        "points/s e2e",
+        "init() s",
+        "peak RSS MiB",
+        "bg CPU s",
+        "helper CPU s",
+    )
     rows = [header]
     for key, r in results.items():
         if "error" in r:
@@ -438,7 +471,9 @@ def main() -> None:
     broker = None
     bootstrap: str | None = None
     results: dict[str, dict[str, Any]] = {}
-    labels = {job.key: f"{job.label} ({job.steps // 1000}k steps)" if job.key.endswith("_long") else job.label for job in todo}
+    labels = {
+        job.key: f"{job.label} ({job.steps // 1000}k steps)" if job.key.endswith("_long") else job.label for job in todo
+    }
     try:
         if any(job.kafka for job in todo):
             sys.path.insert(0, str(REPO))  # `python bench/sdk_log.py` puts bench/, not the repository, on the path
@@ -471,14 +506,22 @@ def main() -> None:
     total_s = time.monotonic() - began
 
     print()
-    print(f"{SCALARS} scalars per log() call; each figure is the median of {args.repeat} repetitions (a fresh run each).")
+    print(
+        f"{SCALARS} scalars per log() call; each figure is the median of {args.repeat} repetitions (a fresh run each)."
+    )
     print_table(results, labels)
     ok = {k: r for k, r in results.items() if "error" not in r}
     print()
     print("µs/log(): (logging loop - same loop without logging) / calls: what the training loop pays per call.")
-    print("points/s e2e: points / (logging loop + finish()); Kafka: acknowledged by the broker (acks=all), first log() to finish() returned.")
-    print("bg CPU s: process CPU - main thread CPU (time.process_time() - time.thread_time()), init to finish: the tool's threads.")
-    print("helper CPU s: CPU of helper processes (wandb-core) over the same span, from /proc; the Kafka broker is not counted.")
+    print(
+        "points/s e2e: points / (logging loop + finish()); Kafka: acknowledged by the broker (acks=all), first log() to finish() returned."
+    )
+    print(
+        "bg CPU s: process CPU - main thread CPU (time.process_time() - time.thread_time()), init to finish: the tool's threads."
+    )
+    print(
+        "helper CPU s: CPU of helper processes (wandb-core) over the same span, from /proc; the Kafka broker is not counted."
+    )
     print("peak RSS MiB: ru_maxrss of the whole worker process (imports included, the largest of its repetitions).")
 
     def us(key: str) -> float | None:
@@ -492,17 +535,29 @@ def main() -> None:
     print()
     print("Targets (shown, not asserted):")
     if us("runstream") is not None:
-        print(f"  runstream offline: {us('runstream'):.2f} µs per log() (target <= {TARGET_US_PER_LOG:g}): {_met(us('runstream') <= TARGET_US_PER_LOG)}")
+        print(
+            f"  runstream offline: {us('runstream'):.2f} µs per log() (target <= {TARGET_US_PER_LOG:g}): {_met(us('runstream') <= TARGET_US_PER_LOG)}"
+        )
     if us("runstream_long") is not None:
-        print(f"  runstream offline, {ok['runstream_long']['steps']:,} steps (sender draining meanwhile): {us('runstream_long'):.2f} µs per log()")
+        print(
+            f"  runstream offline, {ok['runstream_long']['steps']:,} steps (sender draining meanwhile): {us('runstream_long'):.2f} µs per log()"
+        )
     if speedup is not None:
-        print(f"  vs W&B offline, collectors off in both: {speedup:,.0f}x lower (target >= {TARGET_SPEEDUP_VS_WANDB:g}x): {_met(speedup >= TARGET_SPEEDUP_VS_WANDB)}")
+        print(
+            f"  vs W&B offline, collectors off in both: {speedup:,.0f}x lower (target >= {TARGET_SPEEDUP_VS_WANDB:g}x): {_met(speedup >= TARGET_SPEEDUP_VS_WANDB)}"
+        )
     if speedup_defaults is not None:
-        print(f"  vs W&B offline, both with default settings: {speedup_defaults:,.0f}x lower (target >= {TARGET_SPEEDUP_VS_WANDB:g}x): {_met(speedup_defaults >= TARGET_SPEEDUP_VS_WANDB)}")
+        print(
+            f"  vs W&B offline, both with default settings: {speedup_defaults:,.0f}x lower (target >= {TARGET_SPEEDUP_VS_WANDB:g}x): {_met(speedup_defaults >= TARGET_SPEEDUP_VS_WANDB)}"
+        )
     for key in ("runstream_kafka", "runstream_kafka_long"):
         if key in ok:
             r = ok[key]
-            acked = "every point acknowledged in every repetition" if r.get("all_acked") and r.get("all_points_counted") else "NOT all acknowledged"
+            acked = (
+                "every point acknowledged in every repetition"
+                if r.get("all_acked") and r.get("all_points_counted")
+                else "NOT all acknowledged"
+            )
             print(
                 f"  Kafka, {r['steps']:,} steps: {r['points_per_s']:,.0f} points/s acknowledged "
                 f"(target >= {TARGET_KAFKA_POINTS_PER_S:,}): {_met(r['points_per_s'] >= TARGET_KAFKA_POINTS_PER_S)}; {acked}"
@@ -529,7 +584,13 @@ def main() -> None:
             summary[f"{key}_error"] = r["error"][-300:]
     summary["versions"] = {r["worker"]: r["version"] for r in ok.values()}
     summary["mlflow_store"] = "sqlite"  # mlflow_us_per_log; the file store is in mlflow_file_*
-    summary.update(steps=args.steps, mlflow_steps=args.mlflow_steps, repeat=args.repeat, statistic="median", total_s=round(total_s, 1))
+    summary.update(
+        steps=args.steps,
+        mlflow_steps=args.mlflow_steps,
+        repeat=args.repeat,
+        statistic="median",
+        total_s=round(total_s, 1),
+    )
     print(json.dumps(summary))
 
 

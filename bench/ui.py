@@ -84,8 +84,13 @@ def measure(url: str, runs: int, repeat: int, toggles: int, chromium: str, shots
 
     workspace = f"{url}/projects/{TEAM}/{PROJECT}"
     # The workspace as a user set it up: charts of 1,000 runs, six metric panels.
-    state = {"chartLimit": runs, "panels": [{"id": f"p{i}", "metric": m, "kind": "metric", "x": "step", "smoothing": 0}
-                                            for i, m in enumerate(sorted(METRIC_NAMES)[:PANELS])]}
+    state = {
+        "chartLimit": runs,
+        "panels": [
+            {"id": f"p{i}", "metric": m, "kind": "metric", "x": "step", "smoothing": 0}
+            for i, m in enumerate(sorted(METRIC_NAMES)[:PANELS])
+        ],
+    }
     init = f"localStorage.setItem('runstream.workspace.local.{TEAM}/{PROJECT}', {json.dumps(json.dumps(state))});"
     first: list[float] = []
     toggle: list[float] = []
@@ -125,7 +130,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=1000, help="steps per run and metric")
     parser.add_argument("--repeat", type=int, default=5, help="first renders, each in a fresh browser context")
     parser.add_argument("--toggles", type=int, default=20)
-    parser.add_argument("--data-dir", type=Path, help="server data directory, kept and reused (default: a temporary one)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="server data directory, kept and reused (default: a temporary one)"
+    )
     parser.add_argument("--screenshot", type=Path, help="a folder for a screenshot of the workspace")
     args = parser.parse_args()
     chromium = os.environ.get("RUNSTREAM_CHROMIUM") or shutil.which("chromium")
@@ -142,8 +149,13 @@ def main() -> int:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "RUNSTREAM_CONFIG": str(data_dir / "no-config.toml")}
-    server = subprocess.Popen([Path(sys.executable).parent / "runstream", "server", "--data-dir", str(data_dir),
-                               "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [Path(sys.executable).parent / "runstream", "server", "--data-dir", str(data_dir), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         _wait_healthy(url, server)
         print(f"workspace of {args.runs:,} runs x {PANELS} panels ({args.steps:,} steps each) at {url}", flush=True)
@@ -158,7 +170,9 @@ def main() -> int:
     first, toggle = result["first"], result["toggle"]
     warm = first[1:] or first
     figures = {
-        "runs": args.runs, "panels": PANELS, "steps": args.steps,
+        "runs": args.runs,
+        "panels": PANELS,
+        "steps": args.steps,
         "lines_per_panel": [int(n) for n in result["lines"]],
         "first_render_cold_ms": round(first[0]),
         "first_render_warm_p50_ms": round(statistics.median(warm)),
@@ -166,11 +180,15 @@ def main() -> int:
         "toggle_max_ms": round(max(toggle)) if toggle else None,
         "targets": {"first_render_ms": FIRST_RENDER_TARGET_MS, "toggle_ms": TOGGLE_TARGET_MS},
     }
-    figures["meets_targets"] = (figures["first_render_warm_p50_ms"] <= FIRST_RENDER_TARGET_MS
-                                and (figures["toggle_p50_ms"] or 0) <= TOGGLE_TARGET_MS)
-    print(f"first render: cold {figures['first_render_cold_ms']} ms, warm p50 {figures['first_render_warm_p50_ms']} ms "
-          f"(target <= {FIRST_RENDER_TARGET_MS}); toggle a run: p50 {figures['toggle_p50_ms']} ms, "
-          f"max {figures['toggle_max_ms']} ms (target <= {TOGGLE_TARGET_MS})")
+    figures["meets_targets"] = (
+        figures["first_render_warm_p50_ms"] <= FIRST_RENDER_TARGET_MS
+        and (figures["toggle_p50_ms"] or 0) <= TOGGLE_TARGET_MS
+    )
+    print(
+        f"first render: cold {figures['first_render_cold_ms']} ms, warm p50 {figures['first_render_warm_p50_ms']} ms "
+        f"(target <= {FIRST_RENDER_TARGET_MS}); toggle a run: p50 {figures['toggle_p50_ms']} ms, "
+        f"max {figures['toggle_max_ms']} ms (target <= {TOGGLE_TARGET_MS})"
+    )
     print(json.dumps(figures))
     return 0
 

@@ -52,7 +52,9 @@ def finish(exit_code: int | None = None, quiet: bool | None = None) -> Any:
     return _current().finish(exit_code=exit_code) if run is not None else None
 
 
-def define_metric(name: str, step_metric: str | None = None, summary: str | None = None, goal: str | None = None, **kw: Any) -> None:
+def define_metric(
+    name: str, step_metric: str | None = None, summary: str | None = None, goal: str | None = None, **kw: Any
+) -> None:
     _current().define_metric(name, step_metric=step_metric, summary=summary, goal=goal, **kw)
 
 

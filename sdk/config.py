@@ -28,7 +28,9 @@ class Config:
     def on_change(self, callback: Callable[[dict[str, Any]], None] | None) -> None:
         object.__setattr__(self, "_on_change", callback)
 
-    def update(self, values: Mapping[str, Any] | argparse.Namespace | None = None, allow_val_change: bool = False) -> None:
+    def update(
+        self, values: Mapping[str, Any] | argparse.Namespace | None = None, allow_val_change: bool = False
+    ) -> None:
         if values is None:
             return
         if isinstance(values, argparse.Namespace):
@@ -41,8 +43,10 @@ class Config:
                 raise TypeError(f"config keys must be non-empty strings, got {key!r}")
             value = json_safe(value)
             if not events.is_tree({key: value}):
-                raise ConfigError(f"config key {key!r}: keys must be non-empty and nest at most {events.MAX_TREE_DEPTH} "
-                                  "levels (dotted keys count as levels)")
+                raise ConfigError(
+                    f"config key {key!r}: keys must be non-empty and nest at most {events.MAX_TREE_DEPTH} "
+                    "levels (dotted keys count as levels)"
+                )
             if key in self._items and self._items[key] != value and not allow_val_change:
                 raise ConfigError(
                     f"config key {key!r} is already {self._items[key]!r}; to change it to {value!r}, "

@@ -57,8 +57,9 @@ class DemoResult:
         return f"{self.url}/projects/{self.team}/{self.project}"
 
 
-def run_demo(url: str, api_key: str = "", team: str = "default", project: str = "demo", steps: int = 400,
-             progress: bool = True) -> DemoResult:
+def run_demo(
+    url: str, api_key: str = "", team: str = "default", project: str = "demo", steps: int = 400, progress: bool = True
+) -> DemoResult:
     """Log the sweep to the server at ``url``; the crashing run's process is left killed."""
     started = time.monotonic()
     api = Api(url=url, api_key=api_key)
@@ -71,8 +72,13 @@ def run_demo(url: str, api_key: str = "", team: str = "default", project: str = 
     os.chdir(repo)  # the runs record this repository's commit and uncommitted diff
     try:
         for lr, batch_size, optimizer in grid:
-            config = {"lr": lr, "batch_size": batch_size, "optimizer": optimizer, "epochs": 10,
-                      "model": {"layers": 3 if batch_size < 128 else 4, "dropout": 0.1}}
+            config = {
+                "lr": lr,
+                "batch_size": batch_size,
+                "optimizer": optimizer,
+                "epochs": 10,
+                "model": {"layers": 3 if batch_size < 128 else 4, "dropout": 0.1},
+            }
             if (lr, batch_size, optimizer) == CRASHING:
                 _crashing_run(url, api_key, team, project, config, workdir, steps)
             else:
@@ -87,10 +93,18 @@ def run_demo(url: str, api_key: str = "", team: str = "default", project: str = 
 def _create_rules(api: Api, team: str, project: str) -> None:
     """The project's alert rules, through the API (kept when they exist already)."""
     rules = [
-        {"name": "loss diverged", "kind": "divergence", "cooldown_s": 600,
-         "spec": {"metric": "train/loss", "percent": 100, "within_steps": 50, "level": "ERROR"}},
-        {"name": "run crashed or failed", "kind": "run_state", "cooldown_s": 0,
-         "spec": {"states": ["crashed", "failed"], "level": "WARN"}},
+        {
+            "name": "loss diverged",
+            "kind": "divergence",
+            "cooldown_s": 600,
+            "spec": {"metric": "train/loss", "percent": 100, "within_steps": 50, "level": "ERROR"},
+        },
+        {
+            "name": "run crashed or failed",
+            "kind": "run_state",
+            "cooldown_s": 0,
+            "spec": {"states": ["crashed", "failed"], "level": "WARN"},
+        },
     ]
     path = f"/projects/{quote(team, safe='')}/{quote(project, safe='')}/alert-rules"
     try:
@@ -120,14 +134,23 @@ def _curve(config: dict[str, Any], step: int, steps: int, rng: random.Random) ->
     return loss, accuracy
 
 
-def _training_run(url: str, api_key: str, team: str, project: str, config: dict[str, Any], workdir: Path,
-                  steps: int) -> None:
+def _training_run(
+    url: str, api_key: str, team: str, project: str, config: dict[str, Any], workdir: Path, steps: int
+) -> None:
     rng = random.Random(zlib.crc32(repr(sorted(config.items())).encode()))  # the same curves on every machine
     name = f"{config['optimizer']}-lr{config['lr']:g}-bs{config['batch_size']}"
     failing = (config["lr"], config["batch_size"], config["optimizer"]) == FAILING
-    run = runstream.init(entity=team, project=project, name=name, config=config, dir=workdir,
-                         group=config["optimizer"], job_type="train", tags=["demo", f"bs{config['batch_size']}"],
-                         settings=_settings(url, api_key))
+    run = runstream.init(
+        entity=team,
+        project=project,
+        name=name,
+        config=config,
+        dir=workdir,
+        group=config["optimizer"],
+        job_type="train",
+        tags=["demo", f"bs{config['batch_size']}"],
+        settings=_settings(url, api_key),
+    )
     run.define_metric("val/accuracy", summary="max")
     try:
         with run:  # an exception marks the run failed, with its traceback
@@ -169,8 +192,9 @@ def _sample_image(step: int, rng: random.Random) -> Any:
         return None  # Pillow (or numpy) not installed: no images
 
 
-def _crashing_run(url: str, api_key: str, team: str, project: str, config: dict[str, Any], workdir: Path,
-                  steps: int) -> None:
+def _crashing_run(
+    url: str, api_key: str, team: str, project: str, config: dict[str, Any], workdir: Path, steps: int
+) -> None:
     """A run in its own process that is SIGKILLed mid-training: it never says goodbye."""
     script = textwrap.dedent(f"""
         import os, signal, time, runstream
@@ -200,8 +224,9 @@ def _git_repo(path: Path) -> Path:
     repo.index.add(["train.py"])
     actor = git.Actor("runstream demo", "demo@runstream.invalid")
     repo.index.commit("Baseline training script", author=actor, committer=actor)
-    (path / "train.py").write_text("import torch\n\nLR = 3e-4  # sweep\nEPOCHS = 10\nWARMUP = 100\n\n\n"
-                                   "def train(model):\n    ...\n")
+    (path / "train.py").write_text(
+        "import torch\n\nLR = 3e-4  # sweep\nEPOCHS = 10\nWARMUP = 100\n\n\ndef train(model):\n    ...\n"
+    )
     return path
 
 

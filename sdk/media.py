@@ -138,7 +138,9 @@ class Histogram(Media):
             try:
                 counts, edges = np_histogram
             except (TypeError, ValueError):
-                raise ValueError("np_histogram must be a (counts, bin_edges) pair, as numpy.histogram returns") from None
+                raise ValueError(
+                    "np_histogram must be a (counts, bin_edges) pair, as numpy.histogram returns"
+                ) from None
             self.histogram, self.bins = _numbers(counts, "counts"), _numbers(edges, "bin_edges")
             if not 1 <= len(self.histogram) <= MAX_BINS or len(self.bins) != len(self.histogram) + 1:
                 raise ValueError(
@@ -235,7 +237,9 @@ class Table(Media):
 
     def add_data(self, *row: Any) -> None:
         if len(row) != len(self.columns):
-            raise ValueError(f"Table row has {len(row)} values but the table has {len(self.columns)} columns {self.columns}")
+            raise ValueError(
+                f"Table row has {len(row)} values but the table has {len(self.columns)} columns {self.columns}"
+            )
         self.data.append([_cell(v) for v in row])
 
     def snapshot(self) -> Table:
@@ -279,7 +283,9 @@ class GalleryItem:
         # The index is part of the path: the server keeps one entry per path, so two equal
         # images of one gallery must not share one. Zero-padded, so path order is index order.
         stem = f"media/{self.item._dir}/{_safe_name(key)}_{int(step)}_{self.index:03d}"
-        return _write(files_dir, stem, blob, ext, self.item.media_type, {**meta, "index": self.index, "count": self.count})
+        return _write(
+            files_dir, stem, blob, ext, self.item.media_type, {**meta, "index": self.index, "count": self.count}
+        )
 
 
 def to_media(value: Any) -> Media | None:
@@ -337,8 +343,13 @@ def sequence_to_media(key: str, values: Sequence[Any]) -> list[Media] | list[Gal
     if len(items) > kind.max_gallery:
         if key not in _capped_keys:
             _capped_keys.add(key)
-            log.warning("runstream: log() value for %r holds %d %ss; only the first %d are kept, as in wandb",
-                        key, len(items), kind.__name__, kind.max_gallery)
+            log.warning(
+                "runstream: log() value for %r holds %d %ss; only the first %d are kept, as in wandb",
+                key,
+                len(items),
+                kind.__name__,
+                kind.max_gallery,
+            )
         items = items[: kind.max_gallery]
     return [GalleryItem(item, i, len(items)) for i, item in enumerate(items)]  # type: ignore[arg-type]
 

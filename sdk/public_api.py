@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlparse
@@ -241,15 +241,25 @@ class Api:
         try:
             with os.fdopen(fd, "wb") as out, self._open("GET", path, params, what=what) as response:
                 length = response.headers.get("Content-Length")
-                with tqdm(total=int(length) if length else None, unit="B", unit_scale=True, unit_divisor=1024,
-                          desc=target.name, disable=not progress) as bar:
+                with tqdm(
+                    total=int(length) if length else None,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=target.name,
+                    disable=not progress,
+                ) as bar:
                     try:
                         while chunk := response.read(1 << 20):
                             out.write(chunk)
                             bar.update(len(chunk))
                     except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
-                        raise ApiError(0, "incomplete", f"the download of {what} stopped before its end "
-                                       f"({type(exc).__name__}); {target} was not written: retry") from exc
+                        raise ApiError(
+                            0,
+                            "incomplete",
+                            f"the download of {what} stopped before its end "
+                            f"({type(exc).__name__}); {target} was not written: retry",
+                        ) from exc
             os.replace(partial, target)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -353,8 +363,13 @@ class Run:
         self.error: str | None = attrs.get("error")  # a failed run's traceback
         self.metric_definitions: list[dict[str, Any]] = list(attrs.get("metrics") or [])
         # What update() compares edits with, so it sends only what changed.
-        self._loaded = {"name": self.name, "tags": list(self.tags), "notes": self.notes,
-                        "config": copy.deepcopy(self.config), "summary": copy.deepcopy(self.summary)}
+        self._loaded = {
+            "name": self.name,
+            "tags": list(self.tags),
+            "notes": self.notes,
+            "config": copy.deepcopy(self.config),
+            "summary": copy.deepcopy(self.summary),
+        }
 
     @property
     def path(self) -> list[str]:
@@ -415,10 +430,13 @@ class Run:
         try:
             import pandas as pd
         except ImportError:
-            raise ImportError("Run.history() returns a pandas DataFrame: pip install pandas (or pass pandas=False)") from None
+            raise ImportError(
+                "Run.history() returns a pandas DataFrame: pip install pandas (or pass pandas=False)"
+            ) from None
         order = list(dict.fromkeys(["_step", "_timestamp", *(keys if keys is not None else columns)]))
         decoded = {
-            name: [math.nan if v is None else _SPECIAL_FLOATS.get(v, v) for v in values] for name, values in columns.items()
+            name: [math.nan if v is None else _SPECIAL_FLOATS.get(v, v) for v in values]
+            for name, values in columns.items()
         }
         return pd.DataFrame(decoded).reindex(columns=order)
 
@@ -455,7 +473,10 @@ class Run:
                 return
 
     def export(
-        self, file: str | os.PathLike[str], metrics: list[str] | None = None, format: str = "parquet",
+        self,
+        file: str | os.PathLike[str],
+        metrics: list[str] | None = None,
+        format: str = "parquet",
         progress: bool = True,
     ) -> Path:
         """Download this run's full metric history to ``file`` (see ``Api.export``)."""
@@ -497,7 +518,9 @@ def _http_error(exc: urllib.error.HTTPError, what: str) -> ApiError:
         # Not the API's error shape (a proxy in between, say): show what came back.
         code, message, details = "http_error", raw[:500].decode(errors="replace"), None
     if exc.code == 404:
-        message = f"{what or 'resource'} not found, or not visible with this API key" + (f" ({message})" if message else "")
+        message = f"{what or 'resource'} not found, or not visible with this API key" + (
+            f" ({message})" if message else ""
+        )
     elif exc.code in (401, 403):
         message = f"{message or 'not authorized'} (set RUNSTREAM_API_KEY or pass Api(api_key=...))"
     return ApiError(exc.code, code, message or f"HTTP {exc.code}", details)
@@ -506,7 +529,7 @@ def _http_error(exc: urllib.error.HTTPError, what: str) -> ApiError:
 def _iso(value: Any) -> Any:
     """A time from the server (Unix seconds) as ISO 8601 UTC text; text and None stay as they are."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return datetime.fromtimestamp(value, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return value
 
 

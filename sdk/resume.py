@@ -104,10 +104,16 @@ def server_url(url: str, files_url: str) -> str | None:
     return None
 
 
-def from_server(base: str, api_key: str, team: str, project: str, run_id: str, timeout: float = 10.0) -> Previous | None:
+def from_server(
+    base: str, api_key: str, team: str, project: str, run_id: str, timeout: float = 10.0
+) -> Previous | None:
     """The run as the server has it, or None when the server does not know it; ``ServerUnreachable``
     when it gives no answer (down, a refused key, something else at that address)."""
-    from runstream.public_api import Api, ApiError, _run_path  # the client users read runs with; it imports Run, so late
+    from runstream.public_api import (
+        Api,
+        ApiError,
+        _run_path,
+    )  # the client users read runs with; it imports Run, so late
 
     api = Api(url=base, api_key=api_key, timeout=timeout)
     try:

@@ -31,7 +31,7 @@ from runstream.sender import FinishResult, RunIdentity, Sender, file_event_data
 from runstream.spool import Spool
 from runstream.summary import Summary, make_definition
 from runstream.transport import open_transport, open_uploader
-from runstream.values import flatten, json_safe, to_scalar
+from runstream.values import flatten, to_scalar
 
 log = logging.getLogger("runstream")
 
@@ -43,7 +43,7 @@ class Error(Exception):
     """A misuse of the SDK that the user must fix (wandb.Error's counterpart)."""
 
 
-class AlertLevel(str, enum.Enum):
+class AlertLevel(str, enum.Enum):  # noqa: UP042 - str() of a StrEnum member is its value, not AlertLevel.X
     INFO = "INFO"
     WARN = "WARN"
     ERROR = "ERROR"
@@ -78,7 +78,9 @@ def check_tags(tags: Any, what: str) -> list[str]:
         raise TypeError(f"{what} takes a list of non-empty strings, got {tags!r}")
     tags = list(dict.fromkeys(tags))
     if not all(isinstance(t, str) and 0 < len(t) <= events.MAX_NAME_LEN for t in tags):
-        raise TypeError(f"{what} takes a list of non-empty strings of at most {events.MAX_NAME_LEN} characters, got {tags!r}")
+        raise TypeError(
+            f"{what} takes a list of non-empty strings of at most {events.MAX_NAME_LEN} characters, got {tags!r}"
+        )
     return tags
 
 
@@ -186,7 +188,9 @@ class Run:
     @name.setter
     def name(self, value: str) -> None:
         if not isinstance(value, str) or not value or len(value) > events.MAX_NAME_LEN:
-            raise ValueError(f"run.name must be a non-empty string of at most {events.MAX_NAME_LEN} characters, got {value!r}")
+            raise ValueError(
+                f"run.name must be a non-empty string of at most {events.MAX_NAME_LEN} characters, got {value!r}"
+            )
         self._name = value
         self._update_record({"name": value})
 
@@ -213,8 +217,11 @@ class Run:
     def _too_late(self, what: str) -> None:
         """Said of an edit after finish(): nothing more is sent (a disabled run sends nothing anyway)."""
         if self.mode != "disabled":
-            log.warning("runstream: the run has finished, so its %s is not sent; edit it with "
-                        "runstream.Api().run(%r).update()", what, self.path)
+            log.warning(
+                "runstream: the run has finished, so its %s is not sent; edit it with runstream.Api().run(%r).update()",
+                what,
+                self.path,
+            )
 
     def _save_record(self) -> None:
         """run.json: what this machine knows of the run, for ``runstream sync`` and for a resume."""
@@ -380,7 +387,9 @@ class Run:
         self._summary.define(definition)
         self._sender.put(events.RUN_UPDATE, {"define_metric": [definition.to_event()]})
 
-    def alert(self, title: str, text: str, level: str | AlertLevel = AlertLevel.INFO, wait_duration: Any = None) -> None:
+    def alert(
+        self, title: str, text: str, level: str | AlertLevel = AlertLevel.INFO, wait_duration: Any = None
+    ) -> None:
         """Send an alert; with ``wait_duration`` (seconds or timedelta), repeats of ``title`` within it are dropped."""
         level = level.value if isinstance(level, AlertLevel) else str(level).upper()
         if level not in events.ALERT_LEVELS:
@@ -470,10 +479,14 @@ class Run:
         target = self._files_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)
-        self._sender.put(events.FILE, file_event_data(relative, kind, len(content), hashlib.sha256(content).hexdigest()))
+        self._sender.put(
+            events.FILE, file_event_data(relative, kind, len(content), hashlib.sha256(content).hexdigest())
+        )
 
     # -- torch ---------------------------------------------------------------------------
-    def watch(self, models: Any, criterion: Any = None, log: str = "gradients", log_freq: int = 1000, **ignored: Any) -> None:
+    def watch(
+        self, models: Any, criterion: Any = None, log: str = "gradients", log_freq: int = 1000, **ignored: Any
+    ) -> None:
         """Log histograms of a PyTorch model's gradients and/or parameters every ``log_freq`` steps."""
         if log not in ("gradients", "parameters", "all", None):
             raise ValueError(f"watch(log=...) must be 'gradients', 'parameters' or 'all', got {log!r}")
@@ -495,9 +508,13 @@ class Run:
                 continue
             for name, param in model.named_parameters():
                 if what in ("parameters", "all"):
-                    self._sender.media.append((step, now, f"parameters/{name}", media_types.Histogram(_to_numpy(param))))
+                    self._sender.media.append(
+                        (step, now, f"parameters/{name}", media_types.Histogram(_to_numpy(param)))
+                    )
                 if what in ("gradients", "all") and getattr(param, "grad", None) is not None:
-                    self._sender.media.append((step, now, f"gradients/{name}", media_types.Histogram(_to_numpy(param.grad))))
+                    self._sender.media.append(
+                        (step, now, f"gradients/{name}", media_types.Histogram(_to_numpy(param.grad)))
+                    )
 
     # -- life cycle -------------------------------------------------------------------
     def _start(self, start_data: dict[str, Any]) -> None:
@@ -548,7 +565,14 @@ class Run:
         except Exception as exc:  # noqa: BLE001 - a collector must never stop the run
             log.warning("runstream: %s disabled: %s", what, exc)
 
-    def finish(self, exit_code: int | None = None, quiet: bool | None = None, *, _state: str | None = None, _traceback: str | None = None) -> FinishResult:
+    def finish(
+        self,
+        exit_code: int | None = None,
+        quiet: bool | None = None,
+        *,
+        _state: str | None = None,
+        _traceback: str | None = None,
+    ) -> FinishResult:
         """End the run: flush (waiting at most ``settings.finish_timeout`` s) and mark it finished or failed."""
         if self._finished:
             return self._finish_result  # type: ignore[return-value]
@@ -609,5 +633,3 @@ _now = time.time
 
 def _to_numpy(tensor: Any) -> Any:
     return tensor.detach().cpu().float().numpy()
-
-

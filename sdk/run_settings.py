@@ -42,7 +42,9 @@ class RunSettings:
             return replace(base, api_key=env.key_for(base.url))
         if isinstance(given, RunSettings):
             url = given.url or base.url
-            return replace(given, url=url, api_key=given.api_key or env.key_for(url), files_url=given.files_url or base.files_url)
+            return replace(
+                given, url=url, api_key=given.api_key or env.key_for(url), files_url=given.files_url or base.files_url
+            )
         if isinstance(given, dict):
             values = dict(given)
         else:
@@ -60,4 +62,3 @@ class RunSettings:
 def Settings(**kwargs: Any) -> dict[str, Any]:  # noqa: N802 - named like wandb.Settings, which scripts call
     """``runstream.Settings(...)``/``wandb.Settings(...)``: keyword settings for ``init(settings=...)``."""
     return kwargs
-

@@ -60,7 +60,7 @@ class Spool:
         if self._file is not None:
             self._file.close()
         self._segment = number
-        self._file = open(self.dir / _segment_name(number), "ab", buffering=0)
+        self._file = open(self.dir / _segment_name(number), "ab", buffering=0)  # noqa: SIM115 - open until the next segment
         self._size = 0
 
     def append(self, topic: str, data: bytes) -> None:

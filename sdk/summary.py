@@ -73,7 +73,9 @@ def make_definition(name: str, step_metric: str | None, summary: str | None, goa
     if summary is not None:
         ops = summary_ops(summary) if isinstance(summary, str) else ()
         if not ops or not set(ops) <= set(SUMMARY_CHOICES):
-            raise ValueError(f"define_metric(summary=...) takes one or more of {SUMMARY_CHOICES} separated by commas, got {summary!r}")
+            raise ValueError(
+                f"define_metric(summary=...) takes one or more of {SUMMARY_CHOICES} separated by commas, got {summary!r}"
+            )
         summary = ",".join(ops)
     if goal is not None and goal not in ("minimize", "maximize"):
         raise ValueError(f"define_metric(goal=...) must be 'minimize' or 'maximize', got {goal!r}")
@@ -172,7 +174,7 @@ class Summary:
         for key in self._stats.stats:
             definition = self.definition_for(key)
             ops = summary_ops(definition.summary) if definition else ()
-            value = summary_value(ops, definition.goal if definition else None, lambda op: self._stats.value(key, op))
+            value = summary_value(ops, definition.goal if definition else None, lambda op: self._stats.value(key, op))  # noqa: B023 - summary_value calls it in this iteration
             if value is not NO_SUMMARY and value is not None:
                 out[key] = json_safe(value)
         return out
@@ -205,8 +207,10 @@ class Summary:
             raise TypeError(f"summary.update() takes a dict, got {type(values).__name__}")
         safe = {str(k): json_safe(v) for k, v in values.items()}
         if not events.is_tree(safe):
-            raise ValueError(f"summary keys must be non-empty and nest at most {events.MAX_TREE_DEPTH} levels "
-                             "(dotted keys count as levels)")
+            raise ValueError(
+                f"summary keys must be non-empty and nest at most {events.MAX_TREE_DEPTH} levels "
+                "(dotted keys count as levels)"
+            )
         self._explicit.update(safe)
         self._on_set(safe)
 

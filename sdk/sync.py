@@ -89,7 +89,11 @@ async def sync_run(
 
 
 def sync(
-    paths: Iterable[str | Path], url: str | None = None, api_key: str = "", progress: bool = True, files_url: str | None = None
+    paths: Iterable[str | Path],
+    url: str | None = None,
+    api_key: str = "",
+    progress: bool = True,
+    files_url: str | None = None,
 ) -> list[SyncResult]:
     async def run_all() -> list[SyncResult]:
         return [await sync_run(run_dir, url, api_key, progress, files_url) for run_dir in find_run_dirs(paths)]

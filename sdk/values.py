@@ -8,7 +8,6 @@ from typing import Any
 
 from runstream.events import encode_value
 
-
 _INT64 = 2**63
 
 

@@ -121,7 +121,9 @@ class ApiHarness:
         import orjson
 
         body = b"\n".join(orjson.dumps(e) for e in events)
-        return self.http.post("/api/v1/events", content=body, headers={**headers, "Content-Type": "application/x-ndjson"})
+        return self.http.post(
+            "/api/v1/events", content=body, headers={**headers, "Content-Type": "application/x-ndjson"}
+        )
 
     def close(self) -> None:
         self.http.__exit__(None, None, None)

@@ -75,13 +75,17 @@ def metric_points(evs: list[events.Event]) -> list[tuple[int, str, float]]:
     return out
 
 
-async def consume_events(bootstrap: str, topics: list[str], project: str, done, timeout: float = 60.0) -> list[events.Event]:
+async def consume_events(
+    bootstrap: str, topics: list[str], project: str, done, timeout: float = 60.0
+) -> list[events.Event]:
     """Events of ``project`` from the start of ``topics``, in arrival order, until ``done(events)`` or timeout."""
     import asyncio
 
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=unique("c"))
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=unique("c")
+    )
     await consumer.start()
     found: list[events.Event] = []
     marker = f'"project":"{project}"'.encode()
@@ -96,7 +100,15 @@ async def consume_events(bootstrap: str, topics: list[str], project: str, done, 
     return found
 
 
-def training_script(dir: str, url: str, project: str, run_id: str, steps: int, extra: str = "", pause: float = 0.0) -> str:
+def training_script(
+    dir: str,  # noqa: A002 - the name of the script's runstream.init(dir=...)
+    url: str,
+    project: str,
+    run_id: str,
+    steps: int,
+    extra: str = "",
+    pause: float = 0.0,
+) -> str:
     """A training loop that logs two metrics per step, then prints its FinishResult and slowest log() as JSON."""
     return f"""
 import json, time, runstream
@@ -185,7 +197,11 @@ class Server:
     def start(self) -> Server:
         self.process = subprocess.Popen(
             [RUNSTREAM, "server", "--data-dir", str(self.data_dir), "--port", str(self.port)],
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

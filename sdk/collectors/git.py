@@ -61,7 +61,14 @@ def diff_patch(path: str | Path = ".") -> str:
             # Fixed prefixes and no colour, external diff or textconv: the user's
             # git config must not change what the patch looks like.
             patch = repo.git.diff(
-                "--binary", "--no-color", "--no-ext-diff", "--no-textconv", "--src-prefix=a/", "--dst-prefix=b/", base, "--",
+                "--binary",
+                "--no-color",
+                "--no-ext-diff",
+                "--no-textconv",
+                "--src-prefix=a/",
+                "--dst-prefix=b/",
+                base,
+                "--",
                 stdout_as_string=False,
                 strip_newline_in_stdout=False,
             )
@@ -88,7 +95,7 @@ def redact_url(url: str) -> str:
         if not has_password:
             return url
         login = f"{user}@"
-    return f"{scheme}://{login}{url[match.end():]}"
+    return f"{scheme}://{login}{url[match.end() :]}"
 
 
 def _open(path: str | Path) -> Any:

@@ -290,7 +290,9 @@ class SystemSampler:
         values = {"disk.percent": float(psutil.disk_usage(self._disk_path).percent)}
         io = psutil.disk_io_counters()
         if io is not None:  # None where the system shows no disks (some containers)
-            values.update(self._rates("disk", now, {"disk.read_mb_s": io.read_bytes, "disk.write_mb_s": io.write_bytes}))
+            values.update(
+                self._rates("disk", now, {"disk.read_mb_s": io.read_bytes, "disk.write_mb_s": io.write_bytes})
+            )
         return values
 
     def _network(self, now: float) -> dict[str, float]:

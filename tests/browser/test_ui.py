@@ -46,8 +46,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "RUNSTREAM_CONFIG": str(data_dir / "no-config.toml")}
-    process = subprocess.Popen([RUNSTREAM, "server", "--data-dir", str(data_dir), "--port", str(port)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [RUNSTREAM, "server", "--data-dir", str(data_dir), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -60,8 +65,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 pass
             assert time.monotonic() < deadline, "the server did not answer within 90 s"
             time.sleep(0.3)
-        demo = subprocess.run([RUNSTREAM, "demo", "--url", url, "--quiet"], env=env, capture_output=True, text=True,
-                              timeout=300)
+        demo = subprocess.run(
+            [RUNSTREAM, "demo", "--url", url, "--quiet"], env=env, capture_output=True, text=True, timeout=300
+        )
         assert demo.returncode == 0, demo.stdout + demo.stderr
         yield url
     finally:
@@ -116,8 +122,10 @@ def _runs_count(page) -> str:
 
 def _loss_panel(page, attribute: str, value: str) -> None:
     """Wait until the train/loss panel (every demo run logs it) has data-<attribute> = value."""
-    page.wait_for_function(f"(document.querySelector(\".panel[data-metric='train/loss']\") || {{dataset: {{}}}})"
-                           f".dataset.{attribute} === '{value}'")
+    page.wait_for_function(
+        f"(document.querySelector(\".panel[data-metric='train/loss']\") || {{dataset: {{}}}})"
+        f".dataset.{attribute} === '{value}'"
+    )
 
 
 def _open_workspace(page, url: str) -> None:
@@ -173,7 +181,10 @@ def test_workspace_filter_group_and_toggle(page, server: str) -> None:
     page.locator("details.group-by label", has_text="config.optimizer").locator("input").check()
     page.locator("details.group-by summary").click()
     page.wait_for_selector("table.runs tr.group")
-    assert sorted(page.locator("table.runs tr.group").evaluate_all("rows => rows.map(r => r.dataset.group)")) == ["adam", "sgd"]
+    assert sorted(page.locator("table.runs tr.group").evaluate_all("rows => rows.map(r => r.dataset.group)")) == [
+        "adam",
+        "sgd",
+    ]
     _loss_panel(page, "lines", "2")
     page.locator("table.runs tr.group button.eye").first.click()
     _loss_panel(page, "visible", "1")
@@ -209,14 +220,18 @@ def test_workspace_tags_and_panels(page, server: str) -> None:
     acc = page.locator(".panel[data-metric='train/accuracy']")
     box = acc.locator(".u-over").bounding_box()
     y = box["y"] + box["height"] / 2
-    with page.expect_request(lambda r: r.url.endswith("/series") and r.post_data and "step_range" in r.post_data) as zoom:
+    with page.expect_request(
+        lambda r: r.url.endswith("/series") and r.post_data and "step_range" in r.post_data
+    ) as zoom:
         page.mouse.move(box["x"] + box["width"] * 0.3, y)
         page.mouse.down()
         page.mouse.move(box["x"] + box["width"] * 0.45, y, steps=5)
         page.mouse.up()
     first, last = orjson.loads(zoom.value.post_data)["step_range"]
     assert 0 < first < last < 400
-    page.wait_for_function("document.querySelector(\".panel[data-metric='train/accuracy']\").classList.contains('zoomed')")
+    page.wait_for_function(
+        "document.querySelector(\".panel[data-metric='train/accuracy']\").classList.contains('zoomed')"
+    )
     with page.expect_request(lambda r: r.url.endswith("/series") and r.post_data and "step_range" not in r.post_data):
         acc.locator(".u-over").dblclick()
     # Panels move (the layout's order).
@@ -242,7 +257,9 @@ def test_run_page_git_diff_console_media(page, server: str) -> None:
     _shot(page, "run-overview")
 
     page.locator("nav.run-tabs a", has_text="console").click()
-    page.wait_for_function("document.querySelector('pre.console') && document.querySelector('pre.console').textContent.includes('step 99')")
+    page.wait_for_function(
+        "document.querySelector('pre.console') && document.querySelector('pre.console').textContent.includes('step 99')"
+    )
     page.locator("input.console-search").fill("step 399")
     page.wait_for_function("!document.querySelector('pre.console').textContent.includes('step 99:')")
     assert "step 399" in page.locator("pre.console").inner_text()
@@ -264,10 +281,18 @@ def test_a_gallery_shows_every_image_of_the_chosen_step(page, server: str, tmp_p
 
     import runstream
 
-    run = runstream.init(entity="default", project="galleries", id="gallery1", dir=tmp_path,
-                         settings={"url": server, "console": False, "system_metrics": False, "git": False})
+    run = runstream.init(
+        entity="default",
+        project="galleries",
+        id="gallery1",
+        dir=tmp_path,
+        settings={"url": server, "console": False, "system_metrics": False, "git": False},
+    )
     run.log({"examples": [runstream.Image(np.full((8, 8), 40, dtype=np.uint8), caption="first")]}, step=1)
-    images = [runstream.Image(np.full((8, 8), v, dtype=np.uint8), caption=c) for v, c in ((0, "cat"), (120, "dog"), (250, "bird"))]
+    images = [
+        runstream.Image(np.full((8, 8), v, dtype=np.uint8), caption=c)
+        for v, c in ((0, "cat"), (120, "dog"), (250, "bird"))
+    ]
     run.log({"examples": images}, step=2)
     assert run.finish().unacked_events == 0
     page.goto(f"{server}/projects/default/galleries/runs/gallery1#media")
@@ -286,18 +311,44 @@ def test_a_failed_run_shows_its_traceback_and_charts_take_the_step_metric(page, 
     now = time.time()
 
     def event(seq: int, type: str, data: dict) -> bytes:
-        return orjson.dumps({"v": 1, "type": type, "team": "default", "project": "failing", "run_id": "f1",
-                             "seq": seq, "ts": now + seq, "data": data})
+        return orjson.dumps(
+            {
+                "v": 1,
+                "type": type,
+                "team": "default",
+                "project": "failing",
+                "run_id": "f1",
+                "seq": seq,
+                "ts": now + seq,
+                "data": data,
+            }
+        )
 
     steps = list(range(8))
-    lines = [event(1, "run_start", {"name": "f1"}),
-             event(2, "run_update", {"define_metric": [{"name": "val/*", "step_metric": "epoch"}]}),
-             event(3, "metrics", {"step": steps, "time": [now + s for s in steps],
-                                  "values": {"epoch": [s // 2 for s in steps], "val/acc": [s / 10 for s in steps],
-                                             "loss": [1 / (s + 1) for s in steps]}}),
-             event(4, "run_finish", {"state": "failed", "exit_code": 1, "traceback": traceback})]
-    request = urllib.request.Request(f"{server}/api/v1/events", data=b"\n".join(lines), method="POST",
-                                     headers={"Content-Type": "application/x-ndjson"})
+    lines = [
+        event(1, "run_start", {"name": "f1"}),
+        event(2, "run_update", {"define_metric": [{"name": "val/*", "step_metric": "epoch"}]}),
+        event(
+            3,
+            "metrics",
+            {
+                "step": steps,
+                "time": [now + s for s in steps],
+                "values": {
+                    "epoch": [s // 2 for s in steps],
+                    "val/acc": [s / 10 for s in steps],
+                    "loss": [1 / (s + 1) for s in steps],
+                },
+            },
+        ),
+        event(4, "run_finish", {"state": "failed", "exit_code": 1, "traceback": traceback}),
+    ]
+    request = urllib.request.Request(
+        f"{server}/api/v1/events",
+        data=b"\n".join(lines),
+        method="POST",
+        headers={"Content-Type": "application/x-ndjson"},
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
 
@@ -308,7 +359,10 @@ def test_a_failed_run_shows_its_traceback_and_charts_take_the_step_metric(page, 
     page.locator("nav.run-tabs a", has_text="charts").click()
     page.wait_for_selector(".panel[data-metric='val/acc'] canvas")
     acc, loss = page.locator(".panel[data-metric='val/acc']"), page.locator(".panel[data-metric='loss']")
-    assert (acc.locator("select.x-axis").input_value(), acc.locator("select.x-metric").input_value()) == ("metric", "epoch")
+    assert (acc.locator("select.x-axis").input_value(), acc.locator("select.x-metric").input_value()) == (
+        "metric",
+        "epoch",
+    )
     assert loss.locator("select.x-axis").input_value() == "step"
 
     # The workspace's default panels: every shown run (the one) defines val/*'s step metric.
@@ -320,8 +374,9 @@ def test_a_failed_run_shows_its_traceback_and_charts_take_the_step_metric(page, 
 
 
 def _as_local_admin(url: str, method: str, path: str, body: dict) -> dict:
-    request = urllib.request.Request(f"{url}/api/v1{path}", method=method, data=orjson.dumps(body),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/api/v1{path}", method=method, data=orjson.dumps(body), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return orjson.loads(response.read())
 
@@ -348,7 +403,9 @@ def test_run_media_and_downloads_with_an_api_key(browser, server: str) -> None:
             page.locator(".overview h3 a", has_text="download").click()
         assert "+LR = 3e-4" in Path(download.value.path()).read_text()
         page.locator("nav.run-tabs a", has_text="media").click()
-        page.wait_for_function("() => [...document.querySelectorAll('.image-grid img')].some((i) => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.image-grid img')].some((i) => i.complete && i.naturalWidth > 0)"
+        )
         # Images get their src as each fetch finishes: wait for the first one's, then check where it points.
         page.wait_for_function("() => !!document.querySelector('.image-grid img')?.getAttribute('src')")
         assert page.locator(".image-grid img").first.get_attribute("src").startswith("blob:")
@@ -387,12 +444,16 @@ def test_report_and_share_link_without_a_key(page, browser, server: str) -> None
     try:
         shared = context.new_page()
         calls: list[tuple[str, str | None]] = []
-        shared.on("request", lambda r: calls.append((r.url, r.headers.get("x-runstream-share")))
-                  if "/api/v1/" in r.url else None)
+        shared.on(
+            "request",
+            lambda r: calls.append((r.url, r.headers.get("x-runstream-share"))) if "/api/v1/" in r.url else None,
+        )
         shared.goto(server + link)
         shared.wait_for_selector("h2.shared-title")
         assert shared.locator("h2.shared-title").inner_text() == "Sweep findings"
-        shared.wait_for_function("document.querySelector('.report-view .panel') && Number(document.querySelector('.report-view .panel').dataset.lines) > 20")
+        shared.wait_for_function(
+            "document.querySelector('.report-view .panel') && Number(document.querySelector('.report-view .panel').dataset.lines) > 20"
+        )
         shared.screenshot(path=str(ARTIFACTS / "shared-report.png"), full_page=True)
         token = link.rsplit("/", 1)[1]
         assert calls and all(header == token for url, header in calls if "/shared/" not in url), calls
@@ -401,11 +462,16 @@ def test_report_and_share_link_without_a_key(page, browser, server: str) -> None
 
 
 def test_report_markdown_is_safe(page, server: str) -> None:
-    body = ("# Findings\n\n<script>window.pwned = 1</script>\n\n<img src=x onerror=\"window.pwned = 2\">\n\n"
-            "[click](javascript:window.pwned=3) and [docs](https://example.org) **bold** `x < y`\n\n- a\n- b\n")
-    request = urllib.request.Request(f"{server}/api/v1/projects/default/demo/reports", method="POST",
-                                     data=orjson.dumps({"title": "safety", "body": body}),
-                                     headers={"Content-Type": "application/json"})
+    body = (
+        '# Findings\n\n<script>window.pwned = 1</script>\n\n<img src=x onerror="window.pwned = 2">\n\n'
+        "[click](javascript:window.pwned=3) and [docs](https://example.org) **bold** `x < y`\n\n- a\n- b\n"
+    )
+    request = urllib.request.Request(
+        f"{server}/api/v1/projects/default/demo/reports",
+        method="POST",
+        data=orjson.dumps({"title": "safety", "body": body}),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         report = orjson.loads(response.read())
     page.goto(f"{server}/projects/default/demo/reports/{report['id']}")
@@ -413,7 +479,9 @@ def test_report_markdown_is_safe(page, server: str) -> None:
     page.wait_for_selector("article.markdown h1")
     assert article.locator("script, img").count() == 0
     assert "<script>" in article.inner_text()  # shown as text, never run
-    assert article.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))") == ["https://example.org"]
+    assert article.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))") == [
+        "https://example.org"
+    ]
     assert article.locator("strong").inner_text() == "bold"
     assert article.locator("code").inner_text() == "x < y"
     assert article.locator("li").count() == 2

@@ -16,8 +16,12 @@ from tests.helpers import make_event
 TEAM, PROJECT = "acme", "mnist"
 BASE = f"/api/v1/projects/{TEAM}/{PROJECT}"
 RULES, ALERTS, STREAM = f"{BASE}/alert-rules", f"{BASE}/alerts", f"{BASE}/alerts/stream"
-BIG_LOSS = {"name": "loss too big", "kind": "threshold", "spec": {"metric": "loss", "op": ">", "value": 10},
-            "cooldown_s": 0}
+BIG_LOSS = {
+    "name": "loss too big",
+    "kind": "threshold",
+    "spec": {"metric": "loss", "op": ">", "value": 10},
+    "cooldown_s": 0,
+}
 RULEBOOK_TTL_S = 1.0  # the embedded pipeline's RuleBook cache
 
 
@@ -25,8 +29,12 @@ def _losses(run_id: str, seq: int, losses: list[float], start_step: int = 0) -> 
     """A run_start (the first time) and one metrics event of ``losses``."""
     now = time.time()
     steps = list(range(start_step, start_step + len(losses)))
-    metrics = make_event(events.METRICS, {"step": steps, "time": [now + i * 0.001 for i in range(len(steps))],
-                                          "values": {"loss": losses}}, seq=seq, run_id=run_id)
+    metrics = make_event(
+        events.METRICS,
+        {"step": steps, "time": [now + i * 0.001 for i in range(len(steps))], "values": {"loss": losses}},
+        seq=seq,
+        run_id=run_id,
+    )
     return ([make_event(events.RUN_START, {"name": run_id}, seq=1, run_id=run_id)] if seq == 2 else []) + [metrics]
 
 
@@ -74,7 +82,9 @@ def test_threshold_rule_fires_and_its_alert_is_listed_and_streamed(api):
 
     _ingest(api, member, "r1", 2, [1.0, 11.0, 12.0])  # one crossing: one alert
     listed = _alerts(api, member)
-    assert [(a["run_id"], a["rule_id"], a["source"], a["level"]) for a in listed] == [("r1", rule["id"], "rule", "WARN")]
+    assert [(a["run_id"], a["rule_id"], a["source"], a["level"]) for a in listed] == [
+        ("r1", rule["id"], "rule", "WARN")
+    ]
     assert listed[0]["title"].startswith("loss too big") and "11" in listed[0]["text"]
     assert _alerts(api, member, run_id="r1") == listed
     assert _alerts(api, member, run_id="other") == []
@@ -99,6 +109,7 @@ def test_the_stream_sends_what_arrives_after_connecting(api):
         def ingest():
             time.sleep(0.5)
             ingested.append(api.ingest(_losses("new", 2, [1.0, 15.0]), member).status_code)
+
         threading.Thread(target=ingest, daemon=True).start()
 
     started = time.monotonic()
@@ -115,8 +126,18 @@ def test_an_alert_stored_late_with_an_earlier_time_still_arrives_once(api):
     now = time.time()
 
     def alert(alert_id: str, at: float) -> dict:
-        return {"team": TEAM, "project": PROJECT, "run_id": "r1", "alert_id": alert_id, "rule_id": None,
-                "source": "sdk", "level": "WARN", "title": alert_id, "text": "", "time": at}
+        return {
+            "team": TEAM,
+            "project": PROJECT,
+            "run_id": "r1",
+            "alert_id": alert_id,
+            "rule_id": None,
+            "source": "sdk",
+            "level": "WARN",
+            "title": alert_id,
+            "text": "",
+            "time": at,
+        }
 
     def store_later():
         def store():
@@ -124,6 +145,7 @@ def test_an_alert_stored_late_with_an_earlier_time_still_arrives_once(api):
             insert_alerts(api.storage, [alert("newer", now + 1)])
             time.sleep(1.5)  # the stream has sent "newer" by now
             insert_alerts(api.storage, [alert("late", now - 20), alert("newer", now + 1)])  # and a replayed copy
+
         threading.Thread(target=store, daemon=True).start()
 
     with api.http.stream("GET", STREAM, params={"timeout_s": 5}, headers=member) as r:
@@ -172,12 +194,18 @@ def test_invalid_rules_are_422_with_the_reason(api):
         ({"spec": {"metric": "loss", "op": ["<"], "value": 1}}, "'op'"),
         ({"spec": {"metric": "loss", "op": ">", "value": 1, "webhooks": ["ftp://x"]}}, "webhooks"),
         # A rule's webhook may not reach into the server's network (the operator can allow hosts).
-        ({"spec": {"metric": "loss", "op": ">", "value": 1, "webhooks": ["http://169.254.169.254/latest"]}},
-         "RUNSTREAM_WEBHOOK_ALLOW"),
-        ({"spec": {"metric": "loss", "op": ">", "value": 1, "webhooks": ["http://localhost:9200/x"]}},
-         "internal address"),
-        ({"spec": {"metric": "loss", "op": ">", "value": 1, "webhooks": ["http://\uff11\uff12\uff17.0.0.1/x"]}},
-         "internal address"),
+        (
+            {"spec": {"metric": "loss", "op": ">", "value": 1, "webhooks": ["http://169.254.169.254/latest"]}},
+            "RUNSTREAM_WEBHOOK_ALLOW",
+        ),
+        (
+            {"spec": {"metric": "loss", "op": ">", "value": 1, "webhooks": ["http://localhost:9200/x"]}},
+            "internal address",
+        ),
+        (
+            {"spec": {"metric": "loss", "op": ">", "value": 1, "webhooks": ["http://\uff11\uff12\uff17.0.0.1/x"]}},
+            "internal address",
+        ),
         ({"spec": {"metric": "loss", "op": ">", "value": 1, "webhooks": ["http://[::1"]}}, "not a valid URL"),
         ({"spec": {"metric": "loss", "op": ">", "value": 1, "level": "LOUD"}}, "level"),
         ({"spec": "loss > 1"}, "JSON object"),
@@ -196,7 +224,10 @@ def test_invalid_rules_are_422_with_the_reason(api):
     assert api.http.post(RULES, content=b"{", headers=member).status_code == 400
     assert api.http.get(RULES, headers=member).json() == {"rules": []}
     rule = _rule(api, member)
-    internal = {"kind": "threshold", "spec": {"metric": "loss", "op": ">", "value": 1, "webhooks": ["http://10.0.0.7/"]}}
+    internal = {
+        "kind": "threshold",
+        "spec": {"metric": "loss", "op": ">", "value": 1, "webhooks": ["http://10.0.0.7/"]},
+    }
     response = api.http.patch(f"{RULES}/{rule['id']}", json=internal, headers=member)
     assert response.status_code == 422 and "internal address" in response.json()["error"]["message"]
     assert "webhooks" not in api.http.get(f"{RULES}/{rule['id']}", headers=member).json()["spec"]
@@ -204,13 +235,16 @@ def test_invalid_rules_are_422_with_the_reason(api):
     rule = _rule(api, member)
     alone = api.http.patch(f"{RULES}/{rule['id']}", json={"kind": "divergence"}, headers=member)
     assert alone.status_code == 422 and "together" in alone.json()["error"]["message"]
-    bad = api.http.patch(f"{RULES}/{rule['id']}", json={"kind": "divergence", "spec": {"metric": "loss"}},
-                         headers=member)
+    bad = api.http.patch(
+        f"{RULES}/{rule['id']}", json={"kind": "divergence", "spec": {"metric": "loss"}}, headers=member
+    )
     assert bad.status_code == 422 and "percent" in bad.json()["error"]["message"]
     assert api.http.get(f"{RULES}/{rule['id']}", headers=member).json() == rule
-    changed = api.http.patch(f"{RULES}/{rule['id']}", json={"kind": "threshold", "name": "too small",
-                                                              "spec": {"metric": "loss", "op": "<", "value": 0.5}},
-                             headers=member)
+    changed = api.http.patch(
+        f"{RULES}/{rule['id']}",
+        json={"kind": "threshold", "name": "too small", "spec": {"metric": "loss", "op": "<", "value": 0.5}},
+        headers=member,
+    )
     assert changed.status_code == 200
     assert changed.json()["spec"]["op"] == "<" and changed.json()["name"] == "too small"
     assert changed.json()["kind"] == "threshold" and changed.json()["created_at"] == rule["created_at"]

@@ -48,22 +48,23 @@ _fresh = itertools.count()
 EXPECTED: dict[str, dict[str, int | str]] = {
     "public": dict(anonymous=OK, other_team=OK, viewer=OK, member=OK, admin=OK, share_link=OK, local_admin=OK),
     "any-key": dict(anonymous=401, other_team=OK, viewer=OK, member=OK, admin=OK, share_link=401, local_admin=OK),
-    "project-read": dict(anonymous=404, other_team=404, viewer=OK, member=OK, admin=OK, share_link=OK,
-                         local_admin=OK),
-    "project-write": dict(anonymous=401, other_team=404, viewer=403, member=OK, admin=OK, share_link=401,
-                          local_admin=OK),
-    "project-admin": dict(anonymous=401, other_team=404, viewer=403, member=403, admin=OK, share_link=401,
-                          local_admin=OK),
+    "project-read": dict(anonymous=404, other_team=404, viewer=OK, member=OK, admin=OK, share_link=OK, local_admin=OK),
+    "project-write": dict(
+        anonymous=401, other_team=404, viewer=403, member=OK, admin=OK, share_link=401, local_admin=OK
+    ),
+    "project-admin": dict(
+        anonymous=401, other_team=404, viewer=403, member=403, admin=OK, share_link=401, local_admin=OK
+    ),
     "team-read": dict(anonymous=401, other_team=404, viewer=OK, member=OK, admin=OK, share_link=401, local_admin=OK),
-    "team-write": dict(anonymous=401, other_team=404, viewer=403, member=OK, admin=OK, share_link=401,
-                       local_admin=OK),
-    "team-admin": dict(anonymous=401, other_team=404, viewer=403, member=403, admin=OK, share_link=401,
-                       local_admin=OK),
+    "team-write": dict(anonymous=401, other_team=404, viewer=403, member=OK, admin=OK, share_link=401, local_admin=OK),
+    "team-admin": dict(anonymous=401, other_team=404, viewer=403, member=403, admin=OK, share_link=401, local_admin=OK),
     # The member's own key (created or revoked): the member and admins may, a viewer may not.
-    "self-or-admin": dict(anonymous=401, other_team=404, viewer=403, member=OK, admin=OK, share_link=401,
-                          local_admin=OK),
-    "local-admin-only": dict(anonymous=401, other_team=403, viewer=403, member=403, admin=403, share_link=401,
-                             local_admin=OK),
+    "self-or-admin": dict(
+        anonymous=401, other_team=404, viewer=403, member=OK, admin=OK, share_link=401, local_admin=OK
+    ),
+    "local-admin-only": dict(
+        anonymous=401, other_team=403, viewer=403, member=403, admin=403, share_link=401, local_admin=OK
+    ),
 }
 # The same classes on a public project of acme: everyone reads; outsiders with a key get 403 on writes.
 EXPECTED_PUBLIC: dict[str, dict[str, int | str]] = {
@@ -98,10 +99,12 @@ class World:
     def client(self) -> Any:
         return self.app.state.backend.client
 
-    def admin_call(self, method: str, path: str, status: int = 200, headers: dict[str, str] | None = None,
-                   **kwargs: Any) -> Any:
-        response = requests.request(method, f"{self.url}{V1}{path}", timeout=30,
-                                    headers={**self.headers["admin"], **(headers or {})}, **kwargs)
+    def admin_call(
+        self, method: str, path: str, status: int = 200, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> Any:
+        response = requests.request(
+            method, f"{self.url}{V1}{path}", timeout=30, headers={**self.headers["admin"], **(headers or {})}, **kwargs
+        )
         assert response.status_code == status, response.text
         return response.json() if response.content else None
 
@@ -110,8 +113,12 @@ class World:
         return self.admin_call("POST", f"/projects/{TEAM}/{project}/reports", 201, json={"title": "scratch"})["id"]
 
     def fresh_rule(self, project: str) -> str:
-        return self.admin_call("POST", f"/projects/{TEAM}/{project}/alert-rules", 201, json={
-            "name": "scratch", "kind": "nonfinite", "spec": {"metric": "loss"}})["id"]
+        return self.admin_call(
+            "POST",
+            f"/projects/{TEAM}/{project}/alert-rules",
+            201,
+            json={"name": "scratch", "kind": "nonfinite", "spec": {"metric": "loss"}},
+        )["id"]
 
     def fresh_user(self) -> str:
         user = f"u{next(_fresh)}"
@@ -131,15 +138,32 @@ def _events(project: str, run_id: str) -> list[dict[str, Any]]:
 
     return [
         event(events.RUN_START, {"name": run_id, "config": {"lr": 0.1}, "group": "g"}, t0),
-        event(events.METRICS, {"step": [0, 1, 2], "time": [t0, t0 + 1, t0 + 2],
-                               "values": {"loss": [1.0, 0.5, 0.25]}}, t0 + 2),
+        event(
+            events.METRICS,
+            {"step": [0, 1, 2], "time": [t0, t0 + 1, t0 + 2], "values": {"loss": [1.0, 0.5, 0.25]}},
+            t0 + 2,
+        ),
         event(events.SYSTEM, {"time": [t0, t0 + 1], "values": {"cpu": [10.0, 20.0]}}, t0 + 1),
         event(events.CONSOLE, {"time": [t0], "stream": ["stdout"], "line": ["epoch 1"]}, t0),
-        event(events.FILE, {"path": "model.pt", "kind": "file", "size": len(BLOB), "sha256": SHA,
-                            "store_key": "model.pt"}, t0),
-        event(events.FILE, {"path": "media/images/s_1.png", "kind": "media", "size": 3, "sha256": "ab" * 32,
-                            "store_key": "media/images/s_1.png", "step": 1, "media_type": "image/png",
-                            "meta": {"key": "samples"}}, t0),
+        event(
+            events.FILE,
+            {"path": "model.pt", "kind": "file", "size": len(BLOB), "sha256": SHA, "store_key": "model.pt"},
+            t0,
+        ),
+        event(
+            events.FILE,
+            {
+                "path": "media/images/s_1.png",
+                "kind": "media",
+                "size": 3,
+                "sha256": "ab" * 32,
+                "store_key": "media/images/s_1.png",
+                "step": 1,
+                "media_type": "image/png",
+                "meta": {"key": "samples"},
+            },
+            t0,
+        ),
         event(events.ALERT, {"title": "loss is low", "text": "", "level": "INFO", "source": "sdk"}, t0 + 2),
     ]
 
@@ -147,14 +171,22 @@ def _events(project: str, run_id: str) -> list[dict[str, Any]]:
 def seed(world: World) -> None:
     client = world.client
     world.headers = {"anonymous": {}, "local_admin": {}}
-    for who, team, user, role in (("admin", TEAM, ADMIN, "admin"), ("member", TEAM, MEMBER, "member"),
-                                  ("viewer", TEAM, VIEWER, "viewer"), ("other_team", "rival", "mallory", "admin")):
+    for who, team, user, role in (
+        ("admin", TEAM, ADMIN, "admin"),
+        ("member", TEAM, MEMBER, "member"),
+        ("viewer", TEAM, VIEWER, "viewer"),
+        ("other_team", "rival", "mallory", "admin"),
+    ):
         accounts.ensure_team(client, team)
         accounts.set_member(client, team, user, role)
         world.headers[who] = {"Authorization": f"Bearer {accounts.create_key(client, team, user, 'authz')[1]}"}
     batch = _events(PRIVATE, RUN[PRIVATE]) + _events(PUBLIC, RUN[PUBLIC])
-    world.admin_call("POST", "/events", data=b"\n".join(orjson.dumps(e) for e in batch),
-                     headers={"Content-Type": "application/x-ndjson"})
+    world.admin_call(
+        "POST",
+        "/events",
+        data=b"\n".join(orjson.dumps(e) for e in batch),
+        headers={"Content-Type": "application/x-ndjson"},
+    )
     world.admin_call("PATCH", f"/projects/{TEAM}/{PUBLIC}", json={"visibility": "public"})
     for project, run_id in RUN.items():
         world.admin_call("PUT", f"/files/{TEAM}/{project}/{run_id}/model.pt", params={"sha256": SHA}, data=BLOB)
@@ -162,15 +194,15 @@ def seed(world: World) -> None:
         world.targets[project] = target
     # The share link is of a report of its own, so editing the reports above leaves it alone.
     shared = world.fresh_report(PRIVATE)
-    world.share_token = world.admin_call("POST", f"/projects/{TEAM}/{PRIVATE}/reports/{shared}/share", 201,
-                                         json={})["token"]
+    world.share_token = world.admin_call("POST", f"/projects/{TEAM}/{PRIVATE}/reports/{shared}/share", 201, json={})[
+        "token"
+    ]
     world.headers["share_link"] = {"X-Runstream-Share": world.share_token}
 
 
 @pytest.fixture(scope="module")
 def world(chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    settings = Settings(clickhouse_dsn=fresh_chdb_dsn(chdb_dir),
-                        data_dir=str(tmp_path_factory.mktemp("authz")))
+    settings = Settings(clickhouse_dsn=fresh_chdb_dsn(chdb_dir), data_dir=str(tmp_path_factory.mktemp("authz")))
     app = create_app(settings)
     with ServedApp(app) as url:
         served = World(url, app, {})
@@ -206,8 +238,14 @@ def _r(t: Target) -> str:
 
 
 def _ingest(w: World, t: Target) -> Call:
-    event = make_event(events.METRICS, {"step": [10], "time": [time.time()], "values": {"loss": [0.1]}}, seq=100,
-                       run_id=t.run_id, team=TEAM, project=t.project)
+    event = make_event(
+        events.METRICS,
+        {"step": [10], "time": [time.time()], "values": {"loss": [0.1]}},
+        seq=100,
+        run_id=t.run_id,
+        team=TEAM,
+        project=t.project,
+    )
     return Call("POST", f"{V1}/events", data=orjson.dumps(event), headers={"Content-Type": "application/x-ndjson"})
 
 
@@ -220,87 +258,143 @@ ACCESS: dict[tuple[str, str], tuple[str, Build]] = {
     ("GET", "/api/v1/projects"): ("public", lambda w, t: Call("GET", f"{V1}/projects")),
     ("GET", "/api/v1/shared/{token}"): ("public", lambda w, t: Call("GET", f"{V1}/shared/{w.share_token}")),
     ("GET", "/api/v1/teams"): ("any-key", lambda w, t: Call("GET", f"{V1}/teams")),
-    ("POST", "/api/v1/teams"): ("local-admin-only",
-                                lambda w, t: Call("POST", f"{V1}/teams", 201, json={"team": f"t{next(_fresh)}"})),
+    ("POST", "/api/v1/teams"): (
+        "local-admin-only",
+        lambda w, t: Call("POST", f"{V1}/teams", 201, json={"team": f"t{next(_fresh)}"}),
+    ),
     # ingest and files
     ("POST", "/api/v1/events"): ("project-write", _ingest),
     ("PUT", "/api/v1/files/{team}/{project}/{run_id}/{store_key}"): (
-        "project-write", lambda w, t: Call("PUT", f"{V1}/files/{TEAM}/{t.project}/{t.run_id}/up.bin",
-                                           params={"sha256": SHA}, data=BLOB)),
+        "project-write",
+        lambda w, t: Call("PUT", f"{V1}/files/{TEAM}/{t.project}/{t.run_id}/up.bin", params={"sha256": SHA}, data=BLOB),
+    ),
     ("GET", "/api/v1/files/{team}/{project}/{run_id}/{store_key}"): (
-        "project-read", lambda w, t: Call("GET", f"{V1}/files/{TEAM}/{t.project}/{t.run_id}/model.pt")),
+        "project-read",
+        lambda w, t: Call("GET", f"{V1}/files/{TEAM}/{t.project}/{t.run_id}/model.pt"),
+    ),
     # runs
     ("GET", f"/api/v1{P}/runs"): ("project-read", lambda w, t: Call("GET", f"{_p(t)}/runs")),
     ("GET", f"/api/v1{P}/runs/count"): ("project-read", lambda w, t: Call("GET", f"{_p(t)}/runs/count")),
-    ("POST", f"/api/v1{P}/runs/groups"): ("project-read",
-                                          lambda w, t: Call("POST", f"{_p(t)}/runs/groups", json={"by": ["group"]})),
+    ("POST", f"/api/v1{P}/runs/groups"): (
+        "project-read",
+        lambda w, t: Call("POST", f"{_p(t)}/runs/groups", json={"by": ["group"]}),
+    ),
     ("GET", f"/api/v1{P}/keys"): ("project-read", lambda w, t: Call("GET", f"{_p(t)}/keys")),
     ("GET", f"/api/v1{R}"): ("project-read", lambda w, t: Call("GET", _r(t))),
-    ("PATCH", f"/api/v1{R}"): ("project-write", lambda w, t: Call(
-        "PATCH", _r(t), json={"tags": ["seen"], "name": "seen", "config": {"seen": True}, "summary": {"seen": 1}})),
+    ("PATCH", f"/api/v1{R}"): (
+        "project-write",
+        lambda w, t: Call(
+            "PATCH", _r(t), json={"tags": ["seen"], "name": "seen", "config": {"seen": True}, "summary": {"seen": 1}}
+        ),
+    ),
     ("GET", f"/api/v1{R}/metrics"): ("project-read", lambda w, t: Call("GET", f"{_r(t)}/metrics")),
     ("GET", f"/api/v1{R}/statistics"): ("project-read", lambda w, t: Call("GET", f"{_r(t)}/statistics")),
     ("GET", f"/api/v1{R}/system"): ("project-read", lambda w, t: Call("GET", f"{_r(t)}/system")),
     ("GET", f"/api/v1{R}/console"): ("project-read", lambda w, t: Call("GET", f"{_r(t)}/console")),
     ("GET", f"/api/v1{R}/files"): ("project-read", lambda w, t: Call("GET", f"{_r(t)}/files")),
-    ("GET", f"/api/v1{R}/media"): ("project-read",
-                                   lambda w, t: Call("GET", f"{_r(t)}/media", params={"key": "samples"})),
+    ("GET", f"/api/v1{R}/media"): (
+        "project-read",
+        lambda w, t: Call("GET", f"{_r(t)}/media", params={"key": "samples"}),
+    ),
     # history, charts, exports
     ("GET", f"/api/v1{R}/history"): ("project-read", lambda w, t: Call("GET", f"{_r(t)}/history")),
     ("GET", f"/api/v1{R}/history/scan"): ("project-read", lambda w, t: Call("GET", f"{_r(t)}/history/scan")),
-    ("GET", f"/api/v1{R}/export"): ("project-read",
-                                    lambda w, t: Call("GET", f"{_r(t)}/export", params={"format": "csv"})),
-    ("POST", f"/api/v1{P}/series"): ("project-read",
-                                     lambda w, t: Call("POST", f"{_p(t)}/series", json={"metrics": ["loss"]})),
-    ("POST", f"/api/v1{P}/bands"): ("project-read", lambda w, t: Call(
-        "POST", f"{_p(t)}/bands", json={"metric": "loss", "groups": {"all": [t.run_id]}})),
-    ("POST", f"/api/v1{P}/system"): ("project-read",
-                                     lambda w, t: Call("POST", f"{_p(t)}/system", json={"metrics": ["cpu"]})),
-    ("GET", f"/api/v1{P}/export"): ("project-read",
-                                    lambda w, t: Call("GET", f"{_p(t)}/export", params={"format": "csv"})),
+    ("GET", f"/api/v1{R}/export"): (
+        "project-read",
+        lambda w, t: Call("GET", f"{_r(t)}/export", params={"format": "csv"}),
+    ),
+    ("POST", f"/api/v1{P}/series"): (
+        "project-read",
+        lambda w, t: Call("POST", f"{_p(t)}/series", json={"metrics": ["loss"]}),
+    ),
+    ("POST", f"/api/v1{P}/bands"): (
+        "project-read",
+        lambda w, t: Call("POST", f"{_p(t)}/bands", json={"metric": "loss", "groups": {"all": [t.run_id]}}),
+    ),
+    ("POST", f"/api/v1{P}/system"): (
+        "project-read",
+        lambda w, t: Call("POST", f"{_p(t)}/system", json={"metrics": ["cpu"]}),
+    ),
+    ("GET", f"/api/v1{P}/export"): (
+        "project-read",
+        lambda w, t: Call("GET", f"{_p(t)}/export", params={"format": "csv"}),
+    ),
     # reports and share links
     ("GET", f"/api/v1{P}/reports"): ("project-read", lambda w, t: Call("GET", f"{_p(t)}/reports")),
-    ("POST", f"/api/v1{P}/reports"): ("project-write",
-                                      lambda w, t: Call("POST", f"{_p(t)}/reports", 201, json={"title": "new"})),
+    ("POST", f"/api/v1{P}/reports"): (
+        "project-write",
+        lambda w, t: Call("POST", f"{_p(t)}/reports", 201, json={"title": "new"}),
+    ),
     ("GET", f"/api/v1{P}/reports/{{report_id}}"): (
-        "project-read", lambda w, t: Call("GET", f"{_p(t)}/reports/{t.report_id}")),
+        "project-read",
+        lambda w, t: Call("GET", f"{_p(t)}/reports/{t.report_id}"),
+    ),
     ("PATCH", f"/api/v1{P}/reports/{{report_id}}"): (
-        "project-write", lambda w, t: Call("PATCH", f"{_p(t)}/reports/{t.report_id}", json={"body": "edited"})),
+        "project-write",
+        lambda w, t: Call("PATCH", f"{_p(t)}/reports/{t.report_id}", json={"body": "edited"}),
+    ),
     ("DELETE", f"/api/v1{P}/reports/{{report_id}}"): (
-        "project-write", lambda w, t: Call("DELETE", f"{_p(t)}/reports/{w.fresh_report(t.project)}", 204)),
+        "project-write",
+        lambda w, t: Call("DELETE", f"{_p(t)}/reports/{w.fresh_report(t.project)}", 204),
+    ),
     ("POST", f"/api/v1{P}/reports/{{report_id}}/share"): (
-        "project-write", lambda w, t: Call("POST", f"{_p(t)}/reports/{t.report_id}/share", 201, json={})),
+        "project-write",
+        lambda w, t: Call("POST", f"{_p(t)}/reports/{t.report_id}/share", 201, json={}),
+    ),
     ("DELETE", f"/api/v1{P}/reports/{{report_id}}/share"): (
-        "project-write", lambda w, t: Call("DELETE", f"{_p(t)}/reports/{w.fresh_report(t.project)}/share")),
+        "project-write",
+        lambda w, t: Call("DELETE", f"{_p(t)}/reports/{w.fresh_report(t.project)}/share"),
+    ),
     # alerts and rules
     ("GET", f"/api/v1{P}/alerts"): ("project-read", lambda w, t: Call("GET", f"{_p(t)}/alerts")),
-    ("GET", f"/api/v1{P}/alerts/stream"): ("project-read", lambda w, t: Call(
-        "GET", f"{_p(t)}/alerts/stream", params={"since": "0", "max_events": "1", "timeout_s": "5"})),
+    ("GET", f"/api/v1{P}/alerts/stream"): (
+        "project-read",
+        lambda w, t: Call("GET", f"{_p(t)}/alerts/stream", params={"since": "0", "max_events": "1", "timeout_s": "5"}),
+    ),
     ("GET", f"/api/v1{P}/alert-rules"): ("project-read", lambda w, t: Call("GET", f"{_p(t)}/alert-rules")),
-    ("POST", f"/api/v1{P}/alert-rules"): ("project-write", lambda w, t: Call(
-        "POST", f"{_p(t)}/alert-rules", 201, json={"name": "new", "kind": "nonfinite", "spec": {"metric": "loss"}})),
+    ("POST", f"/api/v1{P}/alert-rules"): (
+        "project-write",
+        lambda w, t: Call(
+            "POST", f"{_p(t)}/alert-rules", 201, json={"name": "new", "kind": "nonfinite", "spec": {"metric": "loss"}}
+        ),
+    ),
     ("GET", f"/api/v1{P}/alert-rules/{{rule_id}}"): (
-        "project-read", lambda w, t: Call("GET", f"{_p(t)}/alert-rules/{t.rule_id}")),
+        "project-read",
+        lambda w, t: Call("GET", f"{_p(t)}/alert-rules/{t.rule_id}"),
+    ),
     ("PATCH", f"/api/v1{P}/alert-rules/{{rule_id}}"): (
-        "project-write", lambda w, t: Call("PATCH", f"{_p(t)}/alert-rules/{t.rule_id}", json={"cooldown_s": 60})),
+        "project-write",
+        lambda w, t: Call("PATCH", f"{_p(t)}/alert-rules/{t.rule_id}", json={"cooldown_s": 60}),
+    ),
     ("DELETE", f"/api/v1{P}/alert-rules/{{rule_id}}"): (
-        "project-write", lambda w, t: Call("DELETE", f"{_p(t)}/alert-rules/{w.fresh_rule(t.project)}", 204)),
+        "project-write",
+        lambda w, t: Call("DELETE", f"{_p(t)}/alert-rules/{w.fresh_rule(t.project)}", 204),
+    ),
     # teams, members, keys, projects
     ("GET", "/api/v1/teams/{team}/members"): ("team-read", lambda w, t: Call("GET", f"{V1}/teams/{TEAM}/members")),
-    ("PUT", "/api/v1/teams/{team}/members/{user}"): ("team-admin", lambda w, t: Call(
-        "PUT", f"{V1}/teams/{TEAM}/members/n{next(_fresh)}", 201, json={"role": "viewer"})),
+    ("PUT", "/api/v1/teams/{team}/members/{user}"): (
+        "team-admin",
+        lambda w, t: Call("PUT", f"{V1}/teams/{TEAM}/members/n{next(_fresh)}", 201, json={"role": "viewer"}),
+    ),
     ("DELETE", "/api/v1/teams/{team}/members/{user}"): (
-        "team-admin", lambda w, t: Call("DELETE", f"{V1}/teams/{TEAM}/members/{w.fresh_user()}")),
+        "team-admin",
+        lambda w, t: Call("DELETE", f"{V1}/teams/{TEAM}/members/{w.fresh_user()}"),
+    ),
     ("GET", "/api/v1/teams/{team}/keys"): ("team-read", lambda w, t: Call("GET", f"{V1}/teams/{TEAM}/keys")),
-    ("POST", "/api/v1/teams/{team}/keys"): ("self-or-admin", lambda w, t: Call(
-        "POST", f"{V1}/teams/{TEAM}/keys", 201, json={"user": MEMBER, "name": "ci"})),
+    ("POST", "/api/v1/teams/{team}/keys"): (
+        "self-or-admin",
+        lambda w, t: Call("POST", f"{V1}/teams/{TEAM}/keys", 201, json={"user": MEMBER, "name": "ci"}),
+    ),
     ("DELETE", "/api/v1/teams/{team}/keys/{key_id}"): (
-        "self-or-admin", lambda w, t: Call("DELETE", f"{V1}/teams/{TEAM}/keys/{w.fresh_member_key()}")),
-    ("POST", "/api/v1/projects/{team}"): ("team-write", lambda w, t: Call(
-        "POST", f"{V1}/projects/{TEAM}", 201, json={"name": f"p{next(_fresh)}"})),
+        "self-or-admin",
+        lambda w, t: Call("DELETE", f"{V1}/teams/{TEAM}/keys/{w.fresh_member_key()}"),
+    ),
+    ("POST", "/api/v1/projects/{team}"): (
+        "team-write",
+        lambda w, t: Call("POST", f"{V1}/projects/{TEAM}", 201, json={"name": f"p{next(_fresh)}"}),
+    ),
     ("GET", f"/api/v1{P}"): ("project-read", lambda w, t: Call("GET", _p(t))),
-    ("PATCH", f"/api/v1{P}"): ("project-admin",
-                               lambda w, t: Call("PATCH", _p(t), json={"description": "edited"})),
+    ("PATCH", f"/api/v1{P}"): ("project-admin", lambda w, t: Call("PATCH", _p(t), json={"description": "edited"})),
 }
 
 
@@ -311,14 +405,22 @@ def _send(world: World, caller: str, call: Call) -> requests.Response:
     backend = world.app.state.backend
     backend.local_admin = caller == "local_admin"  # the embedded server trusts a loopback caller
     try:
-        return requests.request(call.method, world.url + call.path, json=call.json, data=call.data,
-                                params=call.params, headers={**world.headers[caller], **call.headers}, timeout=30)
+        return requests.request(
+            call.method,
+            world.url + call.path,
+            json=call.json,
+            data=call.data,
+            params=call.params,
+            headers={**world.headers[caller], **call.headers},
+            timeout=30,
+        )
     finally:
         backend.local_admin = False
 
 
-def _check(world: World, operation: tuple[str, str], caller: str, project: str,
-           expected: dict[str, dict[str, int | str]]) -> None:
+def _check(
+    world: World, operation: tuple[str, str], caller: str, project: str, expected: dict[str, dict[str, int | str]]
+) -> None:
     access, build = ACCESS[operation]
     call = build(world, world.targets[project])
     response = _send(world, caller, call)
@@ -333,13 +435,14 @@ def _check(world: World, operation: tuple[str, str], caller: str, project: str,
 def test_the_table_covers_exactly_the_documented_operations(world: World) -> None:
     document = requests.get(f"{world.url}/api/v1/openapi.json", timeout=30).json()
     documented = {(method.upper(), path) for path, methods in document["paths"].items() for method in methods}
-    assert set(ACCESS) == documented, (f"not in ACCESS: {sorted(documented - set(ACCESS))}; "
-                                       f"not in the document: {sorted(set(ACCESS) - documented)}")
+    assert set(ACCESS) == documented, (
+        f"not in ACCESS: {sorted(documented - set(ACCESS))}; not in the document: {sorted(set(ACCESS) - documented)}"
+    )
 
 
 def test_every_expected_status_is_declared(world: World) -> None:
     document = requests.get(f"{world.url}/api/v1/openapi.json", timeout=30).json()
-    for (method, path), (access, build) in ACCESS.items():
+    for (method, path), (access, _build) in ACCESS.items():
         declared = set(document["paths"][path][method.lower()]["responses"])
         rows = [EXPECTED[access], EXPECTED_PUBLIC.get(access, {})]
         statuses = {str(s) for row in rows for s in row.values() if s != OK}

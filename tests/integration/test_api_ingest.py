@@ -29,8 +29,9 @@ def _points(api, project: str) -> int:
 
 
 def _start(project: str, run_id: str = "run1", team: str = "acme") -> dict:
-    return make_event(events.RUN_START, {"name": run_id, "config": {"lr": 0.1}}, seq=0, run_id=run_id, team=team,
-                      project=project)
+    return make_event(
+        events.RUN_START, {"name": run_id, "config": {"lr": 0.1}}, seq=0, run_id=run_id, team=team, project=project
+    )
 
 
 def test_a_batch_is_applied_and_queryable_when_the_answer_comes(api):
@@ -42,7 +43,9 @@ def test_a_batch_is_applied_and_queryable_when_the_answer_comes(api):
     assert response.json() == {"accepted": 2}
     assert response.headers["x-request-id"]
     assert _points(api, project) == 20  # two metrics x ten steps
-    assert _count(api, "SELECT count() FROM runs FINAL WHERE project = {p:String} AND state = 'running'", p=project) == 1
+    assert (
+        _count(api, "SELECT count() FROM runs FINAL WHERE project = {p:String} AND state = 'running'", p=project) == 1
+    )
 
 
 def test_a_resent_batch_changes_nothing(api):
@@ -52,7 +55,10 @@ def test_a_resent_batch_changes_nothing(api):
     assert api.ingest(batch, headers).status_code == 200
     assert api.ingest(batch, headers).status_code == 200
     assert _points(api, project) == 10
-    assert _count(api, "SELECT count() FROM metric_summaries FINAL WHERE project = {p:String} AND count = 5", p=project) == 2
+    assert (
+        _count(api, "SELECT count() FROM metric_summaries FINAL WHERE project = {p:String} AND count = 5", p=project)
+        == 2
+    )
 
 
 def test_one_invalid_event_rejects_the_whole_batch_with_reasons(api):
@@ -80,11 +86,16 @@ def test_server_written_events_are_refused_from_clients(api):
     assert response.status_code == 422
     assert "written by the server" in response.json()["error"]["details"]["errors"][0]["reason"]
     # A rule's alert comes from the processor: a client's would be posted to the rule's webhooks.
-    rule_alert = make_event(events.ALERT, {"title": "loss diverged", "text": "x", "level": "ERROR", "source": "rule",
-                                           "rule_id": "r1", "alert_id": "a1"}, project=project)
+    rule_alert = make_event(
+        events.ALERT,
+        {"title": "loss diverged", "text": "x", "level": "ERROR", "source": "rule", "rule_id": "r1", "alert_id": "a1"},
+        project=project,
+    )
     response = api.ingest([_start(project), rule_alert], headers)
     assert response.status_code == 422 and "source 'sdk'" in response.json()["error"]["details"]["errors"][0]["reason"]
-    sdk_alert = make_event(events.ALERT, {"title": "done", "text": "x", "level": "INFO", "source": "sdk"}, project=project)
+    sdk_alert = make_event(
+        events.ALERT, {"title": "done", "text": "x", "level": "INFO", "source": "sdk"}, project=project
+    )
     assert api.ingest([_start(project), sdk_alert], headers).status_code == 200
 
 
@@ -95,8 +106,7 @@ def test_size_limits_are_413_and_an_empty_batch_is_422(api):
     response = api.ingest(too_many, headers)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "too_large"
-    response = api.http.post("/api/v1/events", content=b"x" * 100,
-                             headers={**headers, "Content-Length": str(64 << 20)})
+    response = api.http.post("/api/v1/events", content=b"x" * 100, headers={**headers, "Content-Length": str(64 << 20)})
     assert response.status_code == 413
     assert api.http.post("/api/v1/events", content=b"\n\n", headers=headers).status_code == 422
     assert _points(api, project) == 0
@@ -132,8 +142,11 @@ def test_cluster_mode_answers_after_kafka_acknowledged(kafka_bootstrap, clickhou
         body = b"\n".join(orjson.dumps(e) for e in batch)
         response = http.post("/api/v1/events", content=body, headers={"Authorization": f"Bearer {key}"})
         assert response.status_code == 200, response.text
-    found = asyncio.run(consume_events(kafka_bootstrap, [events.TOPIC_RUNS.name, events.TOPIC_METRICS.name], project,
-                                       lambda got: len(got) >= 3))
+    found = asyncio.run(
+        consume_events(
+            kafka_bootstrap, [events.TOPIC_RUNS.name, events.TOPIC_METRICS.name], project, lambda got: len(got) >= 3
+        )
+    )
     assert sorted((e.type, e.seq) for e in found) == [("metrics", 1), ("metrics", 2), ("run_start", 0)]
     assert {e.key for e in found} == {f"acme/{project}/run1".encode()}
 
@@ -170,7 +183,10 @@ def test_file_access_follows_the_project(api):
     blob = b"weights"
     digest = hashlib.sha256(blob).hexdigest()
     path = "/api/v1/files/acme/secret/run1/model.bin"
-    assert api.http.put(f"{path}?sha256={digest}", content=blob, headers=api.key("acme", "vera", "viewer")).status_code == 403
+    assert (
+        api.http.put(f"{path}?sha256={digest}", content=blob, headers=api.key("acme", "vera", "viewer")).status_code
+        == 403
+    )
     assert api.http.put(f"{path}?sha256={digest}", content=blob).status_code == 401
     assert api.http.put(f"{path}?sha256={digest}", content=blob, headers=api.key("acme", "alice")).status_code == 200
     assert api.http.get(path).status_code == 404
@@ -182,8 +198,11 @@ def test_file_access_follows_the_project(api):
 @pytest.mark.parametrize("key", ["..%2F..%2Fetc%2Fpasswd", "a%2F..%2F..%2Fb", "%2E%2E%2Fx", "a%2F%2Fb", "%2E"])
 def test_file_keys_cannot_leave_the_store(api, key):
     blob = b"x"
-    response = api.http.put(f"/api/v1/files/acme/mnist/run1/{key}?sha256={hashlib.sha256(blob).hexdigest()}",
-                            content=blob, headers=api.key("acme", "alice"))
+    response = api.http.put(
+        f"/api/v1/files/acme/mnist/run1/{key}?sha256={hashlib.sha256(blob).hexdigest()}",
+        content=blob,
+        headers=api.key("acme", "alice"),
+    )
     assert response.status_code in (400, 404)
     assert not list((api.app.state.backend.files.root.parent).glob("**/passwd"))
 
@@ -203,4 +222,6 @@ def test_the_sdk_logs_through_the_http_server(api, tmp_path):
     result = orjson.loads(done.stdout.splitlines()[-1])
     assert result["unacked"] == 0
     assert _points(api, project) == 600
-    assert _count(api, "SELECT count() FROM runs FINAL WHERE project = {p:String} AND state = 'finished'", p=project) == 1
+    assert (
+        _count(api, "SELECT count() FROM runs FINAL WHERE project = {p:String} AND state = 'finished'", p=project) == 1
+    )

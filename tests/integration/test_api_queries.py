@@ -73,8 +73,13 @@ def metrics_events(run: Run, send: Events, batch: int = 25) -> list[dict[str, An
     for i in range(0, len(steps), batch):
         chunk = steps[i : i + batch]
         values = {m: [_wire(run.points[m].get(s)) for s in chunk] for m in names}
-        out.append(send(events.METRICS, {"step": chunk, "time": [run.times[s] for s in chunk], "values": values},
-                        run.times[chunk[-1]]))
+        out.append(
+            send(
+                events.METRICS,
+                {"step": chunk, "time": [run.times[s] for s in chunk], "values": values},
+                run.times[chunk[-1]],
+            )
+        )
     return out
 
 
@@ -103,19 +108,35 @@ def build_run(i: int) -> Run:
         times = [created + 2 + 1.5 * s for s in range(20 + 10 * i)]
         run.system["cpu"] = {t: 10.0 * i + s for s, t in enumerate(times)}
         if i >= 2:
-            run.system["gpu.0.util"] = {t: math.nan if (i, s) == (2, 3) else 40.0 + i + s % 7 for s, t in enumerate(times)}
+            run.system["gpu.0.util"] = {
+                t: math.nan if (i, s) == (2, 3) else 40.0 + i + s % 7 for s, t in enumerate(times)
+            }
     return run
 
 
 def run_events(run: Run, project: str = PROJECT) -> list[dict[str, Any]]:
     send = Events(run.run_id, project)
-    out = [send(events.RUN_START, {"name": f"name-{run.run_id}", "config": run.config, "tags": run.tags,
-                                   "group": run.group, "job_type": "train", "host": "gpu-1"}, run.created)]
+    out = [
+        send(
+            events.RUN_START,
+            {
+                "name": f"name-{run.run_id}",
+                "config": run.config,
+                "tags": run.tags,
+                "group": run.group,
+                "job_type": "train",
+                "host": "gpu-1",
+            },
+            run.created,
+        )
+    ]
     out += metrics_events(run, send)
     end = max(run.times.values()) + 1
     out.append(send(events.RUN_UPDATE, {"summary": run.summary_extra}, end))
     if run.state != "running":
-        out.append(send(events.RUN_FINISH, {"state": run.state, "exit_code": 1 if run.state == "failed" else 0}, end + 1))
+        out.append(
+            send(events.RUN_FINISH, {"state": run.state, "exit_code": 1 if run.state == "failed" else 0}, end + 1)
+        )
     return out
 
 
@@ -132,12 +153,33 @@ def logs_events(run: Run) -> list[dict[str, Any]]:
     sha = "ab" * 32
     return [
         system_event(run, send),
-        send(events.CONSOLE, {"time": [t + k for k in range(12)], "stream": ["stdout"] * 11 + ["stderr"],
-                              "line": [f"epoch {k} done" if k % 4 else f"ERROR at {k}" for k in range(12)]}, t + 12),
+        send(
+            events.CONSOLE,
+            {
+                "time": [t + k for k in range(12)],
+                "stream": ["stdout"] * 11 + ["stderr"],
+                "line": [f"epoch {k} done" if k % 4 else f"ERROR at {k}" for k in range(12)],
+            },
+            t + 12,
+        ),
         send(events.FILE, {"path": "model.pt", "kind": "file", "size": 10, "sha256": sha, "store_key": "model.pt"}, t),
-        *[send(events.FILE, {"path": f"media/images/samples_{s}.png", "kind": "media", "size": 3, "sha256": sha,
-                             "store_key": f"media/images/samples_{s}.png", "step": s, "media_type": "image/png",
-                             "meta": {"key": "samples"}}, t) for s in (2, 1)],
+        *[
+            send(
+                events.FILE,
+                {
+                    "path": f"media/images/samples_{s}.png",
+                    "kind": "media",
+                    "size": 3,
+                    "sha256": sha,
+                    "store_key": f"media/images/samples_{s}.png",
+                    "step": s,
+                    "media_type": "image/png",
+                    "meta": {"key": "samples"},
+                },
+                t,
+            )
+            for s in (2, 1)
+        ],
     ]
 
 
@@ -192,9 +234,32 @@ def expect_error(response, status: int, code: str | None = None) -> dict[str, An
 # -- runs ---------------------------------------------------------------------------------------
 
 
-RUN_KEYS = {"team", "project", "id", "name", "state", "config", "summary", "tags", "group", "job_type", "notes",
-            "created_at", "updated_at", "heartbeat_at", "finished_at", "exit_code", "user", "host", "program", "args",
-            "python", "git", "error", "metrics"}
+RUN_KEYS = {
+    "team",
+    "project",
+    "id",
+    "name",
+    "state",
+    "config",
+    "summary",
+    "tags",
+    "group",
+    "job_type",
+    "notes",
+    "created_at",
+    "updated_at",
+    "heartbeat_at",
+    "finished_at",
+    "exit_code",
+    "user",
+    "host",
+    "program",
+    "args",
+    "python",
+    "git",
+    "error",
+    "metrics",
+}
 
 
 def test_run_has_the_documented_shape(project):
@@ -217,12 +282,15 @@ def test_search_filters_orders_and_walks_pages(project):
     assert default["next_cursor"] is None
 
     filters = orjson.dumps({"$or": [{"config.lr": {"$gte": 0.03}}, {"tags": "sweep"}]}).decode()
-    expected = sorted((r for r in project.runs.values() if r.config["lr"] >= 0.03 or "sweep" in r.tags),
-                      key=lambda r: (r.config["lr"], r.run_id))
+    expected = sorted(
+        (r for r in project.runs.values() if r.config["lr"] >= 0.03 or "sweep" in r.tags),
+        key=lambda r: (r.config["lr"], r.run_id),
+    )
     seen, cursor, pages = [], None, 0
     while True:
-        page = project.ok(project.get(path, filters=filters, order="+config.lr", limit=2,
-                                      **({"cursor": cursor} if cursor else {})))
+        page = project.ok(
+            project.get(path, filters=filters, order="+config.lr", limit=2, **({"cursor": cursor} if cursor else {}))
+        )
         assert len(page["runs"]) <= 2
         seen += [r["id"] for r in page["runs"]]
         pages += 1
@@ -232,8 +300,10 @@ def test_search_filters_orders_and_walks_pages(project):
     assert seen == [r.run_id for r in expected] and pages == 2
 
     finished = project.ok(project.get(path, filters='{"state": "finished"}', order="-summary.best_acc"))
-    truth = sorted((r for r in project.runs.values() if r.state == "finished"),
-                   key=lambda r: (-r.summary_extra["best_acc"], r.run_id))
+    truth = sorted(
+        (r for r in project.runs.values() if r.state == "finished"),
+        key=lambda r: (-r.summary_extra["best_acc"], r.run_id),
+    )
     assert [r["id"] for r in finished["runs"]] == [r.run_id for r in truth]
 
 
@@ -242,10 +312,13 @@ def test_count_groups_and_keys(project):
     assert project.ok(project.get(base + "/runs/count")) == {"count": 6}
     assert project.ok(project.get(base + "/runs/count", filters='{"config.opt.name": "adam"}')) == {"count": 3}
 
-    groups = project.ok(project.post(base + "/runs/groups", {"by": ["config.opt.name"], "aggregates": ["best_acc"],
-                                                             "run_ids": True}))["groups"]
+    groups = project.ok(
+        project.post(base + "/runs/groups", {"by": ["config.opt.name"], "aggregates": ["best_acc"], "run_ids": True})
+    )["groups"]
     for group in groups:
-        members = sorted(r.run_id for r in project.runs.values() if r.config["opt"]["name"] == group["group"]["config.opt.name"])
+        members = sorted(
+            r.run_id for r in project.runs.values() if r.config["opt"]["name"] == group["group"]["config.opt.name"]
+        )
         assert group["run_ids"] == members and group["count"] == len(members)
         best = [project.runs[m].summary_extra["best_acc"] for m in members]
         assert group["summary"]["best_acc"]["mean"] == pytest.approx(np.mean(best))
@@ -259,16 +332,19 @@ def test_count_groups_and_keys(project):
     assert {"cpu", "mem"} <= {k["key"] for k in catalog["system"]}
 
 
-@pytest.mark.parametrize("params, what", [
-    ({"filters": "{not json"}, "JSON"),
-    ({"filters": "[1]"}, "object"),
-    ({"filters": '{"nope.x": 1}'}, "field"),
-    ({"filters": '{"config.x": {"$regex": "("}}'}, "regular expression"),
-    ({"order": "+tags"}, "tags"),
-    ({"limit": "0"}, "limit"),
-    ({"limit": "ten"}, "limit"),
-    ({"cursor": "garbage"}, "cursor"),
-])
+@pytest.mark.parametrize(
+    "params, what",
+    [
+        ({"filters": "{not json"}, "JSON"),
+        ({"filters": "[1]"}, "object"),
+        ({"filters": '{"nope.x": 1}'}, "field"),
+        ({"filters": '{"config.x": {"$regex": "("}}'}, "regular expression"),
+        ({"order": "+tags"}, "tags"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"cursor": "garbage"}, "cursor"),
+    ],
+)
 def test_bad_search_arguments_are_400(project, params, what):
     error = expect_error(project.get(f"/projects/{TEAM}/{PROJECT}/runs", **params), 400)
     assert what.lower() in error["message"].lower()
@@ -276,10 +352,17 @@ def test_bad_search_arguments_are_400(project, params, what):
 
 def test_bad_chart_history_and_export_arguments_are_400(project):
     base = f"/projects/{TEAM}/{PROJECT}"
-    for body in ({"metrics": ["loss"], "points": 1}, {"metrics": ["loss"], "x": "sideways"}, {"metrics": []},
-                 {"metrics": ["loss"], "run_ids": ["r1"], "filters": {}}, {"metrics": ["loss"], "filters": {"bad.x": 1}},
-                 {"metrics": ["loss"], "step_range": [5, 1]}, {"metrics": ["loss"], "colour": "red"},
-                 {"metrics": ["loss"], "x": "metric"}, {"metrics": ["loss"], "fields": ["colour"]}):
+    for body in (
+        {"metrics": ["loss"], "points": 1},
+        {"metrics": ["loss"], "x": "sideways"},
+        {"metrics": []},
+        {"metrics": ["loss"], "run_ids": ["r1"], "filters": {}},
+        {"metrics": ["loss"], "filters": {"bad.x": 1}},
+        {"metrics": ["loss"], "step_range": [5, 1]},
+        {"metrics": ["loss"], "colour": "red"},
+        {"metrics": ["loss"], "x": "metric"},
+        {"metrics": ["loss"], "fields": ["colour"]},
+    ):
         expect_error(project.post(base + "/series", body), 400)
     expect_error(project.api.http.post(f"/api/v1{base}/series", content=b"{nope", headers=project.member), 400)
     expect_error(project.post(base + "/bands", {"metric": "loss", "by": ["tags"]}), 400)
@@ -309,14 +392,20 @@ def test_missing_runs_and_other_teams_projects_are_404(project):
 
     rival = project.rival
     base = f"/projects/{TEAM}/{PROJECT}"
-    for response in (project.get(base + "/runs", rival), project.get(base + "/runs/count", rival),
-                     project.get(base + "/keys", rival), project.get(base + "/export", rival),
-                     project.post(base + "/series", {"metrics": ["loss"]}, rival),
-                     project.post(base + "/bands", {"metric": "loss", "by": ["group"]}, rival),
-                     project.post(base + "/system", {"metrics": ["cpu"]}, rival),
-                     project.post(base + "/runs/groups", {"by": ["group"]}, rival),
-                     project.get(f"{run}/r1", rival), project.get(f"{run}/r1/history", rival),
-                     project.get(f"{run}/r1/export", rival), project.get(f"{run}/r1", {})):
+    for response in (
+        project.get(base + "/runs", rival),
+        project.get(base + "/runs/count", rival),
+        project.get(base + "/keys", rival),
+        project.get(base + "/export", rival),
+        project.post(base + "/series", {"metrics": ["loss"]}, rival),
+        project.post(base + "/bands", {"metric": "loss", "by": ["group"]}, rival),
+        project.post(base + "/system", {"metrics": ["cpu"]}, rival),
+        project.post(base + "/runs/groups", {"by": ["group"]}, rival),
+        project.get(f"{run}/r1", rival),
+        project.get(f"{run}/r1/history", rival),
+        project.get(f"{run}/r1/export", rival),
+        project.get(f"{run}/r1", {}),
+    ):
         expect_error(response, 404, "not_found")
     expect_error(project.get(f"{run}/r1", {"Authorization": "Bearer rs_nope_nope"}), 401)
 
@@ -331,7 +420,9 @@ def test_viewers_read_but_do_not_edit_and_public_projects_read_only(project):
     assert project.api.ingest(run_events(open_run, "open"), project.member).status_code == 200
     assert project.ok(project.get(f"/runs/{TEAM}/open/r0", project.rival))["id"] == "r0"
     assert project.ok(project.get(f"/runs/{TEAM}/open/r0", {}))["id"] == "r0"  # anonymous reads public
-    expect_error(project.api.http.patch(f"/api/v1/runs/{TEAM}/open/r0", json={"tags": ["x"]}, headers=project.rival), 403)
+    expect_error(
+        project.api.http.patch(f"/api/v1/runs/{TEAM}/open/r0", json={"tags": ["x"]}, headers=project.rival), 403
+    )
     expect_error(project.api.http.patch(f"/api/v1/runs/{TEAM}/open/r0", json={"tags": ["x"]}), 401)
 
 
@@ -357,13 +448,21 @@ def test_edit_round_trips_and_later_sdk_updates_still_apply(api):
 
     # The SDK goes on: its next update (a later seq) still applies, and leaves the edited tags alone.
     seq = max(e["seq"] for e in sent)
-    later = make_event(events.RUN_UPDATE, {"name": "renamed", "summary": {"final": 1.5}}, seq=seq + 1, run_id="r0",
-                       team=TEAM, project="edits", ts=time.time())
+    later = make_event(
+        events.RUN_UPDATE,
+        {"name": "renamed", "summary": {"final": 1.5}},
+        seq=seq + 1,
+        run_id="r0",
+        team=TEAM,
+        project="edits",
+        ts=time.time(),
+    )
     assert api.ingest([later], member).status_code == 200
     after = api.http.get(path, headers=member).json()
     assert (after["name"], after["summary"]["final"], after["tags"]) == ("renamed", 1.5, ["keep", "best"])
-    tags = make_event(events.RUN_UPDATE, {"tags": ["from-sdk"]}, seq=seq + 2, run_id="r0", team=TEAM, project="edits",
-                      ts=time.time())
+    tags = make_event(
+        events.RUN_UPDATE, {"tags": ["from-sdk"]}, seq=seq + 2, run_id="r0", team=TEAM, project="edits", ts=time.time()
+    )
     assert api.ingest([tags], member).status_code == 200
     assert api.http.get(path, headers=member).json()["tags"] == ["from-sdk"]
 
@@ -432,8 +531,15 @@ def test_scan_history_walks_pages_in_a_step_range(project):
         columns: dict[str, list[Any]] = {}
         cursor, pages = None, 0
         while True:
-            page = project.ok(project.get("/runs/acme/mnist/r3/history/scan", keys="loss,acc", page_size=7,
-                                          **bounds, **({"cursor": cursor} if cursor else {})))
+            page = project.ok(
+                project.get(
+                    "/runs/acme/mnist/r3/history/scan",
+                    keys="loss,acc",
+                    page_size=7,
+                    **bounds,
+                    **({"cursor": cursor} if cursor else {}),
+                )
+            )
             assert len(page["columns"]["_step"]) <= 7
             for name, values in page["columns"].items():
                 columns.setdefault(name, []).extend(values)
@@ -451,8 +557,9 @@ def test_scan_history_walks_pages_in_a_step_range(project):
 
 def test_series_by_ids_and_by_filter_match_the_points(project):
     base = f"/projects/{TEAM}/{PROJECT}"
-    body = project.ok(project.post(base + "/series", {"run_ids": ["r1", "r0", "ghost"], "metrics": ["loss"],
-                                                      "points": 500}))
+    body = project.ok(
+        project.post(base + "/series", {"run_ids": ["r1", "r0", "ghost"], "metrics": ["loss"], "points": 500})
+    )
     assert [s["run_id"] for s in body["series"]] == ["r1", "r0"]  # in the order asked; no data, no entry
     for series in body["series"]:
         run = project.runs[series["run_id"]]
@@ -463,8 +570,12 @@ def test_series_by_ids_and_by_filter_match_the_points(project):
         assert series["count"] == [0 if e is None else 1 for e in expected]
     assert body["series"][0]["y"][5:7] == [None, None]
 
-    adam = project.ok(project.post(base + "/series", {"filters": {"config.opt.name": "adam"}, "metrics": ["loss", "acc"],
-                                                      "points": 10, "x": "time"}))
+    adam = project.ok(
+        project.post(
+            base + "/series",
+            {"filters": {"config.opt.name": "adam"}, "metrics": ["loss", "acc"], "points": 10, "x": "time"},
+        )
+    )
     assert {s["run_id"] for s in adam["series"]} == {"r1", "r2", "r4"}
     assert [s["metric"] for s in adam["series"]] == ["loss"] * 3 + ["acc"] * 3
     for series in adam["series"]:
@@ -482,8 +593,11 @@ def test_series_by_ids_and_by_filter_match_the_points(project):
 
 def test_bands_by_groups_and_by_fields(project):
     base = f"/projects/{TEAM}/{PROJECT}"
-    given = project.ok(project.post(base + "/bands", {"groups": {"even": ["r0", "r2"], "odd": ["r3", "r5"]},
-                                                      "metric": "acc", "points": 500}))
+    given = project.ok(
+        project.post(
+            base + "/bands", {"groups": {"even": ["r0", "r2"], "odd": ["r3", "r5"]}, "metric": "acc", "points": 500}
+        )
+    )
     assert [g["group"] for g in given["groups"]] == ["even", "odd"]
     for band, members in zip(given["groups"], (["r0", "r2"], ["r3", "r5"])):
         steps = sorted({s for m in members for s in project.runs[m].points["acc"]})
@@ -494,10 +608,15 @@ def test_bands_by_groups_and_by_fields(project):
             assert band["std"][k] == pytest.approx(np.std(values), abs=1e-12)
             assert band["runs"][k] == len(values)
 
-    by = project.ok(project.post(base + "/bands", {"by": ["group"], "filters": {"state": {"$ne": "failed"}},
-                                                   "metric": "loss", "points": 20}))
+    by = project.ok(
+        project.post(
+            base + "/bands", {"by": ["group"], "filters": {"state": {"$ne": "failed"}}, "metric": "loss", "points": 20}
+        )
+    )
     assert [(g["group"], g["values"], g["run_count"]) for g in by["groups"]] == [
-        ("g0", {"group": "g0"}, 2), ("g1", {"group": "g1"}, 3)]
+        ("g0", {"group": "g0"}, 2),
+        ("g1", {"group": "g1"}, 3),
+    ]
     assert all(len(g["x"]) <= 20 for g in by["groups"])
 
 
@@ -521,21 +640,31 @@ def test_system_of_many_runs_matches_the_samples_and_each_runs_own_answer(projec
     assert body["points"] == 500
     # By metric, then in the order asked; no samples (ghost, r5), no entry.
     assert [(s["metric"], s["run_id"]) for s in body["series"]] == [
-        ("cpu", "r3"), ("cpu", "r0"), ("cpu", "r1"), ("gpu.0.util", "r3"), ("mem", "r0")]
+        ("cpu", "r3"),
+        ("cpu", "r0"),
+        ("cpu", "r1"),
+        ("gpu.0.util", "r3"),
+        ("mem", "r0"),
+    ]
     for entry in body["series"]:
         assert set(entry) == {"run_id", "metric", "bucket_seconds", "time", "mean", "min", "max"}
         assert_system_entry(entry, project.runs[entry["run_id"]])
     # The same numbers as each run's own endpoint: the same query answers both.
     for run_id in ("r0", "r1", "r3"):
         own = project.ok(project.get(f"/runs/{TEAM}/{PROJECT}/{run_id}/system", points=500))["series"]
-        assert own == [{k: v for k, v in s.items() if k != "run_id"} for s in
-                       sorted((s for s in body["series"] if s["run_id"] == run_id), key=lambda s: s["metric"])]
+        assert own == [
+            {k: v for k, v in s.items() if k != "run_id"}
+            for s in sorted((s for s in body["series"] if s["run_id"] == run_id), key=lambda s: s["metric"])
+        ]
 
 
 def test_system_selects_runs_by_filter_or_all_and_a_subset_of_metrics(project):
     base = f"/projects/{TEAM}/{PROJECT}"
-    adam = project.ok(project.post(base + "/system", {"filters": {"config.opt.name": "adam"},
-                                                      "metrics": ["gpu.0.util", "cpu", "disk"]}))
+    adam = project.ok(
+        project.post(
+            base + "/system", {"filters": {"config.opt.name": "adam"}, "metrics": ["gpu.0.util", "cpu", "disk"]}
+        )
+    )
     # r1, r2, r4 use adam, oldest first; r4 has no samples; r2's GPU sample 3 is NaN: null in every array.
     assert [(s["metric"], s["run_id"]) for s in adam["series"]] == [("cpu", "r1"), ("cpu", "r2"), ("gpu.0.util", "r2")]
     for entry in adam["series"]:
@@ -553,8 +682,9 @@ def test_system_selects_runs_by_filter_or_all_and_a_subset_of_metrics(project):
 
 def test_system_points_bound_each_run_and_keep_its_extremes(project):
     base = f"/projects/{TEAM}/{PROJECT}"
-    body = project.ok(project.post(base + "/system", {"run_ids": ["r1", "r3"], "metrics": ["cpu", "gpu.0.util"],
-                                                      "points": 5}))
+    body = project.ok(
+        project.post(base + "/system", {"run_ids": ["r1", "r3"], "metrics": ["cpu", "gpu.0.util"], "points": 5})
+    )
     assert len(body["series"]) == 3
     for entry in body["series"]:
         samples = [v for v in project.runs[entry["run_id"]].system[entry["metric"]].values()]
@@ -566,32 +696,38 @@ def test_system_points_bound_each_run_and_keep_its_extremes(project):
 
     # start and end (inclusive) keep samples 5 to 10 of r1; buckets start at the first sample in the range.
     times = sorted(project.runs["r1"].system["cpu"])
-    window = project.ok(project.post(base + "/system", {"run_ids": ["r1"], "metrics": ["cpu"],
-                                                        "start": times[5] - 0.1, "end": times[10] + 0.1}))
+    window = project.ok(
+        project.post(
+            base + "/system", {"run_ids": ["r1"], "metrics": ["cpu"], "start": times[5] - 0.1, "end": times[10] + 0.1}
+        )
+    )
     assert window["series"][0]["max"] == [pytest.approx(project.runs["r1"].system["cpu"][t]) for t in times[5:11]]
     later = project.ok(project.post(base + "/system", {"run_ids": ["r1"], "start": times[-1] + 1}))
     assert later["series"] == []
 
 
-@pytest.mark.parametrize("body, what", [
-    ({"points": 0}, "points must be an integer from 1 to 10000"),
-    ({"points": 10_001}, "points must be an integer from 1 to 10000"),
-    ({"points": "many"}, "points must be an integer"),
-    ({"points": True}, "points must be an integer"),
-    ({"metrics": []}, "metrics must be a non-empty list"),
-    ({"metrics": ["cpu", ""]}, "metrics must be a non-empty list"),
-    ({"metrics": "cpu"}, "metrics must be a non-empty list"),
-    ({"metrics": [f"m{k}" for k in range(1001)]}, "at most 1000 metrics"),
-    ({"run_ids": []}, "run_ids must be a non-empty list"),
-    ({"run_ids": ["r1"], "filters": {}}, "run_ids or filters, not both"),
-    ({"filters": [1]}, "filters must be a filter object"),
-    ({"filters": {"nope.x": 1}}, "field"),
-    ({"colour": "red"}, "unknown field(s) 'colour'"),
-    ({"start": -1}, "start must be a unix time in seconds"),
-    ({"end": 1e11}, "end must be a unix time in seconds"),
-    ({"start": "yesterday"}, "start must be a unix time in seconds"),
-    ({"start": 20, "end": 10}, "start (20) is after end (10)"),
-])
+@pytest.mark.parametrize(
+    "body, what",
+    [
+        ({"points": 0}, "points must be an integer from 1 to 10000"),
+        ({"points": 10_001}, "points must be an integer from 1 to 10000"),
+        ({"points": "many"}, "points must be an integer"),
+        ({"points": True}, "points must be an integer"),
+        ({"metrics": []}, "metrics must be a non-empty list"),
+        ({"metrics": ["cpu", ""]}, "metrics must be a non-empty list"),
+        ({"metrics": "cpu"}, "metrics must be a non-empty list"),
+        ({"metrics": [f"m{k}" for k in range(1001)]}, "at most 1000 metrics"),
+        ({"run_ids": []}, "run_ids must be a non-empty list"),
+        ({"run_ids": ["r1"], "filters": {}}, "run_ids or filters, not both"),
+        ({"filters": [1]}, "filters must be a filter object"),
+        ({"filters": {"nope.x": 1}}, "field"),
+        ({"colour": "red"}, "unknown field(s) 'colour'"),
+        ({"start": -1}, "start must be a unix time in seconds"),
+        ({"end": 1e11}, "end must be a unix time in seconds"),
+        ({"start": "yesterday"}, "start must be a unix time in seconds"),
+        ({"start": 20, "end": 10}, "start (20) is after end (10)"),
+    ],
+)
 def test_bad_system_arguments_are_400(project, body, what):
     error = expect_error(project.post(f"/projects/{TEAM}/{PROJECT}/system", body), 400)
     assert what.lower() in error["message"].lower()
@@ -599,8 +735,10 @@ def test_bad_system_arguments_are_400(project, body, what):
 
 def test_bad_system_bodies_are_400(project):
     url = f"/api/v1/projects/{TEAM}/{PROJECT}/system"
-    assert "not valid JSON" in expect_error(project.api.http.post(url, content=b"{nope", headers=project.member),
-                                            400)["message"]
+    assert (
+        "not valid JSON"
+        in expect_error(project.api.http.post(url, content=b"{nope", headers=project.member), 400)["message"]
+    )
     assert "JSON object" in expect_error(project.post(f"/projects/{TEAM}/{PROJECT}/system", ["r1"]), 400)["message"]
 
 
@@ -653,8 +791,13 @@ def test_metrics_system_console_files_and_media(project):
 
 
 def truth_points(runs: list[Run], metrics: list[str] | None = None) -> list[tuple[str, str, int, float]]:
-    return sorted((r.run_id, m, s, v) for r in runs for m, points in r.points.items()
-                  if metrics is None or m in metrics for s, v in points.items())
+    return sorted(
+        (r.run_id, m, s, v)
+        for r in runs
+        for m, points in r.points.items()
+        if metrics is None or m in metrics
+        for s, v in points.items()
+    )
 
 
 def table_points(table: pa.Table) -> list[tuple[str, str, int, float]]:
@@ -695,7 +838,9 @@ def test_project_export_round_trips_in_every_format(project):
     meta = project.get(base + "/export", table="runs")
     runs_table = pq.read_table(io.BytesIO(meta.content)).to_pydict()
     assert runs_table["run_id"] == sorted(project.runs)
-    assert [orjson.loads(c)["lr"] for c in runs_table["config"]] == [project.runs[r].config["lr"] for r in sorted(project.runs)]
+    assert [orjson.loads(c)["lr"] for c in runs_table["config"]] == [
+        project.runs[r].config["lr"] for r in sorted(project.runs)
+    ]
 
     none = project.get(base + "/export", filters='{"state": "crashed"}')
     assert none.status_code == 200 and pq.read_table(io.BytesIO(none.content)).num_rows == 0
@@ -745,15 +890,19 @@ def test_public_client_end_to_end(project, server, tmp_path):
     assert rows[4]["acc"] == -math.inf and rows[0]["acc"] == pytest.approx(truth.points["acc"][3])
 
     target = tmp_path / "adam.parquet"
-    assert client.export(f"{TEAM}/{PROJECT}", target, filters={"config.opt.name": "adam"}, metrics=["acc"],
-                         progress=False) == target
+    assert (
+        client.export(f"{TEAM}/{PROJECT}", target, filters={"config.opt.name": "adam"}, metrics=["acc"], progress=False)
+        == target
+    )
     adam = [project.runs[r] for r in ("r1", "r2", "r4")]
     assert same_points(table_points(pq.read_table(target)), truth_points(adam, ["acc"]))
     assert [p.name for p in tmp_path.iterdir()] == ["adam.parquet"]  # the temporary file is gone
 
     csv = r1.export(tmp_path / "r1.csv", format="csv", metrics=["loss"], progress=False)
     assert pacsv.read_csv(csv).num_rows == len(truth.points["loss"])
-    by_ids = client.export(f"{TEAM}/{PROJECT}", tmp_path / "two.arrows", runs=["r0", r1], format="arrow", progress=False)
+    by_ids = client.export(
+        f"{TEAM}/{PROJECT}", tmp_path / "two.arrows", runs=["r0", r1], format="arrow", progress=False
+    )
     assert sorted(set(pa.ipc.open_stream(by_ids.read_bytes()).read_all().column("run_id").to_pylist())) == ["r0", "r1"]
 
     with pytest.raises(ApiError) as bad:
@@ -790,8 +939,12 @@ def test_a_key_that_worked_before_is_still_checked_before_every_read(project, mo
     assert reads == []
     monkeypatch.undo()
     accounts.revoke_key(project.api.storage, key_id)
-    for response in (project.post(f"{where}/series", series, kim), project.post(f"{where}/bands", bands, kim),
-                     project.get(f"{where}/runs", kim), project.post(f"{where}/series", {"metrics": []}, kim)):
+    for response in (
+        project.post(f"{where}/series", series, kim),
+        project.post(f"{where}/bands", bands, kim),
+        project.get(f"{where}/runs", kim),
+        project.post(f"{where}/series", {"metrics": []}, kim),
+    ):
         expect_error(response, 401, "invalid_api_key")
 
 
@@ -801,9 +954,13 @@ def test_runs_search_answers_only_the_fields_asked_for(project):
     named = project.ok(project.get(where, order="name", fields=" name,"))
     assert named["runs"] == [{"team": TEAM, "project": PROJECT, "id": r["id"], "name": r["name"]} for r in full["runs"]]
     both = project.ok(project.get(where, order="-summary.acc", fields="state,summary", limit=2))
-    assert both == {"runs": [{k: r[k] for k in ("team", "project", "id", "state", "summary")}
-                             for r in project.ok(project.get(where, order="-summary.acc", limit=2))["runs"]],
-                    "next_cursor": both["next_cursor"]}
+    assert both == {
+        "runs": [
+            {k: r[k] for k in ("team", "project", "id", "state", "summary")}
+            for r in project.ok(project.get(where, order="-summary.acc", limit=2))["runs"]
+        ],
+        "next_cursor": both["next_cursor"],
+    }
     filtered = project.ok(project.get(where, fields="name", filters=orjson.dumps({"summary.acc": {"$gt": 0}}).decode()))
     assert filtered["runs"] and all(set(r) == {"team", "project", "id", "name"} for r in filtered["runs"])
     error = expect_error(project.get(where, fields="name,secrets"), 400)

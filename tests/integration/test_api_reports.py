@@ -15,8 +15,9 @@ PANELS = [{"type": "line", "metrics": ["loss"], "runs": {"filters": {"config.lr"
 
 
 def _new(api, headers, title="Loss study", **fields):
-    response = api.http.post(REPORTS, json={"title": title, "body": "# Findings\nlr matters.", "panels": PANELS,
-                                            **fields}, headers=headers)
+    response = api.http.post(
+        REPORTS, json={"title": title, "body": "# Findings\nlr matters.", "panels": PANELS, **fields}, headers=headers
+    )
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -38,8 +39,9 @@ def test_report_crud(api):
     assert "body" not in listed[0]
     assert api.http.get(f"{REPORTS}/{report['id']}", headers=member).json() == report
 
-    patched = api.http.patch(f"{REPORTS}/{report['id']}", json={"title": "Loss, revisited", "panels": []},
-                             headers=member)
+    patched = api.http.patch(
+        f"{REPORTS}/{report['id']}", json={"title": "Loss, revisited", "panels": []}, headers=member
+    )
     assert patched.status_code == 200
     assert patched.json()["title"] == "Loss, revisited" and patched.json()["panels"] == []
     assert patched.json()["body"] == report["body"] and patched.json()["updated_at"] >= report["updated_at"]
@@ -89,8 +91,12 @@ def test_role_matrix(api):
     report = _new(api, admin)
     one = f"{REPORTS}/{report['id']}"
     reads = [("GET", REPORTS, None), ("GET", one, None)]
-    writes = [("POST", REPORTS, {"title": "new"}), ("PATCH", one, {"title": "renamed"}),
-              ("POST", f"{one}/share", {}), ("DELETE", f"{one}/share", None)]
+    writes = [
+        ("POST", REPORTS, {"title": "new"}),
+        ("PATCH", one, {"title": "renamed"}),
+        ("POST", f"{one}/share", {}),
+        ("DELETE", f"{one}/share", None),
+    ]
 
     def status(method, path, body, headers):
         return api.http.request(method, path, json=body, headers=headers).status_code
@@ -188,8 +194,13 @@ def test_expired_and_tampered_links_are_401(api):
     wrong_key = auth.sign_share(b"another server's secret", TEAM, PROJECT, report["id"], 1, time.time() + 60)
     assert fresh.get(f"/api/v1/shared/{wrong_key}").status_code == 401
 
-    for body in ({"expires_in_s": 0}, {"expires_in_s": auth.MAX_SHARE_SECONDS + 1}, {"expires_in_s": 1.5},
-                 {"expires_in_s": "1"}, {"expires": 60}):
+    for body in (
+        {"expires_in_s": 0},
+        {"expires_in_s": auth.MAX_SHARE_SECONDS + 1},
+        {"expires_in_s": 1.5},
+        {"expires_in_s": "1"},
+        {"expires": 60},
+    ):
         assert api.http.post(f"{REPORTS}/{report['id']}/share", json=body, headers=member).status_code == 422, body
     assert api.http.post(f"{REPORTS}/nope/share", headers=member).status_code == 404
 
@@ -245,8 +256,9 @@ def test_links_signed_by_either_replica_of_a_secret_race_work(api):
     # The other replica's secret lands after this one cached its own, and sorts first.
     api.storage.insert("server_secrets", [["share_links", "ab" * 32, 0]], column_names=["name", "value", "created_at"])
     assert accounts.server_secrets(api.storage, "share_links")[0] == bytes.fromhex("ab" * 32)
-    theirs = auth.sign_share(bytes.fromhex("ab" * 32), TEAM, PROJECT, report["id"], report["share_version"],
-                             time.time() + 60)
+    theirs = auth.sign_share(
+        bytes.fromhex("ab" * 32), TEAM, PROJECT, report["id"], report["share_version"], time.time() + 60
+    )
     for token in (mine, theirs):
         assert api.http.get(f"/api/v1/shared/{token}").status_code == 200
 

@@ -59,12 +59,26 @@ BLOB = b"model weights\n"
 
 # Declared statuses, bodies and content types, no 5xx, invalid data refused with a 4xx, and an undeclared
 # method refused with 405 naming the allowed ones.
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          response_headers_conformance, negative_data_rejection, unsupported_method, allow_header_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+    negative_data_rejection,
+    unsupported_method,
+    allow_header_conformance,
+]
 # Left out: positive_data_acceptance, since the schema cannot say everything a request must be (a filter
 # document's fields, an order key, a cursor, a rule's metric), so schema-valid data may rightly be a 400.
-SETTINGS = hypothesis.settings(max_examples=25, deadline=None, derandomize=True, database=None,
-                               suppress_health_check=list(hypothesis.HealthCheck), print_blob=False)
+SETTINGS = hypothesis.settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(hypothesis.HealthCheck),
+    print_blob=False,
+)
 
 
 @dataclass
@@ -82,19 +96,49 @@ def _events(project: str, run_id: str, t0: float) -> list[dict[str, Any]]:
 
     steps = list(range(20))
     return [
-        event(events.RUN_START, {"name": run_id, "config": {"lr": 0.01, "opt": "adam"}, "tags": ["base"],
-                                 "group": "g1"}, t0),
-        event(events.METRICS, {"step": steps, "time": [t0 + s for s in steps],
-                               "values": {"loss": [1 / (s + 1) for s in steps], "acc": [s / 20 for s in steps]}},
-              t0 + 20),
+        event(
+            events.RUN_START,
+            {"name": run_id, "config": {"lr": 0.01, "opt": "adam"}, "tags": ["base"], "group": "g1"},
+            t0,
+        ),
+        event(
+            events.METRICS,
+            {
+                "step": steps,
+                "time": [t0 + s for s in steps],
+                "values": {"loss": [1 / (s + 1) for s in steps], "acc": [s / 20 for s in steps]},
+            },
+            t0 + 20,
+        ),
         event(events.SYSTEM, {"time": [t0 + s for s in range(5)], "values": {"cpu": [10.0, 20, 30, 40, 50]}}, t0 + 5),
-        event(events.CONSOLE, {"time": [t0, t0 + 1], "stream": ["stdout", "stderr"], "line": ["epoch 1", "oops"]},
-              t0 + 1),
-        event(events.FILE, {"path": "model.pt", "kind": "file", "size": len(BLOB),
-                            "sha256": hashlib.sha256(BLOB).hexdigest(), "store_key": "model.pt"}, t0),
-        event(events.FILE, {"path": "media/images/samples_1.png", "kind": "media", "size": 3, "sha256": "ab" * 32,
-                            "store_key": "media/images/samples_1.png", "step": 1, "media_type": "image/png",
-                            "meta": {"key": "samples"}}, t0),
+        event(
+            events.CONSOLE, {"time": [t0, t0 + 1], "stream": ["stdout", "stderr"], "line": ["epoch 1", "oops"]}, t0 + 1
+        ),
+        event(
+            events.FILE,
+            {
+                "path": "model.pt",
+                "kind": "file",
+                "size": len(BLOB),
+                "sha256": hashlib.sha256(BLOB).hexdigest(),
+                "store_key": "model.pt",
+            },
+            t0,
+        ),
+        event(
+            events.FILE,
+            {
+                "path": "media/images/samples_1.png",
+                "kind": "media",
+                "size": 3,
+                "sha256": "ab" * 32,
+                "store_key": "media/images/samples_1.png",
+                "step": 1,
+                "media_type": "image/png",
+                "meta": {"key": "samples"},
+            },
+            t0,
+        ),
         event(events.ALERT, {"title": "loss spiked", "text": "at step 3", "level": "WARN", "source": "sdk"}, t0 + 3),
         event(events.RUN_UPDATE, {"summary": {"best": 0.9}}, t0 + 21),
         event(events.RUN_FINISH, {"state": "finished", "exit_code": 0}, t0 + 22),
@@ -119,17 +163,43 @@ def seed(url: str, client: Any) -> World:
     body = b"\n".join(orjson.dumps(e) for e in batch)
     _ok(requests.post(f"{url}/api/v1/events", data=body, headers={**admin, "Content-Type": "application/x-ndjson"}))
     sha = hashlib.sha256(BLOB).hexdigest()
-    _ok(requests.put(f"{url}/api/v1/files/{TEAM}/{PRIVATE}/r1/model.pt", params={"sha256": sha}, data=BLOB,
-                     headers=admin))
+    _ok(
+        requests.put(
+            f"{url}/api/v1/files/{TEAM}/{PRIVATE}/r1/model.pt", params={"sha256": sha}, data=BLOB, headers=admin
+        )
+    )
     _ok(requests.patch(f"{url}/api/v1/projects/{TEAM}/{PUBLIC}", json={"visibility": "public"}, headers=admin))
-    report = _ok(requests.post(f"{url}/api/v1/projects/{TEAM}/{PRIVATE}/reports", headers=admin,
-                               json={"title": "Week 1", "body": "# loss", "panels": [{"type": "line"}]}), 201)
-    share = _ok(requests.post(f"{url}/api/v1/projects/{TEAM}/{PRIVATE}/reports/{report['id']}/share", json={},
-                              headers=admin), 201)
-    rule = _ok(requests.post(f"{url}/api/v1/projects/{TEAM}/{PRIVATE}/alert-rules", headers=admin, json={
-        "name": "loss high", "kind": "threshold", "spec": {"metric": "loss", "op": ">", "value": 10}}), 201)
-    ids = {"team": TEAM, "project": PRIVATE, "run_id": "r1", "store_key": "model.pt", "report_id": report["id"],
-           "rule_id": rule["id"], "key_id": bob_key_id, "user": "bob", "token": share["token"]}
+    report = _ok(
+        requests.post(
+            f"{url}/api/v1/projects/{TEAM}/{PRIVATE}/reports",
+            headers=admin,
+            json={"title": "Week 1", "body": "# loss", "panels": [{"type": "line"}]},
+        ),
+        201,
+    )
+    share = _ok(
+        requests.post(f"{url}/api/v1/projects/{TEAM}/{PRIVATE}/reports/{report['id']}/share", json={}, headers=admin),
+        201,
+    )
+    rule = _ok(
+        requests.post(
+            f"{url}/api/v1/projects/{TEAM}/{PRIVATE}/alert-rules",
+            headers=admin,
+            json={"name": "loss high", "kind": "threshold", "spec": {"metric": "loss", "op": ">", "value": 10}},
+        ),
+        201,
+    )
+    ids = {
+        "team": TEAM,
+        "project": PRIVATE,
+        "run_id": "r1",
+        "store_key": "model.pt",
+        "report_id": report["id"],
+        "rule_id": rule["id"],
+        "key_id": bob_key_id,
+        "user": "bob",
+        "token": share["token"],
+    }
     return World(url, admin, ids)
 
 
@@ -151,9 +221,14 @@ def _ndjson(context: Any, value: Any) -> bytes:
 
 
 REAL: dict[str, str] = {}  # path parameter -> an existing value, filled by the ``world`` fixture
-schema = schemathesis.openapi.from_dict(DOCUMENT, config=schemathesis.Config.from_dict({
-    "generation": {"mode": "all", "with-security-parameters": False},
-}))
+schema = schemathesis.openapi.from_dict(
+    DOCUMENT,
+    config=schemathesis.Config.from_dict(
+        {
+            "generation": {"mode": "all", "with-security-parameters": False},
+        }
+    ),
+)
 
 
 def _real_paths(case: schemathesis.Case) -> list[dict[str, Any] | None]:
@@ -204,8 +279,7 @@ def prepared(case: schemathesis.Case) -> schemathesis.Case:
 
 @pytest.fixture(scope="module")
 def world(chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    settings = Settings(clickhouse_dsn=fresh_chdb_dsn(chdb_dir),
-                        data_dir=str(tmp_path_factory.mktemp("schema")))
+    settings = Settings(clickhouse_dsn=fresh_chdb_dsn(chdb_dir), data_dir=str(tmp_path_factory.mktemp("schema")))
     app = create_app(settings)
     with ServedApp(app) as url:
         served = seed(url, app.state.backend.client)
@@ -222,8 +296,11 @@ def test_the_fuzzed_document_is_the_served_one(world: World) -> None:
 
 # -- the document itself ---------------------------------------------------------------------------
 
-OPERATIONS = [(method.upper(), path, operation) for path, methods in DOCUMENT["paths"].items()
-              for method, operation in methods.items()]
+OPERATIONS = [
+    (method.upper(), path, operation)
+    for path, methods in DOCUMENT["paths"].items()
+    for method, operation in methods.items()
+]
 _RESPONSE_KEYS = {"description", "content", "headers"}
 _PARAMETER_KEYS = {"name", "in", "required", "schema", "content", "description", "style", "explode"}
 
@@ -231,8 +308,9 @@ _PARAMETER_KEYS = {"name", "in", "required", "schema", "content", "description",
 def _nulls(value: Any, where: str = "") -> list[str]:
     """Where a mapping holds null: in these docstrings that is an unquoted comma splitting a flow mapping."""
     if isinstance(value, dict):
-        return [f"{where}/{k}" for k, v in value.items() if v is None] + \
-            [hit for k, v in value.items() for hit in _nulls(v, f"{where}/{k}")]
+        return [f"{where}/{k}" for k, v in value.items() if v is None] + [
+            hit for k, v in value.items() for hit in _nulls(v, f"{where}/{k}")
+        ]
     if isinstance(value, list):
         return [hit for i, v in enumerate(value) for hit in _nulls(v, f"{where}/{i}")]
     return []

@@ -23,8 +23,9 @@ _counter = itertools.count()
 
 
 def _start(team: str, project: str, run_id: str = "run1") -> dict:
-    return make_event(events.RUN_START, {"name": run_id, "config": {"lr": 0.1}}, run_id=run_id, team=team,
-                      project=project)
+    return make_event(
+        events.RUN_START, {"name": run_id, "config": {"lr": 0.1}}, run_id=run_id, team=team, project=project
+    )
 
 
 @dataclass
@@ -52,8 +53,9 @@ class World:
 def local_client(api) -> Iterator[TestClient]:
     """The same database behind a server whose loopback caller is its local admin (``runstream server``)."""
     app = create_app(api.settings, backend=Backend(api.settings, local_admin=True))
-    with TestClient(app, client=("127.0.0.1", 50000), base_url="http://127.0.0.1:8080",
-                    raise_server_exceptions=False) as http:
+    with TestClient(
+        app, client=("127.0.0.1", 50000), base_url="http://127.0.0.1:8080", raise_server_exceptions=False
+    ) as http:
         yield http
 
 
@@ -88,11 +90,23 @@ def _expect(world: World, expected: dict[str, int], method: str, path: str, json
 
 def test_whoami_for_each_kind_of_caller(world):
     assert world.call("anonymous", "GET", "/whoami").json() == {
-        "user": None, "team": None, "role": None, "key_id": None, "local_admin": False, "share": None}
+        "user": None,
+        "team": None,
+        "role": None,
+        "key_id": None,
+        "local_admin": False,
+        "share": None,
+    }
     viewer = world.call("viewer", "GET", "/whoami").json()
     key_id = world.headers["viewer"]["Authorization"].split("_")[1]
-    assert viewer == {"user": "vic", "team": "acme", "role": "viewer", "key_id": key_id, "local_admin": False,
-                      "share": None}
+    assert viewer == {
+        "user": "vic",
+        "team": "acme",
+        "role": "viewer",
+        "key_id": key_id,
+        "local_admin": False,
+        "share": None,
+    }
     assert world.call("local_admin", "GET", "/whoami").json()["local_admin"] is True
     bad = world.api.http.get(f"{V1}/whoami", headers={"Authorization": "Bearer rs_000000000000_" + "x" * 43})
     assert bad.status_code == 401 and "runstream keys create" in bad.json()["error"]["message"]
@@ -131,21 +145,36 @@ def test_only_the_local_admin_creates_teams(world):
 
 
 def test_member_endpoints_role_matrix(world):
-    _expect(world, {"anonymous": 401, "other_team": 404, "viewer": 200, "member": 200, "admin": 200,
-                    "local_admin": 200}, "GET", "/teams/acme/members")
-    _expect(world, {"anonymous": 401, "other_team": 404, "viewer": 403, "member": 403, "admin": 201,
-                    "local_admin": 201}, "PUT", "",
-            per_call=lambda who: (f"/teams/acme/members/new-{who}", {"role": "viewer"}))
-    _expect(world, {"anonymous": 401, "other_team": 404, "viewer": 403, "member": 403, "admin": 200,
-                    "local_admin": 200}, "DELETE", "",
-            per_call=lambda who: (f"/teams/acme/members/{world.fresh_member()}", None))
+    _expect(
+        world,
+        {"anonymous": 401, "other_team": 404, "viewer": 200, "member": 200, "admin": 200, "local_admin": 200},
+        "GET",
+        "/teams/acme/members",
+    )
+    _expect(
+        world,
+        {"anonymous": 401, "other_team": 404, "viewer": 403, "member": 403, "admin": 201, "local_admin": 201},
+        "PUT",
+        "",
+        per_call=lambda who: (f"/teams/acme/members/new-{who}", {"role": "viewer"}),
+    )
+    _expect(
+        world,
+        {"anonymous": 401, "other_team": 404, "viewer": 403, "member": 403, "admin": 200, "local_admin": 200},
+        "DELETE",
+        "",
+        per_call=lambda who: (f"/teams/acme/members/{world.fresh_member()}", None),
+    )
 
 
 def test_members_are_listed_added_changed_and_removed(world):
     members = world.call("viewer", "GET", "/teams/acme/members").json()
     assert members["team"] == "acme"
-    assert [(m["user"], m["role"]) for m in members["members"]] == [("ann", "admin"), ("max", "member"),
-                                                                    ("vic", "viewer")]
+    assert [(m["user"], m["role"]) for m in members["members"]] == [
+        ("ann", "admin"),
+        ("max", "member"),
+        ("vic", "viewer"),
+    ]
     added = world.call("admin", "PUT", "/teams/acme/members/zoe@example.com", {"role": "member"})
     assert added.status_code == 201
     assert added.json()["user"] == "zoe@example.com" and added.json()["role"] == "member"
@@ -188,18 +217,36 @@ def test_the_last_admin_is_neither_removed_nor_demoted(world):
 
 
 def test_key_endpoints_role_matrix(world):
-    _expect(world, {"anonymous": 401, "other_team": 404, "viewer": 200, "member": 200, "admin": 200,
-                    "local_admin": 200}, "GET", "/teams/acme/keys")
+    _expect(
+        world,
+        {"anonymous": 401, "other_team": 404, "viewer": 200, "member": 200, "admin": 200, "local_admin": 200},
+        "GET",
+        "/teams/acme/keys",
+    )
     # A key for oneself: any member; the local admin has no user of its own and must name one.
-    _expect(world, {"anonymous": 401, "other_team": 404, "viewer": 201, "member": 201, "admin": 201,
-                    "local_admin": 403}, "POST", "/teams/acme/keys", {"name": "laptop"})
+    _expect(
+        world,
+        {"anonymous": 401, "other_team": 404, "viewer": 201, "member": 201, "admin": 201, "local_admin": 403},
+        "POST",
+        "/teams/acme/keys",
+        {"name": "laptop"},
+    )
     # A key for vic: vic, admins and the local admin.
-    _expect(world, {"anonymous": 401, "other_team": 404, "viewer": 201, "member": 403, "admin": 201,
-                    "local_admin": 201}, "POST", "/teams/acme/keys", {"user": "vic"})
+    _expect(
+        world,
+        {"anonymous": 401, "other_team": 404, "viewer": 201, "member": 403, "admin": 201, "local_admin": 201},
+        "POST",
+        "/teams/acme/keys",
+        {"user": "vic"},
+    )
     # Revoking one of vic's keys: vic, admins and the local admin.
-    _expect(world, {"anonymous": 401, "other_team": 404, "viewer": 200, "member": 403, "admin": 200,
-                    "local_admin": 200}, "DELETE", "",
-            per_call=lambda who: (f"/teams/acme/keys/{world.fresh_key('vic')[0]}", None))
+    _expect(
+        world,
+        {"anonymous": 401, "other_team": 404, "viewer": 200, "member": 403, "admin": 200, "local_admin": 200},
+        "DELETE",
+        "",
+        per_call=lambda who: (f"/teams/acme/keys/{world.fresh_key('vic')[0]}", None),
+    )
 
 
 def test_a_created_key_works_is_shown_once_and_listings_hold_no_secrets(world):
@@ -260,15 +307,34 @@ def test_a_revoked_key_fails_on_the_very_next_request(world):
 
 
 def test_project_endpoints_role_matrix(world):
-    _expect(world, {"anonymous": 401, "other_team": 404, "viewer": 403, "member": 201, "admin": 201,
-                    "local_admin": 201}, "POST", "", per_call=lambda who: ("/projects/acme", {"name": f"p-{who}"}))
-    _expect(world, {"anonymous": 404, "other_team": 404, "viewer": 200, "member": 200, "admin": 200,
-                    "local_admin": 200}, "GET", "/projects/acme/priv")
+    _expect(
+        world,
+        {"anonymous": 401, "other_team": 404, "viewer": 403, "member": 201, "admin": 201, "local_admin": 201},
+        "POST",
+        "",
+        per_call=lambda who: ("/projects/acme", {"name": f"p-{who}"}),
+    )
+    _expect(
+        world,
+        {"anonymous": 404, "other_team": 404, "viewer": 200, "member": 200, "admin": 200, "local_admin": 200},
+        "GET",
+        "/projects/acme/priv",
+    )
     _expect(world, {who: 200 for who in WHO}, "GET", "/projects/acme/pub")
-    _expect(world, {"anonymous": 401, "other_team": 404, "viewer": 403, "member": 403, "admin": 200,
-                    "local_admin": 200}, "PATCH", "/projects/acme/priv", {"description": "x"})
-    _expect(world, {"anonymous": 401, "other_team": 403, "viewer": 403, "member": 403, "admin": 200,
-                    "local_admin": 200}, "PATCH", "/projects/acme/pub", {"description": "y"})
+    _expect(
+        world,
+        {"anonymous": 401, "other_team": 404, "viewer": 403, "member": 403, "admin": 200, "local_admin": 200},
+        "PATCH",
+        "/projects/acme/priv",
+        {"description": "x"},
+    )
+    _expect(
+        world,
+        {"anonymous": 401, "other_team": 403, "viewer": 403, "member": 403, "admin": 200, "local_admin": 200},
+        "PATCH",
+        "/projects/acme/pub",
+        {"description": "y"},
+    )
 
 
 def test_visibility_private_is_hidden_public_is_read_only_to_outsiders(world):
@@ -292,8 +358,14 @@ def test_visibility_private_is_hidden_public_is_read_only_to_outsiders(world):
 def test_creating_and_changing_a_project(world):
     created = world.call("member", "POST", "/projects/acme", {"name": "vision", "description": "cnn"})
     assert created.status_code == 201
-    assert created.json() == {"team": "acme", "name": "vision", "visibility": "private", "description": "cnn",
-                              "run_count": 0, "created_at": created.json()["created_at"]}
+    assert created.json() == {
+        "team": "acme",
+        "name": "vision",
+        "visibility": "private",
+        "description": "cnn",
+        "run_count": 0,
+        "created_at": created.json()["created_at"],
+    }
     assert world.call("admin", "POST", "/projects/acme", {"name": "vision"}).status_code == 409
     # Publishing is an admin's decision, at creation too.
     assert world.call("member", "POST", "/projects/acme", {"name": "open", "visibility": "public"}).status_code == 403
@@ -305,8 +377,13 @@ def test_creating_and_changing_a_project(world):
     assert world.call("admin", "PATCH", "/projects/acme/vision", {}).json() == patched.json()
     assert world.call("admin", "PATCH", "/projects/acme/missing", {"description": "x"}).status_code == 404
     assert world.call("admin", "GET", "/projects/acme/missing").status_code == 404
-    for bad in ({"visibility": "secret"}, {"visibility": None}, {"visibility": ""}, {"description": 5},
-                {"description": "d" * 4001}):
+    for bad in (
+        {"visibility": "secret"},
+        {"visibility": None},
+        {"visibility": ""},
+        {"description": 5},
+        {"description": "d" * 4001},
+    ):
         assert world.call("admin", "PATCH", "/projects/acme/vision", bad).status_code == 400, bad
     for bad in ({}, {"name": ""}, {"name": "a/b"}, {"name": 7}, {"name": "x", "visibility": "everyone"}):
         assert world.call("admin", "POST", "/projects/acme", bad).status_code == 400, bad
@@ -316,9 +393,17 @@ def test_creating_and_changing_a_project(world):
 
 def test_project_listing_with_implicit_projects(world):
     api = world.api
-    assert api.ingest([_start("acme", "logged", "r1"), _start("acme", "logged", "r2"),
-                       metrics_event(seq=1, run_id="r1", team="acme", project="logged")],
-                      world.headers["member"]).status_code == 200
+    assert (
+        api.ingest(
+            [
+                _start("acme", "logged", "r1"),
+                _start("acme", "logged", "r2"),
+                metrics_event(seq=1, run_id="r1", team="acme", project="logged"),
+            ],
+            world.headers["member"],
+        ).status_code
+        == 200
+    )
     assert api.ingest([_start("globex", "theirs")], world.headers["other_team"]).status_code == 200
     # An implicit project (runs only) is private, counts its runs, and is readable by its team.
     mine = {(p["team"], p["name"]): p for p in world.call("viewer", "GET", "/projects").json()["projects"]}
@@ -342,8 +427,9 @@ def test_project_listing_with_implicit_projects(world):
     opened = world.call("admin", "PATCH", "/projects/acme/logged", {"visibility": "public"}).json()
     assert (opened["visibility"], opened["run_count"]) == ("public", 2)
     assert opened["created_at"] == mine[("acme", "logged")]["created_at"]
-    assert ("acme", "logged") in {(p["team"], p["name"]) for p in
-                                  world.call("anonymous", "GET", "/projects").json()["projects"]}
+    assert ("acme", "logged") in {
+        (p["team"], p["name"]) for p in world.call("anonymous", "GET", "/projects").json()["projects"]
+    }
     # The shape the SDK's public client (runstream.Api.projects) reads.
     for p in world.call("viewer", "GET", "/projects").json()["projects"]:
         assert Project(p["team"], p["name"], p["visibility"], p["run_count"], p.get("created_at")).path
@@ -351,20 +437,37 @@ def test_project_listing_with_implicit_projects(world):
 
 # -- hostile input -------------------------------------------------------------------------------------------
 
-HOSTILE = ["..", "%2e%2e", "..%2F..%2Fetc", "a'b", 'a"b', "x" * 5000, "%00", "a%20b", "%E2%98%83", "a;DROP TABLE runs",
-           "-leading", "%27%29%3B--"]
+HOSTILE = [
+    "..",
+    "%2e%2e",
+    "..%2F..%2Fetc",
+    "a'b",
+    'a"b',
+    "x" * 5000,
+    "%00",
+    "a%20b",
+    "%E2%98%83",
+    "a;DROP TABLE runs",
+    "-leading",
+    "%27%29%3B--",
+]
 
 
 @pytest.mark.parametrize("name", HOSTILE)
 def test_hostile_names_are_refused_with_4xx(world, name):
     calls = [
-        ("GET", f"/teams/{name}/members", None), ("GET", f"/teams/{name}/keys", None),
-        ("POST", f"/teams/{name}/keys", {"name": "k"}), ("DELETE", f"/teams/{name}/keys/{name}", None),
-        ("PUT", f"/teams/{name}/members/{name}", {"role": "admin"}), ("PUT", f"/teams/acme/members/{name}",
-                                                                      {"role": "member"}),
-        ("DELETE", f"/teams/acme/members/{name}", None), ("DELETE", f"/teams/acme/keys/{name}", None),
-        ("POST", f"/projects/{name}", {"name": "p"}), ("GET", f"/projects/{name}/{name}", None),
-        ("GET", f"/projects/acme/{name}", None), ("PATCH", f"/projects/acme/{name}", {"description": "d"}),
+        ("GET", f"/teams/{name}/members", None),
+        ("GET", f"/teams/{name}/keys", None),
+        ("POST", f"/teams/{name}/keys", {"name": "k"}),
+        ("DELETE", f"/teams/{name}/keys/{name}", None),
+        ("PUT", f"/teams/{name}/members/{name}", {"role": "admin"}),
+        ("PUT", f"/teams/acme/members/{name}", {"role": "member"}),
+        ("DELETE", f"/teams/acme/members/{name}", None),
+        ("DELETE", f"/teams/acme/keys/{name}", None),
+        ("POST", f"/projects/{name}", {"name": "p"}),
+        ("GET", f"/projects/{name}/{name}", None),
+        ("GET", f"/projects/acme/{name}", None),
+        ("PATCH", f"/projects/acme/{name}", {"description": "d"}),
         ("GET", f"/projects?team={name}", None),
     ]
     for who in ("anonymous", "admin", "local_admin"):
@@ -393,4 +496,6 @@ def test_openapi_documents_these_endpoints_with_their_statuses(api):
     assert "key" in schema["required"]
     listing = paths[f"{V1}/teams/{{team}}/keys"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert "key" not in listing["properties"]["keys"]["items"]["properties"]
-    assert {"200", "400", "401", "403", "404"} <= set(paths[f"{V1}/projects/{{team}}/{{project}}"]["patch"]["responses"])
+    assert {"200", "400", "401", "403", "404"} <= set(
+        paths[f"{V1}/projects/{{team}}/{{project}}"]["patch"]["responses"]
+    )

@@ -43,7 +43,12 @@ def test_worker_without_kafka_says_what_to_set():
 def test_sync_sends_an_offline_run_once(kafka_bootstrap, tmp_path):
     import runstream
 
-    training = runstream.init(project="cli-sync", mode="offline", dir=tmp_path, settings={"console": False, "system_metrics": False, "git": False})
+    training = runstream.init(
+        project="cli-sync",
+        mode="offline",
+        dir=tmp_path,
+        settings={"console": False, "system_metrics": False, "git": False},
+    )
     training.log({"x": 1.0})
     training.finish()
     first = run("sync", str(tmp_path), "--url", f"kafka://{kafka_bootstrap}", "--quiet")

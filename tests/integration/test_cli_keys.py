@@ -22,8 +22,13 @@ from runstream.settings import Settings
 
 
 def keys(*args: str, dsn: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runstream.cli", "keys", *args], capture_output=True, text=True,
-                          env={**os.environ, "RUNSTREAM_CLICKHOUSE_DSN": dsn}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "runstream.cli", "keys", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RUNSTREAM_CLICKHOUSE_DSN": dsn},
+        timeout=120,
+    )
 
 
 def printed_key(result: subprocess.CompletedProcess) -> str:
@@ -78,8 +83,11 @@ def test_keys_create_bootstraps_an_admin_whose_key_works(server_dsn, open_api):
     assert whoami(client, printed_key(second)).json()["role"] == "member"
     assert whoami(client, printed_key(third)).json()["role"] == "viewer"
     members = client.get("/api/v1/teams/acme/members", headers={"Authorization": f"Bearer {admin_key}"}).json()
-    assert [(m["user"], m["role"]) for m in members["members"]] == [("ann", "admin"), ("bob", "member"),
-                                                                    ("vic", "viewer")]
+    assert [(m["user"], m["role"]) for m in members["members"]] == [
+        ("ann", "admin"),
+        ("bob", "member"),
+        ("vic", "viewer"),
+    ]
 
 
 def test_keys_list_shows_no_secrets_and_revoke_stops_a_key_at_once(server_dsn, open_api):
@@ -122,9 +130,13 @@ def test_keys_errors_are_clear_and_non_zero(server_dsn):
 
 
 def test_keys_take_the_dsn_as_an_option(clickhouse_server, server_dsn):
-    result = subprocess.run([sys.executable, "-m", "runstream.cli", "keys", "create", "--team", "t", "--user", "u",
-                             "--dsn", server_dsn], capture_output=True, text=True,
-                            env={**os.environ, "RUNSTREAM_CLICKHOUSE_DSN": "postgres://nowhere"}, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "runstream.cli", "keys", "create", "--team", "t", "--user", "u", "--dsn", server_dsn],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RUNSTREAM_CLICKHOUSE_DSN": "postgres://nowhere"},
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert printed_key(result).startswith("rs_")
     missing = keys("create", "--team", "t", "--user", "u", dsn="postgres://nowhere")

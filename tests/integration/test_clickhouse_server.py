@@ -102,7 +102,9 @@ def test_two_clients_read_and_write_concurrently(server: ClickHouseServer) -> No
             start.wait(timeout=10)
             for b in range(batches):
                 seqs = list(range(b * batch_size, (b + 1) * batch_size))
-                client.insert("events", [[writer] * batch_size, seqs], column_names=["writer", "seq"], column_oriented=True)
+                client.insert(
+                    "events", [[writer] * batch_size, seqs], column_names=["writer", "seq"], column_oriented=True
+                )
                 mine = client.query("SELECT count() FROM events WHERE writer = {w:UInt8}", parameters={"w": writer})
                 assert mine.result_rows == [((b + 1) * batch_size,)]
             client.close()
@@ -116,7 +118,10 @@ def test_two_clients_read_and_write_concurrently(server: ClickHouseServer) -> No
         t.join(timeout=120)
     assert not errors, errors
     totals = setup.query("SELECT writer, count(), uniqExact(seq) FROM events GROUP BY writer ORDER BY writer")
-    assert totals.result_rows == [(1, batches * batch_size, batches * batch_size), (2, batches * batch_size, batches * batch_size)]
+    assert totals.result_rows == [
+        (1, batches * batch_size, batches * batch_size),
+        (2, batches * batch_size, batches * batch_size),
+    ]
 
 
 def test_another_process_shares_the_database(server: ClickHouseServer) -> None:
@@ -186,7 +191,7 @@ def test_busy_port_gives_a_clear_error(tmp_path: Path, which: str) -> None:
 
 def test_second_server_on_the_same_data_dir_fails_with_the_engine_error(server: ClickHouseServer) -> None:
     other = ClickHouseServer(server.data_dir)
-    with pytest.raises(RuntimeError, match="exited with status 1 during start-up(.|\n)*Cannot lock file"):
+    with pytest.raises(RuntimeError, match=r"exited with status 1 during start-up(.|\n)*Cannot lock file"):
         other.start(timeout=30)
     assert not other.running
     assert ping(server.http_port)  # the first one is unharmed

@@ -37,29 +37,50 @@ def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
 def test_api_and_worker_processes_carry_a_run_from_the_sdk_to_queries(kafka_bootstrap, clickhouse_server, tmp_path):
     dsn = f"clickhouse://default:@127.0.0.1:{clickhouse_server.http_port}/{unique('db').replace('-', '_')}"
     port = free_port()
-    env = {**os.environ, "RUNSTREAM_KAFKA": kafka_bootstrap, "RUNSTREAM_CLICKHOUSE_DSN": dsn,
-           "RUNSTREAM_APP_ID": unique("group"), "RUNSTREAM_DATA_DIR": str(tmp_path / "server"),
-           "RUNSTREAM_CONFIG": str(tmp_path / "none.toml"), "RUNSTREAM_PORT": str(port)}
+    env = {
+        **os.environ,
+        "RUNSTREAM_KAFKA": kafka_bootstrap,
+        "RUNSTREAM_CLICKHOUSE_DSN": dsn,
+        "RUNSTREAM_APP_ID": unique("group"),
+        "RUNSTREAM_DATA_DIR": str(tmp_path / "server"),
+        "RUNSTREAM_CONFIG": str(tmp_path / "none.toml"),
+        "RUNSTREAM_PORT": str(port),
+    }
     for command in (["migrate"], ["topics", "create"]):
         done = subprocess.run([RUNSTREAM, *command], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
-    created = subprocess.run([RUNSTREAM, "keys", "create", "--team", "acme", "--user", "ci"], env=env,
-                             capture_output=True, text=True, timeout=120)
+    created = subprocess.run(
+        [RUNSTREAM, "keys", "create", "--team", "acme", "--user", "ci"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert created.returncode == 0, created.stderr
     key = next(word for word in created.stdout.split() if word.startswith("rs_"))
 
     api_log, worker_log = tmp_path / "api.log", tmp_path / "worker.log"
     api = subprocess.Popen([RUNSTREAM, "api"], env=env, stdout=api_log.open("w"), stderr=subprocess.STDOUT)
-    worker = subprocess.Popen([RUNSTREAM, "worker", "--loglevel", "warn"], env=env, stdout=worker_log.open("w"),
-                              stderr=subprocess.STDOUT, cwd=ROOT)
+    worker = subprocess.Popen(
+        [RUNSTREAM, "worker", "--loglevel", "warn"],
+        env=env,
+        stdout=worker_log.open("w"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, api, api_log)
         project, steps = unique("p"), 500
         script = training_script(str(tmp_path / "runs"), url, project, "clustered", steps)
         script = script.replace("runstream.init(", "runstream.init(entity='acme', ")
-        trained = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                                 env={**env, "RUNSTREAM_API_KEY": key})
+        trained = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**env, "RUNSTREAM_API_KEY": key},
+        )
         assert trained.returncode == 0, trained.stderr
         assert orjson.loads(trained.stdout.splitlines()[-1])["unacked"] == 0
 

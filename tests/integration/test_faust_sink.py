@@ -47,9 +47,13 @@ async def _run(bootstrap: str, dsn: str, data_dir: str) -> None:
         deadline = time.monotonic() + 60
         count = 0
         while time.monotonic() < deadline:
-            count = client.command(
-                "SELECT count() FROM metric_points FINAL WHERE project = {p:String}", parameters={"p": project}
-            ) if "metric_points" in {r[0] for r in client.query("SHOW TABLES").result_rows} else 0
+            count = (
+                client.command(
+                    "SELECT count() FROM metric_points FINAL WHERE project = {p:String}", parameters={"p": project}
+                )
+                if "metric_points" in {r[0] for r in client.query("SHOW TABLES").result_rows}
+                else 0
+            )
             if count >= expected:
                 break
             await asyncio.sleep(0.2)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import orjson
@@ -33,10 +33,21 @@ class Truth:
         self.events: list[Event] = []
 
     def log(self, run_id: str, seq: int, steps: list[int], times: list[float], values: dict[str, list[float | None]]):
-        self.events.append(Event("metrics", TEAM, PROJECT, run_id, seq, times[0], {
-            "step": steps, "time": times,
-            "values": {k: [None if v is None else encode_value(v) for v in col] for k, col in values.items()},
-        }))
+        self.events.append(
+            Event(
+                "metrics",
+                TEAM,
+                PROJECT,
+                run_id,
+                seq,
+                times[0],
+                {
+                    "step": steps,
+                    "time": times,
+                    "values": {k: [None if v is None else encode_value(v) for v in col] for k, col in values.items()},
+                },
+            )
+        )
         run = self.runs.setdefault(run_id, {})
         for i, step in enumerate(steps):
             _, row = run.get(step, (0.0, {}))
@@ -47,9 +58,11 @@ class Truth:
     def points(self, run_ids=None, metrics=None) -> set[tuple]:
         return {
             (run_id, metric, step, _key(value))
-            for run_id, steps in self.runs.items() if run_ids is None or run_id in run_ids
+            for run_id, steps in self.runs.items()
+            if run_ids is None or run_id in run_ids
             for step, (_, row) in steps.items()
-            for metric, value in row.items() if metrics is None or metric in metrics
+            for metric, value in row.items()
+            if metrics is None or metric in metrics
         }
 
 
@@ -85,8 +98,13 @@ def _history(rng: np.random.Generator, run_id: str, n_steps: int, seq0: int = 1)
         seq += 1
     # A correction: some steps logged again, later, with other values (and a new time).
     again = steps[10:40:3]
-    truth.log(run_id, seq + 100, again, [T0 + 10_000 + i for i in range(len(again))],
-              {"loss": [1000.0 + i for i in range(len(again))], "acc": [None] * len(again)})
+    truth.log(
+        run_id,
+        seq + 100,
+        again,
+        [T0 + 10_000 + i for i in range(len(again))],
+        {"loss": [1000.0 + i for i in range(len(again))], "acc": [None] * len(again)},
+    )
     return truth
 
 
@@ -209,7 +227,7 @@ def _read(data: bytes, format: str) -> list[dict]:
 def test_export_history_round_trip(exported_runs, format):
     clickhouse, truth = exported_runs
     wanted = ["run0", "run1", "run2"]
-    chunks = list(export_history(clickhouse, TEAM, PROJECT, wanted + ["ghost"], None, format, chunk_points=700))
+    chunks = list(export_history(clickhouse, TEAM, PROJECT, [*wanted, "ghost"], None, format, chunk_points=700))
     assert len(chunks) > 3  # streamed: several chunks
     rows = _read(b"".join(chunks), format)
 
@@ -229,7 +247,8 @@ def test_export_history_of_some_metrics_and_of_nothing(exported_runs, format):
     data = b"".join(export_history(clickhouse, TEAM, PROJECT, ["run1", "run3"], ["acc", "val/rare"], format))
     rows = _read(data, format)
     assert {(r["run_id"], r["metric"], r["step"], _key(r["value"])) for r in rows} == truth.points(
-        {"run1", "run3"}, {"acc", "val/rare"})
+        {"run1", "run3"}, {"acc", "val/rare"}
+    )
 
     for run_ids, metrics in ((["ghost"], None), (["run1"], []), ([], None)):
         data = b"".join(export_history(clickhouse, TEAM, PROJECT, run_ids, metrics, format))
@@ -268,18 +287,40 @@ def test_export_history_accepts_a_hundred_thousand_run_ids(exported_runs):
 @pytest.mark.parametrize("format", ["parquet", "arrow", "csv"])
 def test_export_runs(clickhouse, format):
     base = {"team": TEAM, "project": PROJECT, "created_at": T0, "updated_at": T0, "heartbeat_at": T0}
-    upsert_runs(clickhouse, [
-        {**base, "run_id": "run1", "name": "first", "version": 1, "config": {"lr": 0.1}},
-        {**base, "run_id": "run1", "name": "first, renamed", "version": 5, "state": "finished", "finished_at": T0 + 60,
-         "exit_code": 0, "tags": ["baseline", "x\"y"], "group": "sweep-1", "job_type": "train",
-         "config": {"lr": 0.01, "optimizer": {"name": "adam", "betas": [0.9, 0.99]}}},
-        {**base, "run_id": "run2", "name": "second", "version": 1},
-        {**base, "run_id": "run3", "name": "not exported", "version": 1},
-    ])
-    upsert_run_summaries(clickhouse, [
-        {"team": TEAM, "project": PROJECT, "run_id": "run1", "summary": {"loss": 0.5}, "version": 1},
-        {"team": TEAM, "project": PROJECT, "run_id": "run1", "summary": {"loss": 0.25, "acc": math.nan}, "version": 2},
-    ])
+    upsert_runs(
+        clickhouse,
+        [
+            {**base, "run_id": "run1", "name": "first", "version": 1, "config": {"lr": 0.1}},
+            {
+                **base,
+                "run_id": "run1",
+                "name": "first, renamed",
+                "version": 5,
+                "state": "finished",
+                "finished_at": T0 + 60,
+                "exit_code": 0,
+                "tags": ["baseline", 'x"y'],
+                "group": "sweep-1",
+                "job_type": "train",
+                "config": {"lr": 0.01, "optimizer": {"name": "adam", "betas": [0.9, 0.99]}},
+            },
+            {**base, "run_id": "run2", "name": "second", "version": 1},
+            {**base, "run_id": "run3", "name": "not exported", "version": 1},
+        ],
+    )
+    upsert_run_summaries(
+        clickhouse,
+        [
+            {"team": TEAM, "project": PROJECT, "run_id": "run1", "summary": {"loss": 0.5}, "version": 1},
+            {
+                "team": TEAM,
+                "project": PROJECT,
+                "run_id": "run1",
+                "summary": {"loss": 0.25, "acc": math.nan},
+                "version": 2,
+            },
+        ],
+    )
     data = b"".join(export_runs(clickhouse, TEAM, PROJECT, ["run2", "run1", "ghost"], format))
     if format == "csv":
         rows = list(csv.DictReader(io.StringIO(data.decode())))
@@ -298,7 +339,7 @@ def test_export_runs(clickhouse, format):
     assert orjson.loads(run1["summary"]) == {"loss": 0.25, "acc": "NaN"}
     assert orjson.loads(run2["summary"]) == {} and orjson.loads(run2["config"]) == {}
     if format != "csv":
-        assert run1["finished_at"] == datetime.fromtimestamp(T0 + 60, timezone.utc)
+        assert run1["finished_at"] == datetime.fromtimestamp(T0 + 60, UTC)
         assert run2["finished_at"] is None and run2["exit_code"] is None
 
     empty = b"".join(export_runs(clickhouse, TEAM, PROJECT, [], format))

@@ -22,15 +22,38 @@ def test_ingested_int_metrics_come_back_as_ints_from_history_and_summaries(api):
     project = unique("p")
     base = f"/api/v1/runs/acme/{project}/r1"
     start = make_event(events.RUN_START, {"name": "r1"}, seq=0, run_id="r1", project=project)
-    first = make_event(events.METRICS, {"step": [0, 1, 2], "time": [1.0, 2.0, 3.0], "values": {
-        "epoch": [0, 1, 2],
-        "loss": [2.0, 1.5, 1.0],  # whole floats stay floats
-        "val": [7, None, "NaN"],  # sparse, with a NaN: still an int metric
-        "mixed": [1, 2, 3],
-    }}, seq=1, run_id="r1", project=project)
-    second = make_event(events.METRICS, {"step": [3, 4], "time": [4.0, 5.0], "values": {
-        "epoch": [3, 4], "loss": [0.5, 1.0], "val": [None, 5], "mixed": [0.5, 4],
-    }}, seq=2, run_id="r1", project=project)
+    first = make_event(
+        events.METRICS,
+        {
+            "step": [0, 1, 2],
+            "time": [1.0, 2.0, 3.0],
+            "values": {
+                "epoch": [0, 1, 2],
+                "loss": [2.0, 1.5, 1.0],  # whole floats stay floats
+                "val": [7, None, "NaN"],  # sparse, with a NaN: still an int metric
+                "mixed": [1, 2, 3],
+            },
+        },
+        seq=1,
+        run_id="r1",
+        project=project,
+    )
+    second = make_event(
+        events.METRICS,
+        {
+            "step": [3, 4],
+            "time": [4.0, 5.0],
+            "values": {
+                "epoch": [3, 4],
+                "loss": [0.5, 1.0],
+                "val": [None, 5],
+                "mixed": [0.5, 4],
+            },
+        },
+        seq=2,
+        run_id="r1",
+        project=project,
+    )
     assert api.ingest([start, first, second], headers).status_code == 200
 
     scan = api.http.get(base + "/history/scan", headers=headers).json()["columns"]
@@ -42,8 +65,9 @@ def test_ingested_int_metrics_come_back_as_ints_from_history_and_summaries(api):
     assert scan["val"] == [7, None, "NaN", None, 5] and _types(scan["val"]) == {"int", "str"}
     assert scan["mixed"] == [1.0, 2.0, 3.0, 0.5, 4.0]
     # A page of another key set asks about its own keys.
-    assert api.http.get(base + "/history/scan", params={"keys": "epoch", "min_step": 3},
-                        headers=headers).json()["columns"]["epoch"] == [3, 4]
+    assert api.http.get(base + "/history/scan", params={"keys": "epoch", "min_step": 3}, headers=headers).json()[
+        "columns"
+    ]["epoch"] == [3, 4]
 
     # The run summary (each metric's last value): ints for the int metrics only.
     summary = api.http.get(base, headers=headers).json()["summary"]
@@ -53,8 +77,11 @@ def test_ingested_int_metrics_come_back_as_ints_from_history_and_summaries(api):
         assert got["val"] == 5 and type(got["val"]) is int
         assert got["loss"] == 1.0 and type(got["loss"]) is float
         assert got["mixed"] == 4.0 and type(got["mixed"]) is float
-    flags = dict(api.storage.query("SELECT metric, integer FROM metric_summaries FINAL WHERE project = {p:String}",
-                                   parameters={"p": project}).result_rows)
+    flags = dict(
+        api.storage.query(
+            "SELECT metric, integer FROM metric_summaries FINAL WHERE project = {p:String}", parameters={"p": project}
+        ).result_rows
+    )
     assert flags == {"epoch": True, "val": True, "loss": False, "mixed": False}
 
 
@@ -62,8 +89,9 @@ def test_the_sdk_and_the_public_client_keep_int_metrics_ints(api, tmp_path):
     key = api.key("acme", "alice")["Authorization"].removeprefix("Bearer ")
     project = unique("p")
     with ServedApp(api.app) as url:
-        run = runstream.init(entity="acme", project=project, id="r1", dir=tmp_path,
-                             settings={**QUIET, "url": url, "api_key": key})
+        run = runstream.init(
+            entity="acme", project=project, id="r1", dir=tmp_path, settings={**QUIET, "url": url, "api_key": key}
+        )
         for step in range(6):
             # Plain ints and floats (the SDK's fast path keeps them as they are) ...
             run.log({"epoch": step // 2, "loss": 1.0 if step == 5 else 1 / (step + 2)})

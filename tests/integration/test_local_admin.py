@@ -22,7 +22,9 @@ def test_only_a_direct_loopback_request_for_a_loopback_host_is_the_local_admin(c
         assert not _whoami(local, **{"X-Forwarded-For": "203.0.113.9"})  # relayed by a proxy on this machine
         # What a cross-site page would try: write with no key.
         rule = {"name": "x", "kind": "nonfinite", "spec": {"metric": "*"}}
-        refused = local.post("/api/v1/projects/acme/p/alert-rules", json=rule, headers={"Origin": "http://evil.example"})
+        refused = local.post(
+            "/api/v1/projects/acme/p/alert-rules", json=rule, headers={"Origin": "http://evil.example"}
+        )
         assert refused.status_code == 401
     with TestClient(app, client=("::1", 50000), base_url="http://[::1]:8080") as local6:
         assert _whoami(local6)

@@ -32,10 +32,20 @@ def system_samples(clickhouse):
         for metric, v in values.items():
             samples[(run_id, metric)] = (times_ms, v)
         for seq, b in enumerate(range(0, 1200, 100), start=1):
-            events.append(Event("system", TEAM, PROJECT, run_id, seq, T0, {
-                "time": (times_ms[b : b + 100] / 1000).tolist(),
-                "values": {m: v[b : b + 100].tolist() for m, v in values.items()},
-            }))
+            events.append(
+                Event(
+                    "system",
+                    TEAM,
+                    PROJECT,
+                    run_id,
+                    seq,
+                    T0,
+                    {
+                        "time": (times_ms[b : b + 100] / 1000).tolist(),
+                        "values": {m: v[b : b + 100].tolist() for m, v in values.items()},
+                    },
+                )
+            )
     insert_system_points(clickhouse, events)
     insert_system_points(clickhouse, events)
     return clickhouse, samples
@@ -71,7 +81,9 @@ def test_system_series_time_range_and_metrics(system_samples):
     clickhouse, samples = system_samples
     times_ms, values = samples[("run1", "cpu")]
     start, end = times_ms[300] / 1000, times_ms[700] / 1000
-    result = system_series(clickhouse, TEAM, PROJECT, ["run1", "run2"], ["cpu"], max_points=10_000, start=start, end=end)
+    result = system_series(
+        clickhouse, TEAM, PROJECT, ["run1", "run2"], ["cpu"], max_points=10_000, start=start, end=end
+    )
     (series,) = result["runs"]  # run2 has no sample in the range
     assert series["metric"] == "cpu"
     assert series["max"] == values[300:701].tolist()  # fewer samples than buckets: each sample as it is
@@ -93,15 +105,29 @@ def console(clickhouse):
     lines = []
     events = []
     for seq, b in enumerate(range(0, 2500, 100), start=1):
-        batch = [f"step {i}: Epoch {i // 500} loss={1 / (i + 1):.4f}" if i % 10 else f"WARNING at line {i}"
-                 for i in range(b, b + 100)]
+        batch = [
+            f"step {i}: Epoch {i // 500} loss={1 / (i + 1):.4f}" if i % 10 else f"WARNING at line {i}"
+            for i in range(b, b + 100)
+        ]
         lines += batch
-        events.append(Event("console", TEAM, PROJECT, "run1", seq, T0, {
-            "time": [T0 + i for i in range(b, b + 100)],
-            "stream": ["stderr" if line.startswith("WARNING") else "stdout" for line in batch],
-            "line": batch,
-        }))
-    events.append(Event("console", TEAM, PROJECT, "run2", 1, T0, {"time": [T0], "stream": ["stdout"], "line": ["other run"]}))
+        events.append(
+            Event(
+                "console",
+                TEAM,
+                PROJECT,
+                "run1",
+                seq,
+                T0,
+                {
+                    "time": [T0 + i for i in range(b, b + 100)],
+                    "stream": ["stderr" if line.startswith("WARNING") else "stdout" for line in batch],
+                    "line": batch,
+                },
+            )
+        )
+    events.append(
+        Event("console", TEAM, PROJECT, "run2", 1, T0, {"time": [T0], "stream": ["stdout"], "line": ["other run"]})
+    )
     insert_console_lines(clickhouse, events)
     insert_console_lines(clickhouse, events[::-1])
     return clickhouse, lines
@@ -144,7 +170,8 @@ def test_console_search(console):
 
     regex = console_search(clickhouse, TEAM, PROJECT, "run1", r"^step 1\d{3}: .*loss=0\.0007", regex=True)
     assert [line["line"] for line in regex["lines"]] == [
-        line for line in lines if line.startswith("step 1") and len(line.split(":")[0]) == 9 and "loss=0.0007" in line]
+        line for line in lines if line.startswith("step 1") and len(line.split(":")[0]) == 9 and "loss=0.0007" in line
+    ]
     assert regex["lines"]
 
     hostile = "'; DROP TABLE console_lines; --"
@@ -162,39 +189,59 @@ def test_console_search(console):
 
 
 def _file(seq: int, path: str, kind: str, size: int, **extra) -> Event:
-    data = {"path": path, "kind": kind, "size": size, "sha256": hashlib.sha256(f"{path}{size}".encode()).hexdigest(),
-            "store_key": f"blobs/{path}", **extra}
+    data = {
+        "path": path,
+        "kind": kind,
+        "size": size,
+        "sha256": hashlib.sha256(f"{path}{size}".encode()).hexdigest(),
+        "store_key": f"blobs/{path}",
+        **extra,
+    }
     return Event("file", TEAM, PROJECT, "run1", seq, T0 + seq, data)
 
 
 def test_run_files_current_entry_per_path(clickhouse):
-    insert_files(clickhouse, [
-        _file(1, "model.pt", "file", 10),
-        _file(5, "model.pt", "file", 20),  # saved again: replaces the first entry
-        _file(2, "code/train.py", "code", 3),
-        _file(3, "media/images/sample_2_a.png", "media", 7, step=2, media_type="image/png", meta={"key": "sample"}),
-        _file(4, "media/images/sample_1_b.png", "media", 8, step=1, media_type="image/png", meta={"key": "sample"}),
-        _file(6, "media/images/other_1_c.png", "media", 9, step=1, media_type="image/png", meta={"key": "other"}),
-    ])
+    insert_files(
+        clickhouse,
+        [
+            _file(1, "model.pt", "file", 10),
+            _file(5, "model.pt", "file", 20),  # saved again: replaces the first entry
+            _file(2, "code/train.py", "code", 3),
+            _file(3, "media/images/sample_2_a.png", "media", 7, step=2, media_type="image/png", meta={"key": "sample"}),
+            _file(4, "media/images/sample_1_b.png", "media", 8, step=1, media_type="image/png", meta={"key": "sample"}),
+            _file(6, "media/images/other_1_c.png", "media", 9, step=1, media_type="image/png", meta={"key": "other"}),
+        ],
+    )
     insert_files(clickhouse, [_file(1, "model.pt", "file", 10)])  # a late redelivery of the old entry
 
     files = run_files(clickhouse, TEAM, PROJECT, "run1")
     assert [f["path"] for f in files] == sorted(
-        ["model.pt", "code/train.py", "media/images/sample_2_a.png", "media/images/sample_1_b.png",
-         "media/images/other_1_c.png"])
+        [
+            "model.pt",
+            "code/train.py",
+            "media/images/sample_2_a.png",
+            "media/images/sample_1_b.png",
+            "media/images/other_1_c.png",
+        ]
+    )
     model = next(f for f in files if f["path"] == "model.pt")
     assert model["size"] == 20 and model["time"] == T0 + 5 and model["step"] is None and model["media_type"] is None
     assert model["sha256"] == hashlib.sha256(b"model.pt20").hexdigest()
 
     assert [f["path"] for f in run_files(clickhouse, TEAM, PROJECT, "run1", kind="code")] == ["code/train.py"]
     assert [f["path"] for f in run_files(clickhouse, TEAM, PROJECT, "run1", prefix="media/images/s")] == [
-        "media/images/sample_1_b.png", "media/images/sample_2_a.png"]
+        "media/images/sample_1_b.png",
+        "media/images/sample_2_a.png",
+    ]
     assert run_files(clickhouse, TEAM, PROJECT, "run1", prefix="%") == []
     with pytest.raises(QueryError, match="kind"):
         run_files(clickhouse, TEAM, PROJECT, "run1", kind="exe")
 
     media = media_steps(clickhouse, TEAM, PROJECT, "run1", "sample")
-    assert [(m["step"], m["path"]) for m in media] == [(1, "media/images/sample_1_b.png"), (2, "media/images/sample_2_a.png")]
+    assert [(m["step"], m["path"]) for m in media] == [
+        (1, "media/images/sample_1_b.png"),
+        (2, "media/images/sample_2_a.png"),
+    ]
     assert media[0]["meta"] == {"key": "sample"} and media[0]["media_type"] == "image/png"
 
 
@@ -203,8 +250,18 @@ def test_run_files_current_entry_per_path(clickhouse):
 
 def test_alerts_newest_first(clickhouse):
     def alert(i: int, run_id: str, t: float) -> dict:
-        return {"team": TEAM, "project": PROJECT, "run_id": run_id, "alert_id": f"a{i}", "rule_id": None,
-                "source": "sdk", "level": "WARN", "title": f"alert {i}", "text": "", "time": t}
+        return {
+            "team": TEAM,
+            "project": PROJECT,
+            "run_id": run_id,
+            "alert_id": f"a{i}",
+            "rule_id": None,
+            "source": "sdk",
+            "level": "WARN",
+            "title": f"alert {i}",
+            "text": "",
+            "time": t,
+        }
 
     alerts = [alert(i, "run1" if i % 2 else "run2", T0 + (i * 37) % 11) for i in range(11)]
     insert_alerts(clickhouse, alerts)

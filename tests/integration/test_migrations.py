@@ -28,10 +28,14 @@ def test_statements_rerun_safely_when_the_ledger_was_lost(clickhouse_dsn):
 
 
 def test_a_changed_applied_migration_is_refused(clickhouse_dsn, tmp_path):
-    (tmp_path / "0001_things.sql").write_text("CREATE TABLE IF NOT EXISTS things (a UInt8) ENGINE = MergeTree ORDER BY a;\n")
+    (tmp_path / "0001_things.sql").write_text(
+        "CREATE TABLE IF NOT EXISTS things (a UInt8) ENGINE = MergeTree ORDER BY a;\n"
+    )
     client = connect(clickhouse_dsn)
     assert [m.name for m in migrate(client, tmp_path)] == ["things"]
-    (tmp_path / "0001_things.sql").write_text("CREATE TABLE IF NOT EXISTS things (b UInt8) ENGINE = MergeTree ORDER BY b;\n")
+    (tmp_path / "0001_things.sql").write_text(
+        "CREATE TABLE IF NOT EXISTS things (b UInt8) ENGINE = MergeTree ORDER BY b;\n"
+    )
     with pytest.raises(MigrationError, match="changed after it was applied"):
         migrate(client, tmp_path)
 
@@ -39,7 +43,9 @@ def test_a_changed_applied_migration_is_refused(clickhouse_dsn, tmp_path):
 def test_a_failing_statement_names_the_migration_and_applies_nothing_more(clickhouse_dsn, tmp_path):
     (tmp_path / "0001_ok.sql").write_text("CREATE TABLE IF NOT EXISTS ok (a UInt8) ENGINE = MergeTree ORDER BY a;\n")
     (tmp_path / "0002_broken.sql").write_text("CREATE TABLE nonsense (;\n")
-    (tmp_path / "0003_later.sql").write_text("CREATE TABLE IF NOT EXISTS later (a UInt8) ENGINE = MergeTree ORDER BY a;\n")
+    (tmp_path / "0003_later.sql").write_text(
+        "CREATE TABLE IF NOT EXISTS later (a UInt8) ENGINE = MergeTree ORDER BY a;\n"
+    )
     client = connect(clickhouse_dsn)
     with pytest.raises(MigrationError, match="0002_broken failed"):
         migrate(client, tmp_path)
@@ -49,5 +55,5 @@ def test_a_failing_statement_names_the_migration_and_applies_nothing_more(clickh
 
 def test_badly_named_migration_file_is_an_error(tmp_path):
     (tmp_path / "init.sql").write_text("SELECT 1;\n")
-    with pytest.raises(MigrationError, match="NNNN_lowercase_name.sql"):
+    with pytest.raises(MigrationError, match=r"NNNN_lowercase_name.sql"):
         load_migrations(tmp_path)

@@ -26,7 +26,7 @@ found["migrations"] = sorted(p.name for p in files("runstream.storage").joinpath
 found["ui"] = sorted(p.name for p in files("runstream.api").joinpath("ui").iterdir())
 found["faust_installed"] = importlib.util.find_spec("faust") is not None
 print(json.dumps(found))
-""" % (list(PACKAGES),)
+""" % (list(PACKAGES),)  # noqa: UP031 - the template is Python code, full of braces
 
 
 def _source_copy(tmp_path: Path) -> Path:
@@ -35,7 +35,9 @@ def _source_copy(tmp_path: Path) -> Path:
     shutil.copytree(
         ROOT,
         src,
-        ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "build", "*.egg-info", "node_modules", ".pytest_cache"),
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "__pycache__", "build", "*.egg-info", "node_modules", ".pytest_cache"
+        ),
     )
     return src
 
@@ -71,7 +73,9 @@ def test_fresh_venv_imports_all_four_packages(tmp_path, editable):
     assert found["faust_installed"] is False, "the base install must stay light: faust belongs to [server]"
     if editable:
         (src / "sdk" / "events.py").write_text((src / "sdk" / "events.py").read_text() + "\nEDITED = True\n")
-        out = subprocess.run([python, "-c", "import runstream.events as e; print(e.EDITED)"], capture_output=True, text=True)
+        out = subprocess.run(
+            [python, "-c", "import runstream.events as e; print(e.EDITED)"], capture_output=True, text=True
+        )
         assert out.stdout.strip() == "True", out.stderr
 
 

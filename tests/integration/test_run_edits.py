@@ -29,8 +29,15 @@ class Run:
 
     def __call__(self, type: str, data: dict[str, Any], ts: float | None = None) -> dict[str, Any]:
         self.seq += 1
-        return make_event(type, data, seq=self.seq, run_id=self.run_id, team=TEAM, project=self.project,
-                          ts=T0 + self.seq if ts is None else ts)
+        return make_event(
+            type,
+            data,
+            seq=self.seq,
+            run_id=self.run_id,
+            team=TEAM,
+            project=self.project,
+            ts=T0 + self.seq if ts is None else ts,
+        )
 
     def metrics(self, steps: list[int], values: dict[str, list[Any]]) -> dict[str, Any]:
         return self(events.METRICS, {"step": steps, "time": [T0 + s for s in steps], "values": values})
@@ -52,13 +59,18 @@ def get(http: Any, path: str, headers: dict[str, str], **params: Any) -> Any:
 def test_edits_of_name_config_and_summary_stick_while_the_run_goes_on(api):
     member = api.key(TEAM, "alice")
     run = Run("edits", "r0")
-    sent = [run(events.RUN_START, {"name": "first", "config": {"lr": 0.1, "opt": {"name": "adam", "beta": 0.9}}}),
-            run.metrics([0, 1, 2], {"loss": [3.0, 2.0, 1.0]}),
-            run(events.RUN_UPDATE, {"summary": {"best": 1}})]
+    sent = [
+        run(events.RUN_START, {"name": "first", "config": {"lr": 0.1, "opt": {"name": "adam", "beta": 0.9}}}),
+        run.metrics([0, 1, 2], {"loss": [3.0, 2.0, 1.0]}),
+        run(events.RUN_UPDATE, {"summary": {"best": 1}}),
+    ]
     assert api.ingest(sent, member).status_code == 200
 
-    edit = {"name": "renamed", "config": {"opt": {"beta": 0.95}, "extra": [1, 2]},
-            "summary": {"loss": 0.5, "note": "checked"}}
+    edit = {
+        "name": "renamed",
+        "config": {"opt": {"beta": 0.95}, "extra": [1, 2]},
+        "summary": {"loss": 0.5, "note": "checked"},
+    }
     edited = ok(api.http.patch(run.path, json=edit, headers=member))
     config = {"lr": 0.1, "opt": {"name": "adam", "beta": 0.95}, "extra": [1, 2]}
     assert (edited["name"], edited["config"]) == ("renamed", config)
@@ -71,9 +83,11 @@ def test_edits_of_name_config_and_summary_stick_while_the_run_goes_on(api):
 
     # The run goes on: new metrics leave the edited summary value alone (explicit values win); the SDK's
     # own later values win field by field and leave the rest of the edit alone.
-    later = [run.metrics([3, 4], {"loss": [0.9, 0.8]}),
-             run(events.RUN_UPDATE, {"config": {"lr": 0.2}, "summary": {"note": "from the script"}}),
-             run(events.RUN_FINISH, {"state": "finished", "exit_code": 0})]
+    later = [
+        run.metrics([3, 4], {"loss": [0.9, 0.8]}),
+        run(events.RUN_UPDATE, {"config": {"lr": 0.2}, "summary": {"note": "from the script"}}),
+        run(events.RUN_FINISH, {"state": "finished", "exit_code": 0}),
+    ]
     assert api.ingest(later, member).status_code == 200
     after = get(api.http, run.path, member)
     assert after["name"] == "renamed" and after["state"] == "finished"
@@ -92,9 +106,19 @@ def test_edits_of_name_config_and_summary_stick_while_the_run_goes_on(api):
         node = node["k"]
     # Too deep for storage, which nests dotted keys again when it reads them (and JSON encoders stop at a
     # few hundred levels): refused, never stored where it would break every read of the project.
-    for body in ({}, {"name": ""}, {"name": "x" * 257}, {"name": 3}, {"config": [1]}, {"summary": "x"},
-                 {"config": None}, {"colour": "red"}, {"config": {"a." * 300 + "a": 1}}, {"summary": deep},
-                 {"config": {"": 1}}):
+    for body in (
+        {},
+        {"name": ""},
+        {"name": "x" * 257},
+        {"name": 3},
+        {"config": [1]},
+        {"summary": "x"},
+        {"config": None},
+        {"colour": "red"},
+        {"config": {"a." * 300 + "a": 1}},
+        {"summary": deep},
+        {"config": {"": 1}},
+    ):
         response = api.http.patch(run.path, json=body, headers=member)
         assert response.status_code == 400, (str(body)[:80], response.text)
     # An edit that would be larger than one event may be is refused too, not lost by a worker.
@@ -128,8 +152,10 @@ def test_public_client_update_saves_name_config_and_only_the_summary_keys_change
 
     member = api.key(TEAM, "alice")
     run = Run("client", "c1")
-    sent = [run(events.RUN_START, {"name": "before", "config": {"lr": 0.1, "opt": {"name": "adam", "beta": 0.9}}}),
-            run.metrics([0, 1], {"loss": [2.0, 1.0], "gap": [1.0, "NaN"]})]
+    sent = [
+        run(events.RUN_START, {"name": "before", "config": {"lr": 0.1, "opt": {"name": "adam", "beta": 0.9}}}),
+        run.metrics([0, 1], {"loss": [2.0, 1.0], "gap": [1.0, "NaN"]}),
+    ]
     assert api.ingest(sent, member).status_code == 200
 
     client = runstream.Api(server, member["Authorization"].removeprefix("Bearer "))
@@ -163,8 +189,12 @@ def test_public_client_update_saves_name_config_and_only_the_summary_keys_change
 
 def test_wandb_style_config_value_fields_filter_order_and_group(api):
     member = api.key(TEAM, "alice")
-    configs = {"w0": {"lr": 0.1}, "w1": {"lr": 0.001}, "w2": {"lr": {"value": 0.05, "desc": "as W&B stores it"}},
-               "w3": {"momentum": 0.9}}
+    configs = {
+        "w0": {"lr": 0.1},
+        "w1": {"lr": 0.001},
+        "w2": {"lr": {"value": 0.05, "desc": "as W&B stores it"}},
+        "w3": {"momentum": 0.9},
+    }
     sent = []
     for i, (run_id, config) in enumerate(configs.items()):
         run = Run("wb", run_id)
@@ -173,8 +203,10 @@ def test_wandb_style_config_value_fields_filter_order_and_group(api):
     base = f"/api/v1/projects/{TEAM}/wb"
 
     def ids(filters: dict[str, Any], order: str = "+name") -> list[str]:
-        return [r["id"] for r in get(api.http, base + "/runs", member, filters=orjson.dumps(filters).decode(),
-                                      order=order)["runs"]]
+        return [
+            r["id"]
+            for r in get(api.http, base + "/runs", member, filters=orjson.dumps(filters).decode(), order=order)["runs"]
+        ]
 
     assert ids({"config.lr.value": {"$lt": 0.01}}) == ["w1"]
     assert ids({"config.lr.value": {"$lt": 0.07}}) == ["w1", "w2"]
@@ -185,8 +217,11 @@ def test_wandb_style_config_value_fields_filter_order_and_group(api):
     assert ids({}, order="-config.lr.value") == ["w0", "w2", "w1", "w3"]
     assert ids({"config.momentum.value": 0.9}) == ["w3"]
 
-    groups = ok(api.http.post(base + "/runs/groups", json={"by": ["config.lr.value"], "aggregates": ["config.lr.value"]},
-                              headers=member))["groups"]
+    groups = ok(
+        api.http.post(
+            base + "/runs/groups", json={"by": ["config.lr.value"], "aggregates": ["config.lr.value"]}, headers=member
+        )
+    )["groups"]
     assert [(g["group"]["config.lr.value"], g["count"]) for g in groups] == [(0.001, 1), (0.05, 1), (0.1, 1), (None, 1)]
     assert groups[1]["summary"]["config.lr.value"]["mean"] == 0.05
 
@@ -198,13 +233,17 @@ def test_a_failed_runs_traceback_and_metric_definitions_are_on_the_run(api):
     member = api.key(TEAM, "alice")
     run = Run("fail", "f1")
     traceback = 'Traceback (most recent call last):\n  File "train.py", line 3, in <module>\nValueError: boom\n'
-    sent = [run(events.RUN_START, {"name": "f1"}),
-            run(events.RUN_UPDATE, {"define_metric": [{"name": "epoch"},
-                                                      {"name": "val/*", "step_metric": "epoch", "summary": "max"}]}),
-            run(events.RUN_UPDATE, {"define_metric": [{"name": "val/*", "goal": "maximize"}]}),
-            run(events.RUN_UPDATE, {"define_metric": [{"name": "val/acc", "step_metric": "batch"}]}),
-            run.metrics([0, 1], {"val/acc": [0.5, 0.4]}),
-            run(events.RUN_FINISH, {"state": "failed", "exit_code": 1, "traceback": traceback})]
+    sent = [
+        run(events.RUN_START, {"name": "f1"}),
+        run(
+            events.RUN_UPDATE,
+            {"define_metric": [{"name": "epoch"}, {"name": "val/*", "step_metric": "epoch", "summary": "max"}]},
+        ),
+        run(events.RUN_UPDATE, {"define_metric": [{"name": "val/*", "goal": "maximize"}]}),
+        run(events.RUN_UPDATE, {"define_metric": [{"name": "val/acc", "step_metric": "batch"}]}),
+        run.metrics([0, 1], {"val/acc": [0.5, 0.4]}),
+        run(events.RUN_FINISH, {"state": "failed", "exit_code": 1, "traceback": traceback}),
+    ]
     assert api.ingest(sent, member).status_code == 200
     failed = get(api.http, run.path, member)
     assert (failed["state"], failed["error"]) == ("failed", traceback)
@@ -217,8 +256,10 @@ def test_a_failed_runs_traceback_and_metric_definitions_are_on_the_run(api):
     assert listed == [{"team": TEAM, "project": "fail", "id": "f1", "error": traceback, "metrics": failed["metrics"]}]
 
     # Redefining a name keeps the older spec's other attributes; resuming clears the error.
-    again = [run(events.RUN_UPDATE, {"define_metric": [{"name": "val/*", "step_metric": "step"}]}),
-             run(events.RUN_START, {"name": "f1", "resumed": True})]
+    again = [
+        run(events.RUN_UPDATE, {"define_metric": [{"name": "val/*", "step_metric": "step"}]}),
+        run(events.RUN_START, {"name": "f1", "resumed": True}),
+    ]
     assert api.ingest(again, member).status_code == 200
     resumed = get(api.http, run.path, member)
     assert (resumed["state"], resumed["error"]) == ("running", None)
@@ -238,25 +279,54 @@ def test_a_failed_runs_traceback_and_metric_definitions_are_on_the_run(api):
 def test_statistics_of_a_run_for_its_resume(api):
     member, rival = api.key(TEAM, "alice"), api.key("rival", "rex")
     run = Run("stats", "s1")
-    sent = [run(events.RUN_START, {"name": "s1"}),
-            run.metrics([0, 1, 2, 3], {"loss": [3.0, "NaN", 1.0, "Infinity"], "acc": [0.5, 0.7, None, None],
-                                       "epoch": [0, 0, 1, 1]}),
-            run.metrics([7], {"only_nan": ["NaN"]}),
-            run.metrics([2, 3], {"acc": [0.6, "-Infinity"]})]
+    sent = [
+        run(events.RUN_START, {"name": "s1"}),
+        run.metrics(
+            [0, 1, 2, 3], {"loss": [3.0, "NaN", 1.0, "Infinity"], "acc": [0.5, 0.7, None, None], "epoch": [0, 0, 1, 1]}
+        ),
+        run.metrics([7], {"only_nan": ["NaN"]}),
+        run.metrics([2, 3], {"acc": [0.6, "-Infinity"]}),
+    ]
     empty = Run("stats", "s2")
     sent.append(empty(events.RUN_START, {"name": "s2"}))
     assert api.ingest(sent, member).status_code == 200
 
     stats = get(api.http, run.path + "/statistics", member)
     # last_seq: the largest seq folded, which a resume elsewhere numbers its events above
-    assert stats == {"last_step": 7, "last_seq": 4, "metrics": {
-        "acc": {"count": 3, "min": 0.5, "max": 0.7, "mean": pytest.approx(0.6), "last": "-Infinity",
-                "first_step": 0, "last_step": 3},
-        "epoch": {"count": 4, "min": 0, "max": 1, "mean": 0.5, "last": 1, "first_step": 0, "last_step": 3},
-        "loss": {"count": 2, "min": 1.0, "max": 3.0, "mean": 2.0, "last": "Infinity", "first_step": 0, "last_step": 3},
-        "only_nan": {"count": 0, "min": None, "max": None, "mean": None, "last": "NaN", "first_step": 7,
-                     "last_step": 7},
-    }}
+    assert stats == {
+        "last_step": 7,
+        "last_seq": 4,
+        "metrics": {
+            "acc": {
+                "count": 3,
+                "min": 0.5,
+                "max": 0.7,
+                "mean": pytest.approx(0.6),
+                "last": "-Infinity",
+                "first_step": 0,
+                "last_step": 3,
+            },
+            "epoch": {"count": 4, "min": 0, "max": 1, "mean": 0.5, "last": 1, "first_step": 0, "last_step": 3},
+            "loss": {
+                "count": 2,
+                "min": 1.0,
+                "max": 3.0,
+                "mean": 2.0,
+                "last": "Infinity",
+                "first_step": 0,
+                "last_step": 3,
+            },
+            "only_nan": {
+                "count": 0,
+                "min": None,
+                "max": None,
+                "mean": None,
+                "last": "NaN",
+                "first_step": 7,
+                "last_step": 7,
+            },
+        },
+    }
     assert math.isclose(stats["metrics"]["acc"]["mean"], 0.6)
     epoch = stats["metrics"]["epoch"]
     assert [type(epoch[k]) for k in ("last", "min", "max")] == [int, int, int]  # logged as ints, read as ints
@@ -296,8 +366,14 @@ def test_in_cluster_mode_the_answer_shows_the_edit_a_worker_then_applies(kafka_b
         assert (answer["name"], answer["config"], answer["summary"]) == expected
         assert get(http, run.path, member)["name"] == "k1"  # not applied yet
 
-        found = asyncio.run(consume_events(kafka_bootstrap, [events.TOPIC_RUNS.name], project,
-                                           lambda got: any(e.type == events.RUN_EDIT for e in got)))
+        found = asyncio.run(
+            consume_events(
+                kafka_bootstrap,
+                [events.TOPIC_RUNS.name],
+                project,
+                lambda got: any(e.type == events.RUN_EDIT for e in got),
+            )
+        )
         edits = [e for e in found if e.type == events.RUN_EDIT]
         assert [e.data for e in edits] == [edit]
         worker.commit(worker.process(edits))  # what the worker that owns the run does with it

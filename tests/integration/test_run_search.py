@@ -69,18 +69,38 @@ def _generate(n: int = 300, seed: int = 7):
         created = T0 + rng.randint(0, 40) * 60  # many runs share a creation time
         updated = created + rng.randint(0, 4000) / 4
         run = {
-            "team": TEAM, "project": PROJECT, "run_id": f"{rng.getrandbits(48):012x}", "name": f"exp-{rng.randint(0, 60)}",
-            "state": state, "created_at": created, "updated_at": updated, "heartbeat_at": updated,
-            "finished_at": None if state == "running" else updated, "exit_code": {"finished": 0, "running": None}.get(state, 1),
-            "group": rng.choice(["sweep-1", "sweep-2", ""]), "job_type": rng.choice(["train", "eval"]),
-            "tags": rng.sample(["baseline", "ablation", "gpu", "it's"], rng.randint(0, 2)), "user": rng.choice(["alice", "bob"]),
-            "host": f"node-{rng.randint(1, 4)}", "notes": "", "git": {"commit": f"{i:040x}"}, "args": ["--lr", "x"],
-            "config": _config(rng, i) | {"stage": "v1"}, "version": 1,
+            "team": TEAM,
+            "project": PROJECT,
+            "run_id": f"{rng.getrandbits(48):012x}",
+            "name": f"exp-{rng.randint(0, 60)}",
+            "state": state,
+            "created_at": created,
+            "updated_at": updated,
+            "heartbeat_at": updated,
+            "finished_at": None if state == "running" else updated,
+            "exit_code": {"finished": 0, "running": None}.get(state, 1),
+            "group": rng.choice(["sweep-1", "sweep-2", ""]),
+            "job_type": rng.choice(["train", "eval"]),
+            "tags": rng.sample(["baseline", "ablation", "gpu", "it's"], rng.randint(0, 2)),
+            "user": rng.choice(["alice", "bob"]),
+            "host": f"node-{rng.randint(1, 4)}",
+            "notes": "",
+            "git": {"commit": f"{i:040x}"},
+            "args": ["--lr", "x"],
+            "config": _config(rng, i) | {"stage": "v1"},
+            "version": 1,
         }
         summary = {"team": TEAM, "project": PROJECT, "run_id": run["run_id"], "summary": _summary(rng, i), "version": 1}
         if rng.random() < 0.25:  # a later write: the run moved on
-            newer = {**run, "state": "finished", "exit_code": 0, "finished_at": updated + 10, "version": 2,
-                     "config": _config(rng, i) | {"stage": "v2"}, "tags": [*run["tags"], "rerun"] if "rerun" not in run["tags"] else run["tags"]}
+            newer = {
+                **run,
+                "state": "finished",
+                "exit_code": 0,
+                "finished_at": updated + 10,
+                "version": 2,
+                "config": _config(rng, i) | {"stage": "v2"},
+                "tags": [*run["tags"], "rerun"] if "rerun" not in run["tags"] else run["tags"],
+            }
             newer_summary = {**summary, "summary": _summary(rng, i), "version": 2}
             if rng.random() < 0.3:  # written out of order: the older row arrives last and must lose
                 stale.append((run, summary))
@@ -226,10 +246,14 @@ FILTER_CASES: list[tuple[dict, Callable[[dict], bool]]] = [
     ({"config.mixed": {"$ne": None}}, lambda r: value(r, "config.mixed") not in (None, MISSING)),
     ({"config.mixed": {"$gt": 1}}, lambda r: gt(number(r, "config.mixed"), 1)),
     ({"config.mixed": {"$gte": "a"}}, lambda r: gt(string(r, "config.mixed"), "a")),
-    ({"config.mixed": {"$in": [1, "two", None]}},
-     lambda r: number(r, "config.mixed") == 1 or value(r, "config.mixed") in ("two", None, MISSING)),
-    ({"config.mixed": {"$nin": [1, "two", None]}},
-     lambda r: not (number(r, "config.mixed") == 1 or value(r, "config.mixed") in ("two", None, MISSING))),
+    (
+        {"config.mixed": {"$in": [1, "two", None]}},
+        lambda r: number(r, "config.mixed") == 1 or value(r, "config.mixed") in ("two", None, MISSING),
+    ),
+    (
+        {"config.mixed": {"$nin": [1, "two", None]}},
+        lambda r: not (number(r, "config.mixed") == 1 or value(r, "config.mixed") in ("two", None, MISSING)),
+    ),
     ({"config.mixed": {"$exists": True}}, lambda r: value(r, "config.mixed") is not MISSING),
     ({"config.model.depth": {"$gte": 6}}, lambda r: value(r, "config.model.depth") >= 6),
     ({"config.model.act": "gelu"}, lambda r: r["config"]["model"]["act"] == "gelu"),
@@ -246,21 +270,46 @@ FILTER_CASES: list[tuple[dict, Callable[[dict], bool]]] = [
     ({"config.nope": {"$exists": False}}, lambda r: True),
     ({"config.nope": {"$gt": -1e300}}, lambda r: False),
     ({"summary.acc": {"$gte": 0.5}}, lambda r: gt(number(r, "summary.acc"), 0.4999)),
-    ({"summary_metrics.acc": {"$lt": 0.5}}, lambda r: number(r, "summary.acc") is not None and number(r, "summary.acc") < 0.5),
+    (
+        {"summary_metrics.acc": {"$lt": 0.5}},
+        lambda r: number(r, "summary.acc") is not None and number(r, "summary.acc") < 0.5,
+    ),
     ({"summary.acc": {"$exists": False}}, lambda r: "acc" not in r["summary"]),
     ({"summary.loss": {"$gt": 1}}, lambda r: gt(number(r, "summary.loss"), 1)),
     ({"summary.loss": {"$lte": 1}}, lambda r: number(r, "summary.loss") is not None and number(r, "summary.loss") <= 1),
     ({"summary.best.val_acc": {"$gt": 0.5}}, lambda r: gt(number(r, "summary.best.val_acc"), 0.5)),
-    ({"$and": [{"state": "finished"}, {"config.lr": {"$lt": 0.01}}, {"summary.acc": {"$gt": 0.2}}]},
-     lambda r: r["state"] == "finished" and gt(0.01, number(r, "config.lr") if number(r, "config.lr") is not None else 1)
-     and gt(number(r, "summary.acc"), 0.2)),
-    ({"$or": [{"tags": "gpu"}, {"config.optimizer": "sgd"}, {"summary.loss": {"$gt": 2.5}}]},
-     lambda r: "gpu" in r["tags"] or value(r, "config.optimizer") == "sgd" or gt(number(r, "summary.loss"), 2.5)),
-    ({"$nor": [{"state": "running"}, {"group": "sweep-2"}]}, lambda r: r["state"] != "running" and r["group"] != "sweep-2"),
-    ({"$or": [{"$and": [{"config.batch_size": 16}, {"config.use_amp": True}]}, {"$and": [{"config.batch_size": 64}, {"state": "failed"}]}],
-      "job_type": "train"},
-     lambda r: r["job_type"] == "train" and ((value(r, "config.batch_size") == 16 and value(r, "config.use_amp") is True)
-                                             or (value(r, "config.batch_size") == 64 and r["state"] == "failed"))),
+    (
+        {"$and": [{"state": "finished"}, {"config.lr": {"$lt": 0.01}}, {"summary.acc": {"$gt": 0.2}}]},
+        lambda r: (
+            r["state"] == "finished"
+            and gt(0.01, number(r, "config.lr") if number(r, "config.lr") is not None else 1)
+            and gt(number(r, "summary.acc"), 0.2)
+        ),
+    ),
+    (
+        {"$or": [{"tags": "gpu"}, {"config.optimizer": "sgd"}, {"summary.loss": {"$gt": 2.5}}]},
+        lambda r: "gpu" in r["tags"] or value(r, "config.optimizer") == "sgd" or gt(number(r, "summary.loss"), 2.5),
+    ),
+    (
+        {"$nor": [{"state": "running"}, {"group": "sweep-2"}]},
+        lambda r: r["state"] != "running" and r["group"] != "sweep-2",
+    ),
+    (
+        {
+            "$or": [
+                {"$and": [{"config.batch_size": 16}, {"config.use_amp": True}]},
+                {"$and": [{"config.batch_size": 64}, {"state": "failed"}]},
+            ],
+            "job_type": "train",
+        },
+        lambda r: (
+            r["job_type"] == "train"
+            and (
+                (value(r, "config.batch_size") == 16 and value(r, "config.use_amp") is True)
+                or (value(r, "config.batch_size") == 64 and r["state"] == "failed")
+            )
+        ),
+    ),
 ]
 
 
@@ -287,10 +336,26 @@ def test_current_rows_only(db):
 
 
 def test_get_run_returns_the_whole_record(db):
-    run = next(r for r in TRUTH if r["summary"].get("best") and r["finished_at"] is not None and "weird" not in r["config"])
+    run = next(
+        r for r in TRUTH if r["summary"].get("best") and r["finished_at"] is not None and "weird" not in r["config"]
+    )
     got = get_run(db, TEAM, PROJECT, run["run_id"])
-    for field in ("run_id", "name", "state", "created_at", "updated_at", "heartbeat_at", "finished_at", "exit_code",
-                  "tags", "user", "host", "notes", "args", "git"):
+    for field in (
+        "run_id",
+        "name",
+        "state",
+        "created_at",
+        "updated_at",
+        "heartbeat_at",
+        "finished_at",
+        "exit_code",
+        "tags",
+        "user",
+        "host",
+        "notes",
+        "args",
+        "git",
+    ):
         assert got[field] == run[field], field
     assert got["group"] == (run["group"] or None) and got["job_type"] == run["job_type"]
     assert got["config"] == run["config"]  # nested again, with the original types
@@ -350,10 +415,33 @@ def expected_order(order: str, runs=TRUTH) -> list[str]:
 
 
 ORDERS = [
-    "-created_at", "created_at", "+updated_at", "-finished_at", "finished_at", "exit_code", "name", "-group", "-state",
-    "config.lr", "-config.lr", "config.batch_size", "-config.batch_size", "config.optimizer", "-config.optimizer",
-    "config.mixed", "-config.mixed", "config.ключ", "-config.model.act", f"config.{HOSTILE}", "config.nope",
-    "summary.acc", "-summary.acc", "summary.loss", "-summary.loss", "-summary_metrics.best.val_acc", "summary.epoch",
+    "-created_at",
+    "created_at",
+    "+updated_at",
+    "-finished_at",
+    "finished_at",
+    "exit_code",
+    "name",
+    "-group",
+    "-state",
+    "config.lr",
+    "-config.lr",
+    "config.batch_size",
+    "-config.batch_size",
+    "config.optimizer",
+    "-config.optimizer",
+    "config.mixed",
+    "-config.mixed",
+    "config.ключ",
+    "-config.model.act",
+    f"config.{HOSTILE}",
+    "config.nope",
+    "summary.acc",
+    "-summary.acc",
+    "summary.loss",
+    "-summary.loss",
+    "-summary_metrics.best.val_acc",
+    "summary.epoch",
     "-config.model.depth",
 ]
 
@@ -363,7 +451,9 @@ def test_sorting_matches_python(db):
         assert all_ids(db, order=order) == expected_order(order), order
 
 
-@pytest.mark.parametrize("order", ["-created_at", "config.batch_size", "-config.mixed", "summary.loss", "-config.optimizer"])
+@pytest.mark.parametrize(
+    "order", ["-created_at", "config.batch_size", "-config.mixed", "summary.loss", "-config.optimizer"]
+)
 def test_walking_pages_of_seven_gives_every_run_once_in_order(db, order):
     walked = all_ids(db, order=order, limit=7)
     assert walked == expected_order(order)
@@ -372,7 +462,9 @@ def test_walking_pages_of_seven_gives_every_run_once_in_order(db, order):
 
 def test_pages_with_a_filter(db):
     filters = {"$or": [{"config.optimizer": {"$in": ["adam", "Adam"]}}, {"summary.acc": {"$gt": 0.7}}]}
-    matching = [r for r in TRUTH if value(r, "config.optimizer") in ("adam", "Adam") or gt(number(r, "summary.acc"), 0.7)]
+    matching = [
+        r for r in TRUTH if value(r, "config.optimizer") in ("adam", "Adam") or gt(number(r, "summary.acc"), 0.7)
+    ]
     assert all_ids(db, filters, order="-summary.acc", limit=7) == expected_order("-summary.acc", matching)
     first = search_runs(db, TEAM, PROJECT, filters, order="-summary.acc", limit=7)
     assert len(first["runs"]) == 7 and first["next_cursor"]
@@ -387,8 +479,9 @@ def test_a_search_without_maps_keeps_filters_orders_and_pages(db):
         for maps in ((), ("config",), ("summary",)):
             light = search_runs(db, TEAM, PROJECT, filters, order=order, limit=7, maps=maps)
             assert light["next_cursor"] == full["next_cursor"]
-            assert light["runs"] == [{k: v for k, v in r.items() if k not in ("config", "summary") or k in maps}
-                                     for r in full["runs"]]
+            assert light["runs"] == [
+                {k: v for k, v in r.items() if k not in ("config", "summary") or k in maps} for r in full["runs"]
+            ]
     with pytest.raises(QueryError, match="maps"):
         search_runs(db, TEAM, PROJECT, maps=("git",))
 
@@ -424,7 +517,7 @@ def test_a_walk_keeps_its_sort_when_a_key_gets_a_new_type(db):
 
 def test_cursor_and_limit_errors(db):
     page = search_runs(db, TEAM, PROJECT, order="-summary.acc", limit=5)
-    with pytest.raises(QueryError, match="ordered by '-summary.acc'"):
+    with pytest.raises(QueryError, match=r"ordered by '-summary.acc'"):
         search_runs(db, TEAM, PROJECT, order="summary.acc", limit=5, cursor=page["next_cursor"])
     with pytest.raises(QueryError, match="ordered by"):
         search_runs(db, TEAM, PROJECT, order="-created_at", limit=5, cursor=page["next_cursor"])
@@ -463,7 +556,11 @@ def _stats(values: list[float]) -> dict[str, Any]:
 def _close(got: dict, want: dict) -> bool:
     if got["count"] != want["count"] or (want["count"] == 0 and got != want):
         return False
-    return all(got[k] == want[k] or math.isclose(got[k], want[k], rel_tol=1e-9) for k in ("mean", "min", "max") if want["count"])
+    return all(
+        got[k] == want[k] or math.isclose(got[k], want[k], rel_tol=1e-9)
+        for k in ("mean", "min", "max")
+        if want["count"]
+    )
 
 
 def _group_value(run: dict, field: str) -> Any:
@@ -494,8 +591,15 @@ def expected_groups(by: list[str], aggregates: list[str], runs=TRUTH) -> list[di
             field = name if name.startswith(("summary.", "config.")) else f"summary.{name}"
             values = [v for r in members if (v := number(r, field)) is not None and not math.isnan(v)]
             summary[name] = _stats(values)
-        out.append({"group": {f: None if v is MISSING else v for f, v in zip(by, decoded)}, "count": len(members),
-                    "summary": summary, "run_ids": sorted(r["run_id"] for r in members), "_order": [_group_order(v) for v in decoded]})
+        out.append(
+            {
+                "group": {f: None if v is MISSING else v for f, v in zip(by, decoded)},
+                "count": len(members),
+                "summary": summary,
+                "run_ids": sorted(r["run_id"] for r in members),
+                "_order": [_group_order(v) for v in decoded],
+            }
+        )
     out.sort(key=lambda g: g.pop("_order"))
     return out
 
@@ -505,7 +609,12 @@ def _check_groups(got: list[dict], want: list[dict]) -> None:
     for g, w in zip(got, want):
         assert g["count"] == w["count"] and g["run_ids"] == w["run_ids"], g["group"]
         for name in w["summary"]:
-            assert _close(g["summary"][name], w["summary"][name]), (g["group"], name, g["summary"][name], w["summary"][name])
+            assert _close(g["summary"][name], w["summary"][name]), (
+                g["group"],
+                name,
+                g["summary"][name],
+                w["summary"][name],
+            )
 
 
 @pytest.mark.parametrize(
@@ -544,7 +653,15 @@ def test_grouping_by_tags_counts_a_run_under_each_tag(db):
 
 
 def test_grouping_errors(db):
-    for by in ([], "state", ["state", "state"], ["created_at"], ["nope"], ["config." + "k" * 300], [f"c{i}" for i in range(9)]):
+    for by in (
+        [],
+        "state",
+        ["state", "state"],
+        ["created_at"],
+        ["nope"],
+        ["config." + "k" * 300],
+        [f"c{i}" for i in range(9)],
+    ):
         with pytest.raises(QueryError):
             group_runs(db, TEAM, PROJECT, by)
     for aggregates in ("acc", [3], ["summary."], ["config.a\x00"], ["x" * 300]):
@@ -573,24 +690,57 @@ def test_key_catalog_lists_every_key_with_its_types(db):
 
 
 def test_hostile_keys_and_values_round_trip_and_harm_nothing(clickhouse):
-    keys = [HOSTILE, "x') OR 1=1 --", 'dq"key', "`tick`", "semi;colon", "{team:String}", "ключ 🙂", "back\\slash", "ü" * 200]
+    keys = [
+        HOSTILE,
+        "x') OR 1=1 --",
+        'dq"key',
+        "`tick`",
+        "semi;colon",
+        "{team:String}",
+        "ключ 🙂",
+        "back\\slash",
+        "ü" * 200,
+    ]
     values = [HOSTILE, "'); DROP TABLE run_summaries; --", 'say "hi"', "`rm -rf`", "\x00nul", "ok"]
     runs = []
-    for i, key in enumerate(keys):
+    for _i, key in enumerate(keys):
         for j, v in enumerate(values):
-            runs.append({**RUN_WRITES[0], "run_id": f"{key}|{j}", "name": v, "tags": [v, key], "version": 1,
-                         "config": {key: v, "n": {key: j}}})
+            runs.append(
+                {
+                    **RUN_WRITES[0],
+                    "run_id": f"{key}|{j}",
+                    "name": v,
+                    "tags": [v, key],
+                    "version": 1,
+                    "config": {key: v, "n": {key: j}},
+                }
+            )
     upsert_runs(clickhouse, runs)
-    upsert_run_summaries(clickhouse, [{"team": TEAM, "project": PROJECT, "run_id": r["run_id"], "version": 1,
-                                       "summary": {keys[i % len(keys)]: float(i)}} for i, r in enumerate(runs)])
+    upsert_run_summaries(
+        clickhouse,
+        [
+            {
+                "team": TEAM,
+                "project": PROJECT,
+                "run_id": r["run_id"],
+                "version": 1,
+                "summary": {keys[i % len(keys)]: float(i)},
+            }
+            for i, r in enumerate(runs)
+        ],
+    )
     for key in keys:
         for j, v in enumerate(values):
             assert set(all_ids(clickhouse, {f"config.{key}": v})) == {f"{key}|{j}"}
             assert set(all_ids(clickhouse, {f"config.n.{key}": {"$gte": j, "$lt": j + 1}})) == {f"{key}|{j}"}
-        assert set(all_ids(clickhouse, {f"config.{key}": {"$in": values}})) == {f"{key}|{j}" for j in range(len(values))}
-        assert all_ids(clickhouse, order=f"-config.n.{key}", limit=4)[: len(values)] == [f"{key}|{j}" for j in reversed(range(len(values)))]
+        assert set(all_ids(clickhouse, {f"config.{key}": {"$in": values}})) == {
+            f"{key}|{j}" for j in range(len(values))
+        }
+        assert all_ids(clickhouse, order=f"-config.n.{key}", limit=4)[: len(values)] == [
+            f"{key}|{j}" for j in reversed(range(len(values)))
+        ]
         got = group_runs(clickhouse, TEAM, PROJECT, [f"config.{key}"], aggregates=[key])
-        assert [g["group"][f"config.{key}"] for g in got] == sorted(values, key=json_text) + [None]
+        assert [g["group"][f"config.{key}"] for g in got] == [*sorted(values, key=json_text), None]
     for v in values:
         assert len(all_ids(clickhouse, {"name": v, "tags": v})) == len(keys)
     run = get_run(clickhouse, TEAM, PROJECT, f"{HOSTILE}|0")
@@ -619,8 +769,17 @@ def test_matching_run_ids_selects_runs_by_filter_and_refuses_too_many(clickhouse
     from runstream.storage.writer import upsert_runs
 
     runs = [
-        {"team": "acme", "project": "ids", "run_id": f"r{i}", "name": f"r{i}", "created_at": 1000.0 + i,
-         "updated_at": 1000.0 + i, "heartbeat_at": 1000.0 + i, "config": {"lr": i / 10}, "version": 1}
+        {
+            "team": "acme",
+            "project": "ids",
+            "run_id": f"r{i}",
+            "name": f"r{i}",
+            "created_at": 1000.0 + i,
+            "updated_at": 1000.0 + i,
+            "heartbeat_at": 1000.0 + i,
+            "config": {"lr": i / 10},
+            "version": 1,
+        }
         for i in range(10)
     ]
     upsert_runs(clickhouse, runs)

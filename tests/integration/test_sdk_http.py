@@ -26,7 +26,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_PUT(self) -> None:  # noqa: N802
+            def do_PUT(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 path, _, query = self.path.partition("?")
                 assert query == "sha256=" + hashlib.sha256(body).hexdigest()
@@ -35,7 +35,7 @@ class Receiver:
                 self.send_response(200)
                 self.end_headers()
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.auth.add(self.headers.get("Authorization", ""))
                 status = receiver.statuses.pop(0) if receiver.statuses else 200
@@ -44,7 +44,9 @@ class Receiver:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
-                self.wfile.write(b'{"accepted": true}' if status == 200 else b'{"error": {"code": "x", "message": "no"}}')
+                self.wfile.write(
+                    b'{"accepted": true}' if status == 200 else b'{"error": {"code": "x", "message": "no"}}'
+                )
 
             def log_message(self, *args) -> None:
                 pass
@@ -129,7 +131,9 @@ def test_a_kafka_run_uploads_blobs_to_its_files_url(receiver_factory, kafka_boot
     stored = [path for path in receiver.files if path.startswith(f"/api/v1/files/acme/{project}/kb1/media/")]
     assert len(stored) == 1 and receiver.events == []  # blobs over HTTP, events through Kafka
     announced = asyncio.run(
-        consume_events(kafka_bootstrap, [events.TOPIC_FILES.name], project, lambda e: any(x.data["kind"] == "media" for x in e))
+        consume_events(
+            kafka_bootstrap, [events.TOPIC_FILES.name], project, lambda e: any(x.data["kind"] == "media" for x in e)
+        )
     )
     media = [e.data for e in announced if e.data["kind"] == "media"]
     assert stored[0].endswith(media[0]["store_key"])

@@ -51,7 +51,8 @@ def _distinct(evs: list[events.Event]) -> list[events.Event]:
 def test_twenty_concurrent_runs_arrive_exactly_once_and_in_order(kafka_bootstrap, tmp_path):
     project, runs, steps = unique("p"), 20, 5000
     procs = [
-        _python(training_script(str(tmp_path), f"kafka://{kafka_bootstrap}", project, f"run{i}", steps)) for i in range(runs)
+        _python(training_script(str(tmp_path), f"kafka://{kafka_bootstrap}", project, f"run{i}", steps))
+        for i in range(runs)
     ]
     for proc in procs:
         out, err = proc.communicate(timeout=300)
@@ -119,7 +120,9 @@ def test_offline_run_then_sync_twice_sends_each_event_once(kafka_bootstrap, tmp_
 def test_a_killed_process_leaves_a_spool_that_sync_completes(kafka_bootstrap, tmp_path):
     project, steps = unique("killed"), 4000
     nowhere = f"kafka://127.0.0.1:{free_port()}"  # nothing is acknowledged before the kill
-    kill = "run.summary.as_dict()  # everything logged is spooled\nimport os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    kill = (
+        "run.summary.as_dict()  # everything logged is spooled\nimport os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    )
     proc = _python(training_script(str(tmp_path), nowhere, project, "k1", steps, extra=kill))
     proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGKILL
@@ -134,7 +137,9 @@ def test_a_killed_process_leaves_a_spool_that_sync_completes(kafka_bootstrap, tm
 def test_finish_with_the_broker_down_returns_within_its_bound(kafka_bootstrap, tmp_path):
     project = unique("down")
     run = runstream.init(
-        project=project, dir=tmp_path, settings={**QUIET, "url": f"kafka://127.0.0.1:{free_port()}", "finish_timeout": 2}
+        project=project,
+        dir=tmp_path,
+        settings={**QUIET, "url": f"kafka://127.0.0.1:{free_port()}", "finish_timeout": 2},
     )
     for step in range(500):
         run.log({"x": float(step)})
@@ -149,7 +154,9 @@ def test_finish_with_the_broker_down_returns_within_its_bound(kafka_bootstrap, t
 
 
 def test_with_the_broker_down_rows_go_to_disk_not_memory(tmp_path):
-    run = runstream.init(project="mem", dir=tmp_path, settings={**QUIET, "url": f"kafka://127.0.0.1:{free_port()}", "finish_timeout": 1})
+    run = runstream.init(
+        project="mem", dir=tmp_path, settings={**QUIET, "url": f"kafka://127.0.0.1:{free_port()}", "finish_timeout": 1}
+    )
     for step in range(100_000):
         run.log({"a": float(step), "b": 1.0})
     deadline = time.monotonic() + 10

@@ -24,11 +24,20 @@ def test_a_gallery_and_a_dataframe_reach_the_run_media_endpoint(api, tmp_path):
     white = np.full((4, 6), 255, dtype=np.uint8)
     df = pd.DataFrame({"label": ["cat", "dog"], "score": [0.9, np.nan]})
     with ServedApp(api.app) as url:
-        run = runstream.init(entity="acme", project=project, id="gallery", dir=tmp_path,
-                             settings={**QUIET, "url": url, "api_key": headers["Authorization"].removeprefix("Bearer ")})
+        run = runstream.init(
+            entity="acme",
+            project=project,
+            id="gallery",
+            dir=tmp_path,
+            settings={**QUIET, "url": url, "api_key": headers["Authorization"].removeprefix("Bearer ")},
+        )
         run.log({"examples": [runstream.Image(gray)]}, step=1)  # a gallery of one
         # Two equal images in one gallery: each must still be its own entry on the server.
-        examples = [runstream.Image(gray, caption="a"), runstream.Image(gray, caption="b"), runstream.Image(white, caption="c")]
+        examples = [
+            runstream.Image(gray, caption="a"),
+            runstream.Image(gray, caption="b"),
+            runstream.Image(white, caption="c"),
+        ]
         run.log({"examples": examples, "preds": df, "empty": []}, step=7)
         assert run.finish().unacked_events == 0
 
@@ -37,7 +46,10 @@ def test_a_gallery_and_a_dataframe_reach_the_run_media_endpoint(api, tmp_path):
     assert answer.status_code == 200, answer.text
     media = answer.json()["media"]
     assert [(m["step"], m["meta"]["index"], m["meta"]["count"], m["meta"]["caption"]) for m in media] == [
-        (1, 0, 1, None), (7, 0, 3, "a"), (7, 1, 3, "b"), (7, 2, 3, "c"),
+        (1, 0, 1, None),
+        (7, 0, 3, "a"),
+        (7, 1, 3, "b"),
+        (7, 2, 3, "c"),
     ]
     assert all(m["media_type"] == "image" for m in media)
     pixels = []
@@ -49,6 +61,13 @@ def test_a_gallery_and_a_dataframe_reach_the_run_media_endpoint(api, tmp_path):
     assert pixels == [90, 90, 255]
 
     (table,) = api.http.get(base + "/media", params={"key": "preds"}, headers=headers).json()["media"]
-    assert table["media_type"] == "table" and table["step"] == 7 and table["meta"] == {"rows": 2, "columns": 2, "key": "preds"}
-    assert api.http.get(table["url"], headers=headers).json() == {"columns": ["label", "score"], "data": [["cat", 0.9], ["dog", None]]}
+    assert (
+        table["media_type"] == "table"
+        and table["step"] == 7
+        and table["meta"] == {"rows": 2, "columns": 2, "key": "preds"}
+    )
+    assert api.http.get(table["url"], headers=headers).json() == {
+        "columns": ["label", "score"],
+        "data": [["cat", 0.9], ["dog", None]],
+    }
     assert api.http.get(base + "/media", params={"key": "empty"}, headers=headers).json()["media"] == []

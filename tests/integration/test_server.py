@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -46,14 +45,18 @@ def test_a_killed_server_restarts_with_every_point_exactly_once(server_factory, 
     project, steps = unique("p"), 3000
     script = training_script(str(tmp_path / "runs"), server.url, project, "survivor", steps, pause=0.001)
     env = {**os.environ, "RUNSTREAM_CONFIG": str(tmp_path / "none.toml")}
-    trainer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env)
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     assert trainer.stdout.readline().strip() == "started"
     # Kill the server once some of the run is in, while the SDK is still sending.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        page = _get(f"{server.url}/api/v1/runs/default/{project}/survivor/history/scan?page_size=1&keys=loss") \
-            if _exists(server.url, project) else None
+        page = (
+            _get(f"{server.url}/api/v1/runs/default/{project}/survivor/history/scan?page_size=1&keys=loss")
+            if _exists(server.url, project)
+            else None
+        )
         if page and page["columns"]["_step"]:
             break
         time.sleep(0.1)
@@ -86,8 +89,13 @@ def test_ctrl_c_then_a_restart_shows_everything_again(server_factory, tmp_path):
     server = server_factory().start()
     project = unique("p")
     script = training_script(str(tmp_path / "runs"), server.url, project, "kept", 200)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "RUNSTREAM_CONFIG": str(tmp_path / "none.toml")})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RUNSTREAM_CONFIG": str(tmp_path / "none.toml")},
+    )
     assert done.returncode == 0, done.stderr
     output = server.stop()
     assert server.process.returncode == 0, output
@@ -100,13 +108,23 @@ def test_ctrl_c_then_a_restart_shows_everything_again(server_factory, tmp_path):
 
 def test_a_second_server_on_the_same_port_says_what_to_do(server_factory):
     first = server_factory().start()
-    second = subprocess.run([RUNSTREAM, "server", "--data-dir", str(first.data_dir.parent / "other"),
-                             "--port", str(first.port)], capture_output=True, text=True, timeout=60, env=first.env)
+    second = subprocess.run(
+        [RUNSTREAM, "server", "--data-dir", str(first.data_dir.parent / "other"), "--port", str(first.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=first.env,
+    )
     assert second.returncode == 2
     assert "--port" in second.stderr and "Traceback" not in second.stderr
     # The server holds its directory: server-side key commands say how to manage keys meanwhile.
-    keys = subprocess.run([RUNSTREAM, "keys", "list", "--team", "acme", "--dsn", f"chdb://{first.data_dir / 'clickhouse'}"],
-                          capture_output=True, text=True, timeout=60, env=first.env)
+    keys = subprocess.run(
+        [RUNSTREAM, "keys", "list", "--team", "acme", "--dsn", f"chdb://{first.data_dir / 'clickhouse'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=first.env,
+    )
     assert keys.returncode == 2 and "runstream server" in keys.stderr and "Traceback" not in keys.stderr
     first.stop()
 
@@ -114,8 +132,9 @@ def test_a_second_server_on_the_same_port_says_what_to_do(server_factory):
 def test_the_demo_shows_its_runs_alert_and_crashed_run(server_factory, tmp_path):
     server = server_factory(RUNSTREAM_CRASH_TIMEOUT="3").start()
     env = {**os.environ, "RUNSTREAM_URL": server.url, "RUNSTREAM_CONFIG": str(tmp_path / "none.toml")}
-    demo = subprocess.run([RUNSTREAM, "demo", "--quiet"], capture_output=True, text=True, timeout=300, env=env,
-                          cwd=tmp_path)
+    demo = subprocess.run(
+        [RUNSTREAM, "demo", "--quiet"], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path
+    )
     assert demo.returncode == 0, demo.stderr[-3000:]
     summary = orjson.loads(demo.stdout.splitlines()[-1])
     assert summary["runs"] == 24

@@ -49,7 +49,9 @@ def _env(server_url: str, tmp_path: Path) -> dict[str, str]:
 CONFIG = '{"lr": 0.01, "layers": 3}'
 
 
-def _script(project: str, run_id: str | None, then: str, before: str = "", init_args: str = "", config: str = CONFIG) -> str:
+def _script(
+    project: str, run_id: str | None, then: str, before: str = "", init_args: str = "", config: str = CONFIG
+) -> str:
     """A W&B-style training script: init with a config, log STEPS steps (with a pause, so the rows
     leave in more than one batch), then ``then`` — the way it ends."""
     run_id_arg = f"id={run_id!r}, " if run_id else ""
@@ -73,8 +75,9 @@ def _script(project: str, run_id: str | None, then: str, before: str = "", init_
 def _run(directory: Path, body: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "train.py").write_text(body)
-    return subprocess.run([sys.executable, "train.py"], cwd=directory, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "train.py"], cwd=directory, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _as_in_a_terminal() -> None:
@@ -87,8 +90,15 @@ def _start(directory: Path, body: str, env: dict[str, str]) -> subprocess.Popen:
     """The script in the background, once it has logged everything (it printed 'training done')."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "train.py").write_text(body)
-    proc = subprocess.Popen([sys.executable, "train.py"], cwd=directory, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_as_in_a_terminal)
+    proc = subprocess.Popen(
+        [sys.executable, "train.py"],
+        cwd=directory,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_as_in_a_terminal,
+    )
     for line in proc.stdout:  # type: ignore[union-attr]
         if line.strip() == "training done":
             return proc
@@ -184,8 +194,14 @@ def test_a_script_run_twice_from_its_own_directory(server, api, tmp_path):
     for run_id in ids:
         run = api.run(f"default/{project}/{run_id}")
         assert run.state == "finished" and len(_history(api, f"default/{project}/{run_id}")) == STEPS
-    plain = subprocess.run([sys.executable, "-c", "import runstream; print(runstream.init.__module__)"], cwd=work,
-                           env=env, capture_output=True, text=True, timeout=60)
+    plain = subprocess.run(
+        [sys.executable, "-c", "import runstream; print(runstream.init.__module__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert plain.stdout.strip() == "runstream.lifecycle", plain.stderr
     assert Path(_started(second.stdout)["dir"]).is_absolute()  # run.dir is absolute, as in W&B
 
@@ -198,19 +214,30 @@ def test_resume_continues_the_run(where, server, api, tmp_path):
     project, run_id = unique("resume"), unique("r")
     env = _env(server.url, tmp_path)
     # A preempted job: it logs, then dies with a failure code.
-    first = _run(tmp_path / "node1", _script(project, run_id, "wandb.define_metric('loss', summary='min,max,mean')\n"
-                                              "sys.exit(1)\n"), env)
+    first = _run(
+        tmp_path / "node1",
+        _script(project, run_id, "wandb.define_metric('loss', summary='min,max,mean')\nsys.exit(1)\n"),
+        env,
+    )
     assert first.returncode == 1, first.stderr
     name = api.run(f"default/{project}/{run_id}").name
     second_dir = tmp_path / ("node1" if where == "same directory" else "node2")
     # The resumed script passes no config: the run's own comes back (it was empty locally before).
-    second = _run(second_dir, _script(project, run_id, "wandb.define_metric('loss', summary='min,max,mean')\n",
-                                      init_args=", resume='allow'", config="None"), env)
+    second = _run(
+        second_dir,
+        _script(
+            project,
+            run_id,
+            "wandb.define_metric('loss', summary='min,max,mean')\n",
+            init_args=", resume='allow'",
+            config="None",
+        ),
+        env,
+    )
     assert second.returncode == 0, second.stderr
     started = _started(second.stdout)
     # W&B: a resumed run continues after its last step, with its name and config.
-    assert started == {**started, "step": STEPS, "name": name, "resumed": True,
-                       "config": {"lr": 0.01, "layers": 3}}
+    assert started == {**started, "step": STEPS, "name": name, "resumed": True, "config": {"lr": 0.01, "layers": 3}}
     path = f"default/{project}/{run_id}"
     run = api.run(path)
     assert run.state == "finished" and run.exit_code == 0 and run.name == name
@@ -219,7 +246,11 @@ def test_resume_continues_the_run(where, server, api, tmp_path):
     assert [r["loss"] for r in rows] == [1.0 / (i + 1) for i in range(2 * STEPS)]
     # Statistics over the whole run, both processes (W&B's define_metric summary shape).
     losses = [1.0 / (i + 1) for i in range(2 * STEPS)]
-    assert run.summary["loss"] == {"min": min(losses), "max": max(losses), "mean": pytest.approx(sum(losses) / len(losses))}
+    assert run.summary["loss"] == {
+        "min": min(losses),
+        "max": max(losses),
+        "mean": pytest.approx(sum(losses) / len(losses)),
+    }
 
 
 def test_a_resume_on_a_node_whose_clock_is_a_day_behind_is_not_taken_for_a_replay(server, api, tmp_path):
@@ -299,12 +330,20 @@ def test_edits_after_the_run_through_the_public_api_stick(server, api, tmp_path)
     assert again.config["lr"] == 0.02 and again.config["layers"] == 3
     assert again.summary["verdict"] == "keep" and again.summary["loss"] == 1.0 / STEPS
     # A resume elsewhere keeps the edits: the run's name, tags and config come from the server.
-    resumed = _run(tmp_path / "elsewhere", _script(project, run_id, "", init_args=", resume='must'", config="None"),
-                   _env(server.url, tmp_path))
+    resumed = _run(
+        tmp_path / "elsewhere",
+        _script(project, run_id, "", init_args=", resume='must'", config="None"),
+        _env(server.url, tmp_path),
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert _started(resumed.stdout)["name"] == "renamed-after"
     after = api.run(f"default/{project}/{run_id}")
-    assert (after.name, after.tags, after.config["lr"], after.summary["verdict"]) == ("renamed-after", ["reviewed"], 0.02, "keep")
+    assert (after.name, after.tags, after.config["lr"], after.summary["verdict"]) == (
+        "renamed-after",
+        ["reviewed"],
+        0.02,
+        "keep",
+    )
 
 
 # -- other things a W&B script does -----------------------------------------------------------------

@@ -10,13 +10,13 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
+from infra.net import free_port
 from runstream import events
 from runstream.settings import Settings
 from runstream.storage.client import connect
 from runstream.storage.migrations import migrate
 from runstream.streams.app import create_app
 from tests.helpers import dead_letters_with, make_event, unique
-from infra.net import free_port
 
 
 async def _produce(bootstrap: str, messages: list[tuple[str, bytes | None, bytes]]) -> None:
@@ -62,12 +62,47 @@ async def _scenario(bootstrap: str, dsn: str, data_dir: str) -> None:
 
     client = connect(dsn)
     migrate(client)
-    client.insert("alert_rules", [["acme", project, "big-loss", "loss too big", "threshold",
-                                   orjson.dumps({"metric": "loss", "op": ">", "value": 10}).decode(), True, 600, 0, 0, 1, 0]],
-                  column_names=["team", "project", "rule_id", "name", "kind", "spec", "enabled", "cooldown_s",
-                                "created_at", "updated_at", "version", "is_deleted"])
-    settings = Settings(kafka=bootstrap, clickhouse_dsn=dsn, data_dir=data_dir, app_id=unique("worker"),
-                        crash_timeout=3, alert_webhooks=f"http://127.0.0.1:{port}/hook")
+    client.insert(
+        "alert_rules",
+        [
+            [
+                "acme",
+                project,
+                "big-loss",
+                "loss too big",
+                "threshold",
+                orjson.dumps({"metric": "loss", "op": ">", "value": 10}).decode(),
+                True,
+                600,
+                0,
+                0,
+                1,
+                0,
+            ]
+        ],
+        column_names=[
+            "team",
+            "project",
+            "rule_id",
+            "name",
+            "kind",
+            "spec",
+            "enabled",
+            "cooldown_s",
+            "created_at",
+            "updated_at",
+            "version",
+            "is_deleted",
+        ],
+    )
+    settings = Settings(
+        kafka=bootstrap,
+        clickhouse_dsn=dsn,
+        data_dir=data_dir,
+        app_id=unique("worker"),
+        crash_timeout=3,
+        alert_webhooks=f"http://127.0.0.1:{port}/hook",
+    )
     app = create_app(settings, sweep_every_s=0.5)
     await app.start()
     try:
@@ -77,21 +112,44 @@ async def _scenario(bootstrap: str, dsn: str, data_dir: str) -> None:
         messages = [_send(start)]
         messages += [(events.TOPIC_METRICS.name, None, raw) for raw in bad]
         loss = [1.0, 2.0, 30.0, 40.0, 3.0]  # crosses 10 once: one alert
-        messages.append(_send(make_event("metrics", {"step": list(range(5)), "time": [now] * 5, "values": {"loss": loss}},
-                                         seq=2, run_id="live", project=project, ts=now)))
+        messages.append(
+            _send(
+                make_event(
+                    "metrics",
+                    {"step": list(range(5)), "time": [now] * 5, "values": {"loss": loss}},
+                    seq=2,
+                    run_id="live",
+                    project=project,
+                    ts=now,
+                )
+            )
+        )
         messages.append(_send(make_event("heartbeat", {}, seq=3, run_id="live", project=project, ts=now)))
         messages += [m for m in messages if m[1] is not None]  # every good event twice: changes nothing
         await _produce(bootstrap, messages)
 
         def points() -> int:
-            return client.command("SELECT count() FROM metric_points FINAL WHERE project = {p:String}", parameters={"p": project})
+            return client.command(
+                "SELECT count() FROM metric_points FINAL WHERE project = {p:String}", parameters={"p": project}
+            )
 
         assert await _until(lambda: points() == 5)  # good events after 10,000 bad ones: the worker lived
-        assert await _until(lambda: client.query(
-            "SELECT count, max FROM metric_summaries FINAL WHERE project = {p:String}", parameters={"p": project}
-        ).result_rows == [(5, 40.0)])  # each point folded once although delivered twice
-        alerts = await _until(lambda: client.query(
-            "SELECT rule_id, title FROM alerts FINAL WHERE project = {p:String}", parameters={"p": project}).result_rows)
+        assert await _until(
+            lambda: (
+                client.query(
+                    "SELECT count, max FROM metric_summaries FINAL WHERE project = {p:String}",
+                    parameters={"p": project},
+                ).result_rows
+                == [(5, 40.0)]
+            )
+        )  # each point folded once although delivered twice
+        alerts = await _until(
+            lambda: (
+                client.query(
+                    "SELECT rule_id, title FROM alerts FINAL WHERE project = {p:String}", parameters={"p": project}
+                ).result_rows
+            )
+        )
         assert [a[0] for a in alerts] == ["big-loss"]
         assert await _until(lambda: received)
         assert received[0]["runstream"]["rule_id"] == "big-loss" and "loss" in received[0]["text"]
@@ -99,12 +157,21 @@ async def _scenario(bootstrap: str, dsn: str, data_dir: str) -> None:
 
         # The run goes silent: after the timeout the sweep marks it crashed, as an event too.
         def state() -> str:
-            rows = client.query("SELECT state FROM runs FINAL WHERE project = {p:String}", parameters={"p": project}).result_rows
+            rows = client.query(
+                "SELECT state FROM runs FINAL WHERE project = {p:String}", parameters={"p": project}
+            ).result_rows
             return rows[0][0] if rows else ""
 
         assert await _until(lambda: state() == "crashed", timeout=30)
         await asyncio.sleep(1.0)
-        assert len(client.query("SELECT * FROM alerts FINAL WHERE project = {p:String}", parameters={"p": project}).result_rows) == 1
+        assert (
+            len(
+                client.query(
+                    "SELECT * FROM alerts FINAL WHERE project = {p:String}", parameters={"p": project}
+                ).result_rows
+            )
+            == 1
+        )
         assert len(received) == 1  # the condition fired once
     finally:
         await app.stop()

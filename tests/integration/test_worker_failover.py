@@ -29,11 +29,24 @@ def _run_events(project: str, run: int) -> list[events.Event]:
     out = [events.validate(make_event("run_start", {"name": run_id}, seq=1, run_id=run_id, project=project, ts=now))]
     for b in range(BATCHES):
         steps = list(range(b * ROWS, (b + 1) * ROWS))
-        data = {"step": steps, "time": [now + s / 1000 for s in steps],
-                "values": {"loss": [1.0 / (s + 1) for s in steps], "acc": [s / 10_000 for s in steps]}}
+        data = {
+            "step": steps,
+            "time": [now + s / 1000 for s in steps],
+            "values": {"loss": [1.0 / (s + 1) for s in steps], "acc": [s / 10_000 for s in steps]},
+        }
         out.append(events.validate(make_event("metrics", data, seq=2 + b, run_id=run_id, project=project, ts=now)))
-    out.append(events.validate(make_event("run_finish", {"state": "finished", "exit_code": 0}, seq=2 + BATCHES,
-                                          run_id=run_id, project=project, ts=now + 1)))
+    out.append(
+        events.validate(
+            make_event(
+                "run_finish",
+                {"state": "finished", "exit_code": 0},
+                seq=2 + BATCHES,
+                run_id=run_id,
+                project=project,
+                ts=now + 1,
+            )
+        )
+    )
     return out
 
 
@@ -50,8 +63,13 @@ async def _produce(bootstrap: str, batches: list[list[events.Event]], pause: flo
 
 
 def _worker(env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(WORKER)], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            cwd=Path(__file__).resolve().parents[2])
+    return subprocess.Popen(
+        [sys.executable, str(WORKER)],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parents[2],
+    )
 
 
 def test_a_killed_worker_loses_nothing_and_duplicates_collapse(kafka_bootstrap, clickhouse_server, tmp_path):
@@ -59,17 +77,27 @@ def test_a_killed_worker_loses_nothing_and_duplicates_collapse(kafka_bootstrap, 
     dsn = f"clickhouse://default:@127.0.0.1:{clickhouse_server.http_port}/{unique('db').replace('-', '_')}"
     client = connect(dsn)
     migrate(client)
-    env = {**os.environ, "RUNSTREAM_KAFKA": kafka_bootstrap, "RUNSTREAM_CLICKHOUSE_DSN": dsn,
-           "RUNSTREAM_APP_ID": unique("group"), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    workers = [_worker({**env, "RUNSTREAM_DATA_DIR": str(tmp_path / f"w{i}")}, tmp_path / f"w{i}.log") for i in range(2)]
+    env = {
+        **os.environ,
+        "RUNSTREAM_KAFKA": kafka_bootstrap,
+        "RUNSTREAM_CLICKHOUSE_DSN": dsn,
+        "RUNSTREAM_APP_ID": unique("group"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    workers = [
+        _worker({**env, "RUNSTREAM_DATA_DIR": str(tmp_path / f"w{i}")}, tmp_path / f"w{i}.log") for i in range(2)
+    ]
     try:
         per_run = [_run_events(project, r) for r in range(RUNS)]
         # Interleave the runs, a few batches at a time, so both workers are busy when one dies.
-        slices = [[e for run in per_run for e in run[i:i + 4]] for i in range(0, BATCHES + 2, 4)]
+        slices = [[e for run in per_run for e in run[i : i + 4]] for i in range(0, BATCHES + 2, 4)]
 
         def points() -> int:
-            return int(client.command("SELECT count() FROM metric_points FINAL WHERE project = {p:String}",
-                                      parameters={"p": project}))
+            return int(
+                client.command(
+                    "SELECT count() FROM metric_points FINAL WHERE project = {p:String}", parameters={"p": project}
+                )
+            )
 
         expected = RUNS * BATCHES * ROWS * 2
         asyncio.run(_produce(kafka_bootstrap, slices[: len(slices) // 2], pause=0.3))
@@ -80,15 +108,22 @@ def test_a_killed_worker_loses_nothing_and_duplicates_collapse(kafka_bootstrap, 
         assert points() > 0, "the workers did not start processing: see " + str(tmp_path)
         workers[0].send_signal(signal.SIGKILL)  # mid-stream, mid-batch
         workers[0].wait()
-        asyncio.run(_produce(kafka_bootstrap, slices[len(slices) // 2:], pause=0.1))
+        asyncio.run(_produce(kafka_bootstrap, slices[len(slices) // 2 :], pause=0.1))
 
         def summarised() -> int:
-            return int(client.command("SELECT sum(count) FROM metric_summaries FINAL WHERE project = {p:String}",
-                                      parameters={"p": project}) or 0)
+            return int(
+                client.command(
+                    "SELECT sum(count) FROM metric_summaries FINAL WHERE project = {p:String}",
+                    parameters={"p": project},
+                )
+                or 0
+            )
 
         def done() -> bool:
-            finished = client.command("SELECT count() FROM runs FINAL WHERE project = {p:String} AND state = 'finished'",
-                                      parameters={"p": project})
+            finished = client.command(
+                "SELECT count() FROM runs FINAL WHERE project = {p:String} AND state = 'finished'",
+                parameters={"p": project},
+            )
             # The summaries are written after the points and the runs rows: wait for them too.
             return points() == expected and int(finished) == RUNS and summarised() >= expected
 
@@ -99,12 +134,18 @@ def test_a_killed_worker_loses_nothing_and_duplicates_collapse(kafka_bootstrap, 
         # Every point was folded into the summaries exactly once, across the kill and the takeover.
         counts = client.query(
             "SELECT metric, count(), min(count), max(count) FROM metric_summaries FINAL WHERE project = {p:String} GROUP BY metric",
-            parameters={"p": project}).result_rows
-        assert sorted(counts) == [("acc", RUNS, BATCHES * ROWS, BATCHES * ROWS), ("loss", RUNS, BATCHES * ROWS, BATCHES * ROWS)]
+            parameters={"p": project},
+        ).result_rows
+        assert sorted(counts) == [
+            ("acc", RUNS, BATCHES * ROWS, BATCHES * ROWS),
+            ("loss", RUNS, BATCHES * ROWS, BATCHES * ROWS),
+        ]
 
         assert done()
         buckets = client.command(
-            "SELECT sum(count) FROM metric_buckets FINAL WHERE project = {p:String} AND level = 1", parameters={"p": project})
+            "SELECT sum(count) FROM metric_buckets FINAL WHERE project = {p:String} AND level = 1",
+            parameters={"p": project},
+        )
         assert int(buckets) == expected
     finally:
         for w in workers:

@@ -30,6 +30,8 @@ for epoch in range(wandb.config.epochs):
 table = wandb.Table(columns=["id", "prediction", "truth"], data=[[1, "cat", "cat"], [2, "dog", "cat"]])
 wandb.log({"predictions": table})
 wandb.run.summary["best_val_acc"] = 0.9
-wandb.alert(title="Training done", text=f"best val/acc {wandb.run.summary['val/acc']['max']:.2f}", level=wandb.AlertLevel.INFO)
+wandb.alert(
+    title="Training done", text=f"best val/acc {wandb.run.summary['val/acc']['max']:.2f}", level=wandb.AlertLevel.INFO
+)
 print("summary", wandb.run.summary["val/acc"], wandb.run.summary["train/loss"])
 wandb.finish()

@@ -40,7 +40,7 @@ def streams(monkeypatch, tmp_path):
     Installed when the test calls it: pytest puts its own capture back on sys.stdout
     between a fixture's setup and the test.
     """
-    files = [open(tmp_path / name, "w+", encoding="utf-8", newline="") for name in ("stdout.txt", "stderr.txt")]
+    files = [open(tmp_path / name, "w+", encoding="utf-8", newline="") for name in ("stdout.txt", "stderr.txt")]  # noqa: SIM115 - closed at teardown
 
     def install() -> list:
         monkeypatch.setattr(sys, "stdout", files[0])
@@ -136,7 +136,19 @@ def test_a_bar_that_cleared_itself_leaves_no_line(streams):
 
 def test_the_original_streams_receive_exactly_the_same_text(streams, tmp_path):
     streams()
-    writes = ["plain\n", "no newline yet", " ... done\n", "\r10%", "\r100%", "\n", "crlf\r\n", "ünïcødé ✓ 🚀\n", "", "x" * 70_000, "\n"]
+    writes = [
+        "plain\n",
+        "no newline yet",
+        " ... done\n",
+        "\r10%",
+        "\r100%",
+        "\n",
+        "crlf\r\n",
+        "ünïcødé ✓ 🚀\n",
+        "",
+        "x" * 70_000,
+        "\n",
+    ]
 
     def emit() -> None:
         for text in writes:
@@ -197,8 +209,8 @@ def test_stop_restores_the_streams_and_is_idempotent(streams):
 
 
 def test_stop_leaves_a_stream_that_someone_else_replaced(streams):
-    out, err = streams()
-    capture, got = _capture()
+    _out, err = streams()
+    capture, _got = _capture()
     theirs = io.StringIO()
     sys.stdout = theirs
     capture.stop()

@@ -15,7 +15,14 @@ import pytest
 from runstream.collectors.system import SystemSampler, gpu_names
 
 MB = 1024 * 1024
-BASE_KEYS = {"cpu.percent", "cpu.process_percent", "memory.percent", "memory.used_mb", "memory.process_rss_mb", "disk.percent"}
+BASE_KEYS = {
+    "cpu.percent",
+    "cpu.process_percent",
+    "memory.percent",
+    "memory.used_mb",
+    "memory.process_rss_mb",
+    "disk.percent",
+}
 RATE_KEYS = {"disk.read_mb_s", "disk.write_mb_s", "network.sent_mb_s", "network.recv_mb_s"}
 
 
@@ -88,7 +95,10 @@ class FakeNvml:
     def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[SimpleNamespace]:
         if handle == 1:
             return [SimpleNamespace(pid=self.pid + 1, usedGpuMemory=MB)]
-        return [SimpleNamespace(pid=self.pid, usedGpuMemory=512 * MB), SimpleNamespace(pid=self.pid + 1, usedGpuMemory=None)]
+        return [
+            SimpleNamespace(pid=self.pid, usedGpuMemory=512 * MB),
+            SimpleNamespace(pid=self.pid + 1, usedGpuMemory=None),
+        ]
 
 
 class NoDriver(FakeNvml):
@@ -104,7 +114,7 @@ def test_sample_reports_cpu_memory_disk_and_network_in_sane_ranges():
     first, values = _two_readings(sampler)
     assert {"memory.percent", "memory.used_mb", "memory.process_rss_mb", "disk.percent"} <= first.keys()
     assert not first.keys() & RATE_KEYS, "rates need two readings"
-    assert BASE_KEYS | RATE_KEYS <= values.keys()
+    assert values.keys() >= BASE_KEYS | RATE_KEYS
     assert all(isinstance(v, float) for v in values.values())
     assert 0 <= values["cpu.percent"] <= 100
     assert values["cpu.process_percent"] >= 0
@@ -145,7 +155,7 @@ def test_the_thread_delivers_samples_and_stops_promptly():
     assert len(got) >= 3
     times = [ts for ts, _ in got]
     assert started <= times[0] and times == sorted(times)
-    assert BASE_KEYS | RATE_KEYS <= got[0][1].keys(), "the first delivered sample has rates already"
+    assert got[0][1].keys() >= BASE_KEYS | RATE_KEYS, "the first delivered sample has rates already"
     count = len(got)
     time.sleep(0.15)
     assert len(got) == count, "nothing is delivered after stop()"
@@ -176,7 +186,9 @@ def test_a_failing_psutil_call_is_logged_once_and_disables_only_its_group(monkey
     sampler = SystemSampler(on_sample=_ignore, nvml=NoDriver(os.getpid()))
     with caplog.at_level(logging.WARNING, logger="runstream"):
         readings = [sampler.sample() for _ in range(3)]
-    assert [r.message for r in caplog.records] == ["runstream: memory metrics disabled after an error: OSError('no /proc/meminfo')"]
+    assert [r.message for r in caplog.records] == [
+        "runstream: memory metrics disabled after an error: OSError('no /proc/meminfo')"
+    ]
     assert "memory.percent" not in readings[-1] and "memory.used_mb" not in readings[-1]
     assert {"cpu.percent", "memory.process_rss_mb", "disk.percent", "network.recv_mb_s"} <= readings[-1].keys()
 

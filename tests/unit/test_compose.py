@@ -58,10 +58,7 @@ def test_runstream_services_set_only_variables_the_code_reads(service):
 @pytest.mark.parametrize("service", RUNSTREAM_SERVICES)
 def test_commands_are_real_cli_commands(service):
     command = SERVICES[service]["command"]
-    if command[:2] == ["sh", "-c"]:
-        invocations = [part.split() for part in command[2].split("&&")]
-    else:
-        invocations = [command]
+    invocations = [part.split() for part in command[2].split("&&")] if command[:2] == ["sh", "-c"] else [command]
     for argv in invocations:
         assert argv[0] == "runstream"
         _parser().parse_args(argv[1:])  # exits (fails the test) on an unknown command or flag

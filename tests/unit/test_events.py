@@ -98,7 +98,9 @@ MALFORMED = [
     (make_event(events.RUN_UPDATE, {}), "an update must set at least one field"),
     (make_event(events.CONSOLE, {"time": [1.0], "stream": ["stdin"], "line": ["x"]}), "every stream must be one of"),
     (
-        make_event(events.FILE, {"path": "../etc/passwd", "kind": "file", "size": 1, "sha256": "a" * 64, "store_key": "k"}),
+        make_event(
+            events.FILE, {"path": "../etc/passwd", "kind": "file", "size": 1, "sha256": "a" * 64, "store_key": "k"}
+        ),
         "path must be relative and stay inside the run",
     ),
     (make_event(events.ALERT, {"title": "t", "text": "x", "level": "PANIC", "source": "sdk"}), "field 'level'"),

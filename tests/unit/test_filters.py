@@ -130,7 +130,10 @@ def test_tags_have_array_semantics():
 
 
 def test_times_become_milliseconds():
-    iso, unix = _compiled({"created_at": {"$gt": "2024-05-01T12:00:00Z"}}), _compiled({"created_at": {"$gt": 1714564800}})
+    iso, unix = (
+        _compiled({"created_at": {"$gt": "2024-05-01T12:00:00Z"}}),
+        _compiled({"created_at": {"$gt": 1714564800}}),
+    )
     assert list(iso.params.values()) == list(unix.params.values()) == [1714564800000]
     naive = _compiled({"created_at": "2024-05-01T12:00:00"})  # no offset: UTC
     assert list(naive.params.values()) == [1714564800000]

@@ -20,10 +20,20 @@ class _Level(enum.IntEnum):
 
 def test_to_scalar_keeps_integers_as_ints_and_floats_as_floats():
     cases = [
-        (3, 3, int), (-7, -7, int), (True, 1, int), (False, 0, int), (_Level.HIGH, 3, int),
-        (np.int64(5), 5, int), (np.uint8(200), 200, int), (np.int32(-2), -2, int), (np.bool_(True), 1, int),
+        (3, 3, int),
+        (-7, -7, int),
+        (True, 1, int),
+        (False, 0, int),
+        (_Level.HIGH, 3, int),
+        (np.int64(5), 5, int),
+        (np.uint8(200), 200, int),
+        (np.int32(-2), -2, int),
+        (np.bool_(True), 1, int),
         (np.array(4), 4, int),  # a 0-d array
-        (1.0, 1.0, float), (0.5, 0.5, float), (np.float32(2.0), 2.0, float), (np.float64(0.25), 0.25, float),
+        (1.0, 1.0, float),
+        (0.5, 0.5, float),
+        (np.float32(2.0), 2.0, float),
+        (np.float64(0.25), 0.25, float),
         (2**63, float(2**63), float),  # beyond what a JSON event carries: a float
         (np.uint64(2**64 - 1), float(2**64 - 1), float),
     ]
@@ -42,18 +52,26 @@ def test_decode_value_keeps_ints():
 
 
 def _batch(seq: int, steps: list[int], values: dict[str, list]) -> Event:
-    return Event(METRICS, "acme", "p", "r1", seq, 0.0, {"step": steps, "time": [float(s) for s in steps],
-                                                        "values": values})
+    return Event(
+        METRICS, "acme", "p", "r1", seq, 0.0, {"step": steps, "time": [float(s) for s in steps], "values": values}
+    )
 
 
 def test_the_processor_keeps_integer_metrics_as_ints_and_one_float_makes_a_metric_float():
     summary = summaries.new_summary()
-    summaries.fold_metrics(summary, _batch(1, [0, 1, 2], {
-        "epoch": [0, 1, 2],  # dense: min/max/last in C
-        "sparse": [5, None, "NaN"],  # folded row by row; NaN leaves it integer
-        "loss": [1.0, 0.5, 2.0],  # whole floats are floats
-        "mixed": [4, 3, 7],
-    }))
+    summaries.fold_metrics(
+        summary,
+        _batch(
+            1,
+            [0, 1, 2],
+            {
+                "epoch": [0, 1, 2],  # dense: min/max/last in C
+                "sparse": [5, None, "NaN"],  # folded row by row; NaN leaves it integer
+                "loss": [1.0, 0.5, 2.0],  # whole floats are floats
+                "mixed": [4, 3, 7],
+            },
+        ),
+    )
     summaries.fold_metrics(summary, _batch(2, [3, 4], {"epoch": [3, 4], "sparse": [None, 2], "mixed": [2, 0.5]}))
     stats = summary["metrics"]
     assert [stats[m]["integer"] for m in ("epoch", "sparse", "loss", "mixed")] == [True, True, False, False]

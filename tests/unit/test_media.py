@@ -119,7 +119,7 @@ _Tensor.__module__ = "torch"
 def test_torch_tensors_are_read_as_channels_first(tmp_path):
     chw = np.zeros((3, 2, 5), dtype=np.float32)
     chw[0] = 1.0  # a red image
-    stored, blob = _store(Image(_Tensor(chw)), tmp_path)
+    _stored, blob = _store(Image(_Tensor(chw)), tmp_path)
     mode, pixels = _pixels(blob)
     assert mode == "RGB" and pixels.shape == (2, 5, 3)
     assert (pixels[:, :, 0] == 255).all() and (pixels[:, :, 1:] == 0).all()
@@ -190,7 +190,9 @@ def test_histograms_without_numpy_match_numpys(monkeypatch):
 
 
 def test_table_from_rows_and_add_data(tmp_path):
-    table = Table(columns=["id", "label", "score"], data=[[1, "cat", np.float32(0.5)], (np.int64(2), "dog", float("nan"))])
+    table = Table(
+        columns=["id", "label", "score"], data=[[1, "cat", np.float32(0.5)], (np.int64(2), "dog", float("nan"))]
+    )
     table.add_data(3, None, {"top": [np.int8(1), 2.5]})
     stored, blob = _store(table, tmp_path, key="predictions", step=0)
     assert orjson.loads(blob) == {
@@ -213,7 +215,10 @@ def test_table_from_a_dataframe(tmp_path):
             "n": pd.array([7, None], dtype="Int64"),
         }
     )
-    expected = {"columns": ["x", "name", "when", "n"], "data": [[1.5, "a", "2024-01-02T03:04:05", 7], [None, None, None, None]]}
+    expected = {
+        "columns": ["x", "name", "when", "n"],
+        "data": [[1.5, "a", "2024-01-02T03:04:05", 7], [None, None, None, None]],
+    }
     for table in (Table(dataframe=df), Table(data=df)):
         stored, blob = _store(table, tmp_path)
         assert orjson.loads(blob) == expected and stored.meta == {"rows": 2, "columns": 4}
@@ -257,11 +262,13 @@ def test_plotly_figures_are_stored_as_their_json(tmp_path):
 def test_a_real_plotly_figure(tmp_path):
     go = pytest.importorskip("plotly.graph_objects")
     fig = go.Figure(go.Scatter(y=[1, 3, 2]))
-    stored, blob = _store(to_media(fig), tmp_path)
+    _stored, blob = _store(to_media(fig), tmp_path)
     assert orjson.loads(blob)["data"][0]["y"] == [1, 3, 2]
 
 
-@pytest.mark.parametrize("key", ["../../escape", "/etc/passwd", "..", "val/examples", "a\\..\\b", "", "x" * 300, ".hidden"])
+@pytest.mark.parametrize(
+    "key", ["../../escape", "/etc/passwd", "..", "val/examples", "a\\..\\b", "", "x" * 300, ".hidden"]
+)
 def test_keys_cannot_escape_the_files_directory(tmp_path, key):
     files_dir = tmp_path / "run" / "files"
     stored, _ = _store(Histogram([1, 2]), files_dir, key=key)
@@ -408,16 +415,26 @@ def test_log_stores_galleries_dataframes_and_histograms_at_the_step(tmp_path):
     from runstream import events
     from tests.helpers import spooled_events
 
-    run = runstream.init(project="p", mode="offline", dir=tmp_path,
-                         settings={"console": False, "system_metrics": False, "git": False})
-    run.log({"examples": [_image(1, "one"), _image(2, "two")], "df": pd.DataFrame({"a": [1]}), "h": [1, 2], "empty": []},
-            step=4)
+    run = runstream.init(
+        project="p", mode="offline", dir=tmp_path, settings={"console": False, "system_metrics": False, "git": False}
+    )
+    run.log(
+        {"examples": [_image(1, "one"), _image(2, "two")], "df": pd.DataFrame({"a": [1]}), "h": [1, 2], "empty": []},
+        step=4,
+    )
     with pytest.raises(TypeError, match="'mixed' mixes Image with int"):
         run.log({"mixed": [_image(1), 2]})
     run.finish()
     stored = sorted(
-        (e.data["meta"]["key"], e.data["step"], e.data["media_type"], e.data["meta"].get("index"), e.data["meta"].get("caption"))
-        for e in spooled_events(run.dir) if e.type == events.FILE and e.data["kind"] == "media"
+        (
+            e.data["meta"]["key"],
+            e.data["step"],
+            e.data["media_type"],
+            e.data["meta"].get("index"),
+            e.data["meta"].get("caption"),
+        )
+        for e in spooled_events(run.dir)
+        if e.type == events.FILE and e.data["kind"] == "media"
     )
     assert stored == [
         ("df", 4, "table", None, None),

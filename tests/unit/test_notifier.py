@@ -15,8 +15,15 @@ from infra.net import free_port
 from runstream.events import ALERT, Event
 from runstream.streams.notifier import Notifier, WebhookPolicy
 
-ALERT_EVENT = Event(ALERT, "acme", "mnist", "run1", 7, 1_760_000_000.0,
-                    {"title": "loss too big", "text": "loss = 12", "level": "ERROR", "source": "rule", "rule_id": "r1"})
+ALERT_EVENT = Event(
+    ALERT,
+    "acme",
+    "mnist",
+    "run1",
+    7,
+    1_760_000_000.0,
+    {"title": "loss too big", "text": "loss = 12", "level": "ERROR", "source": "rule", "rule_id": "r1"},
+)
 
 
 @contextlib.asynccontextmanager
@@ -138,14 +145,25 @@ def test_webhook_policy_judges_addresses_and_names():
     assert policy.refusal("http://8.8.8.8/x") is None
     assert policy.refusal("http://hooks.internal:9000/x") is None
     assert policy.refusal("http://192.168.7.9/x") is None
-    for url in ("http://127.0.0.1/x", "http://10.0.0.1/x", "http://169.254.169.254/latest/meta-data",
-                "http://[::1]:8080/x", "http://[::ffff:127.0.0.1]/x", "http://localhost/x", "http://a.localhost/x",
-                "http://192.168.8.1/x", "http://0.0.0.0/x",
-                # Unicode digits and dots that yarl turns into 127.0.0.1 (aiohttp then connects without DNS)
-                "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/x", "http://127\u30020\u30020\u30021/x",
-                # IPv6 forms that carry an internal IPv4 address: NAT64, 6to4, IPv4-compatible
-                "http://[64:ff9b::a9fe:a9fe]/latest", "http://[2002:7f00:1::]/x", "http://[::127.0.0.1]/x",
-                "http://[::ffff:0:7f00:1]/x"):
+    for url in (
+        "http://127.0.0.1/x",
+        "http://10.0.0.1/x",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]:8080/x",
+        "http://[::ffff:127.0.0.1]/x",
+        "http://localhost/x",
+        "http://a.localhost/x",
+        "http://192.168.8.1/x",
+        "http://0.0.0.0/x",
+        # Unicode digits and dots that yarl turns into 127.0.0.1 (aiohttp then connects without DNS)
+        "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/x",
+        "http://127\u30020\u30020\u30021/x",
+        # IPv6 forms that carry an internal IPv4 address: NAT64, 6to4, IPv4-compatible
+        "http://[64:ff9b::a9fe:a9fe]/latest",
+        "http://[2002:7f00:1::]/x",
+        "http://[::127.0.0.1]/x",
+        "http://[::ffff:0:7f00:1]/x",
+    ):
         assert policy.refusal(url) and "RUNSTREAM_WEBHOOK_ALLOW" in policy.refusal(url), url
     for url in ("http://[::1", "ftp://example.org/x", "http:///x"):
         assert "URL" in policy.refusal(url), url

@@ -127,7 +127,9 @@ class Handler(BaseHTTPRequestHandler):
     def _export(self, parts: list[str], query: dict[str, str]) -> None:
         """An export's bytes, chunked as the server streams them; ``cut`` breaks off after the first chunk."""
         if query.get("format") == "xlsx":
-            return self._send(400, {"error": {"code": "bad_request", "message": "unknown export format", "details": None}})
+            return self._send(
+                400, {"error": {"code": "bad_request", "message": "unknown export format", "details": None}}
+            )
         self.send_response(200)
         self.send_header("Content-Type", "application/vnd.apache.parquet")
         self.send_header("Transfer-Encoding", "chunked")
@@ -395,8 +397,13 @@ def test_history_without_pandas_says_how_to_install(api, monkeypatch):
 
 
 def test_export_streams_to_the_file_and_sends_the_selection(api, server, tmp_path):
-    target = api.export("acme/mnist", tmp_path / "out.parquet", runs=["r1", api.run("acme/mnist/r2")],
-                        metrics=["loss", "acc"], progress=False)
+    target = api.export(
+        "acme/mnist",
+        tmp_path / "out.parquet",
+        runs=["r1", api.run("acme/mnist/r2")],
+        metrics=["loss", "acc"],
+        progress=False,
+    )
     assert target == tmp_path / "out.parquet" and target.read_bytes() == b"".join(EXPORT_CHUNKS)
     query = server.sent("/projects/acme/mnist/export")[0]["query"]
     assert query == {"format": "parquet", "table": "history", "run_ids": "r1,r2", "metrics": "loss,acc"}

@@ -29,7 +29,9 @@ def test_a_saved_key_goes_only_to_its_own_server(tmp_path):
     elsewhere = Settings.from_env({"RUNSTREAM_URL": "http://127.0.0.1:8080"}, config=config)
     assert elsewhere.key_for(elsewhere.url) == ""
     # A key from the environment is the user's explicit choice for whatever URL is in use.
-    explicit = Settings.from_env({"RUNSTREAM_URL": "http://127.0.0.1:8080", "RUNSTREAM_API_KEY": "rs_env"}, config=config)
+    explicit = Settings.from_env(
+        {"RUNSTREAM_URL": "http://127.0.0.1:8080", "RUNSTREAM_API_KEY": "rs_env"}, config=config
+    )
     assert explicit.key_for(explicit.url) == "rs_env"
 
 

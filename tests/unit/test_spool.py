@@ -2,7 +2,7 @@
 
 import pytest
 
-from runstream.sender import metric_batches, MAX_POINTS_PER_EVENT
+from runstream.sender import MAX_POINTS_PER_EVENT, metric_batches
 from runstream.spool import Cursor, Spool, SpoolLocked
 from runstream.summary import MetricStats
 

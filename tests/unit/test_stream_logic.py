@@ -15,19 +15,22 @@ def _ev(type_: str, seq: int, ts: float, data: dict, run_id: str = "r1") -> Even
     return Event(type_, "acme", "p", run_id, seq, ts, data)
 
 
-@pytest.mark.parametrize("kind, spec, message", [
-    ("loudness", {}, "unknown rule kind"),
-    ("threshold", {"metric": "loss", "op": "~", "value": 1}, "'op'"),
-    ("threshold", {"metric": "loss", "op": ">", "value": "ten"}, "'value'"),
-    ("threshold", {"metric": "loss", "op": ">", "value": 1, "level": "LOUD"}, "level"),
-    ("threshold", {"metric": "loss", "op": ["<"], "value": 1}, "'op'"),  # not hashable: still a RuleError
-    ("threshold", {"metric": "loss", "op": ">", "value": 1, "level": ["WARN"]}, "level"),
-    ("system", {"metric": "gpu", "op": "<", "value": 10}, "'for_seconds'"),
-    ("divergence", {"metric": "loss", "percent": -5, "within_steps": 10}, "'percent'"),
-    ("stall", {"metric": "loss"}, "'patience'"),
-    ("stall", {"seconds": 0}, "'seconds'"),
-    ("run_state", {"states": []}, "'states'"),
-])
+@pytest.mark.parametrize(
+    "kind, spec, message",
+    [
+        ("loudness", {}, "unknown rule kind"),
+        ("threshold", {"metric": "loss", "op": "~", "value": 1}, "'op'"),
+        ("threshold", {"metric": "loss", "op": ">", "value": "ten"}, "'value'"),
+        ("threshold", {"metric": "loss", "op": ">", "value": 1, "level": "LOUD"}, "level"),
+        ("threshold", {"metric": "loss", "op": ["<"], "value": 1}, "'op'"),  # not hashable: still a RuleError
+        ("threshold", {"metric": "loss", "op": ">", "value": 1, "level": ["WARN"]}, "level"),
+        ("system", {"metric": "gpu", "op": "<", "value": 10}, "'for_seconds'"),
+        ("divergence", {"metric": "loss", "percent": -5, "within_steps": 10}, "'percent'"),
+        ("stall", {"metric": "loss"}, "'patience'"),
+        ("stall", {"seconds": 0}, "'seconds'"),
+        ("run_state", {"states": []}, "'states'"),
+    ],
+)
 def test_incomplete_rules_are_refused_with_what_to_fix(kind, spec, message):
     with pytest.raises(RuleError, match=message):
         check_rule(kind, spec)
@@ -40,7 +43,9 @@ def test_complete_rules_pass():
 
 
 def test_system_rule_fires_once_the_condition_held_long_enough():
-    rule = Rule("acme", "p", "idle", "GPU idle", "system", {"metric": "gpu", "op": "<", "value": 10, "for_seconds": 300}, 0)
+    rule = Rule(
+        "acme", "p", "idle", "GPU idle", "system", {"metric": "gpu", "op": "<", "value": 10, "for_seconds": 300}, 0
+    )
     memory: dict = {}
     samples = [(0, 5.0), (200, 5.0), (299, 4.0), (301, 3.0), (400, 2.0), (500, 50.0), (600, 1.0), (950, 1.0)]
     fired = []
@@ -60,18 +65,42 @@ def test_a_replayed_update_leaves_the_summary_alone_and_definitions_replace_by_n
 
 def test_run_summary_is_shaped_as_wandb_shapes_define_metric_choices():
     summary = summaries.new_summary()
-    batch = _ev(METRICS, 1, 0.0, {"step": [0, 1, 2], "time": [1.0, 2.0, 3.0],
-                                  "values": {"loss": [3.0, 1.0, 2.0], "acc": [0.1, 0.9, 0.5], "lr": [0.3, 0.2, 0.1]}})
+    batch = _ev(
+        METRICS,
+        1,
+        0.0,
+        {
+            "step": [0, 1, 2],
+            "time": [1.0, 2.0, 3.0],
+            "values": {"loss": [3.0, 1.0, 2.0], "acc": [0.1, 0.9, 0.5], "lr": [0.3, 0.2, 0.1]},
+        },
+    )
     summaries.fold_metrics(summary, batch)
     assert summaries.run_summary(summary) == {"loss": 2.0, "acc": 0.5, "lr": 0.1}  # no choice: the last value
-    specs = [{"name": "loss", "summary": "min,max,mean,last"}, {"name": "acc", "summary": "best", "goal": "maximize"},
-             {"name": "lr", "summary": "none"}]
+    specs = [
+        {"name": "loss", "summary": "min,max,mean,last"},
+        {"name": "acc", "summary": "best", "goal": "maximize"},
+        {"name": "lr", "summary": "none"},
+    ]
     summaries.fold_update(summary, _ev(RUN_UPDATE, 2, 0.0, {"define_metric": specs}))
-    assert summaries.run_summary(summary) == {"loss": {"min": 1.0, "max": 3.0, "mean": 2.0, "last": 2.0}, "acc": {"best": 0.9}}
-    summaries.fold_update(summary, _ev(RUN_UPDATE, 3, 0.0, {"define_metric": [{"name": "acc", "summary": "best", "goal": "minimize"}],
-                                                            "summary": {"lr": 7}}))
-    assert summaries.run_summary(summary) == {"loss": {"min": 1.0, "max": 3.0, "mean": 2.0, "last": 2.0}, "acc": {"best": 0.1},
-                                              "lr": 7}  # a value the user set wins
+    assert summaries.run_summary(summary) == {
+        "loss": {"min": 1.0, "max": 3.0, "mean": 2.0, "last": 2.0},
+        "acc": {"best": 0.9},
+    }
+    summaries.fold_update(
+        summary,
+        _ev(
+            RUN_UPDATE,
+            3,
+            0.0,
+            {"define_metric": [{"name": "acc", "summary": "best", "goal": "minimize"}], "summary": {"lr": 7}},
+        ),
+    )
+    assert summaries.run_summary(summary) == {
+        "loss": {"min": 1.0, "max": 3.0, "mean": 2.0, "last": 2.0},
+        "acc": {"best": 0.1},
+        "lr": 7,
+    }  # a value the user set wins
 
 
 def test_stored_rules_are_checked_when_loaded():
@@ -104,24 +133,36 @@ def test_run_state_lifecycle_and_resends():
     state = runstate.new_state(start)
     # The SDK's clock (ts) is an hour behind the server's (now): liveness follows the server's.
     assert runstate.apply(state, start, changes, now=3700.0)
-    assert runstate.apply(state, _ev(RUN_UPDATE, 11, 101.0, {"config": {"a": {"c": 2}}, "tags": ["x"]}), changes, 3701.0)
+    assert runstate.apply(
+        state, _ev(RUN_UPDATE, 11, 101.0, {"config": {"a": {"c": 2}}, "tags": ["x"]}), changes, 3701.0
+    )
     assert not runstate.apply(state, _ev(RUN_UPDATE, 11, 101.0, {"tags": ["resent, ignored"]}), changes, 3702.0)
     runstate.apply(state, _ev(HEARTBEAT, 12, 130.0, {}), changes, now=3730.0)
-    runstate.apply(state, _ev(RUN_STATE, 0, 3800.0, {"state": "crashed", "since": 3720.0}), changes, 3800.0)  # spoke at 3730
+    runstate.apply(
+        state, _ev(RUN_STATE, 0, 3800.0, {"state": "crashed", "since": 3720.0}), changes, 3800.0
+    )  # spoke at 3730
     assert state["record"]["state"] == "running"
     runstate.apply(state, _ev(RUN_STATE, 0, 3900.0, {"state": "crashed", "since": 3730.0}), changes, 3900.0)
     runstate.apply(state, _ev(RUN_FINISH, 13, 310.0, {"state": "failed", "exit_code": 1}), changes, 3910.0)
     record = state["record"]
     assert record["config"] == {"a": {"b": 1, "c": 2}} and record["tags"] == ["x"]
-    assert [(c.old, c.new) for c in changes] == [(None, "running"), ("running", "crashed"), ("crashed", "running"),
-                                                 ("running", "failed")]
+    assert [(c.old, c.new) for c in changes] == [
+        (None, "running"),
+        ("running", "crashed"),
+        ("crashed", "running"),
+        ("running", "failed"),
+    ]
     assert record["finished_at"] == 310.0 and record["exit_code"] == 1 and record["seen_at"] == 3910.0
 
 
 def test_a_step_logged_again_counts_once():
     summary = summaries.new_summary()
-    first = _ev(METRICS, 5, 0.0, {"step": [0, 1, 2], "time": [1.0, 2.0, 3.0], "values": {"loss": [3.0, 2.0, 1.0],
-                                                                                       "acc": [None, 0.5, None]}})
+    first = _ev(
+        METRICS,
+        5,
+        0.0,
+        {"step": [0, 1, 2], "time": [1.0, 2.0, 3.0], "values": {"loss": [3.0, 2.0, 1.0], "acc": [None, 0.5, None]}},
+    )
     assert summaries.relogged(summary, first) == set()
     summaries.fold_metrics(summary, first)
     assert summaries.relogged(summary, first) == set()  # a replay is skipped, not restated
@@ -130,17 +171,34 @@ def test_a_step_logged_again_counts_once():
     resumed = {"step": [2, 3], "time": [4.0, 5.0], "values": {"loss": [1.5, 0.7], "acc": [None, 0.7]}}
     assert summaries.relogged(summary, _ev(METRICS, 6, 0.0, resumed)) == {"loss"}  # acc's step 1 is not logged again
     # A step twice within a batch is folding's own business: its last row counts.
-    twice = _ev(METRICS, 6, 0.0, {"step": [7, 7, 8, 7], "time": [4.0, 5.0, 6.0, 7.0],
-                                  "values": {"loss": [99.0, 2.0, "NaN", 0.5], "acc": [0.1, None, None, None]}})
+    twice = _ev(
+        METRICS,
+        6,
+        0.0,
+        {
+            "step": [7, 7, 8, 7],
+            "time": [4.0, 5.0, 6.0, 7.0],
+            "values": {"loss": [99.0, 2.0, "NaN", 0.5], "acc": [0.1, None, None, None]},
+        },
+    )
     assert summaries.relogged(summary, twice) == set()
     summaries.fold_metrics(summary, twice)
     row = summaries.metric_summary_rows(summary, "acme", "p", "r1", 1, {"loss", "acc"})
     assert [(r["metric"], r["count"], r["nan_count"], r["min"], r["max"], r["last_step"]) for r in row] == [
-        ("acc", 2, 0, 0.1, 0.5, 7), ("loss", 5, 1, 0.5, 3.0, 8)]  # loss: 3, 2, 1, 0.5 and a NaN
+        ("acc", 2, 0, 0.1, 0.5, 7),
+        ("loss", 5, 1, 0.5, 3.0, 8),
+    ]  # loss: 3, 2, 1, 0.5 and a NaN
     assert row[0]["last"] == 0.1 and math.isnan(row[1]["last"])
     assert row[1]["last_time"] == 6.0
     # restate replaces the counts, sum and extremes only: steps, times and the last value stay.
     summaries.restate(summary, "loss", {"count": 2, "sum": 3.0, "min": 1.0, "max": 2.0, "nan": 0, "inf": 1})
     row = summaries.metric_summary_rows(summary, "acme", "p", "r1", 1, {"loss"})[0]
-    assert (row["count"], row["mean"], row["min"], row["max"], row["inf_count"], row["last_step"]) == (3, 1.5, 1.0, 2.0, 1, 8)
+    assert (row["count"], row["mean"], row["min"], row["max"], row["inf_count"], row["last_step"]) == (
+        3,
+        1.5,
+        1.0,
+        2.0,
+        1,
+        8,
+    )
     assert summary["metrics"]["loss"]["last"] == "NaN"  # the state stays JSON

@@ -52,7 +52,8 @@ def test_sources_include_the_build_inputs() -> None:
 
 def test_bundle_matches_its_sources() -> None:
     assert manifest()["sources_sha256"] == sources_hash(), (
-        "web/ changed since api/ui was built: run `make ui` (npm ci && npm run build in web/) and commit api/ui")
+        "web/ changed since api/ui was built: run `make ui` (npm ci && npm run build in web/) and commit api/ui"
+    )
 
 
 def test_bundle_files_are_the_built_ones() -> None:
