@@ -23,6 +23,7 @@ from starlette.requests import Request
 
 from runstream.api.filestore import FileStore, LocalFileStore
 from runstream.events import Event
+from runstream.kafka import start_producer
 from runstream.settings import Settings
 from runstream.storage import accounts
 from runstream.storage.client import connect
@@ -41,7 +42,8 @@ class EventSink(Protocol):
 
     async def start(self) -> None: ...
 
-    async def send(self, events: Sequence[Event]) -> None: ...
+    async def send(self, events: Sequence[Event], encoded: Sequence[bytes] | None = None) -> None:
+        """Hold ``events`` (applied, or acknowledged); ``encoded``: each one's bytes as received and validated."""
 
     async def reset(self) -> None:
         """After a failed send: drop what may be broken, so the next send starts afresh."""
@@ -50,7 +52,11 @@ class EventSink(Protocol):
 
 
 class KafkaSink:
-    """Produces each event to its topic, keyed by run, and returns when the brokers acknowledged all of them."""
+    """Produces each event to its topic, keyed by run, and returns when the brokers acknowledged all of them.
+
+    Events that arrive encoded are forwarded as they came: a worker decodes and validates the
+    same bytes the API validated, with the same function, so encoding them again would only cost.
+    """
 
     applied_on_send = False  # a worker applies them shortly after
 
@@ -59,18 +65,13 @@ class KafkaSink:
         self._producer: Any = None
 
     async def start(self) -> None:
-        from aiokafka import AIOKafkaProducer
+        self._producer = await start_producer(self.bootstrap, linger_ms=2)
 
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
-                                    linger_ms=2, max_batch_size=1 << 20, max_request_size=4 << 20,
-                                    request_timeout_ms=10_000)
-        await producer.start()
-        self._producer = producer
-
-    async def send(self, events: Sequence[Event]) -> None:
+    async def send(self, events: Sequence[Event], encoded: Sequence[bytes] | None = None) -> None:
         if self._producer is None:
             await self.start()
-        futures = [await self._producer.send(e.topic.name, e.to_bytes(), key=e.key) for e in events]
+        values = encoded if encoded is not None else [e.to_bytes() for e in events]
+        futures = [await self._producer.send(e.topic.name, value, key=e.key) for e, value in zip(events, values, strict=True)]
         await asyncio.gather(*futures)
 
     async def reset(self) -> None:
@@ -111,7 +112,7 @@ class PipelineSink:
         self._loop = asyncio.get_running_loop()
         self._spawn(self._sweep_forever())
 
-    async def send(self, events: Sequence[Event]) -> None:
+    async def send(self, events: Sequence[Event], encoded: Sequence[bytes] | None = None) -> None:
         await run_in_threadpool(self.pipeline.handle, list(events))
 
     async def reset(self) -> None:

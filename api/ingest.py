@@ -48,8 +48,9 @@ MAX_REPORTED_ERRORS = 100
 SERVER_EVENTS = (RUN_STATE, RUN_EDIT)
 
 
-def parse_batch(body: bytes) -> list[Event]:
-    """Every line of an NDJSON body as an event; ApiError 422 listing each bad line (1-based) and why."""
+def parse_batch(body: bytes) -> tuple[list[Event], list[bytes]]:
+    """Every line of an NDJSON body as an event, and the lines themselves (what the Kafka sink forwards:
+    a worker decodes them as this did); ApiError 422 listing each bad line (1-based) and why."""
     events: list[Event] = []
     errors: list[dict[str, Any]] = []
     lines = [line for line in body.split(b"\n") if line.strip()]
@@ -73,7 +74,7 @@ def parse_batch(body: bytes) -> list[Event]:
         shown = errors[:MAX_REPORTED_ERRORS]
         raise ApiError(422, f"{len(errors)} of {len(lines)} events are invalid; nothing in the batch was applied",
                        code="invalid_events", details={"errors": shown, "invalid": len(errors), "total": len(lines)})
-    return events
+    return events, lines
 
 
 async def post_events(request: Request) -> Response:
@@ -101,11 +102,11 @@ async def post_events(request: Request) -> Response:
     principal = await authenticate(request)
     if principal.anonymous:
         raise ApiError(401, "ingest needs an API key: send 'Authorization: Bearer <key>'")
-    events = parse_batch(await read_body(request, MAX_BATCH_BYTES))
+    events, lines = parse_batch(await read_body(request, MAX_BATCH_BYTES))
     for team, project in sorted({(e.team, e.project) for e in events}):
         await require_project(request, team, project, "write")
     try:
-        await backend.sink.send(events)
+        await backend.sink.send(events, lines)
     except Exception as exc:  # noqa: BLE001 - any sink failure: the client keeps the batch and retries
         REJECTED.labels("unavailable").inc()
         log.warning("ingest of %d events failed: %s: %s", len(events), type(exc).__name__, exc)

@@ -19,6 +19,8 @@ import urllib.request
 from typing import Protocol
 from urllib.parse import quote, urlparse
 
+from runstream.kafka import start_producer
+
 log = logging.getLogger("runstream")
 
 Records = list[tuple[str, bytes]]
@@ -74,12 +76,6 @@ def _quiet_aiokafka() -> None:
             logger.addFilter(_QuietInSender())
 
 
-def _compression() -> str | None:
-    from aiokafka.codec import has_lz4
-
-    return "lz4" if has_lz4() else None
-
-
 class KafkaTransport:
     def __init__(self, url: str) -> None:
         self.bootstrap = urlparse(url).netloc
@@ -89,25 +85,8 @@ class KafkaTransport:
         _quiet_aiokafka()
 
     async def _ensure_producer(self):  # noqa: ANN202 - aiokafka's producer
-        from aiokafka import AIOKafkaProducer
-
         if self._producer is None:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap,
-                acks="all",
-                enable_idempotence=True,
-                compression_type=_compression(),
-                linger_ms=5,
-                max_batch_size=1 << 20,
-                max_request_size=4 << 20,
-                request_timeout_ms=10_000,
-            )
-            try:
-                await producer.start()
-            except BaseException:
-                await producer.stop()
-                raise
-            self._producer = producer
+            self._producer = await start_producer(self.bootstrap)
         return self._producer
 
     async def send(self, records: Records, key: bytes) -> None:
