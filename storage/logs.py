@@ -14,11 +14,11 @@ from typing import Any
 
 import orjson
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import DatabaseError
 
 from runstream.events import FILE_KINDS
 from runstream.names import MAX_TIME_MS, is_time_ms, is_time_s
 from runstream.storage.errors import QueryError
+from runstream.storage.filters import check_regexes
 
 MAX_RUNS = 10_000
 MAX_POINTS = 10_000
@@ -147,10 +147,7 @@ def console_search(
     if not isinstance(query, str) or not query or len(query) > MAX_QUERY_LEN:
         raise QueryError(f"a console search needs a query of 1 to {MAX_QUERY_LEN} characters")
     if regex:
-        try:
-            client.command("SELECT match('', {pattern:String})", parameters={"pattern": query})
-        except DatabaseError as exc:
-            raise QueryError(f"invalid regular expression {query!r}: {_engine_reason(exc)}", query=query) from None
+        check_regexes(client, [query])
         match = "AND match(line, {pattern:String})"
     else:
         match = "AND positionCaseInsensitiveUTF8(line, {pattern:String}) > 0"
@@ -325,9 +322,3 @@ def _ms(what: str, seconds: Any, default: int) -> int:
         raise QueryError(f"{what} must be a Unix time in seconds, got {seconds!r}")
     return round(seconds * 1000)
 
-
-def _engine_reason(exc: DatabaseError) -> str:
-    """The engine's one-line reason, without the code and stack trace decoration."""
-    text = str(exc)
-    m = re.search(r"DB::Exception: (.*?)(?: \([A-Z_]+\))?(?:\.|$)", text, re.S)
-    return (m[1] if m else text).strip().splitlines()[0][:300]
