@@ -37,8 +37,7 @@ class VersionedTable:
     key: tuple[str, ...]
     deletable: bool = True
 
-    def latest(self, client: Client, columns: str, *key: str, join: str = "",
-               where: str = "") -> dict[str, Any] | None:
+    def latest(self, client: Client, columns: str, *key: str, join: str = "", where: str = "") -> dict[str, Any] | None:
         """The record's latest version as ``columns`` name them, or None when it is missing or deleted.
 
         ``join`` (SQL after ``FROM table FINAL``) and ``where`` (one more condition) are for a
@@ -47,13 +46,15 @@ class VersionedTable:
         if len(key) != len(self.key):
             raise TypeError(f"{self.name} records are identified by {', '.join(self.key)}")
         conditions = [f"{column} = {{{column}:String}}" for column in self.key] + ([where] if where else [])
-        rows = list(client.query(
-            f"SELECT {columns} FROM {self.name} FINAL {join} WHERE {' AND '.join(conditions)}",
-            parameters=dict(zip(self.key, key))).named_results())
+        rows = list(
+            client.query(
+                f"SELECT {columns} FROM {self.name} FINAL {join} WHERE {' AND '.join(conditions)}",
+                parameters=dict(zip(self.key, key)),
+            ).named_results()
+        )
         return rows[0] if rows else None
 
-    def write(self, client: Client, row: Mapping[str, Any], after: int | None = None,
-              deleted: bool = False) -> None:
+    def write(self, client: Client, row: Mapping[str, Any], after: int | None = None, deleted: bool = False) -> None:
         """Insert ``row`` (every column but the version and deletion flag) as the version after
         ``after``, the version it replaces (None for a new record); ``deleted`` deletes the record."""
         values = {**row, "version": next_version(after)}
@@ -62,4 +63,3 @@ class VersionedTable:
         elif deleted:
             raise ValueError(f"{self.name} rows cannot be deleted")
         insert_row(client, self.name, values)
-
