@@ -27,7 +27,7 @@ from runstream.kafka import start_producer
 from runstream.settings import Settings
 from runstream.storage import accounts
 from runstream.storage.client import connect
-from runstream.storage.migrations import migrate
+from runstream.storage.migrations import migrate_once
 from runstream.streams.notifier import WebhookPolicy
 
 log = logging.getLogger("runstream.api")
@@ -184,7 +184,7 @@ class Backend:
         return self._client
 
     async def start(self) -> None:
-        await run_in_threadpool(migrate, self.client)
+        await run_in_threadpool(migrate_once, self.client)
         await self.sink.start()
 
     async def stop(self) -> None:

@@ -63,12 +63,12 @@ def _check_port(host: str, port: int) -> None:
 def _open_storage(settings: Settings) -> None:
     from runstream.storage import accounts
     from runstream.storage.client import connect
-    from runstream.storage.migrations import migrate
+    from runstream.storage.migrations import migrate_once
 
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     try:
         client = connect(settings.clickhouse_dsn)
-        migrate(client)
+        migrate_once(client)
         accounts.ensure_team(client, DEFAULT_TEAM)  # where runs go without an entity: members and keys start there
     except Exception as exc:  # noqa: BLE001 - the engine's own message, with what to do
         raise ServerError(f"cannot open the database in {settings.data_dir} ({type(exc).__name__}: {exc}). "

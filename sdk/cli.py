@@ -20,10 +20,10 @@ SERVER_EXTRA_HINT = "this command needs the server parts: pip install 'runstream
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     from runstream.storage.client import connect, redact
-    from runstream.storage.migrations import migrate
+    from runstream.storage.migrations import migrate_once
 
     dsn = args.dsn or settings.clickhouse_dsn
-    applied = migrate(connect(dsn))
+    applied = migrate_once(connect(dsn))
     names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none (the schema is up to date)"
     print(f"{redact(dsn)}: applied {names}")
     return 0
@@ -92,7 +92,7 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
 def _accounts_client(args: argparse.Namespace, settings: Settings):
     """A migrated client: ``keys`` may be the first thing run against a fresh database."""
     from runstream.storage.client import connect, redact
-    from runstream.storage.migrations import migrate
+    from runstream.storage.migrations import migrate_once
 
     dsn = args.dsn or settings.clickhouse_dsn
     try:
@@ -104,7 +104,7 @@ def _accounts_client(args: argparse.Namespace, settings: Settings):
                 "manage keys through its API from this machine (POST /api/v1/teams/TEAM/keys needs no key on "
                 "loopback), or stop the server first") if dsn.startswith("chdb:") else ""
         raise ValueError(f"cannot open the database {redact(dsn)} ({type(exc).__name__}: {exc}){hint}") from None
-    migrate(client)
+    migrate_once(client)
     return client
 
 

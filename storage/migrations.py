@@ -1,4 +1,4 @@
-"""Versioned schema migrations, applied idempotently at start-up.
+"""Versioned schema migrations, applied idempotently at start-up, once per process and database.
 
 Migrations are the files ``migrations/NNNN_name.sql`` beside this module, applied
 in version order. Each applied version is recorded with its checksum in
@@ -9,12 +9,19 @@ Every statement must be safe to run twice (``CREATE ... IF NOT EXISTS``,
 ``ADD COLUMN IF NOT EXISTS``): a process that dies between a statement and the
 record, or two workers starting at once, then re-run it harmlessly. Statements
 end with ``;`` at the end of a line; ``--`` starts a comment line.
+
+Every process that opens the database goes through ``migrate_once``: the embedded
+server opens it at start-up and again in its backend, a CLI command before its
+work, a worker when it first connects. The first call checks the ledger and
+applies what is missing; later calls for the same database in this process
+return at once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,3 +109,19 @@ def migrate(client: Client, directory: Path = MIGRATIONS_DIR) -> list[Migration]
         )
         applied.append(migration)
     return applied
+
+
+#: The databases this process has migrated: (server URL or engine directory, database).
+_migrated: set[tuple[str, str]] = set()
+_migrating = threading.Lock()
+
+
+def migrate_once(client: Client) -> list[Migration]:
+    """``migrate`` the client's database unless this process already did; return what it applied."""
+    target = (getattr(client, "url", None) or getattr(client, "path", None) or "", client.database)
+    with _migrating:  # a second caller waits for the first, then finds the schema done
+        if target in _migrated:
+            return []
+        applied = migrate(client)
+        _migrated.add(target)
+        return applied

@@ -1,11 +1,13 @@
 """The processing logic, framework-free: one batch of events in, tables and new events out.
 
-Both drivers call ``Processor.process`` with a batch of valid events (any mix
-of types, in arrival order), publish what it returns, then ``Processor.commit``:
+``streams/batch.py`` calls ``Processor.process`` with a batch of valid events
+(any mix of types, in arrival order), publishes what it returns, then calls
+``Processor.commit``, for both drivers:
 
 - the Faust worker (``streams/app.py``) publishes to Kafka and then lets Faust
   commit the batch's offsets;
-- the embedded server feeds what comes back into its next batch itself.
+- the embedded server (``streams/pipeline.py``) feeds what comes back into its
+  next batch itself.
 
 Each run's processor state (lifecycle, summary statistics, alert rule memory)
 is a JSON document in ``run_states``, loaded when a batch has events of the
@@ -44,6 +46,7 @@ from clickhouse_connect.driver.client import Client
 
 from runstream import events
 from runstream.events import ALERT, CONSOLE, FILE, METRICS, RUN_EDIT, RUN_STATE, RUN_UPDATE, SYSTEM, Event
+from runstream.storage import processing
 from runstream.storage.history import metric_statistics
 from runstream.storage.writer import (
     insert_alerts,
@@ -59,7 +62,7 @@ from runstream.storage.writer import (
 )
 from runstream.streams import runstate, summaries
 from runstream.streams.alerting import Evaluator, Fired, Rule, rule_from_row
-from runstream.streams.runstate import StateChange
+from runstream.streams.runstate import RunState, StateChange
 
 RunKey = tuple[str, str, str]  # (team, project, run_id)
 
@@ -79,13 +82,8 @@ class RuleBook:
             hit = self._cache.get((team, project))
             if hit and now - hit[0] < self._ttl_s:
                 return hit[1]
-        rows = self._client().query(
-            "SELECT team, project, rule_id, name, kind, spec, cooldown_s FROM alert_rules FINAL "
-            "WHERE team = {t:String} AND project = {p:String} AND enabled",
-            parameters={"t": team, "p": project},
-        ).named_results()
         rules = []
-        for row in rows:
+        for row in processing.enabled_rules(self._client(), team, project):
             try:
                 rules.append(rule_from_row(row))
             except ValueError:
@@ -125,11 +123,11 @@ def alert_id_of(event: Event) -> str:
 class Output:
     """What a batch produced: states to store and events to publish."""
 
-    states: dict[RunKey, dict[str, Any]] = field(default_factory=dict)
+    states: dict[RunKey, RunState] = field(default_factory=dict)
     publish: list[Event] = field(default_factory=list)
 
 
-def folded(state: dict[str, Any]) -> int:
+def folded(state: RunState) -> int:
     """How many SDK events (and user edits) a state has folded: the version of every row written from it.
 
     A version that grows with what was folded (not with the clock) makes a worker that
@@ -141,18 +139,11 @@ def folded(state: dict[str, Any]) -> int:
     return state.get("folded", 0)
 
 
-def last_seq(state: dict[str, Any]) -> int | None:
+def last_seq(state: RunState) -> int | None:
     """The largest SDK sequence number folded into a run's state (None before any): a resumed run
     must number its events above it, or they are taken for replays."""
     seqs = [state.get("runs_seq", -1), state.get("summary", {}).get("metrics_seq", -1), state.get("system_seq", -1)]
     return max(seqs) if max(seqs) >= 0 else None
-
-
-def _new_run_state(event: Event) -> dict[str, Any]:
-    state = runstate.new_state(event)
-    state["summary"] = summaries.new_summary()
-    state["alerts"] = {}
-    return state
 
 
 class Processor:
@@ -161,7 +152,7 @@ class Processor:
         self.rules = rules or RuleBook(client)
         self.clock = clock
 
-    def process(self, batch: Sequence[Event], cache: Mapping[RunKey, dict[str, Any]] | None = None) -> Output:
+    def process(self, batch: Sequence[Event], cache: Mapping[RunKey, RunState] | None = None) -> Output:
         """Write the batch's rows and fold it into its runs' states (returned, not yet stored)."""
         client = self._client()
         out = Output()
@@ -191,7 +182,7 @@ class Processor:
             state = out.states.get(key)
             if state is None:
                 known = states.get(key)
-                state = copy.deepcopy(known) if known is not None else _new_run_state(event)
+                state = copy.deepcopy(known) if known is not None else runstate.new_state(event)
                 out.states[key] = state
             changes: list[StateChange] = []
             applied = runstate.apply(state, event, changes, now)
@@ -241,7 +232,7 @@ class Processor:
         out.publish += [_alert_event(f, self.clock()) for f in fired]
         return out
 
-    def _restate(self, client: Client, relogged: dict[RunKey, set[str]], states: dict[RunKey, dict[str, Any]]) -> None:
+    def _restate(self, client: Client, relogged: dict[RunKey, set[str]], states: dict[RunKey, RunState]) -> None:
         """Statistics of metrics that logged a step of an earlier batch again, recomputed from the history
         written in step 1: one query per project and batch (a run that logs each step once never gets here)."""
         by_project: dict[tuple[str, str], dict[str, tuple[int, set[str]]]] = {}
@@ -253,7 +244,7 @@ class Processor:
             for (run_id, metric), stats in found.items():
                 summaries.restate(states[(team, project, run_id)]["summary"], metric, stats)
 
-    def _states(self, client: Client, batch: Sequence[Event], cache: Mapping[RunKey, dict[str, Any]]) -> dict[RunKey, dict]:
+    def _states(self, client: Client, batch: Sequence[Event], cache: Mapping[RunKey, RunState]) -> dict[RunKey, RunState]:
         keys = {(e.team, e.project, e.run_id) for e in batch}
         states = {k: cache[k] for k in keys if k in cache}
         for key, raw in load_run_states(client, keys - states.keys()).items():
@@ -278,37 +269,21 @@ class Processor:
         now = self.clock() if now is None else now
         client = self._client()
         out: list[Event] = []
-        silent = client.query(
-            "SELECT team, project, run_id, toUnixTimestamp64Milli(last_seen_at) FROM runs FINAL "
-            "WHERE state = 'running' AND last_seen_at < fromUnixTimestamp64Milli({cutoff:Int64})",
-            parameters={"cutoff": int((now - timeout_s) * 1000)},
-        ).result_rows
-        for team, project, run_id, seen_ms in silent:
-            since = seen_ms / 1000
+        for team, project, run_id, since in processing.silent_runs(client, now - timeout_s):
             out.append(Event(RUN_STATE, team, project, run_id, 0, now,
                              {"state": "crashed", "reason": f"nothing received for {now - since:.0f} s", "since": since}))
-        stall_projects = client.query(
-            "SELECT DISTINCT team, project FROM alert_rules FINAL WHERE enabled AND kind = 'stall'"
-        ).result_rows
-        for team, project in stall_projects:
+        for team, project in processing.projects_with_stall_rules(client):
             rules = [r for r in self.rules.rules(team, project) if r.kind == "stall" and "seconds" in r.spec]
             if not rules:
                 continue
-            last_steps = client.query(
-                "SELECT s.run_id, toUnixTimestamp64Milli(max(s.last_time)) FROM metric_summaries AS s FINAL "
-                "WHERE s.team = {t:String} AND s.project = {p:String} AND s.run_id IN "
-                "(SELECT run_id FROM runs FINAL WHERE team = {t:String} AND project = {p:String} AND state = 'running') "
-                "GROUP BY s.run_id",
-                parameters={"t": team, "p": project},
-            ).result_rows
-            for run_id, last_ms in last_steps:
+            for run_id, last_step_time in processing.last_step_times(client, team, project):
                 evaluator = Evaluator(rules, {})
-                evaluator.sweep(run_id, now, last_ms / 1000)
+                evaluator.sweep(run_id, now, last_step_time)
                 out += [_alert_event(f, now) for f in evaluator.fired]
         return out
 
 
-def _run_row(state: dict[str, Any]) -> dict[str, Any]:
+def _run_row(state: RunState) -> dict[str, Any]:
     """The runs row of a state: its record, with the run's define_metric specs."""
     return {**runstate.record_for_write(state, folded(state)), "metrics": summaries.metric_definitions(state["summary"])}
 

@@ -1,7 +1,10 @@
 """Run state: fold a run's lifecycle events into the record the runs table shows.
 
-Plain Python, no framework. A state is a JSON-able dict, stored by the
-processor in ClickHouse (``run_states``) between batches.
+Plain Python, no framework. A state (``RunState``) is a JSON-able dict, stored
+by the processor in ClickHouse (``run_states``) between batches: the run's
+record, the summary statistics (``summaries``) and the alert rules' memory
+(``alerting``). Its keys are typed below; states stored by older versions lack
+the ones marked ``NotRequired``.
 
 States: running, finished, failed, killed (from the SDK's ``run_finish``) and
 crashed, decided when a running run has sent nothing for longer than the
@@ -28,13 +31,54 @@ until the run starts again (a resume).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from runstream.events import HEARTBEAT, RUN_EDIT, RUN_FINISH, RUN_START, RUN_STATE, RUN_UPDATE, Event
+from runstream.streams.summaries import Summary, new_summary
 
-RunState = dict[str, Any]
 #: The SDK's lifecycle events, deduplicated by the runs topic's seq.
 RUN_EVENTS = (RUN_START, RUN_UPDATE, RUN_FINISH, HEARTBEAT)
+
+
+class RunRecord(TypedDict):
+    """The run as the ``runs`` table shows it (``storage.writer.upsert_runs`` takes it, plus ``metrics``)."""
+
+    team: str
+    project: str
+    run_id: str
+    name: str
+    state: str | None  # None only before the first event is folded
+    created_at: float
+    updated_at: float
+    heartbeat_at: float  # the SDK's clock: the newest event's ts
+    seen_at: NotRequired[float]  # the processor's clock when the run last sent anything
+    version: int
+    finished_at: NotRequired[float | None]
+    edited_at: NotRequired[float]  # the API's clock at the latest user edit folded
+    exit_code: NotRequired[int | None]
+    error: NotRequired[str | None]  # a failed run's traceback
+    group: NotRequired[str]
+    job_type: NotRequired[str]
+    notes: NotRequired[str]
+    host: NotRequired[str]
+    user: NotRequired[str]
+    program: NotRequired[str]
+    python: NotRequired[str]
+    tags: NotRequired[list[str]]
+    args: NotRequired[list[str]]
+    git: NotRequired[dict[str, Any]]
+    config: NotRequired[dict[str, Any]]
+
+
+class RunState(TypedDict):
+    """Everything the processor remembers about one run between batches (one ``run_states`` row)."""
+
+    record: RunRecord
+    runs_seq: int  # highest SDK seq folded from the runs topic
+    system_seq: NotRequired[int]  # highest SDK seq folded from the system topic
+    summary: Summary
+    alerts: dict[str, dict[str, Any]]  # each rule's memory of the run, by rule id (``alerting.Evaluator``)
+    folded: NotRequired[int]  # SDK events and edits folded: the version of every row written from the state
 
 
 @dataclass(frozen=True)
@@ -49,6 +93,7 @@ class StateChange:
 
 
 def new_state(event: Event) -> RunState:
+    """The state of a run first seen with ``event``, before folding it."""
     return {
         "record": {
             "team": event.team,
@@ -59,10 +104,12 @@ def new_state(event: Event) -> RunState:
             "created_at": event.ts,
             "updated_at": event.ts,
             "heartbeat_at": event.ts,
-            "seen_at": 0.0,  # the processor's clock when the run last sent anything
+            "seen_at": 0.0,
             "version": 0,
         },
-        "runs_seq": -1,  # highest SDK seq folded from the runs topic
+        "runs_seq": -1,
+        "summary": new_summary(),
+        "alerts": {},
     }
 
 
@@ -170,8 +217,8 @@ def _apply_run_state(state: RunState, event: Event, changes: list[StateChange]) 
     _set_state(state, "crashed", event.ts, event.data.get("reason"), changes)
 
 
-def record_for_write(state: RunState, version: int) -> dict[str, Any]:
+def record_for_write(state: RunState, version: int) -> RunRecord:
     """The run record to write, under ``version``."""
     record = state["record"]
     record["version"] = version
-    return dict(record)
+    return record.copy()

@@ -36,29 +36,56 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from runstream.events import METRICS, RUN_EDIT, RUN_UPDATE, Event, decode_value, encode_value
 from runstream.summary import NO_SUMMARY, summary_ops, summary_value
 
-Summary = dict[str, Any]
+
+class MetricStats(TypedDict):
+    """One metric's statistics over the finite values folded (NaN and infinities only counted)."""
+
+    last: float | int | str | None  # the value at the largest step, as it travels ("NaN" for a NaN)
+    last_step: int  # -1 before any value
+    min: float | int | None
+    max: float | int | None
+    sum: float
+    count: int
+    nan: int
+    inf: int
+    first_step: int | None
+    first_time: float | None
+    last_time: float | None
+    integer: NotRequired[bool]  # every finite value so far was an int (states from before the flag lack it)
+
+
+class Summary(TypedDict):
+    """A run's ``summary`` state entry."""
+
+    metrics_seq: int  # highest seq folded from the metrics topic
+    metrics: dict[str, MetricStats]
+    explicit: dict[str, Any]  # values set with run.summary[...] or a user's edit: they win
+    define: list[dict[str, Any]]  # define_metric specs, newest first: name plus some of ``DEFINED``
 
 
 def new_summary() -> Summary:
     return {"metrics_seq": -1, "metrics": {}, "explicit": {}, "define": []}
 
 
-def _stats() -> dict[str, Any]:
+def _stats() -> MetricStats:
     return {"last": None, "last_step": -1, "min": None, "max": None, "sum": 0.0, "count": 0, "nan": 0, "inf": 0,
             "first_step": None, "first_time": None, "last_time": None, "integer": True}
 
 
-def _to_float(s: dict[str, Any]) -> None:
+def _to_float(s: MetricStats) -> None:
     """A float value arrived: the metric is float from now on, its kept values too."""
     s["integer"] = False
-    for key in ("last", "min", "max"):
-        if type(s[key]) is int:
-            s[key] = float(s[key])
+    if type(s["last"]) is int:
+        s["last"] = float(s["last"])
+    if type(s["min"]) is int:
+        s["min"] = float(s["min"])
+    if type(s["max"]) is int:
+        s["max"] = float(s["max"])
 
 
 def fold_metrics(summary: Summary, event: Event) -> set[str]:
@@ -112,12 +139,13 @@ def restate(summary: Summary, metric: str, stats: dict[str, Any]) -> None:
     """Replace a metric's counts, sum, minimum and maximum with ``stats`` from its whole history
     (``storage.history.metric_statistics``)."""
     s = summary["metrics"][metric]
-    s.update({k: stats[k] for k in ("count", "sum", "min", "max", "nan", "inf")})
+    s["count"], s["sum"], s["nan"], s["inf"] = stats["count"], stats["sum"], stats["nan"], stats["inf"]
+    s["min"], s["max"] = stats["min"], stats["max"]
     if s.get("integer"):  # the history read back is Float64; its values were all logged as ints
         s["min"], s["max"] = (None if v is None else int(v) for v in (s["min"], s["max"]))
 
 
-def _fold_dense(s: dict[str, Any], steps: list[int], times: list[float], column: list[float | int]) -> None:
+def _fold_dense(s: MetricStats, steps: list[int], times: list[float], column: list[float | int]) -> None:
     if s.get("integer") and float in map(type, column):
         _to_float(s)
     low, high = min(column), max(column)
@@ -138,7 +166,7 @@ def _fold_dense(s: dict[str, Any], steps: list[int], times: list[float], column:
         s["first_step"], s["first_time"] = steps[0], times[0]
 
 
-def _fold_rows(s: dict[str, Any], steps: list[int], times: list[float], column: list[Any]) -> None:
+def _fold_rows(s: MetricStats, steps: list[int], times: list[float], column: list[Any]) -> None:
     for step, t, raw in zip(steps, times, column):
         if raw is None:
             continue
@@ -207,12 +235,12 @@ def _defined(summary: Summary, metric: str, attribute: str) -> Any:
     return None
 
 
-def _statistic(s: dict[str, Any], op: str) -> Any:
+def _statistic(s: MetricStats, op: str) -> Any:
     if op == "last":
         return None if s["last"] is None else decode_value(s["last"])
     if op == "mean":
         return s["sum"] / s["count"] if s["count"] else None
-    return s[op]  # min, max
+    return s["min"] if op == "min" else s["max"]
 
 
 def run_summary(summary: Summary) -> dict[str, Any]:
