@@ -46,9 +46,11 @@ kafka: prereqs $(VENV)/.installed
 clickhouse: $(VENV)/.installed
 	$(BIN)/python -m infra.clickhouse_server --data-dir .data/clickhouse --http-port 8123
 
-## ui: rebuild the web UI's bundle (api/ui, committed) from its sources in web/; needs Node 18+ and npm
-ui:
-	cd web && npm ci && npm run build
+## ui: rebuild the web UI's bundle (api/ui, committed) from its sources in web/, with the API's types
+## regenerated from its OpenAPI document first (web/openapi.json, web/src/api-types.ts); needs Node 18+ and npm
+ui: $(VENV)/.installed
+	$(BIN)/python web/openapi_dump.py
+	cd web && npm ci && npm run types && npm run build
 
 clean:
 	rm -rf $(VENV) .data build *.egg-info

@@ -31,10 +31,41 @@ export function sourcesHash() {
   return sha256(lines.join(""));
 }
 
+/**
+ * An import cycle among our modules (src/), as the list of its files, or null. Read from esbuild's
+ * metafile, so type-only imports (erased) do not count. A cycle means a module runs before one it
+ * imports has finished loading (pages once imported navigate from main.ts, which imports them).
+ */
+function importCycle(metafile) {
+  const imports = (file) => metafile.inputs[file].imports.map((i) => i.path).filter((p) => p.startsWith("src/"));
+  const state = new Map(); // file -> "open" while on the path, "done" once all it reaches was seen
+  const path = [];
+  const visit = (file) => {
+    if (state.get(file) === "done") return null;
+    if (state.get(file) === "open") return [...path.slice(path.indexOf(file)), file];
+    state.set(file, "open");
+    path.push(file);
+    for (const next of imports(file)) {
+      const cycle = visit(next);
+      if (cycle) return cycle;
+    }
+    path.pop();
+    state.set(file, "done");
+    return null;
+  };
+  for (const file of Object.keys(metafile.inputs).filter((p) => p.startsWith("src/"))) {
+    const cycle = visit(file);
+    if (cycle) return cycle;
+  }
+  return null;
+}
+
 async function build() {
   rmSync(out, { recursive: true, force: true });
   mkdirSync(out, { recursive: true });
-  await esbuild.build({
+  const { metafile } = await esbuild.build({
+    absWorkingDir: web,
+    metafile: true,
     entryPoints: { app: join(web, "src", "main.ts") },
     bundle: true,
     minify: true,
@@ -44,6 +75,8 @@ async function build() {
     legalComments: "none",
     logLevel: "warning",
   });
+  const cycle = importCycle(metafile);
+  if (cycle) throw new Error(`import cycle: ${cycle.join(" -> ")}; move what both need into a module of its own`);
   // The stylesheet: uPlot's, then ours.
   const css = readFileSync(join(web, "node_modules", "uplot", "dist", "uPlot.min.css"), "utf8") + "\n" +
     readFileSync(join(web, "src", "styles.css"), "utf8");

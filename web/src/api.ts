@@ -45,7 +45,11 @@ export function qs(params: Record<string, unknown>): string {
   return parts.length ? `?${parts.join("&")}` : "";
 }
 
-export async function api<T = any>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
+/** The error answer of the API (api/errors.py): what a failed request says. */
+interface ErrorAnswer { error?: { code?: string; message?: string } }
+
+/** A request; T is what the caller reads of the answer (an `Answer<path, method>` of answers.ts). */
+export async function api<T = unknown>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
   const headers: Record<string, string> = { Accept: "application/json", ...authHeaders() };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(API + path, {
@@ -53,21 +57,21 @@ export async function api<T = any>(method: string, path: string, body?: unknown,
   });
   if (response.status === 204) return undefined as T;
   const text = await response.text();
-  let data: any = null;
+  let data: unknown = null;
   try { data = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
   if (!response.ok) {
-    const error = data?.error;
+    const error = (data as ErrorAnswer | null)?.error;
     const message = error?.message ?? `${method} ${path}: HTTP ${response.status}`;
     throw new ApiError(response.status, message, error?.code ?? "");
   }
   return data as T;
 }
 
-export const get = <T = any>(path: string, signal?: AbortSignal) => api<T>("GET", path, undefined, signal);
-export const post = <T = any>(path: string, body: unknown, signal?: AbortSignal) => api<T>("POST", path, body, signal);
-export const patch = <T = any>(path: string, body: unknown) => api<T>("PATCH", path, body);
-export const put = <T = any>(path: string, body: unknown) => api<T>("PUT", path, body);
-export const del = <T = any>(path: string) => api<T>("DELETE", path);
+export const get = <T = unknown>(path: string, signal?: AbortSignal) => api<T>("GET", path, undefined, signal);
+export const post = <T = unknown>(path: string, body: unknown, signal?: AbortSignal) => api<T>("POST", path, body, signal);
+export const patch = <T = unknown>(path: string, body: unknown) => api<T>("PATCH", path, body);
+export const put = <T = unknown>(path: string, body: unknown) => api<T>("PUT", path, body);
+export const del = <T = unknown>(path: string) => api<T>("DELETE", path);
 
 /** Fetch a file with the caller's credentials as headers (never in the URL). */
 async function fetchFile(url: string, signal?: AbortSignal): Promise<Response> {
@@ -154,7 +158,7 @@ export function sse(path: string, onEvent: (e: SseEvent) => void, onState?: (sta
           // A refusal (bad key, no access) does not pass by retrying: say what the server said, and stop.
           const permanent = response.status >= 400 && response.status < 500 && ![408, 429].includes(response.status);
           let message = `stream: HTTP ${response.status}`;
-          try { message = (await response.json())?.error?.message ?? message; } catch { /* not JSON */ }
+          try { message = ((await response.json()) as ErrorAnswer | null)?.error?.message ?? message; } catch { /* not JSON */ }
           if (permanent) { onState?.(`stopped: ${message}`); return; }
           throw new ApiError(response.status, message);
         }

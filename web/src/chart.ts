@@ -31,7 +31,7 @@ export interface Line {
   key: string;           // run id or group label: what the eye toggle hides
   label: string;
   color: string;
-  x: ArrayLike<number>;
+  x: ArrayLike<number | null>;  // null where no x was logged (another metric as the x axis): left out
   y: ArrayLike<number | null>;
   lo?: ArrayLike<number | null>;  // envelope: bucket min, or mean - std for groups
   hi?: ArrayLike<number | null>;
@@ -104,10 +104,15 @@ export function build(lines: Line[], spec: PanelSpec, hidden: (key: string) => b
   let total = 0;
   for (const line of lines) total += line.x.length;
   // x may be null where another metric is the x axis and was not logged: such points are left out.
-  const ok = (x: number | null) => x !== null && Number.isFinite(x);
+  const ok = (x: number | null): x is number => x !== null && Number.isFinite(x);
   let all = new Float64Array(total);
   let k = 0;
-  for (const line of lines) for (let i = 0; i < line.x.length; i++) if (ok(line.x[i])) all[k++] = line.x[i];
+  for (const line of lines) {
+    for (let i = 0; i < line.x.length; i++) {
+      const x = line.x[i];
+      if (ok(x)) all[k++] = x;
+    }
+  }
   all = all.subarray(0, k);
   all.sort();
   let unique = 0;
@@ -132,9 +137,10 @@ export function build(lines: Line[], spec: PanelSpec, hidden: (key: string) => b
   const place = (line: Line, values: ArrayLike<number | null>): (number | null)[] => {
     const col: (number | null)[] = new Array(n).fill(null);
     for (let i = 0; i < line.x.length; i++) {
-      if (!ok(line.x[i])) continue;
+      const x = line.x[i];
+      if (!ok(x)) continue;
       const v = values[i];
-      col[column(line.x[i])] = v === null || (log && v <= 0) ? null : v;
+      col[column(x)] = v === null || (log && v <= 0) ? null : v;
     }
     return col;
   };

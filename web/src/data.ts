@@ -1,6 +1,7 @@
 // Chart loaders: what a panel draws, read from the series, bands and system endpoints.
 
 import { post } from "./api";
+import type { Answer } from "./answers";
 import { MAX_ENVELOPES, type Line, type Loader, type PanelSpec } from "./chart";
 import { colorOf } from "./util";
 
@@ -27,14 +28,21 @@ export function seriesLoader(team: string, project: string, runs: () => ChartRun
     };
     if (spec.x === "metric") body.x_metric = spec.xMetric;
     if (stepRange) body.step_range = stepRange;
-    const answer = await post<{ series: any[] }>(`/projects/${enc(team)}/${enc(project)}/series`, body);
+    const answer = await post<Answer<"/projects/{team}/{project}/series", "post">>(`/projects/${enc(team)}/${enc(project)}/series`, body);
     const names = new Map(chartRuns.map((r) => [r.id, r.name]));
+    // x and y are always among the fields asked for; min and max only with envelopes.
     const lines: Line[] = answer.series.map((s) => ({
       key: s.run_id, label: names.get(s.run_id) ?? s.run_id, color: colorOf(s.run_id),
-      x: s.x, y: s.y, lo: s.min, hi: s.max,
+      x: s.x ?? [], y: s.y ?? [], lo: s.min, hi: s.max,
     }));
     return { lines };
   };
+}
+
+/** Times as seconds since the first one (null stays null: no sample there). */
+export function relativeTime(times: (number | null)[]): (number | null)[] {
+  const start = times[0];
+  return times.map((t) => (t === null || start === null ? null : t - start));
 }
 
 /**
@@ -48,14 +56,14 @@ export function systemLoader(team: string, project: string, runs: () => ChartRun
   return async (spec, _range, width) => {
     const chartRuns = runs();
     if (!chartRuns.length) return { lines: [], note: "no runs" };
-    const answer = await post<{ series: any[] }>(`/projects/${enc(team)}/${enc(project)}/system`, {
+    const answer = await post<Answer<"/projects/{team}/{project}/system", "post">>(`/projects/${enc(team)}/${enc(project)}/system`, {
       run_ids: chartRuns.map((r) => r.id), metrics: [spec.metric], points: pointsFor(chartRuns.length, width),
     });
     const names = new Map(chartRuns.map((r) => [r.id, r.name]));
     const relative = spec.x === "relative";
     const lines: Line[] = answer.series.filter((s) => s.time.length).map((s) => ({
       key: s.run_id, label: names.get(s.run_id) ?? s.run_id, color: colorOf(s.run_id),
-      x: relative ? s.time.map((t: number) => t - s.time[0]) : s.time,
+      x: relative ? relativeTime(s.time) : s.time,
       y: s.mean, lo: s.min, hi: s.max,
     }));
     return { lines };

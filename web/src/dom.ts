@@ -22,7 +22,7 @@ export function h<K extends keyof HTMLElementTagNameMap>(
     } else if (key === "className") {
       el.className += (el.className ? " " : "") + String(value);
     } else if (key === "value" || key === "checked" || key === "selected" || key === "disabled") {
-      (el as any)[key] = value;
+      Reflect.set(el, key, value); // as properties: the attributes only set the defaults
     } else if (key === "dataset" && typeof value === "object") {
       Object.assign(el.dataset, value);
     } else {

@@ -1,19 +1,20 @@
 // The app shell: history routes (the server answers index.html for every non-API path),
 // the top bar, the API key dialog.
 
-import { get, getApiKey, setApiKey, setShareToken } from "./api";
+import { getApiKey, setApiKey, setShareToken } from "./api";
 import { append, clear, errorBox, h } from "./dom";
+import { navigate } from "./nav";
 import { alertsPage } from "./pages/alerts";
 import { projectsPage } from "./pages/projects";
 import { reportPage, reportsPage, sharedReportPage } from "./pages/reports";
 import { runPage } from "./pages/run";
 import { settingsPage } from "./pages/settings";
 import { workspacePage } from "./pages/workspace";
+import { forgetWhoami, whoami } from "./session";
 
-export interface Whoami { user: string | null; team: string | null; role: string | null; local_admin: boolean }
-export type Cleanup = (() => void) | void;
+type Cleanup = (() => void) | void;
 /** A page draws into root; signal aborts when the page is left (or a newer render started). */
-export type Page = (root: HTMLElement, params: string[], signal: AbortSignal) => Cleanup | Promise<Cleanup>;
+type Page = (root: HTMLElement, params: string[], signal: AbortSignal) => Cleanup | Promise<Cleanup>;
 
 const P = "([^/]+)";
 const ROUTES: Array<[RegExp, Page]> = [
@@ -27,36 +28,7 @@ const ROUTES: Array<[RegExp, Page]> = [
   [/^\/settings\/?$/, settingsPage],
 ];
 
-let who: Whoami | null = null;
 let cleanup: Cleanup = undefined;
-
-/** Who the server says we are (cached until the key changes). */
-export async function whoami(): Promise<Whoami> {
-  if (!who) {
-    try { who = await get<Whoami>("/whoami"); } catch { who = { user: null, team: null, role: null, local_admin: false }; }
-  }
-  return who;
-}
-
-/** Who we are as a short name, for keys of settings saved in this browser. */
-export async function userKey(): Promise<string> {
-  const me = await whoami();
-  return me.local_admin ? "local" : me.user ? `${me.team}:${me.user}` : "anonymous";
-}
-
-export function navigate(path: string, replaceState = false): void {
-  if (replaceState) history.replaceState(null, "", path); else history.pushState(null, "", path);
-  void render();
-}
-
-/** The project tabs under the top bar. */
-export function projectNav(team: string, project: string, active: string): HTMLElement {
-  const base = `/projects/${encodeURIComponent(team)}/${encodeURIComponent(project)}`;
-  const tab = (name: string, href: string) => h("a", { href, className: active === name ? "active" : "" }, name);
-  return h("nav.tabs", null,
-    h("span.crumb", null, h("a", { href: "/" }, "projects"), " / ", `${team}/${project}`),
-    tab("workspace", base), tab("alerts", `${base}/alerts`), tab("reports", `${base}/reports`));
-}
 
 function keyDialog(): void {
   const input = h("input", { type: "password", placeholder: "rs_…", value: getApiKey(), size: 40, name: "api-key" });
@@ -67,8 +39,8 @@ function keyDialog(): void {
         "On the embedded server, from this machine, none is needed."),
       input,
       h("div.row", null,
-        h("button", { value: "save", onclick: () => { setApiKey(input.value.trim()); who = null; void render(); } }, "Save"),
-        h("button", { value: "clear", onclick: () => { setApiKey(""); who = null; void render(); } }, "Forget key"),
+        h("button", { value: "save", onclick: () => { setApiKey(input.value.trim()); forgetWhoami(); void render(); } }, "Save"),
+        h("button", { value: "clear", onclick: () => { setApiKey(""); forgetWhoami(); void render(); } }, "Forget key"),
         h("button", { value: "cancel" }, "Cancel"))));
   document.body.appendChild(dialog);
   dialog.addEventListener("close", () => dialog.remove());

@@ -65,18 +65,19 @@ export function fmtBytes(n: number): string {
 }
 
 /** A value from a nested object by a dotted path (config.model.layers); the flat key wins. */
-export function getPath(obj: any, path: string): unknown {
+export function getPath(obj: object | null | undefined, path: string): unknown {
   if (obj == null) return undefined;
-  if (path in obj) return obj[path];
-  let cur = obj;
+  if (path in obj) return (obj as Record<string, unknown>)[path];
+  let cur: unknown = obj;
   const parts = path.split(".");
   for (let i = 0; i < parts.length; i++) {
     if (cur == null || typeof cur !== "object") return undefined;
+    const node = cur as Record<string, unknown>;
     // Keys may hold dots themselves (train/loss does not, but "a.b" may): try the longest match.
     let found = false;
     for (let j = parts.length; j > i; j--) {
       const key = parts.slice(i, j).join(".");
-      if (key in cur) { cur = cur[key]; i = j - 1; found = true; break; }
+      if (key in node) { cur = node[key]; i = j - 1; found = true; break; }
     }
     if (!found) return undefined;
   }
@@ -84,7 +85,7 @@ export function getPath(obj: any, path: string): unknown {
 }
 
 /** Flatten a nested object into dotted keys (for config and summary tables). */
-export function flatten(obj: any, prefix = "", out: Record<string, unknown> = {}): Record<string, unknown> {
+export function flatten(obj: object | null | undefined, prefix = "", out: Record<string, unknown> = {}): Record<string, unknown> {
   for (const [k, v] of Object.entries(obj ?? {})) {
     const key = prefix ? `${prefix}.${k}` : k;
     if (v && typeof v === "object" && !Array.isArray(v)) flatten(v, key, out);

@@ -1,11 +1,13 @@
 // Alerts: the live list (Server-Sent Events) and the rules editor.
 
 import { del, get, patch, post, sse } from "../api";
+import type { Alert, Answer } from "../answers";
 import { errorBox, guarded, h, select } from "../dom";
-import { projectNav } from "../main";
+import { projectNav } from "../nav";
 import { fmtTime } from "../util";
 
 const enc = encodeURIComponent;
+type Rule = Answer<"/projects/{team}/{project}/alert-rules">["rules"][number];
 const EXAMPLES: Record<string, object> = {
   threshold: { metric: "loss", op: ">", value: 10, level: "WARN" },
   nonfinite: { metric: "*", level: "ERROR" },
@@ -21,16 +23,16 @@ export async function alertsPage(root: HTMLElement, [team, project]: string[], s
   const live = h("span.live", null, "connecting…");
   const list = h("tbody");
   const seen = new Set<string>();
-  const alertRow = (a: any) => h("tr.alert-row", { dataset: { alert: a.alert_id } },
+  const alertRow = (a: Alert) => h("tr.alert-row", { dataset: { alert: a.alert_id } },
     h("td.nowrap", null, fmtTime(a.time)), h("td", null, h("span", { className: `level level-${a.level}` }, a.level)),
     h("td", null, h("a", { href: `${base}/runs/${enc(a.run_id)}` }, a.run_id)),
     h("td", null, h("b", null, a.title), h("div.alert-text", null, a.text)), h("td.muted", null, a.source));
-  const { alerts } = await get<{ alerts: any[] }>(`${base}/alerts?limit=200`, signal);
+  const { alerts } = await get<Answer<"/projects/{team}/{project}/alerts">>(`${base}/alerts?limit=200`, signal);
   for (const a of alerts) { seen.add(a.alert_id + a.run_id); list.append(alertRow(a)); }
   const since = alerts.length ? Math.max(...alerts.map((a) => a.time)) : undefined;
   const stop = sse(`${base}/alerts/stream${since ? `?since=${since}` : ""}`, (e) => {
     if (e.event !== "alert") return;
-    const a = JSON.parse(e.data);
+    const a = JSON.parse(e.data) as Alert; // an "alert" event carries one alert, as the list has them
     if (seen.has(a.alert_id + a.run_id)) return;
     seen.add(a.alert_id + a.run_id);
     const row = alertRow(a);
@@ -41,7 +43,7 @@ export async function alertsPage(root: HTMLElement, [team, project]: string[], s
   const rulesStatus = h("div.rules-status");
   const rulesBox = h("div.rules");
   const drawRules = async () => {
-    const { rules } = await get<{ rules: any[] }>(`${base}/alert-rules`);
+    const { rules } = await get<Answer<"/projects/{team}/{project}/alert-rules">>(`${base}/alert-rules`);
     rulesBox.replaceChildren(h("table.grid", null,
       h("thead", null, h("tr", null, ["name", "kind", "spec", "cooldown", "enabled", ""].map((c) => h("th", null, c)))),
       h("tbody", null, rules.map((r) => {
@@ -60,7 +62,7 @@ export async function alertsPage(root: HTMLElement, [team, project]: string[], s
       }))), h("button.new-rule", { onclick: () => editor(null) }, "+ rule"));
   };
   const editorBox = h("div.rule-editor");
-  const editor = (rule: any | null) => {
+  const editor = (rule: Rule | null) => {
     const name = h("input", { value: rule?.name ?? "", placeholder: "name", name: "rule-name" });
     const spec = h("textarea", { rows: 4, cols: 60, name: "rule-spec" }, JSON.stringify(rule?.spec ?? EXAMPLES.threshold, null, 1));
     const kind = select(Object.keys(EXAMPLES).map((k) => [k, k] as [string, string]), rule?.kind ?? "threshold", (k) => {

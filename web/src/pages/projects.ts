@@ -1,11 +1,12 @@
 // Projects the caller can see: their team's, and every public one (no key: public only).
 
 import { get } from "../api";
+import type { Answer } from "../answers";
 import { h } from "../dom";
 import { fmtTime } from "../util";
 
 export async function projectsPage(root: HTMLElement): Promise<void> {
-  const { projects } = await get<{ projects: any[] }>("/projects");
+  const { projects } = await get<Answer<"/projects">>("/projects");
   root.append(h("h2", null, "Projects"));
   if (!projects.length) {
     root.append(h("p", null, "No projects you can see yet. Log a run (", h("code", null, "runstream demo"),

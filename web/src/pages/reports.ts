@@ -2,30 +2,32 @@
 // without an account (/share/<token> reads the report with the X-Runstream-Share header).
 
 import { del, get, patch, post, qs, setShareToken } from "../api";
-import { ChartPanel, type PanelSpec } from "../chart";
+import type { Answer, Report } from "../answers";
+import { ChartPanel, type PanelSpec, type XAxis } from "../chart";
 import { seriesLoader, type ChartRun } from "../data";
 import { errorBox, guarded, h, select } from "../dom";
 import { renderMarkdown } from "../markdown";
-import { navigate, projectNav } from "../main";
+import { navigate, projectNav } from "../nav";
 import { fmtTime } from "../util";
 
 const enc = encodeURIComponent;
 
-/** A report's chart spec, as stored in its panels array. */
-interface ReportPanel { metric: string; run_ids?: string[]; filters?: unknown; limit?: number; x?: string; x_metric?: string; log?: boolean;
+/** A report's chart spec, as stored in its panels array (free-form objects in the document). */
+interface ReportPanel { metric: string; run_ids?: string[]; filters?: unknown; limit?: number; x?: XAxis; x_metric?: string; log?: boolean;
                         smoothing?: number; title?: string }
+type Catalog = Answer<"/projects/{team}/{project}/keys">;
 
 export async function reportsPage(root: HTMLElement, [team, project]: string[]): Promise<void> {
   const base = `/projects/${enc(team)}/${enc(project)}`;
   root.append(projectNav(team, project, "reports"));
-  const { reports } = await get<{ reports: any[] }>(`${base}/reports`);
+  const { reports } = await get<Answer<"/projects/{team}/{project}/reports">>(`${base}/reports`);
   const title = h("input", { placeholder: "title of a new report", size: 40, name: "report-title" });
   const message = h("div");
   const create = async () => {
     try {
-      const keys = await get<any>(`${base}/keys`);
+      const keys = await get<Catalog>(`${base}/keys`);
       const metric = keys.metric[0]?.key;
-      const report = await post<{ id: string }>(`${base}/reports`, {
+      const report = await post<Answer<"/projects/{team}/{project}/reports", "post">>(`${base}/reports`, {
         title: title.value.trim() || "Untitled report",
         body: `# ${title.value.trim() || "Untitled report"}\n\nWhat we found.\n\n{{panel 1}}\n`,
         panels: metric ? [{ metric, filters: {}, limit: 100 }] : [],
@@ -44,20 +46,20 @@ export async function reportsPage(root: HTMLElement, [team, project]: string[]):
 }
 
 /** Renders a report's body with its panels in place (and the unplaced ones after it). */
-async function renderReport(team: string, project: string, report: any, into: HTMLElement): Promise<ChartPanel[]> {
+async function renderReport(team: string, project: string, report: Report, into: HTMLElement): Promise<ChartPanel[]> {
   const base = `/projects/${enc(team)}/${enc(project)}`;
   const { html, panels: placed } = renderMarkdown(report.body ?? "");
   const body = h("article.markdown");
   body.innerHTML = html; // safe: renderMarkdown escapes every character of the source
   into.replaceChildren(body);
-  const specs: ReportPanel[] = report.panels ?? [];
+  const specs = (report.panels ?? []) as unknown[] as ReportPanel[];
   const charts: ChartPanel[] = [];
   const runCache = new Map<string, Promise<ChartRun[]>>();
   const runsFor = (p: ReportPanel): Promise<ChartRun[]> => {
     const key = JSON.stringify([p.run_ids, p.filters, p.limit]);
     if (!runCache.has(key)) {
       const filters = p.run_ids?.length ? { run_id: { $in: p.run_ids } } : p.filters && Object.keys(p.filters as object).length ? p.filters : undefined;
-      runCache.set(key, get<{ runs: any[] }>(`${base}/runs` + qs({ filters, limit: Math.min(1000, p.limit ?? 100) }))
+      runCache.set(key, get<Answer<"/projects/{team}/{project}/runs">>(`${base}/runs` + qs({ filters, limit: Math.min(1000, p.limit ?? 100) }))
         .then((a) => a.runs.map((r) => ({ id: r.id, name: r.name || r.id }))));
     }
     return runCache.get(key)!;
@@ -65,7 +67,7 @@ async function renderReport(team: string, project: string, report: any, into: HT
   const leftovers = h("div.panels");
   for (let i = 0; i < specs.length; i++) {
     const p = specs[i];
-    const spec: PanelSpec = { id: `r${i}`, metric: p.metric, x: (p.x as any) ?? "step", xMetric: p.x_metric,
+    const spec: PanelSpec = { id: `r${i}`, metric: p.metric, x: p.x ?? "step", xMetric: p.x_metric,
                               log: p.log, smoothing: p.smoothing ?? 0,
                               title: p.title ?? `${p.metric}${p.run_ids ? ` · ${p.run_ids.length} runs` : p.filters && Object.keys(p.filters as object).length ? " · filtered runs" : ""}` };
     let runs: ChartRun[] = [];
@@ -84,7 +86,7 @@ async function renderReport(team: string, project: string, report: any, into: HT
 export async function reportPage(root: HTMLElement, [team, project, reportId]: string[]): Promise<() => void> {
   const base = `/projects/${enc(team)}/${enc(project)}`;
   const path = `${base}/reports/${enc(reportId)}`;
-  let report = await get<any>(path);
+  let report = await get<Report>(path);
   root.append(projectNav(team, project, "reports"));
   const view = h("div.report-view");
   const shareBox = h("div.share-box");
@@ -96,8 +98,8 @@ export async function reportPage(root: HTMLElement, [team, project, reportId]: s
   const titleInput = h("input", { value: report.title, size: 50, name: "title" });
   const bodyInput = h("textarea", { rows: 12, cols: 80, name: "body" }, report.body ?? "");
   const panelsInput = h("textarea", { rows: 6, cols: 80, name: "panels" }, JSON.stringify(report.panels ?? [], null, 1));
-  const keys = await get<any>(`${base}/keys`).catch(() => ({ metric: [] }));
-  const metricPick = select(keys.metric.map((k: any) => [k.key, k.key] as [string, string]), keys.metric[0]?.key ?? "", () => {});
+  const keys = await get<Catalog>(`${base}/keys`).catch((): Catalog => ({ metric: [] }));
+  const metricPick = select(keys.metric.map((k) => [k.key, k.key] as [string, string]), keys.metric[0]?.key ?? "", () => {});
   const runIds = h("input", { placeholder: "run ids, comma-separated (empty: a filter)", size: 30 });
   const filterInput = h("input", { placeholder: '{"state": "finished"}', size: 30 });
   const addPanel = () => {
@@ -117,7 +119,7 @@ export async function reportPage(root: HTMLElement, [team, project, reportId]: s
     let panels: unknown;
     try { panels = JSON.parse(panelsInput.value || "[]"); } catch { message.replaceChildren(errorBox("panels are not valid JSON")); return; }
     try {
-      report = await patch(path, { title: titleInput.value, body: bodyInput.value, panels });
+      report = await patch<Answer<"/projects/{team}/{project}/reports/{report_id}", "patch">>(path, { title: titleInput.value, body: bodyInput.value, panels });
       heading.textContent = report.title;
       editor.hidden = true;
       message.replaceChildren();
@@ -132,7 +134,7 @@ export async function reportPage(root: HTMLElement, [team, project, reportId]: s
 
   const share = async () => {
     try {
-      const link = await post<{ url: string; expires_at: number }>(`${path}/share`, {});
+      const link = await post<Answer<"/projects/{team}/{project}/reports/{report_id}/share", "post">>(`${path}/share`, {});
       const url = `${location.origin}${link.url}`;
       shareBox.replaceChildren("Read-only link, valid until ", fmtTime(link.expires_at), ": ",
         h("a.share-link", { href: link.url, target: "_blank" }, url), " ",
@@ -141,7 +143,7 @@ export async function reportPage(root: HTMLElement, [team, project, reportId]: s
   };
   const revoke = async () => {
     try {
-      report = await del(`${path}/share`); // answers the report
+      report = await del<Answer<"/projects/{team}/{project}/reports/{report_id}/share", "delete">>(`${path}/share`); // answers the report
       shareBox.replaceChildren("Every share link made so far stopped working.");
     } catch (err) { shareBox.replaceChildren(errorBox(err)); }
   };
@@ -160,9 +162,9 @@ export async function reportPage(root: HTMLElement, [team, project, reportId]: s
 /** /share/<token>: the report, read with the share token only (no account, no key). */
 export async function sharedReportPage(root: HTMLElement, [token]: string[]): Promise<() => void> {
   setShareToken(token);
-  let shared: any;
+  let shared: Answer<"/shared/{token}">;
   try {
-    shared = await get<any>(`/shared/${enc(token)}`);
+    shared = await get<Answer<"/shared/{token}">>(`/shared/${enc(token)}`);
   } catch (err) {
     root.append(h("h2", null, "This link does not work"), errorBox(err));
     return () => setShareToken(null);

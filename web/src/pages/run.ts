@@ -2,13 +2,23 @@
 // system metrics, console log, files and media.
 
 import { BlobUrls, fetchText, get, patch, qs } from "../api";
+import type { Answer, GitInfo, MediaMeta, Run, RunFile } from "../answers";
 import { ChartPanel, type Line, type PanelSpec, stepMetricOf, xOfStepMetric } from "../chart";
-import { seriesLoader } from "../data";
+import { relativeTime, seriesLoader } from "../data";
 import { debounce, errorBox, guarded, h, replace } from "../dom";
-import { projectNav } from "../main";
+import { projectNav } from "../nav";
 import { colorOf, fmtAgo, fmtBytes, fmtDuration, fmtNum, fmtTime, flatten } from "../util";
 
 const enc = encodeURIComponent;
+
+type RunPatch = Answer<"/runs/{team}/{project}/{run_id}", "patch">;
+type SystemSeries = Answer<"/runs/{team}/{project}/{run_id}/system">["series"][number];
+/** A histogram file's JSON (sdk/media.py's Histogram): bin edges, and the count between each two. */
+interface HistogramData { bins: number[]; values: number[] }
+/** A table file's JSON (sdk/media.py's Table). */
+interface TableData { columns: string[]; data: unknown[][] }
+/** A media file's meta: free-form in the document, so read through MediaMeta. */
+const metaOf = (f: RunFile): MediaMeta => (f.meta ?? {}) as MediaMeta;
 
 function kv(rows: Array<[string, unknown]>): HTMLElement {
   return h("table.kv", null, h("tbody", null, rows.filter(([, v]) => v !== undefined && v !== null && v !== "")
@@ -26,7 +36,7 @@ export function diffView(patchText: string): HTMLElement {
 
 export async function runPage(root: HTMLElement, [team, project, runId]: string[], signal?: AbortSignal): Promise<() => void> {
   const path = `/runs/${enc(team)}/${enc(project)}/${enc(runId)}`;
-  let run = await get<any>(path, signal);
+  let run: Run = await get<Run>(path, signal);
   root.append(projectNav(team, project, ""));
   const stateBadge = h("span", { className: `state state-${run.state}` }, run.state);
   const heartbeat = h("span.muted.heartbeat");
@@ -50,7 +60,7 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
     tick();
     if (run.state !== "running") return;
     try {
-      run = await get<any>(path);
+      run = await get<Run>(path);
       stateBadge.textContent = run.state;
       stateBadge.className = `state state-${run.state}`;
       tick();
@@ -62,24 +72,24 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
   type Tab = (pane: HTMLElement, alive: () => boolean, tabSignal: AbortSignal) => Promise<void>;
 
   const overview: Tab = async (content, alive, tabSignal) => {
-    const git = run.git ?? {};
-    const files = (await get<{ files: any[] }>(`${path}/files`, tabSignal)).files;
+    const git = (run.git ?? {}) as GitInfo;
+    const files = (await get<Answer<"/runs/{team}/{project}/{run_id}/files">>(`${path}/files`, tabSignal)).files;
     if (!alive()) return;
     const patchFile = files.find((f) => f.kind === "git_patch");
     const notes = h("textarea.notes", { rows: 3, placeholder: "notes" }, run.notes ?? "");
     const saved = h("span.muted");
     notes.addEventListener("change", async () => {
-      try { run = await patch(path, { notes: notes.value || null }); saved.textContent = "saved"; }
+      try { run = await patch<RunPatch>(path, { notes: notes.value || null }); saved.textContent = "saved"; }
       catch (err) { saved.replaceChildren(errorBox(err)); }
     });
     const tagsInput = h("input.tags-input", { value: (run.tags ?? []).join(", "), size: 40 });
     tagsInput.addEventListener("change", async () => {
       try {
-        run = await patch(path, { tags: tagsInput.value.split(",").map((t) => t.trim()).filter(Boolean) });
+        run = await patch<RunPatch>(path, { tags: tagsInput.value.split(",").map((t) => t.trim()).filter(Boolean) });
         saved.textContent = "saved";
       } catch (err) { saved.replaceChildren(errorBox(err)); }
     });
-    const runtime = run.finished_at ? run.finished_at - run.created_at : run.heartbeat_at - run.created_at;
+    const runtime = run.finished_at ? run.finished_at - run.created_at : (run.heartbeat_at ?? 0) - run.created_at;
     const diffBox = h("div.diff-box");
     replace(content,
       h("div.overview", null,
@@ -110,17 +120,17 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
 
   const charts = async (system: boolean, content: HTMLElement, alive: () => boolean, tabSignal: AbortSignal) => {
     const names: string[] = system
-      ? (await get<{ series: any[] }>(`${path}/system` + qs({ points: 500 }), tabSignal)).series.map((s) => s.metric)
-      : (await get<{ metrics: string[] }>(`${path}/metrics`, tabSignal)).metrics;
+      ? (await get<Answer<"/runs/{team}/{project}/{run_id}/system">>(`${path}/system` + qs({ points: 500 }), tabSignal)).series.map((s) => s.metric)
+      : (await get<Answer<"/runs/{team}/{project}/{run_id}/metrics">>(`${path}/metrics`, tabSignal)).metrics;
     if (!alive()) return;
     if (!names.length) { replace(content, h("p.muted", null, system ? "no system metrics" : "no metrics")); return; }
     const runs = () => [{ id: run.id, name: run.name || run.id }];
-    let sysCache: Promise<any[]> | null = null;
+    let sysCache: Promise<SystemSeries[]> | null = null;
     const sysLoader = async (spec: PanelSpec): Promise<{ lines: Line[] }> => {
-      sysCache ??= get<{ series: any[] }>(`${path}/system` + qs({ points: 500 })).then((a) => a.series);
+      sysCache ??= get<Answer<"/runs/{team}/{project}/{run_id}/system">>(`${path}/system` + qs({ points: 500 })).then((a) => a.series);
       const s = (await sysCache).find((x) => x.metric === spec.metric);
       if (!s) return { lines: [] };
-      const x = spec.x === "relative" ? s.time.map((t: number) => t - s.time[0]) : s.time;
+      const x = spec.x === "relative" ? relativeTime(s.time) : s.time;
       return { lines: [{ key: run.id, label: spec.metric, color: colorOf(run.id), x, y: s.mean, lo: s.min, hi: s.max }] };
     };
     const loader = system ? sysLoader : seriesLoader(team, project, runs);
@@ -145,7 +155,7 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
     let asked = 0;             // the newest question wins (a slow answer to an older one is dropped)
     const show = async (older: boolean) => {
       const ticket = ++asked;
-      const answer = await get<{ lines: any[]; next_cursor: string | null }>(`${path}/console` +
+      const answer = await get<Answer<"/runs/{team}/{project}/{run_id}/console">>(`${path}/console` +
         qs({ tail: 1000, q: q.value || undefined, regex: q.value && regex.checked ? 1 : undefined, cursor: older ? cursor : undefined }), tabSignal);
       if (ticket !== asked || !alive()) return;
       status.replaceChildren();
@@ -176,7 +186,7 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
   };
 
   const filesTab: Tab = async (content, alive, tabSignal) => {
-    const { files } = await get<{ files: any[] }>(`${path}/files`, tabSignal);
+    const { files } = await get<Answer<"/runs/{team}/{project}/{run_id}/files">>(`${path}/files`, tabSignal);
     if (!alive()) return;
     const status = h("div.files-status");
     if (!files.length) { replace(content, h("p.muted", null, "no files")); return; }
@@ -190,12 +200,12 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
   };
 
   const mediaTab: Tab = async (content, alive, tabSignal) => {
-    const media = (await get<{ files: any[] }>(`${path}/files` + qs({ kind: "media" }), tabSignal)).files;
+    const media = (await get<Answer<"/runs/{team}/{project}/{run_id}/files">>(`${path}/files` + qs({ kind: "media" }), tabSignal)).files;
     if (!alive()) return;
     if (!media.length) { replace(content, h("p.muted", null, "no media")); return; }
-    const byKey = new Map<string, any[]>();
+    const byKey = new Map<string, RunFile[]>();
     for (const f of media) {
-      const key = `${f.media_type}:${f.meta?.key ?? f.path}`;
+      const key = `${f.media_type}:${metaOf(f).key ?? f.path}`;
       byKey.set(key, [...(byKey.get(key) ?? []), f]);
     }
     const sections: HTMLElement[] = [];
@@ -207,30 +217,30 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
       const body = h("div");
       sections.push(h("section.media", null, h("h3", null, `${name} `, h("span.muted", null, type)), body));
       if (type === "image") {
-        const byStep = new Map<number, any[]>();
+        const byStep = new Map<number, RunFile[]>();
         for (const f of items) byStep.set(f.step ?? 0, [...(byStep.get(f.step ?? 0) ?? []), f]);
         if ([...byStep.values()].every((g) => g.length === 1)) {
           // One image per step: all steps in one grid.
           body.className = "image-grid";
           body.append(...items.map((f) => h("figure", null,
-            blobs.image(f.url, { alt: f.meta?.caption ?? f.path, width: 96, height: 96 }, fail, tabSignal),
-            h("figcaption", null, `step ${f.step ?? "?"}`, f.meta?.caption ? ` · ${f.meta.caption}` : ""))));
+            blobs.image(f.url, { alt: metaOf(f).caption ?? f.path, width: 96, height: 96 }, fail, tabSignal),
+            h("figcaption", null, `step ${f.step ?? "?"}`, metaOf(f).caption ? ` · ${metaOf(f).caption}` : ""))));
         } else {
-          body.append(galleryView(byStep, (f) => blobs.image(f.url, { alt: f.meta?.caption ?? f.path, width: 96, height: 96 }, fail, tabSignal)));
+          body.append(galleryView(byStep, (f) => blobs.image(f.url, { alt: metaOf(f).caption ?? f.path, width: 96, height: 96 }, fail, tabSignal)));
         }
       } else if (type === "histogram") {
         body.className = "histograms";
-        Promise.all(items.map(async (f) => ({ f, data: JSON.parse(await fetchText(f.url, tabSignal)) })))
+        Promise.all(items.map(async (f) => ({ f, data: JSON.parse(await fetchText(f.url, tabSignal)) as HistogramData })))
           .then((all) => { if (alive()) body.append(histogramView(all)); }, fail);
       } else if (type === "table") {
         const step = h("select");
         items.forEach((f, i) => step.append(h("option", { value: String(i), selected: i === items.length - 1 }, `step ${f.step}`)));
         const holder = h("div");
         const show = async () => {
-          const data = JSON.parse(await fetchText(items[Number(step.value)].url, tabSignal));
+          const data = JSON.parse(await fetchText(items[Number(step.value)].url, tabSignal)) as TableData;
           if (!alive()) return;
-          holder.replaceChildren(h("table.grid", null, h("thead", null, h("tr", null, data.columns.map((c: string) => h("th", null, c)))),
-            h("tbody", null, data.data.map((row: unknown[]) => h("tr", null, row.map((v) => h("td", null, fmtNum(v))))))));
+          holder.replaceChildren(h("table.grid", null, h("thead", null, h("tr", null, data.columns.map((c) => h("th", null, c)))),
+            h("tbody", null, data.data.map((row) => h("tr", null, row.map((v) => h("td", null, fmtNum(v))))))));
         };
         step.addEventListener("change", () => void show().catch(fail));
         body.append(step, holder);
@@ -280,7 +290,7 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
  * image of the chosen step in a grid, in the order logged (meta.index), with its caption.
  * A step's images are fetched when it is first shown and kept for when it is shown again.
  */
-function galleryView(byStep: Map<number, any[]>, image: (f: any) => HTMLImageElement): HTMLElement {
+function galleryView(byStep: Map<number, RunFile[]>, image: (f: RunFile) => HTMLImageElement): HTMLElement {
   const steps = [...byStep.keys()].sort((a, b) => a - b);
   const picker = h("select.gallery-step");
   steps.forEach((s) => picker.append(h("option", { value: String(s), selected: s === steps[steps.length - 1] },
@@ -290,9 +300,11 @@ function galleryView(byStep: Map<number, any[]>, image: (f: any) => HTMLImageEle
   const show = () => {
     const step = Number(picker.value);
     if (!shown.has(step)) {
-      const group = [...byStep.get(step)!].sort((a, b) => (a.meta?.index ?? 0) - (b.meta?.index ?? 0));
-      shown.set(step, group.map((f) => h("figure", null, image(f),
-        h("figcaption", null, f.meta?.caption ?? (f.meta?.index !== undefined ? `#${f.meta.index + 1}` : "")))));
+      const group = [...byStep.get(step)!].sort((a, b) => (metaOf(a).index ?? 0) - (metaOf(b).index ?? 0));
+      shown.set(step, group.map((f) => {
+        const { caption, index } = metaOf(f);
+        return h("figure", null, image(f), h("figcaption", null, caption ?? (index !== undefined ? `#${index + 1}` : "")));
+      }));
     }
     grid.replaceChildren(...shown.get(step)!);
   };
@@ -302,7 +314,7 @@ function galleryView(byStep: Map<number, any[]>, image: (f: any) => HTMLImageEle
 }
 
 /** Histograms over steps: one row of bars per step, darker where a bin holds more. */
-function histogramView(all: Array<{ f: any; data: { bins: number[]; values: number[] } }>): HTMLElement {
+function histogramView(all: Array<{ f: RunFile; data: HistogramData }>): HTMLElement {
   const rowH = 18;
   const width = 520;
   const canvas = h("canvas", { width, height: all.length * rowH + 20, className: "histogram" });

@@ -2,8 +2,9 @@
 // this browser uses.
 
 import { del, get, getApiKey, post, put, setApiKey } from "../api";
+import type { Answer } from "../answers";
 import { errorBox, h, replace, select } from "../dom";
-import { whoami } from "../main";
+import { whoami } from "../session";
 import { fmtTime } from "../util";
 
 const enc = encodeURIComponent;
@@ -17,9 +18,9 @@ export async function settingsPage(root: HTMLElement): Promise<void> {
       h("p", null, me.local_admin ? "You are the embedded server's local admin (no key needed from this machine)."
         : me.user ? `Signed in with a key of ${me.user}, ${me.role} of team ${me.team}.` : "No key: you see public projects only."),
       h("div.row", null, keyInput, h("button", { onclick: () => { setApiKey(keyInput.value.trim()); location.reload(); } }, "use this key"))));
-  let teams: any[] = [];
+  let teams: Answer<"/teams">["teams"] = [];
   try {
-    teams = (await get<{ teams: any[] }>("/teams")).teams;
+    teams = (await get<Answer<"/teams">>("/teams")).teams;
   } catch (err) {
     root.append(errorBox(err));
     return;
@@ -47,7 +48,8 @@ export async function settingsPage(root: HTMLElement): Promise<void> {
 
   async function showTeam(team: string): Promise<void> {
     const t = `/teams/${enc(team)}`;
-    const [{ members }, { keys }] = await Promise.all([get<{ members: any[] }>(`${t}/members`), get<{ keys: any[] }>(`${t}/keys`)]);
+    const [{ members }, { keys }] = await Promise.all([
+      get<Answer<"/teams/{team}/members">>(`${t}/members`), get<Answer<"/teams/{team}/keys">>(`${t}/keys`)]);
     const message = h("div");
     const fail = (err: unknown) => message.replaceChildren(errorBox(err));
     const user = h("input", { placeholder: "user", size: 16, name: "member-user" });
@@ -73,7 +75,7 @@ export async function settingsPage(root: HTMLElement): Promise<void> {
       h("div.row", null, keyName, admin ? [" for ", select(members.map((m) => [m.user, m.user] as [string, string]), keyUser, (u) => { keyUser = u; })] : null,
         h("button.create-key", { onclick: async () => {
           try {
-            const k = await post<any>(`${t}/keys`, { name: keyName.value, user: keyUser || undefined });
+            const k = await post<Answer<"/teams/{team}/keys", "post">>(`${t}/keys`, { name: keyName.value, user: keyUser || undefined });
             await showTeam(team);
             teamBox.append(h("div.new-key", null, "New key for ", k.user, " — copy it now, it is not shown again: ", h("code.secret", null, k.key)));
           } catch (err) { fail(err); }

@@ -3,14 +3,19 @@
 // colours per run; the layout is saved in this browser, per project and user.
 
 import { get, patch, post, qs } from "../api";
+import type { Answer } from "../answers";
 import { ChartPanel, type MetricDef, type PanelSpec, stepMetricOf } from "../chart";
 import { type ChartRun, seriesLoader, systemLoader } from "../data";
 import { errorBox, guarded, h, select } from "../dom";
 import { filterBuilder, type FilterRow, RUN_FIELDS, toFilter } from "../filters";
-import { navigate, projectNav, userKey } from "../main";
+import { navigate, projectNav } from "../nav";
+import { userKey } from "../session";
 import { afterPaint, colorOf, fmtNum, fmtTime, getPath, loadLocal, saveLocal } from "../util";
 
-interface Catalog { config: { key: string }[]; summary: { key: string }[]; metric: { key: string }[]; system: { key: string }[] }
+/** The key catalog: config, summary, metric and system keys of the project's runs. */
+type Catalog = Answer<"/projects/{team}/{project}/keys">;
+type RunRow = Answer<"/projects/{team}/{project}/runs">["runs"][number];
+type Group = Answer<"/projects/{team}/{project}/runs/groups", "post">["groups"][number];
 
 interface WsState {
   filters: FilterRow[];
@@ -23,8 +28,8 @@ interface WsState {
   hidden: string[];
 }
 
-interface GroupRow { key: string; label: string; values: Record<string, unknown>; count: number; run_ids: string[];
-                     summary: Record<string, any> }
+interface GroupRow { key: string; label: string; values: Group["group"]; count: number; run_ids: string[];
+                     summary: Group["summary"] }
 
 const PAGE = 50;
 let panelSeq = 0;
@@ -69,14 +74,14 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
         .filter(([, ids]) => ids.length)) };
     if (range) body.step_range = range;
     if (!Object.keys(body.groups as object).length) return { lines: [] };
-    const answer = await post<{ groups: any[] }>(`${base}/bands`, body);
+    const answer = await post<Answer<"/projects/{team}/{project}/bands", "post">>(`${base}/bands`, body);
     const labels = new Map(groups.map((g) => [g.key, g.label]));
     return {
       note: "mean ± std per group",
       lines: answer.groups.map((g) => ({
         key: g.group, label: labels.get(g.group) ?? g.group, color: colorOf(g.group), x: g.x, y: g.mean,
-        lo: g.mean.map((m: number | null, i: number) => (m == null || g.std[i] == null ? null : m - g.std[i])),
-        hi: g.mean.map((m: number | null, i: number) => (m == null || g.std[i] == null ? null : m + g.std[i])),
+        lo: g.mean.map((m, i) => (m == null || g.std[i] == null ? null : m - g.std[i])),
+        hi: g.mean.map((m, i) => (m == null || g.std[i] == null ? null : m + g.std[i])),
       })),
     };
   };
@@ -125,7 +130,7 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
   const loadCharts = async () => {
     const ticket = ++chartTicket;
     // The runs the charts show (system panels too, when grouped).
-    const { runs } = await get<{ runs: any[] }>(`${base}/runs` + qs({ filters: filters(), order: state.order, limit: state.chartLimit, fields: "name,metrics" }), signal);
+    const { runs } = await get<Answer<"/projects/{team}/{project}/runs">>(`${base}/runs` + qs({ filters: filters(), order: state.order, limit: state.chartLimit, fields: "name,metrics" }), signal);
     if (ticket !== chartTicket || signal?.aborted) return;
     chartRuns = runs.map((r) => ({ id: r.id, name: r.name || r.id }));
     // A panel the reader left on its default x axis takes the step metric every shown run defines for its
@@ -178,18 +183,18 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
     return button;
   };
 
-  const tagsCell = (run: any) => {
+  const tagsCell = (run: RunRow) => {
     const cell = h("td.tags");
     const show = () => {
-      cell.replaceChildren(...run.tags.map((t: string) => h("span.tag", null, t)),
+      cell.replaceChildren(...(run.tags ?? []).map((t) => h("span.tag", null, t)),
         h("button.link.edit-tags", { title: "edit tags", onclick: edit }, "✎"));
     };
     const edit = () => {
-      const input = h("input.tag-input", { value: run.tags.join(", "), size: 16, placeholder: "tag, tag" });
+      const input = h("input.tag-input", { value: (run.tags ?? []).join(", "), size: 16, placeholder: "tag, tag" });
       const commit = async () => {
         const tags = input.value.split(",").map((t) => t.trim()).filter(Boolean);
         try {
-          const updated = await patch(`/runs/${enc(team)}/${enc(project)}/${enc(run.id)}`, { tags });
+          const updated = await patch<Answer<"/runs/{team}/{project}/{run_id}", "patch">>(`/runs/${enc(team)}/${enc(project)}/${enc(run.id)}`, { tags });
           run.tags = updated.tags;
         } catch (err) { cell.append(errorBox(err)); return; }
         show();
@@ -216,7 +221,7 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
       h("th", null, ""), sortable("name", "name"), sortable("state", "state"), sortable("created_at", "created"),
       h("th", null, "tags"), state.columns.map((c) => sortable(c, c.replace(/^(config|summary)\./, "")))));
   };
-  const runRow = (run: any, indent = false) => h("tr", { dataset: { run: run.id } },
+  const runRow = (run: RunRow, indent = false) => h("tr", { dataset: { run: run.id } },
     h("td.nowrap", null, eye([run.id], "show in charts", state.groupBy.length > 0),
       h("span.swatch", { style: { background: colorOf(run.id) } })),
     h("td.name", { className: indent ? "indent" : "" },
@@ -231,7 +236,7 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
     const f = filters();
     if (state.groupBy.length) {
       const aggregates = state.columns.filter((c) => c.startsWith("summary.")).map((c) => c.slice(8));
-      const answer = await post<{ groups: any[] }>(`${base}/runs/groups`, { by: state.groupBy, filters: f ?? undefined, aggregates, run_ids: true }, signal);
+      const answer = await post<Answer<"/projects/{team}/{project}/runs/groups", "post">>(`${base}/runs/groups`, { by: state.groupBy, filters: f ?? undefined, aggregates, run_ids: true }, signal);
       if (ticket !== tableTicket || signal?.aborted) return;
       groups = answer.groups.map((g) => {
         const values = state.groupBy.map((k) => g.group[k]);
@@ -253,7 +258,7 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
           if (open.length) { open.forEach((r) => r.remove()); open = []; expand.textContent = "▸"; return; }
           expand.textContent = "▾";
           try {
-            const { runs } = await get<{ runs: any[] }>(`${base}/runs` + qs({ filters: { run_id: { $in: g.run_ids.slice(0, 200) } }, order: state.order, limit: 200 }), signal);
+            const { runs } = await get<Answer<"/projects/{team}/{project}/runs">>(`${base}/runs` + qs({ filters: { run_id: { $in: g.run_ids.slice(0, 200) } }, order: state.order, limit: 200 }), signal);
             open = runs.map((r) => runRow(r, true));
             row.after(...open);
           } catch (err) { expand.textContent = "▸"; throw err; }
@@ -263,8 +268,8 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
       return;
     }
     const [page, total] = await Promise.all([
-      get<{ runs: any[]; next_cursor: string | null }>(`${base}/runs` + qs({ filters: f, order: state.order, limit: PAGE, cursor: cursors[pageIndex] }), signal),
-      get<{ count: number }>(`${base}/runs/count` + qs({ filters: f }), signal),
+      get<Answer<"/projects/{team}/{project}/runs">>(`${base}/runs` + qs({ filters: f, order: state.order, limit: PAGE, cursor: cursors[pageIndex] }), signal),
+      get<Answer<"/projects/{team}/{project}/runs/count">>(`${base}/runs/count` + qs({ filters: f }), signal),
     ]);
     if (ticket !== tableTicket || signal?.aborted) return;
     cursors[pageIndex + 1] = page.next_cursor;
@@ -322,7 +327,7 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
   }, { className: "add-panel" });
   const saveReport = async () => {
     const f = filters();
-    const report = await post<{ id: string }>(`${base}/reports`, {
+    const report = await post<Answer<"/projects/{team}/{project}/reports", "post">>(`${base}/reports`, {
       title: `${project} workspace ${new Date().toLocaleDateString()}`,
       body: `# ${project}\n\nCharts of the runs${f ? " matching the workspace's filter" : ""}.\n`,
       panels: state.panels.filter((p) => p.kind !== "system").map((p) => ({ metric: p.metric, x: p.xUngrouped ?? p.x,
