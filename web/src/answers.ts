@@ -6,7 +6,7 @@
 import type { paths } from "./api-types";
 
 /** A path of the API as api.ts takes it: without the /api/v1 prefix it adds. */
-export type ApiPath = keyof paths extends infer K ? (K extends `/api/v1${infer Rest}` ? Rest : never) : never;
+type ApiPath = keyof paths extends infer K ? (K extends `/api/v1${infer Rest}` ? Rest : never) : never;
 type Method = "get" | "put" | "post" | "patch" | "delete";
 type Operation<P extends ApiPath, M extends Method> = NonNullable<paths[Extract<keyof paths, `/api/v1${P}`>][M]>;
 type Json<R> = R extends { content: { "application/json": infer J } } ? J : never;
