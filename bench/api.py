@@ -117,7 +117,11 @@ def client_process(conn: Connection, port: int, key: str) -> None:
             except orjson.JSONDecodeError:
                 parsed = None
             parse_ms = (time.perf_counter() - start) * 1000
-            items = len(parsed.get("series", parsed.get("runs", []))) if isinstance(parsed, dict) else -1
+            items = (
+                len(parsed["series"] if "series" in parsed else parsed.get("runs", []))
+                if isinstance(parsed, dict)
+                else -1
+            )
             detail = "" if response.status == 200 else data[:300].decode(errors="replace")
             conn.send((response.status, elapsed, len(data), parse_ms, items, detail))
         elif op == "load":
@@ -189,7 +193,7 @@ class NoSink:
     async def start(self) -> None:
         return None
 
-    async def send(self, events: Any) -> None:
+    async def send(self, events: Any, encoded: Any = None) -> None:
         raise RuntimeError("the API benchmark does not ingest")
 
     async def reset(self) -> None:

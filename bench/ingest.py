@@ -183,7 +183,7 @@ async def measure(args: argparse.Namespace, bootstrap: str) -> dict:
 
     def poll() -> tuple[int, list[float]]:
         stored = int(
-            client.command("SELECT count() FROM metric_points WHERE project = {p:String}", parameters={"p": PROJECT})
+            client.command("SELECT count() FROM metric_points WHERE project = {p:String}", parameters={"p": PROJECT})  # type: ignore[arg-type]  # a one-value command() returns that value
         )
         newest = client.query(
             "SELECT max(value) FROM metric_points WHERE project = {p:String} AND metric = 'wall' GROUP BY run_id",
@@ -223,10 +223,10 @@ async def measure(args: argparse.Namespace, bootstrap: str) -> dict:
     reports = [json.loads(p.stdout.read().strip().splitlines()[-1]) for p in producers if p.wait() == 0 and p.stdout]
     acked_points = sum(r["points"] for r in reports if r["unacked"] == 0)
     stored_points = int(
-        client.command("SELECT count() FROM metric_points FINAL WHERE project = {p:String}", parameters={"p": PROJECT})
+        client.command("SELECT count() FROM metric_points FINAL WHERE project = {p:String}", parameters={"p": PROJECT})  # type: ignore[arg-type]  # a one-value command() returns that value
     )
     folded = int(
-        client.command(
+        client.command(  # type: ignore[arg-type]  # a one-value command() returns that value
             "SELECT sum(count) FROM metric_summaries FINAL WHERE project = {p:String}", parameters={"p": PROJECT}
         )
         or 0

@@ -36,7 +36,6 @@ import json
 import math
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -136,7 +135,7 @@ def run_records(n: int, metric_runs: int, final_loss: dict[str, float]) -> tuple
     runs, summaries = [], []
     for i in range(n):
         created = now - rng.uniform(0, 90 * 86400)
-        config = {
+        config: dict[str, Any] = {
             "lr": float(10 ** rng.uniform(-5, -1)),
             "batch_size": int(rng.choice([16, 32, 64, 128, 256])),
             "optimizer": str(OPTIMIZERS[i % len(OPTIMIZERS)]),
@@ -215,7 +214,7 @@ def spikes_found(chart: dict[str, Any], spikes: dict[str, tuple[int, float]]) ->
 
 def table_bytes(client: Client, table: str) -> int:
     return int(
-        client.command(
+        client.command(  # type: ignore[arg-type]  # a one-value command() returns that value
             "SELECT sum(data_compressed_bytes) FROM system.parts WHERE active AND database = currentDatabase() AND table = {t:String}",
             parameters={"t": table},
         )
@@ -289,7 +288,7 @@ def main() -> None:
 
     history_bytes = table_bytes(client, "metric_points") + table_bytes(client, "metric_steps")
     bucket_bytes = table_bytes(client, "metric_buckets")
-    stored = int(client.command("SELECT count() FROM metric_points"))
+    stored = int(client.command("SELECT count() FROM metric_points"))  # type: ignore[arg-type]  # a one-value command() returns that value
     bytes_per_point = history_bytes / stored
 
     ids = [run_id(i) for i in range(args.runs)]
@@ -360,4 +359,4 @@ storage query benchmark (chdb {client.server_version}, {points:,} points, {meta_
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

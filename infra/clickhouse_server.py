@@ -277,7 +277,7 @@ def _serve(data_dir: Path, workdir: Path, parent_pid: int) -> int:
 
     def run() -> None:
         try:
-            outcome["result"] = _chdb.query(sql, "TabSeparated", path=str(data_dir))
+            outcome["result"] = _chdb.query(sql, "TabSeparated", path=str(data_dir))  # type: ignore[attr-defined]  # compiled
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             outcome["error"] = exc
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import orjson
 
@@ -168,7 +168,7 @@ class Histogram(Media):
         counts, edges = np.histogram(finite, bins=bins)
         self.histogram, self.bins = counts.tolist(), edges.tolist()
 
-    def _python_histogram(self, sequence: Any, bins: int) -> tuple[list[int], list[float]]:
+    def _python_histogram(self, sequence: Any, bins: int) -> tuple[list[float | int], list[float]]:
         """numpy.histogram's equal-width bins, for installs without numpy."""
         values: list[float] = []
         try:
@@ -185,7 +185,7 @@ class Histogram(Media):
             lo, hi = lo - 0.5, hi + 0.5
         step = (hi - lo) / bins
         edges = [lo + i * step for i in range(bins)] + [hi]
-        counts = [0] * bins
+        counts: list[float | int] = [0] * bins  # the type of self.histogram, which may hold given floats
         for v in finite:
             i = min(int((v - lo) / step), bins - 1)
             if v < edges[i]:  # float rounding: the edges decide, as in numpy
@@ -322,13 +322,14 @@ def sequence_to_media(key: str, values: Sequence[Any]) -> list[Media] | list[Gal
         return []
     if not _is_media(values[0]):  # checking only the first keeps long lists of numbers cheap
         try:
-            return [Histogram(values)]  # wandb turns sequences into histograms too
+            histogram: list[Media] = [Histogram(values)]  # wandb turns sequences into histograms too
         except TypeError as exc:
             if any(_is_media(v) for v in values):
                 raise TypeError(f"log() value for {key!r} mixes media with other values") from None
             raise TypeError(f"log() value for {key!r}: {exc}") from None
+        return histogram
     items = [to_media(v) for v in values]
-    kind = type(items[0])
+    kind = cast("type[Media]", type(items[0]))  # values[0] is media, so items[0] is not None
     odd = next((i for i, item in enumerate(items) if type(item) is not kind), None)
     if odd is not None:
         raise TypeError(

@@ -363,7 +363,7 @@ class Run:
         self.error: str | None = attrs.get("error")  # a failed run's traceback
         self.metric_definitions: list[dict[str, Any]] = list(attrs.get("metrics") or [])
         # What update() compares edits with, so it sends only what changed.
-        self._loaded = {
+        self._loaded: dict[str, Any] = {
             "name": self.name,
             "tags": list(self.tags),
             "notes": self.notes,

@@ -290,7 +290,7 @@ class Sender:
         self._loop.set_default_executor(ExitSafeExecutor())
         self._wake = asyncio.Event()
         data_ready, idle = asyncio.Event(), asyncio.Event()
-        pump = asyncio.create_task(self._pump(data_ready, idle)) if self.transport else None
+        pump = asyncio.create_task(self._pump(self.transport, data_ready, idle)) if self.transport else None
         self._last_heartbeat = time.monotonic()  # run_start says the run is alive
         periodic: dict[int, asyncio.Future] = {}  # what each periodic call is doing now
         while not self._stopping:
@@ -315,9 +315,9 @@ class Sender:
                 pass
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
-            await self.transport.close()
+            await self.transport.close()  # type: ignore[union-attr]  # there is a pump only with a transport
 
-    async def _pump(self, data_ready: asyncio.Event, idle: asyncio.Event) -> None:
+    async def _pump(self, transport: Transport, data_ready: asyncio.Event, idle: asyncio.Event) -> None:
         cursor = self.spool.acked_cursor()
         backoff = 0.2
         while True:
@@ -331,7 +331,7 @@ class Sender:
             idle.clear()
             try:
                 await upload_files(self.uploader, self.identity, self.files_dir, records)
-                await self.transport.send(records, self.identity.key)
+                await transport.send(records, self.identity.key)
             except Exception as exc:  # noqa: BLE001 - whatever failed, the events stay spooled and the pump lives on
                 self._report("send", exc, "events stay in the spool and are retried")
                 await asyncio.sleep(backoff)

@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 DEFAULT_PORT = 8080
 DEFAULT_DATA_DIR = Path.home() / ".runstream"
@@ -60,7 +61,7 @@ class Settings:
         """Environment variables over the config file (``config``, default: ``config_path(environ)``) over defaults."""
         path = config or config_path(environ)
         stored = read_config(path)
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}
         for setting in public_fields():
             raw, where = environ.get(env_var(setting.name)), env_var(setting.name)
             if raw is None or raw == "":

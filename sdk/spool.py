@@ -15,6 +15,7 @@ exclusive lock on the directory, so ``sync`` leaves a live run's spool alone.
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ class Spool:
             os.close(self._lock_fd)
             raise SpoolLocked(f"{self.dir} is in use by a running process") from None
         self._buffer: list[bytes] = []
-        self._file = None
+        self._file: io.FileIO | None = None
         self._segment = max(self.segments(), default=0)
         self._size = 0
         if writer:

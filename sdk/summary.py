@@ -18,7 +18,7 @@ import fnmatch
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from runstream import events
 from runstream.events import decode_value
@@ -137,12 +137,13 @@ class MetricStats:
         count = stats.get("count") or 0
         s.count = int(count)
         s.total = float(stats.get("mean") or 0.0) * s.count
+        # decode_value() gives None for None only, which is checked first
         if stats.get("min") is not None and s.count:
-            s.min = decode_value(stats["min"])
+            s.min = cast(float, decode_value(stats["min"]))
         if stats.get("max") is not None and s.count:
-            s.max = decode_value(stats["max"])
+            s.max = cast(float, decode_value(stats["max"]))
         if stats.get("last") is not None:
-            s.last = decode_value(stats["last"])
+            s.last = cast(float, decode_value(stats["last"]))
 
 
 class Summary:

@@ -17,12 +17,16 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from infra.clickhouse_server import ClickHouseServer
 from infra.kafka_broker import KafkaBroker
 from tests.helpers import fresh_chdb_dsn
+
+if TYPE_CHECKING:  # storage is imported where a test needs it
+    from runstream.storage.accounts import Role
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +111,7 @@ class ApiHarness:
         """The backend's ClickHouse client."""
         return self.app.state.backend.client
 
-    def key(self, team: str, user: str, role: str = "member") -> dict[str, str]:
+    def key(self, team: str, user: str, role: Role = "member") -> dict[str, str]:
         """Headers with a new key of ``user``, made ``role`` of ``team`` (created if missing)."""
         from runstream.storage import accounts
 

@@ -10,7 +10,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from runstream import events
 
@@ -71,7 +71,7 @@ def metric_points(evs: list[events.Event]) -> list[tuple[int, str, float]]:
             for name, column in event.data["values"].items():
                 for step, value in zip(event.data["step"], column):
                     if value is not None:
-                        out.append((step, name, events.decode_value(value)))
+                        out.append((step, name, cast(float, events.decode_value(value))))  # not None: checked
     return out
 
 
@@ -155,7 +155,7 @@ class ServedApp:
     ``lifespan="off"`` for an app whose lifespan already ran (an ``ApiHarness``'s test client started it).
     """
 
-    def __init__(self, app: Any, lifespan: str = "auto") -> None:
+    def __init__(self, app: Any, lifespan: Literal["auto", "on", "off"] = "auto") -> None:
         import uvicorn
 
         from infra.net import free_port
@@ -205,6 +205,7 @@ class Server:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                assert self.process.stdout is not None  # stdout=PIPE
                 raise AssertionError(f"the server exited: {self.process.stdout.read()}")
             try:
                 urllib.request.urlopen(f"{self.url}/api/v1/health", timeout=2).close()
@@ -227,4 +228,5 @@ class Server:
                 self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+        assert self.process.stdout is not None  # stdout=PIPE
         return self.process.stdout.read()

@@ -114,7 +114,9 @@ def open_nvml(nvml: Any = None) -> Nvml | None:
     """An NVML session, or None where there is no NVIDIA driver or no ``pynvml`` (not an error)."""
     try:
         if nvml is None:
-            import pynvml as nvml
+            import pynvml
+
+            nvml = pynvml
         return Nvml(nvml)
     except Exception as exc:  # noqa: BLE001 - ImportError, NVMLError (no driver, no library) alike
         log.debug("runstream: no GPU metrics: %s", exc)

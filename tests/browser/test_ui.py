@@ -57,6 +57,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         deadline = time.monotonic() + 90
         while True:
             if process.poll() is not None:
+                assert process.stdout is not None  # stdout=PIPE
                 raise AssertionError(f"the server exited: {process.stdout.read()}")
             try:
                 if _get(f"{url}/api/v1/health")["status"] == "ok":

@@ -55,9 +55,10 @@ def _alerts(api, headers, **params) -> list[dict]:
     return response.json()["alerts"]
 
 
-def _read_events(lines, count: int, on_open=None) -> list[tuple[str, dict]]:
+def _read_events(lines, count: int, on_open=None) -> list[tuple[str | None, dict]]:
     """(id, alert) of the first ``count`` SSE events; ``on_open()`` runs once the stream has started."""
-    found, event_id, kind = [], None, None
+    found: list[tuple[str | None, dict]] = []  # None: an event without an id
+    event_id, kind = None, None
     for line in lines:
         if line.startswith("retry:") and on_open:
             on_open()

@@ -171,12 +171,13 @@ def _events(project: str, run_id: str) -> list[dict[str, Any]]:
 def seed(world: World) -> None:
     client = world.client
     world.headers = {"anonymous": {}, "local_admin": {}}
-    for who, team, user, role in (
+    seats: list[tuple[str, str, str, accounts.Role]] = [
         ("admin", TEAM, ADMIN, "admin"),
         ("member", TEAM, MEMBER, "member"),
         ("viewer", TEAM, VIEWER, "viewer"),
         ("other_team", "rival", "mallory", "admin"),
-    ):
+    ]
+    for who, team, user, role in seats:
         accounts.ensure_team(client, team)
         accounts.set_member(client, team, user, role)
         world.headers[who] = {"Authorization": f"Bearer {accounts.create_key(client, team, user, 'authz')[1]}"}

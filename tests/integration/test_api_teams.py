@@ -40,7 +40,7 @@ class World:
         http = self.local if who == "local_admin" else self.api.http
         return http.request(method, f"{V1}{path}", json=json, headers=self.headers.get(who, {}))
 
-    def fresh_member(self, role: str = "member") -> str:
+    def fresh_member(self, role: accounts.Role = "member") -> str:
         user = f"u{next(_counter)}"
         accounts.set_member(self.api.storage, "acme", user, role)
         return user

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import clickhouse_connect
 import pytest
@@ -56,7 +57,7 @@ def test_roundtrip_100k_rows_with_parameters(server: ClickHouseServer) -> None:
         "CREATE TABLE metrics (run_id String, step UInt32, value Float64) ENGINE = MergeTree ORDER BY (run_id, step)"
     )
     n = 100_000
-    columns = [[f"run-{i % 4}" for i in range(n)], list(range(n)), [i / 2 for i in range(n)]]
+    columns: list[list[Any]] = [[f"run-{i % 4}" for i in range(n)], list(range(n)), [i / 2 for i in range(n)]]
     client.insert("metrics", columns, column_names=["run_id", "step", "value"], column_oriented=True)
 
     assert client.query("SELECT count() FROM metrics").result_rows == [(n,)]
@@ -208,6 +209,7 @@ def test_server_stops_when_its_parent_dies(tmp_path: Path) -> None:
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     parent = subprocess.Popen([sys.executable, "-c", code, str(data_dir)], stdout=subprocess.PIPE, text=True, env=env)
+    assert parent.stdout is not None  # stdout=PIPE
     try:
         info = json.loads(parent.stdout.readline())
         assert ping(info["http_port"])

@@ -30,7 +30,7 @@ async def _produce(bootstrap: str, messages: list[tuple[bytes | None, bytes]]) -
 async def _run(bootstrap: str, dsn: str, data_dir: str) -> None:
     project = unique("proj")
     app = create_app(Settings(kafka=bootstrap, clickhouse_dsn=dsn, data_dir=data_dir, app_id=unique("worker")))
-    messages = []
+    messages: list[tuple[bytes | None, bytes]] = []
     for run in range(RUNS):
         for seq in range(BATCHES):
             steps = range(seq * STEPS_PER_BATCH, (seq + 1) * STEPS_PER_BATCH)
@@ -48,7 +48,7 @@ async def _run(bootstrap: str, dsn: str, data_dir: str) -> None:
         count = 0
         while time.monotonic() < deadline:
             count = (
-                client.command(
+                client.command(  # type: ignore[assignment]  # a one-value command() returns that value
                     "SELECT count() FROM metric_points FINAL WHERE project = {p:String}", parameters={"p": project}
                 )
                 if "metric_points" in {r[0] for r in client.query("SHOW TABLES").result_rows}

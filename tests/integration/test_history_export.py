@@ -52,7 +52,7 @@ class Truth:
         for i, step in enumerate(steps):
             _, row = run.get(step, (0.0, {}))
             row = dict(row)
-            row.update({k: col[i] for k, col in values.items() if col[i] is not None})
+            row.update({k: v for k, col in values.items() if (v := col[i]) is not None})
             run[step] = (times[i], row)
 
     def points(self, run_ids=None, metrics=None) -> set[tuple]:

@@ -45,18 +45,18 @@ async def _round_trip(bootstrap: str) -> None:
                 for message in messages:
                     event = events.decode(message.value)
                     assert message.key == event.key
-                    run = (event.team, event.project, event.run_id)
-                    received[run].append(event.seq)
-                    partitions_of_run[run].add(tp.partition)
+                    run_key = (event.team, event.project, event.run_id)
+                    received[run_key].append(event.seq)
+                    partitions_of_run[run_key].add(tp.partition)
                     total += 1
     finally:
         await consumer.stop()
 
     assert len({m.partition for m in metadata}) > 1, "the runs should spread over several partitions"
     assert len(received) == RUNS
-    for run, seqs in received.items():
-        assert seqs == list(range(EVENTS_PER_RUN)), f"{run} arrived out of order or incomplete"
-        assert len(partitions_of_run[run]) == 1, f"{run} was split over partitions"
+    for run_key, seqs in received.items():
+        assert seqs == list(range(EVENTS_PER_RUN)), f"{run_key} arrived out of order or incomplete"
+        assert len(partitions_of_run[run_key]) == 1, f"{run_key} was split over partitions"
 
 
 def test_events_round_trip_in_order_per_run(kafka_bootstrap):

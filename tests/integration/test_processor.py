@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from typing import Any
 
 import numpy as np
 import orjson
@@ -69,7 +70,7 @@ def run_events(run_id: str, seed: int, steps: int = 600, rows: int = 100) -> tup
     seq += 2
     for start in range(0, steps, rows):
         s = list(range(start, start + rows))
-        values = {
+        values: dict[str, list[Any]] = {
             "loss": [float(v) for v in loss[start : start + rows]],
             "acc": [None if i % 2 else i / steps for i in s],
         }

@@ -68,7 +68,7 @@ def _generate(n: int = 300, seed: int = 7):
         state = rng.choice(["finished", "finished", "running", "failed", "crashed"])
         created = T0 + rng.randint(0, 40) * 60  # many runs share a creation time
         updated = created + rng.randint(0, 4000) / 4
-        run = {
+        run: dict[str, Any] = {
             "team": TEAM,
             "project": PROJECT,
             "run_id": f"{rng.getrandbits(48):012x}",
@@ -185,6 +185,14 @@ def gt(x, y):
     return x is not None and x > y
 
 
+def lt(x, y):
+    return x is not None and x < y
+
+
+def le(x, y):
+    return x is not None and x <= y
+
+
 MS = 1000
 FILTER_CASES: list[tuple[dict, Callable[[dict], bool]]] = [
     ({"state": "finished"}, lambda r: r["state"] == "finished"),
@@ -220,7 +228,7 @@ FILTER_CASES: list[tuple[dict, Callable[[dict], bool]]] = [
     ({"exit_code": {"$ne": 0}}, lambda r: r["exit_code"] != 0),
     ({"exit_code": {"$in": [1, None]}}, lambda r: r["exit_code"] in (1, None)),
     ({"config.lr": {"$gt": 1e-3}}, lambda r: gt(number(r, "config.lr"), 1e-3)),
-    ({"config.lr": {"$lte": 1e-3}}, lambda r: number(r, "config.lr") is not None and number(r, "config.lr") <= 1e-3),
+    ({"config.lr": {"$lte": 1e-3}}, lambda r: le(number(r, "config.lr"), 1e-3)),
     ({"config.lr": 0.01}, lambda r: number(r, "config.lr") == 0.01),
     ({"config.lr": {"$ne": 0.01}}, lambda r: number(r, "config.lr") != 0.01),
     ({"config.lr": {"$in": [1e-4, 0.1]}}, lambda r: number(r, "config.lr") in (1e-4, 0.1)),
@@ -272,11 +280,11 @@ FILTER_CASES: list[tuple[dict, Callable[[dict], bool]]] = [
     ({"summary.acc": {"$gte": 0.5}}, lambda r: gt(number(r, "summary.acc"), 0.4999)),
     (
         {"summary_metrics.acc": {"$lt": 0.5}},
-        lambda r: number(r, "summary.acc") is not None and number(r, "summary.acc") < 0.5,
+        lambda r: lt(number(r, "summary.acc"), 0.5),
     ),
     ({"summary.acc": {"$exists": False}}, lambda r: "acc" not in r["summary"]),
     ({"summary.loss": {"$gt": 1}}, lambda r: gt(number(r, "summary.loss"), 1)),
-    ({"summary.loss": {"$lte": 1}}, lambda r: number(r, "summary.loss") is not None and number(r, "summary.loss") <= 1),
+    ({"summary.loss": {"$lte": 1}}, lambda r: le(number(r, "summary.loss"), 1)),
     ({"summary.best.val_acc": {"$gt": 0.5}}, lambda r: gt(number(r, "summary.best.val_acc"), 0.5)),
     (
         {"$and": [{"state": "finished"}, {"config.lr": {"$lt": 0.01}}, {"summary.acc": {"$gt": 0.2}}]},
@@ -583,7 +591,7 @@ def expected_groups(by: list[str], aggregates: list[str], runs=TRUTH) -> list[di
     for run in runs:
         key = tuple(json_text(v) if (v := _group_value(run, f)) is not MISSING else None for f in by)
         groups.setdefault(key, []).append(run)
-    out = []
+    out: list[dict[str, Any]] = []
     for key, members in groups.items():
         decoded = [MISSING if k is None else orjson.loads(k) for k in key]
         summary = {}

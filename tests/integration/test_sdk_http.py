@@ -23,6 +23,7 @@ class Receiver:
         self.events: list[events.Event] = []
         self.files: dict[str, bytes] = {}
         self.auth: set[str] = set()
+        self.uploaded_before_event: bool  # set by the first upload
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -29,7 +29,7 @@ def _python(script: str, **popen) -> subprocess.Popen:
 
 
 def _points_by_run(evs: list[events.Event]) -> dict[str, list[tuple[int, str, float]]]:
-    by_run = collections.defaultdict(list)
+    by_run: dict[str, list[tuple[int, str, float]]] = collections.defaultdict(list)
     for event in evs:
         by_run[event.run_id] += metric_points([event])
     return by_run

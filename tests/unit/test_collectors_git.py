@@ -31,7 +31,7 @@ def _repo(path: Path) -> git.Repo:
 
 def _commit(repo: git.Repo, files: dict[str, bytes], message: str = "commit") -> str:
     for name, content in files.items():
-        (Path(repo.working_tree_dir) / name).write_bytes(content)
+        (Path(repo.working_dir) / name).write_bytes(content)  # a repository with a work tree: the same directory
     repo.index.add(list(files))
     return repo.index.commit(message).hexsha
 
