@@ -7,6 +7,9 @@ thread pool through ``Backend.run``. Events go to one sink:
   acknowledged by the brokers (acks=all, idempotent producer);
 - embedded mode: the in-process pipeline (``streams.pipeline``), answering once
   the batch is applied to storage.
+
+Kafka's bytes are the ingested lines as received (``KafkaSink``); the producer is
+``runstream.kafka``'s, as the SDK's.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
 from clickhouse_connect.driver.client import Client
@@ -28,7 +31,7 @@ from runstream.settings import Settings
 from runstream.storage import accounts
 from runstream.storage.client import connect
 from runstream.storage.migrations import migrate_once
-from runstream.streams.notifier import WebhookPolicy
+from runstream.streams.notifier import Notifier, WebhookPolicy
 
 log = logging.getLogger("runstream.api")
 T = TypeVar("T")
@@ -91,20 +94,19 @@ class PipelineSink:
     """Embedded mode: the in-process pipeline, plus what a worker does on its own clock.
 
     ``send`` returns once the batch is applied to storage. A timer sweeps for
-    crashed and stalled runs, and alerts are posted to webhooks in the background,
-    as the Faust worker's timer and alerts agent do in cluster mode.
+    crashed and stalled runs, and alerts are posted to webhooks in the background
+    on the server's event loop, as the Faust worker's timer and alerts agent do in
+    cluster mode.
     """
 
     applied_on_send = True
 
     def __init__(self, client: Callable[[], Client], settings: Settings, sweep_every_s: float = 5.0) -> None:
-        from runstream.streams.notifier import Notifier
         from runstream.streams.pipeline import Pipeline
 
         self.settings = settings
         self.sweep_every_s = sweep_every_s
-        self.notifier = Notifier([u.strip() for u in settings.alert_webhooks.split(",")], allow=settings.webhook_allow)
-        self.pipeline = Pipeline(client, on_alert=self._on_alert)
+        self.pipeline = Pipeline(client, notifier=Notifier.from_settings(settings), spawn=self._spawn_from_pipeline)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -126,10 +128,17 @@ class PipelineSink:
         await asyncio.gather(*(t for t in self._tasks if t.get_loop() is loop), return_exceptions=True)
         self._tasks.clear()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _spawn_from_pipeline(self, delivery: Coroutine[Any, Any, None]) -> None:
+        """An alert's delivery, handed over in the pipeline's thread: it runs on the server's event loop."""
+        if self._loop is None:
+            delivery.close()  # not started: no loop to post from
+            return
+        self._loop.call_soon_threadsafe(self._spawn, delivery)
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -138,16 +147,6 @@ class PipelineSink:
                 await run_in_threadpool(self.pipeline.sweep, float(self.settings.crash_timeout))
             except Exception as exc:  # noqa: BLE001 - the next sweep tries again
                 log.warning("sweep failed (%s: %s)", type(exc).__name__, exc)
-
-    def _on_alert(self, event: Event) -> None:
-        """Called in the pipeline's thread as an alert is stored; the post happens on the event loop."""
-        from runstream.streams.notifier import notify
-        from runstream.streams.processor import alert_id_of
-
-        if self._loop is None or (not self.notifier.webhooks and not event.data.get("rule_id")):
-            return
-        coro = notify(self.notifier, self.pipeline.processor.rules, event, alert_id_of(event))
-        self._loop.call_soon_threadsafe(self._spawn, coro)
 
 
 class Backend:

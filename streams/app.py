@@ -1,22 +1,24 @@
-"""The Faust application: the stream topology, with agents as thin adapters.
+"""The Faust application: topics, retries and timers around ``streams.batch.BatchHandler``.
 
     run topics (runs, metrics, system, console, files)
-        -> process: decode (bad bytes -> dead letters), Processor.process -> ClickHouse,
-           state changes -> runs, rule alerts -> alerts, then Processor.commit (run states)
+        -> process: BatchHandler.decode (bad bytes -> dead letters), then BatchHandler.process:
+           rows -> ClickHouse, state changes -> runs, rule alerts -> alerts, run states -> ClickHouse
     every SWEEP_EVERY_S -> sweep: silent runs -> crashed (runs), stalls -> alerts
-    alerts (the SDK's and the rules') -> alerts: ClickHouse, then webhooks
+    alerts (the SDK's and the rules') -> alerts: BatchHandler.alerts: ClickHouse, then webhooks
 
 The logic lives in ``runstream.streams.processor`` (plain Python, also driven
-in-process by the embedded server); here are only topics, batching
-and retries. All of a run's events share one partition number in every topic
-(same key, same partition count), so one worker at a time folds a run's
-state; the state lives in ClickHouse (``run_states``), so after a rebalance
-the new owner reads where the old one stopped.
+in-process by the embedded server) and the order of a batch's steps in
+``runstream.streams.batch``; here are only topics, batching, retries and the
+timer. All of a run's events share one partition number in every topic (same
+key, same partition count), so one worker at a time folds a run's state; the
+state lives in ClickHouse (``run_states``), so after a rebalance the new owner
+reads where the old one stopped. No state cache: after a rebalance another
+worker may have advanced a run's state.
 
 Offsets: a batch's offsets are acknowledged only after the agent's loop body
 returns, which is after ClickHouse accepted its rows, the produced events were
 acknowledged by the broker and the states were stored. A ClickHouse outage
-blocks the batch (retried with backoff) instead of skipping it.
+blocks the batch (each step is retried with backoff) instead of skipping it.
 
 Run a worker with ``runstream worker``; workers with the same ``RUNSTREAM_APP_ID``
 share the partitions.
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,9 +38,10 @@ from clickhouse_connect.driver.client import Client
 from runstream import events
 from runstream.settings import Settings
 from runstream.storage.client import connect
-from runstream.storage.migrations import migrate
-from runstream.streams.notifier import Notifier, notify
-from runstream.streams.processor import Processor, RuleBook, chunks, alert_id_of
+from runstream.storage.migrations import migrate_once
+from runstream.streams.batch import BatchHandler, Reject
+from runstream.streams.notifier import Notifier
+from runstream.streams.processor import Processor, RuleBook
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,19 +55,6 @@ RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0
 #: What the processing agent consumes; alerts have their own agent, so an alert never waits
 #: behind a backlog of metrics.
 RUN_TOPICS = (events.TOPIC_RUNS, events.TOPIC_METRICS, events.TOPIC_SYSTEM, events.TOPIC_CONSOLE, events.TOPIC_FILES)
-
-
-def decode_batch(raws: list[tuple[bytes, str]]) -> tuple[list[events.Event], list[tuple[bytes, str, str]]]:
-    """Split (raw, topic) messages into valid events and (raw, topic, reason) rejects."""
-    good, bad = [], []
-    for raw, topic in raws:
-        try:
-            good.append(events.decode(raw))
-        except events.InvalidEvent as exc:
-            bad.append((raw or b"", topic, exc.reason))
-        except Exception as exc:  # noqa: BLE001 - whatever the bytes do, they must not stop the worker
-            bad.append((raw or b"", topic, f"undecodable: {type(exc).__name__}: {exc}"))
-    return good, bad
 
 
 async def retrying(what: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -81,11 +71,6 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]]) -> T:
             log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
-
-
-def in_thread(call: Callable[..., T], *args: Any) -> Callable[[], Awaitable[T]]:
-    """A blocking call (clickhouse-connect) as an awaitable factory, so the event loop keeps running."""
-    return lambda: asyncio.to_thread(call, *args)
 
 
 def create_app(
@@ -125,64 +110,52 @@ def create_app(
         nonlocal client
         if client is None:
             client = storage() if storage else connect(settings.clickhouse_dsn)
-            migrate(client)
+            migrate_once(client)
         return client
-
-    rules = RuleBook(clickhouse)
-    processor = Processor(clickhouse, rules)
 
     async def publish(produced: list[events.Event]) -> None:
         """Send and wait for the broker's acknowledgements (before the states are stored)."""
         pending = [await out_topics[e.topic.name].send(key=e.key, value=e.to_bytes()) for e in produced]
         await asyncio.gather(*pending)
 
-    async def dead_letter(bad: list[tuple[bytes, str, str]]) -> None:
+    async def dead_letter(bad: list[Reject]) -> None:
         """Send rejects to the dead-letter topic and wait for the broker (before the offsets move on)."""
-        if bad:
-            log.warning("%d dead letter(s), e.g. from %s: %s", len(bad), bad[0][1], bad[0][2])
         pending = [await dead_letters.send(value=raw, headers=events.dead_letter_headers(reason, topic))
                    for raw, topic, reason in bad]
         await asyncio.gather(*pending)
 
+    deliveries: set[asyncio.Task] = set()
+
+    def spawn(delivery: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(delivery)
+        deliveries.add(task)
+        task.add_done_callback(deliveries.discard)
+
+    handler = BatchHandler(Processor(clickhouse, RuleBook(clickhouse)), publish, attempt=retrying, in_thread=True,
+                           notifier=Notifier.from_settings(settings), spawn=spawn)
+
+    def messages(batch: list[faust.EventT]) -> list[tuple[bytes, str]]:
+        return [(e.value, e.message.topic) for e in batch]
+
     @app.agent(run_topics)
     async def process(stream: faust.StreamT) -> None:
-        await retrying("connecting to ClickHouse", in_thread(clickhouse))
+        await retrying("connecting to ClickHouse", lambda: asyncio.to_thread(clickhouse))
         async for batch in stream.take_events(SINK_BATCH, within=SINK_WITHIN_S):
-            good, bad = decode_batch([(e.value, e.message.topic) for e in batch])
-            await retrying("sending dead letters", lambda: dead_letter(bad))
-            for chunk in chunks(good):
-                # No state cache: after a rebalance another worker may have advanced a run's state.
-                out = await retrying("writing a batch to ClickHouse", in_thread(processor.process, chunk))
-                await retrying("publishing state changes and alerts", lambda: publish(out.publish))
-                await retrying("storing run states", in_thread(processor.commit, out))
+            await handler.process(await handler.decode(messages(batch), dead_letter))
 
     @app.timer(interval=sweep_every_s)
     async def sweep() -> None:
         if client is None:
-            return
+            return  # not connected yet
         try:
-            found = await asyncio.to_thread(processor.sweep, float(settings.crash_timeout))
-            await publish(found)
+            await handler.sweep(float(settings.crash_timeout))
         except Exception as exc:  # noqa: BLE001 - the next sweep tries again
             log.warning("sweep failed (%s: %s)", type(exc).__name__, exc)
-
-    notifier = Notifier([u.strip() for u in settings.alert_webhooks.split(",")], allow=settings.webhook_allow)
-
-    deliveries: set[asyncio.Task] = set()
 
     @app.agent(alerts_topic)
     async def alerts(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(SINK_BATCH, within=0.05):
-            good, bad = decode_batch([(e.value, e.message.topic) for e in batch])
-            await retrying("sending dead letters", lambda: dead_letter(bad))
-            if not good:
-                continue
-            await retrying("storing alerts", in_thread(processor.store_alerts, good))
-            # Webhooks are posted in the background (a dead receiver costs retries, not the stream).
-            for event in good:
-                task = asyncio.ensure_future(notify(notifier, rules, event, alert_id_of(event)))
-                deliveries.add(task)
-                task.add_done_callback(deliveries.discard)
+            await handler.alerts(await handler.decode(messages(batch), dead_letter))
 
     return app
 

@@ -32,6 +32,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from runstream.events import Event
+from runstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,12 @@ class Notifier:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._delivered: OrderedDict[str, None] = OrderedDict()
         self._remember = remember
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Notifier:
+        """The notifier of a worker or the embedded server: the operator's webhooks
+        (``RUNSTREAM_ALERT_WEBHOOKS``, comma-separated) and what rules' webhooks may reach."""
+        return cls([url.strip() for url in settings.alert_webhooks.split(",")], allow=settings.webhook_allow)
 
     async def deliver(self, event: Event, alert_id: str, extra_urls: Sequence[str] = ()) -> int:
         """Post the alert to the webhooks (and a rule's own); return how many accepted it."""

@@ -1,60 +1,67 @@
-"""The in-process driver of the processing logic, without Kafka (embedded mode and tests).
+"""The embedded driver of the processing logic, without Kafka (the embedded server and tests).
 
-It does what the Faust worker does with topics, with a loop: each batch goes
-through ``Processor.process`` and ``commit``, and the events the batch produced
-(state changes, rule alerts) are processed next, as if consumed back from their
-topics. Being the only writer, it keeps the run states it stored in a dict. Alerts are handed
-to ``on_alert`` (the notifier) as they are stored.
+An adapter around ``streams.batch.BatchHandler``, as the Faust worker is: what a
+batch publishes (state changes, rule alerts) is queued here and handled as the
+next round, as if consumed back from its topics; alerts take the handler's alert
+path (stored, then handed to the notifier). Being the only writer, it keeps the
+run states it stored in a dict, and a lock keeps batches in order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
 from runstream.events import ALERT, Event
-from runstream.streams.processor import Output, Processor, RuleBook, RunKey, chunks
+from runstream.streams.batch import BatchHandler, Spawn
+from runstream.streams.notifier import Notifier
+from runstream.streams.processor import Output, Processor, RuleBook, RunKey
+from runstream.streams.runstate import RunState
 
 #: Rounds of feeding produced events back (state change -> rule alert -> stored) before stopping.
 _MAX_ROUNDS = 4
 
 
 class Pipeline:
-    def __init__(self, client: Callable[[], Client], on_alert: Callable[[Event], None] | None = None,
+    """``notifier`` and ``spawn``: where alerts are posted and how in the background (else they are only stored)."""
+
+    def __init__(self, client: Callable[[], Client], notifier: Notifier | None = None, spawn: Spawn | None = None,
                  rules_ttl_s: float = 1.0) -> None:
         self.processor = Processor(client, RuleBook(client, ttl_s=rules_ttl_s))
-        self.states: dict[RunKey, dict[str, Any]] = {}
-        self.on_alert = on_alert
+        self.states: dict[RunKey, RunState] = {}
+        self.handler = BatchHandler(self.processor, self._publish, cache=self.states, notifier=notifier, spawn=spawn)
+        self._published: list[Event] = []
         self._lock = threading.Lock()  # one batch at a time: states are folded in order
 
     def handle(self, batch: Sequence[Event]) -> list[Output]:
-        """Process a batch and everything it produces; return each round's output."""
-        outputs = []
+        """Process a batch and everything it produces; return each round's output (blocks: call it in a thread)."""
         with self._lock:
-            for chunk in chunks(batch):
-                outputs += self._rounds(chunk)
-        return outputs
+            self._published = []
+            return asyncio.run(self._rounds(list(batch)))
 
-    def _rounds(self, pending: list[Event]) -> list[Output]:
+    def sweep(self, timeout_s: float, now: float | None = None) -> list[Output]:
+        """The periodic checks (crashed runs, stalls); what they find is processed at once."""
+        with self._lock:
+            self._published = []
+            return asyncio.run(self._sweep(timeout_s, now))
+
+    async def _publish(self, produced: list[Event]) -> None:
+        self._published += produced
+
+    async def _sweep(self, timeout_s: float, now: float | None) -> list[Output]:
+        await self.handler.sweep(timeout_s, now)
+        found, self._published = self._published, []
+        return await self._rounds(found)
+
+    async def _rounds(self, pending: list[Event]) -> list[Output]:
         outputs = []
         for _ in range(_MAX_ROUNDS):
             if not pending:
                 break
-            out = self.processor.process(pending, self.states)
-            if self.on_alert:
-                for event in pending:
-                    if event.type == ALERT:
-                        self.on_alert(event)
-            self.processor.commit(out)
-            self.states.update(out.states)
-            outputs.append(out)
-            pending = out.publish
+            await self.handler.alerts([e for e in pending if e.type == ALERT])
+            outputs += await self.handler.process([e for e in pending if e.type != ALERT])
+            pending, self._published = self._published, []
         return outputs
-
-    def sweep(self, timeout_s: float, now: float | None = None) -> list[Output]:
-        """The periodic checks (crashed runs, stalls); what they find is processed at once."""
-        found = self.processor.sweep(timeout_s, now)
-        return self.handle(found) if found else []

@@ -1,0 +1,150 @@
+"""One batch through the processing logic, in the order that makes a crash harmless: what both drivers run.
+
+The Faust worker (``streams/app.py``) and the embedded pipeline (``streams/pipeline.py``)
+are adapters around ``BatchHandler``: they bring batches, a way to publish what a batch
+produces and a way to attempt each step; the handler keeps the order:
+
+    decode: bytes that are no valid event -> dead letters (the original bytes and why), acknowledged
+    for each chunk of the batch (``processor.chunks``):
+        1. Processor.process: rows written, run states folded (not stored yet)
+        2. publish: the state changes and rule alerts it produced, acknowledged
+        3. Processor.commit: the run states stored (and kept in the driver's cache, if it has one)
+    then the driver commits the batch's offsets (the Faust worker: when its loop body returns)
+
+A crash anywhere before the offsets move on redelivers the batch, which the processor
+makes harmless (``processor.py`` says how). Alerts (the SDK's and the rules') take their
+own path: stored, then handed to the notifier and posted in the background, so a dead
+webhook costs retries, not the stream. The sweep publishes the crashed runs and stalls it
+finds like any produced event; the owners of those runs fold them.
+
+The Faust worker attempts each step until it succeeds (a batch waits, it is never skipped)
+and runs storage calls in threads, off its event loop; the embedded pipeline runs each
+once, in its own thread, and a failure reaches the client that sent the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+from runstream import events
+from runstream.events import Event
+from runstream.streams.notifier import Notifier, notify
+from runstream.streams.processor import Output, Processor, RunKey, alert_id_of, chunks
+from runstream.streams.runstate import RunState
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: A message that is no valid event: its bytes, the topic it came from, and why.
+Reject = tuple[bytes, str, str]
+#: Publishes produced events; returns once they are durable (acknowledged by Kafka, or queued in process).
+Publish = Callable[[list[Event]], Awaitable[None]]
+#: Sends rejects to the dead letters; returns once they are acknowledged.
+DeadLetter = Callable[[list[Reject]], Awaitable[None]]
+#: Attempts one step (``what`` names it in logs): the Faust worker's retries until it succeeds.
+Attempt = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+#: Runs an alert's delivery in the background.
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+async def once(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Attempt a step once: a failure is the caller's."""
+    return await call()
+
+
+def decode_batch(raws: Sequence[tuple[bytes, str]]) -> tuple[list[Event], list[Reject]]:
+    """Split (raw, topic) messages into valid events and rejects."""
+    good, bad = [], []
+    for raw, topic in raws:
+        try:
+            good.append(events.decode(raw))
+        except events.InvalidEvent as exc:
+            bad.append((raw or b"", topic, exc.reason))
+        except Exception as exc:  # noqa: BLE001 - whatever the bytes do, they must not stop the worker
+            bad.append((raw or b"", topic, f"undecodable: {type(exc).__name__}: {exc}"))
+    return good, bad
+
+
+class BatchHandler:
+    """Runs batches through a ``Processor`` for one driver.
+
+    ``publish``: where produced events go. ``attempt``: how each step is tried (``once``,
+    or until it succeeds). ``in_thread``: storage calls go to a thread (a driver on an
+    event loop that must keep running). ``cache``: run states kept between batches by a
+    driver that is their only writer (read before ClickHouse, updated as states are
+    stored). ``notifier`` and ``spawn``: where alerts are posted, and how in the
+    background (without them alerts are only stored).
+    """
+
+    def __init__(
+        self,
+        processor: Processor,
+        publish: Publish,
+        *,
+        attempt: Attempt = once,
+        in_thread: bool = False,
+        cache: dict[RunKey, RunState] | None = None,
+        notifier: Notifier | None = None,
+        spawn: Spawn | None = None,
+    ) -> None:
+        self.processor = processor
+        self.publish = publish
+        self.attempt = attempt
+        self.in_thread = in_thread
+        self.cache = cache
+        self.notifier = notifier
+        self.spawn = spawn
+
+    async def _storage(self, what: str, call: Callable[..., T], *args: Any) -> T:
+        """Attempt a blocking storage call (clickhouse-connect)."""
+        if self.in_thread:
+            return await self.attempt(what, lambda: asyncio.to_thread(call, *args))
+        return await self.attempt(what, lambda: _now(call, *args))
+
+    async def decode(self, raws: Sequence[tuple[bytes, str]], dead_letter: DeadLetter) -> list[Event]:
+        """The valid events of (raw, topic) messages; the rest go to ``dead_letter`` first."""
+        good, bad = decode_batch(raws)
+        if bad:
+            log.warning("%d dead letter(s), e.g. from %s: %s", len(bad), bad[0][1], bad[0][2])
+            await self.attempt("sending dead letters", functools.partial(dead_letter, bad))
+        return good
+
+    async def process(self, batch: Sequence[Event]) -> list[Output]:
+        """Process, publish, store, chunk by chunk; on return the driver may commit the batch's offsets."""
+        outputs = []
+        for chunk in chunks(batch):
+            out = await self._storage("writing a batch to ClickHouse", self.processor.process, chunk, self.cache)
+            await self.attempt("publishing state changes and alerts", functools.partial(self.publish, out.publish))
+            await self._storage("storing run states", self.processor.commit, out)
+            if self.cache is not None:
+                self.cache.update(out.states)
+            outputs.append(out)
+        return outputs
+
+    async def alerts(self, alerts: Sequence[Event]) -> None:
+        """Store alert events, then hand each to the notifier (posted in the background)."""
+        if not alerts:
+            return
+        await self._storage("storing alerts", self.processor.store_alerts, alerts)
+        if self.notifier is None or self.spawn is None:
+            return
+        for event in alerts:
+            if self.notifier.webhooks or event.data.get("rule_id"):  # else there is nowhere to post it
+                self.spawn(notify(self.notifier, self.processor.rules, event, alert_id_of(event)))
+
+    async def sweep(self, timeout_s: float, now: float | None = None) -> list[Event]:
+        """The periodic checks (``Processor.sweep``), tried once: what they find is published.
+        A failure is the timer's to log; the next sweep looks again."""
+        call = functools.partial(self.processor.sweep, timeout_s, now)
+        found = await asyncio.to_thread(call) if self.in_thread else call()
+        if found:
+            await self.publish(found)
+        return found
+
+
+async def _now(call: Callable[..., T], *args: Any) -> T:
+    return call(*args)
