@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Literal
+
+import msgspec
 
 from aiokafka.admin import AIOKafkaAdminClient
 from starlette.applications import Starlette
@@ -22,7 +25,7 @@ from runstream.api import alerts, home, ingest, reports, runs, series, teams
 from runstream.api.backend import Backend
 from runstream.api.errors import EXCEPTION_HANDLERS
 from runstream.api.middleware import RequestContext, metrics_endpoint
-from runstream.api.openapi import openapi
+from runstream.api.openapi import Answer, endpoint, openapi
 from runstream.api.responses import json_response
 from runstream.settings import Settings
 
@@ -47,17 +50,16 @@ async def _check_kafka(backend: Backend) -> str:
     return "ok"
 
 
-async def health(request: Request) -> Response:
-    """Whether the services the API depends on answer: 200, or 503 naming what is down.
+class Health(msgspec.Struct):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str]
 
-    ---
-    summary: Health and readiness
-    tags: [service]
-    security: []
-    responses:
-      200: {description: ClickHouse (and Kafka in cluster mode) answer}
-      503: {description: a dependency is down; checks says which}
-    """
+
+@endpoint(summary="Health and readiness", tags=["service"], access=None, security=[],
+          ok={200: Answer(Health, "ClickHouse (and Kafka in cluster mode) answer"),
+              503: Answer(Health, "a dependency is down; checks says which")})
+async def health(request: Request) -> Response:
+    """Whether the services the API depends on answer: 200, or 503 naming what is down."""
     backend: Backend = request.app.state.backend
     checks: dict[str, str] = {}
     healthy = True

@@ -43,7 +43,8 @@ from clickhouse_connect.driver.client import Client
 from starlette.requests import Request
 
 from runstream.api.errors import ApiError, not_found
-from runstream.storage import accounts
+from runstream.api.requests import run_path
+from runstream.storage import accounts, runs
 from runstream.storage.accounts import Role
 
 T = TypeVar("T")
@@ -241,6 +242,40 @@ async def require_team(request: Request, team: str, need: Need = "read") -> Prin
     raise not_found(f"team {team}")
 
 
+# -- access, as endpoints declare it -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may call an endpoint, checked before anything about the request is answered (``api/openapi.py``).
+
+    ``refusals`` are the statuses the check answers, for the endpoint's documentation.
+    """
+
+    check: Callable[[Request], Awaitable[Principal]]
+    refusals: tuple[int, ...]
+
+
+def _project_access(need: Need) -> Access:
+    async def check(request: Request) -> Principal:
+        return await require_project(request, request.path_params["team"], request.path_params["project"], need)
+    return Access(check, (401, 404) if need == "read" else (401, 403, 404))
+
+
+def _team_access(need: Need) -> Access:
+    async def check(request: Request) -> Principal:
+        return await require_team(request, request.path_params["team"], need)
+    return Access(check, (401, 403, 404))
+
+
+#: The project in the path ({team}/{project}): read (public projects and share links too), write, administer.
+PROJECT_READ, PROJECT_WRITE, PROJECT_ADMIN = (_project_access(need) for need in ("read", "write", "admin"))
+#: The team in the path: its members read, admins change.
+TEAM_READ, TEAM_WRITE, TEAM_ADMIN = (_team_access(need) for need in ("read", "write", "admin"))
+#: Any caller, signed in or not; the endpoint decides with the principal.
+ANYONE = Access(authenticate, (401,))
+
+
 # -- reads whose check overlaps the work -----------------------------------------------------
 
 
@@ -280,6 +315,23 @@ async def read_project(request: Request, team: str, project: str,
         reading.cancel()  # its thread finishes the query; the result goes nowhere
         raise
     return await reading
+
+
+async def read_run(request: Request, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(client, team, project, run_id, *args)`` in the thread pool, for a caller the endpoint's access
+    check let read the project; 404 when the run does not exist (a run's sub-resources are not empty lists
+    for a typo)."""
+    team, project, run_id = run_path(request)
+
+    def read(client: Client) -> tuple[bool, Any]:
+        if runs.count_runs(client, team, project, {"run_id": run_id}) == 0:
+            return False, None
+        return True, fn(client, team, project, run_id, *args)
+
+    found, result = await request.app.state.backend.run(read)
+    if not found:
+        raise not_found(f"run {team}/{project}/{run_id}")
+    return result
 
 
 _READERS_REMEMBERED = 10_000

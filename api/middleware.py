@@ -19,6 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runstream.api.openapi import Answer, endpoint
+
 log = logging.getLogger("runstream.api.access")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}\Z")
 _SHARE_TOKEN = re.compile(r"(/shared?/)[^/]+")  # a share link is a credential: never in a log
@@ -64,14 +66,8 @@ class RequestContext:
                      (time.perf_counter() - started) * 1000)
 
 
+@endpoint(summary="Prometheus metrics", tags=["service"], access=None, security=[],
+          ok=Answer(None, "the text exposition format", content={CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}))
 async def metrics_endpoint(request: Request) -> Response:
-    """Prometheus metrics of this API process.
-
-    ---
-    summary: Prometheus metrics
-    tags: [service]
-    security: []
-    responses:
-      200: {description: the text exposition format}
-    """
+    """Prometheus metrics of this API process."""
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,79 +1,316 @@
-"""The OpenAPI document (``GET /api/v1/openapi.json``), built from the endpoints' docstrings.
+"""Declaring endpoints, and the OpenAPI document (``GET /api/v1/openapi.json``) built from the declarations.
 
-Each endpoint's docstring carries its operation as YAML after ``---``;
-``with_schemas`` puts shared JSON schemas into it (``$NAME``; JSON is YAML), so
-each shape is written once. Path parameters are declared here from the route's
-template unless the docstring declares them.
+Each endpoint is declared once, with ``@endpoint``: its summary, its answers and
+refusals, and in the handler's signature the msgspec types of its query
+parameters (``query: T``) and JSON body (``body: T``). The same declaration
+checks each request at the edge (``api/requests.py``) and is the document's
+schema, so what is documented is what is enforced. The handler's docstring is the
+operation's description: what the endpoint does, for its callers.
+
+Refusals every endpoint can answer are described once here (``REFUSALS``); an
+endpoint names the ones it answers, with its own words where they say more.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
 
-import orjson
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.schemas import SchemaGenerator
 
+from runstream.api.auth import Access
+from runstream.api.errors import ApiError
+from runstream.api.requests import MAX_JSON_BYTES, Declared, decode_body, decode_query
 from runstream.api.responses import json_response
+from runstream.names import NAME_PATTERN, RUN_ID_PATTERN
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-#: The API's error answer (``api/errors.py``).
-ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
-    "type": "object", "required": ["code", "message"],
-    "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": {}}}}}
-#: The event contract's names (``runstream.events``), so generated requests use names that can exist.
-NAME_SCHEMA = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"}
-PATH_SCHEMAS = {"team": NAME_SCHEMA, "project": NAME_SCHEMA,
-                "run_id": {"type": "string", "pattern": r"^[A-Za-z0-9_\-]{1,64}$"}}
+Handler = Callable[..., Awaitable[Response]]
 
 
-def with_schemas(schemas: Mapping[str, Any]) -> Callable[[F], F]:
-    """A decorator putting ``$NAME`` schemas into an endpoint's docstring (longest names first: $RUNS before $RUN)."""
-    def put(fn: F) -> F:
+class ErrorBody(msgspec.Struct):
+    code: str
+    message: str
+    details: Any
+
+
+class Error(msgspec.Struct):
+    """The API's refusal (``api/errors.py``)."""
+
+    error: ErrorBody
+
+
+#: What each refusal means, unless an endpoint says more (docs/api.md, "Errors").
+REFUSALS: dict[int, str] = {
+    400: "the request does not fit its declaration (a field, parameter or value); the message says what to fix",
+    401: "a credential that does not work",
+    403: "the key may not do this here",
+    404: "no such resource, or not visible with this key",
+    409: "it conflicts with what exists",
+    413: "the body is too large",
+    422: "the request fits its declaration, but its content cannot be applied; the message says why",
+    503: "a service it needs is unavailable; retry",
+}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A successful answer: a msgspec-describable type (None: no JSON body) or other content types."""
+
+    type: Any
+    description: str
+    content: Mapping[str, Any] | None = None  # media type -> OpenAPI media object, for answers that are not JSON
+    headers: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Operation:
+    summary: str
+    tags: tuple[str, ...]
+    description: str
+    answers: Mapping[int, Answer]
+    refusals: Mapping[int, str]
+    query: Declared | None
+    body: Declared | None
+    body_content: Mapping[str, Any] | None  # a body that is not one JSON object (NDJSON events, a blob)
+    security: list[Any] | None
+    parameters: tuple[Mapping[str, Any], ...] = field(default=())
+
+
+def endpoint(*, summary: str, tags: Iterable[str], ok: Answer | Mapping[int, Answer], access: Access | None,
+             overlapped: bool = False, refusals: Mapping[int, str] | Iterable[int] = (),
+             security: list[Any] | None = None, body_bytes: int = MAX_JSON_BYTES,
+             body_content: Mapping[str, Any] | None = None,
+             parameters: Iterable[Mapping[str, Any]] = ()) -> Callable[[Handler], Handler]:
+    """Declare an endpoint: who may call it, what it takes, what it answers.
+
+    Each request is checked in this order: ``access`` (None: anyone, unchecked), then
+    the handler's ``query`` and ``body`` parameters are decoded, then the handler
+    runs, given the access check's principal if it has a ``principal`` parameter. So
+    a caller who may not be here learns nothing about its request. An ``overlapped``
+    handler checks access itself, beside its read (``auth.read_project``); a request
+    that does not fit is then refused only once the check has passed.
+
+    ``refusals`` are statuses (described by ``REFUSALS``) or status -> description;
+    the access check's statuses are added, 400 for a declared query or body, 413
+    for a body. ``security=[]`` for an endpoint anyone may call; ``body_content``
+    documents a body the handler reads itself; ``parameters`` documents
+    parameters the handler reads itself.
+    """
+    answers = dict(ok) if isinstance(ok, Mapping) else {200: ok}
+    said = dict(refusals) if isinstance(refusals, Mapping) else {status: REFUSALS[status] for status in refusals}
+
+    def declare(handler: Handler) -> Handler:
+        hints = get_type_hints(handler)
+        names = inspect.signature(handler).parameters
+        query = Declared.of(hints["query"]) if "query" in names else None
+        body = Declared.of(hints["body"]) if "body" in names else None
+        refused = dict(said)
+        for status in access.refusals if access else ():
+            refused.setdefault(status, REFUSALS[status])
+        if query or body:
+            refused.setdefault(400, REFUSALS[400])
+        if body or body_content:
+            refused.setdefault(413, REFUSALS[413])
+        operation = Operation(summary, tuple(tags), inspect.cleandoc(handler.__doc__ or ""), answers,
+                              dict(sorted(refused.items())), query, body, body_content, security, tuple(parameters))
+
+        wants_principal = "principal" in names
+
+        @functools.wraps(handler)
+        async def checked(request: Request) -> Response:
+            given: dict[str, Any] = {}
+            if access is not None and not overlapped:
+                principal = await access.check(request)
+                if wants_principal:
+                    given["principal"] = principal
+            try:
+                if query is not None:
+                    given["query"] = decode_query(request, query)
+                if body is not None:
+                    given["body"] = await decode_body(request, body, body_bytes)
+            except ApiError:
+                if access is not None and overlapped:
+                    await access.check(request)  # a refusal is the answer, not what is wrong with the request
+                raise
+            return await handler(request, **given)
+
+        checked.__operation__ = operation  # type: ignore[attr-defined]
+        return checked
+
+    return declare
+
+
+# -- the document ------------------------------------------------------------------------------
+
+PATH_SCHEMAS = {"team": {"type": "string", "pattern": NAME_PATTERN},
+                "project": {"type": "string", "pattern": NAME_PATTERN},
+                "run_id": {"type": "string", "pattern": RUN_ID_PATTERN}}
+_REF = "#/components/schemas/{name}"
+_ROUTES = SchemaGenerator({})  # only for walking the routes (mounts, path converters)
+_HEAD = {
+    "openapi": "3.1.0",
+    "info": {"title": "runstream API", "version": "1"},
+    "security": [{"apiKey": []}, {"shareLink": []}, {}],
+}
+_SECURITY_SCHEMES = {
+    "apiKey": {"type": "http", "scheme": "bearer", "description": "rs_<key_id>_<secret>"},
+    "shareLink": {"type": "apiKey", "in": "header", "name": "X-Runstream-Share"},
+}
+
+
+def document(routes: list[Any]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of these routes' declared endpoints."""
+    infos = _ROUTES.get_endpoints(routes)
+    declared = [(info.path, info.http_method, info.func.__operation__) for info in infos
+                if hasattr(info.func, "__operation__")]
+    types: list[Any] = []
+    for _, _, operation in declared:
+        types += [a.type for a in operation.answers.values() if a.type is not None]
+        types += [d.type for d in (operation.query, operation.body) if d is not None]
+    types.append(Error)
+    unique = list({id(t): t for t in types}.values())
+    schemas, components = _without_null_defaults(msgspec.json.schema_components(unique, ref_template=_REF))
+    schema_of = {id(t): s for t, s in zip(unique, schemas)}
+    query_types = {d.type.__name__ for _, _, op in declared if (d := op.query) is not None}
+    paths: dict[str, dict[str, Any]] = {}
+    for path, method, operation in declared:
+        paths.setdefault(path, {})[method] = _operation(path, operation, schema_of, components)
+    for info in infos:  # TRANSITION: endpoints still documented by YAML in their docstrings
+        if not hasattr(info.func, "__operation__") and "---" in (info.func.__doc__ or ""):
+            yaml_operation = _from_openapi_30(_ROUTES.parse_docstring(info.func))
+            for parameter_name in re.findall(r"{(\w+)}", info.path):
+                if parameter_name not in {p.get("name") for p in yaml_operation.get("parameters", [])}:
+                    yaml_operation.setdefault("parameters", []).insert(0, {
+                        "name": parameter_name, "in": "path", "required": True,
+                        "schema": PATH_SCHEMAS.get(parameter_name, {"type": "string", "minLength": 1})})
+            paths.setdefault(info.path, {})[info.http_method] = yaml_operation
+    used = _referenced({"paths": paths, "components": {k: v for k, v in components.items() if k not in query_types}})
+    return {**_HEAD, "paths": paths, "components": {
+        "schemas": {name: components[name] for name in sorted(components) if name in used},
+        "securitySchemes": _SECURITY_SCHEMES}}
+
+
+def _operation(path: str, operation: Operation, schema_of: dict[int, Any],
+               components: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"summary": operation.summary, "tags": list(operation.tags)}
+    if operation.description:
+        out["description"] = operation.description
+    if operation.security is not None:
+        out["security"] = operation.security
+    parameters = [{"name": name, "in": "path", "required": True,
+                   "schema": PATH_SCHEMAS.get(name, {"type": "string", "minLength": 1})}
+                  for name in re.findall(r"{(\w+)}", path)]
+    if operation.query is not None:
+        parameters += _query_parameters(operation.query, components)
+    parameters += [dict(p) for p in operation.parameters]
+    if parameters:
+        out["parameters"] = parameters
+    if operation.body is not None:
+        out["requestBody"] = {"required": not operation.body.empty_ok,
+                              "content": {"application/json": {"schema": schema_of[id(operation.body.type)]}}}
+    elif operation.body_content is not None:
+        out["requestBody"] = {"required": True, "content": dict(operation.body_content)}
+    responses: dict[str, Any] = {}
+    for status, answer in operation.answers.items():
+        response: dict[str, Any] = {"description": answer.description}
+        if answer.type is not None:
+            response["content"] = {"application/json": {"schema": schema_of[id(answer.type)]}}
+        if answer.content is not None:
+            response["content"] = {**response.get("content", {}), **answer.content}
+        if answer.headers is not None:
+            response["headers"] = dict(answer.headers)
+        responses[str(status)] = response
+    for status, description in operation.refusals.items():
+        responses[str(status)] = {"description": description,
+                                  "content": {"application/json": {"schema": schema_of[id(Error)]}}}
+    out["responses"] = responses
+    return out
+
+
+def _query_parameters(declared: Declared, components: dict[str, Any]) -> list[dict[str, Any]]:
+    """The query type's fields as parameters: JSON ones as JSON content, comma-joined lists as strings."""
+    struct = components[declared.type.__name__]
+    required = set(struct.get("required", ()))
+    parameters = []
+    for name, schema in struct["properties"].items():
+        schema = dict(schema)
+        parameter: dict[str, Any] = {"name": name, "in": "query", "required": name in required}
+        if "description" in schema:
+            parameter["description"] = schema.pop("description")
+        if name in declared.json:
+            parameter["content"] = {"application/json": {"schema": _not_null(schema)}}
+        elif name in declared.lists:
+            parameter["schema"] = {"type": "string"}
+            parameter["description"] = ("comma-joined; " + parameter.get("description", "")).rstrip("; ")
+        else:
+            parameter["schema"] = _not_null(schema)
+        parameters.append(parameter)
+    return parameters
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter is absent, never null: ``X | None`` documents as ``X``."""
+    options = schema.get("anyOf")
+    if options and {"type": "null"} in options:
+        rest = [o for o in options if o != {"type": "null"}]
+        others = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
+        return {**others, **rest[0]} if len(rest) == 1 else {**others, "anyOf": rest}
+    return {k: v for k, v in schema.items() if not (k == "default" and v is None)}
+
+
+def _without_null_defaults(tree: Any) -> Any:
+    """The generated schemas without ``default: null``: an optional field that is left out says as much."""
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_without_null_defaults(v) for v in tree)
+    if isinstance(tree, dict):
+        return {k: _without_null_defaults(v) for k, v in tree.items() if not (k == "default" and v is None)}
+    return tree
+
+
+def _referenced(tree: Any) -> set[str]:
+    """The component names ``$ref``-erenced anywhere in ``tree``, following references into components."""
+    text = msgspec.json.encode(tree).decode()
+    return set(re.findall(r'#/components/schemas/([^"]+)"', text))
+
+
+def _from_openapi_30(tree: Any) -> Any:
+    """TRANSITION: ``nullable: true`` (OpenAPI 3.0) as 3.1's ``anyOf`` with null."""
+    if isinstance(tree, list):
+        return [_from_openapi_30(v) for v in tree]
+    if not isinstance(tree, dict):
+        return tree
+    tree = {k: _from_openapi_30(v) for k, v in tree.items()}
+    if tree.pop("nullable", False):
+        described = {k: tree.pop(k) for k in ("description", "default") if k in tree}
+        return {"anyOf": [tree, {"type": "null"}], **described}
+    return tree
+
+
+def with_schemas(schemas: Mapping[str, Any]) -> Callable[[Handler], Handler]:
+    """TRANSITION: ``$NAME`` schemas put into an endpoint's YAML docstring."""
+    def put(fn: Handler) -> Handler:
         doc = fn.__doc__ or ""
         for name in sorted(schemas, key=len, reverse=True):
-            doc = doc.replace(f"${name}", orjson.dumps(schemas[name]).decode())
+            doc = doc.replace(f"${name}", msgspec.json.encode(schemas[name]).decode())
         fn.__doc__ = doc
         return fn
     return put
 
 
-SCHEMAS = SchemaGenerator({
-    "openapi": "3.0.3",
-    "info": {"title": "runstream API", "version": "1"},
-    "components": {"securitySchemes": {
-        "apiKey": {"type": "http", "scheme": "bearer", "description": "rs_<key_id>_<secret>"},
-        "shareLink": {"type": "apiKey", "in": "header", "name": "X-Runstream-Share"},
-    }},
-    "security": [{"apiKey": []}, {"shareLink": []}, {}],
-})
+ERROR_SCHEMA = {"$ref": "#/components/schemas/Error"}  # TRANSITION
+NAME_SCHEMA = PATH_SCHEMAS["team"]  # TRANSITION
 
 
 async def openapi(request: Request) -> Response:
-    """The OpenAPI document, built from the endpoints' docstrings.
-
-    ---
-    summary: This document
-    tags: [service]
-    security: []
-    responses:
-      200: {description: OpenAPI 3 JSON}
-    """
-    schema = SCHEMAS.get_schema(routes=request.app.routes)
-    for path, operations in schema.get("paths", {}).items():
-        for operation in operations.values():
-            _declare_path_parameters(path, operation)
-    return json_response(schema)
-
-
-def _declare_path_parameters(path: str, operation: dict) -> None:
-    """Every ``{name}`` of a path as a required string parameter, unless the docstring declares it."""
-    declared = {p.get("name") for p in operation.get("parameters", []) if p.get("in") == "path"}
-    for name in re.findall(r"{(\w+)}", path):
-        if name not in declared:
-            schema = PATH_SCHEMAS.get(name, {"type": "string", "minLength": 1})
-            operation.setdefault("parameters", []).append({"name": name, "in": "path", "required": True, "schema": schema})
+    """This document, built from the endpoints' declarations."""
+    built = getattr(request.app.state, "openapi_document", None)
+    if built is None:
+        built = request.app.state.openapi_document = document(request.app.routes)
+    return json_response(built)

@@ -36,10 +36,11 @@ from runstream.api.auth import read_project, require_project
 from runstream.api.errors import ApiError, not_found
 from runstream.api.requests import json_body, query_int, query_list
 from runstream.api.responses import json_response, render_json, rendered_json
-from runstream.api.runs import (
-    PROJECT_PATH, RUN_PATH, SCHEMAS, body_field, check_fields, contract_numbers, documented, names_field, nullable,
-    project_path, query_filters, run_exists, run_path,
+from runstream.api._transition import (
+    SCHEMAS, body_field, check_fields, documented, names_field, nullable, query_filters, run_exists,
 )
+from runstream.api.requests import PROJECT_PATH, RUN_PATH, project_path, run_path
+from runstream.api.responses import contract_numbers
 from runstream.events import encode_value
 from runstream.storage import export, history, logs, runs
 from runstream.storage import series as charts

@@ -1,0 +1,90 @@
+"""The shapes several endpoints' requests and answers share, declared once (docs/api.md).
+
+Answers are TypedDicts (handlers build plain dicts, orjson renders them; the
+type is their declaration for readers, mypy and the OpenAPI document); request
+bodies and query parameters are msgspec Structs, checked at the edge.
+Times are Unix seconds; values a run set that are not finite travel as the event
+contract's strings ("NaN", "Infinity", "-Infinity").
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Required, TypedDict
+
+from msgspec import Meta
+
+Time = Annotated[float, Meta(description="Unix seconds")]
+Names = list[str]
+#: A wandb-style filter document.
+Filters = Annotated[dict[str, Any], Meta(description='wandb-style filter document, e.g. {"config.lr": {"$gt": 0.01}}',
+                                         extra={"error": 'filters must be a JSON object, e.g. '
+                                                         'filters={"state": "finished"}'})]
+#: Numbers, null (not logged), or "NaN"/"Infinity"/"-Infinity".
+Values = Annotated[list[Any], Meta(description='numbers, null (not logged), or "NaN"/"Infinity"/"-Infinity"')]
+NonEmptyNames = Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(min_length=1)]
+
+
+class MetricDefinition(TypedDict):
+    name: str
+    step_metric: str | None
+    goal: str | None
+    summary: str | None
+
+
+class RunFields(TypedDict, total=False):
+    """Every field of a run, unless a search's ``fields=`` picks some."""
+
+    team: Required[str]
+    project: Required[str]
+    id: Required[str]
+    name: str
+    state: Literal["running", "finished", "failed", "killed", "crashed"]
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    tags: Names
+    group: str | None
+    job_type: str | None
+    notes: str
+    created_at: Time
+    updated_at: Time
+    heartbeat_at: Time
+    finished_at: Time | None
+    exit_code: int | None
+    user: str
+    host: str
+    program: str
+    args: Names
+    python: str
+    git: dict[str, Any]
+    error: Annotated[str | None, Meta(description="a failed run's traceback, until it resumes")]
+    metrics: Annotated[list[MetricDefinition], Meta(
+        description="define_metric specs, oldest first: for each attribute the last spec whose glob matches a "
+                    "metric and sets it wins")]
+
+
+class Run(RunFields):
+    """A run, as every endpoint answers it."""
+
+    name: Required[str]
+    state: Required[Literal["running", "finished", "failed", "killed", "crashed"]]
+    config: Required[dict[str, Any]]
+    summary: Required[dict[str, Any]]
+    tags: Required[Names]
+    created_at: Required[Time]
+
+
+#: The run fields a search may pick (``fields=``), besides the identity it always answers.
+RUN_FIELDS = tuple(name for name in RunFields.__annotations__ if name not in ("team", "project", "id"))
+
+
+class FileEntry(TypedDict, total=False):
+    path: Required[str]
+    kind: Required[str]
+    media_type: str | None
+    step: int | None
+    size: Required[int]
+    sha256: Required[str]
+    store_key: str
+    meta: dict[str, Any]
+    time: float
+    url: Required[Annotated[str, Meta(description="where the blob downloads from")]]
