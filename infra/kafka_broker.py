@@ -187,8 +187,10 @@ class KafkaBroker:
 
     async def _wait_ready(self, deadline: float) -> None:
         """Wait until a message can be produced (acks=all) and fetched back."""
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+        from aiokafka import AIOKafkaConsumer, TopicPartition
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        from runstream.kafka import start_producer
 
         topic = "runstream.broker-ready"
         last_error: Exception | None = None
@@ -199,13 +201,14 @@ class KafkaBroker:
                 await asyncio.sleep(0.1)
                 continue
             admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", request_timeout_ms=5000)
+            producer = None
             consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
             try:
                 await admin.start()
                 if topic not in await admin.list_topics():
                     await admin.create_topics([NewTopic(topic, 1, 1)])
-                await producer.start()
+                # The producer runstream's clients use (idempotent): ready means ready for them.
+                producer = await start_producer(self.bootstrap, request_timeout_ms=5000)
                 sent = await producer.send_and_wait(topic, b"ready")
                 await consumer.start()
                 tp = TopicPartition(topic, sent.partition)
@@ -217,7 +220,7 @@ class KafkaBroker:
             except Exception as exc:  # not up yet: connection refused, no leader yet, ...
                 last_error = exc
             finally:
-                for close in (consumer.stop, producer.stop, admin.close):
+                for close in (consumer.stop, *([producer.stop] if producer else []), admin.close):
                     try:
                         await close()
                     except Exception:

@@ -24,7 +24,7 @@ from pathlib import Path
 from infra.kafka_broker import KafkaBroker
 from runstream.settings import DEFAULT_DATA_DIR, Settings
 from runstream.storage.client import connect
-from runstream.storage.migrations import migrate
+from runstream.storage.migrations import migrate_once
 from runstream.streams.app import create_app
 from runstream.streams.topics import create_topics
 
@@ -76,7 +76,7 @@ async def run_demo(broker: KafkaBroker, runs: int, steps: int, data_dir: Path, t
 
     dsn = f"chdb://{data_dir / 'clickhouse'}"
     client = connect(dsn)
-    migrate(client)
+    migrate_once(client)
     project = f"sweep-{uuid.uuid4().hex[:6]}"
     print(f"2/4 starting a Faust worker writing to the embedded ClickHouse engine ({dsn}) ...", flush=True)
     app = create_app(Settings(kafka=broker.bootstrap, clickhouse_dsn=dsn, data_dir=str(data_dir), app_id="runstream-demo"))
