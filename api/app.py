@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runstream.api import alerts, home, ingest, reports, runs, series, teams
+from runstream.api import alert_rules, alerts, home, ingest, reports, runs, series, teams
 from runstream.api.backend import Backend
 from runstream.api.errors import EXCEPTION_HANDLERS
 from runstream.api.middleware import RequestContext, metrics_endpoint
@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         *series.routes,
         *reports.routes,
         *alerts.routes,
+        *alert_rules.routes,
         *teams.routes,
         *home.routes(),  # last: the UI's assets are mounted at /
     ]
