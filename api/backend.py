@@ -74,7 +74,8 @@ class KafkaSink:
         if self._producer is None:
             await self.start()
         values = encoded if encoded is not None else [e.to_bytes() for e in events]
-        futures = [await self._producer.send(e.topic.name, value, key=e.key) for e, value in zip(events, values, strict=True)]
+        pairs = zip(events, values, strict=True)
+        futures = [await self._producer.send(e.topic.name, value, key=e.key) for e, value in pairs]
         await asyncio.gather(*futures)
 
     async def reset(self) -> None:

@@ -118,7 +118,7 @@ _migrating = threading.Lock()
 
 def migrate_once(client: Client) -> list[Migration]:
     """``migrate`` the client's database unless this process already did; return what it applied."""
-    target = (getattr(client, "url", None) or getattr(client, "path", None) or "", client.database)
+    target = (getattr(client, "url", None) or getattr(client, "path", None) or "", client.database or "")
     with _migrating:  # a second caller waits for the first, then finds the schema done
         if target in _migrated:
             return []

@@ -16,11 +16,13 @@ from clickhouse_connect.driver.client import Client
 
 def enabled_rules(client: Client, team: str, project: str) -> list[dict[str, Any]]:
     """The project's enabled alert rules, as rows (``spec`` is JSON text)."""
-    return list(client.query(
-        "SELECT team, project, rule_id, name, kind, spec, cooldown_s FROM alert_rules FINAL "
-        "WHERE team = {t:String} AND project = {p:String} AND enabled",
-        parameters={"t": team, "p": project},
-    ).named_results())
+    return list(
+        client.query(
+            "SELECT team, project, rule_id, name, kind, spec, cooldown_s FROM alert_rules FINAL "
+            "WHERE team = {t:String} AND project = {p:String} AND enabled",
+            parameters={"t": team, "p": project},
+        ).named_results()
+    )
 
 
 def silent_runs(client: Client, before: float) -> list[tuple[str, str, str, float]]:

@@ -28,8 +28,13 @@ _MAX_ROUNDS = 4
 class Pipeline:
     """``notifier`` and ``spawn``: where alerts are posted and how in the background (else they are only stored)."""
 
-    def __init__(self, client: Callable[[], Client], notifier: Notifier | None = None, spawn: Spawn | None = None,
-                 rules_ttl_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        client: Callable[[], Client],
+        notifier: Notifier | None = None,
+        spawn: Spawn | None = None,
+        rules_ttl_s: float = 1.0,
+    ) -> None:
         self.processor = Processor(client, RuleBook(client, ttl_s=rules_ttl_s))
         self.states: dict[RunKey, RunState] = {}
         self.handler = BatchHandler(self.processor, self._publish, cache=self.states, notifier=notifier, spawn=spawn)

@@ -244,7 +244,8 @@ class Processor:
             for (run_id, metric), stats in found.items():
                 summaries.restate(states[(team, project, run_id)]["summary"], metric, stats)
 
-    def _states(self, client: Client, batch: Sequence[Event], cache: Mapping[RunKey, RunState]) -> dict[RunKey, RunState]:
+    def _states(self, client: Client, batch: Sequence[Event],
+                cache: Mapping[RunKey, RunState]) -> dict[RunKey, RunState]:
         keys = {(e.team, e.project, e.run_id) for e in batch}
         states = {k: cache[k] for k in keys if k in cache}
         for key, raw in load_run_states(client, keys - states.keys()).items():

@@ -31,13 +31,17 @@ until the run starts again (a resume).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 from runstream.events import HEARTBEAT, RUN_EDIT, RUN_FINISH, RUN_START, RUN_STATE, RUN_UPDATE, Event
 from runstream.streams.summaries import Summary, new_summary
 
 #: The SDK's lifecycle events, deduplicated by the runs topic's seq.
 RUN_EVENTS = (RUN_START, RUN_UPDATE, RUN_FINISH, HEARTBEAT)
+#: What a run_start replaces whole when it carries them, and what a run_update sets.
+START_LISTS: tuple[Literal["tags", "args", "git"], ...] = ("tags", "args", "git")
+UpdateField = Literal["name", "group", "job_type", "notes", "tags"]
+UPDATE_FIELDS: tuple[UpdateField, ...] = ("name", "group", "job_type", "notes", "tags")
 
 
 class RunRecord(TypedDict):
@@ -169,14 +173,14 @@ def apply(state: RunState, event: Event, changes: list[StateChange], now: float)
         for key in ("name", "group", "job_type", "notes", "host", "user", "program", "python"):
             if data.get(key) is not None:
                 record[key] = data[key]
-        for key in ("tags", "args", "git"):
+        for key in START_LISTS:
             if key in data:
                 record[key] = data[key]
         record["config"] = merge_config(record.get("config", {}), data.get("config") or {})
         record["error"] = None  # a resumed run has not failed (yet)
         _set_state(state, "running", event.ts, "started", changes)
     elif event.type == RUN_UPDATE:
-        for key in ("name", "group", "job_type", "notes", "tags"):
+        for key in UPDATE_FIELDS:
             if key in data:
                 record[key] = data[key]
         if "config" in data:

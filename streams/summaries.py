@@ -168,9 +168,9 @@ def _fold_dense(s: MetricStats, steps: list[int], times: list[float], column: li
 
 def _fold_rows(s: MetricStats, steps: list[int], times: list[float], column: list[Any]) -> None:
     for step, t, raw in zip(steps, times, column):
-        if raw is None:
-            continue
         value = decode_value(raw)
+        if value is None:
+            continue
         if math.isfinite(value):
             if type(value) is not int:
                 if s.get("integer"):
