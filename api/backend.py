@@ -4,12 +4,9 @@ Storage calls are blocking (clickhouse-connect), so handlers run them in the
 thread pool through ``Backend.run``. Events go to one sink:
 
 - cluster mode (``RUNSTREAM_KAFKA`` set): Kafka, answering once every record is
-  acknowledged by the brokers (acks=all, idempotent producer);
+  acknowledged by the brokers (``runstream.kafka``'s producer, the SDK's too: acks=all, idempotent);
 - embedded mode: the in-process pipeline (``streams.pipeline``), answering once
   the batch is applied to storage.
-
-Kafka's bytes are the ingested lines as received (``KafkaSink``); the producer is
-``runstream.kafka``'s, as the SDK's.
 """
 
 from __future__ import annotations
