@@ -5,98 +5,154 @@ server, by its local admin through ``POST /teams``); from then on a team's admin
 manage it here. A team always keeps one admin: removing or demoting the last one
 is refused. Keys are shown whole once, when created; listings never carry a
 secret or its hash. Project visibility follows ``runstream.api.auth``'s table:
-a private project is 404 to everyone outside its team.
+a private project is 404 to everyone outside its team, and a team or project name
+that no team or project can have is simply not found.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal, TypedDict
 
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runstream.api.auth import Principal, allows, authenticate, require_project, require_team
+from runstream.api.auth import (
+    ANYONE,
+    PROJECT_ADMIN,
+    PROJECT_READ,
+    TEAM_ADMIN,
+    TEAM_READ,
+    TEAM_WRITE,
+    Access,
+    Principal,
+    allows,
+    authenticate,
+)
 from runstream.api.backend import backend_of
 from runstream.api.errors import ApiError, not_found
-from runstream.api.openapi import with_schemas
-from runstream.api.requests import json_body
+from runstream.api.openapi import Answer, endpoint
+from runstream.api.requests import API, project_path
 from runstream.api.responses import json_response
+from runstream.api.schemas import Time
+from runstream.names import NAME_PATTERN, NAME_RULE, USER_PATTERN, USER_RULE, is_name, is_user
 from runstream.storage import accounts
+from runstream.storage.accounts import MAX_DESCRIPTION, MAX_DISPLAY_NAME, MAX_KEY_NAME, Role
 
-API = "/api/v1"
+Visibility = Literal[accounts.VISIBILITIES]  # type: ignore[valid-type]
+VisibilityField = Annotated[Visibility, Meta(extra={"error": "visibility must be 'private' or 'public'"})]
+TeamName = Annotated[str, Meta(pattern=NAME_PATTERN)]
+UserName = Annotated[str, Meta(pattern=USER_PATTERN)]
+NO_KEY = "no key, or a key that does not work"
 
-# -- response schemas, shared by the docstrings below (``$NAME`` is replaced by the JSON schema) --------------
-
-_ROLE = {"type": "string", "enum": list(accounts.ROLES)}
-_NAME_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.\\-]{0,127}$"}
-_USER_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.@+\\-]{0,127}$"}
-_TIME = {"type": "number", "description": "seconds since the epoch"}
-
-
-def _object(**properties: Any) -> dict[str, Any]:
-    return {"type": "object", "required": list(properties), "properties": properties}
+# -- answers ------------------------------------------------------------------------------------------------
 
 
-_SCHEMAS: dict[str, dict[str, Any]] = {
-    "WHOAMI": _object(
-        user={"type": "string", "nullable": True}, team={"type": "string", "nullable": True},
-        role={**_ROLE, "nullable": True, "enum": [*accounts.ROLES, None]},
-        key_id={"type": "string", "nullable": True}, local_admin={"type": "boolean"},
-        share={**_object(team={"type": "string"}, project={"type": "string"}, report_id={"type": "string"},
-                         expires_at=_TIME), "nullable": True}),
-    "TEAM": _object(team={"type": "string"}, display_name={"type": "string"}, created_at=_TIME,
-                    role={**_ROLE, "nullable": True, "enum": [*accounts.ROLES, None]}),
-    "MEMBER": _object(team={"type": "string"}, user={"type": "string"}, role=_ROLE, created_at=_TIME),
-    "KEY": _object(key_id={"type": "string"}, team={"type": "string"}, user={"type": "string"},
-                   name={"type": "string"}, created_at=_TIME, revoked_at={**_TIME, "nullable": True}),
-    "NEW_KEY": _object(key_id={"type": "string"}, key={"type": "string", "description": "shown only this once"},
-                       team={"type": "string"}, user={"type": "string"}, name={"type": "string"},
-                       created_at=_TIME),
-    "PROJECT": _object(team={"type": "string"}, name={"type": "string"},
-                       visibility={"type": "string", "enum": list(accounts.VISIBILITIES)},
-                       description={"type": "string"}, run_count={"type": "integer", "minimum": 0},
-                       created_at=_TIME),
-    "NAME": _NAME_SCHEMA,
-    "USER": _USER_SCHEMA,
-    "ROLE": _ROLE,
-    "VISIBILITY": {"type": "string", "enum": list(accounts.VISIBILITIES)},
-}
-_SCHEMAS["TEAMS"] = _object(teams={"type": "array", "items": _SCHEMAS["TEAM"]})
-_SCHEMAS["MEMBERS"] = _object(team={"type": "string"}, members={"type": "array", "items": _SCHEMAS["MEMBER"]})
-_SCHEMAS["KEYS"] = _object(team={"type": "string"}, keys={"type": "array", "items": _SCHEMAS["KEY"]})
-_SCHEMAS["PROJECTS"] = _object(projects={"type": "array", "items": _SCHEMAS["PROJECT"]})
+class ShareGrant(TypedDict):
+    team: str
+    project: str
+    report_id: str
+    expires_at: Time
 
 
-_documented = with_schemas(_SCHEMAS)
+class Whoami(TypedDict):
+    user: str | None
+    team: str | None
+    role: Role | None
+    key_id: str | None
+    local_admin: bool
+    share: Annotated[ShareGrant | None, Meta(description="what a share link grants; null for anything else")]
+
+
+class Team(TypedDict):
+    team: str
+    display_name: str
+    created_at: Time
+    role: Annotated[Role, Meta(description="the caller's role in the team")]
+
+
+class Teams(TypedDict):
+    teams: list[Team]
+
+
+class Member(TypedDict):
+    team: str
+    user: str
+    role: Role
+    created_at: Time
+
+
+class Members(TypedDict):
+    team: str
+    members: list[Member]
+
+
+class ApiKey(TypedDict):
+    key_id: str
+    team: str
+    user: str
+    name: str
+    created_at: Time
+    revoked_at: Time | None
+
+
+class ApiKeys(TypedDict):
+    team: str
+    keys: list[ApiKey]
+
+
+class CreatedApiKey(TypedDict):
+    key_id: str
+    key: Annotated[str, Meta(description="the whole key, shown only this once")]
+    team: str
+    user: str
+    name: str
+    created_at: Time
+
+
+class Project(TypedDict):
+    team: str
+    name: str
+    visibility: Visibility
+    description: str
+    run_count: Annotated[int, Meta(ge=0)]
+    created_at: Time
+
+
+class Projects(TypedDict):
+    projects: list[Project]
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
 
 
-def _path_name(request: Request, param: str, what: str) -> str:
-    """A team or project name from the path; one no team or project can have is simply not found."""
-    value = request.path_params[param]
-    if not accounts.is_name(value):
-        raise not_found(f"{what} {value[:200]!r}")
-    return value
+async def _local_admin(request: Request) -> Principal:
+    principal = await authenticate(request)
+    if principal.local_admin:
+        return principal
+    if principal.anonymous:
+        raise ApiError(
+            401,
+            "creating a team needs the server's local admin; on a server, run "
+            "`runstream keys create --team T --user U` there",
+        )
+    raise ApiError(
+        403, "teams are created on the server with `runstream keys create --team T --user U`, not with an API key"
+    )
 
 
-def _field(body: dict[str, Any], name: str, *, required: bool = False) -> str | None:
-    """A string field of a JSON body: absent is None (or 400 when required); any other type is 400."""
-    value = body.get(name)
-    if value is None and name not in body and not required:
-        return None
-    if not isinstance(value, str):
-        raise ApiError(400, f"send {name!r} as a string" if name in body else f"send {name!r} in the body",
-                       details={"field": name})
-    return value
+#: The embedded server's local admin only (``auth.Principal.local_admin``).
+LOCAL_ADMIN = Access(_local_admin, (401, 403))
 
 
-async def _team_must_exist(request: Request, principal: Principal, team: str) -> None:
-    """The local admin passes every check, so for it a missing team must still be a 404."""
+async def _team(request: Request, principal: Principal) -> str:
+    """The path's team; the local admin passes every access check, so for it a missing team is still a 404."""
+    team: str = request.path_params["team"]
     if principal.local_admin and await backend_of(request).run(accounts.get_team, team) is None:
-        raise not_found(f"team {team}")
+        raise not_found(f"team {team[:200]!r}")
+    return team
 
 
 def _is_admin(principal: Principal) -> bool:
@@ -108,51 +164,57 @@ def _member(team: str, user: str, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _project(row: dict[str, Any]) -> dict[str, Any]:
-    return {"team": row["team"], "name": row["project"], "visibility": row["visibility"],
-            "description": row["description"], "run_count": int(row["run_count"]),
-            "created_at": row["created_at"]}
+    return {
+        "team": row["team"],
+        "name": row["project"],
+        "visibility": row["visibility"],
+        "description": row["description"],
+        "run_count": int(row["run_count"]),
+        "created_at": row["created_at"],
+    }
 
 
 # -- who am I, teams ----------------------------------------------------------------------------------------
 
 
-@_documented
-async def whoami(request: Request) -> Response:
-    """The caller as the server sees it (also anonymous callers and share links).
-
-    ---
-    summary: Who am I
-    tags: [teams]
-    responses:
-      200:
-        description: the principal
-        content: {application/json: {schema: $WHOAMI}}
-      401: {description: a key or share link was sent that does not work}
-    """
-    principal = await authenticate(request)
+@endpoint(
+    summary="Who am I",
+    tags=["teams"],
+    ok=Answer(Whoami, "the principal"),
+    access=ANYONE,
+    refusals={401: "a key or share link was sent that does not work"},
+)
+async def whoami(request: Request, principal: Principal) -> Response:
+    """The caller as the server sees it (also anonymous callers and share links)."""
     share = principal.share
-    return json_response({
-        "user": principal.user, "team": principal.team, "role": principal.role, "key_id": principal.key_id,
-        "local_admin": principal.local_admin,
-        "share": None if share is None else {"team": share.team, "project": share.project,
-                                             "report_id": share.report_id, "expires_at": share.expires_at},
-    })
+    return json_response(
+        {
+            "user": principal.user,
+            "team": principal.team,
+            "role": principal.role,
+            "key_id": principal.key_id,
+            "local_admin": principal.local_admin,
+            "share": None
+            if share is None
+            else {
+                "team": share.team,
+                "project": share.project,
+                "report_id": share.report_id,
+                "expires_at": share.expires_at,
+            },
+        }
+    )
 
 
-@_documented
-async def list_teams(request: Request) -> Response:
-    """The teams the caller belongs to (the local admin: every team).
-
-    ---
-    summary: List teams
-    tags: [teams]
-    responses:
-      200:
-        description: the teams, with the caller's role in each
-        content: {application/json: {schema: $TEAMS}}
-      401: {description: "no key, or a key that does not work"}
-    """
-    principal = await authenticate(request)
+@endpoint(
+    summary="List teams",
+    tags=["teams"],
+    ok=Answer(Teams, "the teams, with the caller's role in each"),
+    access=ANYONE,
+    refusals={401: NO_KEY},
+)
+async def list_teams(request: Request, principal: Principal) -> Response:
+    """The teams the caller belongs to (the local admin: every team)."""
     if principal.local_admin:
         teams = await backend_of(request).run(accounts.list_teams)
         return json_response({"teams": [{**t, "role": "admin"} for t in teams]})
@@ -162,146 +224,113 @@ async def list_teams(request: Request) -> Response:
     return json_response({"teams": [{**t, "role": principal.role} for t in teams]})
 
 
-@_documented
-async def create_team(request: Request) -> Response:
-    """Create a team. Only the embedded server's local admin may; otherwise use ``runstream keys create``.
+class NewTeam(msgspec.Struct, forbid_unknown_fields=True):
+    team: Annotated[TeamName, Meta(extra={"error": f"team must be {NAME_RULE}"})]
+    display_name: Annotated[str, Meta(max_length=MAX_DISPLAY_NAME)] = ""
 
-    ---
-    summary: Create a team
-    tags: [teams]
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema:
-            type: object
-            required: [team]
-            properties:
-              team: $NAME
-              display_name: {type: string, maxLength: 200}
-    responses:
-      201:
-        description: created
-        content: {application/json: {schema: $TEAM}}
-      400: {description: a bad team name or body}
-      401: {description: "no key, or a key that does not work"}
-      403: {description: only the local admin creates teams through the API}
-      409: {description: the team exists}
-      413: {description: the body is too large}
-    """
-    principal = await authenticate(request)
-    if not principal.local_admin:
-        if principal.anonymous:
-            raise ApiError(401, "creating a team needs the server's local admin; on a server, run "
-                                "`runstream keys create --team T --user U` there")
-        raise ApiError(403, "teams are created on the server with `runstream keys create --team T --user U`, "
-                            "not with an API key")
-    body = await json_body(request)
-    team = _field(body, "team", required=True)
-    display_name = _field(body, "display_name") or ""
-    if not await backend_of(request).run(accounts.ensure_team, team, display_name):
-        raise ApiError(409, f"team {team} exists already", code="exists")
-    created = await backend_of(request).run(accounts.get_team, team)
+
+@endpoint(
+    summary="Create a team",
+    tags=["teams"],
+    ok={201: Answer(Team, "created")},
+    access=LOCAL_ADMIN,
+    refusals={401: NO_KEY, 403: "only the local admin creates teams through the API", 409: "the team exists"},
+)
+async def create_team(request: Request, body: NewTeam) -> Response:
+    """Create a team. Only the embedded server's local admin may; otherwise use ``runstream keys create``."""
+    backend = backend_of(request)
+    if not await backend.run(accounts.ensure_team, body.team, body.display_name):
+        raise ApiError(409, f"team {body.team} exists already", code="exists")
+    created = await backend.run(accounts.get_team, body.team)
+    assert created is not None  # a write is visible to the next read (storage.versioned)
     return json_response({**created, "role": "admin"}, status_code=201)
 
 
 # -- members ------------------------------------------------------------------------------------------------
 
 
-@_documented
-async def list_members(request: Request) -> Response:
-    """A team's members and their roles (any member may read them).
-
-    ---
-    summary: List a team's members
-    tags: [teams]
-    responses:
-      200:
-        description: the members
-        content: {application/json: {schema: $MEMBERS}}
-      401: {description: "no key, or a key that does not work"}
-      404: {description: "no such team, or not this key's"}
-    """
-    team = _path_name(request, "team", "team")
-    principal = await require_team(request, team, "read")
-    await _team_must_exist(request, principal, team)
+@endpoint(
+    summary="List a team's members",
+    tags=["teams"],
+    ok=Answer(Members, "the members"),
+    access=TEAM_READ,
+    refusals={401: NO_KEY, 404: "no such team, or not this key's"},
+)
+async def list_members(request: Request, principal: Principal) -> Response:
+    """A team's members and their roles (any member may read them)."""
+    team = await _team(request, principal)
     rows = await backend_of(request).run(accounts.list_members, team)
     return json_response({"team": team, "members": [{"team": team, **row} for row in rows]})
 
 
-@_documented
-async def put_member(request: Request) -> Response:
+class MemberRole(msgspec.Struct, forbid_unknown_fields=True):
+    role: Annotated[Role, Meta(extra={"error": f"role must be one of {', '.join(accounts.ROLES)}"})]
+
+
+@endpoint(
+    summary="Add or change a member",
+    tags=["teams"],
+    ok={200: Answer(Member, "the member's role changed"), 201: Answer(Member, "the member was added")},
+    access=TEAM_ADMIN,
+    refusals={
+        400: "a bad user name, role or body",
+        401: NO_KEY,
+        403: "only the team's admins change members",
+        404: "no such team, or not this key's",
+        409: "that would demote the team's last admin",
+    },
+)
+async def put_member(request: Request, body: MemberRole, principal: Principal) -> Response:
     """Add a member or change their role (team admins).
 
-    ---
-    summary: Add or change a member
-    tags: [teams]
-    parameters:
-      - {name: user, in: path, required: true, schema: $USER}
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema: {type: object, required: [role], properties: {role: $ROLE}}
-    responses:
-      200:
-        description: the member's role changed
-        content: {application/json: {schema: $MEMBER}}
-      201:
-        description: the member was added
-        content: {application/json: {schema: $MEMBER}}
-      400: {description: "a bad user name, role or body"}
-      401: {description: "no key, or a key that does not work"}
-      403: {description: "only the team's admins change members"}
-      404: {description: "no such team, or not this key's"}
-      409: {description: "that would demote the team's last admin"}
-      413: {description: the body is too large}
+    ``user`` is 1-128 letters, digits or ``_.@+-``, starting with a letter or digit
+    (an e-mail address fits).
     """
-    team = _path_name(request, "team", "team")
-    principal = await require_team(request, team, "admin")
-    await _team_must_exist(request, principal, team)
-    user = accounts.check_user(request.path_params["user"])
-    role = accounts.check_role(_field(await json_body(request), "role", required=True))
+    team = await _team(request, principal)
+    user = request.path_params["user"]
+    if not is_user(user):
+        raise ApiError(400, f"user must be {USER_RULE}", details={"field": "user"})
     backend = backend_of(request)
     current = await backend.run(accounts.member_role, team, user)
-    if current is not None and current["role"] == "admin" and role != "admin" \
-            and await backend.run(accounts.admin_count, team) <= 1:
-        raise ApiError(409, f"{user} is the last admin of team {team}; make another member admin first",
-                       code="last_admin")
-    await backend.run(accounts.set_member, team, user, role)
+    if (
+        current is not None
+        and current["role"] == "admin"
+        and body.role != "admin"
+        and await backend.run(accounts.admin_count, team) <= 1
+    ):
+        raise ApiError(
+            409, f"{user} is the last admin of team {team}; make another member admin first", code="last_admin"
+        )
+    await backend.run(accounts.set_member, team, user, body.role)
     row = await backend.run(accounts.member_role, team, user)
+    assert row is not None  # a write is visible to the next read (storage.versioned)
     return json_response(_member(team, user, row), status_code=200 if current is not None else 201)
 
 
-@_documented
-async def delete_member(request: Request) -> Response:
-    """Remove a member (team admins); their keys of the team are revoked at once.
-
-    ---
-    summary: Remove a member
-    tags: [teams]
-    parameters:
-      - {name: user, in: path, required: true, schema: $USER}
-    responses:
-      200:
-        description: removed
-        content: {application/json: {schema: $MEMBER}}
-      401: {description: "no key, or a key that does not work"}
-      403: {description: "only the team's admins remove members"}
-      404: {description: no such team or member}
-      409: {description: "the member is the team's last admin"}
-    """
-    team = _path_name(request, "team", "team")
-    principal = await require_team(request, team, "admin")
-    await _team_must_exist(request, principal, team)
+@endpoint(
+    summary="Remove a member",
+    tags=["teams"],
+    ok=Answer(Member, "removed"),
+    access=TEAM_ADMIN,
+    refusals={
+        401: NO_KEY,
+        403: "only the team's admins remove members",
+        404: "no such team or member",
+        409: "the member is the team's last admin",
+    },
+)
+async def delete_member(request: Request, principal: Principal) -> Response:
+    """Remove a member (team admins); their keys of the team are revoked at once."""
+    team = await _team(request, principal)
     user = request.path_params["user"]
     backend = backend_of(request)
     current = await backend.run(accounts.member_role, team, user)
     if current is None:
         raise not_found(f"member {user[:200]!r} of team {team}")
     if current["role"] == "admin" and await backend.run(accounts.admin_count, team) <= 1:
-        raise ApiError(409, f"{user} is the last admin of team {team}; make another member admin first",
-                       code="last_admin")
+        raise ApiError(
+            409, f"{user} is the last admin of team {team}; make another member admin first", code="last_admin"
+        )
     await backend.run(accounts.remove_member, team, user)
     return json_response(_member(team, user, current))
 
@@ -309,96 +338,87 @@ async def delete_member(request: Request) -> Response:
 # -- keys ---------------------------------------------------------------------------------------------------
 
 
-@_documented
-async def list_keys(request: Request) -> Response:
-    """A team's API keys (admins: all of them; other members: their own), never their secrets.
-
-    ---
-    summary: List API keys
-    tags: [teams]
-    responses:
-      200:
-        description: the keys, revoked ones with revoked_at
-        content: {application/json: {schema: $KEYS}}
-      401: {description: "no key, or a key that does not work"}
-      404: {description: "no such team, or not this key's"}
-    """
-    team = _path_name(request, "team", "team")
-    principal = await require_team(request, team, "read")
-    await _team_must_exist(request, principal, team)
+@endpoint(
+    summary="List API keys",
+    tags=["teams"],
+    ok=Answer(ApiKeys, "the keys, revoked ones with revoked_at"),
+    access=TEAM_READ,
+    refusals={401: NO_KEY, 404: "no such team, or not this key's"},
+)
+async def list_keys(request: Request, principal: Principal) -> Response:
+    """A team's API keys (admins: all of them; other members: their own), never their secrets."""
+    team = await _team(request, principal)
     user = None if _is_admin(principal) else principal.user
     rows = await backend_of(request).run(accounts.list_keys, team, user)
     return json_response({"team": team, "keys": rows})
 
 
-@_documented
-async def create_key(request: Request) -> Response:
-    """A new API key: for yourself, or (team admins) for any member. The full key is in this answer only.
+class NewKey(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(max_length=MAX_KEY_NAME)] = ""
+    user: (
+        Annotated[
+            UserName,
+            Meta(
+                description="the member the key is for; the caller when left out",
+                extra={"error": f"user must be {USER_RULE}"},
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
 
-    ---
-    summary: Create an API key
-    tags: [teams]
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema:
-            type: object
-            properties:
-              name: {type: string, maxLength: 200}
-              user: $USER
-    responses:
-      201:
-        description: the key; store it now, it is not shown again
-        content: {application/json: {schema: $NEW_KEY}}
-      400: {description: a bad body}
-      401: {description: "no key, or a key that does not work"}
-      403: {description: "only admins create keys for other members; the local admin must name the user"}
-      404: {description: "no such team (or not this key's), or the user is not a member of it"}
-      413: {description: the body is too large}
-    """
-    team = _path_name(request, "team", "team")
-    principal = await require_team(request, team, "read")
-    await _team_must_exist(request, principal, team)
-    body = await json_body(request)
-    name = _field(body, "name") or ""
-    user = _field(body, "user")
-    user = principal.user if user is None else user
+
+@endpoint(
+    summary="Create an API key",
+    tags=["teams"],
+    ok={201: Answer(CreatedApiKey, "the key; store it now, it is not shown again")},
+    access=TEAM_READ,
+    refusals={
+        401: NO_KEY,
+        403: "only admins create keys for other members; the local admin must name the user",
+        404: "no such team (or not this key's), or the user is not a member of it",
+    },
+)
+async def create_key(request: Request, body: NewKey, principal: Principal) -> Response:
+    """A new API key: for yourself, or (team admins) for any member. The full key is in this answer only."""
+    team = await _team(request, principal)
+    user = principal.user if body.user is UNSET else body.user
     if user is None:  # the local admin has no user, hence no key, of its own
-        raise ApiError(403, "the local admin has no key of its own: send 'user', the member the key is for",
-                       details={"field": "user"})
-    accounts.check_user(user)
+        raise ApiError(
+            403,
+            "the local admin has no key of its own: send 'user', the member the key is for",
+            details={"field": "user"},
+        )
+    if not is_user(user):  # the declared pattern lets a trailing newline through
+        raise ApiError(400, f"user must be {USER_RULE}", details={"field": "user"})
     if user != principal.user and not _is_admin(principal):
         raise ApiError(403, f"{principal.describe()} may create keys only for themselves; ask a team admin")
     backend = backend_of(request)
     if await backend.run(accounts.member_role, team, user) is None:
-        # 404 as for any missing thing a request names (the user is schema-valid, just not in the team).
-        raise ApiError(404, f"{user} is not a member of team {team}; add them first with "
-                            f"PUT /api/v1/teams/{team}/members/{user}", code="not_a_member")
-    key_id, key = await backend.run(accounts.create_key, team, user, name)
+        # 404 as for any missing thing a request names (the user is a valid name, just not in the team).
+        raise ApiError(
+            404,
+            f"{user} is not a member of team {team}; add them first with PUT /api/v1/teams/{team}/members/{user}",
+            code="not_a_member",
+        )
+    key_id, key = await backend.run(accounts.create_key, team, user, body.name)
     row = await backend.run(accounts.get_key, key_id)
-    return json_response({"key_id": key_id, "key": key, "team": team, "user": user, "name": name,
-                          "created_at": row["created_at"]}, status_code=201)
+    assert row is not None  # a write is visible to the next read (storage.versioned)
+    return json_response(
+        {"key_id": key_id, "key": key, "team": team, "user": user, "name": body.name, "created_at": row["created_at"]},
+        status_code=201,
+    )
 
 
-@_documented
-async def revoke_key(request: Request) -> Response:
-    """Revoke a key (team admins, or the key's own user); it fails from the next request on.
-
-    ---
-    summary: Revoke an API key
-    tags: [teams]
-    responses:
-      200:
-        description: revoked (revoking a revoked key again changes nothing)
-        content: {application/json: {schema: $KEY}}
-      401: {description: "no key, or a key that does not work"}
-      403: {description: "not an admin, and not the key's user"}
-      404: {description: no such team or key}
-    """
-    team = _path_name(request, "team", "team")
-    principal = await require_team(request, team, "read")
-    await _team_must_exist(request, principal, team)
+@endpoint(
+    summary="Revoke an API key",
+    tags=["teams"],
+    ok=Answer(ApiKey, "revoked (revoking a revoked key again changes nothing)"),
+    access=TEAM_READ,
+    refusals={401: NO_KEY, 403: "not an admin, and not the key's user", 404: "no such team or key"},
+)
+async def revoke_key(request: Request, principal: Principal) -> Response:
+    """Revoke a key (team admins, or the key's own user); it fails from the next request on."""
+    team = await _team(request, principal)
     key_id = request.path_params["key_id"]
     backend = backend_of(request)
     row = await backend.run(accounts.get_key, key_id)
@@ -413,23 +433,20 @@ async def revoke_key(request: Request) -> Response:
 # -- projects -----------------------------------------------------------------------------------------------
 
 
-@_documented
-async def list_projects(request: Request) -> Response:
-    """Projects the caller can read: their team's and every public one (anonymous: public only).
+class ProjectsQuery(msgspec.Struct, forbid_unknown_fields=True):
+    team: Annotated[TeamName, Meta(description="only this team's projects")] | None = None
 
-    ---
-    summary: List projects
-    tags: [projects]
-    parameters:
-      - {name: team, in: query, required: false, schema: {type: string}, description: only this team's}
-    responses:
-      200:
-        description: the projects, by team and name
-        content: {application/json: {schema: $PROJECTS}}
-      401: {description: a key or share link was sent that does not work}
-    """
-    principal = await authenticate(request)
-    only = request.query_params.get("team") or None
+
+@endpoint(
+    summary="List projects",
+    tags=["projects"],
+    ok=Answer(Projects, "the projects, by team and name"),
+    access=ANYONE,
+    refusals={401: "a key or share link was sent that does not work"},
+)
+async def list_projects(request: Request, query: ProjectsQuery, principal: Principal) -> Response:
+    """Projects the caller can read: their team's and every public one (anonymous: public only)."""
+    only = query.team
     backend = backend_of(request)
     if principal.local_admin:
         rows = await backend.run(accounts.list_projects, None if only is None else [only], False)
@@ -445,112 +462,96 @@ async def list_projects(request: Request) -> Response:
     return json_response({"projects": [_project(r) for r in rows]})
 
 
-@_documented
-async def create_project(request: Request) -> Response:
-    """Create a project in a team (members and admins). Logging a run also creates one, private.
+class NewProject(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[TeamName, Meta(extra={"error": f"name must be {NAME_RULE}"})]
+    visibility: VisibilityField = "private"
+    description: Annotated[str, Meta(max_length=MAX_DESCRIPTION)] = ""
 
-    ---
-    summary: Create a project
-    tags: [projects]
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema:
-            type: object
-            required: [name]
-            properties:
-              name: $NAME
-              visibility: $VISIBILITY
-              description: {type: string, maxLength: 4000}
-    responses:
-      201:
-        description: created
-        content: {application/json: {schema: $PROJECT}}
-      400: {description: "a bad name, visibility, description or body"}
-      401: {description: "no key, or a key that does not work"}
-      403: {description: "viewers do not create projects, and only admins create public ones"}
-      404: {description: "no such team, or not this key's"}
-      409: {description: the project exists}
-      413: {description: the body is too large}
-    """
-    team = _path_name(request, "team", "team")
-    principal = await require_team(request, team, "write")
-    body = await json_body(request)
-    name = accounts.check_name("project", _field(body, "name", required=True))
-    visibility = _field(body, "visibility")
-    description = _field(body, "description")
-    if visibility == "public" and not allows(principal, team, "admin"):
-        raise ApiError(403, f"only an admin of team {team} makes a project public; create it private, "
-                            "and ask an admin to change its visibility")
+
+@endpoint(
+    summary="Create a project",
+    tags=["projects"],
+    ok={201: Answer(Project, "created")},
+    access=TEAM_WRITE,
+    refusals={
+        400: "a bad name, visibility, description or body",
+        401: NO_KEY,
+        403: "viewers do not create projects, and only admins create public ones",
+        404: "no such team, or not this key's",
+        409: "the project exists",
+    },
+)
+async def create_project(request: Request, body: NewProject, principal: Principal) -> Response:
+    """Create a project in a team (members and admins). Logging a run also creates one, private."""
+    team = request.path_params["team"]
+    if not is_name(team):  # only the local admin gets this far with such a name
+        raise not_found(f"team {team[:200]!r}")
+    if body.visibility == "public" and not allows(principal, team, "admin"):
+        raise ApiError(
+            403,
+            f"only an admin of team {team} makes a project public; create it private, "
+            "and ask an admin to change its visibility",
+        )
     backend = backend_of(request)
     if principal.local_admin:  # the embedded server's owner: the team comes into being with its first project
         await backend.run(accounts.ensure_team, team)
-    if await backend.run(accounts.get_project, team, name) is not None:
-        raise ApiError(409, f"project {team}/{name} exists already; change it with PATCH", code="exists")
-    row = await backend.run(accounts.upsert_project, team, name, "private" if visibility is None else visibility,
-                            description)
+    if await backend.run(accounts.get_project, team, body.name) is not None:
+        raise ApiError(409, f"project {team}/{body.name} exists already; change it with PATCH", code="exists")
+    row = await backend.run(accounts.upsert_project, team, body.name, body.visibility, body.description)
     return json_response(_project(row), status_code=201)
 
 
-@_documented
+@endpoint(
+    summary="Get a project",
+    tags=["projects"],
+    ok=Answer(Project, "the project"),
+    access=PROJECT_READ,
+    refusals={
+        401: "a key or share link was sent that does not work",
+        404: "no such project, or not visible to the caller",
+    },
+)
 async def get_project(request: Request) -> Response:
-    """One project, with its visibility and run count.
-
-    ---
-    summary: Get a project
-    tags: [projects]
-    responses:
-      200:
-        description: the project
-        content: {application/json: {schema: $PROJECT}}
-      401: {description: a key or share link was sent that does not work}
-      404: {description: "no such project, or not visible to the caller"}
-    """
-    team = _path_name(request, "team", "team")
-    project = _path_name(request, "project", "project")
-    await require_project(request, team, project, "read")
+    """One project, with its visibility and run count."""
+    team, project = project_path(request)
     row = await backend_of(request).run(accounts.get_project, team, project)
     if row is None:
         raise not_found(f"project {team}/{project}")
     return json_response(_project(row))
 
 
-@_documented
-async def patch_project(request: Request) -> Response:
-    """Change a project's visibility or description (team admins).
+class ProjectEdit(msgspec.Struct, forbid_unknown_fields=True):
+    """Fields left out stay as they are."""
 
-    ---
-    summary: Change a project
-    tags: [projects]
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema:
-            type: object
-            properties:
-              visibility: $VISIBILITY
-              description: {type: string, maxLength: 4000}
-    responses:
-      200:
-        description: the changed project
-        content: {application/json: {schema: $PROJECT}}
-      400: {description: "a bad visibility, description or body"}
-      401: {description: "no key, or a key that does not work"}
-      403: {description: "only the team's admins change a project"}
-      404: {description: "no such project, or not visible to the caller"}
-      413: {description: the body is too large}
-    """
-    team = _path_name(request, "team", "team")
-    project = _path_name(request, "project", "project")
-    await require_project(request, team, project, "admin")
+    visibility: VisibilityField | UnsetType = UNSET
+    description: Annotated[str, Meta(max_length=MAX_DESCRIPTION)] | UnsetType = UNSET
+
+
+@endpoint(
+    summary="Change a project",
+    tags=["projects"],
+    ok=Answer(Project, "the changed project"),
+    access=PROJECT_ADMIN,
+    refusals={
+        400: "a bad visibility, description or body",
+        401: NO_KEY,
+        403: "only the team's admins change a project",
+        404: "no such project, or not visible to the caller",
+    },
+)
+async def patch_project(request: Request, body: ProjectEdit) -> Response:
+    """Change a project's visibility or description (team admins)."""
+    team, project = project_path(request)
     backend = backend_of(request)
     if await backend.run(accounts.get_project, team, project) is None:
         raise not_found(f"project {team}/{project}")
-    body = await json_body(request)
-    row = await backend.run(accounts.upsert_project, team, project, _field(body, "visibility"),
-                            _field(body, "description"))
+    row = await backend.run(
+        accounts.upsert_project,
+        team,
+        project,
+        None if body.visibility is UNSET else body.visibility,
+        None if body.description is UNSET else body.description,
+    )
     return json_response(_project(row))
 
 
