@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runstream.api import alert_rules, alerts, home, ingest, reports, runs, series, teams
+from runstream.api import alert_rules, alerts, charts, exports, history, home, ingest, reports, runs, teams
 from runstream.api.backend import Backend
 from runstream.api.errors import EXCEPTION_HANDLERS
 from runstream.api.middleware import RequestContext, metrics_endpoint
@@ -97,7 +97,9 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         Route(f"{API}/openapi.json", openapi, methods=["GET"], include_in_schema=False),
         *ingest.routes,
         *runs.routes,
-        *series.routes,
+        *history.routes,
+        *charts.routes,
+        *exports.routes,
         *reports.routes,
         *alerts.routes,
         *alert_rules.routes,

@@ -137,9 +137,19 @@ def _export_history(
 
     def raw_chunks() -> Iterator[bytes]:
         for chunk in chunks:
-            sql = _HISTORY_SQL % {"metric_filter": "" if chunk.metrics is None else _METRIC_FILTER, "settings": settings}
-            params = {"team": team, "project": project, "runs": chunk.runs, "idx": list(range(1, len(chunk.runs) + 1)),
-                      "lo": chunk.lo, "hi": chunk.hi, "metrics": chunk.metrics or []}
+            sql = _HISTORY_SQL % {
+                "metric_filter": "" if chunk.metrics is None else _METRIC_FILTER,
+                "settings": settings,
+            }
+            params = {
+                "team": team,
+                "project": project,
+                "runs": chunk.runs,
+                "idx": list(range(1, len(chunk.runs) + 1)),
+                "lo": chunk.lo,
+                "hi": chunk.hi,
+                "metrics": chunk.metrics or [],
+            }
             yield client.raw_query(sql, parameters=params, fmt=_CH_FORMAT[format])
 
     yield from _encode(format, _prefetched(raw_chunks()), HISTORY_COLUMNS, HISTORY_SCHEMA)
@@ -220,12 +230,32 @@ SETTINGS %(settings)s
 """
 
 RUN_COLUMNS = (
-    "run_id", "name", "state", "created_at", "updated_at", "heartbeat_at", "finished_at", "exit_code", "group",
-    "job_type", "tags", "notes", "user", "host", "program", "args", "python", "git", "config", "summary",
+    "run_id",
+    "name",
+    "state",
+    "created_at",
+    "updated_at",
+    "heartbeat_at",
+    "finished_at",
+    "exit_code",
+    "group",
+    "job_type",
+    "tags",
+    "notes",
+    "user",
+    "host",
+    "program",
+    "args",
+    "python",
+    "git",
+    "config",
+    "summary",
 )
 
 
-def export_runs(client: Client, team: str, project: str, run_ids: Sequence[str], format: Format = "parquet") -> Iterator[bytes]:
+def export_runs(
+    client: Client, team: str, project: str, run_ids: Sequence[str], format: Format = "parquet"
+) -> Iterator[bytes]:
     """The runs' metadata, one row per run sorted by run_id (``RUN_COLUMNS``):
     times as UTC timestamps, ``config``, ``summary`` and ``git`` as JSON object
     text (config and summary keys flattened to dotted paths, as stored), ``tags``
@@ -246,8 +276,9 @@ def _export_runs(client: Client, team: str, project: str, runs: list[str], forma
 
     def raw_chunks() -> Iterator[bytes]:
         for ids in batches:
-            yield client.raw_query(sql, parameters={"team": team, "project": project, "runs": ids},
-                                   fmt=_CH_FORMAT[format])
+            yield client.raw_query(
+                sql, parameters={"team": team, "project": project, "runs": ids}, fmt=_CH_FORMAT[format]
+            )
 
     yield from _encode(format, raw_chunks(), RUN_COLUMNS, None)
 
@@ -375,7 +406,7 @@ def _prefetched(items: Iterator[T]) -> Iterator[T]:
                 if not put((True, item)):
                     return
             put((False, None))
-        except BaseException as exc:  # handed to the consumer, raised there
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             put((False, exc))
 
     thread = threading.Thread(target=produce, name="runstream-export", daemon=True)

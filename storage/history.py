@@ -22,24 +22,47 @@ enough for numpy to deduplicate in a millisecond or two.
 Unlike W&B's sampled history, which keeps only rows having every requested
 key, a row here is kept when it has any of them: sparse metrics (a validation
 loss every N steps) read naturally next to dense ones.
+
+``sampled_history`` reads those pages and keeps at most ``samples`` rows of
+them, each key's extremes among them, with numpy.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypedDict
 
 import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from runstream.storage.errors import QueryError
+from runstream.storage.series import extents
 
 MAX_PAGE_SIZE = 100_000
 #: A page holds at most this many values (rows x keys); page_size shrinks to fit.
 MAX_CELLS = 4_000_000
 MAX_STEP = 2**64 - 1
+#: Rows per page that ``sampled_history`` reads.
+SAMPLED_PAGE = 50_000
+
+
+class Rows(TypedDict):
+    """History rows, columnar: each row's step and wall time (Unix seconds, None where unknown), and per key
+    its value in each row (None where the row did not log it; NaN and infinities stay floats)."""
+
+    step: list[int]
+    time: list[float | None]
+    columns: dict[str, list[float | None]]
+
+
+class Page(Rows):
+    """A page of history rows, with the cursor of the next page (None on the last)."""
+
+    next_after_step: int | None
+
 
 _RUN = "team = {team:String} AND project = {project:String} AND run_id = {run:String}"
 _METRICS = "AND metric IN {keys:Array(String)}"
@@ -101,7 +124,7 @@ def history_page(
     max_step: int | None = None,
     after_step: int | None = None,
     page_size: int = 10_000,
-) -> dict[str, Any]:
+) -> Page:
     """A page of a run's history: ``{"step": [...], "time": [...], "columns": {metric:
     [...]}, "next_after_step": int | None}``.
 
@@ -131,9 +154,8 @@ def history_page(
     end, more, sparse = _page_end(client, params, hi, page_size)
     sql = _PAGE_DATA % {"sparse": _SPARSE if sparse else ""}
     data = pa.ipc.open_stream(client.raw_query(sql, parameters={**params, "hi": end}, fmt="ArrowStream"))
-    page = _pivot(data.read_all(), names)
-    page["next_after_step"] = end if more else None
-    return page
+    rows = _pivot(data.read_all(), names)
+    return {**rows, "next_after_step": end if more else None}
 
 
 def _page_end(client: Client, params: dict[str, Any], hi: int, page_size: int) -> tuple[int, bool, bool]:
@@ -156,7 +178,7 @@ def _first(client: Client, sql: str, params: dict[str, Any]) -> int | None:
     return int(rows[0][0]) if rows else None
 
 
-def _pivot(data: pa.Table, names: list[str]) -> dict[str, Any]:
+def _pivot(data: pa.Table, names: list[str]) -> Rows:
     """Long (k, step, value, seq) rows into rows by step and one column per name, with numpy."""
     if data.num_rows:
         k, step, value, seq = (data.column(c).to_numpy() for c in ("k", "step", "value", "seq"))
@@ -211,6 +233,113 @@ def _check_step(what: str, value: Any, default: int) -> int:
     return value
 
 
+# -- sampled history ----------------------------------------------------------------------------
+
+
+def sampled_history(
+    client: Client, team: str, project: str, run_id: str, keys: Sequence[str] | None, samples: int
+) -> Rows:
+    """At most ``samples`` rows of a run's history (rows as ``history_page`` gives them), keeping every key's
+    extremes; ``keys`` None: every metric the run logged.
+
+    A run with at most ``samples`` rows comes whole. Otherwise its steps are cut
+    into buckets (as many as leave room for each key's min and max row in each),
+    and the rows kept are the first, the last, and those holding a key's finite
+    min or max in a bucket: a one-step spike stays visible. Pages are reduced as
+    they are read (extremes of extremes are the extremes), so memory stays at a
+    page whatever the run's length.
+    """
+    names = list(dict.fromkeys(keys if keys is not None else run_metrics(client, team, project, run_id)))
+    spans = list(extents(client, team, project, [run_id], names).get(run_id, {}).values()) if names else []
+    if not spans:
+        return {"step": [], "time": [], "columns": {name: [] for name in names}}
+    first = min(e.first_step for e in spans)
+    last = max(e.last_step for e in spans)
+    buckets = max(1, (samples - 2) // (2 * len(names)))
+    width = (last - first) // buckets + 1
+    kept: _Grid | None = None
+    after: int | None = None
+    while True:
+        page = history_page(client, team, project, run_id, names, after_step=after, page_size=SAMPLED_PAGE)
+        grid = _Grid.of(page, names)
+        kept = grid if kept is None else kept.concat(grid)
+        if len(kept) > samples:
+            kept = kept.take(_extremes(kept, first, width))
+        after = page["next_after_step"]
+        if after is None:
+            break
+    if len(kept) > samples:  # more keys than samples has room for: evenly spaced rows
+        kept = kept.take(np.unique(np.linspace(0, len(kept) - 1, samples).round().astype(np.int64)))
+    return kept.rows(names)
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """History rows as arrays: a row's step and time, and per key its value and whether it was logged."""
+
+    step: np.ndarray  # (n,) uint64
+    time: np.ndarray  # (n,) seconds, NaN where unknown
+    has_time: np.ndarray  # (n,) bool
+    values: np.ndarray  # (k, n) float
+    logged: np.ndarray  # (k, n) bool
+
+    @classmethod
+    def of(cls, rows: Rows, names: list[str]) -> _Grid:
+        n = len(rows["step"])
+
+        def present(column: list[Any]) -> np.ndarray:
+            return np.fromiter((v is not None for v in column), dtype=bool, count=n)
+
+        columns = [rows["columns"][name] for name in names]
+        return cls(
+            np.asarray(rows["step"], dtype=np.uint64),
+            np.array(rows["time"], dtype=float),
+            present(rows["time"]),
+            np.array(columns, dtype=float).reshape(len(names), n),
+            np.array([present(c) for c in columns], dtype=bool).reshape(len(names), n),
+        )
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+    def take(self, index: np.ndarray) -> _Grid:
+        return _Grid(
+            self.step[index], self.time[index], self.has_time[index], self.values[:, index], self.logged[:, index]
+        )
+
+    def concat(self, other: _Grid) -> _Grid:
+        return _Grid(
+            np.concatenate([self.step, other.step]),
+            np.concatenate([self.time, other.time]),
+            np.concatenate([self.has_time, other.has_time]),
+            np.concatenate([self.values, other.values], 1),
+            np.concatenate([self.logged, other.logged], 1),
+        )
+
+    def rows(self, names: list[str]) -> Rows:
+        return {
+            "step": self.step.tolist(),
+            "time": _with_gaps(self.time, self.has_time),
+            "columns": {name: _with_gaps(self.values[i], self.logged[i]) for i, name in enumerate(names)},
+        }
+
+
+def _extremes(grid: _Grid, first_step: int, width: int) -> np.ndarray:
+    """The first and last row, and in every bucket of ``width`` steps the rows of each key's finite min and max."""
+    bucket = (grid.step - np.uint64(first_step)) // np.uint64(width)
+    picks = [np.array([0, len(grid) - 1])]
+    for values, logged in zip(grid.values, grid.logged):
+        rows_ok = np.flatnonzero(logged & np.isfinite(values))
+        if not len(rows_ok):
+            continue
+        order = np.lexsort((values[rows_ok], bucket[rows_ok]))  # by bucket, then value
+        sorted_buckets = bucket[rows_ok][order]
+        starts = np.flatnonzero(np.r_[True, sorted_buckets[1:] != sorted_buckets[:-1]])
+        ends = np.r_[starts[1:] - 1, len(order) - 1]
+        picks += [rows_ok[order[starts]], rows_ok[order[ends]]]
+    return np.unique(np.concatenate(picks))
+
+
 # -- whole-history statistics -------------------------------------------------------------------
 
 # Per (run, metric), over the kept history (the latest value of each step, by seq, among seqs up
@@ -229,8 +358,9 @@ GROUP BY run_id, metric
 """
 
 
-def metric_statistics(client: Client, team: str, project: str, wanted: dict[str, tuple[int, Sequence[str]]]
-                      ) -> dict[tuple[str, str], dict[str, Any]]:
+def metric_statistics(
+    client: Client, team: str, project: str, wanted: dict[str, tuple[int, Sequence[str]]]
+) -> dict[tuple[str, str], dict[str, Any]]:
     """Statistics of whole metric histories: ``wanted`` maps a run id to (its largest seq to count, its metrics).
 
     Per (run, metric) with points: ``count``, ``sum``, ``min``, ``max`` (of the finite values; min
@@ -240,14 +370,24 @@ def metric_statistics(client: Client, team: str, project: str, wanted: dict[str,
     """
     if not wanted:
         return {}
-    params: dict[str, Any] = {"team": team, "project": project, "runs": list(wanted),
-                              "limits": [limit for limit, _ in wanted.values()],
-                              "metrics": sorted({m for _, metrics in wanted.values() for m in metrics})}
+    params: dict[str, Any] = {
+        "team": team,
+        "project": project,
+        "runs": list(wanted),
+        "limits": [limit for limit, _ in wanted.values()],
+        "metrics": sorted({m for _, metrics in wanted.values() for m in metrics}),
+    }
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for run, metric, count, total, low, high, nan, inf in client.query(_STATISTICS, parameters=params).result_rows:
         if metric in wanted[run][1]:  # not another run's metric
-            out[(run, metric)] = {"count": count, "sum": total, "min": low if count else None,
-                                  "max": high if count else None, "nan": nan, "inf": inf}
+            out[(run, metric)] = {
+                "count": count,
+                "sum": total,
+                "min": low if count else None,
+                "max": high if count else None,
+                "nan": nan,
+                "inf": inf,
+            }
     return out
 
 
@@ -268,7 +408,12 @@ def run_statistics(client: Client, team: str, project: str, run_id: str) -> dict
         if integer:
             last, low, high = (int(v) if math.isfinite(v) else v for v in (last, low, high))
         metrics[str(metric)] = {
-            "count": int(finite), "min": low if finite else None, "max": high if finite else None,
-            "mean": mean if finite else None, "last": last, "first_step": int(first_step), "last_step": int(last_step),
+            "count": int(finite),
+            "min": low if finite else None,
+            "max": high if finite else None,
+            "mean": mean if finite else None,
+            "last": last,
+            "first_step": int(first_step),
+            "last_step": int(last_step),
         }
     return {"last_step": max((m["last_step"] for m in metrics.values()), default=None), "metrics": metrics}

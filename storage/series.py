@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 from clickhouse_connect.driver.client import Client
@@ -147,7 +147,9 @@ class Extent:
     last_step: int
 
 
-def extents(client: Client, team: str, project: str, run_ids: Sequence[str], metrics: Sequence[str]) -> dict[str, dict[str, Extent]]:
+def extents(
+    client: Client, team: str, project: str, run_ids: Sequence[str], metrics: Sequence[str]
+) -> dict[str, dict[str, Extent]]:
     """run -> metric -> the steps it logged, from the top level (one or two rows per run and metric)."""
     params = {"team": team, "project": project, "level": TOP_LEVEL, "runs": list(run_ids), "metrics": list(metrics)}
     out: dict[str, dict[str, Extent]] = {}
@@ -159,10 +161,55 @@ def extents(client: Client, team: str, project: str, run_ids: Sequence[str], met
 def run_starts(client: Client, team: str, project: str, run_ids: Sequence[str]) -> dict[str, int]:
     """run -> the time (ms) of its first logged step, across all its metrics."""
     params = {"team": team, "project": project, "level": TOP_LEVEL, "runs": list(run_ids)}
-    return dict(client.query(_STARTS, parameters=params).result_rows)
+    return {run_id: int(ms) for run_id, ms in client.query(_STARTS, parameters=params).result_rows}
 
 
 Part = dict[str, np.ndarray]
+
+
+class Series(TypedDict):
+    """One (run, metric) of a chart: per point its x, last step, last value (``y``), and the mean, min, max
+    and count of the bucket's finite values."""
+
+    run_id: str
+    metric: str
+    level: int  # the stored level read (0: raw points)
+    bucket_steps: int
+    x: np.ndarray
+    step: np.ndarray
+    y: np.ndarray
+    mean: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    count: np.ndarray
+
+
+class Chart(TypedDict):
+    x: str
+    x_metric: str | None
+    points: int
+    series: list[Series]
+
+
+class Band(TypedDict):
+    """One group's band at aligned buckets: ``x`` the bucket's last step, the mean and std across runs of each
+    run's bucket mean, the min and max over all runs' points, and how many runs have a finite mean there."""
+
+    group: str
+    x: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    runs: np.ndarray
+
+
+class Bands(TypedDict):
+    metric: str
+    points: int
+    level: NotRequired[int]
+    bucket_steps: NotRequired[int]
+    groups: list[Band]
 
 
 def _read(client: Client, source: Source, params: dict[str, Any], with_time: bool) -> list[tuple[str, str, Part]]:
@@ -208,7 +255,7 @@ def series(
     x: str = "step",
     x_metric: str | None = None,
     step_range: tuple[int | None, int | None] | None = None,
-) -> dict[str, Any]:
+) -> Chart:
     """At most ``points`` points per (run, metric), as columnar arrays.
 
     ``x``: "step", "time" (Unix seconds), "relative" (seconds since the run's
@@ -221,17 +268,19 @@ def series(
     _check_points(points)
     if x not in X_AXES:
         raise QueryError(f"x must be one of {', '.join(X_AXES)}", got=x)
+    x_metrics: list[str] = []
     if x == "metric":
-        x_metric = _check_names("x_metric", [x_metric] if isinstance(x_metric, str) else [None], 1)[0]
+        if not isinstance(x_metric, str):
+            raise QueryError('x "metric" needs x_metric: the metric to plot against', got=repr(x_metric)[:80])
+        x_metrics = _check_names("x_metric", [x_metric], 1)
     lo, hi = _check_range(step_range)
-    read_metrics = list(dict.fromkeys([*metrics, *([x_metric] if x == "metric" else [])]))
+    read_metrics = list(dict.fromkeys([*metrics, *x_metrics]))
 
     known = extents(client, team, project, run_ids, read_metrics)
     starts = run_starts(client, team, project, run_ids) if x == "relative" else {}
     by_source: dict[Source, list[str]] = {}
     for run_id in run_ids:
-        spans = [known.get(run_id, {}).get(m) for m in read_metrics]
-        spans = [e for e in spans if e is not None]
+        spans = [e for m in read_metrics if (e := known.get(run_id, {}).get(m)) is not None]
         if not spans:
             continue
         first = max(lo, min(e.first_step for e in spans))
@@ -240,7 +289,7 @@ def series(
             by_source.setdefault(Source.for_range(first, last, points), []).append(run_id)
 
     base = {"team": team, "project": project, "metrics": read_metrics, "first": lo, "last": hi}
-    out: list[dict[str, Any]] = []
+    out: list[Series] = []
     for source, runs in by_source.items():
         parts = _read(client, source, {**base, "runs": runs}, with_time=x in ("time", "relative"))
         x_values = {run: part for metric, run, part in parts if metric == x_metric} if x == "metric" else {}
@@ -297,7 +346,7 @@ def group_bands(
     metric: str,
     points: int = 500,
     step_range: tuple[int | None, int | None] | None = None,
-) -> dict[str, Any]:
+) -> Bands:
     """Per group of runs: at aligned steps, the mean across runs of each run's bucket mean,
     with the std across runs and the min/max over all runs' points (the band).
 
@@ -322,7 +371,7 @@ def group_bands(
 
     known = extents(client, team, project, list(label_of), [metric])
     spans = [e for r in label_of for e in known.get(r, {}).values()]
-    result: dict[str, Any] = {"metric": metric, "points": points, "groups": []}
+    result: Bands = {"metric": metric, "points": points, "groups": []}
     first = max(lo, min((e.first_step for e in spans), default=0))
     last = min(hi, max((e.last_step for e in spans), default=-1))
     if not spans or first > last:
@@ -341,14 +390,19 @@ def group_bands(
     for label in groups:
         if label not in by_label:
             continue
-        cols = {name: np.concatenate([p[name] for p in by_label[label]]) for name in ("bucket", "step", "n", "min", "max", "sum")}
+        cols = {
+            name: np.concatenate([p[name] for p in by_label[label]])
+            for name in ("bucket", "step", "n", "min", "max", "sum")
+        }
         keys, inverse = np.unique(cols["bucket"], return_inverse=True)
-        result["groups"].append({"group": label, **_reduce(len(keys), inverse, _mean(cols), cols["min"], cols["max"], cols["step"])})
+        result["groups"].append(_band(label, len(keys), inverse, _mean(cols), cols["min"], cols["max"], cols["step"]))
     result["level"], result["bucket_steps"] = source.level, source.width
     return result
 
 
-def _reduce(k: int, inverse: np.ndarray, means: np.ndarray, mins: np.ndarray, maxs: np.ndarray, steps: np.ndarray) -> Part:
+def _band(
+    label: str, k: int, inverse: np.ndarray, means: np.ndarray, mins: np.ndarray, maxs: np.ndarray, steps: np.ndarray
+) -> Band:
     """Aggregate per-run bucket values across the runs of one group into ``k`` aligned buckets."""
     finite = np.isfinite(means)
     runs = np.bincount(inverse, weights=finite, minlength=k)
@@ -365,4 +419,12 @@ def _reduce(k: int, inverse: np.ndarray, means: np.ndarray, mins: np.ndarray, ma
     band_max[np.isinf(band_max)] = np.nan
     x = np.zeros(k, dtype=np.uint64)
     np.maximum.at(x, inverse, steps)
-    return {"x": x, "mean": mean, "std": std, "min": band_min, "max": band_max, "runs": runs.astype(np.int64)}
+    return {
+        "group": label,
+        "x": x,
+        "mean": mean,
+        "std": std,
+        "min": band_min,
+        "max": band_max,
+        "runs": runs.astype(np.int64),
+    }

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import orjson
 
-from runstream.api.series import contract_column
+from runstream.api.history import contract_column
 from runstream.events import METRICS, Event, decode_value
 from runstream.streams import summaries
 from runstream.values import to_scalar
