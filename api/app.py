@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Literal
 
 import msgspec
-
 from aiokafka.admin import AIOKafkaAdminClient
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -55,9 +54,16 @@ class Health(msgspec.Struct):
     checks: dict[str, str]
 
 
-@endpoint(summary="Health and readiness", tags=["service"], access=None, security=[],
-          ok={200: Answer(Health, "ClickHouse (and Kafka in cluster mode) answer"),
-              503: Answer(Health, "a dependency is down; checks says which")})
+@endpoint(
+    summary="Health and readiness",
+    tags=["service"],
+    access=None,
+    security=[],
+    ok={
+        200: Answer(Health, "ClickHouse (and Kafka in cluster mode) answer"),
+        503: Answer(Health, "a dependency is down; checks says which"),
+    },
+)
 async def health(request: Request) -> Response:
     """Whether the services the API depends on answer: 200, or 503 naming what is down."""
     backend: Backend = request.app.state.backend
@@ -81,7 +87,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             await backend.start()
-        except Exception:  # noqa: BLE001 - the API still starts; health says what is down
+        except Exception:
             import logging
 
             logging.getLogger("runstream.api").exception("starting the backend failed; /api/v1/health will say why")
@@ -106,7 +112,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         *teams.routes,
         *home.routes(),  # last: the UI's assets are mounted at /
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(RequestContext)], exception_handlers=EXCEPTION_HANDLERS,
-                    lifespan=lifespan)
+    app = Starlette(
+        routes=routes, middleware=[Middleware(RequestContext)], exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan
+    )
     app.state.backend = backend
     return app

@@ -107,8 +107,9 @@ def read_share(secrets: list[bytes], token: str, now: float | None = None) -> tu
     invalid = ApiError(401, "this share link is not valid; ask for a new one", code="invalid_share_link")
     payload, _, signature = token.partition(".")
     # Bytes, so a token with any characters is just "not valid" (str comparison refuses non-ASCII).
-    expected = [_b64(hmac.new(secret, payload.encode(errors="replace"), hashlib.sha256).digest()).encode()
-                for secret in secrets]
+    expected = [
+        _b64(hmac.new(secret, payload.encode(errors="replace"), hashlib.sha256).digest()).encode() for secret in secrets
+    ]
     if not signature or not any(hmac.compare_digest(signature.encode(errors="replace"), e) for e in expected):
         raise invalid
     try:
@@ -155,8 +156,12 @@ async def _authenticate(request: Request) -> Principal:
             raise ApiError(401, "send the API key as 'Authorization: Bearer <key>'")
         owner = await backend.run(accounts.resolve_key, raw.strip())
         if owner is None:
-            raise ApiError(401, "this API key is not valid (unknown, revoked, or its user left the team); "
-                                "create a new one with `runstream keys create`", code="invalid_api_key")
+            raise ApiError(
+                401,
+                "this API key is not valid (unknown, revoked, or its user left the team); "
+                "create a new one with `runstream keys create`",
+                code="invalid_api_key",
+            )
         return Principal(user=owner.user, team=owner.team, role=owner.role, key_id=owner.key_id)
     if share_token:
         share, version = await open_share(backend, share_token)
@@ -214,8 +219,9 @@ async def require_project(request: Request, team: str, project: str, need: Need 
     if allows(principal, team, need):
         return principal
     if principal.team == team:  # a member whose role is too low
-        raise ApiError(403, f"{principal.describe()} may not {need} in team {team}; ask a team admin for a role "
-                            f"that can")
+        raise ApiError(
+            403, f"{principal.describe()} may not {need} in team {team}; ask a team admin for a role that can"
+        )
     if need != "read" and principal.anonymous:
         raise ApiError(401, f"{need} access needs an API key: send 'Authorization: Bearer <key>'")
     if principal.share and (principal.share.team, principal.share.project) == (team, project):
@@ -259,12 +265,14 @@ class Access:
 def _project_access(need: Need) -> Access:
     async def check(request: Request) -> Principal:
         return await require_project(request, request.path_params["team"], request.path_params["project"], need)
+
     return Access(check, (401, 404) if need == "read" else (401, 403, 404))
 
 
 def _team_access(need: Need) -> Access:
     async def check(request: Request) -> Principal:
         return await require_team(request, request.path_params["team"], need)
+
     return Access(check, (401, 403, 404))
 
 
@@ -279,8 +287,9 @@ ANYONE = Access(authenticate, (401,))
 # -- reads whose check overlaps the work -----------------------------------------------------
 
 
-async def read_project(request: Request, team: str, project: str,
-                       prepare: Callable[[], Awaitable[Callable[[Client], T]]]) -> T:
+async def read_project(
+    request: Request, team: str, project: str, prepare: Callable[[], Awaitable[Callable[[Client], T]]]
+) -> T:
     """The read ``prepare()`` returns (after reading and checking the request's arguments), run in the
     thread pool once the caller may read the project.
 
@@ -352,8 +361,9 @@ def _remember(readers: OrderedDict[tuple[bytes, str, str], None], reader: tuple[
         readers.popitem(last=False)
 
 
-async def _passed(check: asyncio.Future[Principal], readers: OrderedDict[tuple[bytes, str, str], None],
-                  reader: tuple[bytes, str, str]) -> None:
+async def _passed(
+    check: asyncio.Future[Principal], readers: OrderedDict[tuple[bytes, str, str], None], reader: tuple[bytes, str, str]
+) -> None:
     try:
         await check
     except ApiError:  # refused: no more early reads for this key here (a client going away is no refusal)

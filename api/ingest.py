@@ -13,18 +13,21 @@ from __future__ import annotations
 import logging
 import mimetypes
 import time
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
+import msgspec
+from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from runstream.api.auth import authenticate, require_project
+from runstream.api.auth import ANYONE, PROJECT_READ, PROJECT_WRITE, Principal, require_project
 from runstream.api.backend import Backend
 from runstream.api.errors import ApiError, not_found
 from runstream.api.filestore import BlobError
 from runstream.api.middleware import INGESTED, REJECTED
-from runstream.api.requests import read_body
+from runstream.api.openapi import Answer, endpoint
+from runstream.api.requests import API, read_body
 from runstream.api.responses import json_response
 from runstream.events import (
     ALERT,
@@ -72,34 +75,38 @@ def parse_batch(body: bytes) -> tuple[list[Event], list[bytes]]:
     if errors:
         REJECTED.labels("invalid").inc()
         shown = errors[:MAX_REPORTED_ERRORS]
-        raise ApiError(422, f"{len(errors)} of {len(lines)} events are invalid; nothing in the batch was applied",
-                       code="invalid_events", details={"errors": shown, "invalid": len(errors), "total": len(lines)})
+        raise ApiError(
+            422,
+            f"{len(errors)} of {len(lines)} events are invalid; nothing in the batch was applied",
+            code="invalid_events",
+            details={"errors": shown, "invalid": len(errors), "total": len(lines)},
+        )
     return events, lines
 
 
-async def post_events(request: Request) -> Response:
-    """Ingest a batch of events (newline-delimited JSON, the event contract).
+class Accepted(TypedDict):
+    accepted: Annotated[int, Meta(description="how many events the batch held")]
 
-    ---
-    summary: Ingest events
-    tags: [ingest]
-    requestBody:
-      required: true
-      content:
-        application/x-ndjson:
-          schema: {type: string}
-    responses:
-      200: {description: every event is durable}
-      401: {description: "no key, or a key that does not work"}
-      403: {description: the key may not write to a project in the batch}
-      404: {description: a project in the batch is not visible with this key}
-      413: {description: the body or the batch is too large}
-      422: {description: invalid events; details.errors lists each bad line and why; nothing was applied}
-      503: {description: the events could not be stored; retry}
-    """
+
+@endpoint(
+    summary="Ingest events",
+    tags=["ingest"],
+    ok=Answer(Accepted, "every event is durable"),
+    access=ANYONE,
+    body_content={"application/x-ndjson": {"schema": {"type": "string"}}},
+    refusals={
+        401: "no key, or a key that does not work",
+        403: "the key may not write to a project in the batch",
+        404: "a project in the batch is not visible with this key",
+        413: "the body or the batch is too large",
+        422: "invalid events; details.errors lists each bad line and why; nothing was applied",
+        503: "the events could not be stored; retry",
+    },
+)
+async def post_events(request: Request, principal: Principal) -> Response:
+    """Ingest a batch of events: newline-delimited JSON, one event of the event contract per line."""
     backend: Backend = request.app.state.backend
     # Who is asking comes first: a caller without a key learns it needs one, not what is wrong with its batch.
-    principal = await authenticate(request)
     if principal.anonymous:
         raise ApiError(401, "ingest needs an API key: send 'Authorization: Bearer <key>'")
     events, lines = parse_batch(await read_body(request, MAX_BATCH_BYTES))
@@ -111,8 +118,11 @@ async def post_events(request: Request) -> Response:
         REJECTED.labels("unavailable").inc()
         log.warning("ingest of %d events failed: %s: %s", len(events), type(exc).__name__, exc)
         await backend.sink.reset()
-        raise ApiError(503, f"the events could not be stored ({type(exc).__name__}); nothing was acknowledged: "
-                            "retry (the SDK does so by itself)") from None
+        raise ApiError(
+            503,
+            f"the events could not be stored ({type(exc).__name__}); nothing was acknowledged: "
+            "retry (the SDK does so by itself)",
+        ) from None
     INGESTED.inc(len(events))
     return json_response({"accepted": len(events)})
 
@@ -121,8 +131,18 @@ async def publish_edit(request: Request, team: str, project: str, run_id: str, c
     """Send a user's edit of a run (name, tags, notes, config, summary) through the pipeline, like any run event."""
     data = {k: v for k, v in changes.items() if k in RUN_EDIT_FIELDS}
     try:
-        event = validate({"v": 1, "type": RUN_EDIT, "team": team, "project": project, "run_id": run_id, "seq": 0,
-                          "ts": time.time(), "data": data})
+        event = validate(
+            {
+                "v": 1,
+                "type": RUN_EDIT,
+                "team": team,
+                "project": project,
+                "run_id": run_id,
+                "seq": 0,
+                "ts": time.time(),
+                "data": data,
+            }
+        )
     except InvalidEvent as exc:
         raise ApiError(400, exc.reason.removeprefix(f"{RUN_EDIT}: ")) from None
     if len(event.to_bytes()) > MAX_EVENT_BYTES:  # a worker would refuse it as too large for Kafka
@@ -142,61 +162,63 @@ def _file_key(request: Request) -> tuple[str, str, str, str]:
     return p["team"], p["project"], p["run_id"], p["store_key"]
 
 
-async def put_file(request: Request) -> Response:
-    """Upload a run file or media blob (streamed; checked against ``sha256``).
+class FileQuery(msgspec.Struct, forbid_unknown_fields=True):
+    sha256: Annotated[
+        str,
+        Meta(
+            pattern="^[0-9a-f]{64}$",
+            description="the blob's SHA-256, checked as it arrives",
+            extra={"error": "send the blob's SHA-256 as ?sha256=<64 lowercase hex digits>"},
+        ),
+    ]
 
-    ---
-    summary: Upload a run file
-    tags: [files]
-    parameters:
-      - {name: sha256, in: query, required: true, schema: {type: string, pattern: "^[0-9a-f]{64}$"}}
-    requestBody:
-      required: true
-      content:
-        application/octet-stream:
-          schema: {type: string, format: binary}
-    responses:
-      200: {description: stored}
-      400: {description: "the SHA-256 does not match, or a bad path"}
-      401: {description: "no key, or a key that does not work"}
-      403: {description: the key may not write here}
-      404: {description: the project is not visible with this key}
-      413: {description: larger than the limit}
-    """
+
+class Stored(TypedDict):
+    stored: Annotated[str, Meta(description="the store key")]
+    size: int
+    sha256: str
+
+
+@endpoint(
+    summary="Upload a run file",
+    tags=["files"],
+    ok=Answer(Stored, "stored"),
+    access=PROJECT_WRITE,
+    body_content={"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    refusals={400: "the SHA-256 does not match, or a bad path", 413: "larger than the limit"},
+)
+async def put_file(request: Request, query: FileQuery) -> Response:
+    """Upload a run file or media blob, streamed to the file store and checked against its SHA-256."""
     team, project, run_id, store_key = _file_key(request)
-    await require_project(request, team, project, "write")
-    sha256 = request.query_params.get("sha256", "")
-    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-        raise ApiError(400, "send the blob's SHA-256 as ?sha256=<64 lowercase hex digits>")
+    sha256 = query.sha256
     backend: Backend = request.app.state.backend
     try:
-        size = await backend.files.put(f"{team}/{project}/{run_id}/{store_key}", request.stream(), sha256,
-                                       MAX_FILE_BYTES)
+        size = await backend.files.put(
+            f"{team}/{project}/{run_id}/{store_key}", request.stream(), sha256, MAX_FILE_BYTES
+        )
     except BlobError as exc:
         raise ApiError(exc.status, exc.message) from None
     return json_response({"stored": store_key, "size": size, "sha256": sha256})
 
 
-async def get_file(request: Request) -> Response:
-    """Download a run file or media blob.
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
 
-    ---
-    summary: Download a run file
-    tags: [files]
-    responses:
-      200:
-        description: "the bytes: images, audio and video as their type (guessed from the name), anything else as application/octet-stream"
-        content:
-          application/octet-stream: {schema: {type: string, format: binary}}
-          image/*: {schema: {type: string, format: binary}}
-          audio/*: {schema: {type: string, format: binary}}
-          video/*: {schema: {type: string, format: binary}}
-      400: {description: a bad file path}
-      401: {description: a key or share link that does not work}
-      404: {description: "no such file, or not visible with this key"}
-    """
+
+@endpoint(
+    summary="Download a run file",
+    tags=["files"],
+    access=PROJECT_READ,
+    refusals={400: "a bad file path"},
+    ok=Answer(
+        None,
+        "the bytes: images, audio and video as their type (guessed from the name), anything "
+        "else as application/octet-stream",
+        content={media: _BINARY for media in ("application/octet-stream", "image/*", "audio/*", "video/*")},
+    ),
+)
+async def get_file(request: Request) -> Response:
+    """Download a run file or media blob."""
     team, project, run_id, store_key = _file_key(request)
-    await require_project(request, team, project, "read")
     try:
         path = request.app.state.backend.files.path(f"{team}/{project}/{run_id}/{store_key}")
     except BlobError as exc:
@@ -207,13 +229,18 @@ async def get_file(request: Request) -> Response:
     media_type = mimetypes.guess_type(path.name)[0] or ""
     if not media_type.startswith(("image/", "audio/", "video/")) or media_type == "image/svg+xml":
         media_type = "application/octet-stream"
-    return FileResponse(path, media_type=media_type, filename=path.name, content_disposition_type="inline",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return FileResponse(
+        path,
+        media_type=media_type,
+        filename=path.name,
+        content_disposition_type="inline",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
 
 
-FILE_PATH = "/api/v1/files/{team}/{project}/{run_id}/{store_key:path}"
+FILE_PATH = API + "/files/{team}/{project}/{run_id}/{store_key:path}"
 routes = [
-    Route("/api/v1/events", post_events, methods=["POST"]),
+    Route(API + "/events", post_events, methods=["POST"]),
     Route(FILE_PATH, put_file, methods=["PUT"]),
     Route(FILE_PATH, get_file, methods=["GET"]),
 ]

@@ -27,8 +27,13 @@ _SHARE_TOKEN = re.compile(r"(/shared?/)[^/]+")  # a share link is a credential: 
 
 REGISTRY = CollectorRegistry()
 REQUESTS = Counter("runstream_api_requests", "API requests answered", ["method", "route", "status"], registry=REGISTRY)
-LATENCY = Histogram("runstream_api_request_seconds", "Time to the response's first byte", ["method", "route"],
-                    registry=REGISTRY, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+LATENCY = Histogram(
+    "runstream_api_request_seconds",
+    "Time to the response's first byte",
+    ["method", "route"],
+    registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 INGESTED = Counter("runstream_api_ingested_events", "Events accepted by the ingest endpoint", registry=REGISTRY)
 REJECTED = Counter("runstream_api_rejected_batches", "Ingest batches refused, by reason", ["reason"], registry=REGISTRY)
 
@@ -62,12 +67,18 @@ class RequestContext:
             route = getattr(scope.get("route"), "path", "unmatched")
             REQUESTS.labels(scope["method"], route, str(status)).inc()
             path = _SHARE_TOKEN.sub(r"\1…", scope["path"])
-            log.info("%s %s %s %d %.1fms", request_id, scope["method"], path, status,
-                     (time.perf_counter() - started) * 1000)
+            log.info(
+                "%s %s %s %d %.1fms", request_id, scope["method"], path, status, (time.perf_counter() - started) * 1000
+            )
 
 
-@endpoint(summary="Prometheus metrics", tags=["service"], access=None, security=[],
-          ok=Answer(None, "the text exposition format", content={CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}))
+@endpoint(
+    summary="Prometheus metrics",
+    tags=["service"],
+    access=None,
+    security=[],
+    ok=Answer(None, "the text exposition format", content={CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}),
+)
 async def metrics_endpoint(request: Request) -> Response:
     """Prometheus metrics of this API process."""
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

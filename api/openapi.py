@@ -83,11 +83,19 @@ class Operation:
     parameters: tuple[Mapping[str, Any], ...] = field(default=())
 
 
-def endpoint(*, summary: str, tags: Iterable[str], ok: Answer | Mapping[int, Answer], access: Access | None,
-             overlapped: bool = False, refusals: Mapping[int, str] | Iterable[int] = (),
-             security: list[Any] | None = None, body_bytes: int = MAX_JSON_BYTES,
-             body_content: Mapping[str, Any] | None = None,
-             parameters: Iterable[Mapping[str, Any]] = ()) -> Callable[[Handler], Handler]:
+def endpoint(
+    *,
+    summary: str,
+    tags: Iterable[str],
+    ok: Answer | Mapping[int, Answer],
+    access: Access | None,
+    overlapped: bool = False,
+    refusals: Mapping[int, str] | Iterable[int] = (),
+    security: list[Any] | None = None,
+    body_bytes: int = MAX_JSON_BYTES,
+    body_content: Mapping[str, Any] | None = None,
+    parameters: Iterable[Mapping[str, Any]] = (),
+) -> Callable[[Handler], Handler]:
     """Declare an endpoint: who may call it, what it takes, what it answers.
 
     Each request is checked in this order: ``access`` (None: anyone, unchecked), then
@@ -118,8 +126,18 @@ def endpoint(*, summary: str, tags: Iterable[str], ok: Answer | Mapping[int, Ans
             refused.setdefault(400, REFUSALS[400])
         if body or body_content:
             refused.setdefault(413, REFUSALS[413])
-        operation = Operation(summary, tuple(tags), inspect.cleandoc(handler.__doc__ or ""), answers,
-                              dict(sorted(refused.items())), query, body, body_content, security, tuple(parameters))
+        operation = Operation(
+            summary,
+            tuple(tags),
+            inspect.cleandoc(handler.__doc__ or ""),
+            answers,
+            dict(sorted(refused.items())),
+            query,
+            body,
+            body_content,
+            security,
+            tuple(parameters),
+        )
 
         wants_principal = "principal" in names
 
@@ -149,9 +167,11 @@ def endpoint(*, summary: str, tags: Iterable[str], ok: Answer | Mapping[int, Ans
 
 # -- the document ------------------------------------------------------------------------------
 
-PATH_SCHEMAS = {"team": {"type": "string", "pattern": NAME_PATTERN},
-                "project": {"type": "string", "pattern": NAME_PATTERN},
-                "run_id": {"type": "string", "pattern": RUN_ID_PATTERN}}
+PATH_SCHEMAS = {
+    "team": {"type": "string", "pattern": NAME_PATTERN},
+    "project": {"type": "string", "pattern": NAME_PATTERN},
+    "run_id": {"type": "string", "pattern": RUN_ID_PATTERN},
+}
 _REF = "#/components/schemas/{name}"
 _ROUTES = SchemaGenerator({})  # only for walking the routes (mounts, path converters)
 _HEAD = {
@@ -168,8 +188,9 @@ _SECURITY_SCHEMES = {
 def document(routes: list[Any]) -> dict[str, Any]:
     """The OpenAPI 3.1 document of these routes' declared endpoints."""
     infos = _ROUTES.get_endpoints(routes)
-    declared = [(info.path, info.http_method, info.func.__operation__) for info in infos
-                if hasattr(info.func, "__operation__")]
+    declared = [
+        (info.path, info.http_method, info.func.__operation__) for info in infos if hasattr(info.func, "__operation__")
+    ]
     types: list[Any] = []
     for _, _, operation in declared:
         types += [a.type for a in operation.answers.values() if a.type is not None]
@@ -187,34 +208,54 @@ def document(routes: list[Any]) -> dict[str, Any]:
             yaml_operation = _from_openapi_30(_ROUTES.parse_docstring(info.func))
             for parameter_name in re.findall(r"{(\w+)}", info.path):
                 if parameter_name not in {p.get("name") for p in yaml_operation.get("parameters", [])}:
-                    yaml_operation.setdefault("parameters", []).insert(0, {
-                        "name": parameter_name, "in": "path", "required": True,
-                        "schema": PATH_SCHEMAS.get(parameter_name, {"type": "string", "minLength": 1})})
+                    yaml_operation.setdefault("parameters", []).insert(
+                        0,
+                        {
+                            "name": parameter_name,
+                            "in": "path",
+                            "required": True,
+                            "schema": PATH_SCHEMAS.get(parameter_name, {"type": "string", "minLength": 1}),
+                        },
+                    )
             paths.setdefault(info.path, {})[info.http_method] = yaml_operation
     used = _referenced({"paths": paths, "components": {k: v for k, v in components.items() if k not in query_types}})
-    return {**_HEAD, "paths": paths, "components": {
-        "schemas": {name: components[name] for name in sorted(components) if name in used},
-        "securitySchemes": _SECURITY_SCHEMES}}
+    return {
+        **_HEAD,
+        "paths": paths,
+        "components": {
+            "schemas": {name: components[name] for name in sorted(components) if name in used},
+            "securitySchemes": _SECURITY_SCHEMES,
+        },
+    }
 
 
-def _operation(path: str, operation: Operation, schema_of: dict[int, Any],
-               components: dict[str, Any]) -> dict[str, Any]:
+def _operation(
+    path: str, operation: Operation, schema_of: dict[int, Any], components: dict[str, Any]
+) -> dict[str, Any]:
     out: dict[str, Any] = {"summary": operation.summary, "tags": list(operation.tags)}
     if operation.description:
         out["description"] = operation.description
     if operation.security is not None:
         out["security"] = operation.security
-    parameters = [{"name": name, "in": "path", "required": True,
-                   "schema": PATH_SCHEMAS.get(name, {"type": "string", "minLength": 1})}
-                  for name in re.findall(r"{(\w+)}", path)]
+    parameters = [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": PATH_SCHEMAS.get(name, {"type": "string", "minLength": 1}),
+        }
+        for name in re.findall(r"{(\w+)}", path)
+    ]
     if operation.query is not None:
         parameters += _query_parameters(operation.query, components)
     parameters += [dict(p) for p in operation.parameters]
     if parameters:
         out["parameters"] = parameters
     if operation.body is not None:
-        out["requestBody"] = {"required": not operation.body.empty_ok,
-                              "content": {"application/json": {"schema": schema_of[id(operation.body.type)]}}}
+        out["requestBody"] = {
+            "required": not operation.body.empty_ok,
+            "content": {"application/json": {"schema": schema_of[id(operation.body.type)]}},
+        }
     elif operation.body_content is not None:
         out["requestBody"] = {"required": True, "content": dict(operation.body_content)}
     responses: dict[str, Any] = {}
@@ -228,8 +269,10 @@ def _operation(path: str, operation: Operation, schema_of: dict[int, Any],
             response["headers"] = dict(answer.headers)
         responses[str(status)] = response
     for status, description in operation.refusals.items():
-        responses[str(status)] = {"description": description,
-                                  "content": {"application/json": {"schema": schema_of[id(Error)]}}}
+        responses[str(status)] = {
+            "description": description,
+            "content": {"application/json": {"schema": schema_of[id(Error)]}},
+        }
     out["responses"] = responses
     return out
 
@@ -295,12 +338,14 @@ def _from_openapi_30(tree: Any) -> Any:
 
 def with_schemas(schemas: Mapping[str, Any]) -> Callable[[Handler], Handler]:
     """TRANSITION: ``$NAME`` schemas put into an endpoint's YAML docstring."""
+
     def put(fn: Handler) -> Handler:
         doc = fn.__doc__ or ""
         for name in sorted(schemas, key=len, reverse=True):
             doc = doc.replace(f"${name}", msgspec.json.encode(schemas[name]).decode())
         fn.__doc__ = doc
         return fn
+
     return put
 
 

@@ -46,7 +46,9 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     """The whole body, refused with 413 as soon as it passes ``max_bytes`` (not after reading it all)."""
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > max_bytes:
-        raise ApiError(413, f"the body is {int(length):,} bytes, more than the limit of {max_bytes:,}; send less at once")
+        raise ApiError(
+            413, f"the body is {int(length):,} bytes, more than the limit of {max_bytes:,}; send less at once"
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -84,8 +86,14 @@ class Declared:
                 lists.add(field.encode_name)
             elif isinstance(bare, (msgspec.inspect.DictType, msgspec.inspect.AnyType)):
                 json.add(field.encode_name)
-        return cls(kind, tuple(f.encode_name for f in info.fields), messages, frozenset(lists), frozenset(json),
-                   empty_ok=all(not f.required for f in info.fields))
+        return cls(
+            kind,
+            tuple(f.encode_name for f in info.fields),
+            messages,
+            frozenset(lists),
+            frozenset(json),
+            empty_ok=all(not f.required for f in info.fields),
+        )
 
 
 def _without_none(info: msgspec.inspect.Type) -> msgspec.inspect.Type:
@@ -110,7 +118,7 @@ def refused(declared: Declared, exc: msgspec.ValidationError, where: str = "") -
         return ApiError(400, f"unknown field(s) {unknown[:40]!r}; send only {', '.join(declared.fields)}")
     match = _AT.search(text)
     field = match[1] if match else None
-    text = text[:match.start()] if match else text
+    text = text[: match.start()] if match else text
     if text.startswith("Object missing required field"):
         field = text.split("`")[1]
         return ApiError(400, declared.messages.get(field) or f"{where}{field} is required")
@@ -136,8 +144,9 @@ def decode_query(request: Request, declared: Declared) -> Any:
             try:
                 given[name] = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
-                raise ApiError(400, declared.messages.get(name) or
-                               f"query parameter {name} must be JSON text: {exc}") from None
+                raise ApiError(
+                    400, declared.messages.get(name) or f"query parameter {name} must be JSON text: {exc}"
+                ) from None
         else:
             given[name] = raw
     try:

@@ -34,7 +34,13 @@ from runstream.api.openapi import Answer, endpoint
 from runstream.api.requests import API, PROJECT_PATH, RUN_PATH, project_path, run_path
 from runstream.api.responses import contract_numbers, json_response
 from runstream.api.schemas import (
-    RUN_FIELDS, FileEntry, Filters, Names, NonEmptyNames, Run, RunFields, Time,
+    RUN_FIELDS,
+    FileEntry,
+    Filters,
+    Names,
+    NonEmptyNames,
+    Run,
+    RunFields,
 )
 from runstream.events import FILE_KINDS, MAX_NAME_LEN, RUN_EDIT_FIELDS
 from runstream.storage import history, logs, runs
@@ -64,18 +70,26 @@ def public_run(team: str, project: str, run: dict[str, Any]) -> dict[str, Any]:
 class RunsQuery(msgspec.Struct, forbid_unknown_fields=True):
     filters: Filters | None = None
     order: Annotated[str, Meta(description="a run column, config.<key> or summary.<key>; - first for descending")] = (
-        "-created_at")
+        "-created_at"
+    )
     limit: Annotated[int, Meta(ge=1, le=runs.MAX_LIMIT)] = DEFAULT_PAGE
     cursor: Annotated[str, Meta(description="next_cursor of the previous page")] | None = None
-    fields: Annotated[list[str], Meta(
-        description="run fields to answer besides team, project and id (absent: all; empty: none); a chart legend "
-                    "needs name only, and leaving out config and summary makes a page several times cheaper")] | None = (
-        None)
+    fields: (
+        Annotated[
+            list[str],
+            Meta(
+                description="run fields to answer besides team, project and id (absent: all; empty: none); a chart legend "
+                "needs name only, and leaving out config and summary makes a page several times cheaper"
+            ),
+        ]
+        | None
+    ) = None
 
     def __post_init__(self) -> None:
         if self.fields is not None and (unknown := sorted(set(self.fields) - {*RUN_FIELDS, "team", "project", "id"})):
-            raise ValueError(f"unknown run fields {', '.join(unknown)[:200]}; fields are some of "
-                             f"{', '.join(RUN_FIELDS)}")
+            raise ValueError(
+                f"unknown run fields {', '.join(unknown)[:200]}; fields are some of {', '.join(RUN_FIELDS)}"
+            )
 
 
 class RunsPage(TypedDict):
@@ -83,8 +97,14 @@ class RunsPage(TypedDict):
     next_cursor: Annotated[str | None, Meta(description="null on the last page")]
 
 
-@endpoint(summary="Search runs", tags=["runs"], ok=Answer(RunsPage, "a page; next_cursor is null on the last"),
-          access=PROJECT_READ, overlapped=True, refusals={400: "a bad filter, order, limit, cursor or field"})
+@endpoint(
+    summary="Search runs",
+    tags=["runs"],
+    ok=Answer(RunsPage, "a page; next_cursor is null on the last"),
+    access=PROJECT_READ,
+    overlapped=True,
+    refusals={400: "a bad filter, order, limit, cursor or field"},
+)
 async def list_runs(request: Request, query: RunsQuery) -> Response:
     """A page of the project's runs matching a filter, in an order."""
     team, project = project_path(request)
@@ -92,8 +112,9 @@ async def list_runs(request: Request, query: RunsQuery) -> Response:
 
     async def search() -> Callable[[Client], dict[str, Any]]:
         maps = runs.MAPS if fields is None else [m for m in runs.MAPS if m in fields]
-        return lambda client: runs.search_runs(client, team, project, query.filters, query.order or "-created_at",
-                                               query.limit, query.cursor or None, maps)
+        return lambda client: runs.search_runs(
+            client, team, project, query.filters, query.order or "-created_at", query.limit, query.cursor or None, maps
+        )
 
     page = await read_project(request, team, project, search)
     found = [public_run(team, project, r) for r in page["runs"]]
@@ -111,8 +132,13 @@ class Count(TypedDict):
     count: int
 
 
-@endpoint(summary="Count runs", tags=["runs"], ok=Answer(Count, "the count"),
-          access=PROJECT_READ, refusals={400: "a bad filter"})
+@endpoint(
+    summary="Count runs",
+    tags=["runs"],
+    ok=Answer(Count, "the count"),
+    access=PROJECT_READ,
+    refusals={400: "a bad filter"},
+)
 async def count_runs(request: Request, query: CountQuery) -> Response:
     """How many of the project's runs match a filter."""
     team, project = project_path(request)
@@ -121,13 +147,21 @@ async def count_runs(request: Request, query: CountQuery) -> Response:
 
 
 class GroupBody(msgspec.Struct, forbid_unknown_fields=True):
-    by: Annotated[NonEmptyNames, Meta(max_length=runs.MAX_GROUP_KEYS, extra={
-        "error": "by must be a non-empty list of names"})]
+    by: Annotated[
+        NonEmptyNames, Meta(max_length=runs.MAX_GROUP_KEYS, extra={"error": "by must be a non-empty list of names"})
+    ]
     filters: Filters | None = None
-    aggregates: Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(max_length=runs.MAX_AGGREGATES, extra={
-        "error": "aggregates must be a non-empty list of names"})] | None = None
-    run_ids: Annotated[bool, Meta(description="add each group's run ids", extra={
-        "error": "run_ids must be true or false"})] | None = None
+    aggregates: (
+        Annotated[
+            list[Annotated[str, Meta(min_length=1)]],
+            Meta(max_length=runs.MAX_AGGREGATES, extra={"error": "aggregates must be a non-empty list of names"}),
+        ]
+        | None
+    ) = None
+    run_ids: (
+        Annotated[bool, Meta(description="add each group's run ids", extra={"error": "run_ids must be true or false"})]
+        | None
+    ) = None
 
 
 class Group(TypedDict):
@@ -141,8 +175,13 @@ class Groups(TypedDict):
     groups: list[Group]
 
 
-@endpoint(summary="Group runs", tags=["runs"], ok=Answer(Groups, "the groups, ordered by their values"),
-          access=PROJECT_READ, refusals={400: "bad fields or filter"})
+@endpoint(
+    summary="Group runs",
+    tags=["runs"],
+    ok=Answer(Groups, "the groups, ordered by their values"),
+    access=PROJECT_READ,
+    refusals={400: "bad fields or filter"},
+)
 async def group_runs(request: Request, body: GroupBody) -> Response:
     """Matching runs grouped by fields, with each group's count and summary statistics.
 
@@ -151,8 +190,9 @@ async def group_runs(request: Request, body: GroupBody) -> Response:
     keys, each giving mean, min, max and count over the group's numeric values.
     """
     team, project = project_path(request)
-    groups = await request.app.state.backend.run(runs.group_runs, team, project, body.by, body.filters,
-                                                 body.aggregates or [], run_ids=bool(body.run_ids))
+    groups = await request.app.state.backend.run(
+        runs.group_runs, team, project, body.by, body.filters, body.aggregates or [], run_ids=bool(body.run_ids)
+    )
     # Group values and statistics are values runs set: non-finite ones as the contract's strings.
     return json_response({"groups": [contract_numbers(g) for g in groups]})
 
@@ -162,9 +202,12 @@ class CatalogKey(TypedDict):
     types: Names
 
 
-@endpoint(summary="Key catalog", tags=["runs"],
-          ok=Answer(dict[str, list[CatalogKey]], "keys by kind: config, summary, metric, system"),
-          access=PROJECT_READ)
+@endpoint(
+    summary="Key catalog",
+    tags=["runs"],
+    ok=Answer(dict[str, list[CatalogKey]], "keys by kind: config, summary, metric, system"),
+    access=PROJECT_READ,
+)
 async def key_catalog(request: Request) -> Response:
     """The config, summary, metric and system keys the project has seen, with their JSON types."""
     team, project = project_path(request)
@@ -187,23 +230,59 @@ async def get_run(request: Request) -> Response:
 class RunEdit(msgspec.Struct, forbid_unknown_fields=True):
     """Fields left out stay as they are; notes sent as null are cleared."""
 
-    name: Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LEN, extra={
-        "error": f"name must be a non-empty string of at most {MAX_NAME_LEN} characters"})] | UnsetType = UNSET
-    tags: Annotated[list[Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LEN)]], Meta(extra={
-        "error": "tags must be a list of non-empty strings"})] | UnsetType = UNSET
+    name: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=MAX_NAME_LEN,
+                extra={"error": f"name must be a non-empty string of at most {MAX_NAME_LEN} characters"},
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    tags: (
+        Annotated[
+            list[Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LEN)]],
+            Meta(extra={"error": "tags must be a list of non-empty strings"}),
+        ]
+        | UnsetType
+    ) = UNSET
     notes: Annotated[str | None, Meta(extra={"error": "notes must be a string"})] | UnsetType = UNSET
-    config: Annotated[dict[str, Any], Meta(
-        description="keys merged into the config, nested objects merged key by key (as run.config.update)",
-        extra={"error": "config must be an object of the keys to set, e.g. {\"lr\": 0.01}"})] | UnsetType = UNSET
-    summary: Annotated[dict[str, Any], Meta(
-        description="keys set as explicit summary values, which win over the ones computed from metrics",
-        extra={"error": "summary must be an object of the keys to set, e.g. {\"lr\": 0.01}"})] | UnsetType = UNSET
+    config: (
+        Annotated[
+            dict[str, Any],
+            Meta(
+                description="keys merged into the config, nested objects merged key by key (as run.config.update)",
+                extra={"error": 'config must be an object of the keys to set, e.g. {"lr": 0.01}'},
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    summary: (
+        Annotated[
+            dict[str, Any],
+            Meta(
+                description="keys set as explicit summary values, which win over the ones computed from metrics",
+                extra={"error": 'summary must be an object of the keys to set, e.g. {"lr": 0.01}'},
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
-@endpoint(summary="Edit a run", tags=["runs"], ok=Answer(Run, "the run with the edit"), body_bytes=1 << 20,
-          access=PROJECT_WRITE, refusals={400: "a bad edit",
-                                          413: "the body is too large, or the edit is larger than one event",
-                    503: "the edit could not be stored; retry"})
+@endpoint(
+    summary="Edit a run",
+    tags=["runs"],
+    ok=Answer(Run, "the run with the edit"),
+    body_bytes=1 << 20,
+    access=PROJECT_WRITE,
+    refusals={
+        400: "a bad edit",
+        413: "the body is too large, or the edit is larger than one event",
+        503: "the edit could not be stored; retry",
+    },
+)
 async def edit_run(request: Request, body: RunEdit) -> Response:
     """Edit a run's name, tags, notes, config and summary; answers the updated run.
 
@@ -220,7 +299,7 @@ async def edit_run(request: Request, body: RunEdit) -> Response:
     if "notes" in changes:
         changes["notes"] = changes["notes"] or ""  # cleared notes are "", as the runs table keeps them
     if not changes:
-        raise ApiError(400, f"send some of {', '.join(RUN_EDIT_FIELDS)} to set, e.g. {{\"tags\": [\"baseline\"]}}")
+        raise ApiError(400, f'send some of {", ".join(RUN_EDIT_FIELDS)} to set, e.g. {{"tags": ["baseline"]}}')
     backend: Backend = request.app.state.backend
     if await backend.run(runs.get_run, team, project, run_id) is None:
         raise not_found(f"run {team}/{project}/{run_id}")  # the pipeline would drop an edit of an unknown run
@@ -267,9 +346,12 @@ class Statistics(TypedDict):
     metrics: dict[str, MetricStatistics]
 
 
-@endpoint(summary="A run's metric statistics", tags=["runs"],
-          ok=Answer(Statistics, "the largest step any metric logged (null when none), and per metric its statistics"),
-          access=PROJECT_READ)
+@endpoint(
+    summary="A run's metric statistics",
+    tags=["runs"],
+    ok=Answer(Statistics, "the largest step any metric logged (null when none), and per metric its statistics"),
+    access=PROJECT_READ,
+)
 async def run_statistics(request: Request) -> Response:
     """What a run resumed elsewhere needs to go on: its last step and sequence number, and each
     metric's statistics.
@@ -309,9 +391,13 @@ class RunSystem(TypedDict):
     series: list[SystemSeries]
 
 
-@endpoint(summary="A run's system metrics", tags=["runs"],
-          ok=Answer(RunSystem, "one series per metric; time in Unix seconds, null where a bucket has no finite value"),
-          access=PROJECT_READ, refusals={400: "bad arguments"})
+@endpoint(
+    summary="A run's system metrics",
+    tags=["runs"],
+    ok=Answer(RunSystem, "one series per metric; time in Unix seconds, null where a bucket has no finite value"),
+    access=PROJECT_READ,
+    refusals={400: "bad arguments"},
+)
 async def run_system(request: Request, query: SystemQuery) -> Response:
     """A run's system metrics (CPU, memory, GPU, ...) in time buckets: mean, min and max of each."""
 
@@ -324,8 +410,13 @@ async def run_system(request: Request, query: SystemQuery) -> Response:
 
 class ConsoleQuery(msgspec.Struct, forbid_unknown_fields=True):
     tail: Annotated[int, Meta(ge=1, le=logs.MAX_LINES)] = 1000
-    q: Annotated[str, Meta(min_length=1, max_length=1000,
-                           description="text to find, ignoring case (a RE2 pattern with regex=1)")] | None = None
+    q: (
+        Annotated[
+            str,
+            Meta(min_length=1, max_length=1000, description="text to find, ignoring case (a RE2 pattern with regex=1)"),
+        ]
+        | None
+    ) = None
     regex: Literal["0", "1"] = "0"
     cursor: Annotated[str, Meta(description="next_cursor of the previous answer")] | None = None
 
@@ -341,8 +432,13 @@ class Console(TypedDict):
     next_cursor: str | None
 
 
-@endpoint(summary="A run's console output", tags=["runs"], ok=Answer(Console, "the lines"),
-          access=PROJECT_READ, refusals={400: "bad arguments or a bad pattern"})
+@endpoint(
+    summary="A run's console output",
+    tags=["runs"],
+    ok=Answer(Console, "the lines"),
+    access=PROJECT_READ,
+    refusals={400: "bad arguments or a bad pattern"},
+)
 async def run_console(request: Request, query: ConsoleQuery) -> Response:
     """A run's console output: the last ``tail`` lines, or with ``q`` the last lines that contain it (or match it).
 
@@ -353,8 +449,9 @@ async def run_console(request: Request, query: ConsoleQuery) -> Response:
     def console(client: Client, team: str, project: str, run_id: str) -> dict[str, Any]:
         if query.q is None:
             return logs.console_tail(client, team, project, run_id, limit=query.tail, before=cursor)
-        return logs.console_search(client, team, project, run_id, query.q, regex=query.regex == "1",
-                                   limit=query.tail, before=cursor)
+        return logs.console_search(
+            client, team, project, run_id, query.q, regex=query.regex == "1", limit=query.tail, before=cursor
+        )
 
     result = await read_run(request, console)
     return json_response({"lines": result["lines"], "next_cursor": result["next_before"]})
@@ -375,8 +472,13 @@ class Files(TypedDict):
     files: list[FileEntry]
 
 
-@endpoint(summary="A run's files", tags=["runs"], ok=Answer(Files, "the files"),
-          access=PROJECT_READ, refusals={400: "an unknown kind"})
+@endpoint(
+    summary="A run's files",
+    tags=["runs"],
+    ok=Answer(Files, "the files"),
+    access=PROJECT_READ,
+    refusals={400: "an unknown kind"},
+)
 async def run_files(request: Request, query: FilesQuery) -> Response:
     """A run's files (the current entry per path, sorted by path), each with the URL of its blob."""
     files = await read_run(request, logs.run_files, query.kind, query.prefix or None)
@@ -392,8 +494,13 @@ class Media(TypedDict):
     media: list[FileEntry]
 
 
-@endpoint(summary="A run's media under a key", tags=["runs"], ok=Answer(Media, "the media files by step"),
-          access=PROJECT_READ, refusals={400: "no key given"})
+@endpoint(
+    summary="A run's media under a key",
+    tags=["runs"],
+    ok=Answer(Media, "the media files by step"),
+    access=PROJECT_READ,
+    refusals={400: "no key given"},
+)
 async def run_media(request: Request, query: MediaQuery) -> Response:
     """The media a run logged under one key, by step: what a media panel's step slider walks."""
     media = await read_run(request, logs.media_steps, query.key)

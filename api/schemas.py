@@ -16,9 +16,13 @@ from msgspec import Meta
 Time = Annotated[float, Meta(description="Unix seconds")]
 Names = list[str]
 #: A wandb-style filter document.
-Filters = Annotated[dict[str, Any], Meta(description='wandb-style filter document, e.g. {"config.lr": {"$gt": 0.01}}',
-                                         extra={"error": 'filters must be a JSON object, e.g. '
-                                                         'filters={"state": "finished"}'})]
+Filters = Annotated[
+    dict[str, Any],
+    Meta(
+        description='wandb-style filter document, e.g. {"config.lr": {"$gt": 0.01}}',
+        extra={"error": 'filters must be a JSON object, e.g. filters={"state": "finished"}'},
+    ),
+]
 #: Numbers, null (not logged), or "NaN"/"Infinity"/"-Infinity".
 Values = Annotated[list[Any], Meta(description='numbers, null (not logged), or "NaN"/"Infinity"/"-Infinity"')]
 NonEmptyNames = Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(min_length=1)]
@@ -57,9 +61,13 @@ class RunFields(TypedDict, total=False):
     python: str
     git: dict[str, Any]
     error: Annotated[str | None, Meta(description="a failed run's traceback, until it resumes")]
-    metrics: Annotated[list[MetricDefinition], Meta(
-        description="define_metric specs, oldest first: for each attribute the last spec whose glob matches a "
-                    "metric and sets it wins")]
+    metrics: Annotated[
+        list[MetricDefinition],
+        Meta(
+            description="define_metric specs, oldest first: for each attribute the last spec whose glob matches a "
+            "metric and sets it wins"
+        ),
+    ]
 
 
 class Run(RunFields):
