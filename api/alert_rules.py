@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, TypedDict
 from urllib.parse import urlsplit
 
 import msgspec
+import orjson
 from msgspec import UNSET, Meta, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
@@ -192,8 +193,13 @@ _APPLIED = {
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _check_webhooks(request: Request, spec: dict[str, Any]) -> None:
-    """Refuse a rule webhook aimed at an internal address now, rather than silently at its first alert."""
+def _check_spec(request: Request, spec: dict[str, Any]) -> None:
+    """Refuse what ``check_rule`` does not: a spec storage cannot write, and a webhook aimed at an internal
+    address (now, rather than silently at its first alert)."""
+    try:
+        orjson.dumps(spec)
+    except TypeError:  # storage writes the spec with orjson, which takes integers of at most 64 bits
+        raise ApiError(422, "the spec holds an integer larger than 64 bits; send such a number as 1e30") from None
     hooks = spec.get("webhooks")
     if not isinstance(hooks, list):
         return  # check_rule explains what is wrong with it
@@ -249,7 +255,7 @@ async def list_rules(request: Request, principal: Principal) -> Response:
 async def create_rule(request: Request, body: NewAlertRule) -> Response:
     """Create an alert rule; the processor applies it to the project's runs within a second."""
     team, project = named_project(request)
-    _check_webhooks(request, body.spec)
+    _check_spec(request, body.spec)
     try:
         rule = await backend_of(request).run(
             rules.create_rule, team, project, body.name, body.kind, body.spec, body.enabled, body.cooldown_s
@@ -289,7 +295,7 @@ async def patch_rule(request: Request, body: AlertRuleChanges) -> Response:
     team, project = named_project(request)
     changes = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not UNSET}
     if body.spec is not UNSET:
-        _check_webhooks(request, body.spec)
+        _check_spec(request, body.spec)
     rule_id = request.path_params["rule_id"]
     try:
         rule = await backend_of(request).run(rules.update_rule, team, project, rule_id, changes)
