@@ -14,6 +14,7 @@ import time
 from typing import Annotated, Any, TypedDict
 
 import msgspec
+import orjson
 from msgspec import UNSET, Meta, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
@@ -157,9 +158,17 @@ def _author(principal: Principal) -> str:
     return principal.user or principal.describe()
 
 
-def _too_large(exc: QueryError) -> ApiError:
-    """What the declaration cannot say (the panels' JSON size in all), storage refuses: content that cannot be
-    stored, 422 with storage's message."""
+def _storable(panels: list[dict[str, Any]]) -> None:
+    """Panels storage can keep as JSON text: what the declaration cannot bound (their nesting, integers
+    beyond 64 bits) is content that cannot be stored, 422."""
+    try:
+        orjson.dumps(panels)
+    except TypeError as exc:
+        raise ApiError(422, f"the panels cannot be stored as JSON: {exc}", details={"field": "panels"}) from None
+
+
+def _unstorable(exc: QueryError) -> ApiError:
+    """Storage's refusal of a body that fits its declaration (the panels' JSON size in all): 422."""
     return ApiError(422, exc.message, details=exc.details or None)
 
 
@@ -190,18 +199,19 @@ async def list_reports(request: Request) -> Response:
     body_bytes=MAX_REPORT_JSON,
     refusals={
         400: "a field that does not fit, or a team or project name that cannot exist",
-        422: "the panels are more JSON than a report holds",
+        422: "the panels are more JSON than a report holds, or JSON storage cannot keep",
     },
 )
 async def create_report(request: Request, body: NewReport, principal: Principal) -> Response:
     """Create a report: a ``title``, a markdown ``body`` and chart ``panels``."""
     team, project = _project(request)
+    _storable(body.panels)
     try:
         report = await backend_of(request).run(
             reports.create_report, team, project, body.title, body.body, body.panels, _author(principal)
         )
     except QueryError as exc:
-        raise _too_large(exc) from None
+        raise _unstorable(exc) from None
     return json_response(report, status_code=201)
 
 
@@ -227,7 +237,7 @@ async def get_report(request: Request) -> Response:
     refusals={
         400: "a field that does not fit, or a team or project name that cannot exist",
         404: "no such report, or not visible",
-        422: "the panels are more JSON than a report holds",
+        422: "the panels are more JSON than a report holds, or JSON storage cannot keep",
     },
 )
 async def patch_report(request: Request, body: ReportEdit) -> Response:
@@ -235,10 +245,12 @@ async def patch_report(request: Request, body: ReportEdit) -> Response:
     team, project = _project(request)
     report_id = request.path_params["report_id"]
     changes = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not UNSET}
+    if body.panels is not UNSET:
+        _storable(body.panels)
     try:
         report = await backend_of(request).run(reports.update_report, team, project, report_id, changes)
     except QueryError as exc:
-        raise _too_large(exc) from None
+        raise _unstorable(exc) from None
     if report is None:
         raise not_found(f"report {report_id} in {team}/{project}")
     return json_response(report)

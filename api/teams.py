@@ -434,7 +434,10 @@ async def revoke_key(request: Request, principal: Principal) -> Response:
 
 
 class ProjectsQuery(msgspec.Struct, forbid_unknown_fields=True):
-    team: Annotated[TeamName, Meta(description="only this team's projects")] | None = None
+    team: (
+        Annotated[TeamName, Meta(description="only this team's projects", extra={"error": f"team must be {NAME_RULE}"})]
+        | None
+    ) = None
 
 
 @endpoint(
