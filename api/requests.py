@@ -79,8 +79,8 @@ class Declared:
             raise TypeError(f"{kind!r} is not a msgspec.Struct")
         messages, lists, json = {}, set(), set()
         for field in info.fields:
-            if isinstance(field.type, msgspec.inspect.Metadata) and field.type.extra and "error" in field.type.extra:
-                messages[field.encode_name] = field.type.extra["error"]
+            if message := _error_message(field.type):
+                messages[field.encode_name] = message
             bare = _without_none(field.type)
             if isinstance(bare, (msgspec.inspect.ListType, msgspec.inspect.TupleType, msgspec.inspect.VarTupleType)):
                 lists.add(field.encode_name)
@@ -94,6 +94,17 @@ class Declared:
             frozenset(json),
             empty_ok=all(not f.required for f in info.fields),
         )
+
+
+def _error_message(info: msgspec.inspect.Type) -> str | None:
+    """A field's own 400 message: ``Meta(extra={"error": ...})``, outside or inside ``| None``."""
+    options = info.types if isinstance(info, msgspec.inspect.UnionType) else (info,)
+    for option in options:
+        while isinstance(option, msgspec.inspect.Metadata):
+            if option.extra and "error" in option.extra:
+                return str(option.extra["error"])
+            option = option.type
+    return None
 
 
 def _without_none(info: msgspec.inspect.Type) -> msgspec.inspect.Type:

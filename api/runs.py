@@ -7,7 +7,7 @@ as wandb's client does). Config and summary values that are not finite are the
 event contract's strings ("NaN", "Infinity", "-Infinity"), so nothing a run set
 turns into ``null`` on the way.
 
-Sub-resources of a run (its logs here, its history in ``api.series``) answer 404
+Sub-resources of a run (its logs here, its history in ``api.history``) answer 404
 for a run that does not exist, not an empty list, so a typo is not mistaken for
 a run that logged nothing.
 """
