@@ -66,16 +66,18 @@ def named_project(request: Request) -> tuple[str, str]:
 
 # -- declarations ---------------------------------------------------------------------------------
 
-# A field's own 400 message sits on the whole optional type (``X | None``), where the edge reads it.
 RunId = Annotated[
-    Annotated[str, Meta(pattern=RUN_ID_PATTERN)] | None,
-    Meta(description="only this run's alerts", extra={"error": f"run_id must be a run id: {RUN_ID_RULE}"}),
+    str,
+    Meta(
+        pattern=RUN_ID_PATTERN,
+        description="only this run's alerts",
+        extra={"error": f"run_id must be a run id: {RUN_ID_RULE}"},
+    ),
 ]
 _SINCE_ERROR = f"since must be a Unix time in seconds, from 0 to {MAX_TIME_S}"
-UnixSeconds = Annotated[float, Meta(ge=0, le=MAX_TIME_S)]
 # Auth reads it (auth.authenticate); declared so a query that carries it fits.
 Share = Annotated[
-    str | None,
+    str,
     Meta(description="a share link's token, for clients that cannot send X-Runstream-Share (a browser's EventSource)"),
 ]
 
@@ -96,30 +98,34 @@ class Alerts(TypedDict):
 
 
 class AlertsQuery(msgspec.Struct, forbid_unknown_fields=True):
-    run_id: RunId = None
-    since: Annotated[
-        UnixSeconds | None, Meta(description="Unix seconds (inclusive)", extra={"error": _SINCE_ERROR})
-    ] = None
+    run_id: RunId | None = None
+    since: (
+        Annotated[
+            float, Meta(ge=0, le=MAX_TIME_S, description="Unix seconds (inclusive)", extra={"error": _SINCE_ERROR})
+        ]
+        | None
+    ) = None
     limit: Annotated[int, Meta(ge=1, le=logs.MAX_ALERTS)] = DEFAULT_LIMIT
-    share: Share = None
+    share: Share | None = None
 
 
 class StreamQuery(msgspec.Struct, forbid_unknown_fields=True):
-    run_id: RunId = None
-    since: Annotated[
-        UnixSeconds | None,
-        Meta(
-            description="Unix seconds (inclusive); without it, what is stored after connecting",
-            extra={"error": _SINCE_ERROR},
-        ),
-    ] = None
-    max_events: Annotated[
-        Annotated[int, Meta(ge=1, le=MAX_STREAM_EVENTS)] | None, Meta(description="end after this many alerts")
-    ] = None
-    timeout_s: Annotated[
-        Annotated[int, Meta(ge=1, le=MAX_STREAM_S)] | None, Meta(description="end after this many seconds")
-    ] = None
-    share: Share = None
+    run_id: RunId | None = None
+    since: (
+        Annotated[
+            float,
+            Meta(
+                ge=0,
+                le=MAX_TIME_S,
+                description="Unix seconds (inclusive); without it, what is stored after connecting",
+                extra={"error": _SINCE_ERROR},
+            ),
+        ]
+        | None
+    ) = None
+    max_events: Annotated[int, Meta(ge=1, le=MAX_STREAM_EVENTS, description="end after this many alerts")] | None = None
+    timeout_s: Annotated[int, Meta(ge=1, le=MAX_STREAM_S, description="end after this many seconds")] | None = None
+    share: Share | None = None
 
 
 # -- alerts -------------------------------------------------------------------------------------
