@@ -20,12 +20,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runstream.api.alerts import named_project
 from runstream.api.auth import PROJECT_READ, PROJECT_WRITE, Principal, allows
 from runstream.api.backend import backend_of
 from runstream.api.errors import ApiError, not_found
 from runstream.api.openapi import Answer, endpoint
-from runstream.api.requests import PROJECT_PATH
+from runstream.api.requests import PROJECT_PATH, project_path
 from runstream.api.responses import json_response
 from runstream.api.schemas import Time
 from runstream.events import ALERT_LEVELS
@@ -239,7 +238,7 @@ def _shown(rule: dict[str, Any], principal: Principal, team: str) -> dict[str, A
 )
 async def list_rules(request: Request, principal: Principal) -> Response:
     """A project's alert rules, enabled or not."""
-    team, project = named_project(request)
+    team, project = project_path(request)
     found = await backend_of(request).run(rules.list_rules, team, project)
     return json_response({"rules": [_shown(rule, principal, team) for rule in found]})
 
@@ -254,7 +253,7 @@ async def list_rules(request: Request, principal: Principal) -> Response:
 )
 async def create_rule(request: Request, body: NewAlertRule) -> Response:
     """Create an alert rule; the processor applies it to the project's runs within a second."""
-    team, project = named_project(request)
+    team, project = project_path(request)
     _check_spec(request, body.spec)
     try:
         rule = await backend_of(request).run(
@@ -270,7 +269,7 @@ async def create_rule(request: Request, body: NewAlertRule) -> Response:
 )
 async def get_rule(request: Request, principal: Principal) -> Response:
     """One alert rule."""
-    team, project = named_project(request)
+    team, project = project_path(request)
     rule_id = request.path_params["rule_id"]
     rule = await backend_of(request).run(rules.get_rule, team, project, rule_id)
     if rule is None:
@@ -292,7 +291,7 @@ async def get_rule(request: Request, principal: Principal) -> Response:
 )
 async def patch_rule(request: Request, body: AlertRuleChanges) -> Response:
     """Change an alert rule: the fields sent; ``kind`` and ``spec`` go together, and the spec is replaced whole."""
-    team, project = named_project(request)
+    team, project = project_path(request)
     changes = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not UNSET}
     if body.spec is not UNSET:
         _check_spec(request, body.spec)
@@ -315,7 +314,7 @@ async def patch_rule(request: Request, body: AlertRuleChanges) -> Response:
 )
 async def delete_rule(request: Request) -> Response:
     """Delete an alert rule; the processor stops applying it within a second."""
-    team, project = named_project(request)
+    team, project = project_path(request)
     rule_id = request.path_params["rule_id"]
     if not await backend_of(request).run(rules.delete_rule, team, project, rule_id):
         raise not_found(f"alert rule {rule_id} in {team}/{project}")

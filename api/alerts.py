@@ -27,13 +27,12 @@ from starlette.routing import Route
 
 from runstream.api.auth import PROJECT_READ
 from runstream.api.backend import backend_of
-from runstream.api.errors import ApiError
 from runstream.api.openapi import Answer, endpoint
 from runstream.api.requests import PROJECT_PATH, project_path
 from runstream.api.responses import json_response
 from runstream.api.schemas import Time
 from runstream.events import ALERT_LEVELS
-from runstream.names import MAX_TIME_S, NAME_RULE, RUN_ID_PATTERN, RUN_ID_RULE, is_name, is_time_ms
+from runstream.names import MAX_TIME_S, RUN_ID_PATTERN, RUN_ID_RULE, is_time_ms
 from runstream.storage import logs
 
 log = logging.getLogger("runstream.api")
@@ -52,18 +51,6 @@ DEFAULT_LIMIT = 100
 _EVENT_ID = re.compile(r"(\d{1,14})-([0-9A-Za-z]{1,64})\Z")
 
 
-def named_project(request: Request) -> tuple[str, str]:
-    """The path's team and project; a name no project can have is 400, so a typo is not taken for an empty project.
-
-    The access check has passed by now (a caller who may not be here learned nothing).
-    """
-    team, project = project_path(request)
-    for what, name in (("team", team), ("project", project)):
-        if not is_name(name):
-            raise ApiError(400, f"{what} name {name[:200]!r} is not valid: {NAME_RULE}")
-    return team, project
-
-
 # -- declarations ---------------------------------------------------------------------------------
 
 RunId = Annotated[
@@ -75,11 +62,6 @@ RunId = Annotated[
     ),
 ]
 _SINCE_ERROR = f"since must be a Unix time in seconds, from 0 to {MAX_TIME_S}"
-# Auth reads it (auth.authenticate); declared so a query that carries it fits.
-Share = Annotated[
-    str,
-    Meta(description="a share link's token, for clients that cannot send X-Runstream-Share (a browser's EventSource)"),
-]
 
 
 class Alert(TypedDict):
@@ -106,7 +88,6 @@ class AlertsQuery(msgspec.Struct, forbid_unknown_fields=True):
         | None
     ) = None
     limit: Annotated[int, Meta(ge=1, le=logs.MAX_ALERTS)] = DEFAULT_LIMIT
-    share: Share | None = None
 
 
 class StreamQuery(msgspec.Struct, forbid_unknown_fields=True):
@@ -125,7 +106,6 @@ class StreamQuery(msgspec.Struct, forbid_unknown_fields=True):
     ) = None
     max_events: Annotated[int, Meta(ge=1, le=MAX_STREAM_EVENTS, description="end after this many alerts")] | None = None
     timeout_s: Annotated[int, Meta(ge=1, le=MAX_STREAM_S, description="end after this many seconds")] | None = None
-    share: Share | None = None
 
 
 # -- alerts -------------------------------------------------------------------------------------
@@ -134,7 +114,7 @@ class StreamQuery(msgspec.Struct, forbid_unknown_fields=True):
 @endpoint(summary="List alerts", tags=["alerts"], ok=Answer(Alerts, "the alerts, newest first"), access=PROJECT_READ)
 async def list_alerts(request: Request, query: AlertsQuery) -> Response:
     """A project's alerts (or one run's), newest first, optionally from ``since`` on."""
-    team, project = named_project(request)
+    team, project = project_path(request)
     found = await backend_of(request).run(logs.list_alerts, team, project, query.run_id, query.since, query.limit)
     return json_response({"alerts": found})
 
@@ -282,7 +262,7 @@ async def stream_alerts(request: Request, query: StreamQuery) -> Response:
     end the stream (for scripts and tests); otherwise it lasts until the client disconnects.
     Browsers' EventSource cannot send headers: use ``?share=`` for a share link.
     """
-    team, project = named_project(request)
+    team, project = project_path(request)
     cursor = await _start_cursor(request, team, project, query)
     return StreamingResponse(
         _alert_events(request, team, project, query, cursor),

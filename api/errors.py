@@ -19,9 +19,20 @@ from runstream.storage.errors import QueryError
 
 log = logging.getLogger("runstream.api")
 
-_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-          409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "invalid", 429: "too_many_requests",
-          500: "internal", 503: "unavailable"}
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+    429: "too_many_requests",
+    500: "internal",
+    503: "unavailable",
+}
 
 
 class ApiError(Exception):
@@ -38,8 +49,9 @@ def not_found(what: str) -> ApiError:
     return ApiError(404, f"{what} not found (or not visible with this API key)")
 
 
-def error_response(status: int, code: str, message: str, details: Any = None,
-                   headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> Response:
     body = {"error": {"code": code, "message": message, "details": details}}
     return json_response(body, status_code=status, headers=headers)
 
@@ -62,8 +74,10 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404 and allowed:
         # An API path with another method: the UI mounted at / answered 404 where the router would say 405.
         exc = HTTPException(405)
-    message = {404: f"no such endpoint: {request.method} {request.url.path} (see /api/v1/openapi.json)",
-               405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+    message = {
+        404: f"no such endpoint: {request.method} {request.url.path} (see /api/v1/openapi.json)",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }.get(exc.status_code, str(exc.detail))
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
         headers["Allow"] = ", ".join(allowed)
@@ -83,9 +97,17 @@ def _allowed_methods(request: Request) -> list[str]:
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     request_id = request.scope.get("state", {}).get("request_id", "")
     log.exception("request %s failed: %s %s", request_id, request.method, request.url.path)
-    return error_response(500, "internal", f"the server failed on this request; its log has the details under "
-                          f"request id {request_id}", {"request_id": request_id})
+    return error_response(
+        500,
+        "internal",
+        f"the server failed on this request; its log has the details under request id {request_id}",
+        {"request_id": request_id},
+    )
 
 
-EXCEPTION_HANDLERS = {ApiError: on_api_error, QueryError: on_query_error, HTTPException: on_http_error,
-                      Exception: on_unexpected}
+EXCEPTION_HANDLERS = {
+    ApiError: on_api_error,
+    QueryError: on_query_error,
+    HTTPException: on_http_error,
+    Exception: on_unexpected,
+}

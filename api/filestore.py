@@ -55,8 +55,11 @@ class LocalFileStore:
                     digest.update(chunk)
                     out.write(chunk)
             if digest.hexdigest() != sha256:
-                raise BlobError(400, f"the upload's SHA-256 is {digest.hexdigest()}, not the {sha256} sent; "
-                                     "it was changed or cut in transit: send it again")
+                raise BlobError(
+                    400,
+                    f"the upload's SHA-256 is {digest.hexdigest()}, not the {sha256} sent; "
+                    "it was changed or cut in transit: send it again",
+                )
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):

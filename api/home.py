@@ -17,8 +17,7 @@ UI_DIR = Path(__file__).resolve().parent / "ui"
 # styles from the bundle only (the app sets styles through CSSOM, which CSP allows; index.html
 # has no inline <script> or <style>), images from the site, blob: (media fetched with the
 # caller's credentials) and data: (the empty favicon).
-UI_CSP = ("default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
-          "frame-ancestors 'none'")
+UI_CSP = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 
 
 class UiFiles(StaticFiles):

@@ -27,7 +27,7 @@ from starlette.schemas import SchemaGenerator
 
 from runstream.api.auth import Access
 from runstream.api.errors import ApiError
-from runstream.api.requests import MAX_JSON_BYTES, Declared, decode_body, decode_query
+from runstream.api.requests import MAX_JSON_BYTES, Declared, check_path, decode_body, decode_query
 from runstream.api.responses import json_response
 from runstream.names import NAME_PATTERN, RUN_ID_PATTERN
 
@@ -149,6 +149,7 @@ def endpoint(
                 if wants_principal:
                     given["principal"] = principal
             try:
+                check_path(request)
                 if query is not None:
                     given["query"] = decode_query(request, query)
                 if body is not None:
@@ -177,11 +178,17 @@ _ROUTES = SchemaGenerator({})  # only for walking the routes (mounts, path conve
 _HEAD = {
     "openapi": "3.1.0",
     "info": {"title": "runstream API", "version": "1"},
-    "security": [{"apiKey": []}, {"shareLink": []}, {}],
+    "security": [{"apiKey": []}, {"shareLink": []}, {"shareLinkQuery": []}, {}],
 }
 _SECURITY_SCHEMES = {
     "apiKey": {"type": "http", "scheme": "bearer", "description": "rs_<key_id>_<secret>"},
     "shareLink": {"type": "apiKey", "in": "header", "name": "X-Runstream-Share"},
+    "shareLinkQuery": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "share",
+        "description": "a share link for clients that cannot send headers (a browser's EventSource)",
+    },
 }
 
 
@@ -203,21 +210,6 @@ def document(routes: list[Any]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for path, method, operation in declared:
         paths.setdefault(path, {})[method] = _operation(path, operation, schema_of, components)
-    for info in infos:  # TRANSITION: endpoints still documented by YAML in their docstrings
-        if not hasattr(info.func, "__operation__") and "---" in (info.func.__doc__ or ""):
-            yaml_operation = _from_openapi_30(_ROUTES.parse_docstring(info.func))
-            for parameter_name in re.findall(r"{(\w+)}", info.path):
-                if parameter_name not in {p.get("name") for p in yaml_operation.get("parameters", [])}:
-                    yaml_operation.setdefault("parameters", []).insert(
-                        0,
-                        {
-                            "name": parameter_name,
-                            "in": "path",
-                            "required": True,
-                            "schema": PATH_SCHEMAS.get(parameter_name, {"type": "string", "minLength": 1}),
-                        },
-                    )
-            paths.setdefault(info.path, {})[info.http_method] = yaml_operation
     used = _referenced({"paths": paths, "components": {k: v for k, v in components.items() if k not in query_types}})
     return {
         **_HEAD,
@@ -268,7 +260,10 @@ def _operation(
         if answer.headers is not None:
             response["headers"] = dict(answer.headers)
         responses[str(status)] = response
-    for status, description in operation.refusals.items():
+    refusals = dict(operation.refusals)
+    if set(re.findall(r"{(\w+)}", path)) & set(PATH_SCHEMAS):  # check_path: a name that cannot exist
+        refusals.setdefault(400, REFUSALS[400])
+    for status, description in sorted(refusals.items()):
         responses[str(status)] = {
             "description": description,
             "content": {"application/json": {"schema": schema_of[id(Error)]}},
@@ -321,36 +316,6 @@ def _referenced(tree: Any) -> set[str]:
     """The component names ``$ref``-erenced anywhere in ``tree``, following references into components."""
     text = msgspec.json.encode(tree).decode()
     return set(re.findall(r'#/components/schemas/([^"]+)"', text))
-
-
-def _from_openapi_30(tree: Any) -> Any:
-    """TRANSITION: ``nullable: true`` (OpenAPI 3.0) as 3.1's ``anyOf`` with null."""
-    if isinstance(tree, list):
-        return [_from_openapi_30(v) for v in tree]
-    if not isinstance(tree, dict):
-        return tree
-    tree = {k: _from_openapi_30(v) for k, v in tree.items()}
-    if tree.pop("nullable", False):
-        described = {k: tree.pop(k) for k in ("description", "default") if k in tree}
-        return {"anyOf": [tree, {"type": "null"}], **described}
-    return tree
-
-
-def with_schemas(schemas: Mapping[str, Any]) -> Callable[[Handler], Handler]:
-    """TRANSITION: ``$NAME`` schemas put into an endpoint's YAML docstring."""
-
-    def put(fn: Handler) -> Handler:
-        doc = fn.__doc__ or ""
-        for name in sorted(schemas, key=len, reverse=True):
-            doc = doc.replace(f"${name}", msgspec.json.encode(schemas[name]).decode())
-        fn.__doc__ = doc
-        return fn
-
-    return put
-
-
-ERROR_SCHEMA = {"$ref": "#/components/schemas/Error"}  # TRANSITION
-NAME_SCHEMA = PATH_SCHEMAS["team"]  # TRANSITION
 
 
 async def openapi(request: Request) -> Response:

@@ -27,7 +27,6 @@ from runstream.api.openapi import Answer, endpoint
 from runstream.api.requests import API, PROJECT_PATH, project_path
 from runstream.api.responses import json_response
 from runstream.api.schemas import Time
-from runstream.names import NAME_RULE, is_name
 from runstream.storage import reports
 from runstream.storage.errors import QueryError
 
@@ -141,19 +140,6 @@ class SharedReport(TypedDict):
 # -- helpers ------------------------------------------------------------------------------
 
 
-_NAMES = {400: "a team or project name that cannot exist"}
-
-
-def _project(request: Request) -> tuple[str, str]:
-    """The path's team and project, for a caller the access check let in; a name that no project can have
-    is 400, so a typo is not mistaken for an empty project."""
-    team, project = project_path(request)
-    for what, name in (("team", team), ("project", project)):
-        if not is_name(name):
-            raise ApiError(400, f"{what} must be {NAME_RULE}", details={"field": what})
-    return team, project
-
-
 def _author(principal: Principal) -> str:
     return principal.user or principal.describe()
 
@@ -182,12 +168,10 @@ async def _report(request: Request, team: str, project: str, report_id: str) -> 
 # -- reports ------------------------------------------------------------------------------
 
 
-@endpoint(
-    summary="List reports", tags=["reports"], ok=Answer(Reports, "the reports"), access=PROJECT_READ, refusals=_NAMES
-)
+@endpoint(summary="List reports", tags=["reports"], ok=Answer(Reports, "the reports"), access=PROJECT_READ)
 async def list_reports(request: Request) -> Response:
     """A project's reports, most recently updated first (without bodies and panels)."""
-    team, project = _project(request)
+    team, project = project_path(request)
     return json_response({"reports": await backend_of(request).run(reports.list_reports, team, project)})
 
 
@@ -204,7 +188,7 @@ async def list_reports(request: Request) -> Response:
 )
 async def create_report(request: Request, body: NewReport, principal: Principal) -> Response:
     """Create a report: a ``title``, a markdown ``body`` and chart ``panels``."""
-    team, project = _project(request)
+    team, project = project_path(request)
     _storable(body.panels)
     try:
         report = await backend_of(request).run(
@@ -220,11 +204,11 @@ async def create_report(request: Request, body: NewReport, principal: Principal)
     tags=["reports"],
     ok=Answer(Report, "the report"),
     access=PROJECT_READ,
-    refusals={**_NAMES, 404: "no such report, or not visible"},
+    refusals={404: "no such report, or not visible"},
 )
 async def get_report(request: Request) -> Response:
     """One report."""
-    team, project = _project(request)
+    team, project = project_path(request)
     return json_response(await _report(request, team, project, request.path_params["report_id"]))
 
 
@@ -242,7 +226,7 @@ async def get_report(request: Request) -> Response:
 )
 async def patch_report(request: Request, body: ReportEdit) -> Response:
     """Change a report's title, body or panels (the fields sent)."""
-    team, project = _project(request)
+    team, project = project_path(request)
     report_id = request.path_params["report_id"]
     changes = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not UNSET}
     if body.panels is not UNSET:
@@ -261,11 +245,11 @@ async def patch_report(request: Request, body: ReportEdit) -> Response:
     tags=["reports"],
     ok={204: Answer(None, "deleted")},
     access=PROJECT_WRITE,
-    refusals={**_NAMES, 404: "no such report, or not visible"},
+    refusals={404: "no such report, or not visible"},
 )
 async def delete_report(request: Request) -> Response:
     """Delete a report; its share links stop working."""
-    team, project = _project(request)
+    team, project = project_path(request)
     report_id = request.path_params["report_id"]
     if not await backend_of(request).run(reports.delete_report, team, project, report_id):
         raise not_found(f"report {report_id} in {team}/{project}")
@@ -289,7 +273,7 @@ async def delete_report(request: Request) -> Response:
 async def create_share(request: Request, body: NewShare) -> Response:
     """A read-only link to the report and its project's data, valid for ``expires_in_s`` (default 7 days,
     at most a year)."""
-    team, project = _project(request)
+    team, project = project_path(request)
     report_id = request.path_params["report_id"]
     report = await _report(request, team, project, report_id)
     expires_at = int(time.time()) + body.expires_in_s
@@ -303,11 +287,11 @@ async def create_share(request: Request, body: NewShare) -> Response:
     tags=["reports"],
     ok=Answer(Report, "the report with its new share_version"),
     access=PROJECT_WRITE,
-    refusals={**_NAMES, 404: "no such report, or not visible"},
+    refusals={404: "no such report, or not visible"},
 )
 async def revoke_shares(request: Request) -> Response:
     """Revoke every share link of the report made so far (new ones can be made after)."""
-    team, project = _project(request)
+    team, project = project_path(request)
     report_id = request.path_params["report_id"]
     report = await backend_of(request).run(reports.revoke_shares, team, project, report_id)
     if report is None:

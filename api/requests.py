@@ -24,6 +24,7 @@ import orjson
 from starlette.requests import Request
 
 from runstream.api.errors import ApiError
+from runstream.names import NAME_RULE, RUN_ID_RULE, is_name, is_run_id
 
 MAX_JSON_BYTES = 4 << 20
 API = "/api/v1"
@@ -143,10 +144,25 @@ def refused(declared: Declared, exc: msgspec.ValidationError, where: str = "") -
     return ApiError(400, f"{where}{field}{match[2] if match else ''}: {said[:1].lower()}{said[1:]}")
 
 
+#: Query parameters that are credentials, read by ``api/auth.py`` wherever they come: not an endpoint's own.
+CREDENTIALS = ("share",)
+_PATH_NAMES = {"team": (is_name, NAME_RULE), "project": (is_name, NAME_RULE), "run_id": (is_run_id, RUN_ID_RULE)}
+
+
+def check_path(request: Request) -> None:
+    """The path's team, project and run id as the document declares them: a name that cannot exist is 400, so a
+    typo is not taken for something empty."""
+    for what, value in request.path_params.items():
+        if what in _PATH_NAMES and not _PATH_NAMES[what][0](value):
+            raise ApiError(400, f"{what} {value[:200]!r} is not valid: {_PATH_NAMES[what][1]}", details={"field": what})
+
+
 def decode_query(request: Request, declared: Declared) -> Any:
     """The query parameters as the declared type (numbers from their text, lists comma-joined, JSON as JSON)."""
     given: dict[str, Any] = {}
     for name, raw in request.query_params.items():
+        if name in CREDENTIALS:
+            continue
         if name in declared.lists:
             given[name] = [part.strip() for part in raw.split(",") if part.strip()]
         elif name in declared.json:
@@ -181,49 +197,3 @@ async def decode_body(request: Request, declared: Declared, max_bytes: int = MAX
         raise refused(declared, exc) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}") from None
-
-
-# -- TRANSITION: the undeclared readers, until every endpoint declares its types (then deleted) --------
-
-
-async def json_body(request: Request, max_bytes: int = MAX_JSON_BYTES, empty_ok: bool = False) -> dict[str, Any]:
-    raw = await read_body(request, max_bytes)
-    if empty_ok and not raw.strip():
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return body
-
-
-def query_int(request: Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"query parameter {name} must be a whole number, got {raw[:100]!r}") from None
-    if not lo <= value <= hi:
-        raise ApiError(400, f"query parameter {name} must be from {lo} to {hi}, got {value}")
-    return value
-
-
-def query_json(request: Request, name: str) -> Any:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"query parameter {name} must be JSON text: {exc}") from None
-
-
-def query_list(request: Request, name: str) -> list[str] | None:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return None
-    return [part for part in raw.split(",") if part]

@@ -31,8 +31,9 @@ log = logging.getLogger("runstream.server")
 DEFAULT_TEAM = "default"
 
 
-def embedded_settings(settings: Settings, data_dir: str | None = None, host: str | None = None,
-                      port: int | None = None) -> Settings:
+def embedded_settings(
+    settings: Settings, data_dir: str | None = None, host: str | None = None, port: int | None = None
+) -> Settings:
     """The server's settings: ``--data-dir`` (else RUNSTREAM_DATA_DIR) holds the engine's files and the file store.
 
     The engine lives in ``<data dir>/clickhouse`` unless RUNSTREAM_CLICKHOUSE_DSN names
@@ -42,8 +43,14 @@ def embedded_settings(settings: Settings, data_dir: str | None = None, host: str
     dsn = settings.clickhouse_dsn
     if data_dir or dsn == Settings().clickhouse_dsn:
         dsn = f"chdb://{root / 'clickhouse'}"
-    return dataclasses.replace(settings, data_dir=str(root), clickhouse_dsn=dsn, kafka="",
-                               host=host or settings.host, port=port or settings.port)
+    return dataclasses.replace(
+        settings,
+        data_dir=str(root),
+        clickhouse_dsn=dsn,
+        kafka="",
+        host=host or settings.host,
+        port=port or settings.port,
+    )
 
 
 class ServerError(RuntimeError):
@@ -56,8 +63,10 @@ def _check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise ServerError(f"cannot listen on {host}:{port} ({exc.strerror}): is another server running there? "
-                              f"Pass --port to use another port") from None
+            raise ServerError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): is another server running there? "
+                f"Pass --port to use another port"
+            ) from None
 
 
 def _open_storage(settings: Settings) -> None:
@@ -71,8 +80,10 @@ def _open_storage(settings: Settings) -> None:
         migrate_once(client)
         accounts.ensure_team(client, DEFAULT_TEAM)  # where runs go without an entity: members and keys start there
     except Exception as exc:  # noqa: BLE001 - the engine's own message, with what to do
-        raise ServerError(f"cannot open the database in {settings.data_dir} ({type(exc).__name__}: {exc}). "
-                          "Another runstream server may be using that directory: stop it, or pass --data-dir") from None
+        raise ServerError(
+            f"cannot open the database in {settings.data_dir} ({type(exc).__name__}: {exc}). "
+            "Another runstream server may be using that directory: stop it, or pass --data-dir"
+        ) from None
 
 
 def serve(settings: Settings, demo: bool = False, log_level: str = "warning") -> None:
@@ -91,8 +102,14 @@ def serve(settings: Settings, demo: bool = False, log_level: str = "warning") ->
     if demo:
         threading.Thread(target=_load_demo, args=(url,), name="runstream-demo", daemon=True).start()
     # No proxy headers: who is local is decided by the socket's peer alone (see auth.py).
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=30,
-                proxy_headers=False)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=30,
+        proxy_headers=False,
+    )
 
 
 def _load_demo(url: str) -> None:
