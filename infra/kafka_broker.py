@@ -154,7 +154,9 @@ class KafkaBroker:
             return  # formatted before: a restart keeps the data
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         # "=" form: a random id may start with "-", which argparse would take for an option.
-        cmd = self._java(libs, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config", str(config))
+        cmd = self._java(
+            libs, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config", str(config)
+        )
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"formatting KRaft storage failed:\n{result.stdout}{result.stderr}")
@@ -168,7 +170,7 @@ class KafkaBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
         self._format(libs, config)
-        stdout = open(self.data_dir / "stdout.log", "ab")
+        stdout = open(self.data_dir / "stdout.log", "ab")  # noqa: SIM115 - the broker process writes it until stop()
         self._proc = subprocess.Popen(
             self._java(libs, "kafka.Kafka", str(config)),
             stdout=stdout,
@@ -217,16 +219,18 @@ class KafkaBroker:
                 batch = await consumer.getmany(tp, timeout_ms=5000)
                 if any(m.value == b"ready" for m in batch.get(tp, [])):
                     return
-            except Exception as exc:  # not up yet: connection refused, no leader yet, ...
+            except Exception as exc:  # noqa: BLE001 - not up yet: connection refused, no leader yet, ...
                 last_error = exc
             finally:
                 for close in (consumer.stop, *([producer.stop] if producer else []), admin.close):
                     try:
                         await close()
-                    except Exception:
+                    except Exception:  # noqa: BLE001 - a client of a broker that is not up may fail to close
                         pass
             await asyncio.sleep(0.25)
-        raise TimeoutError(f"the Kafka broker did not accept produce and fetch in time ({last_error!r}); see {self.log_file}")
+        raise TimeoutError(
+            f"the Kafka broker did not accept produce and fetch in time ({last_error!r}); see {self.log_file}"
+        )
 
     def _log_tail(self, lines: int = 30) -> str:
         for path in (self.data_dir / "stdout.log", self.log_file):

@@ -79,14 +79,23 @@ async def run_demo(broker: KafkaBroker, runs: int, steps: int, data_dir: Path, t
     migrate_once(client)
     project = f"sweep-{uuid.uuid4().hex[:6]}"
     print(f"2/4 starting a Faust worker writing to the embedded ClickHouse engine ({dsn}) ...", flush=True)
-    app = create_app(Settings(kafka=broker.bootstrap, clickhouse_dsn=dsn, data_dir=str(data_dir), app_id="runstream-demo"))
+    app = create_app(
+        Settings(kafka=broker.bootstrap, clickhouse_dsn=dsn, data_dir=str(data_dir), app_id="runstream-demo")
+    )
     await app.start()
     try:
         rng = random.Random(7)
-        configs = [{"lr": rng.choice([0.001, 0.003, 0.01, 0.05]), "batch_size": rng.choice([32, 64, 128])} for _ in range(runs)]
-        print(f"3/4 logging {runs} runs x {steps} steps x 2 metrics through the SDK into Kafka (project {project}) ...", flush=True)
+        configs = [
+            {"lr": rng.choice([0.001, 0.003, 0.01, 0.05]), "batch_size": rng.choice([32, 64, 128])} for _ in range(runs)
+        ]
+        print(
+            f"3/4 logging {runs} runs x {steps} steps x 2 metrics through the SDK into Kafka (project {project}) ...",
+            flush=True,
+        )
         # The SDK blocks in finish(): off the event loop, so the worker keeps consuming meanwhile.
-        await asyncio.to_thread(log_runs, f"kafka://{broker.bootstrap}", project, configs, steps, rng, data_dir / "runs")
+        await asyncio.to_thread(
+            log_runs, f"kafka://{broker.bootstrap}", project, configs, steps, rng, data_dir / "runs"
+        )
         print()
 
         expected = runs * steps * 2
@@ -114,7 +123,9 @@ async def run_demo(broker: KafkaBroker, runs: int, steps: int, data_dir: Path, t
     print(f"\n{'run':6} {'lr':>6} {'batch':>5} {'steps':>6} {'last loss':>9} {'min loss':>9}  train/loss")
     for run_id, n, last, best, curve in rows:
         config = configs[int(run_id[3:])]
-        print(f"{run_id:6} {config['lr']:6g} {config['batch_size']:5} {n:6} {last:9.4f} {best:9.4f}  {sparkline(curve)}")
+        print(
+            f"{run_id:6} {config['lr']:6g} {config['batch_size']:5} {n:6} {last:9.4f} {best:9.4f}  {sparkline(curve)}"
+        )
     print(f"\n{count:,} points went SDK -> Kafka -> Faust -> ClickHouse in {time.monotonic() - t0:.1f} s.")
     print(f"The data stays in {data_dir / 'clickhouse'} (table metric_points, project {project}).")
     print("Next: `make test` runs the test suite. The embedded server and web UI are not built yet.")
@@ -126,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR / "pipeline-demo")
     args = parser.parse_args(argv)
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its start-up chatter (coordinator not ready yet) is noise here
+    logging.getLogger("aiokafka").setLevel(
+        logging.CRITICAL
+    )  # its start-up chatter (coordinator not ready yet) is noise here
     t0 = time.monotonic()
     print("1/4 starting a real Apache Kafka broker (KRaft, 127.0.0.1) ...", flush=True)
     broker = KafkaBroker(args.data_dir / "kafka")

@@ -12,8 +12,12 @@ import getpass
 import logging
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from runstream.settings import Settings
+
+if TYPE_CHECKING:  # the server extra; the SDK's install may not have it
+    from clickhouse_connect.driver.client import Client
 
 SERVER_EXTRA_HINT = "this command needs the server parts: pip install 'runstream[server]'"
 
@@ -65,8 +69,9 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
     # This API's own access log (with request ids, without query strings, which may hold a share token)
     # replaces uvicorn's.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=args.host or settings.host, port=args.port or settings.port,
-                access_log=False)
+    uvicorn.run(
+        create_app(settings), host=args.host or settings.host, port=args.port or settings.port, access_log=False
+    )
     return 0
 
 
@@ -74,7 +79,11 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
     from runstream.sync import sync
 
     results = sync(
-        args.paths, url=args.url, api_key=settings.key_for(args.url or settings.url), progress=not args.quiet, files_url=args.files_url or settings.files_url
+        args.paths,
+        url=args.url,
+        api_key=settings.key_for(args.url or settings.url),
+        progress=not args.quiet,
+        files_url=args.files_url or settings.files_url,
     )
     if not results:
         print(f"no runs found in {', '.join(args.paths)}", file=sys.stderr)
@@ -89,7 +98,7 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
-def _accounts_client(args: argparse.Namespace, settings: Settings):
+def _accounts_client(args: argparse.Namespace, settings: Settings) -> Client:
     """A migrated client: ``keys`` may be the first thing run against a fresh database."""
     from runstream.storage.client import connect, redact
     from runstream.storage.migrations import migrate_once
@@ -100,9 +109,15 @@ def _accounts_client(args: argparse.Namespace, settings: Settings):
     except ValueError:
         raise  # a malformed DSN: its message says what to write
     except Exception as exc:  # noqa: BLE001 - the engine's reason, with what to do
-        hint = ("; the embedded engine opens a directory from one process only: while `runstream server` runs on it, "
+        hint = (
+            (
+                "; the embedded engine opens a directory from one process only: while `runstream server` runs on it, "
                 "manage keys through its API from this machine (POST /api/v1/teams/TEAM/keys needs no key on "
-                "loopback), or stop the server first") if dsn.startswith("chdb:") else ""
+                "loopback), or stop the server first"
+            )
+            if dsn.startswith("chdb:")
+            else ""
+        )
         raise ValueError(f"cannot open the database {redact(dsn)} ({type(exc).__name__}: {exc}){hint}") from None
     migrate_once(client)
     return client
@@ -120,8 +135,11 @@ def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
     role = args.role or (current["role"] if current else "admin" if new_team else "member")
     if current is None or current["role"] != role:
         if current is not None and current["role"] == "admin" and accounts.admin_count(client, args.team) <= 1:
-            print(f"error: {args.user} is the last admin of team {args.team}; make another member admin first "
-                  f"(runstream keys create --team {args.team} --user OTHER --role admin)", file=sys.stderr)
+            print(
+                f"error: {args.user} is the last admin of team {args.team}; make another member admin first "
+                f"(runstream keys create --team {args.team} --user OTHER --role admin)",
+                file=sys.stderr,
+            )
             return 1
         accounts.set_member(client, args.team, args.user, role)
     key_id, key = accounts.create_key(client, args.team, args.user, args.name or "")
@@ -141,15 +159,18 @@ def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
 
     client = _accounts_client(args, settings)
     if accounts.get_team(client, args.team) is None:
-        print(f"error: there is no team {args.team!r}; create it with `runstream keys create --team {args.team} "
-              "--user USER`", file=sys.stderr)
+        print(
+            f"error: there is no team {args.team!r}; create it with `runstream keys create --team {args.team} "
+            "--user USER`",
+            file=sys.stderr,
+        )
         return 1
     roles = {m["user"]: m["role"] for m in accounts.list_members(client, args.team)}
 
     def when(seconds: float | None) -> str:
         if seconds is None:
             return "-"
-        return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
     keys = accounts.list_keys(client, args.team)
     print(f"{'KEY_ID':14}{'USER':24}{'ROLE':9}{'CREATED':22}{'REVOKED':22}NAME")
@@ -167,8 +188,10 @@ def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     client = _accounts_client(args, settings)
     key = accounts.get_key(client, args.key_id)
     if key is None:
-        print(f"error: there is no key {args.key_id!r}; `runstream keys list --team T` shows a team's keys",
-              file=sys.stderr)
+        print(
+            f"error: there is no key {args.key_id!r}; `runstream keys list --team T` shows a team's keys",
+            file=sys.stderr,
+        )
         return 1
     if not accounts.revoke_key(client, args.key_id):
         print(f"key {args.key_id} of {key['user']} (team {key['team']}) was already revoked")
@@ -208,8 +231,13 @@ def _login(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     path = config_path()
     write_config(path, {"url": url, "api_key": key})
-    who = "local admin (no key needed on this machine)" if me.get("local_admin") else \
-        f"{me.get('user')} ({me.get('role')} of team {me.get('team')})" if me.get("user") else "anonymous"
+    who = (
+        "local admin (no key needed on this machine)"
+        if me.get("local_admin")
+        else f"{me.get('user')} ({me.get('role')} of team {me.get('team')})"
+        if me.get("user")
+        else "anonymous"
+    )
     print(f"logged in to {url} as {who}; saved to {path}")
     return 0
 
@@ -249,14 +277,20 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
         try:
             filters = orjson.loads(args.filters)
         except orjson.JSONDecodeError as exc:
-            print(f"error: --filters must be JSON, e.g. '{{\"config.lr\": {{\"$lt\": 0.01}}}}' ({exc})",
-                  file=sys.stderr)
+            print(f'error: --filters must be JSON, e.g. \'{{"config.lr": {{"$lt": 0.01}}}}\' ({exc})', file=sys.stderr)
             return 2
     url = args.url or settings.url
     api = Api(url=url, api_key=settings.key_for(url))
     try:
-        written = api.export(args.project, args.output, runs=args.runs or None, filters=filters,
-                             metrics=args.metrics or None, format=args.format, progress=not args.quiet)
+        written = api.export(
+            args.project,
+            args.output,
+            runs=args.runs or None,
+            filters=filters,
+            metrics=args.metrics or None,
+            format=args.format,
+            progress=not args.quiet,
+        )
     except ApiError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
@@ -269,9 +303,13 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("sync", help="send what runs left in their spools (offline runs, crashes, outages)")
-    p.add_argument("paths", nargs="*", default=["."], help="run directories, or folders holding runstream-runs/ (default: .)")
+    p.add_argument(
+        "paths", nargs="*", default=["."], help="run directories, or folders holding runstream-runs/ (default: .)"
+    )
     p.add_argument("--url", help="where to send: http(s)://server or kafka://host:port (default: each run's own URL)")
-    p.add_argument("--files-url", help="where blobs go, http(s)://server (default: each run's own, or --url when it is http)")
+    p.add_argument(
+        "--files-url", help="where blobs go, http(s)://server (default: each run's own, or --url when it is http)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_sync)
 
@@ -300,9 +338,12 @@ def _parser() -> argparse.ArgumentParser:
     p = key_commands.add_parser("create", help="create a key for a user (and the team and member if missing)")
     p.add_argument("--team", required=True, help="the team (created if missing)")
     p.add_argument("--user", required=True, help="the member the key speaks for (added if missing)")
-    p.add_argument("--role", choices=["viewer", "member", "admin"],
-                   help="the member's role (default: admin in a new team, member in an existing one; "
-                        "an existing member keeps theirs)")
+    p.add_argument(
+        "--role",
+        choices=["viewer", "member", "admin"],
+        help="the member's role (default: admin in a new team, member in an existing one; "
+        "an existing member keeps theirs)",
+    )
     p.add_argument("--name", default="", help="a label for the key, e.g. where it is used")
     p.add_argument("--dsn", help="ClickHouse DSN (default: RUNSTREAM_CLICKHOUSE_DSN)")
     p.set_defaults(run=_keys_create)
@@ -341,7 +382,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="the file to write")
     p.add_argument("--format", choices=["parquet", "arrow", "csv"], default="parquet")
     p.add_argument("--runs", nargs="*", help="run ids (default: every run matching --filters)")
-    p.add_argument("--filters", help="a run filter as JSON, e.g. '{\"config.lr\": {\"$lt\": 0.01}}'")
+    p.add_argument("--filters", help='a run filter as JSON, e.g. \'{"config.lr": {"$lt": 0.01}}\'')
     p.add_argument("--metrics", nargs="*", help="metric names (default: all)")
     p.add_argument("--url", help="the server (default: RUNSTREAM_URL or the saved one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

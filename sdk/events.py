@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
@@ -291,8 +292,10 @@ MAX_TREE_DEPTH = 32
 def is_tree(x: Any, depth: int = 0) -> bool:
     """A config or summary: an object whose keys are non-empty and which nests at most ``MAX_TREE_DEPTH`` levels."""
     if isinstance(x, dict):
-        return all(isinstance(k, str) and k and (level := depth + k.count(".") + 1) <= MAX_TREE_DEPTH
-                   and is_tree(v, level) for k, v in x.items())
+        return all(
+            isinstance(k, str) and k and (level := depth + k.count(".") + 1) <= MAX_TREE_DEPTH and is_tree(v, level)
+            for k, v in x.items()
+        )
     if isinstance(x, list):
         return depth < MAX_TREE_DEPTH and all(is_tree(v, depth + 1) for v in x)
     return True
@@ -342,7 +345,7 @@ def _check_value_columns(data: dict[str, Any], rows: int) -> None:
         for x in col:
             if not _is_metric_value(x):
                 raise InvalidEvent(
-                    f"values[{name!r}] holds {x!r:.40}; a value is a number, null, \"NaN\", \"Infinity\" or \"-Infinity\""
+                    f'values[{name!r}] holds {x!r:.40}; a value is a number, null, "NaN", "Infinity" or "-Infinity"'
                 )
 
 
@@ -399,7 +402,9 @@ def _check_run_update(data: dict[str, Any]) -> None:
     _require(data, "define_metric", lambda x: isinstance(x, list) and all(_is_obj(d) for d in x), "an array", True)
     for spec in data.get("define_metric", ()):
         _require(spec, "name", _is_name, "a metric name or glob")
-        _require(spec, "summary", _is_summary_choice, f"one or more of {'|'.join(SUMMARY_OPS)}, separated by commas", True)
+        _require(
+            spec, "summary", _is_summary_choice, f"one or more of {'|'.join(SUMMARY_OPS)}, separated by commas", True
+        )
         _require(spec, "goal", lambda x: x in ("minimize", "maximize"), "minimize|maximize", optional=True)
         _require(spec, "step_metric", _is_name, "a metric name", optional=True)
 
@@ -414,8 +419,13 @@ def _is_summary_choice(x: Any) -> bool:
 
 def _check_run_finish(data: dict[str, Any]) -> None:
     _require(data, "state", lambda x: x in FINAL_STATES, f"one of {FINAL_STATES}")
-    _require(data, "exit_code", lambda x: x is None or (type(x) is int and -2**31 <= x < 2**31), "a 32-bit integer or null",
-             optional=True)
+    _require(
+        data,
+        "exit_code",
+        lambda x: x is None or (type(x) is int and -(2**31) <= x < 2**31),
+        "a 32-bit integer or null",
+        optional=True,
+    )
     _require(data, "traceback", _is_opt_str, "a string or null", optional=True)
 
 

@@ -52,8 +52,60 @@ RUNS_DIR_NAME = "runstream-runs"
 #: Where runs were kept before; ``runstream sync`` still looks there.
 LEGACY_RUNS_DIR_NAMES = ("runstream",)
 
-_ADJECTIVES = "amber bold brisk calm clever crisp daring eager fluent gentle golden hardy keen lively lucid mellow misty noble quiet rapid silent snowy solar steady swift vivid".split()
-_NOUNS = "brook cedar comet dawn delta ember field fjord glade grove harbor lake meadow moon orbit pine prairie river sky sun thunder valley wave wind".split()
+_ADJECTIVES = [
+    "amber",
+    "bold",
+    "brisk",
+    "calm",
+    "clever",
+    "crisp",
+    "daring",
+    "eager",
+    "fluent",
+    "gentle",
+    "golden",
+    "hardy",
+    "keen",
+    "lively",
+    "lucid",
+    "mellow",
+    "misty",
+    "noble",
+    "quiet",
+    "rapid",
+    "silent",
+    "snowy",
+    "solar",
+    "steady",
+    "swift",
+    "vivid",
+]
+_NOUNS = [
+    "brook",
+    "cedar",
+    "comet",
+    "dawn",
+    "delta",
+    "ember",
+    "field",
+    "fjord",
+    "glade",
+    "grove",
+    "harbor",
+    "lake",
+    "meadow",
+    "moon",
+    "orbit",
+    "pine",
+    "prairie",
+    "river",
+    "sky",
+    "sun",
+    "thunder",
+    "valley",
+    "wave",
+    "wind",
+]
 
 _current: Run | None = None
 
@@ -138,8 +190,10 @@ def init(
         run = _new_run(team, project, run_id, name, run_dir, run_settings, mode, previous, meta)
     except SpoolLocked:
         if not (auto and id is None):
-            raise Error(f"run {team}/{project}/{run_id} is being logged by another process on this machine "
-                        f"({run_dir}); wait for it to end, or use another id") from None
+            raise Error(
+                f"run {team}/{project}/{run_id} is being logged by another process on this machine "
+                f"({run_dir}); wait for it to end, or use another id"
+            ) from None
         # resume="auto" remembered a run that another script in this directory is logging: a new run.
         run_id = _new_run_id()
         run_dir = _new_run_dir(root, run_id)
@@ -163,8 +217,17 @@ def init(
     return run
 
 
-def _new_run(team: str, project: str, run_id: str, name: str | None, run_dir: Path, settings: RunSettings, mode: str,
-             previous: Previous | None, meta: dict[str, Any]) -> Run:
+def _new_run(
+    team: str,
+    project: str,
+    run_id: str,
+    name: str | None,
+    run_dir: Path,
+    settings: RunSettings,
+    mode: str,
+    previous: Previous | None,
+    meta: dict[str, Any],
+) -> Run:
     """The Run, continuing ``previous`` when there is one (its step, name, record, sequence numbers)."""
     last_step = previous.last_step if previous is not None and previous.last_step is not None else -1
     return Run(
@@ -216,20 +279,33 @@ def _previous(
     if how == "never" and previous is not None:
         raise Error(f"resume='never' but run {path} already exists ({previous.where}): use another id")
     if previous is None and unreachable is not None:
-        log.warning("runstream: could not ask %s whether run %s exists (%s); starting it at step 0", base, path, unreachable)
+        log.warning(
+            "runstream: could not ask %s whether run %s exists (%s); starting it at step 0", base, path, unreachable
+        )
     if previous is not None and how in (None, False):
         # wandb would start the run over; continuing it never writes over logged steps.
-        print(f"runstream: run {path} exists ({previous.where}); continuing it after step {previous.last_step}. "
-              "Pass resume='allow' to say so, or another id for a new run.", file=sys.__stderr__)
+        print(
+            f"runstream: run {path} exists ({previous.where}); continuing it after step {previous.last_step}. "
+            "Pass resume='allow' to say so, or another id for a new run.",
+            file=sys.__stderr__,
+        )
     return existing, previous
 
 
 def _disabled_run(team: str, project: str, run_id: str, name: str | None, config: Any, meta: dict[str, Any]) -> Run:
     """A run that records nothing and leaves nothing on disk (``mode="disabled"``)."""
     scratch = Path(tempfile.mkdtemp(prefix="runstream-disabled-"))
-    run = Run(team=team, project=project, run_id=run_id, name=name or _new_name(), run_dir=scratch,
-              settings=RunSettings(system_metrics=False, console=False, git=False), mode="disabled", resumed=False,
-              meta=meta)
+    run = Run(
+        team=team,
+        project=project,
+        run_id=run_id,
+        name=name or _new_name(),
+        run_dir=scratch,
+        settings=RunSettings(system_metrics=False, console=False, git=False),
+        mode="disabled",
+        resumed=False,
+        meta=meta,
+    )
     run._sender.discard()
     run._sender.spool.close()
     shutil.rmtree(scratch, ignore_errors=True)
@@ -381,7 +457,9 @@ def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> N
         if issubclass(exc_type, KeyboardInterrupt):
             _current.finish(exit_code=130, _state="killed")
         else:
-            _current.finish(exit_code=1, _state="failed", _traceback="".join(traceback.format_exception(exc_type, exc, tb)))
+            _current.finish(
+                exit_code=1, _state="failed", _traceback="".join(traceback.format_exception(exc_type, exc, tb))
+            )
 
 
 def _at_exit() -> None:

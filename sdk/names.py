@@ -51,5 +51,4 @@ def is_time_ms(value: object) -> bool:
 
 def is_time_s(value: object) -> bool:
     """Unix seconds storage can keep (an int or a float, not a bool; finite)."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and 0 <= value <= MAX_TIME_S)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_TIME_S

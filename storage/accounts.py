@@ -65,8 +65,9 @@ def ensure_team(client: Client, team: str, display_name: str = "") -> bool:
     """Create the team unless it exists; whether it was created."""
     check_name("team", team)
     if not isinstance(display_name, str) or len(display_name) > MAX_DISPLAY_NAME:
-        raise QueryError(f"display_name must be a string of at most {MAX_DISPLAY_NAME} characters",
-                         field="display_name")
+        raise QueryError(
+            f"display_name must be a string of at most {MAX_DISPLAY_NAME} characters", field="display_name"
+        )
     if get_team(client, team) is not None:
         return False
     _TEAMS.write(client, {"team": team, "display_name": display_name or team, "created_at": now_ms()})
@@ -80,9 +81,13 @@ def get_team(client: Client, team: str) -> dict[str, Any] | None:
 def list_teams(client: Client, teams: list[str] | None = None) -> list[dict[str, Any]]:
     """All teams, or those named."""
     where, params = ("WHERE team IN {teams:Array(String)}", {"teams": teams}) if teams is not None else ("", {})
-    return list(client.query(
-        f"SELECT team, display_name, toUnixTimestamp64Milli(created_at) / 1000 AS created_at FROM teams FINAL {where} "
-        "ORDER BY team", parameters=params).named_results())
+    return list(
+        client.query(
+            f"SELECT team, display_name, toUnixTimestamp64Milli(created_at) / 1000 AS created_at FROM teams FINAL {where} "
+            "ORDER BY team",
+            parameters=params,
+        ).named_results()
+    )
 
 
 def set_member(client: Client, team: str, user: str, role: Role) -> dict[str, Any]:
@@ -91,8 +96,11 @@ def set_member(client: Client, team: str, user: str, role: Role) -> dict[str, An
     check_role(role)
     existing = member_role(client, team, user)
     created = now_ms() if existing is None else existing["created_at_ms"]
-    _MEMBERS.write(client, {"team": team, "user": user, "role": role, "created_at": created},
-                   after=existing["version"] if existing else None)
+    _MEMBERS.write(
+        client,
+        {"team": team, "user": user, "role": role, "created_at": created},
+        after=existing["version"] if existing else None,
+    )
     return {"team": team, "user": user, "role": role}
 
 
@@ -105,8 +113,12 @@ def remove_member(client: Client, team: str, user: str) -> bool:
     existing = member_role(client, team, user)
     if existing is None:
         return False
-    _MEMBERS.write(client, {"team": team, "user": user, "role": existing["role"],
-                            "created_at": existing["created_at_ms"]}, after=existing["version"], deleted=True)
+    _MEMBERS.write(
+        client,
+        {"team": team, "user": user, "role": existing["role"], "created_at": existing["created_at_ms"]},
+        after=existing["version"],
+        deleted=True,
+    )
     for key in list_keys(client, team, user):
         if key["revoked_at"] is None:
             revoke_key(client, key["key_id"])
@@ -118,14 +130,21 @@ def member_role(client: Client, team: str, user: str) -> dict[str, Any] | None:
 
 
 def list_members(client: Client, team: str) -> list[dict[str, Any]]:
-    return list(client.query(
-        "SELECT user, role, toUnixTimestamp64Milli(created_at) / 1000 AS created_at FROM members FINAL "
-        "WHERE team = {t:String} ORDER BY user", parameters={"t": team}).named_results())
+    return list(
+        client.query(
+            "SELECT user, role, toUnixTimestamp64Milli(created_at) / 1000 AS created_at FROM members FINAL "
+            "WHERE team = {t:String} ORDER BY user",
+            parameters={"t": team},
+        ).named_results()
+    )
 
 
 def admin_count(client: Client, team: str) -> int:
-    return int(client.query("SELECT count() FROM members FINAL WHERE team = {t:String} AND role = 'admin'",
-                            parameters={"t": team}).result_rows[0][0])
+    return int(
+        client.query(
+            "SELECT count() FROM members FINAL WHERE team = {t:String} AND role = 'admin'", parameters={"t": team}
+        ).result_rows[0][0]
+    )
 
 
 # -- API keys ------------------------------------------------------------------------------
@@ -152,8 +171,18 @@ def create_key(client: Client, team: str, user: str, name: str = "") -> tuple[st
     if not isinstance(name, str) or len(name) > MAX_KEY_NAME:
         raise QueryError(f"a key's name is a string of at most {MAX_KEY_NAME} characters", field="name")
     key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-    _KEYS.write(client, {"key_id": key_id, "secret_sha256": _digest(secret), "team": team, "user": user,
-                         "name": name, "created_at": now_ms(), "revoked_at": None})
+    _KEYS.write(
+        client,
+        {
+            "key_id": key_id,
+            "secret_sha256": _digest(secret),
+            "team": team,
+            "user": user,
+            "name": name,
+            "created_at": now_ms(),
+            "revoked_at": None,
+        },
+    )
     return key_id, f"rs_{key_id}_{secret}"
 
 
@@ -170,7 +199,8 @@ def resolve_key(client: Client, raw: str) -> KeyOwner | None:
         "SELECT k.secret_sha256, k.team, k.user, toString(m.role) FROM api_keys AS k FINAL "
         "INNER JOIN (SELECT team, user, role FROM members FINAL) AS m ON m.team = k.team AND m.user = k.user "
         "WHERE k.key_id = {k:String} AND k.revoked_at IS NULL",
-        parameters={"k": key_id}).result_rows
+        parameters={"k": key_id},
+    ).result_rows
     if not rows:
         return None
     digest, team, user, role = rows[0]
@@ -185,10 +215,14 @@ def list_keys(client: Client, team: str, user: str | None = None) -> list[dict[s
     where, params = "team = {t:String}", {"t": team}
     if user is not None:
         where, params = where + " AND user = {u:String}", params | {"u": user}
-    return list(client.query(
-        "SELECT key_id, team, user, name, toUnixTimestamp64Milli(created_at) / 1000 AS created_at, "
-        "toUnixTimestamp64Milli(revoked_at) / 1000 AS revoked_at "
-        f"FROM api_keys FINAL WHERE {where} ORDER BY created_at, key_id", parameters=params).named_results())
+    return list(
+        client.query(
+            "SELECT key_id, team, user, name, toUnixTimestamp64Milli(created_at) / 1000 AS created_at, "
+            "toUnixTimestamp64Milli(revoked_at) / 1000 AS revoked_at "
+            f"FROM api_keys FINAL WHERE {where} ORDER BY created_at, key_id",
+            parameters=params,
+        ).named_results()
+    )
 
 
 def get_key(client: Client, key_id: str) -> dict[str, Any] | None:
@@ -196,15 +230,24 @@ def get_key(client: Client, key_id: str) -> dict[str, Any] | None:
     row = _key_row(client, key_id)
     if row is None:
         return None
-    return {"key_id": row["key_id"], "team": row["team"], "user": row["user"], "name": row["name"],
-            "created_at": row["created_ms"] / 1000,
-            "revoked_at": None if row["revoked_ms"] is None else row["revoked_ms"] / 1000}
+    return {
+        "key_id": row["key_id"],
+        "team": row["team"],
+        "user": row["user"],
+        "name": row["name"],
+        "created_at": row["created_ms"] / 1000,
+        "revoked_at": None if row["revoked_ms"] is None else row["revoked_ms"] / 1000,
+    }
 
 
 def _key_row(client: Client, key_id: str) -> dict[str, Any] | None:
     """The whole stored row (with the hash, and times in integer milliseconds so a rewrite keeps them exact)."""
-    return _KEYS.latest(client, "key_id, team, user, name, secret_sha256, toUnixTimestamp64Milli(created_at) AS "
-                        "created_ms, toUnixTimestamp64Milli(revoked_at) AS revoked_ms, version", key_id)
+    return _KEYS.latest(
+        client,
+        "key_id, team, user, name, secret_sha256, toUnixTimestamp64Milli(created_at) AS "
+        "created_ms, toUnixTimestamp64Milli(revoked_at) AS revoked_ms, version",
+        key_id,
+    )
 
 
 def revoke_key(client: Client, key_id: str) -> bool:
@@ -212,9 +255,19 @@ def revoke_key(client: Client, key_id: str) -> bool:
     row = _key_row(client, key_id)
     if row is None or row["revoked_ms"] is not None:
         return False
-    _KEYS.write(client, {"key_id": key_id, "secret_sha256": row["secret_sha256"], "team": row["team"],
-                         "user": row["user"], "name": row["name"], "created_at": row["created_ms"],
-                         "revoked_at": now_ms()}, after=row["version"])
+    _KEYS.write(
+        client,
+        {
+            "key_id": key_id,
+            "secret_sha256": row["secret_sha256"],
+            "team": row["team"],
+            "user": row["user"],
+            "name": row["name"],
+            "created_at": row["created_ms"],
+            "revoked_at": now_ms(),
+        },
+        after=row["version"],
+    )
     return True
 
 
@@ -251,31 +304,40 @@ def list_projects(client: Client, teams: list[str] | None, public: bool) -> list
         seen = {(r["team"], r["project"]) for r in found}
         public_rows = client.query(
             "SELECT team, project FROM projects FINAL WHERE visibility = 'public' AND team NOT IN {teams:Array(String)}",
-            parameters={"teams": teams}).result_rows
+            parameters={"teams": teams},
+        ).result_rows
         others = sorted({t for t, _ in public_rows})
         if others:
             more = client.query(sql.format(where="team IN {teams:Array(String)}"), parameters={"teams": others})
-            found += [r for r in more.named_results()
-                      if r["visibility"] == "public" and (r["team"], r["project"]) not in seen]
+            found += [
+                r for r in more.named_results() if r["visibility"] == "public" and (r["team"], r["project"]) not in seen
+            ]
     return sorted(found, key=lambda r: (r["team"], r["project"]))
 
 
 def get_project(client: Client, team: str, project: str) -> dict[str, Any] | None:
     """A project with its visibility and run count, or None when it has neither a row nor runs."""
-    rows = list(client.query(_PROJECTS_SQL.format(where="team = {t:String} AND project = {p:String}"),
-                             parameters={"t": team, "p": project}).named_results())
+    rows = list(
+        client.query(
+            _PROJECTS_SQL.format(where="team = {t:String} AND project = {p:String}"),
+            parameters={"t": team, "p": project},
+        ).named_results()
+    )
     return rows[0] if rows else None
 
 
 def project_visibility(client: Client, team: str, project: str) -> str:
     """'public' or 'private' (also for a project that does not exist): what access checks need, in one cheap query."""
-    rows = client.query("SELECT toString(visibility) FROM projects FINAL WHERE team = {t:String} AND project = {p:String}",
-                        parameters={"t": team, "p": project}).result_rows
+    rows = client.query(
+        "SELECT toString(visibility) FROM projects FINAL WHERE team = {t:String} AND project = {p:String}",
+        parameters={"t": team, "p": project},
+    ).result_rows
     return rows[0][0] if rows else "private"
 
 
-def upsert_project(client: Client, team: str, project: str, visibility: str | None = None,
-                   description: str | None = None) -> dict[str, Any]:
+def upsert_project(
+    client: Client, team: str, project: str, visibility: str | None = None, description: str | None = None
+) -> dict[str, Any]:
     """Create a project or change its visibility or description (unchanged when None)."""
     check_name("team", team)
     check_name("project", project)
@@ -309,7 +371,10 @@ def server_secrets(client: Client, name: str) -> list[bytes]:
     sql = "SELECT value FROM server_secrets WHERE name = {n:String} ORDER BY created_at, value"
     rows = client.query(sql, parameters={"n": name}).result_rows
     if not rows:
-        insert_row(client, "server_secrets", {"name": name, "value": secrets.token_hex(32),
-                                           "created_at": time.time_ns() // 1000})
+        insert_row(
+            client,
+            "server_secrets",
+            {"name": name, "value": secrets.token_hex(32), "created_at": time.time_ns() // 1000},
+        )
         rows = client.query(sql, parameters={"n": name}).result_rows
     return [bytes.fromhex(value) for (value,) in rows]

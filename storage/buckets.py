@@ -101,4 +101,6 @@ def refresh_buckets(client: Client, touched: TouchedSteps) -> None:
             else:  # the level-below buckets inside the touched buckets
                 first, last = [s // width * FANOUT for s in lo], [s // width * FANOUT + FANOUT - 1 for s in hi]
                 sql = _LEVEL_UP % {"level": level, "below": level - 1}
-            client.command(sql, parameters={**params, "lo": first, "hi": last, "lowest": min(first), "highest": max(last)})
+            client.command(
+                sql, parameters={**params, "lo": first, "hi": last, "lowest": min(first), "highest": max(last)}
+            )

@@ -36,7 +36,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -120,9 +120,15 @@ _COLUMNS = [
 ]
 # wandb's public API spells some fields differently (displayName, createdAt, ...).
 _ALIASES = {
-    "display_name": "name", "displayName": "name", "id": "run_id", "jobType": "job_type",
-    "createdAt": "created_at", "updatedAt": "updated_at", "heartbeatAt": "heartbeat_at",
-    "finishedAt": "finished_at", "username": "user",
+    "display_name": "name",
+    "displayName": "name",
+    "id": "run_id",
+    "jobType": "job_type",
+    "createdAt": "created_at",
+    "updatedAt": "updated_at",
+    "heartbeatAt": "heartbeat_at",
+    "finishedAt": "finished_at",
+    "username": "user",
 }
 COLUMNS: dict[str, Column] = {c.name: c for c in _COLUMNS}
 COLUMNS |= {alias: COLUMNS[name] for alias, name in _ALIASES.items()}
@@ -161,7 +167,7 @@ def resolve_field(name: Any) -> Column | MapKey:
         return COLUMNS[name]
     for prefix, source in MAP_PREFIXES.items():
         if name.startswith(prefix):
-            return MapKey(source, check_key(name[len(prefix):], f"{source} key"))
+            return MapKey(source, check_key(name[len(prefix) :], f"{source} key"))
     raise QueryError(f"unknown field {_show(name)}; {FIELD_HELP}", field=_show(name))
 
 
@@ -247,7 +253,9 @@ class _Compiler:
     def operator(self, target: Column | MapKey, op: str, value: Any, depth: int) -> str:
         if op == "$not":
             if not (isinstance(value, Mapping) and value):
-                raise QueryError(f'$not takes an object of operators, e.g. {{"$not": {{"$gt": 1}}}}, not {_show(value)}')
+                raise QueryError(
+                    f'$not takes an object of operators, e.g. {{"$not": {{"$gt": 1}}}}, not {_show(value)}'
+                )
             return f"NOT {self.field(target, value, depth + 1)}"
         if op in ("$in", "$nin"):
             if not isinstance(value, list):
@@ -455,7 +463,7 @@ def _time_ms(col: Column, value: Any) -> int:
                 f"{col.name!r} takes Unix seconds or an ISO-8601 time like 2024-05-01T12:00:00Z, not {_show(value)}"
             ) from exc
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         seconds = parsed.timestamp()
     else:
         raise QueryError(f"{col.name!r} takes Unix seconds or an ISO-8601 time string, not {_show(value)}")

@@ -100,8 +100,15 @@ def system_series(
     params.update(runs=list(t0), t0=list(t0.values()), w=[width[run] for run in t0])
     rows = client.query(_SYSTEM_SERIES % where, parameters=params).result_rows
     out = [
-        {"run_id": run_id, "metric": metric, "bucket_seconds": width[run_id] / 1000,
-         "time": time, "mean": mean, "min": lo, "max": hi}
+        {
+            "run_id": run_id,
+            "metric": metric,
+            "bucket_seconds": width[run_id] / 1000,
+            "time": time,
+            "mean": mean,
+            "min": lo,
+            "max": hi,
+        }
         for run_id, metric, time, mean, lo, hi in rows
     ]
     return {"runs": out}
@@ -155,13 +162,27 @@ def console_search(
 
 
 def _lines(
-    client: Client, team: str, project: str, run_id: str, match: str, extra: dict[str, Any], limit: int, before: str | None
+    client: Client,
+    team: str,
+    project: str,
+    run_id: str,
+    match: str,
+    extra: dict[str, Any],
+    limit: int,
+    before: str | None,
 ) -> dict[str, Any]:
     _name("run_id", run_id)
     _check_int("limit", limit, 1, MAX_LINES)
     before_seq, before_row = _parse_cursor(before)
-    params = {"team": team, "project": project, "run": run_id, "before_seq": before_seq, "before_row": before_row,
-              "limit": limit + 1, **extra}
+    params = {
+        "team": team,
+        "project": project,
+        "run": run_id,
+        "before_seq": before_seq,
+        "before_row": before_row,
+        "limit": limit + 1,
+        **extra,
+    }
     rows = client.query(_LINES % {"match": match}, parameters=params).result_rows
     older = len(rows) > limit
     rows = rows[:limit][::-1]
@@ -221,9 +242,20 @@ def _files(client: Client, where: str, order: str, params: dict[str, Any]) -> li
         WHERE team = {{team:String}} AND project = {{project:String}} AND run_id = {{run:String}}{where}
         ORDER BY {order}"""
     return [
-        {"path": path, "kind": kind, "media_type": media_type or None, "step": step, "size": size, "sha256": sha256,
-         "store_key": store_key, "meta": orjson.loads(meta or "{}"), "time": ms / 1000}
-        for path, kind, media_type, step, size, sha256, store_key, meta, ms in client.query(sql, parameters=params).result_rows
+        {
+            "path": path,
+            "kind": kind,
+            "media_type": media_type or None,
+            "step": step,
+            "size": size,
+            "sha256": sha256,
+            "store_key": store_key,
+            "meta": orjson.loads(meta or "{}"),
+            "time": ms / 1000,
+        }
+        for path, kind, media_type, step, size, sha256, store_key, meta, ms in client.query(
+            sql, parameters=params
+        ).result_rows
     ]
 
 
@@ -269,8 +301,15 @@ def alerts_after(
     if not 1 <= limit <= MAX_STREAM_BATCH:
         raise QueryError(f"limit must be from 1 to {MAX_STREAM_BATCH}")
     where = ""
-    params: dict[str, Any] = {"team": team, "project": project, "floor": floor_ms, "after_ms": after[0],
-                              "after_id": after[1], "exclude": list(exclude), "limit": limit}
+    params: dict[str, Any] = {
+        "team": team,
+        "project": project,
+        "floor": floor_ms,
+        "after_ms": after[0],
+        "after_id": after[1],
+        "exclude": list(exclude),
+        "limit": limit,
+    }
     if run_id is not None:
         where = " AND run_id = {run:String}"
         params["run"] = run_id
@@ -284,14 +323,23 @@ def alerts_after(
     return [{**_alert(row), "time_ms": row[-1]} for row in client.query(sql, parameters=params).result_rows]
 
 
-_ALERT_COLUMNS = ("run_id, alert_id, rule_id, toString(source), toString(level), title, text, "
-                  "toUnixTimestamp64Milli(time) AS ms")
+_ALERT_COLUMNS = (
+    "run_id, alert_id, rule_id, toString(source), toString(level), title, text, toUnixTimestamp64Milli(time) AS ms"
+)
 
 
 def _alert(row: Sequence[Any]) -> dict[str, Any]:
     run, alert_id, rule_id, source, level, title, text, ms = row
-    return {"run_id": run, "alert_id": alert_id, "rule_id": rule_id or None, "source": source, "level": level,
-            "title": title, "text": text, "time": ms / 1000}
+    return {
+        "run_id": run,
+        "alert_id": alert_id,
+        "rule_id": rule_id or None,
+        "source": source,
+        "level": level,
+        "title": title,
+        "text": text,
+        "time": ms / 1000,
+    }
 
 
 # -- arguments ---------------------------------------------------------------------------
@@ -321,4 +369,3 @@ def _ms(what: str, seconds: Any, default: int) -> int:
     if not is_time_s(seconds):
         raise QueryError(f"{what} must be a Unix time in seconds, got {seconds!r}")
     return round(seconds * 1000)
-

@@ -55,8 +55,9 @@ def check_panels(value: Any) -> str:
         raise QueryError(f"a report holds at most {MAX_PANELS} panels, got {len(value)}", field="panels")
     text = orjson.dumps(value)
     if len(text) > MAX_PANELS_BYTES:
-        raise QueryError(f"the panels are {len(text):,} bytes of JSON, more than the limit of {MAX_PANELS_BYTES:,}",
-                         field="panels")
+        raise QueryError(
+            f"the panels are {len(text):,} bytes of JSON, more than the limit of {MAX_PANELS_BYTES:,}", field="panels"
+        )
     return text.decode()
 
 
@@ -82,8 +83,9 @@ _LINKS = """LEFT JOIN (SELECT report_id, max(share_version) AS link_version, max
 
 
 def _row(client: Client, team: str, project: str, report_id: str) -> dict[str, Any] | None:
-    row = _REPORTS.latest(client, f"{_COLUMNS}, link_version, gone", team, project, report_id, join=_LINKS,
-                          where="gone = 0")
+    row = _REPORTS.latest(
+        client, f"{_COLUMNS}, link_version, gone", team, project, report_id, join=_LINKS, where="gone = 0"
+    )
     if row is None:
         return None
     row["share_version"] = max(int(row["share_version"]), int(row.pop("link_version")))
@@ -92,15 +94,32 @@ def _row(client: Client, team: str, project: str, report_id: str) -> dict[str, A
 
 
 def _log_links(client: Client, row: dict[str, Any], deleted: bool = False) -> None:
-    insert_row(client, "report_links", {"team": row["team"], "project": row["project"], "report_id": row["report_id"],
-                                         "share_version": row["share_version"], "deleted": int(deleted), "at": now_ms()})
+    insert_row(
+        client,
+        "report_links",
+        {
+            "team": row["team"],
+            "project": row["project"],
+            "report_id": row["report_id"],
+            "share_version": row["share_version"],
+            "deleted": int(deleted),
+            "at": now_ms(),
+        },
+    )
 
 
 def _write(client: Client, row: dict[str, Any], current_version: int | None, deleted: bool = False) -> None:
     values = {
-        "team": row["team"], "project": row["project"], "report_id": row["report_id"], "title": row["title"],
-        "body": row["body"], "panels": row["panels"], "created_by": row["created_by"],
-        "created_at": row["created_ms"], "updated_at": row["updated_ms"], "share_version": row["share_version"],
+        "team": row["team"],
+        "project": row["project"],
+        "report_id": row["report_id"],
+        "title": row["title"],
+        "body": row["body"],
+        "panels": row["panels"],
+        "created_by": row["created_by"],
+        "created_at": row["created_ms"],
+        "updated_at": row["updated_ms"],
+        "share_version": row["share_version"],
     }
     _REPORTS.write(client, values, after=current_version, deleted=deleted)
 
@@ -117,28 +136,56 @@ def list_reports(client: Client, team: str, project: str) -> list[dict[str, Any]
         "SELECT report_id, title, created_by, toUnixTimestamp64Milli(created_at), toUnixTimestamp64Milli(updated_at), "
         f"greatest(share_version, link_version), length(JSONExtractArrayRaw(panels)) FROM reports FINAL {_LINKS} "
         "WHERE team = {team:String} AND project = {project:String} AND gone = 0 ORDER BY updated_at DESC, report_id "
-        "LIMIT {n:UInt32}", parameters={"team": team, "project": project, "n": MAX_REPORTS}).result_rows
+        "LIMIT {n:UInt32}",
+        parameters={"team": team, "project": project, "n": MAX_REPORTS},
+    ).result_rows
     return [
-        {"id": rid, "team": team, "project": project, "title": title, "created_by": by, "created_at": created / 1000,
-         "updated_at": updated / 1000, "share_version": int(share), "panel_count": int(panels)}
+        {
+            "id": rid,
+            "team": team,
+            "project": project,
+            "title": title,
+            "created_by": by,
+            "created_at": created / 1000,
+            "updated_at": updated / 1000,
+            "share_version": int(share),
+            "panel_count": int(panels),
+        }
         for rid, title, by, created, updated, share, panels in rows
     ]
 
 
-def create_report(client: Client, team: str, project: str, title: str, body: str = "",
-                  panels: list[dict[str, Any]] | None = None, created_by: str = "") -> dict[str, Any]:
+def create_report(
+    client: Client,
+    team: str,
+    project: str,
+    title: str,
+    body: str = "",
+    panels: list[dict[str, Any]] | None = None,
+    created_by: str = "",
+) -> dict[str, Any]:
     check_name("team", team)
     check_name("project", project)
     now = now_ms()
-    row = {"team": team, "project": project, "report_id": secrets.token_hex(8), "title": check_title(title),
-           "body": check_body(body), "panels": check_panels(panels if panels is not None else []),
-           "created_by": created_by, "created_ms": now, "updated_ms": now, "share_version": 1}
+    row = {
+        "team": team,
+        "project": project,
+        "report_id": secrets.token_hex(8),
+        "title": check_title(title),
+        "body": check_body(body),
+        "panels": check_panels(panels if panels is not None else []),
+        "created_by": created_by,
+        "created_ms": now,
+        "updated_ms": now,
+        "share_version": 1,
+    }
     _write(client, row, None)
     return _public(row)
 
 
-def update_report(client: Client, team: str, project: str, report_id: str,
-                  changes: dict[str, Any]) -> dict[str, Any] | None:
+def update_report(
+    client: Client, team: str, project: str, report_id: str, changes: dict[str, Any]
+) -> dict[str, Any] | None:
     """Change title, body or panels (the keys present in ``changes``); None when the report is missing."""
     row = _row(client, team, project, report_id)
     if row is None:

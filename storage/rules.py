@@ -43,8 +43,9 @@ def check_fields(fields: dict[str, Any]) -> None:
     if "cooldown_s" in fields:
         value = fields["cooldown_s"]
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COOLDOWN_S:
-            raise QueryError(f"cooldown_s must be a whole number of seconds from 0 to {MAX_COOLDOWN_S}",
-                             field="cooldown_s")
+            raise QueryError(
+                f"cooldown_s must be a whole number of seconds from 0 to {MAX_COOLDOWN_S}", field="cooldown_s"
+            )
 
 
 def check_spec(kind: Any, spec: Any) -> str:
@@ -54,8 +55,10 @@ def check_spec(kind: Any, spec: Any) -> str:
     try:
         check_rule(kind, spec)
     except TypeError:  # e.g. a list where an operator belongs: `x in OPS` cannot hash it
-        raise RuleError(f"a {kind} rule's spec holds a value of the wrong type (an array or object where a "
-                        "string or number belongs)") from None
+        raise RuleError(
+            f"a {kind} rule's spec holds a value of the wrong type (an array or object where a "
+            "string or number belongs)"
+        ) from None
     text = orjson.dumps(spec)
     if len(text) > MAX_SPEC_BYTES:
         raise RuleError(f"the spec is {len(text):,} bytes of JSON, more than the limit of {MAX_SPEC_BYTES:,}")
@@ -64,18 +67,31 @@ def check_spec(kind: Any, spec: Any) -> str:
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": row["rule_id"], "team": row["team"], "project": row["project"], "name": row["name"],
-        "kind": row["kind"], "spec": orjson.loads(row["spec"]), "enabled": bool(row["enabled"]),
-        "cooldown_s": int(row["cooldown_s"]), "created_at": row["created_ms"] / 1000,
+        "id": row["rule_id"],
+        "team": row["team"],
+        "project": row["project"],
+        "name": row["name"],
+        "kind": row["kind"],
+        "spec": orjson.loads(row["spec"]),
+        "enabled": bool(row["enabled"]),
+        "cooldown_s": int(row["cooldown_s"]),
+        "created_at": row["created_ms"] / 1000,
         "updated_at": row["updated_ms"] / 1000,
     }
 
 
 def _write(client: Client, row: dict[str, Any], current_version: int | None, deleted: bool = False) -> None:
     values = {
-        "team": row["team"], "project": row["project"], "rule_id": row["rule_id"], "name": row["name"],
-        "kind": row["kind"], "spec": row["spec"], "enabled": bool(row["enabled"]), "cooldown_s": row["cooldown_s"],
-        "created_at": row["created_ms"], "updated_at": row["updated_ms"],
+        "team": row["team"],
+        "project": row["project"],
+        "rule_id": row["rule_id"],
+        "name": row["name"],
+        "kind": row["kind"],
+        "spec": row["spec"],
+        "enabled": bool(row["enabled"]),
+        "cooldown_s": row["cooldown_s"],
+        "created_at": row["created_ms"],
+        "updated_at": row["updated_ms"],
     }
     _RULES.write(client, values, after=current_version, deleted=deleted)
 
@@ -93,12 +109,22 @@ def list_rules(client: Client, team: str, project: str) -> list[dict[str, Any]]:
     """The project's rules (enabled or not), by name."""
     rows = client.query(
         f"SELECT {_COLUMNS} FROM alert_rules FINAL WHERE team = {{t:String}} AND project = {{p:String}} "
-        "ORDER BY name, rule_id LIMIT {n:UInt32}", parameters={"t": team, "p": project, "n": MAX_RULES}).named_results()
+        "ORDER BY name, rule_id LIMIT {n:UInt32}",
+        parameters={"t": team, "p": project, "n": MAX_RULES},
+    ).named_results()
     return [_public(r) for r in rows]
 
 
-def create_rule(client: Client, team: str, project: str, name: str, kind: str, spec: dict[str, Any],
-                enabled: bool = True, cooldown_s: int = DEFAULT_COOLDOWN_S) -> dict[str, Any]:
+def create_rule(
+    client: Client,
+    team: str,
+    project: str,
+    name: str,
+    kind: str,
+    spec: dict[str, Any],
+    enabled: bool = True,
+    cooldown_s: int = DEFAULT_COOLDOWN_S,
+) -> dict[str, Any]:
     """A new rule; QueryError for bad fields, RuleError for a kind or spec the processor could not evaluate."""
     check_name("team", team)
     check_name("project", project)
@@ -106,14 +132,25 @@ def create_rule(client: Client, team: str, project: str, name: str, kind: str, s
     if len(list_rules(client, team, project)) >= MAX_RULES:
         raise QueryError(f"a project holds at most {MAX_RULES} alert rules; delete some first")
     now = now_ms()
-    row = {"team": team, "project": project, "rule_id": secrets.token_hex(8), "name": name, "kind": kind,
-           "spec": check_spec(kind, spec), "enabled": enabled, "cooldown_s": cooldown_s, "created_ms": now,
-           "updated_ms": now}
+    row = {
+        "team": team,
+        "project": project,
+        "rule_id": secrets.token_hex(8),
+        "name": name,
+        "kind": kind,
+        "spec": check_spec(kind, spec),
+        "enabled": enabled,
+        "cooldown_s": cooldown_s,
+        "created_ms": now,
+        "updated_ms": now,
+    }
     _write(client, row, None)
     return _public(row)
 
 
-def update_rule(client: Client, team: str, project: str, rule_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
+def update_rule(
+    client: Client, team: str, project: str, rule_id: str, changes: dict[str, Any]
+) -> dict[str, Any] | None:
     """Change any of name, kind, spec, enabled, cooldown_s; the result is checked whole. None when missing."""
     row = _row(client, team, project, rule_id)
     if row is None:

@@ -101,8 +101,15 @@ def _map_sort(name: str, descending: bool, key: MapKey) -> _Sort:
     )
     text, num = f"{key.text}[{k}]", f"{key.num}[{k}]"
     missing = f"if(_numeric, NOT mapContains({key.num}, {k}) OR isNaN({num}), NOT mapContains({key.text}, {k}))"
-    return _Sort(name, descending, f"toUInt8({missing})", f"if(_numeric AND _missing = 0, {num}, 0.)",
-                 f"if(_numeric OR _missing = 1, '', {text})", numeric, params)
+    return _Sort(
+        name,
+        descending,
+        f"toUInt8({missing})",
+        f"if(_numeric AND _missing = 0, {num}, 0.)",
+        f"if(_numeric OR _missing = 1, '', {text})",
+        numeric,
+        params,
+    )
 
 
 def _map_key(key: MapKey, name: str, params: dict[str, Any]) -> str:
@@ -119,8 +126,15 @@ def _map_key(key: MapKey, name: str, params: dict[str, Any]) -> str:
 
 def _encode_cursor(sort: _Sort, row: Mapping[str, Any]) -> str:
     """The last row's place in the order (floats as repr, exact and JSON-safe even when infinite)."""
-    payload = [_CURSOR_VERSION, sort.name, int(row["_numeric_sort"]), int(row["_missing"]), repr(float(row["_num"])),
-               row["_text"], row["run_id"]]
+    payload = [
+        _CURSOR_VERSION,
+        sort.name,
+        int(row["_numeric_sort"]),
+        int(row["_missing"]),
+        repr(float(row["_num"])),
+        row["_text"],
+        row["run_id"],
+    ]
     return base64.urlsafe_b64encode(orjson.dumps(payload)).rstrip(b"=").decode()
 
 
@@ -143,7 +157,8 @@ def _decode_cursor(cursor: Any, sort: _Sort) -> dict[str, Any]:
     if name != sort.name:
         raise QueryError(
             f"this cursor belongs to a search ordered by {name!r}, not {sort.name!r}; start again without a cursor",
-            cursor_order=name, order=sort.name,
+            cursor_order=name,
+            order=sort.name,
         )
     return {"c_numeric": numeric, "c_missing": missing, "c_number": number, "c_text": text, "c_run": run_id}
 
@@ -310,8 +325,10 @@ def matching_run_ids(
     params = _check_project(team, project)
     compiled = _where(client, filters)
     join = _SUMMARIES if compiled.uses_summary else ""
-    sql = (f"SELECT run_id FROM runs FINAL {join} WHERE {_PROJECT} AND {compiled.sql} "
-           f"ORDER BY created_at, run_id LIMIT {int(limit) + 1}")
+    sql = (
+        f"SELECT run_id FROM runs FINAL {join} WHERE {_PROJECT} AND {compiled.sql} "
+        f"ORDER BY created_at, run_id LIMIT {int(limit) + 1}"
+    )
     ids = [row[0] for row in client.query(sql, parameters=params | compiled.params).result_rows]
     if len(ids) > limit:
         raise QueryError(f"the filter matches more than {limit:,} runs; narrow it", limit=limit)
@@ -361,16 +378,20 @@ def group_runs(
         k = _map_key(key, f"a{i}", params)
         num = f"{key.num}[{k}]"
         ok = f"mapContains({key.num}, {k}) AND NOT isNaN({num}) AND {key.text}[{k}] NOT IN ('true', 'false')"
-        columns += [f"countIf({ok}) AS _n{i}", f"avgIf({num}, {ok}) AS _mean{i}",
-                    f"minIf({num}, {ok}) AS _min{i}", f"maxIf({num}, {ok}) AS _max{i}"]
+        columns += [
+            f"countIf({ok}) AS _n{i}",
+            f"avgIf({num}, {ok}) AS _mean{i}",
+            f"minIf({num}, {ok}) AS _min{i}",
+            f"maxIf({num}, {ok}) AS _max{i}",
+        ]
     if run_ids:
         columns.append("arraySort(groupArray(run_id)) AS _runs")
     compiled = _where(client, filters)
-    sql = f"""SELECT count() AS _count, {', '.join(columns)}
+    sql = f"""SELECT count() AS _count, {", ".join(columns)}
 FROM runs FINAL {_SUMMARIES}
 WHERE {_PROJECT} AND {compiled.sql}
-GROUP BY {', '.join(group_by)}
-ORDER BY {', '.join(order_by)}
+GROUP BY {", ".join(group_by)}
+ORDER BY {", ".join(order_by)}
 LIMIT {limit}"""
     groups = []
     for row in client.query(sql, parameters=params | compiled.params).named_results():
@@ -394,8 +415,10 @@ def _group_key(target: Column | MapKey, name: str, params: dict[str, Any]) -> tu
     """The SQL of a grouping value (NULL when missing) and of its numeric order (NULL when not a number)."""
     if isinstance(target, MapKey):
         k = _map_key(target, name, params)
-        return (f"if(mapContains({target.text}, {k}), {target.text}[{k}], NULL)",
-                f"if(mapContains({target.num}, {k}) AND NOT isNaN({target.num}[{k}]), {target.num}[{k}], NULL)")
+        return (
+            f"if(mapContains({target.text}, {k}), {target.text}[{k}], NULL)",
+            f"if(mapContains({target.num}, {k}) AND NOT isNaN({target.num}[{k}]), {target.num}[{k}], NULL)",
+        )
     if target.kind == "tags":
         return "arrayJoin(if(empty(tags), [NULL], arrayMap(t -> toNullable(t), tags)))", "NULL"
     if target.kind == "string":

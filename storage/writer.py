@@ -36,7 +36,9 @@ class _Dictionary:
         self.codes.extend([code] * count)
 
     def array(self) -> pa.DictionaryArray:
-        return pa.DictionaryArray.from_arrays(pa.array(self.codes, pa.int32()), pa.array(list(self._index), pa.string()))
+        return pa.DictionaryArray.from_arrays(
+            pa.array(self.codes, pa.int32()), pa.array(list(self._index), pa.string())
+        )
 
 
 def _ms(seconds: float | None) -> int | None:
@@ -165,7 +167,12 @@ def insert_system_points(client: Client, events: Iterable[Event]) -> int:
         times = [round(t * 1000) for t in event.data["time"]]
         for name, column in event.data["values"].items():
             kept = [i for i, v in enumerate(column) if v is not None]
-            for key, value in (("team", event.team), ("project", event.project), ("metric", name), ("run_id", event.run_id)):
+            for key, value in (
+                ("team", event.team),
+                ("project", event.project),
+                ("metric", name),
+                ("run_id", event.run_id),
+            ):
                 cols[key].extend(value, len(kept))
             time_col.extend(times[i] for i in kept)
             value_col.extend(float(decode_value(column[i])) for i in kept)
@@ -361,15 +368,38 @@ def upsert_run_summaries(client: Client, summaries: Sequence[Mapping[str, Any]])
         flat = flatten(s["summary"])
         summary, summary_num = value_maps(flat)
         catalog += [(s["team"], s["project"], "summary", k, json_type(v)) for k, v in flat.items()]
-        rows.append({"team": s["team"], "project": s["project"], "run_id": s["run_id"], "summary": summary,
-                     "summary_num": summary_num, "version": s["version"]})
+        rows.append(
+            {
+                "team": s["team"],
+                "project": s["project"],
+                "run_id": s["run_id"],
+                "summary": summary,
+                "summary_num": summary_num,
+                "version": s["version"],
+            }
+        )
     insert_rows(client, "run_summaries", rows)
     record_keys(client, catalog)
 
 
 METRIC_SUMMARY_FIELDS = (
-    "team", "project", "run_id", "metric", "last", "min", "max", "mean", "count", "nan_count", "inf_count",
-    "first_step", "last_step", "first_time", "last_time", "integer", "version",
+    "team",
+    "project",
+    "run_id",
+    "metric",
+    "last",
+    "min",
+    "max",
+    "mean",
+    "count",
+    "nan_count",
+    "inf_count",
+    "first_step",
+    "last_step",
+    "first_time",
+    "last_time",
+    "integer",
+    "version",
 )
 
 
@@ -406,8 +436,10 @@ def insert_row(client: Client, table: str, row: Mapping[str, Any]) -> None:
 
 def upsert_run_states(client: Client, states: Mapping[tuple[str, str, str], tuple[bytes, int]]) -> None:
     """Write processor states: (team, project, run_id) -> (JSON bytes, version)."""
-    rows = [{"team": t, "project": p, "run_id": r, "state": raw.decode(), "version": version}
-            for (t, p, r), (raw, version) in states.items()]
+    rows = [
+        {"team": t, "project": p, "run_id": r, "state": raw.decode(), "version": version}
+        for (t, p, r), (raw, version) in states.items()
+    ]
     insert_rows(client, "run_states", rows)
 
 

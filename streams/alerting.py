@@ -37,7 +37,12 @@ from runstream.events import ALERT_LEVELS, METRICS, SYSTEM, Event, decode_value
 
 RULE_KINDS = ("threshold", "nonfinite", "divergence", "stall", "system", "run_state")
 OPS: dict[str, Callable[[float, float], bool]] = {
-    ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
 }
 
 
@@ -102,7 +107,9 @@ def check_rule(kind: str, spec: dict[str, Any]) -> None:
     if kind == "run_state":
         need("states", lambda x: isinstance(x, list) and x and all(isinstance(s, str) for s in x), "a list of states")
     hooks = spec.get("webhooks", [])
-    if not isinstance(hooks, list) or not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in hooks):
+    if not isinstance(hooks, list) or not all(
+        isinstance(u, str) and u.startswith(("http://", "https://")) for u in hooks
+    ):
         raise RuleError("webhooks must be a list of http:// or https:// URLs")
 
 
@@ -133,8 +140,14 @@ class Fired:
         return hashlib.sha256(f"{self.rule.rule_id}\0{self.run_id}\0{self.trigger}".encode()).hexdigest()[:32]
 
     def event_data(self) -> dict[str, Any]:
-        return {"title": self.title[:256], "text": self.text[:4000], "level": self.rule.level, "source": "rule",
-                "rule_id": self.rule.rule_id, "alert_id": self.alert_id}
+        return {
+            "title": self.title[:256],
+            "text": self.text[:4000],
+            "level": self.rule.level,
+            "source": "rule",
+            "rule_id": self.rule.rule_id,
+            "alert_id": self.alert_id,
+        }
 
 
 @dataclass
@@ -215,9 +228,15 @@ class Evaluator:
                     mem["since"] = at
                 if not mem["active"] and at - mem["since"] >= rule.spec["for_seconds"]:
                     mem["active"] = True
-                    self._fire(rule, event.run_id, at, f"{rule.name}: {metric} {rule.spec['op']} {rule.spec['value']:g}",
-                               f"{metric} has been {rule.spec['op']} {rule.spec['value']:g} for "
-                               f"{at - mem['since']:.0f} s (now {value:g})", f"{event.seq}:{row}")
+                    self._fire(
+                        rule,
+                        event.run_id,
+                        at,
+                        f"{rule.name}: {metric} {rule.spec['op']} {rule.spec['value']:g}",
+                        f"{metric} has been {rule.spec['op']} {rule.spec['value']:g} for "
+                        f"{at - mem['since']:.0f} s (now {value:g})",
+                        f"{event.seq}:{row}",
+                    )
 
     def state_change(self, run_id: str, new: str, at: float, reason: str | None) -> None:
         for rule in self.rules:
@@ -239,24 +258,41 @@ class Evaluator:
                 # Dated when the stall began, not when a sweep noticed it: every sweep (and every
                 # worker) that sees the same stall produces the same alert.
                 at = last_step_time + rule.spec["seconds"]
-                self._fire(rule, run_id, at, f"{rule.name}: no new step",
-                           f"no new step for {rule.spec['seconds']:g} s (the last at {last_step_time:.0f})",
-                           f"stall:{last_step_time}")
+                self._fire(
+                    rule,
+                    run_id,
+                    at,
+                    f"{rule.name}: no new step",
+                    f"no new step for {rule.spec['seconds']:g} s (the last at {last_step_time:.0f})",
+                    f"stall:{last_step_time}",
+                )
 
     # -- conditions ----------------------------------------------------------------------
     def _threshold(self, rule: Rule, run_id: str, value: float, at: float, trigger: str, what: str) -> None:
         mem = self._mem(rule)
         holds = OPS[rule.spec["op"]](value, rule.spec["value"])
         if holds and not mem["active"]:
-            self._fire(rule, run_id, at, f"{rule.name}: {rule.spec['metric']} {rule.spec['op']} {rule.spec['value']:g}",
-                       what, trigger)
+            self._fire(
+                rule,
+                run_id,
+                at,
+                f"{rule.name}: {rule.spec['metric']} {rule.spec['op']} {rule.spec['value']:g}",
+                what,
+                trigger,
+            )
         mem["active"] = holds
 
     def _nonfinite(self, rule: Rule, event: Event, name: str, steps: list[int], times: list[float]) -> None:
         for row, raw in enumerate(event.data["values"][name]):
             if isinstance(raw, str):  # "NaN", "Infinity", "-Infinity"
-                self._fire(rule, event.run_id, times[row], f"{rule.name}: {name} is {raw}",
-                           f"{name} = {raw} at step {steps[row]}", f"{event.seq}:{row}:{name}")
+                self._fire(
+                    rule,
+                    event.run_id,
+                    times[row],
+                    f"{rule.name}: {name} is {raw}",
+                    f"{name} = {raw} at step {steps[row]}",
+                    f"{event.seq}:{row}:{name}",
+                )
                 return  # one alert per batch and metric at most
 
     def _new_best(self, rule: Rule, value: float, step: int) -> bool:
@@ -279,9 +315,15 @@ class Evaluator:
         worse = (best - value) if rule.spec.get("goal") == "maximize" else (value - best)
         diverged = worse > 0 and worse >= abs(best) * rule.spec["percent"] / 100
         if diverged and not mem["active"]:
-            self._fire(rule, run_id, at, f"{rule.name}: {rule.spec['metric']} diverged",
-                       f"{rule.spec['metric']} = {value:g} at step {step}, worse than its best {best:g} "
-                       f"(step {mem['best_step']}) by {worse:g}", trigger)
+            self._fire(
+                rule,
+                run_id,
+                at,
+                f"{rule.name}: {rule.spec['metric']} diverged",
+                f"{rule.spec['metric']} = {value:g} at step {step}, worse than its best {best:g} "
+                f"(step {mem['best_step']}) by {worse:g}",
+                trigger,
+            )
         mem["active"] = diverged
 
     def _patience(self, rule: Rule, run_id: str, value: float, step: int, at: float, trigger: str) -> None:
@@ -290,6 +332,11 @@ class Evaluator:
         mem = self._mem(rule)
         if step - mem["best_step"] >= rule.spec["patience"] and not mem["active"]:
             mem["active"] = True
-            self._fire(rule, run_id, at, f"{rule.name}: {rule.spec['metric']} stalled",
-                       f"no improvement on {mem['best']:g} (step {mem['best_step']}) for {step - mem['best_step']} steps",
-                       trigger)
+            self._fire(
+                rule,
+                run_id,
+                at,
+                f"{rule.name}: {rule.spec['metric']} stalled",
+                f"no improvement on {mem['best']:g} (step {mem['best_step']}) for {step - mem['best_step']} steps",
+                trigger,
+            )

@@ -120,8 +120,10 @@ def create_app(
 
     async def dead_letter(bad: list[Reject]) -> None:
         """Send rejects to the dead-letter topic and wait for the broker (before the offsets move on)."""
-        pending = [await dead_letters.send(value=raw, headers=events.dead_letter_headers(reason, topic))
-                   for raw, topic, reason in bad]
+        pending = [
+            await dead_letters.send(value=raw, headers=events.dead_letter_headers(reason, topic))
+            for raw, topic, reason in bad
+        ]
         await asyncio.gather(*pending)
 
     deliveries: set[asyncio.Task] = set()
@@ -131,8 +133,14 @@ def create_app(
         deliveries.add(task)
         task.add_done_callback(deliveries.discard)
 
-    handler = BatchHandler(Processor(clickhouse, RuleBook(clickhouse)), publish, attempt=retrying, in_thread=True,
-                           notifier=Notifier.from_settings(settings), spawn=spawn)
+    handler = BatchHandler(
+        Processor(clickhouse, RuleBook(clickhouse)),
+        publish,
+        attempt=retrying,
+        in_thread=True,
+        notifier=Notifier.from_settings(settings),
+        spawn=spawn,
+    )
 
     def messages(batch: list[faust.EventT]) -> list[tuple[bytes, str]]:
         return [(e.value, e.message.topic) for e in batch]

@@ -42,21 +42,33 @@ _COLORS = {"INFO": "#2eb67d", "WARN": "#ecb22e", "ERROR": "#e01e5a"}
 def slack_payload(event: Event, alert_id: str, run_url: str | None = None) -> dict[str, Any]:
     data = event.data
     where = f"{event.team}/{event.project}/{event.run_id}"
-    fields = [{"title": "run", "value": where, "short": True}, {"title": "level", "value": data["level"], "short": True}]
+    fields = [
+        {"title": "run", "value": where, "short": True},
+        {"title": "level", "value": data["level"], "short": True},
+    ]
     return {
         "text": f"[{data['level']}] {data['title']} ({where})",
-        "attachments": [{
-            "color": _COLORS.get(data["level"], "#888888"),
-            "title": data["title"],
-            "title_link": run_url,
-            "text": data["text"],
-            "fields": fields,
-            "ts": int(event.ts),
-        }],
+        "attachments": [
+            {
+                "color": _COLORS.get(data["level"], "#888888"),
+                "title": data["title"],
+                "title_link": run_url,
+                "text": data["text"],
+                "fields": fields,
+                "ts": int(event.ts),
+            }
+        ],
         "runstream": {
-            "alert_id": alert_id, "team": event.team, "project": event.project, "run_id": event.run_id,
-            "level": data["level"], "title": data["title"], "text": data["text"], "source": data["source"],
-            "rule_id": data.get("rule_id"), "time": event.ts,
+            "alert_id": alert_id,
+            "team": event.team,
+            "project": event.project,
+            "run_id": event.run_id,
+            "level": data["level"],
+            "title": data["title"],
+            "text": data["text"],
+            "source": data["source"],
+            "rule_id": data.get("rule_id"),
+            "time": event.ts,
         },
     }
 
@@ -67,8 +79,10 @@ class WebhookRefused(OSError):
 
 #: IPv6 ranges that carry an IPv4 address (NAT64, 6to4, Teredo, IPv4-compatible, SIIT): Python calls
 #: some of them global, yet they can reach an internal IPv4 host; webhooks have no use for them.
-_IPV4_CARRIERS = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16",
-                                                         "2001::/32", "::/96", "::ffff:0:0:0/96"))
+_IPV4_CARRIERS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "2001::/32", "::/96", "::ffff:0:0:0/96")
+)
 
 
 class WebhookPolicy:
@@ -88,8 +102,11 @@ class WebhookPolicy:
                 self.networks.append(ipaddress.ip_network(item, strict=False))
             except ValueError:
                 if not _HOST_NAME.fullmatch(item):
-                    log.warning("RUNSTREAM_WEBHOOK_ALLOW entry %r is neither a host name, an address nor a "
-                                "network (no ports or paths); it is ignored", item)
+                    log.warning(
+                        "RUNSTREAM_WEBHOOK_ALLOW entry %r is neither a host name, an address nor a "
+                        "network (no ports or paths); it is ignored",
+                        item,
+                    )
                     continue
                 self.hosts.add(item.rstrip("."))
 
@@ -125,8 +142,10 @@ class WebhookPolicy:
             allowed = host != "localhost" and not host.endswith(".localhost")
         if allowed:
             return None
-        return (f"webhook host {host} is an internal address; only public hosts are allowed, unless the "
-                f"operator lists it in RUNSTREAM_WEBHOOK_ALLOW")
+        return (
+            f"webhook host {host} is an internal address; only public hosts are allowed, unless the "
+            f"operator lists it in RUNSTREAM_WEBHOOK_ALLOW"
+        )
 
 
 _HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?")
@@ -141,16 +160,19 @@ class _PolicyResolver(AbstractResolver):
         self.policy = policy
         self.inner = aiohttp.DefaultResolver()
 
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         found = await self.inner.resolve(host, port, family)
         if self.policy.trusts_host(host):
             return found
         kept = [r for r in found if self.policy.allows_address(r["host"])]
         if not kept:
-            raise WebhookRefused(f"webhook host {host} resolves only to internal addresses "
-                                 f"({', '.join(sorted({r['host'] for r in found}))}); the operator can "
-                                 f"allow it in RUNSTREAM_WEBHOOK_ALLOW")
+            raise WebhookRefused(
+                f"webhook host {host} resolves only to internal addresses "
+                f"({', '.join(sorted({r['host'] for r in found}))}); the operator can "
+                f"allow it in RUNSTREAM_WEBHOOK_ALLOW"
+            )
         return kept
 
     async def close(self) -> None:
@@ -192,11 +214,16 @@ class Notifier:
         resolver = _PolicyResolver(self.policy)
         # Two sessions (alerts are rare: no pool to keep): only a rule's URLs go through the policy.
         try:
-            async with (aiohttp.ClientSession(timeout=self.timeout) as trusted,
-                        aiohttp.ClientSession(timeout=self.timeout, connector=aiohttp.TCPConnector(resolver=resolver))
-                        as guarded):
-                results = await asyncio.gather(*(self._post(trusted, url, payload) for url in self.webhooks),
-                                               *(self._post(guarded, url, payload, checked=True) for url in rules_urls))
+            async with (
+                aiohttp.ClientSession(timeout=self.timeout) as trusted,
+                aiohttp.ClientSession(
+                    timeout=self.timeout, connector=aiohttp.TCPConnector(resolver=resolver)
+                ) as guarded,
+            ):
+                results = await asyncio.gather(
+                    *(self._post(trusted, url, payload) for url in self.webhooks),
+                    *(self._post(guarded, url, payload, checked=True) for url in rules_urls),
+                )
         finally:
             await resolver.close()  # a connector does not close a resolver it was given
         self._delivered[alert_id] = None
@@ -204,7 +231,9 @@ class Notifier:
             self._delivered.popitem(last=False)
         return sum(results)
 
-    async def _post(self, session: aiohttp.ClientSession, url: str, payload: dict[str, Any], checked: bool = False) -> bool:
+    async def _post(
+        self, session: aiohttp.ClientSession, url: str, payload: dict[str, Any], checked: bool = False
+    ) -> bool:
         """Post with retries; ``checked``: the URL must pass the policy (a rule's). Never raises."""
         refused = self.policy.refusal(url) if checked else None
         if refused:
@@ -213,8 +242,12 @@ class Notifier:
         try:
             return await self._post_retrying(session, url, payload)
         except Exception as exc:  # noqa: BLE001 - one bad URL must not keep the alert from the others
-            log.warning("alert webhook %s failed (%s); alert %s not delivered there", _where(url),
-                        type(exc).__name__, payload["runstream"]["alert_id"])
+            log.warning(
+                "alert webhook %s failed (%s); alert %s not delivered there",
+                _where(url),
+                type(exc).__name__,
+                payload["runstream"]["alert_id"],
+            )
             return False
 
     async def _post_retrying(self, session: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> bool:
@@ -235,13 +268,18 @@ class Notifier:
                 if isinstance(exc.os_error, WebhookRefused):
                     problem = str(exc.os_error)
                     break
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             if attempt < self.tries:
                 await asyncio.sleep(delay)
                 delay *= 2
-        log.warning("alert webhook %s failed after %d tries (%s); alert %s not delivered there",
-                    _where(url), attempt, problem, payload["runstream"]["alert_id"])
+        log.warning(
+            "alert webhook %s failed after %d tries (%s); alert %s not delivered there",
+            _where(url),
+            attempt,
+            problem,
+            payload["runstream"]["alert_id"],
+        )
         return False
 
 
@@ -263,8 +301,9 @@ def rule_webhooks(rules: Rules, event: Event) -> list[str]:
     rule_id = event.data.get("rule_id")
     if not rule_id:
         return []
-    return next((list(r.spec.get("webhooks", [])) for r in rules.rules(event.team, event.project)
-                 if r.rule_id == rule_id), [])
+    return next(
+        (list(r.spec.get("webhooks", [])) for r in rules.rules(event.team, event.project) if r.rule_id == rule_id), []
+    )
 
 
 async def notify(notifier: Notifier, rules: Rules, event: Event, alert_id: str) -> None:

@@ -147,7 +147,9 @@ def last_seq(state: RunState) -> int | None:
 
 
 class Processor:
-    def __init__(self, client: Callable[[], Client], rules: RuleBook | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, client: Callable[[], Client], rules: RuleBook | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self._client = client
         self.rules = rules or RuleBook(client)
         self.clock = clock
@@ -223,10 +225,23 @@ class Processor:
             state = out.states[key]
             record = state["record"]
             version = folded(state)
-            run_summaries.append({"team": record["team"], "project": record["project"], "run_id": record["run_id"],
-                                  "summary": summaries.run_summary(state["summary"]), "version": version})
-            metric_rows += summaries.metric_summary_rows(state["summary"], record["team"], record["project"],
-                                                         record["run_id"], version, changed_summaries.get(key, set()))
+            run_summaries.append(
+                {
+                    "team": record["team"],
+                    "project": record["project"],
+                    "run_id": record["run_id"],
+                    "summary": summaries.run_summary(state["summary"]),
+                    "version": version,
+                }
+            )
+            metric_rows += summaries.metric_summary_rows(
+                state["summary"],
+                record["team"],
+                record["project"],
+                record["run_id"],
+                version,
+                changed_summaries.get(key, set()),
+            )
         upsert_run_summaries(client, run_summaries)
         upsert_metric_summaries(client, metric_rows)
         out.publish += [_alert_event(f, self.clock()) for f in fired]
@@ -244,8 +259,9 @@ class Processor:
             for (run_id, metric), stats in found.items():
                 summaries.restate(states[(team, project, run_id)]["summary"], metric, stats)
 
-    def _states(self, client: Client, batch: Sequence[Event],
-                cache: Mapping[RunKey, RunState]) -> dict[RunKey, RunState]:
+    def _states(
+        self, client: Client, batch: Sequence[Event], cache: Mapping[RunKey, RunState]
+    ) -> dict[RunKey, RunState]:
         keys = {(e.team, e.project, e.run_id) for e in batch}
         states = {k: cache[k] for k in keys if k in cache}
         for key, raw in load_run_states(client, keys - states.keys()).items():
@@ -271,8 +287,17 @@ class Processor:
         client = self._client()
         out: list[Event] = []
         for team, project, run_id, since in processing.silent_runs(client, now - timeout_s):
-            out.append(Event(RUN_STATE, team, project, run_id, 0, now,
-                             {"state": "crashed", "reason": f"nothing received for {now - since:.0f} s", "since": since}))
+            out.append(
+                Event(
+                    RUN_STATE,
+                    team,
+                    project,
+                    run_id,
+                    0,
+                    now,
+                    {"state": "crashed", "reason": f"nothing received for {now - since:.0f} s", "since": since},
+                )
+            )
         for team, project in processing.projects_with_stall_rules(client):
             rules = [r for r in self.rules.rules(team, project) if r.kind == "stall" and "seconds" in r.spec]
             if not rules:
@@ -286,14 +311,24 @@ class Processor:
 
 def _run_row(state: RunState) -> dict[str, Any]:
     """The runs row of a state: its record, with the run's define_metric specs."""
-    return {**runstate.record_for_write(state, folded(state)), "metrics": summaries.metric_definitions(state["summary"])}
+    return {
+        **runstate.record_for_write(state, folded(state)),
+        "metrics": summaries.metric_definitions(state["summary"]),
+    }
 
 
 def _alert_row(event: Event) -> dict[str, Any]:
     return {
-        "team": event.team, "project": event.project, "run_id": event.run_id, "alert_id": alert_id_of(event),
-        "rule_id": event.data.get("rule_id"), "source": event.data["source"], "level": event.data["level"],
-        "title": event.data["title"], "text": event.data["text"], "time": event.ts,
+        "team": event.team,
+        "project": event.project,
+        "run_id": event.run_id,
+        "alert_id": alert_id_of(event),
+        "rule_id": event.data.get("rule_id"),
+        "source": event.data["source"],
+        "level": event.data["level"],
+        "title": event.data["title"],
+        "text": event.data["text"],
+        "time": event.ts,
     }
 
 
@@ -305,5 +340,3 @@ def _alert_event(fired: Fired, now: float) -> Event:
 def _state_event(change: StateChange) -> Event:
     data = {"state": change.new, "reason": (change.reason or "")[: events.MAX_TEXT_LEN] or None}
     return Event(RUN_STATE, change.team, change.project, change.run_id, 0, change.at, data)
-
-

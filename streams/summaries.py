@@ -35,6 +35,8 @@ keeps the set of steps, and folding keeps the newest value at the last step.
 from __future__ import annotations
 
 import fnmatch
+import functools
+import itertools
 import math
 from typing import Any, NotRequired, TypedDict
 
@@ -73,8 +75,20 @@ def new_summary() -> Summary:
 
 
 def _stats() -> MetricStats:
-    return {"last": None, "last_step": -1, "min": None, "max": None, "sum": 0.0, "count": 0, "nan": 0, "inf": 0,
-            "first_step": None, "first_time": None, "last_time": None, "integer": True}
+    return {
+        "last": None,
+        "last_step": -1,
+        "min": None,
+        "max": None,
+        "sum": 0.0,
+        "count": 0,
+        "nan": 0,
+        "inf": 0,
+        "first_step": None,
+        "first_time": None,
+        "last_time": None,
+        "integer": True,
+    }
 
 
 def _to_float(s: MetricStats) -> None:
@@ -96,7 +110,7 @@ def fold_metrics(summary: Summary, event: Event) -> set[str]:
         return set()
     summary["metrics_seq"] = event.seq
     steps, times = event.data["step"], event.data["time"]
-    ordered = all(a < b for a, b in zip(steps, steps[1:]))
+    ordered = all(a < b for a, b in itertools.pairwise(steps))
     names = set()
     for name, column in event.data["values"].items():
         if column.count(None) == len(column):
@@ -249,28 +263,39 @@ def run_summary(summary: Summary) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for metric, s in summary["metrics"].items():
         ops = summary_ops(_defined(summary, metric, "summary"))
-        value = summary_value(ops, _defined(summary, metric, "goal"), lambda op: _statistic(s, op))
+        value = summary_value(ops, _defined(summary, metric, "goal"), functools.partial(_statistic, s))
         if value is not NO_SUMMARY and value is not None:
             out[metric] = value
     out.update(summary["explicit"])
     return out
 
 
-def metric_summary_rows(summary: Summary, team: str, project: str, run_id: str, version: int,
-                        metrics: set[str] | None = None) -> list[dict[str, Any]]:
+def metric_summary_rows(
+    summary: Summary, team: str, project: str, run_id: str, version: int, metrics: set[str] | None = None
+) -> list[dict[str, Any]]:
     """``metric_summaries`` rows for the given metrics (default: all); its values are Float64."""
     rows = []
     for metric in sorted(metrics if metrics is not None else summary["metrics"]):
         s = summary["metrics"][metric]
-        rows.append({
-            "team": team, "project": project, "run_id": run_id, "metric": metric,
-            "last": float(decode_value(s["last"])) if s["last"] is not None else math.nan,
-            "min": float(s["min"]) if s["min"] is not None else math.nan,
-            "max": float(s["max"]) if s["max"] is not None else math.nan,
-            "mean": s["sum"] / s["count"] if s["count"] else math.nan,
-            "count": s["count"] + s["nan"] + s["inf"], "nan_count": s["nan"], "inf_count": s["inf"],
-            "first_step": s["first_step"] or 0, "last_step": max(s["last_step"], 0),
-            "first_time": s["first_time"] or 0.0, "last_time": s["last_time"] or 0.0,
-            "integer": bool(s.get("integer")), "version": version,
-        })
+        rows.append(
+            {
+                "team": team,
+                "project": project,
+                "run_id": run_id,
+                "metric": metric,
+                "last": float(decode_value(s["last"])) if s["last"] is not None else math.nan,
+                "min": float(s["min"]) if s["min"] is not None else math.nan,
+                "max": float(s["max"]) if s["max"] is not None else math.nan,
+                "mean": s["sum"] / s["count"] if s["count"] else math.nan,
+                "count": s["count"] + s["nan"] + s["inf"],
+                "nan_count": s["nan"],
+                "inf_count": s["inf"],
+                "first_step": s["first_step"] or 0,
+                "last_step": max(s["last_step"], 0),
+                "first_time": s["first_time"] or 0.0,
+                "last_time": s["last_time"] or 0.0,
+                "integer": bool(s.get("integer")),
+                "version": version,
+            }
+        )
     return rows
