@@ -201,12 +201,12 @@ def document(routes: list[Any]) -> dict[str, Any]:
     types: list[Any] = []
     for _, _, operation in declared:
         types += [a.type for a in operation.answers.values() if a.type is not None]
-        types += [d.type for d in (operation.query, operation.body) if d is not None]
+        types += [d.kind for d in (operation.query, operation.body) if d is not None]
     types.append(Error)
     unique = list({id(t): t for t in types}.values())
     schemas, components = _without_null_defaults(msgspec.json.schema_components(unique, ref_template=_REF))
     schema_of = {id(t): s for t, s in zip(unique, schemas)}
-    query_types = {d.type.__name__ for _, _, op in declared if (d := op.query) is not None}
+    query_types = {d.kind.__name__ for _, _, op in declared if (d := op.query) is not None}
     paths: dict[str, dict[str, Any]] = {}
     for path, method, operation in declared:
         paths.setdefault(path, {})[method] = _operation(path, operation, schema_of, components)
@@ -246,7 +246,7 @@ def _operation(
     if operation.body is not None:
         out["requestBody"] = {
             "required": not operation.body.empty_ok,
-            "content": {"application/json": {"schema": schema_of[id(operation.body.type)]}},
+            "content": {"application/json": {"schema": schema_of[id(operation.body.kind)]}},
         }
     elif operation.body_content is not None:
         out["requestBody"] = {"required": True, "content": dict(operation.body_content)}
@@ -274,7 +274,7 @@ def _operation(
 
 def _query_parameters(declared: Declared, components: dict[str, Any]) -> list[dict[str, Any]]:
     """The query type's fields as parameters: JSON ones as JSON content, comma-joined lists as strings."""
-    struct = components[declared.type.__name__]
+    struct = components[declared.kind.__name__]
     required = set(struct.get("required", ()))
     parameters = []
     for name, schema in struct["properties"].items():

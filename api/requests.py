@@ -66,7 +66,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 class Declared:
     """What the edge needs to know about a declared type, worked out once per endpoint."""
 
-    type: type
+    kind: type[msgspec.Struct]
     fields: tuple[str, ...]  # the names a request may send
     messages: Mapping[str, str]  # field -> its own message for a 400
     lists: frozenset[str]  # query fields sent comma-joined (``keys=a,b``)
@@ -74,7 +74,7 @@ class Declared:
     empty_ok: bool  # a body may be empty: every field has a default
 
     @classmethod
-    def of(cls, kind: type) -> Declared:
+    def of(cls, kind: type[msgspec.Struct]) -> Declared:
         info = msgspec.inspect.type_info(kind)
         if not isinstance(info, msgspec.inspect.StructType):
             raise TypeError(f"{kind!r} is not a msgspec.Struct")
@@ -177,7 +177,7 @@ def decode_query(request: Request, declared: Declared) -> Any:
         else:
             given[name] = raw
     try:
-        query = msgspec.convert(given, declared.type, strict=False)
+        query = msgspec.convert(given, declared.kind, strict=False)
     except msgspec.ValidationError as exc:
         raise refused(declared, exc, "query parameter ") from None
     for name, value in given.items():  # lax conversion reads the text "null" as None: a parameter is never null
@@ -192,7 +192,7 @@ async def decode_body(request: Request, declared: Declared, max_bytes: int = MAX
     if declared.empty_ok and not raw.strip():
         raw = b"{}"
     try:
-        return msgspec.json.decode(raw, type=declared.type)
+        return msgspec.json.decode(raw, type=declared.kind)
     except msgspec.ValidationError as exc:
         raise refused(declared, exc) from None
     except msgspec.DecodeError as exc:

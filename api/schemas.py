@@ -35,21 +35,23 @@ class MetricDefinition(TypedDict):
     summary: str | None
 
 
-class RunFields(TypedDict, total=False):
-    """Every field of a run, unless a search's ``fields=`` picks some."""
+_RunState = Literal["running", "finished", "failed", "killed", "crashed"]
 
-    team: Required[str]
-    project: Required[str]
-    id: Required[str]
-    name: str
-    state: Literal["running", "finished", "failed", "killed", "crashed"]
-    config: dict[str, Any]
-    summary: dict[str, Any]
-    tags: Names
+
+class _RunIdentity(TypedDict):
+    """What names a run: every run answer has it, whichever fields a search picks."""
+
+    team: str
+    project: str
+    id: str
+
+
+class _RunDetails(TypedDict, total=False):
+    """The fields a run answer may leave out (unless a search's ``fields=`` picks them)."""
+
     group: str | None
     job_type: str | None
     notes: str
-    created_at: Time
     updated_at: Time
     heartbeat_at: Time
     finished_at: Time | None
@@ -70,19 +72,55 @@ class RunFields(TypedDict, total=False):
     ]
 
 
-class Run(RunFields):
+# RunFields and Run differ only in whether these fields are required, which a TypedDict cannot
+# change in a subclass: both declare them, beside the fields they share (_RunIdentity, _RunDetails).
+class RunFields(_RunIdentity, _RunDetails, total=False):
+    """Every field of a run, unless a search's ``fields=`` picks some."""
+
+    name: str
+    state: _RunState
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    tags: Names
+    created_at: Time
+
+
+class Run(_RunIdentity, _RunDetails):
     """A run, as every endpoint answers it."""
 
-    name: Required[str]
-    state: Required[Literal["running", "finished", "failed", "killed", "crashed"]]
-    config: Required[dict[str, Any]]
-    summary: Required[dict[str, Any]]
-    tags: Required[Names]
-    created_at: Required[Time]
+    name: str
+    state: _RunState
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    tags: Names
+    created_at: Time
 
 
-#: The run fields a search may pick (``fields=``), besides the identity it always answers.
-RUN_FIELDS = tuple(name for name in RunFields.__annotations__ if name not in ("team", "project", "id"))
+#: The run fields a search may pick (``fields=``), besides the identity it always answers, in the
+#: order its messages list them (RunFields' keys, less the identity; a unit test checks they agree).
+RUN_FIELDS = (
+    "name",
+    "state",
+    "config",
+    "summary",
+    "tags",
+    "group",
+    "job_type",
+    "notes",
+    "created_at",
+    "updated_at",
+    "heartbeat_at",
+    "finished_at",
+    "exit_code",
+    "user",
+    "host",
+    "program",
+    "args",
+    "python",
+    "git",
+    "error",
+    "metrics",
+)
 
 
 class FileEntry(TypedDict, total=False):

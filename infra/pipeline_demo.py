@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import cast
 
 from infra.kafka_broker import KafkaBroker
 from runstream.settings import DEFAULT_DATA_DIR, Settings
@@ -102,8 +103,12 @@ async def run_demo(broker: KafkaBroker, runs: int, steps: int, data_dir: Path, t
         count = 0
         deadline = time.monotonic() + 120
         while count < expected and time.monotonic() < deadline:
-            count = client.command(
-                "SELECT count() FROM metric_points FINAL WHERE project = {p:String}", parameters={"p": project}
+            # command() is typed for every kind of answer; a SELECT of one count answers an int.
+            count = cast(
+                int,
+                client.command(
+                    "SELECT count() FROM metric_points FINAL WHERE project = {p:String}", parameters={"p": project}
+                ),
             )
             print(f"\r4/4 waiting for the worker: {count:,}/{expected:,} points in ClickHouse", end="", flush=True)
             await asyncio.sleep(0.3)

@@ -132,7 +132,7 @@ def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
     new_team = accounts.ensure_team(client, args.team)
     current = accounts.member_role(client, args.team, args.user)
     # The first member of a new team administers it; an existing member keeps their role unless --role says.
-    role = args.role or (current["role"] if current else "admin" if new_team else "member")
+    role: accounts.Role = args.role or (current["role"] if current else "admin" if new_team else "member")
     if current is None or current["role"] != role:
         if current is not None and current["role"] == "admin" and accounts.admin_count(client, args.team) <= 1:
             print(

@@ -28,7 +28,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard, overload
 
 import orjson
 
@@ -173,11 +173,19 @@ def encode_value(x: float | int) -> float | int | str:
     return "Infinity" if x > 0 else "-Infinity"
 
 
+@overload
+def decode_value(x: None) -> None: ...
+@overload
+def decode_value(x: float | int | str) -> float | int: ...
+@overload
+def decode_value(x: float | int | str | None) -> float | int | None: ...
 def decode_value(x: float | int | str | None) -> float | int | None:
     """The inverse of ``encode_value``: ints stay ints (a metric logged as whole numbers reads back
     as ints), ``None`` stays ``None`` (not logged in that row)."""
     if x is None or type(x) is float or type(x) is int:
         return x
+    if not isinstance(x, str):  # a bool, a subclass of a number: no value of the contract
+        raise KeyError(x)
     return NON_FINITE[x]
 
 
@@ -208,13 +216,15 @@ def validate(obj: Any) -> Event:
     check = _PAYLOAD_CHECKS.get(etype) if isinstance(etype, str) else None
     if check is None:
         raise InvalidEvent(f"unknown event type {etype!r}; expected one of {sorted(_PAYLOAD_CHECKS)}")
+    assert isinstance(etype, str)  # a check is found for a str only
     unknown = obj.keys() - _ENVELOPE_KEYS
     if unknown:
         raise InvalidEvent(f"unknown envelope field(s) {sorted(unknown)}")
     team, project, run_id = obj.get("team"), obj.get("project"), obj.get("run_id")
-    for field, value in (("team", team), ("project", project)):
-        if not names.is_name(value):
-            raise InvalidEvent(f"{field} must be {names.NAME_RULE}, got {value!r}")
+    if not names.is_name(team):
+        raise InvalidEvent(f"team must be {names.NAME_RULE}, got {team!r}")
+    if not names.is_name(project):
+        raise InvalidEvent(f"project must be {names.NAME_RULE}, got {project!r}")
     if not names.is_run_id(run_id):
         raise InvalidEvent(f"run_id must be {names.RUN_ID_RULE}, got {run_id!r}")
     seq = obj.get("seq")
@@ -254,7 +264,7 @@ MAX_TIME = 9_000_000_000.0  # 2255
 MAX_STEP = 2**63 - 1
 
 
-def _is_time(x: Any) -> bool:
+def _is_time(x: Any) -> TypeGuard[float]:
     return _is_number(x) and 0 <= x <= MAX_TIME
 
 
@@ -461,7 +471,9 @@ def _check_file(data: dict[str, Any]) -> None:
         raise InvalidEvent(f"path must be relative and stay inside the run, got {data['path']!r}")
     _require(data, "kind", lambda x: x in FILE_KINDS, f"one of {FILE_KINDS}")
     _require(data, "size", lambda x: type(x) is int and x >= 0, "a size in bytes")
-    _require(data, "sha256", lambda x: isinstance(x, str) and re.fullmatch(r"[0-9a-f]{64}", x), "a hex SHA-256")
+    _require(
+        data, "sha256", lambda x: isinstance(x, str) and re.fullmatch(r"[0-9a-f]{64}", x) is not None, "a hex SHA-256"
+    )
     _require(data, "store_key", _is_name, "the blob's key in the file store")
     _require(data, "step", lambda x: type(x) is int and x >= 0, "a non-negative integer", optional=True)
     _require(data, "media_type", _is_opt_str, "a string or null", optional=True)

@@ -32,7 +32,7 @@ import time
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from runstream import names
 from runstream import resume as resuming  # `resume` is init()'s argument
@@ -440,7 +440,7 @@ def _die_of(signum: int) -> None:
     os.kill(os.getpid(), signum)
 
 
-def _exit(code: object = 0) -> None:
+def _exit(code: str | int | None = 0) -> NoReturn:
     """``sys.exit`` that remembers the status, so the run ends failed with it (as wandb's hook does).
 
     Only the main thread's: ``sys.exit`` elsewhere ends just that thread."""

@@ -7,6 +7,7 @@ event contract, storage's account checks and the API's declared types all use th
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 # Each pattern comes with the words error messages use to say it.
 
@@ -31,12 +32,12 @@ MAX_TIME_MS = 10**13
 MAX_TIME_S = MAX_TIME_MS // 1000
 
 
-def is_name(value: object) -> bool:
+def is_name(value: object) -> TypeGuard[str]:
     """A team or project name."""
     return isinstance(value, str) and _NAME.fullmatch(value) is not None
 
 
-def is_run_id(value: object) -> bool:
+def is_run_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and _RUN_ID.fullmatch(value) is not None
 
 

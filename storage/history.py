@@ -30,7 +30,7 @@ them, each key's extremes among them, with numpy.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -359,7 +359,7 @@ GROUP BY run_id, metric
 
 
 def metric_statistics(
-    client: Client, team: str, project: str, wanted: dict[str, tuple[int, Sequence[str]]]
+    client: Client, team: str, project: str, wanted: Mapping[str, tuple[int, Collection[str]]]
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Statistics of whole metric histories: ``wanted`` maps a run id to (its largest seq to count, its metrics).
 

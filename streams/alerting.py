@@ -105,7 +105,11 @@ def check_rule(kind: str, spec: dict[str, Any]) -> None:
             need("metric", name, "a metric name (or give 'seconds' for a stall of any metric)")
             need("patience", lambda x: isinstance(x, int) and x > 0, "steps without improvement")
     if kind == "run_state":
-        need("states", lambda x: isinstance(x, list) and x and all(isinstance(s, str) for s in x), "a list of states")
+        need(
+            "states",
+            lambda x: isinstance(x, list) and len(x) > 0 and all(isinstance(s, str) for s in x),
+            "a list of states",
+        )
     hooks = spec.get("webhooks", [])
     if not isinstance(hooks, list) or not all(
         isinstance(u, str) and u.startswith(("http://", "https://")) for u in hooks
@@ -190,7 +194,8 @@ class Evaluator:
         for rule in self.rules:
             metric = rule.spec.get("metric")
             if rule.kind == "nonfinite":
-                names = event.data["values"] if metric == "*" else ([metric] if metric in event.data["values"] else [])
+                values = event.data["values"]  # a metrics event's values are keyed by metric name (str)
+                names = values if metric == "*" else ([metric] if isinstance(metric, str) and metric in values else [])
                 for name in names:
                     self._nonfinite(rule, event, name, steps, times)
                 continue
