@@ -287,18 +287,16 @@ ANYONE = Access(authenticate, (401,))
 # -- reads whose check overlaps the work -----------------------------------------------------
 
 
-async def read_project(
-    request: Request, team: str, project: str, prepare: Callable[[], Awaitable[Callable[[Client], T]]]
-) -> T:
-    """The read ``prepare()`` returns (after reading and checking the request's arguments), run in the
-    thread pool once the caller may read the project.
+async def read_project(request: Request, team: str, project: str, read: Callable[[Client], T]) -> T:
+    """``read`` in the thread pool once the caller may read the project.
 
     In the plain order the check (``require_project``) comes first. A key that already read
-    this project on this replica (a dashboard's, request after request) gets ``prepare`` and
-    the read started beside its fresh check instead: the key lookup, a ClickHouse query of
-    ~4 ms, hides behind the read. The answer still waits for the check; a refusal wins over
-    everything (and the key is forgotten for the project), and the read's result is dropped.
-    So a key never makes the server read a project it has not been allowed to read.
+    this project on this replica (a dashboard's, request after request) gets the read started
+    beside its fresh check instead: the key lookup, a ClickHouse query of ~4 ms, hides behind
+    the read. The answer still waits for the check; a refusal wins over everything (and the key
+    is forgotten for the project), and the read's result is dropped. So a key never makes the
+    server read a project it has not been allowed to read. (The request's arguments were
+    checked before: ``endpoint(overlapped=True)``.)
     """
     backend = request.app.state.backend
     reader = _reader(request, team, project)
@@ -306,16 +304,8 @@ async def read_project(
         await require_project(request, team, project, "read")
         if reader is not None:
             _remember(backend.keys_read, reader)
-        return await backend.run(await prepare())
+        return await backend.run(read)
     check = _started(require_project(request, team, project, "read"))
-    try:
-        read = await prepare()
-    except Exception:
-        await _passed(check, backend.keys_read, reader)  # a refusal is the answer
-        raise
-    except BaseException:  # cancelled: the client went away
-        check.cancel()
-        raise
     _remember(backend.keys_read, reader)  # a busy dashboard's key stays remembered
     reading = _started(backend.run(read))
     try:

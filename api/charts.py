@@ -17,7 +17,6 @@ that already read the project (``auth.read_project``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 import msgspec
@@ -31,6 +30,7 @@ from runstream.api.auth import PROJECT_READ, read_project
 from runstream.api.openapi import Answer, endpoint
 from runstream.api.requests import PROJECT_PATH, project_path
 from runstream.api.responses import contract_numbers, json_response, render_json, rendered_json
+from runstream.api.schemas import Filters
 from runstream.names import MAX_TIME_S
 from runstream.storage import logs, runs, series
 
@@ -39,7 +39,6 @@ SERIES_FIELDS = ("x", "step", "y", "mean", "min", "max", "count")
 #: System metrics of a machine with many GPUs: a few per GPU.
 MAX_SYSTEM_METRICS = series.MAX_METRICS * 10
 
-# Optional fields carry their 400's words outside ``| None``, where the edge looks for them.
 RunId = Annotated[str, Meta(min_length=1)]
 Name = Annotated[str, Meta(min_length=1)]
 Step = Annotated[int, Meta(ge=0)]
@@ -51,13 +50,6 @@ Selection = Annotated[list[RunId], Meta(min_length=1, max_length=series.MAX_RUNS
 RunIds = Annotated[
     Selection | None,
     Meta(extra={"error": f"run_ids must be a non-empty list of at most {series.MAX_RUNS} run ids"}),
-]
-Filters = Annotated[
-    dict[str, Any] | None,
-    Meta(
-        description='wandb-style filter document, e.g. {"config.lr": {"$gt": 0.01}}',
-        extra={"error": 'filters must be a filter object, e.g. {"state": "finished"}'},
-    ),
 ]
 StepRange = Annotated[
     tuple[Step | None, Step | None] | None,
@@ -93,7 +85,7 @@ class SeriesBody(msgspec.Struct, forbid_unknown_fields=True):
         ),
     ]
     run_ids: RunIds = None
-    filters: Filters = None
+    filters: Filters | None = None
     points: ChartPoints = None
     x: Annotated[
         XAxis | None,
@@ -177,16 +169,7 @@ async def post_series(request: Request, body: SeriesBody) -> Response:
             return render_json({**chart, "series": picked})
         return render_json(chart)
 
-    return rendered_json(await read_project(request, team, project, _prepared(read)))
-
-
-def _prepared(read: Callable[[Client], Any]) -> Callable[[], Awaitable[Callable[[Client], Any]]]:
-    """The read, for ``read_project`` (the request was decoded and checked before the handler ran)."""
-
-    async def prepare() -> Callable[[Client], Any]:
-        return read
-
-    return prepare
+    return rendered_json(await read_project(request, team, project, read))
 
 
 # -- bands -------------------------------------------------------------------------------------
@@ -208,7 +191,7 @@ class BandsBody(msgspec.Struct, forbid_unknown_fields=True):
             extra={"error": f"by must be a non-empty list of at most {runs.MAX_GROUP_KEYS} names"},
         ),
     ] = None
-    filters: Filters = None
+    filters: Filters | None = None
     points: ChartPoints = None
     step_range: StepRange = None
 
@@ -296,7 +279,7 @@ async def post_bands(request: Request, body: BandsBody) -> Response:
             ],
         }
 
-    return json_response(await read_project(request, team, project, _prepared(read)))
+    return json_response(await read_project(request, team, project, read))
 
 
 # -- system metrics of many runs -----------------------------------------------------------------
@@ -310,7 +293,7 @@ class SystemBody(msgspec.Struct, forbid_unknown_fields=True):
         Annotated[list[RunId], Meta(min_length=1, max_length=logs.MAX_RUNS)] | None,
         Meta(extra={"error": f"run_ids must be a non-empty list of at most {logs.MAX_RUNS} run ids"}),
     ] = None
-    filters: Filters = None
+    filters: Filters | None = None
     metrics: Annotated[
         Annotated[list[Name], Meta(min_length=1, max_length=MAX_SYSTEM_METRICS)] | None,
         Meta(
@@ -408,7 +391,7 @@ async def post_system(request: Request, body: SystemBody) -> Response:
         found.sort(key=lambda s: (s["metric"], order[s["run_id"]]))
         return render_json({"points": points, "series": found})  # here, in the worker thread: NaN becomes null
 
-    return rendered_json(await read_project(request, team, project, _prepared(read)))
+    return rendered_json(await read_project(request, team, project, read))
 
 
 routes = [

@@ -70,10 +70,7 @@ class ProjectExportQuery(msgspec.Struct, forbid_unknown_fields=True):
         ),
     ] = "history"
     run_ids: Annotated[list[str] | None, Meta(description="run ids")] = None
-    # The words for a 400 sit outside ``| None``, where the edge looks for them.
-    filters: Annotated[
-        Filters | None, Meta(extra={"error": 'filters must be a JSON object, e.g. filters={"state": "finished"}'})
-    ] = None
+    filters: Filters | None = None
     metrics: Metrics = None
 
     def __post_init__(self) -> None:

@@ -14,7 +14,6 @@ a run that logged nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Any, Literal, NotRequired, TypedDict
 from urllib.parse import quote
 
@@ -110,11 +109,11 @@ async def list_runs(request: Request, query: RunsQuery) -> Response:
     team, project = project_path(request)
     fields = query.fields
 
-    async def search() -> Callable[[Client], dict[str, Any]]:
-        maps = runs.MAPS if fields is None else [m for m in runs.MAPS if m in fields]
-        return lambda client: runs.search_runs(
-            client, team, project, query.filters, query.order or "-created_at", query.limit, query.cursor or None, maps
-        )
+    maps = runs.MAPS if fields is None else [m for m in runs.MAPS if m in fields]
+
+    def search(client: Client) -> dict[str, Any]:
+        order, cursor = query.order or "-created_at", query.cursor or None
+        return runs.search_runs(client, team, project, query.filters, order, query.limit, cursor, maps)
 
     page = await read_project(request, team, project, search)
     found = [public_run(team, project, r) for r in page["runs"]]

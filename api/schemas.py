@@ -20,7 +20,7 @@ Filters = Annotated[
     dict[str, Any],
     Meta(
         description='wandb-style filter document, e.g. {"config.lr": {"$gt": 0.01}}',
-        extra={"error": 'filters must be a JSON object, e.g. filters={"state": "finished"}'},
+        extra={"error": 'filters must be a filter object (JSON), e.g. filters={"state": "finished"}'},
     ),
 ]
 #: Numbers, null (not logged), or "NaN"/"Infinity"/"-Infinity".
