@@ -13,7 +13,10 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Ingest events */
+        /**
+         * Ingest events
+         * @description Ingest a batch of events: newline-delimited JSON, one event of the event contract per line.
+         */
         post: {
             parameters: {
                 query?: never;
@@ -32,49 +35,63 @@ export interface paths {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Accepted"];
+                    };
                 };
                 /** @description no key, or a key that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description the key may not write to a project in the batch */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description a project in the batch is not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description the body or the batch is too large */
                 413: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description invalid events; details.errors lists each bad line and why; nothing was applied */
                 422: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description the events could not be stored; retry */
                 503: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
             };
         };
@@ -91,7 +108,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Download a run file */
+        /**
+         * Download a run file
+         * @description Download a run file or media blob.
+         */
         get: {
             parameters: {
                 query?: never;
@@ -123,28 +143,38 @@ export interface paths {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
-                /** @description a key or share link that does not work */
+                /** @description a credential that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
-                /** @description no such file, or not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
             };
         };
-        /** Upload a run file */
+        /**
+         * Upload a run file
+         * @description Upload a run file or media blob, streamed to the file store and checked against its SHA-256.
+         */
         put: {
             parameters: {
                 query: {
+                    /** @description the blob's SHA-256, checked as it arrives */
                     sha256: string;
                 };
                 header?: never;
@@ -167,42 +197,54 @@ export interface paths {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Stored"];
+                    };
                 };
                 /** @description the SHA-256 does not match, or a bad path */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
-                /** @description no key, or a key that does not work */
+                /** @description a credential that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
-                /** @description the key may not write here */
+                /** @description the key may not do this here */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
-                /** @description the project is not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description larger than the limit */
                 413: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
             };
         };
@@ -220,7 +262,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Health and readiness */
+        /**
+         * Health and readiness
+         * @description Whether the services the API depends on answer: 200, or 503 naming what is down.
+         */
         get: {
             parameters: {
                 query?: never;
@@ -235,14 +280,18 @@ export interface paths {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Health"];
+                    };
                 };
                 /** @description a dependency is down; checks says which */
                 503: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Health"];
+                    };
                 };
             };
         };
@@ -261,11 +310,13 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List projects */
+        /**
+         * List projects
+         * @description Projects the caller can read: their team's and every public one (anonymous: public only).
+         */
         get: {
             parameters: {
                 query?: {
-                    /** @description only this team's */
                     team?: string;
                 };
                 header?: never;
@@ -280,18 +331,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            projects: {
-                                /** @description seconds since the epoch */
-                                created_at: number;
-                                description: string;
-                                name: string;
-                                run_count: number;
-                                team: string;
-                                /** @enum {string} */
-                                visibility: "private" | "public";
-                            }[];
-                        };
+                        "application/json": components["schemas"]["Projects"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a key or share link was sent that does not work */
@@ -299,7 +348,9 @@ export interface paths {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
             };
         };
@@ -320,7 +371,10 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Create a project */
+        /**
+         * Create a project
+         * @description Create a project in a team (members and admins). Logging a run also creates one, private.
+         */
         post: {
             parameters: {
                 query?: never;
@@ -332,12 +386,7 @@ export interface paths {
             };
             requestBody: {
                 content: {
-                    "application/json": {
-                        description?: string;
-                        name: string;
-                        /** @enum {string} */
-                        visibility?: "private" | "public";
-                    };
+                    "application/json": components["schemas"]["NewProject"];
                 };
             };
             responses: {
@@ -347,16 +396,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            /** @description seconds since the epoch */
-                            created_at: number;
-                            description: string;
-                            name: string;
-                            run_count: number;
-                            team: string;
-                            /** @enum {string} */
-                            visibility: "private" | "public";
-                        };
+                        "application/json": components["schemas"]["Project"];
                     };
                 };
                 /** @description a bad name, visibility, description or body */
@@ -364,42 +404,54 @@ export interface paths {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description no key, or a key that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description viewers do not create projects, and only admins create public ones */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description no such team, or not this key's */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description the project exists */
                 409: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description the body is too large */
                 413: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
             };
         };
@@ -416,7 +468,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Get a project */
+        /**
+         * Get a project
+         * @description One project, with its visibility and run count.
+         */
         get: {
             parameters: {
                 query?: never;
@@ -435,16 +490,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            /** @description seconds since the epoch */
-                            created_at: number;
-                            description: string;
-                            name: string;
-                            run_count: number;
-                            team: string;
-                            /** @enum {string} */
-                            visibility: "private" | "public";
-                        };
+                        "application/json": components["schemas"]["Project"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a key or share link was sent that does not work */
@@ -452,14 +507,18 @@ export interface paths {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description no such project, or not visible to the caller */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
             };
         };
@@ -468,7 +527,10 @@ export interface paths {
         delete?: never;
         options?: never;
         head?: never;
-        /** Change a project */
+        /**
+         * Change a project
+         * @description Change a project's visibility or description (team admins).
+         */
         patch: {
             parameters: {
                 query?: never;
@@ -479,13 +541,9 @@ export interface paths {
                 };
                 cookie?: never;
             };
-            requestBody: {
+            requestBody?: {
                 content: {
-                    "application/json": {
-                        description?: string;
-                        /** @enum {string} */
-                        visibility?: "private" | "public";
-                    };
+                    "application/json": components["schemas"]["ProjectEdit"];
                 };
             };
             responses: {
@@ -495,16 +553,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            /** @description seconds since the epoch */
-                            created_at: number;
-                            description: string;
-                            name: string;
-                            run_count: number;
-                            team: string;
-                            /** @enum {string} */
-                            visibility: "private" | "public";
-                        };
+                        "application/json": components["schemas"]["Project"];
                     };
                 };
                 /** @description a bad visibility, description or body */
@@ -512,35 +561,45 @@ export interface paths {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description no key, or a key that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description only the team's admins change a project */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description no such project, or not visible to the caller */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description the body is too large */
                 413: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
             };
         };
@@ -553,7 +612,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List alert rules */
+        /**
+         * List alert rules
+         * @description A project's alert rules, enabled or not.
+         */
         get: {
             parameters: {
                 query?: never;
@@ -566,77 +628,49 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
-                /** @description the rules */
+                /** @description the rules, by name */
                 200: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            rules: {
-                                cooldown_s: number;
-                                created_at: number;
-                                enabled: boolean;
-                                id: string;
-                                kind: string;
-                                name: string;
-                                project: string;
-                                spec: Record<string, unknown>;
-                                team: string;
-                                updated_at: number;
-                            }[];
-                        };
+                        "application/json": components["schemas"]["AlertRules"];
                     };
                 };
-                /** @description a team or project name that cannot exist */
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description a key or share link that does not work */
+                /** @description a credential that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the project is not visible */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
         };
         put?: never;
-        /** Create an alert rule */
+        /**
+         * Create an alert rule
+         * @description Create an alert rule; the processor applies it to the project's runs within a second.
+         */
         post: {
             parameters: {
                 query?: never;
@@ -649,87 +683,7 @@ export interface paths {
             };
             requestBody: {
                 content: {
-                    "application/json": {
-                        /** @default 300 */
-                        cooldown_s?: number;
-                        /** @default true */
-                        enabled?: boolean;
-                        /** @enum {string} */
-                        kind: "threshold" | "nonfinite" | "divergence" | "stall" | "system" | "run_state";
-                        name: string;
-                        /** @description the kind's spec, see streams/alerting.py; checked by its check_rule */
-                        spec: Record<string, unknown>;
-                    } | {
-                        /** @enum {unknown} */
-                        kind?: "threshold";
-                        spec?: {
-                            /** @enum {string} */
-                            level?: "INFO" | "WARN" | "ERROR";
-                            metric: string;
-                            /** @enum {string} */
-                            op: ">" | ">=" | "<" | "<=" | "==" | "!=";
-                            value: number;
-                            webhooks?: string[];
-                        };
-                    } | {
-                        /** @enum {unknown} */
-                        kind?: "system";
-                        spec?: {
-                            for_seconds: number;
-                            /** @enum {string} */
-                            level?: "INFO" | "WARN" | "ERROR";
-                            metric: string;
-                            /** @enum {string} */
-                            op: ">" | ">=" | "<" | "<=" | "==" | "!=";
-                            value: number;
-                            webhooks?: string[];
-                        };
-                    } | {
-                        /** @enum {unknown} */
-                        kind?: "nonfinite";
-                        spec?: {
-                            /** @enum {string} */
-                            level?: "INFO" | "WARN" | "ERROR";
-                            metric: string;
-                            webhooks?: string[];
-                        };
-                    } | {
-                        /** @enum {unknown} */
-                        kind?: "divergence";
-                        spec?: {
-                            /** @enum {string} */
-                            goal?: "minimize" | "maximize";
-                            /** @enum {string} */
-                            level?: "INFO" | "WARN" | "ERROR";
-                            metric: string;
-                            percent: number;
-                            webhooks?: string[];
-                            within_steps: number;
-                        };
-                    } | {
-                        /** @enum {unknown} */
-                        kind?: "stall";
-                        spec?: {
-                            /** @enum {string} */
-                            goal?: "minimize" | "maximize";
-                            /** @enum {string} */
-                            level?: "INFO" | "WARN" | "ERROR";
-                            seconds?: number;
-                            webhooks?: string[];
-                        } | unknown | {
-                            metric: string;
-                            patience: number;
-                        };
-                    } | {
-                        /** @enum {unknown} */
-                        kind?: "run_state";
-                        spec?: {
-                            /** @enum {string} */
-                            level?: "INFO" | "WARN" | "ERROR";
-                            states: string[];
-                            webhooks?: string[];
-                        };
-                    };
+                    "application/json": components["schemas"]["NewAlertRule"];
                 };
             };
             responses: {
@@ -739,78 +693,43 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            cooldown_s: number;
-                            created_at: number;
-                            enabled: boolean;
-                            id: string;
-                            kind: string;
-                            name: string;
-                            project: string;
-                            spec: Record<string, unknown>;
-                            team: string;
-                            updated_at: number;
-                        };
+                        "application/json": components["schemas"]["AlertRule"];
                     };
                 };
-                /** @description not a JSON object, or a team or project name that cannot exist */
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no key, or one that does not work */
+                /** @description a credential that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the key may not write here */
+                /** @description the key may not do this here */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the project is not visible */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description the body is too large */
@@ -819,28 +738,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description a field, the kind or the spec does not fit; the message says what to fix */
+                /** @description the spec is not valid for its kind, a webhook aims at an internal address, or the project holds as many rules as it may; the message says why */
                 422: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -858,7 +765,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Get an alert rule */
+        /**
+         * Get an alert rule
+         * @description One alert rule.
+         */
         get: {
             parameters: {
                 query?: never;
@@ -878,70 +788,44 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            cooldown_s: number;
-                            created_at: number;
-                            enabled: boolean;
-                            id: string;
-                            kind: string;
-                            name: string;
-                            project: string;
-                            spec: Record<string, unknown>;
-                            team: string;
-                            updated_at: number;
-                        };
+                        "application/json": components["schemas"]["AlertRule"];
                     };
                 };
-                /** @description a team or project name that cannot exist */
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description a key or share link that does not work */
+                /** @description a credential that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no such rule, or not visible */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
         };
         put?: never;
         post?: never;
-        /** Delete an alert rule */
+        /**
+         * Delete an alert rule
+         * @description Delete an alert rule; the processor stops applying it within a second.
+         */
         delete: {
             parameters: {
                 query?: never;
@@ -962,71 +846,50 @@ export interface paths {
                     };
                     content?: never;
                 };
-                /** @description a team or project name that cannot exist */
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no key, or one that does not work */
+                /** @description a credential that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the key may not write here */
+                /** @description the key may not do this here */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no such rule, or not visible */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
         };
         options?: never;
         head?: never;
-        /** Update an alert rule */
+        /**
+         * Update an alert rule
+         * @description Change an alert rule: the fields sent; ``kind`` and ``spec`` go together, and the spec is replaced whole.
+         */
         patch: {
             parameters: {
                 query?: never;
@@ -1038,89 +901,9 @@ export interface paths {
                 };
                 cookie?: never;
             };
-            requestBody: {
+            requestBody?: {
                 content: {
-                    "application/json": {
-                        /** @default 300 */
-                        cooldown_s?: number;
-                        /** @default true */
-                        enabled?: boolean;
-                        /** @enum {string} */
-                        kind?: "threshold" | "nonfinite" | "divergence" | "stall" | "system" | "run_state";
-                        name?: string;
-                        /** @description the kind's spec, see streams/alerting.py; checked by its check_rule */
-                        spec?: Record<string, unknown>;
-                    } | unknown | ({
-                        /** @enum {unknown} */
-                        kind?: "threshold";
-                        spec?: {
-                            /** @enum {string} */
-                            level?: "INFO" | "WARN" | "ERROR";
-                            metric: string;
-                            /** @enum {string} */
-                            op: ">" | ">=" | "<" | "<=" | "==" | "!=";
-                            value: number;
-                            webhooks?: string[];
-                        };
-                    } | {
-                        /** @enum {unknown} */
-                        kind?: "system";
-                        spec?: {
-                            for_seconds: number;
-                            /** @enum {string} */
-                            level?: "INFO" | "WARN" | "ERROR";
-                            metric: string;
-                            /** @enum {string} */
-                            op: ">" | ">=" | "<" | "<=" | "==" | "!=";
-                            value: number;
-                            webhooks?: string[];
-                        };
-                    } | {
-                        /** @enum {unknown} */
-                        kind?: "nonfinite";
-                        spec?: {
-                            /** @enum {string} */
-                            level?: "INFO" | "WARN" | "ERROR";
-                            metric: string;
-                            webhooks?: string[];
-                        };
-                    } | {
-                        /** @enum {unknown} */
-                        kind?: "divergence";
-                        spec?: {
-                            /** @enum {string} */
-                            goal?: "minimize" | "maximize";
-                            /** @enum {string} */
-                            level?: "INFO" | "WARN" | "ERROR";
-                            metric: string;
-                            percent: number;
-                            webhooks?: string[];
-                            within_steps: number;
-                        };
-                    } | {
-                        /** @enum {unknown} */
-                        kind?: "stall";
-                        spec?: {
-                            /** @enum {string} */
-                            goal?: "minimize" | "maximize";
-                            /** @enum {string} */
-                            level?: "INFO" | "WARN" | "ERROR";
-                            seconds?: number;
-                            webhooks?: string[];
-                        } | unknown | {
-                            metric: string;
-                            patience: number;
-                        };
-                    } | {
-                        /** @enum {unknown} */
-                        kind?: "run_state";
-                        spec?: {
-                            /** @enum {string} */
-                            level?: "INFO" | "WARN" | "ERROR";
-                            states: string[];
-                            webhooks?: string[];
-                        };
-                    });
+                    "application/json": components["schemas"]["AlertRuleChanges"];
                 };
             };
             responses: {
@@ -1130,78 +913,43 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            cooldown_s: number;
-                            created_at: number;
-                            enabled: boolean;
-                            id: string;
-                            kind: string;
-                            name: string;
-                            project: string;
-                            spec: Record<string, unknown>;
-                            team: string;
-                            updated_at: number;
-                        };
+                        "application/json": components["schemas"]["AlertRule"];
                     };
                 };
-                /** @description not a JSON object, or a team or project name that cannot exist */
+                /** @description the request does not fit its declaration (a field, parameter or value, or kind without spec); the message says what to fix */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no key, or one that does not work */
+                /** @description a credential that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the key may not write here */
+                /** @description the key may not do this here */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no such rule, or not visible */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description the body is too large */
@@ -1210,28 +958,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description a field, the kind or the spec does not fit; the message says what to fix */
+                /** @description the spec is not valid for its kind, a webhook aims at an internal address, or the project holds as many rules as it may; the message says why */
                 422: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -1245,12 +981,14 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List alerts */
+        /**
+         * List alerts
+         * @description A project's alerts (or one run's), newest first, optionally from ``since`` on.
+         */
         get: {
             parameters: {
                 query?: {
                     run_id?: string;
-                    /** @description Unix seconds */
                     since?: number;
                     limit?: number;
                 };
@@ -1263,69 +1001,40 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
-                /** @description the alerts */
+                /** @description the alerts, newest first */
                 200: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            alerts: {
-                                alert_id: string;
-                                level: string;
-                                rule_id: string | null;
-                                run_id: string;
-                                source: string;
-                                text: string;
-                                time: number;
-                                title: string;
-                            }[];
-                        };
+                        "application/json": components["schemas"]["Alerts"];
                     };
                 };
-                /** @description a bad query parameter, or a team or project name that cannot exist */
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description a key or share link that does not work */
+                /** @description a credential that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the project is not visible */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -1345,17 +1054,25 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Stream alerts (Server-Sent Events) */
+        /**
+         * Stream alerts (Server-Sent Events)
+         * @description New alerts as Server-Sent Events (``event: alert``, ``data``: one alert as JSON, ``id``: its cursor).
+         *
+         *     From ``since``, else from connect time; a reconnect with ``Last-Event-ID`` resumes after that event.
+         *     A ``: keepalive`` comment goes out every 15 s without alerts. ``max_events`` and ``timeout_s``
+         *     end the stream (for scripts and tests); otherwise it lasts until the client disconnects.
+         *     Browsers' EventSource cannot send headers: use ``?share=`` for a share link.
+         */
         get: {
             parameters: {
                 query?: {
                     run_id?: string;
-                    /** @description Unix seconds */
                     since?: number;
                     max_events?: number;
                     timeout_s?: number;
                 };
                 header?: {
+                    /** @description the id of the last event received: the stream resumes after it */
                     "Last-Event-ID"?: string;
                 };
                 path: {
@@ -1381,49 +1098,31 @@ export interface paths {
                         };
                     };
                 };
-                /** @description a bad query parameter, or a team or project name that cannot exist */
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description a key or share link that does not work */
+                /** @description a credential that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the project is not visible */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -1445,7 +1144,14 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Group bands */
+        /**
+         * Group bands
+         * @description Group bands of one metric: per group, at aligned steps, the mean and std across its runs and the min/max.
+         *
+         *     Groups are given (``groups``: label to run ids), or made by grouping the
+         *     runs that match ``filters`` by fields (``by``, as in ``runs/groups``; each
+         *     group then carries its ``values`` and ``run_count``, and its label joins the values).
+         */
         post: {
             parameters: {
                 query?: never;
@@ -1458,19 +1164,7 @@ export interface paths {
             };
             requestBody: {
                 content: {
-                    "application/json": {
-                        by?: string[] | null;
-                        /** @description wandb-style filter document, e.g. {"config.lr": {"$gt": 0.01}} */
-                        filters?: Record<string, unknown> | null;
-                        groups?: {
-                            [key: string]: string[];
-                        } | null;
-                        metric: string;
-                        /** @default 500 */
-                        points?: number | null;
-                        /** @description [first, last] steps, inclusive; null for an open end */
-                        step_range?: (number | null)[] | null;
-                    };
+                    "application/json": components["schemas"]["BandsBody"];
                 };
             };
             responses: {
@@ -1480,23 +1174,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            bucket_steps?: number;
-                            groups: {
-                                group: string;
-                                max: (number | null)[];
-                                mean: (number | null)[];
-                                min: (number | null)[];
-                                run_count?: number;
-                                runs: (number | null)[];
-                                std: (number | null)[];
-                                values?: Record<string, unknown>;
-                                x: (number | null)[];
-                            }[];
-                            level?: number;
-                            metric: string;
-                            points: number;
-                        };
+                        "application/json": components["schemas"]["Bands"];
                     };
                 };
                 /** @description bad arguments or filter */
@@ -1505,13 +1183,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a credential that does not work */
@@ -1520,28 +1192,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the project is not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description the body is too large */
@@ -1550,13 +1210,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -1574,16 +1228,22 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Export a project's runs */
+        /**
+         * Export a project's runs
+         * @description Export runs' metric history (long format: run_id, metric, step, time, value) or their metadata (``table=runs``).
+         *
+         *     Runs are ``run_ids``, or those matching ``filters`` (every run when neither is sent).
+         */
         get: {
             parameters: {
                 query?: {
-                    format?: "parquet" | "arrow" | "csv";
+                    format?: "arrow" | "csv" | "parquet";
+                    /** @description history: one row per logged value; runs: one row per run */
                     table?: "history" | "runs";
-                    /** @description comma-joined run ids */
+                    /** @description comma-joined; run ids */
                     run_ids?: string;
                     filters?: string;
-                    /** @description comma-joined metric names (history; all when omitted) */
+                    /** @description comma-joined; metric names (all when omitted) */
                     metrics?: string;
                 };
                 header?: never;
@@ -1598,6 +1258,10 @@ export interface paths {
                 /** @description the file, streamed (Content-Disposition names it) */
                 200: {
                     headers: {
+                        /** @description attachment; filename="..." */
+                        "Content-Disposition"?: string;
+                        /** @description how many runs the file holds */
+                        "X-Runstream-Runs"?: string;
                         [name: string]: unknown;
                     };
                     content: {
@@ -1612,13 +1276,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a credential that does not work */
@@ -1627,28 +1285,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the project is not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -1668,7 +1314,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Key catalog */
+        /**
+         * Key catalog
+         * @description The config, summary, metric and system keys the project has seen, with their JSON types.
+         */
         get: {
             parameters: {
                 query?: never;
@@ -1688,11 +1337,17 @@ export interface paths {
                     };
                     content: {
                         "application/json": {
-                            [key: string]: {
-                                key: string;
-                                types: string[];
-                            }[];
+                            [key: string]: components["schemas"]["CatalogKey"][];
                         };
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a credential that does not work */
@@ -1701,28 +1356,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the project is not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -1742,7 +1385,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List reports */
+        /**
+         * List reports
+         * @description A project's reports, most recently updated first (without bodies and panels).
+         */
         get: {
             parameters: {
                 query?: never;
@@ -1761,70 +1407,43 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            reports: {
-                                created_at: number;
-                                created_by: string;
-                                id: string;
-                                panel_count: number;
-                                project: string;
-                                share_version: number;
-                                team: string;
-                                title: string;
-                                updated_at: number;
-                            }[];
-                        };
+                        "application/json": components["schemas"]["Reports"];
                     };
                 };
-                /** @description a team or project name that cannot exist */
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description a key or share link that does not work */
+                /** @description a credential that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the project is not visible */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
         };
         put?: never;
-        /** Create a report */
+        /**
+         * Create a report
+         * @description Create a report: a ``title``, a markdown ``body`` and chart ``panels``.
+         */
         post: {
             parameters: {
                 query?: never;
@@ -1837,13 +1456,7 @@ export interface paths {
             };
             requestBody: {
                 content: {
-                    "application/json": {
-                        /** @description markdown */
-                        body?: string;
-                        /** @description chart specs, at most 262,144 bytes of JSON in all */
-                        panels?: Record<string, unknown>[];
-                        title: string;
-                    };
+                    "application/json": components["schemas"]["NewReport"];
                 };
             };
             responses: {
@@ -1853,78 +1466,43 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            body: string;
-                            created_at: number;
-                            created_by: string;
-                            id: string;
-                            panels: Record<string, unknown>[];
-                            project: string;
-                            share_version: number;
-                            team: string;
-                            title: string;
-                            updated_at: number;
-                        };
+                        "application/json": components["schemas"]["Report"];
                     };
                 };
-                /** @description not a JSON object, or a team or project name that cannot exist */
+                /** @description a field that does not fit, or a team or project name that cannot exist */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no key, or one that does not work */
+                /** @description a credential that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the key may not write here */
+                /** @description the key may not do this here */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the project is not visible */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description the body is too large */
@@ -1933,28 +1511,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description a field does not fit; the message says which */
+                /** @description the panels are more JSON than a report holds, or JSON storage cannot keep */
                 422: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -1972,7 +1538,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Get a report */
+        /**
+         * Get a report
+         * @description One report.
+         */
         get: {
             parameters: {
                 query?: never;
@@ -1992,48 +1561,25 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            body: string;
-                            created_at: number;
-                            created_by: string;
-                            id: string;
-                            panels: Record<string, unknown>[];
-                            project: string;
-                            share_version: number;
-                            team: string;
-                            title: string;
-                            updated_at: number;
-                        };
+                        "application/json": components["schemas"]["Report"];
                     };
                 };
-                /** @description a team or project name that cannot exist */
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description a key or share link that does not work */
+                /** @description a credential that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description no such report, or not visible */
@@ -2042,20 +1588,17 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
         };
         put?: never;
         post?: never;
-        /** Delete a report */
+        /**
+         * Delete a report
+         * @description Delete a report; its share links stop working.
+         */
         delete: {
             parameters: {
                 query?: never;
@@ -2076,49 +1619,31 @@ export interface paths {
                     };
                     content?: never;
                 };
-                /** @description a team or project name that cannot exist */
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no key, or one that does not work */
+                /** @description a credential that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the key may not write here */
+                /** @description the key may not do this here */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description no such report, or not visible */
@@ -2127,20 +1652,17 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
         };
         options?: never;
         head?: never;
-        /** Update a report */
+        /**
+         * Update a report
+         * @description Change a report's title, body or panels (the fields sent).
+         */
         patch: {
             parameters: {
                 query?: never;
@@ -2152,15 +1674,9 @@ export interface paths {
                 };
                 cookie?: never;
             };
-            requestBody: {
+            requestBody?: {
                 content: {
-                    "application/json": {
-                        /** @description markdown */
-                        body?: string;
-                        /** @description chart specs, at most 262,144 bytes of JSON in all */
-                        panels?: Record<string, unknown>[];
-                        title?: string;
-                    };
+                    "application/json": components["schemas"]["ReportEdit"];
                 };
             };
             responses: {
@@ -2170,63 +1686,34 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            body: string;
-                            created_at: number;
-                            created_by: string;
-                            id: string;
-                            panels: Record<string, unknown>[];
-                            project: string;
-                            share_version: number;
-                            team: string;
-                            title: string;
-                            updated_at: number;
-                        };
+                        "application/json": components["schemas"]["Report"];
                     };
                 };
-                /** @description not a JSON object, or a team or project name that cannot exist */
+                /** @description a field that does not fit, or a team or project name that cannot exist */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no key, or one that does not work */
+                /** @description a credential that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the key may not write here */
+                /** @description the key may not do this here */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description no such report, or not visible */
@@ -2235,13 +1722,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description the body is too large */
@@ -2250,28 +1731,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description a field does not fit; the message says which */
+                /** @description the panels are more JSON than a report holds, or JSON storage cannot keep */
                 422: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -2287,7 +1756,11 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Create a share link */
+        /**
+         * Create a share link
+         * @description A read-only link to the report and its project's data, valid for ``expires_in_s`` (default 7 days,
+         *     at most a year).
+         */
         post: {
             parameters: {
                 query?: never;
@@ -2301,10 +1774,7 @@ export interface paths {
             };
             requestBody?: {
                 content: {
-                    "application/json": {
-                        /** @default 604800 */
-                        expires_in_s?: number;
-                    };
+                    "application/json": components["schemas"]["NewShare"];
                 };
             };
             responses: {
@@ -2314,56 +1784,34 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            expires_at: number;
-                            token: string;
-                            url: string;
-                        };
+                        "application/json": components["schemas"]["ShareLink"];
                     };
                 };
-                /** @description not a JSON object, or a team or project name that cannot exist */
+                /** @description expires_in_s is not a whole number of seconds in range, or a team or project name that cannot exist */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no key, or one that does not work */
+                /** @description a credential that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the key may not write here */
+                /** @description the key may not do this here */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description no such report, or not visible */
@@ -2372,13 +1820,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description the body is too large */
@@ -2387,33 +1829,15 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
-                    };
-                };
-                /** @description expires_in_s is not a whole number of seconds in range */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
         };
-        /** Revoke share links */
+        /**
+         * Revoke share links
+         * @description Revoke every share link of the report made so far (new ones can be made after).
+         */
         delete: {
             parameters: {
                 query?: never;
@@ -2433,63 +1857,34 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            body: string;
-                            created_at: number;
-                            created_by: string;
-                            id: string;
-                            panels: Record<string, unknown>[];
-                            project: string;
-                            share_version: number;
-                            team: string;
-                            title: string;
-                            updated_at: number;
-                        };
+                        "application/json": components["schemas"]["Report"];
                     };
                 };
-                /** @description a team or project name that cannot exist */
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no key, or one that does not work */
+                /** @description a credential that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the key may not write here */
+                /** @description the key may not do this here */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description no such report, or not visible */
@@ -2498,13 +1893,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -2521,7 +1910,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Search runs */
+        /**
+         * Search runs
+         * @description A page of the project's runs matching a filter, in an order.
+         */
         get: {
             parameters: {
                 query?: {
@@ -2529,9 +1921,8 @@ export interface paths {
                     /** @description a run column, config.<key> or summary.<key>; - first for descending */
                     order?: string;
                     limit?: number;
-                    /** @description next_cursor of the previous page */
                     cursor?: string;
-                    /** @description comma-separated run fields to answer besides team, project and id (absent: all; empty: none); a chart legend needs name only, and leaving out config and summary makes a page several times cheaper */
+                    /** @description comma-joined */
                     fields?: string;
                 };
                 header?: never;
@@ -2549,46 +1940,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            next_cursor: string | null;
-                            runs: {
-                                args?: string[];
-                                config?: Record<string, unknown>;
-                                /** @description Unix seconds */
-                                created_at?: number;
-                                /** @description a failed run's traceback, until it resumes */
-                                error?: string | null;
-                                exit_code?: number | null;
-                                /** @description Unix seconds */
-                                finished_at?: number | null;
-                                git?: Record<string, unknown>;
-                                group?: string | null;
-                                /** @description Unix seconds */
-                                heartbeat_at?: number;
-                                host?: string;
-                                id: string;
-                                job_type?: string | null;
-                                /** @description define_metric specs, oldest first: for each attribute the last spec whose glob matches a metric and sets it wins */
-                                metrics?: {
-                                    goal: string | null;
-                                    name: string;
-                                    step_metric: string | null;
-                                    summary: string | null;
-                                }[];
-                                name?: string;
-                                notes?: string;
-                                program?: string;
-                                project: string;
-                                python?: string;
-                                state?: string;
-                                summary?: Record<string, unknown>;
-                                tags?: string[];
-                                team: string;
-                                /** @description Unix seconds */
-                                updated_at?: number;
-                                user?: string;
-                            }[];
-                        };
+                        "application/json": components["schemas"]["RunsPage"];
                     };
                 };
                 /** @description a bad filter, order, limit, cursor or field */
@@ -2597,13 +1949,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a credential that does not work */
@@ -2612,28 +1958,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the project is not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -2653,7 +1987,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Count runs */
+        /**
+         * Count runs
+         * @description How many of the project's runs match a filter.
+         */
         get: {
             parameters: {
                 query?: {
@@ -2674,9 +2011,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            count: number;
-                        };
+                        "application/json": components["schemas"]["Count"];
                     };
                 };
                 /** @description a bad filter */
@@ -2685,13 +2020,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a credential that does not work */
@@ -2700,28 +2029,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the project is not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -2743,7 +2060,14 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Group runs */
+        /**
+         * Group runs
+         * @description Matching runs grouped by fields, with each group's count and summary statistics.
+         *
+         *     ``by`` names text columns (group, job_type, state, ...), ``tags`` or
+         *     ``config.<key>``/``summary.<key>``; ``aggregates`` names summary (or config)
+         *     keys, each giving mean, min, max and count over the group's numeric values.
+         */
         post: {
             parameters: {
                 query?: never;
@@ -2756,14 +2080,7 @@ export interface paths {
             };
             requestBody: {
                 content: {
-                    "application/json": {
-                        aggregates?: string[] | null;
-                        by: string[];
-                        /** @description wandb-style filter document, e.g. {"config.lr": {"$gt": 0.01}} */
-                        filters?: Record<string, unknown> | null;
-                        /** @description add each group's run ids */
-                        run_ids?: boolean | null;
-                    };
+                    "application/json": components["schemas"]["GroupBody"];
                 };
             };
             responses: {
@@ -2773,16 +2090,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            groups: {
-                                count: number;
-                                group: Record<string, unknown>;
-                                run_ids?: string[];
-                                summary: {
-                                    [key: string]: Record<string, unknown>;
-                                };
-                            }[];
-                        };
+                        "application/json": components["schemas"]["Groups"];
                     };
                 };
                 /** @description bad fields or filter */
@@ -2791,13 +2099,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a credential that does not work */
@@ -2806,28 +2108,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the project is not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description the body is too large */
@@ -2836,13 +2126,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -2862,7 +2146,16 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Chart series of many runs */
+        /**
+         * Chart series of many runs
+         * @description Chart series: at most ``points`` points per (run, metric), each bucket's last value, mean, min and max.
+         *
+         *     Runs are ``run_ids``, or those matching ``filters`` (every run of the project
+         *     when neither is sent). ``x``: step, time (Unix seconds), relative (seconds
+         *     since the run's first step) or metric (the value of ``x_metric``). ``fields``
+         *     picks the arrays to answer: a line with its min/max envelope needs only x, y,
+         *     min and max.
+         */
         post: {
             parameters: {
                 query?: never;
@@ -2875,24 +2168,7 @@ export interface paths {
             };
             requestBody: {
                 content: {
-                    "application/json": {
-                        /** @description the arrays to answer (all when omitted): a chart needs fewer */
-                        fields?: ("x" | "step" | "y" | "mean" | "min" | "max" | "count")[] | null;
-                        /** @description wandb-style filter document, e.g. {"config.lr": {"$gt": 0.01}} */
-                        filters?: Record<string, unknown> | null;
-                        metrics: string[];
-                        /** @default 500 */
-                        points?: number | null;
-                        run_ids?: string[] | null;
-                        /** @description [first, last] steps, inclusive; null for an open end */
-                        step_range?: (number | null)[] | null;
-                        /**
-                         * @default step
-                         * @enum {string|null}
-                         */
-                        x?: "step" | "time" | "relative" | "metric" | null;
-                        x_metric?: string | null;
-                    };
+                    "application/json": components["schemas"]["SeriesBody"];
                 };
             };
             responses: {
@@ -2902,24 +2178,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            points: number;
-                            series: {
-                                bucket_steps?: number;
-                                count?: (number | null)[];
-                                level?: number;
-                                max?: (number | null)[];
-                                mean?: (number | null)[];
-                                metric: string;
-                                min?: (number | null)[];
-                                run_id: string;
-                                step?: (number | null)[];
-                                x?: (number | null)[];
-                                y?: (number | null)[];
-                            }[];
-                            x: string;
-                            x_metric?: string | null;
-                        };
+                        "application/json": components["schemas"]["Chart"];
                     };
                 };
                 /** @description bad arguments or filter */
@@ -2928,13 +2187,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a credential that does not work */
@@ -2943,28 +2196,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the project is not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description the body is too large */
@@ -2973,13 +2214,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -2999,7 +2234,20 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** System metrics of many runs */
+        /**
+         * System metrics of many runs
+         * @description System metrics (CPU, memory, GPU, ...) of many runs in time buckets: mean, min and max of each.
+         *
+         *     The project-wide form of a run's ``/system``: a workspace panel of a system
+         *     metric draws every run it shows from this one request, instead of one request
+         *     per run. Runs are ``run_ids``, or those matching ``filters`` (every run of the
+         *     project when neither is sent); ``metrics`` (every one when omitted); at most
+         *     ``points`` buckets per (run, metric), from the run's first sample between
+         *     ``start`` and ``end`` (Unix seconds, inclusive). Entries are as the run's
+         *     endpoint answers them, with ``run_id``, ordered by metric then by the order of
+         *     ``run_ids`` (oldest run first for a filter); a run without samples of a metric
+         *     has none.
+         */
         post: {
             parameters: {
                 query?: never;
@@ -3010,24 +2258,9 @@ export interface paths {
                 };
                 cookie?: never;
             };
-            requestBody: {
+            requestBody?: {
                 content: {
-                    "application/json": {
-                        /** @description Unix seconds, inclusive */
-                        end?: number | null;
-                        /** @description wandb-style filter document, e.g. {"config.lr": {"$gt": 0.01}} */
-                        filters?: Record<string, unknown> | null;
-                        /** @description system metric names (every one when omitted) */
-                        metrics?: string[] | null;
-                        /**
-                         * @description at most this many buckets per (run, metric)
-                         * @default 500
-                         */
-                        points?: number | null;
-                        run_ids?: string[] | null;
-                        /** @description Unix seconds, inclusive */
-                        start?: number | null;
-                    };
+                    "application/json": components["schemas"]["SystemBody"];
                 };
             };
             responses: {
@@ -3037,18 +2270,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            points: number;
-                            series: {
-                                bucket_seconds: number;
-                                max: (number | null)[];
-                                mean: (number | null)[];
-                                metric: string;
-                                min: (number | null)[];
-                                run_id: string;
-                                time: (number | null)[];
-                            }[];
-                        };
+                        "application/json": components["schemas"]["ProjectSystem"];
                     };
                 };
                 /** @description bad arguments or filter */
@@ -3057,13 +2279,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a credential that does not work */
@@ -3072,28 +2288,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the project is not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description the body is too large */
@@ -3102,13 +2306,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -3126,7 +2324,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Health and readiness */
+        /**
+         * Health and readiness
+         * @description Whether the services the API depends on answer: 200, or 503 naming what is down.
+         */
         get: {
             parameters: {
                 query?: never;
@@ -3141,14 +2342,18 @@ export interface paths {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Health"];
+                    };
                 };
                 /** @description a dependency is down; checks says which */
                 503: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Health"];
+                    };
                 };
             };
         };
@@ -3167,7 +2372,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Get a run */
+        /**
+         * Get a run
+         * @description One run.
+         */
         get: {
             parameters: {
                 query?: never;
@@ -3187,43 +2395,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            args?: string[];
-                            config: Record<string, unknown>;
-                            /** @description Unix seconds */
-                            created_at: number;
-                            /** @description a failed run's traceback, until it resumes */
-                            error?: string | null;
-                            exit_code?: number | null;
-                            /** @description Unix seconds */
-                            finished_at?: number | null;
-                            git?: Record<string, unknown>;
-                            group?: string | null;
-                            /** @description Unix seconds */
-                            heartbeat_at?: number;
-                            host?: string;
-                            id: string;
-                            job_type?: string | null;
-                            /** @description define_metric specs, oldest first: for each attribute the last spec whose glob matches a metric and sets it wins */
-                            metrics?: {
-                                goal: string | null;
-                                name: string;
-                                step_metric: string | null;
-                                summary: string | null;
-                            }[];
-                            name: string;
-                            notes?: string;
-                            program?: string;
-                            project: string;
-                            python?: string;
-                            state: string;
-                            summary: Record<string, unknown>;
-                            tags: string[];
-                            team: string;
-                            /** @description Unix seconds */
-                            updated_at?: number;
-                            user?: string;
-                        };
+                        "application/json": components["schemas"]["Run"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a credential that does not work */
@@ -3232,28 +2413,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no such run, or not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -3263,7 +2432,16 @@ export interface paths {
         delete?: never;
         options?: never;
         head?: never;
-        /** Edit a run */
+        /**
+         * Edit a run
+         * @description Edit a run's name, tags, notes, config and summary; answers the updated run.
+         *
+         *     The edit travels through the pipeline like the SDK's events, so every
+         *     replica and the run's later events see it; a later edit wins, and so does,
+         *     field by field, a later value the run's SDK sends (a tag list, a config or
+         *     summary key, its name). A field sent as null is left as it is, except notes,
+         *     which null clears.
+         */
         patch: {
             parameters: {
                 query?: never;
@@ -3275,17 +2453,9 @@ export interface paths {
                 };
                 cookie?: never;
             };
-            requestBody: {
+            requestBody?: {
                 content: {
-                    "application/json": {
-                        /** @description keys merged into the config, nested objects merged key by key (as run.config.update) */
-                        config?: Record<string, unknown>;
-                        name?: string;
-                        notes?: string | null;
-                        /** @description keys set as explicit summary values, which win over the ones computed from metrics */
-                        summary?: Record<string, unknown>;
-                        tags?: string[];
-                    };
+                    "application/json": components["schemas"]["RunEdit"];
                 };
             };
             responses: {
@@ -3295,43 +2465,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            args?: string[];
-                            config: Record<string, unknown>;
-                            /** @description Unix seconds */
-                            created_at: number;
-                            /** @description a failed run's traceback, until it resumes */
-                            error?: string | null;
-                            exit_code?: number | null;
-                            /** @description Unix seconds */
-                            finished_at?: number | null;
-                            git?: Record<string, unknown>;
-                            group?: string | null;
-                            /** @description Unix seconds */
-                            heartbeat_at?: number;
-                            host?: string;
-                            id: string;
-                            job_type?: string | null;
-                            /** @description define_metric specs, oldest first: for each attribute the last spec whose glob matches a metric and sets it wins */
-                            metrics?: {
-                                goal: string | null;
-                                name: string;
-                                step_metric: string | null;
-                                summary: string | null;
-                            }[];
-                            name: string;
-                            notes?: string;
-                            program?: string;
-                            project: string;
-                            python?: string;
-                            state: string;
-                            summary: Record<string, unknown>;
-                            tags: string[];
-                            team: string;
-                            /** @description Unix seconds */
-                            updated_at?: number;
-                            user?: string;
-                        };
+                        "application/json": components["schemas"]["Run"];
                     };
                 };
                 /** @description a bad edit */
@@ -3340,73 +2474,43 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no key, or a key that does not work */
+                /** @description a credential that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the key may not write here */
+                /** @description the key may not do this here */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no such run, or not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the body is too large */
+                /** @description the body is too large, or the edit is larger than one event */
                 413: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description the edit could not be stored; retry */
@@ -3415,13 +2519,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -3435,15 +2533,18 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A run's console output */
+        /**
+         * A run's console output
+         * @description A run's console output: the last ``tail`` lines, or with ``q`` the last lines that contain it (or match it).
+         *
+         *     Lines come oldest first; ``next_cursor`` pages to older lines.
+         */
         get: {
             parameters: {
                 query?: {
                     tail?: number;
-                    /** @description text to find, ignoring case (a RE2 pattern with regex=1) */
                     q?: string;
                     regex?: "0" | "1";
-                    /** @description next_cursor of the previous answer */
                     cursor?: string;
                 };
                 header?: never;
@@ -3462,14 +2563,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            lines: {
-                                line: string;
-                                stream: string;
-                                time: number;
-                            }[];
-                            next_cursor: string | null;
-                        };
+                        "application/json": components["schemas"]["Console"];
                     };
                 };
                 /** @description bad arguments or a bad pattern */
@@ -3478,13 +2572,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a credential that does not work */
@@ -3493,28 +2581,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no such run, or not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -3534,12 +2610,15 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Export a run's history */
+        /**
+         * Export a run's history
+         * @description Export one run's full metric history (long format: run_id, metric, step, time, value).
+         */
         get: {
             parameters: {
                 query?: {
-                    format?: "parquet" | "arrow" | "csv";
-                    /** @description comma-joined metric names (all when omitted) */
+                    format?: "arrow" | "csv" | "parquet";
+                    /** @description comma-joined; metric names (all when omitted) */
                     metrics?: string;
                 };
                 header?: never;
@@ -3555,6 +2634,10 @@ export interface paths {
                 /** @description the file, streamed (Content-Disposition names it) */
                 200: {
                     headers: {
+                        /** @description attachment; filename="..." */
+                        "Content-Disposition"?: string;
+                        /** @description how many runs the file holds */
+                        "X-Runstream-Runs"?: string;
                         [name: string]: unknown;
                     };
                     content: {
@@ -3563,19 +2646,13 @@ export interface paths {
                         "text/csv; charset=utf-8": string;
                     };
                 };
-                /** @description bad arguments */
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a credential that does not work */
@@ -3584,28 +2661,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no such run, or not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -3625,11 +2690,14 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A run's files */
+        /**
+         * A run's files
+         * @description A run's files (the current entry per path, sorted by path), each with the URL of its blob.
+         */
         get: {
             parameters: {
                 query?: {
-                    kind?: "file" | "media" | "code" | "git_patch" | "requirements";
+                    kind?: "code" | "file" | "git_patch" | "media" | "requirements";
                     prefix?: string;
                 };
                 header?: never;
@@ -3648,20 +2716,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            files: {
-                                kind: string;
-                                media_type?: string | null;
-                                meta?: Record<string, unknown>;
-                                path: string;
-                                sha256: string;
-                                size: number;
-                                step?: number | null;
-                                store_key?: string;
-                                time?: number;
-                                url: string;
-                            }[];
-                        };
+                        "application/json": components["schemas"]["Files"];
                     };
                 };
                 /** @description an unknown kind */
@@ -3670,13 +2725,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a credential that does not work */
@@ -3685,28 +2734,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no such run, or not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -3726,11 +2763,16 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A run's sampled history */
+        /**
+         * A run's sampled history
+         * @description At most ``samples`` rows of a run's metrics, sampled keeping each key's extremes (its min and max).
+         *
+         *     A row is a step at which any of the keys was logged; ``null`` where it did not log a key.
+         */
         get: {
             parameters: {
                 query?: {
-                    /** @description comma-joined metric names (every metric when omitted) */
+                    /** @description comma-joined; metric names (every metric when omitted) */
                     keys?: string;
                     samples?: number;
                 };
@@ -3744,32 +2786,22 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
-                /** @description columns of equal length: _step, _timestamp (Unix seconds) and one per key */
+                /** @description the sampled rows' columns */
                 200: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            columns: {
-                                [key: string]: unknown[];
-                            };
-                        };
+                        "application/json": components["schemas"]["History"];
                     };
                 };
-                /** @description bad arguments */
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a credential that does not work */
@@ -3778,28 +2810,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no such run, or not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -3819,16 +2839,21 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A run's full history, paged */
+        /**
+         * A run's full history, paged
+         * @description A page of a run's unsampled history, by step (``min_step`` inclusive, ``max_step`` exclusive).
+         */
         get: {
             parameters: {
                 query?: {
-                    /** @description comma-joined metric names (every metric when omitted) */
+                    /** @description comma-joined; metric names (every metric when omitted) */
                     keys?: string;
                     page_size?: number;
                     /** @description next_cursor of the previous page */
                     cursor?: string;
+                    /** @description inclusive */
                     min_step?: number;
+                    /** @description exclusive */
                     max_step?: number;
                 };
                 header?: never;
@@ -3847,27 +2872,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            columns: {
-                                [key: string]: unknown[];
-                            };
-                            next_cursor: string | null;
-                        };
+                        "application/json": components["schemas"]["HistoryPage"];
                     };
                 };
-                /** @description bad arguments or cursor */
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a credential that does not work */
@@ -3876,28 +2890,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no such run, or not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -3917,7 +2919,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A run's media under a key */
+        /**
+         * A run's media under a key
+         * @description The media a run logged under one key, by step: what a media panel's step slider walks.
+         */
         get: {
             parameters: {
                 query: {
@@ -3939,21 +2944,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            key: string;
-                            media: {
-                                kind: string;
-                                media_type?: string | null;
-                                meta?: Record<string, unknown>;
-                                path: string;
-                                sha256: string;
-                                size: number;
-                                step?: number | null;
-                                store_key?: string;
-                                time?: number;
-                                url: string;
-                            }[];
-                        };
+                        "application/json": components["schemas"]["Media"];
                     };
                 };
                 /** @description no key given */
@@ -3962,13 +2953,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a credential that does not work */
@@ -3977,28 +2962,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no such run, or not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -4018,7 +2991,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A run's metric names */
+        /**
+         * A run's metric names
+         * @description The names of the metrics a run logged, sorted.
+         */
         get: {
             parameters: {
                 query?: never;
@@ -4038,9 +3014,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            metrics: string[];
-                        };
+                        "application/json": components["schemas"]["Metrics"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a credential that does not work */
@@ -4049,28 +3032,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no such run, or not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -4090,7 +3061,15 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A run's metric statistics */
+        /**
+         * A run's metric statistics
+         * @description What a run resumed elsewhere needs to go on: its last step and sequence number, and each
+         *     metric's statistics.
+         *
+         *     ``count`` is the number of finite values, which ``min``, ``max`` and ``mean``
+         *     are over (null without any); ``last`` is the value logged at the metric's
+         *     last step (non-finite ones as the contract's strings).
+         */
         get: {
             parameters: {
                 query?: never;
@@ -4110,23 +3089,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            /** @description the largest event seq of the run folded so far */
-                            last_seq: number | null;
-                            last_step: number | null;
-                            metrics: {
-                                [key: string]: {
-                                    count: number;
-                                    first_step: number;
-                                    /** @description a number, or "NaN"/"Infinity"/"-Infinity" */
-                                    last: unknown;
-                                    last_step: number;
-                                    max: number | null;
-                                    mean: number | null;
-                                    min: number | null;
-                                };
-                            };
-                        };
+                        "application/json": components["schemas"]["Statistics"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a credential that does not work */
@@ -4135,28 +3107,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no such run, or not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -4176,11 +3136,14 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A run's system metrics */
+        /**
+         * A run's system metrics
+         * @description A run's system metrics (CPU, memory, GPU, ...) in time buckets: mean, min and max of each.
+         */
         get: {
             parameters: {
                 query?: {
-                    /** @description comma-joined metric names (all when omitted) */
+                    /** @description comma-joined */
                     names?: string;
                     points?: number;
                 };
@@ -4200,16 +3163,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            series: {
-                                bucket_seconds: number;
-                                max: (number | null)[];
-                                mean: (number | null)[];
-                                metric: string;
-                                min: (number | null)[];
-                                time: (number | null)[];
-                            }[];
-                        };
+                        "application/json": components["schemas"]["RunSystem"];
                     };
                 };
                 /** @description bad arguments */
@@ -4218,13 +3172,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description a credential that does not work */
@@ -4233,28 +3181,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description no such run, or not visible with this key */
+                /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -4274,7 +3210,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Open a share link */
+        /**
+         * Open a share link
+         * @description The report a share link points to; the token is the credential, no key needed.
+         */
         get: {
             parameters: {
                 query?: never;
@@ -4292,25 +3231,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            expires_at: number;
-                            project: {
-                                name: string;
-                                team: string;
-                            };
-                            report: {
-                                body: string;
-                                created_at: number;
-                                created_by: string;
-                                id: string;
-                                panels: Record<string, unknown>[];
-                                project: string;
-                                share_version: number;
-                                team: string;
-                                title: string;
-                                updated_at: number;
-                            };
-                        };
+                        "application/json": components["schemas"]["SharedReport"];
                     };
                 };
                 /** @description the link is not valid, has expired, or was revoked; ask for a new one */
@@ -4319,13 +3240,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            error: {
-                                code: string;
-                                details?: unknown;
-                                message: string;
-                            };
-                        };
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
             };
@@ -4345,7 +3260,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List teams */
+        /**
+         * List teams
+         * @description The teams the caller belongs to (the local admin: every team).
+         */
         get: {
             parameters: {
                 query?: never;
@@ -4361,16 +3279,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            teams: {
-                                /** @description seconds since the epoch */
-                                created_at: number;
-                                display_name: string;
-                                /** @enum {string|null} */
-                                role: "viewer" | "member" | "admin" | null;
-                                team: string;
-                            }[];
-                        };
+                        "application/json": components["schemas"]["Teams"];
                     };
                 };
                 /** @description no key, or a key that does not work */
@@ -4378,12 +3287,17 @@ export interface paths {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
             };
         };
         put?: never;
-        /** Create a team */
+        /**
+         * Create a team
+         * @description Create a team. Only the embedded server's local admin may; otherwise use ``runstream keys create``.
+         */
         post: {
             parameters: {
                 query?: never;
@@ -4393,10 +3307,7 @@ export interface paths {
             };
             requestBody: {
                 content: {
-                    "application/json": {
-                        display_name?: string;
-                        team: string;
-                    };
+                    "application/json": components["schemas"]["NewTeam"];
                 };
             };
             responses: {
@@ -4406,50 +3317,53 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            /** @description seconds since the epoch */
-                            created_at: number;
-                            display_name: string;
-                            /** @enum {string|null} */
-                            role: "viewer" | "member" | "admin" | null;
-                            team: string;
-                        };
+                        "application/json": components["schemas"]["Team"];
                     };
                 };
-                /** @description a bad team name or body */
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description no key, or a key that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description only the local admin creates teams through the API */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description the team exists */
                 409: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description the body is too large */
                 413: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
             };
         };
@@ -4466,7 +3380,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List API keys */
+        /**
+         * List API keys
+         * @description A team's API keys (admins: all of them; other members: their own), never their secrets.
+         */
         get: {
             parameters: {
                 query?: never;
@@ -4484,19 +3401,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            keys: {
-                                /** @description seconds since the epoch */
-                                created_at: number;
-                                key_id: string;
-                                name: string;
-                                /** @description seconds since the epoch */
-                                revoked_at: number | null;
-                                team: string;
-                                user: string;
-                            }[];
-                            team: string;
-                        };
+                        "application/json": components["schemas"]["ApiKeys"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description no key, or a key that does not work */
@@ -4504,19 +3418,35 @@ export interface paths {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description no such team, or not this key's */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
             };
         };
         put?: never;
-        /** Create an API key */
+        /**
+         * Create an API key
+         * @description A new API key: for yourself, or (team admins) for any member. The full key is in this answer only.
+         */
         post: {
             parameters: {
                 query?: never;
@@ -4526,12 +3456,9 @@ export interface paths {
                 };
                 cookie?: never;
             };
-            requestBody: {
+            requestBody?: {
                 content: {
-                    "application/json": {
-                        name?: string;
-                        user?: string;
-                    };
+                    "application/json": components["schemas"]["NewKey"];
                 };
             };
             responses: {
@@ -4541,52 +3468,53 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            /** @description seconds since the epoch */
-                            created_at: number;
-                            /** @description shown only this once */
-                            key: string;
-                            key_id: string;
-                            name: string;
-                            team: string;
-                            user: string;
-                        };
+                        "application/json": components["schemas"]["CreatedApiKey"];
                     };
                 };
-                /** @description a bad body */
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
                 400: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description no key, or a key that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description only admins create keys for other members; the local admin must name the user */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description no such team (or not this key's), or the user is not a member of it */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description the body is too large */
                 413: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
             };
         };
@@ -4606,7 +3534,10 @@ export interface paths {
         get?: never;
         put?: never;
         post?: never;
-        /** Revoke an API key */
+        /**
+         * Revoke an API key
+         * @description Revoke a key (team admins, or the key's own user); it fails from the next request on.
+         */
         delete: {
             parameters: {
                 query?: never;
@@ -4625,16 +3556,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            /** @description seconds since the epoch */
-                            created_at: number;
-                            key_id: string;
-                            name: string;
-                            /** @description seconds since the epoch */
-                            revoked_at: number | null;
-                            team: string;
-                            user: string;
-                        };
+                        "application/json": components["schemas"]["ApiKey"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description no key, or a key that does not work */
@@ -4642,21 +3573,27 @@ export interface paths {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description not an admin, and not the key's user */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description no such team or key */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
             };
         };
@@ -4672,7 +3609,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List a team's members */
+        /**
+         * List a team's members
+         * @description A team's members and their roles (any member may read them).
+         */
         get: {
             parameters: {
                 query?: never;
@@ -4690,17 +3630,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            members: {
-                                /** @description seconds since the epoch */
-                                created_at: number;
-                                /** @enum {string} */
-                                role: "viewer" | "member" | "admin";
-                                team: string;
-                                user: string;
-                            }[];
-                            team: string;
-                        };
+                        "application/json": components["schemas"]["Members"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description no key, or a key that does not work */
@@ -4708,14 +3647,27 @@ export interface paths {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description no such team, or not this key's */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
             };
         };
@@ -4735,23 +3687,26 @@ export interface paths {
             cookie?: never;
         };
         get?: never;
-        /** Add or change a member */
+        /**
+         * Add or change a member
+         * @description Add a member or change their role (team admins).
+         *
+         *     ``user`` is 1-128 letters, digits or ``_.@+-``, starting with a letter or digit
+         *     (an e-mail address fits).
+         */
         put: {
             parameters: {
                 query?: never;
                 header?: never;
                 path: {
-                    user: string;
                     team: string;
+                    user: string;
                 };
                 cookie?: never;
             };
             requestBody: {
                 content: {
-                    "application/json": {
-                        /** @enum {string} */
-                        role: "viewer" | "member" | "admin";
-                    };
+                    "application/json": components["schemas"]["MemberRole"];
                 };
             };
             responses: {
@@ -4761,14 +3716,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            /** @description seconds since the epoch */
-                            created_at: number;
-                            /** @enum {string} */
-                            role: "viewer" | "member" | "admin";
-                            team: string;
-                            user: string;
-                        };
+                        "application/json": components["schemas"]["Member"];
                     };
                 };
                 /** @description the member was added */
@@ -4777,14 +3725,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            /** @description seconds since the epoch */
-                            created_at: number;
-                            /** @enum {string} */
-                            role: "viewer" | "member" | "admin";
-                            team: string;
-                            user: string;
-                        };
+                        "application/json": components["schemas"]["Member"];
                     };
                 };
                 /** @description a bad user name, role or body */
@@ -4792,54 +3733,69 @@ export interface paths {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description no key, or a key that does not work */
                 401: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description only the team's admins change members */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description no such team, or not this key's */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description that would demote the team's last admin */
                 409: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description the body is too large */
                 413: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
             };
         };
         post?: never;
-        /** Remove a member */
+        /**
+         * Remove a member
+         * @description Remove a member (team admins); their keys of the team are revoked at once.
+         */
         delete: {
             parameters: {
                 query?: never;
                 header?: never;
                 path: {
-                    user: string;
                     team: string;
+                    user: string;
                 };
                 cookie?: never;
             };
@@ -4851,14 +3807,16 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            /** @description seconds since the epoch */
-                            created_at: number;
-                            /** @enum {string} */
-                            role: "viewer" | "member" | "admin";
-                            team: string;
-                            user: string;
-                        };
+                        "application/json": components["schemas"]["Member"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
                     };
                 };
                 /** @description no key, or a key that does not work */
@@ -4866,28 +3824,36 @@ export interface paths {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description only the team's admins remove members */
                 403: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description no such team or member */
                 404: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
                 /** @description the member is the team's last admin */
                 409: {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
             };
         };
@@ -4903,7 +3869,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Who am I */
+        /**
+         * Who am I
+         * @description The caller as the server sees it (also anonymous callers and share links).
+         */
         get: {
             parameters: {
                 query?: never;
@@ -4919,21 +3888,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": {
-                            key_id: string | null;
-                            local_admin: boolean;
-                            /** @enum {string|null} */
-                            role: "viewer" | "member" | "admin" | null;
-                            share: {
-                                /** @description seconds since the epoch */
-                                expires_at: number;
-                                project: string;
-                                report_id: string;
-                                team: string;
-                            } | null;
-                            team: string | null;
-                            user: string | null;
-                        };
+                        "application/json": components["schemas"]["Whoami"];
                     };
                 };
                 /** @description a key or share link was sent that does not work */
@@ -4941,7 +3896,9 @@ export interface paths {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
                 };
             };
         };
@@ -4960,7 +3917,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Prometheus metrics */
+        /**
+         * Prometheus metrics
+         * @description Prometheus metrics of this API process.
+         */
         get: {
             parameters: {
                 query?: never;
@@ -4975,7 +3935,9 @@ export interface paths {
                     headers: {
                         [name: string]: unknown;
                     };
-                    content?: never;
+                    content: {
+                        "text/plain; version=1.0.0; charset=utf-8": string;
+                    };
                 };
             };
         };
@@ -4990,7 +3952,806 @@ export interface paths {
 }
 export type webhooks = Record<string, never>;
 export interface components {
-    schemas: never;
+    schemas: {
+        /** Accepted */
+        Accepted: {
+            /** @description how many events the batch held */
+            accepted: number;
+        };
+        /** Alert */
+        Alert: {
+            alert_id: string;
+            /** @enum {unknown} */
+            level: "ERROR" | "INFO" | "WARN";
+            /** @description the rule that fired it; null for the SDK's run.alert */
+            rule_id: string | null;
+            run_id: string;
+            /** @enum {unknown} */
+            source: "rule" | "sdk";
+            text: string;
+            /** @description Unix seconds, the run's clock */
+            time: number;
+            title: string;
+        };
+        /** AlertRule */
+        AlertRule: {
+            cooldown_s: number;
+            /** @description Unix seconds */
+            created_at: number;
+            enabled: boolean;
+            id: string;
+            /** @enum {unknown} */
+            kind: "divergence" | "nonfinite" | "run_state" | "stall" | "system" | "threshold";
+            name: string;
+            project: string;
+            /** @description the kind's spec; callers who cannot write to the project see only the scheme and host of its webhooks */
+            spec: Record<string, unknown>;
+            team: string;
+            /** @description Unix seconds */
+            updated_at: number;
+        };
+        /**
+         * AlertRuleChanges
+         * @description The fields to change; ``kind`` and ``spec`` only together (a spec is valid for its kind).
+         */
+        AlertRuleChanges: {
+            /** @description the least seconds between two alerts of the rule on one run */
+            cooldown_s?: number;
+            enabled?: boolean;
+            /**
+             * @description what the rule watches; its spec says how
+             * @enum {unknown}
+             */
+            kind?: "divergence" | "nonfinite" | "run_state" | "stall" | "system" | "threshold";
+            name?: string;
+            /** @description the kind's spec: the schema below titled by the rule's kind; a spec that is not valid for its kind is a 422 with the reason */
+            spec?: {
+                /**
+                 * @default WARN
+                 * @enum {string}
+                 */
+                level: "INFO" | "WARN" | "ERROR";
+                metric: string;
+                /** @enum {string} */
+                op: ">" | ">=" | "<" | "<=" | "==" | "!=";
+                value: number;
+                /** @description URLs the notifier posts this rule's alerts to, besides the global ones */
+                webhooks?: string[];
+            } | {
+                for_seconds: number;
+                /**
+                 * @default WARN
+                 * @enum {string}
+                 */
+                level: "INFO" | "WARN" | "ERROR";
+                metric: string;
+                /** @enum {string} */
+                op: ">" | ">=" | "<" | "<=" | "==" | "!=";
+                value: number;
+                /** @description URLs the notifier posts this rule's alerts to, besides the global ones */
+                webhooks?: string[];
+            } | {
+                /**
+                 * @default WARN
+                 * @enum {string}
+                 */
+                level: "INFO" | "WARN" | "ERROR";
+                metric: string;
+                /** @description URLs the notifier posts this rule's alerts to, besides the global ones */
+                webhooks?: string[];
+            } | {
+                /** @enum {string} */
+                goal?: "minimize" | "maximize";
+                /**
+                 * @default WARN
+                 * @enum {string}
+                 */
+                level: "INFO" | "WARN" | "ERROR";
+                metric: string;
+                percent: number;
+                /** @description URLs the notifier posts this rule's alerts to, besides the global ones */
+                webhooks?: string[];
+                within_steps: number;
+            } | ({
+                /** @enum {string} */
+                goal?: "minimize" | "maximize";
+                /**
+                 * @default WARN
+                 * @enum {string}
+                 */
+                level: "INFO" | "WARN" | "ERROR";
+                seconds?: number;
+                /** @description URLs the notifier posts this rule's alerts to, besides the global ones */
+                webhooks?: string[];
+            } | unknown | {
+                metric: string;
+                patience: number;
+            }) | {
+                /**
+                 * @default WARN
+                 * @enum {string}
+                 */
+                level: "INFO" | "WARN" | "ERROR";
+                states: string[];
+                /** @description URLs the notifier posts this rule's alerts to, besides the global ones */
+                webhooks?: string[];
+            };
+        };
+        /** AlertRules */
+        AlertRules: {
+            rules: components["schemas"]["AlertRule"][];
+        };
+        /** Alerts */
+        Alerts: {
+            alerts: components["schemas"]["Alert"][];
+        };
+        /** ApiKey */
+        ApiKey: {
+            /** @description Unix seconds */
+            created_at: number;
+            key_id: string;
+            name: string;
+            revoked_at: number | null;
+            team: string;
+            user: string;
+        };
+        /** ApiKeys */
+        ApiKeys: {
+            keys: components["schemas"]["ApiKey"][];
+            team: string;
+        };
+        /** Band */
+        Band: {
+            /** @description its label; grouped by fields, the values joined */
+            group: string;
+            max: (number | null)[];
+            mean: (number | null)[];
+            min: (number | null)[];
+            /** @description grouped by fields: the group's runs */
+            run_count?: number;
+            /** @description how many runs have a finite mean in each bucket */
+            runs: (number | null)[];
+            std: (number | null)[];
+            /** @description grouped by fields: the group's value of each */
+            values?: Record<string, unknown>;
+            x: (number | null)[];
+        };
+        /** Bands */
+        Bands: {
+            bucket_steps?: number;
+            groups: components["schemas"]["Band"][];
+            level?: number;
+            metric: string;
+            points: number;
+        };
+        /** BandsBody */
+        BandsBody: {
+            /** @description fields to group the runs matching filters by */
+            by?: string[] | null;
+            filters?: Record<string, unknown> | null;
+            /** @description label -> the run ids of the group */
+            groups?: {
+                [key: string]: string[];
+            } | null;
+            metric: string;
+            /** @description at most this many points per (run, metric); 500 when omitted */
+            points?: number | null;
+            /** @description [first, last] steps, inclusive; null for an open end */
+            step_range?: [
+                number | null,
+                number | null
+            ] | null;
+        };
+        /** CatalogKey */
+        CatalogKey: {
+            key: string;
+            types: string[];
+        };
+        /** Chart */
+        Chart: {
+            points: number;
+            series: components["schemas"]["Series"][];
+            x: string;
+            x_metric: string | null;
+        };
+        /** Console */
+        Console: {
+            lines: components["schemas"]["ConsoleLine"][];
+            next_cursor: string | null;
+        };
+        /** ConsoleLine */
+        ConsoleLine: {
+            line: string;
+            stream: string;
+            time: number;
+        };
+        /** Count */
+        Count: {
+            count: number;
+        };
+        /** CreatedApiKey */
+        CreatedApiKey: {
+            /** @description Unix seconds */
+            created_at: number;
+            /** @description the whole key, shown only this once */
+            key: string;
+            key_id: string;
+            name: string;
+            team: string;
+            user: string;
+        };
+        /**
+         * Error
+         * @description The API's refusal (``api/errors.py``).
+         */
+        Error: {
+            error: components["schemas"]["ErrorBody"];
+        };
+        /** ErrorBody */
+        ErrorBody: {
+            code: string;
+            details: unknown;
+            message: string;
+        };
+        /** FileEntry */
+        FileEntry: {
+            kind: string;
+            media_type?: string | null;
+            meta?: Record<string, unknown>;
+            path: string;
+            sha256: string;
+            size: number;
+            step?: number | null;
+            store_key?: string;
+            time?: number;
+            /** @description where the blob downloads from */
+            url: string;
+        };
+        /** Files */
+        Files: {
+            files: components["schemas"]["FileEntry"][];
+        };
+        /** Group */
+        Group: {
+            count: number;
+            /** @description the group's value of each by field */
+            group: Record<string, unknown>;
+            /** @description with run_ids: true */
+            run_ids?: string[];
+            summary: {
+                [key: string]: Record<string, unknown>;
+            };
+        };
+        /** GroupBody */
+        GroupBody: {
+            aggregates?: string[] | null;
+            by: string[];
+            filters?: Record<string, unknown> | null;
+            run_ids?: boolean | null;
+        };
+        /** Groups */
+        Groups: {
+            groups: components["schemas"]["Group"][];
+        };
+        /** Health */
+        Health: {
+            checks: {
+                [key: string]: string;
+            };
+            /** @enum {unknown} */
+            status: "ok" | "unavailable";
+        };
+        /** History */
+        History: {
+            /** @description columns of equal length: _step, _timestamp (Unix seconds) and one per key */
+            columns: {
+                [key: string]: unknown[];
+            };
+        };
+        /** HistoryPage */
+        HistoryPage: {
+            /** @description columns of equal length: _step, _timestamp (Unix seconds) and one per key */
+            columns: {
+                [key: string]: unknown[];
+            };
+            /** @description null on the last page */
+            next_cursor: string | null;
+        };
+        /** Media */
+        Media: {
+            key: string;
+            media: components["schemas"]["FileEntry"][];
+        };
+        /** Member */
+        Member: {
+            /** @description Unix seconds */
+            created_at: number;
+            /** @enum {unknown} */
+            role: "admin" | "member" | "viewer";
+            team: string;
+            user: string;
+        };
+        /** MemberRole */
+        MemberRole: {
+            /** @enum {unknown} */
+            role: "admin" | "member" | "viewer";
+        };
+        /** Members */
+        Members: {
+            members: components["schemas"]["Member"][];
+            team: string;
+        };
+        /** MetricDefinition */
+        MetricDefinition: {
+            goal: string | null;
+            name: string;
+            step_metric: string | null;
+            summary: string | null;
+        };
+        /** MetricStatistics */
+        MetricStatistics: {
+            /** @description finite values, which min, max and mean are over */
+            count: number;
+            first_step: number;
+            /** @description the value at the last step: a number, or "NaN"/"Infinity"/"-Infinity" */
+            last: unknown;
+            last_step: number;
+            max: number | null;
+            mean: number | null;
+            min: number | null;
+        };
+        /** Metrics */
+        Metrics: {
+            metrics: string[];
+        };
+        /** NewAlertRule */
+        NewAlertRule: {
+            /**
+             * @description the least seconds between two alerts of the rule on one run
+             * @default 300
+             */
+            cooldown_s: number;
+            /** @default true */
+            enabled: boolean;
+            /**
+             * @description what the rule watches; its spec says how
+             * @enum {unknown}
+             */
+            kind: "divergence" | "nonfinite" | "run_state" | "stall" | "system" | "threshold";
+            name: string;
+            /** @description the kind's spec: the schema below titled by the rule's kind; a spec that is not valid for its kind is a 422 with the reason */
+            spec: {
+                /**
+                 * @default WARN
+                 * @enum {string}
+                 */
+                level: "INFO" | "WARN" | "ERROR";
+                metric: string;
+                /** @enum {string} */
+                op: ">" | ">=" | "<" | "<=" | "==" | "!=";
+                value: number;
+                /** @description URLs the notifier posts this rule's alerts to, besides the global ones */
+                webhooks?: string[];
+            } | {
+                for_seconds: number;
+                /**
+                 * @default WARN
+                 * @enum {string}
+                 */
+                level: "INFO" | "WARN" | "ERROR";
+                metric: string;
+                /** @enum {string} */
+                op: ">" | ">=" | "<" | "<=" | "==" | "!=";
+                value: number;
+                /** @description URLs the notifier posts this rule's alerts to, besides the global ones */
+                webhooks?: string[];
+            } | {
+                /**
+                 * @default WARN
+                 * @enum {string}
+                 */
+                level: "INFO" | "WARN" | "ERROR";
+                metric: string;
+                /** @description URLs the notifier posts this rule's alerts to, besides the global ones */
+                webhooks?: string[];
+            } | {
+                /** @enum {string} */
+                goal?: "minimize" | "maximize";
+                /**
+                 * @default WARN
+                 * @enum {string}
+                 */
+                level: "INFO" | "WARN" | "ERROR";
+                metric: string;
+                percent: number;
+                /** @description URLs the notifier posts this rule's alerts to, besides the global ones */
+                webhooks?: string[];
+                within_steps: number;
+            } | ({
+                /** @enum {string} */
+                goal?: "minimize" | "maximize";
+                /**
+                 * @default WARN
+                 * @enum {string}
+                 */
+                level: "INFO" | "WARN" | "ERROR";
+                seconds?: number;
+                /** @description URLs the notifier posts this rule's alerts to, besides the global ones */
+                webhooks?: string[];
+            } | unknown | {
+                metric: string;
+                patience: number;
+            }) | {
+                /**
+                 * @default WARN
+                 * @enum {string}
+                 */
+                level: "INFO" | "WARN" | "ERROR";
+                states: string[];
+                /** @description URLs the notifier posts this rule's alerts to, besides the global ones */
+                webhooks?: string[];
+            };
+        };
+        /** NewKey */
+        NewKey: {
+            /** @default  */
+            name: string;
+            /** @description the member the key is for; the caller when left out */
+            user?: string;
+        };
+        /** NewProject */
+        NewProject: {
+            /** @default  */
+            description: string;
+            name: string;
+            /**
+             * @default private
+             * @enum {unknown}
+             */
+            visibility: "private" | "public";
+        };
+        /** NewReport */
+        NewReport: {
+            /**
+             * @description markdown
+             * @default
+             */
+            body: string;
+            /**
+             * @description chart specs, at most 262,144 bytes of JSON in all
+             * @default []
+             */
+            panels: Record<string, unknown>[];
+            title: string;
+        };
+        /** NewShare */
+        NewShare: {
+            /**
+             * @description how long the link works
+             * @default 604800
+             */
+            expires_in_s: number;
+        };
+        /** NewTeam */
+        NewTeam: {
+            /** @default  */
+            display_name: string;
+            team: string;
+        };
+        /** Project */
+        Project: {
+            /** @description Unix seconds */
+            created_at: number;
+            description: string;
+            name: string;
+            run_count: number;
+            team: string;
+            /** @enum {unknown} */
+            visibility: "private" | "public";
+        };
+        /**
+         * ProjectEdit
+         * @description Fields left out stay as they are.
+         */
+        ProjectEdit: {
+            description?: string;
+            /** @enum {unknown} */
+            visibility?: "private" | "public";
+        };
+        /** ProjectSystem */
+        ProjectSystem: {
+            points: number;
+            series: components["schemas"]["RunSystemSeries"][];
+        };
+        /** Projects */
+        Projects: {
+            projects: components["schemas"]["Project"][];
+        };
+        /** Report */
+        Report: {
+            /** @description markdown */
+            body: string;
+            /** @description Unix seconds */
+            created_at: number;
+            created_by: string;
+            id: string;
+            /** @description chart specs */
+            panels: Record<string, unknown>[];
+            project: string;
+            /** @description the version share links name; revoking them bumps it */
+            share_version: number;
+            team: string;
+            title: string;
+            /** @description Unix seconds */
+            updated_at: number;
+        };
+        /**
+         * ReportEdit
+         * @description Fields left out stay as they are.
+         */
+        ReportEdit: {
+            /** @description markdown */
+            body?: string;
+            /** @description chart specs, at most 262,144 bytes of JSON in all */
+            panels?: Record<string, unknown>[];
+            title?: string;
+        };
+        /** ReportSummary */
+        ReportSummary: {
+            /** @description Unix seconds */
+            created_at: number;
+            created_by: string;
+            id: string;
+            panel_count: number;
+            project: string;
+            /** @description the version share links name; revoking them bumps it */
+            share_version: number;
+            team: string;
+            title: string;
+            /** @description Unix seconds */
+            updated_at: number;
+        };
+        /** Reports */
+        Reports: {
+            reports: components["schemas"]["ReportSummary"][];
+        };
+        /**
+         * Run
+         * @description A run, as every endpoint answers it.
+         */
+        Run: {
+            args?: string[];
+            config: Record<string, unknown>;
+            /** @description Unix seconds */
+            created_at: number;
+            /** @description a failed run's traceback, until it resumes */
+            error?: string | null;
+            exit_code?: number | null;
+            finished_at?: number | null;
+            git?: Record<string, unknown>;
+            group?: string | null;
+            /** @description Unix seconds */
+            heartbeat_at?: number;
+            host?: string;
+            id: string;
+            job_type?: string | null;
+            /** @description define_metric specs, oldest first: for each attribute the last spec whose glob matches a metric and sets it wins */
+            metrics?: components["schemas"]["MetricDefinition"][];
+            name: string;
+            notes?: string;
+            program?: string;
+            project: string;
+            python?: string;
+            /** @enum {unknown} */
+            state: "crashed" | "failed" | "finished" | "killed" | "running";
+            summary: Record<string, unknown>;
+            tags: string[];
+            team: string;
+            /** @description Unix seconds */
+            updated_at?: number;
+            user?: string;
+        };
+        /**
+         * RunEdit
+         * @description Fields left out stay as they are; notes sent as null are cleared.
+         */
+        RunEdit: {
+            /** @description keys merged into the config, nested objects merged key by key (as run.config.update) */
+            config?: Record<string, unknown>;
+            name?: string;
+            notes?: string | null;
+            /** @description keys set as explicit summary values, which win over the ones computed from metrics */
+            summary?: Record<string, unknown>;
+            tags?: string[];
+        };
+        /**
+         * RunFields
+         * @description Every field of a run, unless a search's ``fields=`` picks some.
+         */
+        RunFields: {
+            args?: string[];
+            config?: Record<string, unknown>;
+            /** @description Unix seconds */
+            created_at?: number;
+            /** @description a failed run's traceback, until it resumes */
+            error?: string | null;
+            exit_code?: number | null;
+            finished_at?: number | null;
+            git?: Record<string, unknown>;
+            group?: string | null;
+            /** @description Unix seconds */
+            heartbeat_at?: number;
+            host?: string;
+            id: string;
+            job_type?: string | null;
+            /** @description define_metric specs, oldest first: for each attribute the last spec whose glob matches a metric and sets it wins */
+            metrics?: components["schemas"]["MetricDefinition"][];
+            name?: string;
+            notes?: string;
+            program?: string;
+            project: string;
+            python?: string;
+            /** @enum {unknown} */
+            state?: "crashed" | "failed" | "finished" | "killed" | "running";
+            summary?: Record<string, unknown>;
+            tags?: string[];
+            team: string;
+            /** @description Unix seconds */
+            updated_at?: number;
+            user?: string;
+        };
+        /** RunSystem */
+        RunSystem: {
+            series: components["schemas"]["SystemSeries"][];
+        };
+        /** RunSystemSeries */
+        RunSystemSeries: {
+            bucket_seconds: number;
+            max: (number | null)[];
+            mean: (number | null)[];
+            metric: string;
+            min: (number | null)[];
+            run_id: string;
+            /** @description each bucket's start, Unix seconds */
+            time: (number | null)[];
+        };
+        /** RunsPage */
+        RunsPage: {
+            /** @description null on the last page */
+            next_cursor: string | null;
+            runs: components["schemas"]["RunFields"][];
+        };
+        /**
+         * Series
+         * @description One (run, metric): its arrays, those the request's fields picked.
+         */
+        Series: {
+            /** @description steps per point */
+            bucket_steps: number;
+            count?: (number | null)[];
+            /** @description the stored level read (0: raw points) */
+            level: number;
+            max?: (number | null)[];
+            mean?: (number | null)[];
+            metric: string;
+            min?: (number | null)[];
+            run_id: string;
+            step?: (number | null)[];
+            x?: (number | null)[];
+            y?: (number | null)[];
+        };
+        /** SeriesBody */
+        SeriesBody: {
+            /** @description the arrays to answer (all when omitted): a chart needs fewer */
+            fields?: ("count" | "max" | "mean" | "min" | "step" | "x" | "y")[] | null;
+            filters?: Record<string, unknown> | null;
+            metrics: string[];
+            /** @description at most this many points per (run, metric); 500 when omitted */
+            points?: number | null;
+            run_ids?: string[] | null;
+            /** @description [first, last] steps, inclusive; null for an open end */
+            step_range?: [
+                number | null,
+                number | null
+            ] | null;
+            /** @description step, time (Unix seconds), relative (seconds since the run's first step) or metric (the value of x_metric); step when omitted */
+            x?: ("metric" | "relative" | "step" | "time") | null;
+            x_metric?: string | null;
+        };
+        /** ShareGrant */
+        ShareGrant: {
+            /** @description Unix seconds */
+            expires_at: number;
+            project: string;
+            report_id: string;
+            team: string;
+        };
+        /** ShareLink */
+        ShareLink: {
+            /** @description Unix seconds */
+            expires_at: number;
+            token: string;
+            /** @description the web UI's path for it */
+            url: string;
+        };
+        /** SharedProject */
+        SharedProject: {
+            name: string;
+            team: string;
+        };
+        /** SharedReport */
+        SharedReport: {
+            /** @description Unix seconds */
+            expires_at: number;
+            project: components["schemas"]["SharedProject"];
+            report: components["schemas"]["Report"];
+        };
+        /** Statistics */
+        Statistics: {
+            /** @description the largest event seq of the run folded so far */
+            last_seq: number | null;
+            /** @description the largest step any metric logged */
+            last_step: number | null;
+            metrics: {
+                [key: string]: components["schemas"]["MetricStatistics"];
+            };
+        };
+        /** Stored */
+        Stored: {
+            sha256: string;
+            size: number;
+            /** @description the store key */
+            stored: string;
+        };
+        /** SystemBody */
+        SystemBody: {
+            /** @description Unix seconds, inclusive */
+            end?: number | null;
+            filters?: Record<string, unknown> | null;
+            /** @description system metric names (every one when omitted) */
+            metrics?: string[] | null;
+            /** @description at most this many buckets per (run, metric); 500 when omitted */
+            points?: number | null;
+            run_ids?: string[] | null;
+            /** @description Unix seconds, inclusive */
+            start?: number | null;
+        };
+        /** SystemSeries */
+        SystemSeries: {
+            bucket_seconds: number;
+            max: (number | null)[];
+            mean: (number | null)[];
+            metric: string;
+            min: (number | null)[];
+            time: (number | null)[];
+        };
+        /** Team */
+        Team: {
+            /** @description Unix seconds */
+            created_at: number;
+            display_name: string;
+            /**
+             * @description the caller's role in the team
+             * @enum {unknown}
+             */
+            role: "admin" | "member" | "viewer";
+            team: string;
+        };
+        /** Teams */
+        Teams: {
+            teams: components["schemas"]["Team"][];
+        };
+        /** Whoami */
+        Whoami: {
+            key_id: string | null;
+            local_admin: boolean;
+            role: ("admin" | "member" | "viewer") | null;
+            /** @description what a share link grants; null for anything else */
+            share: components["schemas"]["ShareGrant"] | null;
+            team: string | null;
+            user: string | null;
+        };
+    };
     responses: never;
     parameters: never;
     requestBodies: never;
