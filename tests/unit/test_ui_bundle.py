@@ -61,3 +61,16 @@ def test_bundle_files_are_the_built_ones() -> None:
     for name in BUILT:
         actual = hashlib.sha256((UI / name).read_bytes()).hexdigest()
         assert files[name] == actual, f"api/ui/{name} differs from what the build wrote: run `make ui`, don't edit it"
+
+
+def test_the_ui_types_come_from_the_api_as_it_is() -> None:
+    """web/openapi.json (what src/api-types.ts is generated from) is the document the API serves now:
+    changing an endpoint's declaration without `make ui` fails here."""
+    from starlette.testclient import TestClient
+
+    from runstream.api.app import create_app
+    from runstream.settings import Settings
+
+    app = create_app(Settings(clickhouse_dsn="chdb://unused", data_dir="unused"))
+    served = TestClient(app).get("/api/v1/openapi.json").json()  # no lifespan: nothing starts
+    assert served == json.loads((WEB / "openapi.json").read_text()), "run `make ui` to regenerate the UI's types"
