@@ -99,8 +99,8 @@ def endpoint(
     """Declare an endpoint: who may call it, what it takes, what it answers.
 
     Each request is checked in this order: ``access`` (None: anyone, unchecked), then
-    the handler's ``query`` and ``body`` parameters are decoded, then the handler
-    runs, given the access check's principal if it has a ``principal`` parameter. So
+    the path's names (``check_path``) and the handler's ``query`` and ``body``
+    parameters are decoded, then the handler runs, given the access check's principal if it has a ``principal`` parameter. So
     a caller who may not be here learns nothing about its request. An ``overlapped``
     handler checks access itself, beside its read (``auth.read_project``); a request
     that does not fit is then refused only once the check has passed.
