@@ -122,8 +122,10 @@ def _without_none(info: msgspec.inspect.Type) -> msgspec.inspect.Type:
 _AT = re.compile(r" - at `\$(?:\.([^`.\[]+))?([^`]*)`$")
 
 
-def refused(declared: Declared, exc: msgspec.ValidationError, where: str = "") -> ApiError:
-    """msgspec's complaint as a 400 that names the field and what to send."""
+def refused(
+    declared: Declared, exc: msgspec.ValidationError, where: str = "", given: Mapping[str, Any] | None = None
+) -> ApiError:
+    """msgspec's complaint as a 400 that names the field and what to send (and, from ``given``, what was sent)."""
     text = str(exc)
     if text.startswith("Object contains unknown field"):
         unknown = text.split("`")[1]
@@ -141,6 +143,8 @@ def refused(declared: Declared, exc: msgspec.ValidationError, where: str = "") -
     if field in declared.messages:
         return ApiError(400, declared.messages[field])
     said = text.replace("`", "")
+    if given is not None and field in given:  # a query parameter is text: say the text, not "got str"
+        said = said.split(", got")[0] + f", got {str(given[field])[:100]!r}"
     return ApiError(400, f"{where}{field}{match[2] if match else ''}: {said[:1].lower()}{said[1:]}")
 
 
@@ -179,7 +183,7 @@ def decode_query(request: Request, declared: Declared) -> Any:
     try:
         query = msgspec.convert(given, declared.kind, strict=False)
     except msgspec.ValidationError as exc:
-        raise refused(declared, exc, "query parameter ") from None
+        raise refused(declared, exc, "query parameter ", given) from None
     for name, value in given.items():  # lax conversion reads the text "null" as None: a parameter is never null
         if value == "null" and getattr(query, name, "") is None:
             raise ApiError(400, declared.messages.get(name) or f"query parameter {name} is not null: leave it out")
