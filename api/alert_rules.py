@@ -234,7 +234,6 @@ def _shown(rule: dict[str, Any], principal: Principal, team: str) -> dict[str, A
     tags=["alerts"],
     ok=Answer(AlertRules, "the rules, by name"),
     access=PROJECT_READ,
-    refusals=(400,),
 )
 async def list_rules(request: Request, principal: Principal) -> Response:
     """A project's alert rules, enabled or not."""
@@ -264,9 +263,7 @@ async def create_rule(request: Request, body: NewAlertRule) -> Response:
     return json_response(rule, status_code=201)
 
 
-@endpoint(
-    summary="Get an alert rule", tags=["alerts"], ok=Answer(AlertRule, "the rule"), access=PROJECT_READ, refusals=(400,)
-)
+@endpoint(summary="Get an alert rule", tags=["alerts"], ok=Answer(AlertRule, "the rule"), access=PROJECT_READ)
 async def get_rule(request: Request, principal: Principal) -> Response:
     """One alert rule."""
     team, project = project_path(request)
@@ -310,7 +307,6 @@ async def patch_rule(request: Request, body: AlertRuleChanges) -> Response:
     tags=["alerts"],
     ok={204: Answer(None, "deleted")},
     access=PROJECT_WRITE,
-    refusals=(400,),
 )
 async def delete_rule(request: Request) -> Response:
     """Delete an alert rule; the processor stops applying it within a second."""

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import Literal, TypedDict
 
-import msgspec
 from aiokafka.admin import AIOKafkaAdminClient
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -49,7 +48,7 @@ async def _check_kafka(backend: Backend) -> str:
     return "ok"
 
 
-class Health(msgspec.Struct):
+class Health(TypedDict):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str]
 

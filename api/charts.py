@@ -30,7 +30,7 @@ from runstream.api.auth import PROJECT_READ, read_project
 from runstream.api.openapi import Answer, endpoint
 from runstream.api.requests import PROJECT_PATH, project_path
 from runstream.api.responses import contract_numbers, json_response, render_json, rendered_json
-from runstream.api.schemas import Filters
+from runstream.api.schemas import Filters, Numbers, Step, SystemSeries, one_selection
 from runstream.names import MAX_TIME_S
 from runstream.storage import logs, runs, series
 
@@ -41,8 +41,6 @@ MAX_SYSTEM_METRICS = series.MAX_METRICS * 10
 
 RunId = Annotated[str, Meta(min_length=1)]
 Name = Annotated[str, Meta(min_length=1)]
-Step = Annotated[int, Meta(ge=0)]
-Numbers = list[float | None]
 XAxis = Literal[series.X_AXES]  # type: ignore[valid-type]
 SeriesField = Literal[SERIES_FIELDS]  # type: ignore[valid-type]
 
@@ -65,11 +63,6 @@ ChartPoints = Annotated[
         extra={"error": f"points must be an integer from 2 to {series.MAX_POINTS}"},
     ),
 ]
-
-
-def _one_selection(run_ids: list[str] | None, filters: dict[str, Any] | None) -> None:
-    if run_ids is not None and filters is not None:
-        raise ValueError("send run_ids or filters, not both")
 
 
 # -- series ------------------------------------------------------------------------------------
@@ -106,7 +99,7 @@ class SeriesBody(msgspec.Struct, forbid_unknown_fields=True):
     ] = None
 
     def __post_init__(self) -> None:
-        _one_selection(self.run_ids, self.filters)
+        one_selection(self.run_ids, self.filters)
         if self.x == "metric" and not self.x_metric:
             raise ValueError('x "metric" needs x_metric: the metric to plot against')
 
@@ -324,7 +317,7 @@ class SystemBody(msgspec.Struct, forbid_unknown_fields=True):
     ] = None
 
     def __post_init__(self) -> None:
-        _one_selection(self.run_ids, self.filters)
+        one_selection(self.run_ids, self.filters)
         if self.start is not None and self.end is not None and self.start > self.end:
             raise ValueError(
                 f"start ({_shown(self.start)}) is after end ({_shown(self.end)}): the range would be empty"
@@ -335,14 +328,8 @@ def _shown(seconds: float) -> float | int:
     return int(seconds) if seconds.is_integer() else seconds
 
 
-class RunSystemSeries(TypedDict):
+class RunSystemSeries(SystemSeries):
     run_id: str
-    metric: str
-    bucket_seconds: float
-    time: Annotated[Numbers, Meta(description="each bucket's start, Unix seconds")]
-    mean: Numbers
-    min: Numbers
-    max: Numbers
 
 
 class ProjectSystem(TypedDict):
@@ -365,9 +352,8 @@ class ProjectSystem(TypedDict):
 async def post_system(request: Request, body: SystemBody) -> Response:
     """System metrics (CPU, memory, GPU, ...) of many runs in time buckets: mean, min and max of each.
 
-    The project-wide form of a run's ``/system``: a workspace panel of a system
-    metric draws every run it shows from this one request, instead of one request
-    per run. Runs are ``run_ids``, or those matching ``filters`` (every run of the
+    The project-wide form of a run's ``/system``: a panel of a system metric reads
+    every run it shows in one request. Runs are ``run_ids``, or those matching ``filters`` (every run of the
     project when neither is sent); ``metrics`` (every one when omitted); at most
     ``points`` buckets per (run, metric), from the run's first sample between
     ``start`` and ``end`` (Unix seconds, inclusive). Entries are as the run's

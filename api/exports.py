@@ -22,7 +22,7 @@ from starlette.routing import Route
 from runstream.api.auth import PROJECT_READ, read_run
 from runstream.api.openapi import Answer, endpoint
 from runstream.api.requests import PROJECT_PATH, RUN_PATH, project_path, run_path
-from runstream.api.schemas import Filters
+from runstream.api.schemas import Filters, one_selection
 from runstream.storage import export, runs
 
 MEDIA_TYPES = {
@@ -74,8 +74,7 @@ class ProjectExportQuery(msgspec.Struct, forbid_unknown_fields=True):
     metrics: Metrics = None
 
     def __post_init__(self) -> None:
-        if self.run_ids is not None and self.filters is not None:
-            raise ValueError("send run_ids or filters, not both")
+        one_selection(self.run_ids, self.filters)
         if self.table == "runs" and self.metrics is not None:
             raise ValueError("metrics selects history columns; a runs export has none: leave it out")
 

@@ -24,7 +24,7 @@ from runstream.api.auth import PROJECT_READ, read_run
 from runstream.api.openapi import Answer, endpoint
 from runstream.api.requests import RUN_PATH
 from runstream.api.responses import json_response
-from runstream.api.schemas import Values
+from runstream.api.schemas import Step, Values
 from runstream.events import encode_value
 from runstream.storage import history
 from runstream.storage.series import MAX_METRICS
@@ -109,7 +109,6 @@ async def run_history(request: Request, query: HistoryQuery) -> Response:
 # -- scanned -------------------------------------------------------------------------------------
 
 STEP_RULE = "a step (a whole number from 0 to 2**64 - 1)"
-Step = Annotated[int, Meta(ge=0)]
 
 
 class ScanQuery(msgspec.Struct, forbid_unknown_fields=True):

@@ -29,7 +29,7 @@ from runstream.api.auth import Access
 from runstream.api.errors import ApiError
 from runstream.api.requests import MAX_JSON_BYTES, Declared, check_path, decode_body, decode_query
 from runstream.api.responses import json_response
-from runstream.names import NAME_PATTERN, RUN_ID_PATTERN
+from runstream.names import NAME_PATTERN, RUN_ID_PATTERN, USER_PATTERN
 
 Handler = Callable[..., Awaitable[Response]]
 
@@ -79,6 +79,7 @@ class Operation:
     query: Declared | None
     body: Declared | None
     body_content: Mapping[str, Any] | None  # a body that is not one JSON object (NDJSON events, a blob)
+    empty_body_ok: bool
     security: list[Any] | None
     parameters: tuple[Mapping[str, Any], ...] = field(default=())
 
@@ -93,6 +94,7 @@ def endpoint(
     refusals: Mapping[int, str] | Iterable[int] = (),
     security: list[Any] | None = None,
     body_bytes: int = MAX_JSON_BYTES,
+    empty_body_ok: bool = False,
     body_content: Mapping[str, Any] | None = None,
     parameters: Iterable[Mapping[str, Any]] = (),
 ) -> Callable[[Handler], Handler]:
@@ -107,7 +109,8 @@ def endpoint(
 
     ``refusals`` are statuses (described by ``REFUSALS``) or status -> description;
     the access check's statuses are added, 400 for a declared query or body, 413
-    for a body. ``security=[]`` for an endpoint anyone may call; ``body_content``
+    for a body. ``empty_body_ok``: an empty body is ``{}`` (every field's default).
+    ``security=[]`` for an endpoint anyone may call; ``body_content``
     documents a body the handler reads itself; ``parameters`` documents
     parameters the handler reads itself.
     """
@@ -135,11 +138,14 @@ def endpoint(
             query,
             body,
             body_content,
+            empty_body_ok,
             security,
             tuple(parameters),
         )
 
         wants_principal = "principal" in names
+        if wants_principal and (access is None or overlapped):
+            raise TypeError(f"{handler.__name__} takes the principal: declare an access check that is not overlapped")
 
         @functools.wraps(handler)
         async def checked(request: Request) -> Response:
@@ -153,7 +159,7 @@ def endpoint(
                 if query is not None:
                     given["query"] = decode_query(request, query)
                 if body is not None:
-                    given["body"] = await decode_body(request, body, body_bytes)
+                    given["body"] = await decode_body(request, body, body_bytes, empty_body_ok)
             except ApiError:
                 if access is not None and overlapped:
                     await access.check(request)  # a refusal is the answer, not what is wrong with the request
@@ -172,6 +178,7 @@ PATH_SCHEMAS = {
     "team": {"type": "string", "pattern": NAME_PATTERN},
     "project": {"type": "string", "pattern": NAME_PATTERN},
     "run_id": {"type": "string", "pattern": RUN_ID_PATTERN},
+    "user": {"type": "string", "pattern": USER_PATTERN},
 }
 _REF = "#/components/schemas/{name}"
 _ROUTES = SchemaGenerator({})  # only for walking the routes (mounts, path converters)
@@ -245,7 +252,7 @@ def _operation(
         out["parameters"] = parameters
     if operation.body is not None:
         out["requestBody"] = {
-            "required": not operation.body.empty_ok,
+            "required": not operation.empty_body_ok,
             "content": {"application/json": {"schema": schema_of[id(operation.body.kind)]}},
         }
     elif operation.body_content is not None:
@@ -277,18 +284,18 @@ def _query_parameters(declared: Declared, components: dict[str, Any]) -> list[di
     struct = components[declared.kind.__name__]
     required = set(struct.get("required", ()))
     parameters = []
-    for name, schema in struct["properties"].items():
-        schema = dict(schema)
+    for name, declared_schema in struct["properties"].items():
+        schema = _not_null(declared_schema)  # its description may sit inside ``X | None``: lift it out after
         parameter: dict[str, Any] = {"name": name, "in": "query", "required": name in required}
         if "description" in schema:
             parameter["description"] = schema.pop("description")
         if name in declared.json:
-            parameter["content"] = {"application/json": {"schema": _not_null(schema)}}
+            parameter["content"] = {"application/json": {"schema": schema}}
         elif name in declared.lists:
             parameter["schema"] = {"type": "string"}
             parameter["description"] = ("comma-joined; " + parameter.get("description", "")).rstrip("; ")
         else:
-            parameter["schema"] = _not_null(schema)
+            parameter["schema"] = schema
         parameters.append(parameter)
     return parameters
 

@@ -265,6 +265,7 @@ async def delete_report(request: Request) -> Response:
     ok={201: Answer(ShareLink, "the token, the web UI's path for it, and when it expires")},
     access=PROJECT_WRITE,
     body_bytes=4096,
+    empty_body_ok=True,
     refusals={
         400: "expires_in_s is not a whole number of seconds in range, or a team or project name that cannot exist",
         404: "no such report, or not visible",

@@ -24,7 +24,7 @@ import orjson
 from starlette.requests import Request
 
 from runstream.api.errors import ApiError
-from runstream.names import NAME_RULE, RUN_ID_RULE, is_name, is_run_id
+from runstream.names import NAME_RULE, RUN_ID_RULE, USER_RULE, is_name, is_run_id, is_user
 
 MAX_JSON_BYTES = 4 << 20
 API = "/api/v1"
@@ -71,18 +71,20 @@ class Declared:
     messages: Mapping[str, str]  # field -> its own message for a 400
     lists: frozenset[str]  # query fields sent comma-joined (``keys=a,b``)
     json: frozenset[str]  # query fields sent as JSON text (``filters={...}``)
-    empty_ok: bool  # a body may be empty: every field has a default
+    choices: Mapping[str, tuple[Any, ...]]  # field -> the values a Literal allows, for its 400
 
     @classmethod
     def of(cls, kind: type[msgspec.Struct]) -> Declared:
         info = msgspec.inspect.type_info(kind)
         if not isinstance(info, msgspec.inspect.StructType):
             raise TypeError(f"{kind!r} is not a msgspec.Struct")
-        messages, lists, json = {}, set(), set()
+        messages, lists, json, choices = {}, set(), set(), {}
         for field in info.fields:
             if message := _error_message(field.type):
                 messages[field.encode_name] = message
             bare = _without_none(field.type)
+            if isinstance(bare, msgspec.inspect.LiteralType):
+                choices[field.encode_name] = bare.values
             if isinstance(bare, (msgspec.inspect.ListType, msgspec.inspect.TupleType, msgspec.inspect.VarTupleType)):
                 lists.add(field.encode_name)
             elif isinstance(bare, (msgspec.inspect.DictType, msgspec.inspect.AnyType)):
@@ -93,7 +95,7 @@ class Declared:
             messages,
             frozenset(lists),
             frozenset(json),
-            empty_ok=all(not f.required for f in info.fields),
+            choices,
         )
 
 
@@ -143,14 +145,19 @@ def refused(
     if field in declared.messages:
         return ApiError(400, declared.messages[field])
     said = text.replace("`", "")
+    if text.startswith("Invalid enum value") and field in declared.choices:
+        said = f"must be one of {', '.join(map(str, declared.choices[field]))}"
     if given is not None and field in given:  # a query parameter is text: say the text, not "got str"
         said = said.split(", got")[0] + f", got {str(given[field])[:100]!r}"
     return ApiError(400, f"{where}{field}{match[2] if match else ''}: {said[:1].lower()}{said[1:]}")
 
 
-#: Query parameters that are credentials, read by ``api/auth.py`` wherever they come: not an endpoint's own.
-CREDENTIALS = ("share",)
-_PATH_NAMES = {"team": (is_name, NAME_RULE), "project": (is_name, NAME_RULE), "run_id": (is_run_id, RUN_ID_RULE)}
+_PATH_NAMES = {
+    "team": (is_name, NAME_RULE),
+    "project": (is_name, NAME_RULE),
+    "run_id": (is_run_id, RUN_ID_RULE),
+    "user": (is_user, USER_RULE),
+}
 
 
 def check_path(request: Request) -> None:
@@ -162,16 +169,20 @@ def check_path(request: Request) -> None:
 
 
 def decode_query(request: Request, declared: Declared) -> Any:
-    """The query parameters as the declared type (numbers from their text, lists comma-joined, JSON as JSON)."""
+    """The query parameters as the declared type (numbers from their text, lists comma-joined, JSON as JSON).
+
+    Parameters the endpoint does not declare are left to others (``?share=`` is a credential, read by
+    ``api/auth.py``) or ignored, as HTTP clients expect (a cache-busting ``?_=...``).
+    """
     given: dict[str, Any] = {}
     for name, raw in request.query_params.items():
-        if name in CREDENTIALS:
+        if name not in declared.fields:
             continue
         if name in declared.lists:
             given[name] = [part.strip() for part in raw.split(",") if part.strip()]
         elif name in declared.json:
-            if raw == "":
-                continue  # an empty JSON parameter is an absent one
+            if raw.strip() in ("", "null"):  # sent, so it must say something
+                raise ApiError(400, declared.messages.get(name) or f"query parameter {name} must be JSON text")
             try:
                 given[name] = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
@@ -190,10 +201,12 @@ def decode_query(request: Request, declared: Declared) -> Any:
     return query
 
 
-async def decode_body(request: Request, declared: Declared, max_bytes: int = MAX_JSON_BYTES) -> Any:
-    """The JSON body as the declared type (``{}`` for an empty body when every field has a default)."""
+async def decode_body(
+    request: Request, declared: Declared, max_bytes: int = MAX_JSON_BYTES, empty_ok: bool = False
+) -> Any:
+    """The JSON body as the declared type (``{}`` for an empty body when ``empty_ok``: all defaults)."""
     raw = await read_body(request, max_bytes)
-    if declared.empty_ok and not raw.strip():
+    if empty_ok and not raw.strip():
         raw = b"{}"
     try:
         return msgspec.json.decode(raw, type=declared.kind)

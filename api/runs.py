@@ -40,6 +40,7 @@ from runstream.api.schemas import (
     NonEmptyNames,
     Run,
     RunFields,
+    SystemSeries,
 )
 from runstream.events import FILE_KINDS, MAX_NAME_LEN, RUN_EDIT_FIELDS
 from runstream.storage import history, logs, runs
@@ -288,8 +289,8 @@ async def edit_run(request: Request, body: RunEdit) -> Response:
     The edit travels through the pipeline like the SDK's events, so every
     replica and the run's later events see it; a later edit wins, and so does,
     field by field, a later value the run's SDK sends (a tag list, a config or
-    summary key, its name). A field sent as null is left as it is, except notes,
-    which null clears.
+    summary key, its name). A field left out stays as it is; notes sent as null are
+    cleared, and null for any other field is refused.
     """
     team, project, run_id = run_path(request)
     changes: dict[str, Any] = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not UNSET}
@@ -372,18 +373,6 @@ def _statistics(client: Client, team: str, project: str, run_id: str) -> dict[st
 class SystemQuery(msgspec.Struct, forbid_unknown_fields=True):
     names: Annotated[list[str], Meta(description="metric names (all when omitted)")] | None = None
     points: Annotated[int, Meta(ge=1, le=logs.MAX_POINTS)] = 500
-
-
-Numbers = list[float | None]
-
-
-class SystemSeries(TypedDict):
-    metric: str
-    bucket_seconds: float
-    time: Numbers
-    mean: Numbers
-    min: Numbers
-    max: Numbers
 
 
 class RunSystem(TypedDict):

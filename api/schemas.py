@@ -26,6 +26,26 @@ Filters = Annotated[
 #: Numbers, null (not logged), or "NaN"/"Infinity"/"-Infinity".
 Values = Annotated[list[Any], Meta(description='numbers, null (not logged), or "NaN"/"Infinity"/"-Infinity"')]
 NonEmptyNames = Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(min_length=1)]
+#: A chart array: numbers, null where a bucket has no finite value.
+Numbers = list[float | None]
+Step = Annotated[int, Meta(ge=0)]
+
+
+def one_selection(run_ids: list[str] | None, filters: dict[str, Any] | None) -> None:
+    """The runs of a chart or export are ``run_ids`` or those matching ``filters``, not both (a 400)."""
+    if run_ids is not None and filters is not None:
+        raise ValueError("send run_ids or filters, not both")
+
+
+class SystemSeries(TypedDict):
+    """One system metric of a run in time buckets."""
+
+    metric: str
+    bucket_seconds: float
+    time: Annotated[Numbers, Meta(description="each bucket's start, Unix seconds")]
+    mean: Numbers
+    min: Numbers
+    max: Numbers
 
 
 class MetricDefinition(TypedDict):

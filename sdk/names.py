@@ -9,22 +9,23 @@ from __future__ import annotations
 import re
 from typing import TypeGuard
 
-# Each pattern comes with the words error messages use to say it.
+# Each pattern comes with the words error messages use to say it. A pattern ends in ``(?![\s\S])``, not ``$``:
+# in Python (msgspec checks patterns with ``re.search``) ``$`` also matches before a trailing newline, and the
+# lookahead reads the same in the OpenAPI document's ECMAScript dialect.
 
 #: A team or project name (the event contract's, so it is also a Kafka-key and path-safe word).
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}(?![\s\S])"
 NAME_RULE = "1-128 letters, digits, '_', '.' or '-', starting with a letter or digit"
 #: A run id: what the SDK generates, or what a user passes as ``id=``.
-RUN_ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
+RUN_ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}(?![\s\S])"
 RUN_ID_RULE = "1-64 letters, digits, '_' or '-'"
 #: A user name (an e-mail address fits).
-USER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@+\-]{0,127}$"
+USER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@+\-]{0,127}(?![\s\S])"
 USER_RULE = "1-128 letters, digits or '_.@+-', starting with a letter or digit"
 
-# fullmatch on the bare pattern: ``$`` would let a trailing newline through.
-_NAME = re.compile(NAME_PATTERN.strip("^$"))
-_RUN_ID = re.compile(RUN_ID_PATTERN.strip("^$"))
-_USER = re.compile(USER_PATTERN.strip("^$"))
+_NAME = re.compile(NAME_PATTERN)
+_RUN_ID = re.compile(RUN_ID_PATTERN)
+_USER = re.compile(USER_PATTERN)
 
 #: The latest stored time, in Unix milliseconds: the year 2286, inside ClickHouse's DateTime64(3) range.
 MAX_TIME_MS = 10**13
@@ -34,15 +35,15 @@ MAX_TIME_S = MAX_TIME_MS // 1000
 
 def is_name(value: object) -> TypeGuard[str]:
     """A team or project name."""
-    return isinstance(value, str) and _NAME.fullmatch(value) is not None
+    return isinstance(value, str) and _NAME.match(value) is not None
 
 
 def is_run_id(value: object) -> TypeGuard[str]:
-    return isinstance(value, str) and _RUN_ID.fullmatch(value) is not None
+    return isinstance(value, str) and _RUN_ID.match(value) is not None
 
 
-def is_user(value: object) -> bool:
-    return isinstance(value, str) and _USER.fullmatch(value) is not None
+def is_user(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and _USER.match(value) is not None
 
 
 def is_time_ms(value: object) -> bool:

@@ -317,6 +317,7 @@ export interface paths {
         get: {
             parameters: {
                 query?: {
+                    /** @description only this team's projects */
                     team?: string;
                 };
                 header?: never;
@@ -541,7 +542,7 @@ export interface paths {
                 };
                 cookie?: never;
             };
-            requestBody?: {
+            requestBody: {
                 content: {
                     "application/json": components["schemas"]["ProjectEdit"];
                 };
@@ -901,7 +902,7 @@ export interface paths {
                 };
                 cookie?: never;
             };
-            requestBody?: {
+            requestBody: {
                 content: {
                     "application/json": components["schemas"]["AlertRuleChanges"];
                 };
@@ -988,7 +989,9 @@ export interface paths {
         get: {
             parameters: {
                 query?: {
+                    /** @description only this run's alerts */
                     run_id?: string;
+                    /** @description Unix seconds (inclusive) */
                     since?: number;
                     limit?: number;
                 };
@@ -1066,9 +1069,13 @@ export interface paths {
         get: {
             parameters: {
                 query?: {
+                    /** @description only this run's alerts */
                     run_id?: string;
+                    /** @description Unix seconds (inclusive); without it, what is stored after connecting */
                     since?: number;
+                    /** @description end after this many alerts */
                     max_events?: number;
+                    /** @description end after this many seconds */
                     timeout_s?: number;
                 };
                 header?: {
@@ -1242,6 +1249,7 @@ export interface paths {
                     table?: "history" | "runs";
                     /** @description comma-joined; run ids */
                     run_ids?: string;
+                    /** @description wandb-style filter document, e.g. {"config.lr": {"$gt": 0.01}} */
                     filters?: string;
                     /** @description comma-joined; metric names (all when omitted) */
                     metrics?: string;
@@ -1674,7 +1682,7 @@ export interface paths {
                 };
                 cookie?: never;
             };
-            requestBody?: {
+            requestBody: {
                 content: {
                     "application/json": components["schemas"]["ReportEdit"];
                 };
@@ -1917,12 +1925,14 @@ export interface paths {
         get: {
             parameters: {
                 query?: {
+                    /** @description wandb-style filter document, e.g. {"config.lr": {"$gt": 0.01}} */
                     filters?: string;
                     /** @description a run column, config.<key> or summary.<key>; - first for descending */
                     order?: string;
                     limit?: number;
+                    /** @description next_cursor of the previous page */
                     cursor?: string;
-                    /** @description comma-joined */
+                    /** @description comma-joined; run fields to answer besides team, project and id (absent: all; empty: none); a chart legend needs name only, and leaving out config and summary makes a page several times cheaper */
                     fields?: string;
                 };
                 header?: never;
@@ -1994,6 +2004,7 @@ export interface paths {
         get: {
             parameters: {
                 query?: {
+                    /** @description wandb-style filter document, e.g. {"config.lr": {"$gt": 0.01}} */
                     filters?: string;
                 };
                 header?: never;
@@ -2238,9 +2249,8 @@ export interface paths {
          * System metrics of many runs
          * @description System metrics (CPU, memory, GPU, ...) of many runs in time buckets: mean, min and max of each.
          *
-         *     The project-wide form of a run's ``/system``: a workspace panel of a system
-         *     metric draws every run it shows from this one request, instead of one request
-         *     per run. Runs are ``run_ids``, or those matching ``filters`` (every run of the
+         *     The project-wide form of a run's ``/system``: a panel of a system metric reads
+         *     every run it shows in one request. Runs are ``run_ids``, or those matching ``filters`` (every run of the
          *     project when neither is sent); ``metrics`` (every one when omitted); at most
          *     ``points`` buckets per (run, metric), from the run's first sample between
          *     ``start`` and ``end`` (Unix seconds, inclusive). Entries are as the run's
@@ -2258,7 +2268,7 @@ export interface paths {
                 };
                 cookie?: never;
             };
-            requestBody?: {
+            requestBody: {
                 content: {
                     "application/json": components["schemas"]["SystemBody"];
                 };
@@ -2439,8 +2449,8 @@ export interface paths {
          *     The edit travels through the pipeline like the SDK's events, so every
          *     replica and the run's later events see it; a later edit wins, and so does,
          *     field by field, a later value the run's SDK sends (a tag list, a config or
-         *     summary key, its name). A field sent as null is left as it is, except notes,
-         *     which null clears.
+         *     summary key, its name). A field left out stays as it is; notes sent as null are
+         *     cleared, and null for any other field is refused.
          */
         patch: {
             parameters: {
@@ -2453,7 +2463,7 @@ export interface paths {
                 };
                 cookie?: never;
             };
-            requestBody?: {
+            requestBody: {
                 content: {
                     "application/json": components["schemas"]["RunEdit"];
                 };
@@ -2543,8 +2553,10 @@ export interface paths {
             parameters: {
                 query?: {
                     tail?: number;
+                    /** @description text to find, ignoring case (a RE2 pattern with regex=1) */
                     q?: string;
                     regex?: "0" | "1";
+                    /** @description next_cursor of the previous answer */
                     cursor?: string;
                 };
                 header?: never;
@@ -3143,7 +3155,7 @@ export interface paths {
         get: {
             parameters: {
                 query?: {
-                    /** @description comma-joined */
+                    /** @description comma-joined; metric names (all when omitted) */
                     names?: string;
                     points?: number;
                 };
@@ -3456,7 +3468,7 @@ export interface paths {
                 };
                 cookie?: never;
             };
-            requestBody?: {
+            requestBody: {
                 content: {
                     "application/json": components["schemas"]["NewKey"];
                 };
@@ -4716,13 +4728,17 @@ export interface components {
             /** @description Unix seconds, inclusive */
             start?: number | null;
         };
-        /** SystemSeries */
+        /**
+         * SystemSeries
+         * @description One system metric of a run in time buckets.
+         */
         SystemSeries: {
             bucket_seconds: number;
             max: (number | null)[];
             mean: (number | null)[];
             metric: string;
             min: (number | null)[];
+            /** @description each bucket's start, Unix seconds */
             time: (number | null)[];
         };
         /** Team */
