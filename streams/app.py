@@ -109,8 +109,9 @@ def create_app(
     def clickhouse() -> Client:
         nonlocal client
         if client is None:
-            client = storage() if storage else connect(settings.clickhouse_dsn)
-            migrate_once(client)
+            opened = storage() if storage else connect(settings.clickhouse_dsn)
+            migrate_once(opened)  # kept only once migrated: a failed migration is tried again
+            client = opened
         return client
 
     async def publish(produced: list[events.Event]) -> None:

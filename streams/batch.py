@@ -41,7 +41,8 @@ T = TypeVar("T")
 
 #: A message that is no valid event: its bytes, the topic it came from, and why.
 Reject = tuple[bytes, str, str]
-#: Publishes produced events; returns once they are durable (acknowledged by Kafka, or queued in process).
+#: Publishes produced events; returns once they are durable (acknowledged by Kafka; in process, rule alerts
+#: stored and state changes queued for the next round).
 Publish = Callable[[list[Event]], Awaitable[None]]
 #: Sends rejects to the dead letters; returns once they are acknowledged.
 DeadLetter = Callable[[list[Reject]], Awaitable[None]]

@@ -1,17 +1,21 @@
 """The embedded driver of the processing logic, without Kafka (the embedded server and tests).
 
-An adapter around ``streams.batch.BatchHandler``, as the Faust worker is: what a
-batch publishes (state changes, rule alerts) is queued here and handled as the
-next round, as if consumed back from its topics; alerts take the handler's alert
-path (stored, then handed to the notifier). Being the only writer, it keeps the
-run states it stored in a dict, and a lock keeps batches in order.
+An adapter around ``streams.batch.BatchHandler``, as the Faust worker is: the
+state changes a batch publishes are queued here and handled as the next round, as
+if consumed back from their topic. Alerts take the handler's alert path (stored,
+then handed to the notifier): a rule's alert as it is published, so it is stored
+before the run state that remembers it fired (a batch that fails after that and is
+sent again cannot fire it a second time, so it must not be lost); the SDK's alerts
+after the rest of their batch. Being the only writer, it keeps the run states it
+stored in a dict, and a lock keeps batches in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 from clickhouse_connect.driver.client import Client
 
@@ -20,6 +24,8 @@ from runstream.streams.batch import BatchHandler, Spawn
 from runstream.streams.notifier import Notifier
 from runstream.streams.processor import Output, Processor, RuleBook, RunKey
 from runstream.streams.runstate import RunState
+
+T = TypeVar("T")
 
 #: Rounds of feeding produced events back (state change -> rule alert -> stored) before stopping.
 _MAX_ROUNDS = 4
@@ -45,16 +51,18 @@ class Pipeline:
         """Process a batch and everything it produces; return each round's output (blocks: call it in a thread)."""
         with self._lock:
             self._published = []
-            return asyncio.run(self._rounds(list(batch)))
+            return _blocking(self._rounds(list(batch)))
 
     def sweep(self, timeout_s: float, now: float | None = None) -> list[Output]:
-        """The periodic checks (crashed runs, stalls); what they find is processed at once."""
+        """The periodic checks (crashed runs, stalls); what they find is processed at once (blocks, as handle)."""
         with self._lock:
             self._published = []
-            return asyncio.run(self._sweep(timeout_s, now))
+            return _blocking(self._sweep(timeout_s, now))
 
     async def _publish(self, produced: list[Event]) -> None:
-        self._published += produced
+        """Durable before the states are stored: rule alerts stored (and notified) now, state changes queued."""
+        await self.handler.alerts([e for e in produced if e.type == ALERT])
+        self._published += [e for e in produced if e.type != ALERT]
 
     async def _sweep(self, timeout_s: float, now: float | None) -> list[Output]:
         await self.handler.sweep(timeout_s, now)
@@ -66,7 +74,17 @@ class Pipeline:
         for _ in range(_MAX_ROUNDS):
             if not pending:
                 break
-            await self.handler.alerts([e for e in pending if e.type == ALERT])
             outputs += await self.handler.process([e for e in pending if e.type != ALERT])
+            await self.handler.alerts([e for e in pending if e.type == ALERT])  # the SDK's, after their batch
             pending, self._published = self._published, []
         return outputs
+
+
+def _blocking(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` to its end on a loop of its own: the embedded server calls the pipeline from a thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    work.close()
+    raise RuntimeError("Pipeline.handle and sweep block: call them in a thread, not on a running event loop")

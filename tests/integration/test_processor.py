@@ -371,3 +371,31 @@ def test_history_statistics_count_only_events_up_to_the_limit(clickhouse_dsn):
     }
     got = metric_statistics(client, TEAM, PROJECT, {"r": (11, ["loss"]), "q": (11, ["loss"])})
     assert got == {("r", "loss"): {"count": 2, "sum": 8.0, "min": 3.0, "max": 5.0, "nan": 1, "inf": 0}}
+
+
+def test_a_rule_alert_that_could_not_be_stored_fires_when_the_batch_is_sent_again(clickhouse_dsn, monkeypatch):
+    """Embedded: the run state remembers a rule fired, so the rule's alert is stored before that state is;
+    a batch that fails on the way is sent again by the SDK and fires it then (it is never lost)."""
+    client = connect(clickhouse_dsn)
+    migrate(client)
+    _rule(client, "big-loss", "threshold", {"metric": "loss", "op": ">", "value": 10}, cooldown_s=0)
+    pipeline = Pipeline(lambda: client, rules_ttl_s=0)
+    pipeline.handle([_event(RUN_START, "b1", 1, T0, {"name": "b1"})])
+    store_alerts = pipeline.processor.store_alerts
+    failures = []
+
+    def fails_once(alerts: list[Event]) -> None:
+        if alerts and not failures:
+            failures.append(alerts)
+            raise ConnectionError("ClickHouse went away")
+        store_alerts(alerts)
+
+    monkeypatch.setattr(pipeline.processor, "store_alerts", fails_once)
+    batch = [_metrics("b1", 2, [0, 1], {"loss": [1.0, 11.0]})]
+    try:
+        pipeline.handle(batch)
+    except ConnectionError:
+        pass  # the server answers 503 and the SDK sends the batch again
+    assert failures and [a.data["rule_id"] for a in failures[0]] == ["big-loss"]
+    pipeline.handle(batch)
+    assert [r[0] for r in _alerts(client)] == ["big-loss"]
