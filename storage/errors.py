@@ -16,3 +16,9 @@ class QueryError(ValueError):
         super().__init__(message)
         self.message = message
         self.details = details
+
+
+def require_text(what: str, value: Any) -> None:
+    """A non-empty string argument (a run id, a key), else a QueryError naming it."""
+    if not isinstance(value, str) or not value:
+        raise QueryError(f"{what} must be a non-empty string, got {value!r}")

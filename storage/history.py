@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-from runstream.storage.errors import QueryError
+from runstream.storage.errors import QueryError, require_text
 from runstream.storage.series import extents
 
 MAX_PAGE_SIZE = 100_000
@@ -100,7 +100,7 @@ _INTEGER_METRICS = f"SELECT metric FROM metric_summaries FINAL WHERE {_RUN} {_ME
 
 def run_metrics(client: Client, team: str, project: str, run_id: str) -> list[str]:
     """The names of the metrics a run has logged, sorted."""
-    _check_name("run_id", run_id)
+    require_text("run_id", run_id)
     rows = client.query(_RUN_METRICS, parameters={"team": team, "project": project, "run": run_id}).result_rows
     return [str(name) for (name,) in rows]
 
@@ -135,7 +135,7 @@ def history_page(
     cursor of the next page, None on the last one. With many keys the page has
     fewer rows, so that it holds at most ``MAX_CELLS`` values.
     """
-    _check_name("run_id", run_id)
+    require_text("run_id", run_id)
     if not isinstance(page_size, int) or isinstance(page_size, bool) or not 1 <= page_size <= MAX_PAGE_SIZE:
         raise QueryError(f"page_size must be an integer from 1 to {MAX_PAGE_SIZE}, got {page_size!r}")
     lo = max(_check_step("min_step", min_step, 0), _check_step("after_step", after_step, -1) + 1)
@@ -218,11 +218,6 @@ def _with_gaps(values: np.ndarray, present: np.ndarray) -> list[float | None]:
     for i in np.flatnonzero(~present).tolist():
         out[i] = None
     return out
-
-
-def _check_name(what: str, value: Any) -> None:
-    if not isinstance(value, str) or not value:
-        raise QueryError(f"{what} must be a non-empty string, got {value!r}")
 
 
 def _check_step(what: str, value: Any, default: int) -> int:
@@ -401,7 +396,7 @@ def run_statistics(client: Client, team: str, project: str, run_id: str) -> dict
     ``{"last_step": largest step logged (None without metrics), "metrics": {name: {"count" (finite values),
     "min", "max", "mean" (None without finite values), "last" (may be NaN or infinite), "first_step",
     "last_step"}}}``. A metric logged as ints has its last value, min and max as ints."""
-    _check_name("run_id", run_id)
+    require_text("run_id", run_id)
     rows = client.query(_RUN_STATISTICS, parameters={"team": team, "project": project, "run": run_id}).result_rows
     metrics = {}
     for metric, last, low, high, mean, finite, first_step, last_step, integer in rows:

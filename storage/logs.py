@@ -17,7 +17,7 @@ from clickhouse_connect.driver.client import Client
 
 from runstream.events import FILE_KINDS
 from runstream.names import MAX_TIME_MS, is_time_ms, is_time_s
-from runstream.storage.errors import QueryError
+from runstream.storage.errors import QueryError, require_text
 from runstream.storage.filters import check_regexes
 
 MAX_RUNS = 10_000
@@ -171,7 +171,7 @@ def _lines(
     limit: int,
     before: str | None,
 ) -> dict[str, Any]:
-    _name("run_id", run_id)
+    require_text("run_id", run_id)
     _check_int("limit", limit, 1, MAX_LINES)
     before_seq, before_row = _parse_cursor(before)
     params = {
@@ -212,7 +212,7 @@ def run_files(
 ) -> list[dict[str, Any]]:
     """The run's files, the current entry per path, sorted by path; optionally of one
     ``kind`` (``runstream.events.FILE_KINDS``) and under a path ``prefix``."""
-    _name("run_id", run_id)
+    require_text("run_id", run_id)
     where = ""
     params: dict[str, Any] = {"team": team, "project": project, "run": run_id}
     if kind is not None:
@@ -231,8 +231,8 @@ def run_files(
 def media_steps(client: Client, team: str, project: str, run_id: str, key: str) -> list[dict[str, Any]]:
     """The media logged under ``key`` (``run.log({key: Image(...)})``), one entry per
     file, by step: what a media panel's step slider walks."""
-    _name("run_id", run_id)
-    _name("key", key)
+    require_text("run_id", run_id)
+    require_text("key", key)
     params = {"team": team, "project": project, "run": run_id, "key": key}
     return _files(client, " AND kind = 'media' AND JSONExtractString(meta, 'key') = {key:String}", "step, path", params)
 
@@ -270,7 +270,7 @@ def list_alerts(
     where = ""
     params: dict[str, Any] = {"team": team, "project": project, "limit": limit}
     if run_id is not None:
-        _name("run_id", run_id)
+        require_text("run_id", run_id)
         where += " AND run_id = {run:String}"
         params["run"] = run_id
     if since is not None:
@@ -343,11 +343,6 @@ def _alert(row: Sequence[Any]) -> dict[str, Any]:
 
 
 # -- arguments ---------------------------------------------------------------------------
-
-
-def _name(what: str, value: Any) -> None:
-    if not isinstance(value, str) or not value:
-        raise QueryError(f"{what} must be a non-empty string, got {value!r}")
 
 
 def _names(what: str, values: Any, limit: int | None) -> list[str]:
