@@ -28,6 +28,7 @@ from runstream.settings import Settings
 from runstream.storage import accounts
 from runstream.storage.client import connect
 from runstream.storage.migrations import migrate_once
+from runstream.streams.batch import UPPER_LEVELS_EVERY_S
 from runstream.streams.notifier import Notifier, WebhookPolicy
 
 log = logging.getLogger("runstream.api")
@@ -104,7 +105,12 @@ class PipelineSink:
 
         self.settings = settings
         self.sweep_every_s = sweep_every_s
-        self.pipeline = Pipeline(client, notifier=Notifier.from_settings(settings), spawn=self._spawn_from_pipeline)
+        self.pipeline = Pipeline(
+            client,
+            notifier=Notifier.from_settings(settings),
+            spawn=self._spawn_from_pipeline,
+            upper_levels_every_s=UPPER_LEVELS_EVERY_S,
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task] = set()
 

@@ -6,29 +6,49 @@ non-finite count, min/max/sum of the finite values, and the first and last
 step, time and value, so a chart of any number of runs reads at most a few
 hundred buckets per run and a one-step spike survives as a bucket's max.
 
-``refresh_buckets`` recomputes every bucket that contains a newly written step:
-level 1 from the raw points, each higher level from the four buckets below it,
-inside ClickHouse. Recomputing from stored data (instead of folding deltas
-into running state) makes it idempotent: a replayed batch rewrites identical
-rows, and a late, out-of-order step simply makes its buckets be recomputed.
-Sums add their terms in step order, so a recomputation gives the same bits
-however the engine happened to read the parts.
+Every bucket is a recomputation from what is stored, never a delta folded into
+running state: a replayed batch rewrites identical rows, a late or out-of-order
+step makes its buckets be recomputed, and a bucket's ``version`` is the largest
+seq inside it, so the latest recomputation wins. Sums add their terms in step
+order, so a recomputation gives the same bits however it was computed.
+
+Level 1 is written with the points, in the same batch:
+
+- a bucket whose 16 steps one event logged, in order and all finite (nearly
+  every bucket of a training run), is computed from that event in the writer
+  (``local_level_one``): the event's rows are what is stored for those steps,
+  or a later seq replaced them and wrote a bucket with a larger version;
+- the others (a batch's edges, sparse columns, non-finite values, relogged
+  steps) are recomputed inside ClickHouse from the stored points
+  (``refresh_level_one``).
+
+Levels 2 and up are recomputed from the level below inside ClickHouse
+(``refresh_upper``), one query per level. A driver that processes many batches a
+second defers them (``mark_pending`` in the batch, ``refresh_pending`` on a
+cadence): the batch records which of its runs' steps the upper levels do not
+reflect yet (``bucket_pending``), and a refresh records, per run, the seq they
+reflect (``bucket_refreshed``). Readers stay exact: ``pending_ranges`` tells
+them, per run, from which step a stored upper level is behind, and they read
+that part from level 1 (``storage.series``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from clickhouse_connect.driver.client import Client
-
-if TYPE_CHECKING:
-    from runstream.storage.writer import TouchedSteps
 
 FANOUT = 4
 TOP_LEVEL = 10
 #: Steps per bucket at each level; level 0 is the raw points.
 WIDTHS: dict[int, int] = {level: 16 * FANOUT ** (level - 1) for level in range(1, TOP_LEVEL + 1)}
 WIDTHS[0] = 1
+LEVEL_ONE = WIDTHS[1]
 
 
 def level_for(first_step: int, last_step: int, max_points: int) -> int:
@@ -42,6 +62,118 @@ def level_for(first_step: int, last_step: int, max_points: int) -> int:
     return TOP_LEVEL
 
 
+# -- what a write touched ------------------------------------------------------------
+
+
+@dataclass
+class TouchedSteps:
+    """Per (team, project) and run: the metrics, the step range a write touched, and its largest seq."""
+
+    runs: dict[tuple[str, str], dict[str, tuple[set[str], int, int, int]]] = field(default_factory=dict)
+
+    def add(self, team: str, project: str, run_id: str, metrics: Iterable[str], lo: int, hi: int, seq: int) -> None:
+        runs = self.runs.setdefault((team, project), {})
+        names, old_lo, old_hi, old_seq = runs.get(run_id, (set(), lo, hi, seq))
+        names.update(metrics)
+        runs[run_id] = (names, min(lo, old_lo), max(hi, old_hi), max(seq, old_seq))
+
+    def merge(self, other: TouchedSteps) -> None:
+        for (team, project), runs in other.runs.items():
+            for run_id, (names, lo, hi, seq) in runs.items():
+                self.add(team, project, run_id, names, lo, hi, seq)
+
+    def __bool__(self) -> bool:
+        return bool(self.runs)
+
+
+@dataclass
+class LevelOneEdges:
+    """Per (team, project): the level-1 buckets to recompute inside ClickHouse, as (run, bucket) pairs, and
+    the metrics they hold."""
+
+    buckets: dict[tuple[str, str], tuple[set[str], set[tuple[str, int]]]] = field(default_factory=dict)
+
+    def add(self, team: str, project: str, run_id: str, metric: str, buckets: Iterable[int]) -> None:
+        metrics, pairs = self.buckets.setdefault((team, project), (set(), set()))
+        metrics.add(metric)
+        pairs.update((run_id, int(b)) for b in buckets)
+
+
+# -- level 1 computed from an event -------------------------------------------------------
+
+
+@dataclass
+class LocalBuckets:
+    """Level-1 bucket columns computed in the writer, appended per (event, metric) and inserted at once."""
+
+    parts: list[dict[str, np.ndarray]] = field(default_factory=list)
+    identity: list[tuple[str, str, str, str, int]] = field(default_factory=list)  # team, project, metric, run, rows
+
+    def table(self) -> pa.Table | None:
+        if not self.parts:
+            return None
+        cols = {name: np.concatenate([p[name] for p in self.parts]) for name in self.parts[0]}
+        counts = np.array([n for *_, n in self.identity])
+        out: dict[str, pa.Array] = {}
+        for i, name in enumerate(("team", "project", "metric", "run_id")):
+            values = [ident[i] for ident in self.identity]
+            distinct = list(dict.fromkeys(values))
+            index = {v: k for k, v in enumerate(distinct)}
+            codes = np.repeat(np.array([index[v] for v in values], np.int32), counts)
+            out[name] = pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(distinct, pa.string()))
+        rows = len(cols["bucket"])
+        out["level"] = pa.array(np.ones(rows, np.uint8))
+        for name in ("bucket", "step_first", "step_last"):
+            out[name] = pa.array(cols[name])
+        for name in ("time_first", "time_last"):
+            out[name] = pa.array(cols[name]).cast(pa.timestamp("ms", tz="UTC"))
+        for name in ("count", "nonfinite", "min", "max", "sum", "first", "last", "version"):
+            out[name] = pa.array(cols[name])
+        return pa.table(out)
+
+
+def local_level_one(
+    steps: np.ndarray, times_ms: np.ndarray, values: np.ndarray, seq: int
+) -> tuple[dict[str, np.ndarray] | None, np.ndarray]:
+    """The level-1 buckets one event logged whole: columns for them, and the buckets it touched only partly.
+
+    ``steps`` strictly increasing (int64), ``values`` finite, all three of one length: the caller checks.
+    """
+    bucket = steps // LEVEL_ONE
+    starts = np.flatnonzero(np.diff(bucket, prepend=-1))  # where each touched bucket begins
+    sizes = np.diff(starts, append=len(steps))
+    whole = sizes == LEVEL_ONE  # strictly increasing steps: 16 of them cover the bucket
+    partial = bucket[starts[~whole]]
+    if not whole.any():
+        return None, partial
+    first = starts[whole]
+    grid = first[:, None] + np.arange(LEVEL_ONE)
+    v = values[grid]
+    total = v[:, 0].copy()
+    for column in range(1, LEVEL_ONE):  # in step order, as ClickHouse's arraySum adds
+        total += v[:, column]
+    k = len(first)
+    last = first + LEVEL_ONE - 1
+    columns = {
+        "bucket": bucket[first].astype(np.uint64),
+        "step_first": steps[first].astype(np.uint64),
+        "step_last": steps[last].astype(np.uint64),
+        "time_first": times_ms[first],
+        "time_last": times_ms[last],
+        "count": np.full(k, LEVEL_ONE, np.uint32),
+        "nonfinite": np.zeros(k, np.uint32),
+        "min": v.min(axis=1),
+        "max": v.max(axis=1),
+        "sum": total,
+        "first": v[:, 0],
+        "last": v[:, -1],
+        "version": np.full(k, seq, np.uint64),
+    }
+    return columns, partial
+
+
+# -- recomputation inside ClickHouse -------------------------------------------------------
+
 # The constant bounds (over all runs) let the primary key skip a run's older history;
 # the per-run bounds then keep exactly the touched buckets.
 _RANGE_FILTER = """
@@ -54,19 +186,21 @@ _RANGE_FILTER = """
 
 _LEVEL_1 = f"""
 INSERT INTO metric_buckets
-SELECT team, project, metric, toUInt8(1), run_id, intDiv(p.step, {WIDTHS[1]}) AS bucket,
+SELECT team, project, metric, toUInt8(1), run_id, intDiv(p.step, {LEVEL_ONE}) AS bucket,
     min(p.step), max(p.step), argMin(s.time, p.step), argMax(s.time, p.step),
     count(), countIf(NOT isFinite(value)),
     ifNull(minIfOrNull(value, isFinite(value)), nan), ifNull(maxIfOrNull(value, isFinite(value)), nan),
     arraySum(arrayMap(t -> t.2, arraySort(groupArrayIf((p.step, value), isFinite(value))))),
     argMin(value, p.step), argMax(value, p.step), max(p.seq)
 FROM (SELECT team, project, metric, run_id, step, value, seq FROM metric_points FINAL
-      WHERE {_RANGE_FILTER % {"col": "step"}}) AS p
+      WHERE team = {{team:String}} AND project = {{project:String}}
+        AND run_id IN {{runs:Array(String)}} AND metric IN {{metrics:Array(String)}}
+        AND step BETWEEN {{lowest:UInt64}} AND {{highest:UInt64}}
+        AND (toString(run_id), intDiv(step, {LEVEL_ONE})) IN {{pairs:Array(Tuple(String, UInt64))}}) AS p
 LEFT JOIN (SELECT run_id, step, time FROM metric_steps FINAL
            WHERE team = {{team:String}} AND project = {{project:String}} AND run_id IN {{runs:Array(String)}}
              AND step BETWEEN {{lowest:UInt64}} AND {{highest:UInt64}}
-             AND step >= transform(toString(run_id), {{runs:Array(String)}}, {{lo:Array(UInt64)}}, toUInt64(0))
-             AND step <= transform(toString(run_id), {{runs:Array(String)}}, {{hi:Array(UInt64)}}, toUInt64(0))) AS s
+             AND (toString(run_id), intDiv(step, {LEVEL_ONE})) IN {{pairs:Array(Tuple(String, UInt64))}}) AS s
     ON p.run_id = s.run_id AND p.step = s.step
 GROUP BY team, project, metric, run_id, bucket
 """
@@ -85,22 +219,133 @@ GROUP BY team, project, metric, run_id, parent
 """
 
 
-def refresh_buckets(client: Client, touched: TouchedSteps) -> None:
-    """Recompute, at every level, the buckets containing the touched steps."""
+def refresh_level_one(client: Client, edges: LevelOneEdges) -> None:
+    """Recompute the listed level-1 buckets from the stored points, one query per project."""
+    for (team, project), (metrics, pairs) in edges.buckets.items():
+        if not pairs:
+            continue
+        ordered = sorted(pairs)
+        client.command(
+            _LEVEL_1,
+            parameters={
+                "team": team,
+                "project": project,
+                "runs": sorted({r for r, _ in ordered}),
+                "metrics": sorted(metrics),
+                "pairs": ordered,
+                "lowest": min(b for _, b in ordered) * LEVEL_ONE,
+                "highest": max(b for _, b in ordered) * LEVEL_ONE + LEVEL_ONE - 1,
+            },
+        )
+
+
+def refresh_upper(client: Client, touched: TouchedSteps) -> None:
+    """Recompute, at levels 2 and up, the buckets containing the touched steps (level 1 must be current)."""
     for (team, project), runs in touched.runs.items():
         run_ids = sorted(runs)
-        metrics = sorted({m for names, _, _ in runs.values() for m in names})
+        metrics = sorted({m for names, *_ in runs.values() for m in names})
         lo = [runs[r][1] for r in run_ids]
         hi = [runs[r][2] for r in run_ids]
         params = {"team": team, "project": project, "runs": run_ids, "metrics": metrics}
-        for level in range(1, TOP_LEVEL + 1):
+        for level in range(2, TOP_LEVEL + 1):
             width = WIDTHS[level]
-            if level == 1:  # steps of the touched level-1 buckets
-                first, last = [s // width * width for s in lo], [s // width * width + width - 1 for s in hi]
-                sql = _LEVEL_1
-            else:  # the level-below buckets inside the touched buckets
-                first, last = [s // width * FANOUT for s in lo], [s // width * FANOUT + FANOUT - 1 for s in hi]
-                sql = _LEVEL_UP % {"level": level, "below": level - 1}
+            # the level-below buckets inside the touched buckets
+            first, last = [s // width * FANOUT for s in lo], [s // width * FANOUT + FANOUT - 1 for s in hi]
             client.command(
-                sql, parameters={**params, "lo": first, "hi": last, "lowest": min(first), "highest": max(last)}
+                _LEVEL_UP % {"level": level, "below": level - 1},
+                parameters={**params, "lo": first, "hi": last, "lowest": min(first), "highest": max(last)},
             )
+
+
+# -- deferred upper levels ----------------------------------------------------------------------
+#
+# ``bucket_pending`` holds one row per run (ReplacingMergeTree on ``version``): the metrics and step
+# range whose upper levels are behind. A batch writes the union of the stored row and its own
+# range at the next even version above the stored one; a refresh writes the row emptied at the
+# version it read + 1 (odd). So a refresh wins over the batch it read, and a batch written after
+# the read (whether before or after the refresh's write) wins over the refresh: its union still
+# holds what the refresh did, which costs a second refresh of it, never a level left behind.
+
+_PENDING_COLUMNS = ["team", "project", "run_id", "metrics", "first_step", "last_step", "version"]
+
+_READ_PENDING = """
+SELECT toString(team), toString(project), toString(run_id), metrics, first_step, last_step, version,
+       toUnixTimestamp64Milli(written_at)
+FROM bucket_pending FINAL
+WHERE %s
+"""
+_BY_KEYS = "(team, project, run_id) IN {keys:Array(Tuple(String, String, String))}"
+
+
+def _read_pending(client: Client, where: str, params: Mapping[str, object]) -> Sequence[Sequence[Any]]:
+    return client.query(_READ_PENDING % where, parameters=dict(params)).result_rows
+
+
+def mark_pending(client: Client, touched: TouchedSteps) -> None:
+    """Record, with a batch's level-1 rows, the runs' steps whose upper levels that batch leaves behind."""
+    keys = sorted((t, p, r) for (t, p), runs in touched.runs.items() for r in runs)
+    if not keys:
+        return
+    stored = {
+        (t, p, r): (set(m), lo, hi, v) for t, p, r, m, lo, hi, v, _ in _read_pending(client, _BY_KEYS, {"keys": keys})
+    }
+    rows = []
+    for team, project, run_id in keys:
+        names, lo, hi, _ = touched.runs[(team, project)][run_id]
+        old_names, old_lo, old_hi, old_version = stored.get((team, project, run_id), (set(), lo, hi, -1))
+        version = old_version + 2 - old_version % 2
+        if old_names:
+            names, lo, hi = names | old_names, min(lo, old_lo), max(hi, old_hi)
+        rows.append((team, project, run_id, sorted(names), lo, hi, version))
+    if rows:
+        client.insert("bucket_pending", rows, column_names=_PENDING_COLUMNS)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Steps of a run whose upper levels are behind: from ``first_step`` on (up to ``last_step``)."""
+
+    first_step: int
+    last_step: int
+
+
+def pending_ranges(client: Client, team: str, project: str, run_ids: Sequence[str]) -> dict[str, Pending]:
+    """run -> the steps its upper levels do not reflect yet (runs whose upper levels are current are absent)."""
+    if not run_ids:
+        return {}
+    rows = _read_pending(
+        client,
+        "team = {team:String} AND project = {project:String} AND run_id IN {runs:Array(String)} AND notEmpty(metrics)",
+        {"team": team, "project": project, "runs": list(run_ids)},
+    )
+    return {run_id: Pending(lo, hi) for _, _, run_id, _, lo, hi, _, _ in rows}
+
+
+def refresh_pending(
+    client: Client, runs: Iterable[tuple[str, str, str]] | None = None, older_than_s: float = 0.0
+) -> int:
+    """Bring the upper levels of runs with pending steps up to date and record it; return how many runs.
+
+    ``runs``: only these (team, project, run_id) (a driver's own runs, on its cadence); None: every run
+    whose pending steps were last written more than ``older_than_s`` ago (the sweep: runs a driver
+    touched and then lost, by a crash or a rebalance, before its cadence came round).
+    """
+    if runs is None:
+        rows = _read_pending(client, "notEmpty(metrics)", {})
+    else:
+        keys = sorted(set(runs))
+        if not keys:
+            return 0
+        rows = _read_pending(client, _BY_KEYS + " AND notEmpty(metrics)", {"keys": keys})
+    cutoff_ms = (time.time() - older_than_s) * 1000
+    touched = TouchedSteps()
+    cleared: list[tuple[str, str, str, list[str], int, int, int]] = []
+    for team, project, run_id, metrics, lo, hi, version, written_ms in rows:
+        if written_ms <= cutoff_ms:
+            touched.add(team, project, run_id, metrics, lo, hi, version)
+            cleared.append((team, project, run_id, [], 0, 0, version + 1))
+    if not cleared:
+        return 0
+    refresh_upper(client, touched)
+    client.insert("bucket_pending", cleared, column_names=_PENDING_COLUMNS)
+    return len(cleared)

@@ -26,7 +26,7 @@ import numpy as np
 from clickhouse_connect.driver.client import Client
 
 from runstream.events import MAX_STEP
-from runstream.storage.buckets import FANOUT, TOP_LEVEL, WIDTHS, level_for
+from runstream.storage.buckets import FANOUT, TOP_LEVEL, WIDTHS, Pending, level_for, pending_ranges
 from runstream.storage.errors import QueryError
 
 X_AXES = ("step", "time", "relative", "metric")
@@ -63,6 +63,22 @@ FROM metric_buckets FINAL
 WHERE team = {team:String} AND project = {project:String} AND metric IN {metrics:Array(String)}
   AND level = {level:UInt8} AND run_id IN {runs:Array(String)}
   AND bucket BETWEEN {first:UInt64} AND {last:UInt64}
+"""
+
+# A stored level that is behind for some runs (``buckets.pending_ranges``): their buckets from the
+# first pending one on are aggregated from level 1, which is always current, the rest read as stored.
+_BEHIND = """ AND bucket < transform(toString(run_id), {behind:Array(String)}, {behind_from:Array(UInt64)}, {last:UInt64} + 1)
+UNION ALL
+SELECT metric, run_id, intDiv(bucket, {fanout:UInt64}) AS parent, max(step_last) AS step,
+       toUnixTimestamp64Milli(argMax(time_last, step_last)) AS time_ms, sum(count - nonfinite) AS n,
+       ifNull(minIfOrNull(min, isFinite(min)), nan) AS min, ifNull(maxIfOrNull(max, isFinite(max)), nan) AS max,
+       sum(sum) AS sum, argMax(last, step_last) AS last
+FROM metric_buckets FINAL
+WHERE team = {team:String} AND project = {project:String} AND metric IN {metrics:Array(String)}
+  AND level = 1 AND run_id IN {behind:Array(String)}
+  AND bucket BETWEEN {first:UInt64} * {fanout:UInt64} AND ({last:UInt64} + 1) * {fanout:UInt64} - 1
+  AND intDiv(bucket, {fanout:UInt64}) >= transform(toString(run_id), {behind:Array(String)}, {behind_from:Array(UInt64)}, toUInt64(0))
+GROUP BY metric, run_id, parent
 """
 
 _RAW = """
@@ -148,20 +164,42 @@ class Extent:
 
 
 def extents(
-    client: Client, team: str, project: str, run_ids: Sequence[str], metrics: Sequence[str]
+    client: Client,
+    team: str,
+    project: str,
+    run_ids: Sequence[str],
+    metrics: Sequence[str],
+    behind: Mapping[str, Pending] | None = None,
 ) -> dict[str, dict[str, Extent]]:
-    """run -> metric -> the steps it logged, from the top level (one or two rows per run and metric)."""
+    """run -> metric -> the steps it logged, from the top level (one or two rows per run and metric),
+    widened by the steps the top level does not reflect yet (``behind``; read when not given)."""
+    if behind is None:
+        behind = pending_ranges(client, team, project, run_ids)
     params = {"team": team, "project": project, "level": TOP_LEVEL, "runs": list(run_ids), "metrics": list(metrics)}
     out: dict[str, dict[str, Extent]] = {}
     for run_id, metric, first, last in client.query(_EXTENTS, parameters=params).result_rows:
         out.setdefault(run_id, {})[metric] = Extent(first, last)
+    if behind:
+        # level 1 is current: it says which metrics the pending steps hold, one row per (run, metric)
+        for run_id, metric, first, last in client.query(
+            _EXTENTS, parameters={**params, "level": 1, "runs": list(behind)}
+        ).result_rows:
+            out.setdefault(run_id, {})[metric] = Extent(first, last)
     return out
 
 
-def run_starts(client: Client, team: str, project: str, run_ids: Sequence[str]) -> dict[str, int]:
+def run_starts(
+    client: Client, team: str, project: str, run_ids: Sequence[str], behind: Mapping[str, Pending] | None = None
+) -> dict[str, int]:
     """run -> the time (ms) of its first logged step, across all its metrics."""
+    if behind is None:
+        behind = pending_ranges(client, team, project, run_ids)
     params = {"team": team, "project": project, "level": TOP_LEVEL, "runs": list(run_ids)}
-    return {run_id: int(ms) for run_id, ms in client.query(_STARTS, parameters=params).result_rows}
+    starts = {run_id: int(ms) for run_id, ms in client.query(_STARTS, parameters=params).result_rows}
+    if behind:
+        rows = client.query(_STARTS, parameters={**params, "level": 1, "runs": list(behind)}).result_rows
+        starts.update({run_id: int(ms) for run_id, ms in rows})
+    return starts
 
 
 Part = dict[str, np.ndarray]
@@ -212,12 +250,22 @@ class Bands(TypedDict):
     groups: list[Band]
 
 
-def _read(client: Client, source: Source, params: dict[str, Any], with_time: bool) -> list[tuple[str, str, Part]]:
-    """(metric, run, points) for every series the source has in the range, points sorted by bucket."""
+def _read(
+    client: Client, source: Source, params: dict[str, Any], with_time: bool, behind: Mapping[str, Pending]
+) -> list[tuple[str, str, Part]]:
+    """(metric, run, points) for every series the source has in the range, points sorted by bucket.
+
+    ``behind``: the runs whose stored upper levels are behind, from which step."""
     if source.level:
         width = WIDTHS[source.level]
         sql = _STORED
         params = {**params, "level": source.level, "first": params["first"] // width, "last": params["last"] // width}
+        late = sorted(r for r in params["runs"] if r in behind) if source.level > 1 else []
+        if late:
+            sql += _BEHIND
+            params["behind"] = late
+            params["behind_from"] = [behind[r].first_step // width for r in late]
+            params["fanout"] = width // WIDTHS[1]
     else:
         sql = _RAW % {
             "time": "toUnixTimestamp64Milli(argMax(s.time, p.step))" if with_time else "toInt64(0)",
@@ -276,8 +324,9 @@ def series(
     lo, hi = _check_range(step_range)
     read_metrics = list(dict.fromkeys([*metrics, *x_metrics]))
 
-    known = extents(client, team, project, run_ids, read_metrics)
-    starts = run_starts(client, team, project, run_ids) if x == "relative" else {}
+    behind = pending_ranges(client, team, project, run_ids)
+    known = extents(client, team, project, run_ids, read_metrics, behind)
+    starts = run_starts(client, team, project, run_ids, behind) if x == "relative" else {}
     by_source: dict[Source, list[str]] = {}
     for run_id in run_ids:
         spans = [e for m in read_metrics if (e := known.get(run_id, {}).get(m)) is not None]
@@ -291,7 +340,7 @@ def series(
     base = {"team": team, "project": project, "metrics": read_metrics, "first": lo, "last": hi}
     out: list[Series] = []
     for source, runs in by_source.items():
-        parts = _read(client, source, {**base, "runs": runs}, with_time=x in ("time", "relative"))
+        parts = _read(client, source, {**base, "runs": runs}, x in ("time", "relative"), behind)
         x_values = {run: part for metric, run, part in parts if metric == x_metric} if x == "metric" else {}
         for metric, run_id, part in parts:
             if metric not in metrics:
@@ -369,7 +418,8 @@ def group_bands(
     _check_points(points)
     lo, hi = _check_range(step_range)
 
-    known = extents(client, team, project, list(label_of), [metric])
+    behind = pending_ranges(client, team, project, list(label_of))
+    known = extents(client, team, project, list(label_of), [metric], behind)
     spans = [e for r in label_of for e in known.get(r, {}).values()]
     result: Bands = {"metric": metric, "points": points, "groups": []}
     first = max(lo, min((e.first_step for e in spans), default=0))
@@ -382,7 +432,8 @@ def group_bands(
         client,
         source,
         {"team": team, "project": project, "metrics": [metric], "runs": runs, "first": lo, "last": hi},
-        with_time=False,
+        False,
+        behind,
     )
     by_label: dict[str, list[Part]] = {}
     for _, run_id, part in parts:

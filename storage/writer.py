@@ -11,15 +11,25 @@ else writes the tables.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from runstream.events import CONSOLE, METRICS, SYSTEM, Event, decode_value, encode_value
-from runstream.storage.buckets import refresh_buckets
+from runstream.storage.buckets import (
+    LEVEL_ONE,
+    LevelOneEdges,
+    LocalBuckets,
+    TouchedSteps,
+    local_level_one,
+    mark_pending,
+    refresh_level_one,
+    refresh_upper,
+)
 
 _TIME = pa.timestamp("ms", tz="UTC")
 
@@ -28,17 +38,17 @@ class _Dictionary:
     """Builds a dictionary-encoded string column from runs of one repeated value."""
 
     def __init__(self) -> None:
-        self.codes: list[int] = []
+        self._codes: list[int] = []
+        self._counts: list[int] = []
         self._index: dict[str, int] = {}
 
     def extend(self, value: str, count: int) -> None:
-        code = self._index.setdefault(value, len(self._index))
-        self.codes.extend([code] * count)
+        self._codes.append(self._index.setdefault(value, len(self._index)))
+        self._counts.append(count)
 
     def array(self) -> pa.DictionaryArray:
-        return pa.DictionaryArray.from_arrays(
-            pa.array(self.codes, pa.int32()), pa.array(list(self._index), pa.string())
-        )
+        codes = np.repeat(np.array(self._codes, np.int32), np.array(self._counts, np.int64))
+        return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(list(self._index), pa.string()))
 
 
 def _ms(seconds: float | None) -> int | None:
@@ -53,76 +63,85 @@ def _insert(client: Client, table: str, columns: Mapping[str, pa.Array | list]) 
 
 
 @dataclass
-class TouchedSteps:
-    """Per (team, project) and run: the metrics and the step range a write touched."""
-
-    runs: dict[tuple[str, str], dict[str, tuple[set[str], int, int]]] = field(default_factory=dict)
-
-    def add(self, team: str, project: str, run_id: str, metrics: Iterable[str], lo: int, hi: int) -> None:
-        runs = self.runs.setdefault((team, project), {})
-        names, old_lo, old_hi = runs.get(run_id, (set(), lo, hi))
-        names.update(metrics)
-        runs[run_id] = (names, min(lo, old_lo), max(hi, old_hi))
-
-
-@dataclass
 class MetricColumns:
     points: pa.Table
     steps: pa.Table
+    level_one: pa.Table | None  # the level-1 buckets computed here (``buckets.local_level_one``)
+    edges: LevelOneEdges  # the level-1 buckets ClickHouse recomputes from the stored points
     touched: TouchedSteps
     metric_names: dict[tuple[str, str], set[str]]
 
 
 def metric_columns(events: Iterable[Event]) -> MetricColumns:
-    """Flatten metric batches into ``metric_points`` rows (one per logged value) and ``metric_steps`` rows."""
-    team, project, run, metric = _Dictionary(), _Dictionary(), _Dictionary(), _Dictionary()
-    step_col: list[int] = []
-    value_col: list[float] = []
-    seq_col: list[int] = []
+    """Flatten metric batches into ``metric_points`` rows (one per logged value), ``metric_steps`` rows and
+    the level-1 buckets the batch logged whole.
+
+    Columns are converted a list at a time (numpy reads the floats, ints and the contract's "NaN" and
+    "Infinity" strings of a validated column in C); only sparse columns are looked at value by value.
+    """
+    parts: list[tuple[str, str, str, str, int, int, np.ndarray, np.ndarray]] = []
     s_team, s_project, s_run = _Dictionary(), _Dictionary(), _Dictionary()
-    s_step: list[int] = []
-    s_time: list[int] = []
-    s_seq: list[int] = []
+    s_step: list[np.ndarray] = []
+    s_time: list[np.ndarray] = []
+    s_seq: list[np.ndarray] = []
+    local = LocalBuckets()
+    edges = LevelOneEdges()
     touched = TouchedSteps()
     names: dict[tuple[str, str], set[str]] = {}
     for event in events:
         if event.type != METRICS:
             raise ValueError(f"expected {METRICS!r} events, got {event.type!r}")
-        steps, times, values = event.data["step"], event.data["time"], event.data["values"]
+        values = event.data["values"]
+        steps = np.array(event.data["step"], np.int64)
+        times = np.rint(np.array(event.data["time"], np.float64) * 1000).astype(np.int64)
         rows = len(steps)
+        ordered = rows == 1 or bool((np.diff(steps) > 0).all())
         s_team.extend(event.team, rows)
         s_project.extend(event.project, rows)
         s_run.extend(event.run_id, rows)
-        s_step.extend(steps)
-        s_time.extend([round(t * 1000) for t in times])
-        s_seq.extend([event.seq] * rows)
+        s_step.append(steps)
+        s_time.append(times)
+        s_seq.append(np.full(rows, event.seq, np.uint64))
         for name, column in values.items():
             if None in column:  # a sparse column: only some rows logged this metric
-                kept = [i for i, v in enumerate(column) if v is not None]
-                step_col.extend([steps[i] for i in kept])
-                column = [column[i] for i in kept]
+                kept = np.array([i for i, v in enumerate(column) if v is not None], np.int64)
+                logged = np.array([column[i] for i in kept], np.float64)
+                at = steps[kept]
+                whole = None
             else:
-                step_col.extend(steps)
-            if str in map(type, column) or int in map(type, column):  # "NaN"/"Infinity" strings; big ints
-                column = [float(decode_value(v)) for v in column]  # points are Float64, ints too
-            count = len(column)
-            value_col.extend(column)
-            team.extend(event.team, count)
-            project.extend(event.project, count)
-            metric.extend(name, count)
-            run.extend(event.run_id, count)
-            seq_col.extend([event.seq] * count)
-        touched.add(event.team, event.project, event.run_id, values, min(steps), max(steps))
+                logged = np.array(column, np.float64)
+                at = steps
+                whole = ordered and bool(np.isfinite(logged).all())
+            if whole:
+                buckets, partial = local_level_one(steps, times, logged, event.seq)
+                if buckets is not None:
+                    local.parts.append(buckets)
+                    local.identity.append((event.team, event.project, name, event.run_id, len(buckets["bucket"])))
+            else:
+                partial = np.unique(at // LEVEL_ONE)
+            if len(partial):
+                edges.add(event.team, event.project, event.run_id, name, partial.tolist())
+            if len(logged):
+                parts.append((event.team, event.project, name, event.run_id, int(at[0]), event.seq, at, logged))
+        touched.add(event.team, event.project, event.run_id, values, int(steps.min()), int(steps.max()), event.seq)
         names.setdefault((event.team, event.project), set()).update(values)
+    # In the table's order (a run's events usually log ascending steps): ClickHouse then finds the
+    # block sorted and skips sorting it.
+    parts.sort(key=lambda part: part[:5])
+    team, project, metric, run = _Dictionary(), _Dictionary(), _Dictionary(), _Dictionary()
+    for part in parts:
+        count = len(part[7])
+        for builder, value in zip((team, project, metric, run), part[:4]):
+            builder.extend(value, count)
     points = pa.table(
         {
             "team": team.array(),
             "project": project.array(),
             "metric": metric.array(),
             "run_id": run.array(),
-            "step": pa.array(step_col, pa.uint64()),
-            "value": pa.array(value_col, pa.float64()),
-            "seq": pa.array(seq_col, pa.uint64()),
+            "step": pa.array(_concat([p[6] for p in parts], np.int64).astype(np.uint64)),
+            "value": pa.array(_concat([p[7] for p in parts], np.float64)),
+            "seq": pa.array(_concat([np.full(len(p[7]), p[5], np.uint64) for p in parts], np.uint64)),
         }
     )
     steps_table = pa.table(
@@ -130,24 +149,38 @@ def metric_columns(events: Iterable[Event]) -> MetricColumns:
             "team": s_team.array(),
             "project": s_project.array(),
             "run_id": s_run.array(),
-            "step": pa.array(s_step, pa.uint64()),
-            "time": pa.array(s_time, pa.int64()).cast(_TIME),
-            "seq": pa.array(s_seq, pa.uint64()),
+            "step": pa.array(_concat(s_step, np.int64).astype(np.uint64)),
+            "time": pa.array(_concat(s_time, np.int64)).cast(_TIME),
+            "seq": pa.array(_concat(s_seq, np.uint64)),
         }
     )
-    return MetricColumns(points, steps_table, touched, names)
+    return MetricColumns(points, steps_table, local.table(), edges, touched, names)
 
 
-def insert_metric_points(client: Client, events: Iterable[Event]) -> int:
-    """Store many metric batches: points, step times, the key catalog and every
-    downsampling level they touch. Returns the number of points."""
+def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty(0, dtype)
+
+
+def insert_metric_points(client: Client, events: Iterable[Event], *, defer_upper: bool = False) -> int:
+    """Store many metric batches: points, step times, the key catalog and every downsampling level they
+    touch. Returns the number of points.
+
+    ``defer_upper``: levels 2 and up are left for ``buckets.refresh_pending`` (a driver's cadence) and
+    recorded as pending; level 1 is always written here.
+    """
     cols = metric_columns(events)
     if cols.points.num_rows:
         client.insert_arrow("metric_points", cols.points)
     if cols.steps.num_rows:
         client.insert_arrow("metric_steps", cols.steps)
+    if cols.level_one is not None:
+        client.insert_arrow("metric_buckets", cols.level_one)
     record_keys(client, [(t, p, "metric", m, "number") for (t, p), ms in cols.metric_names.items() for m in ms])
-    refresh_buckets(client, cols.touched)
+    refresh_level_one(client, cols.edges)
+    if defer_upper:
+        mark_pending(client, cols.touched)
+    else:
+        refresh_upper(client, cols.touched)
     return cols.points.num_rows
 
 

@@ -3,7 +3,8 @@
     run topics (runs, metrics, system, console, files)
         -> process: BatchHandler.decode (bad bytes -> dead letters), then BatchHandler.process:
            rows -> ClickHouse, state changes -> runs, rule alerts -> alerts, run states -> ClickHouse
-    every SWEEP_EVERY_S -> sweep: silent runs -> crashed (runs), stalls -> alerts
+    every SWEEP_EVERY_S -> sweep: silent runs -> crashed (runs), stalls -> alerts; pending bucket levels
+    every UPPER_LEVELS_EVERY_S (after a batch, or at the sweep) -> the upper bucket levels of its runs
     alerts (the SDK's and the rules') -> alerts: BatchHandler.alerts: ClickHouse, then webhooks
 
 The logic lives in ``runstream.streams.processor`` (plain Python, also driven
@@ -39,7 +40,7 @@ from runstream import events
 from runstream.settings import Settings
 from runstream.storage.client import connect
 from runstream.storage.migrations import migrate_once
-from runstream.streams.batch import BatchHandler, Reject
+from runstream.streams.batch import UPPER_LEVELS_EVERY_S, BatchHandler, Reject
 from runstream.streams.notifier import Notifier
 from runstream.streams.processor import Processor, RuleBook
 
@@ -141,6 +142,7 @@ def create_app(
         in_thread=True,
         notifier=Notifier.from_settings(settings),
         spawn=spawn,
+        upper_levels_every_s=UPPER_LEVELS_EVERY_S,
     )
 
     def messages(batch: list[faust.EventT]) -> list[tuple[bytes, str]]:
@@ -157,6 +159,7 @@ def create_app(
         if client is None:
             return  # not connected yet
         try:
+            await handler.refresh_levels()  # a quiet stream's last batches
             await handler.sweep(float(settings.crash_timeout))
         except Exception as exc:  # noqa: BLE001 - the next sweep tries again
             log.warning("sweep failed (%s: %s)", type(exc).__name__, exc)

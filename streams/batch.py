@@ -9,6 +9,7 @@ produces and a way to attempt each step; the handler keeps the order:
         1. Processor.process: rows written, run states folded (not stored yet)
         2. publish: the state changes and rule alerts it produced, acknowledged
         3. Processor.commit: the run states stored (and kept in the driver's cache, if it has one)
+    every UPPER_LEVELS_EVERY_S, if the driver asks for it: the upper bucket levels of its runs
     then the driver commits the batch's offsets (the Faust worker: when its loop body returns)
 
 A crash anywhere before the offsets move on redelivers the batch, which the processor
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -38,6 +40,10 @@ from runstream.streams.runstate import RunState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: How often a driver brings the upper bucket levels of its runs up to date (charts complete them from
+#: level 1 meanwhile): once per batch, they would cost ClickHouse more than the points themselves.
+UPPER_LEVELS_EVERY_S = 2.0
 
 #: A message that is no valid event: its bytes, the topic it came from, and why.
 Reject = tuple[bytes, str, str]
@@ -91,6 +97,7 @@ class BatchHandler:
         cache: dict[RunKey, RunState] | None = None,
         notifier: Notifier | None = None,
         spawn: Spawn | None = None,
+        upper_levels_every_s: float | None = None,
     ) -> None:
         self.processor = processor
         self.publish = publish
@@ -99,6 +106,9 @@ class BatchHandler:
         self.cache = cache
         self.notifier = notifier
         self.spawn = spawn
+        self.upper_levels_every_s = upper_levels_every_s
+        self._levels_behind: set[RunKey] = set()
+        self._levels_refreshed_at = time.monotonic()
 
     async def _storage(self, what: str, call: Callable[..., T], *args: Any) -> T:
         """Attempt a blocking storage call (clickhouse-connect)."""
@@ -117,14 +127,34 @@ class BatchHandler:
     async def process(self, batch: Sequence[Event]) -> list[Output]:
         """Process, publish, store, chunk by chunk; on return the driver may commit the batch's offsets."""
         outputs = []
+        defer = self.upper_levels_every_s is not None
         for chunk in chunks(batch):
-            out = await self._storage("writing a batch to ClickHouse", self.processor.process, chunk, self.cache)
+            out = await self._storage("writing a batch to ClickHouse", self.processor.process, chunk, self.cache, defer)
             await self.attempt("publishing state changes and alerts", functools.partial(self.publish, out.publish))
             await self._storage("storing run states", self.processor.commit, out)
             if self.cache is not None:
                 self.cache.update(out.states)
+            self._levels_behind |= out.pending_levels
             outputs.append(out)
+        await self.refresh_levels(due_only=True)
         return outputs
+
+    async def refresh_levels(self, due_only: bool = False) -> None:
+        """Refresh the upper bucket levels this driver left pending (``due_only``: if its cadence says so).
+
+        Between refreshes, readers complete them from level 1; a refresh that fails leaves them
+        pending (a later one, or any driver's sweep, does them)."""
+        if not self._levels_behind:
+            return
+        if due_only and time.monotonic() - self._levels_refreshed_at < (self.upper_levels_every_s or 0.0):
+            return
+        runs, self._levels_behind = self._levels_behind, set()
+        self._levels_refreshed_at = time.monotonic()
+        try:
+            await self._storage("refreshing upper bucket levels", self.processor.refresh_upper_levels, runs)
+        except Exception:
+            self._levels_behind |= runs
+            raise
 
     async def alerts(self, alerts: Sequence[Event]) -> None:
         """Store alert events, then hand each to the notifier (posted in the background)."""

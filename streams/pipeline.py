@@ -40,10 +40,18 @@ class Pipeline:
         notifier: Notifier | None = None,
         spawn: Spawn | None = None,
         rules_ttl_s: float = 1.0,
+        upper_levels_every_s: float | None = None,
     ) -> None:
         self.processor = Processor(client, RuleBook(client, ttl_s=rules_ttl_s))
         self.states: dict[RunKey, RunState] = {}
-        self.handler = BatchHandler(self.processor, self._publish, cache=self.states, notifier=notifier, spawn=spawn)
+        self.handler = BatchHandler(
+            self.processor,
+            self._publish,
+            cache=self.states,
+            notifier=notifier,
+            spawn=spawn,
+            upper_levels_every_s=upper_levels_every_s,
+        )
         self._published: list[Event] = []
         self._lock = threading.Lock()  # one batch at a time: states are folded in order
 
@@ -65,6 +73,7 @@ class Pipeline:
         self._published += [e for e in produced if e.type != ALERT]
 
     async def _sweep(self, timeout_s: float, now: float | None) -> list[Output]:
+        await self.handler.refresh_levels()  # a quiet server's last batches
         await self.handler.sweep(timeout_s, now)
         found, self._published = self._published, []
         return await self._rounds(found)

@@ -37,7 +37,7 @@ import copy
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,7 @@ from clickhouse_connect.driver.client import Client
 
 from runstream import events
 from runstream.events import ALERT, CONSOLE, FILE, METRICS, RUN_EDIT, RUN_STATE, RUN_UPDATE, SYSTEM, Event
-from runstream.storage import processing
+from runstream.storage import buckets, processing
 from runstream.storage.history import metric_statistics
 from runstream.storage.writer import (
     insert_alerts,
@@ -93,8 +93,12 @@ class RuleBook:
         return rules
 
 
+#: Pending upper bucket levels written this long ago were left by a driver that stopped (a crash, a
+#: rebalance): any driver's sweep refreshes them. A live driver refreshes its own every few seconds.
+ORPHANED_LEVELS_AFTER_S = 30.0
+
 #: Metric values per processed chunk: bounds a batch's memory and the time before its points show.
-CHUNK_POINTS = 1_000_000
+CHUNK_POINTS = 2_000_000
 
 
 def chunks(batch: Sequence[Event], max_points: int = CHUNK_POINTS) -> list[list[Event]]:
@@ -125,6 +129,8 @@ class Output:
 
     states: dict[RunKey, RunState] = field(default_factory=dict)
     publish: list[Event] = field(default_factory=list)
+    #: Runs whose upper bucket levels the batch left pending (``defer_upper``).
+    pending_levels: set[RunKey] = field(default_factory=set)
 
 
 def folded(state: RunState) -> int:
@@ -154,8 +160,12 @@ class Processor:
         self.rules = rules or RuleBook(client)
         self.clock = clock
 
-    def process(self, batch: Sequence[Event], cache: Mapping[RunKey, RunState] | None = None) -> Output:
-        """Write the batch's rows and fold it into its runs' states (returned, not yet stored)."""
+    def process(
+        self, batch: Sequence[Event], cache: Mapping[RunKey, RunState] | None = None, defer_upper: bool = False
+    ) -> Output:
+        """Write the batch's rows and fold it into its runs' states (returned, not yet stored).
+
+        ``defer_upper``: bucket levels 2 and up are left pending for ``refresh_upper_levels``."""
         client = self._client()
         out = Output()
         states = self._states(client, batch, cache or {})
@@ -164,7 +174,10 @@ class Processor:
             by_type.setdefault(event.type, []).append(event)
 
         # 1. raw rows
-        insert_metric_points(client, by_type.get(METRICS, []))
+        metrics = by_type.get(METRICS, [])
+        insert_metric_points(client, metrics, defer_upper=defer_upper)
+        if defer_upper:
+            out.pending_levels = {(e.team, e.project, e.run_id) for e in metrics}
         insert_system_points(client, by_type.get(SYSTEM, []))
         insert_console_lines(client, by_type.get(CONSOLE, []))
         insert_files(client, by_type.get(FILE, []))
@@ -272,6 +285,10 @@ class Processor:
         """Store ``alert`` events (the SDK's and the rules'); their ids make a replay harmless."""
         return insert_alerts(self._client(), [_alert_row(e) for e in alerts])
 
+    def refresh_upper_levels(self, runs: Iterable[RunKey]) -> int:
+        """Bring the upper bucket levels of these runs up to date (``buckets.refresh_pending``)."""
+        return buckets.refresh_pending(self._client(), runs)
+
     def commit(self, out: Output) -> None:
         """Store the states a processed batch produced (after its events were published)."""
         rows = {}
@@ -286,6 +303,8 @@ class Processor:
         now = self.clock() if now is None else now
         client = self._client()
         out: list[Event] = []
+        # upper bucket levels left pending by a driver that stopped before its cadence came round
+        buckets.refresh_pending(client, older_than_s=ORPHANED_LEVELS_AFTER_S)
         for team, project, run_id, since in processing.silent_runs(client, now - timeout_s):
             out.append(
                 Event(
