@@ -23,28 +23,60 @@ SERVER_EXTRA_HINT = "this command needs the server parts: pip install 'runstream
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from runstream.storage.client import connect, redact
-    from runstream.storage.migrations import migrate_once
+    from runstream.storage.client import connect, database_of, redact
+    from runstream.storage.cluster import Cluster, settings_missing
+    from runstream.storage.migrations import MigrationError, cluster_schema, migrate_cluster, migrate_once
 
-    dsn = args.dsn or settings.clickhouse_dsn
-    applied = migrate_once(connect(dsn))
-    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none (the schema is up to date)"
-    print(f"{redact(dsn)}: applied {names}")
+    dsns = args.dsn or [settings.clickhouse_dsn]
+    if args.cluster is None and (len(dsns) > 1 or args.no_replication or args.print_sql):
+        print("error: several --dsn, --no-replication and --print-sql go with --cluster", file=sys.stderr)
+        return 2
+    try:
+        if args.cluster is None:
+            applied = [migrate_once(connect(dsns[0]))]
+        else:
+            cluster = Cluster(args.cluster, replicated=not args.no_replication)
+            if args.print_sql:  # for review, or to apply by hand; no server needed
+                print("".join(f"{s};\n\n" for s in cluster_schema(cluster, database_of(dsns[0]))), end="")
+                return 0
+            clients = [connect(dsn) for dsn in dsns]
+            applied = migrate_cluster(clients, cluster)
+            for dsn, client in zip(dsns, clients):
+                for setting in settings_missing(client, cluster):
+                    print(f"warning: {redact(dsn)}: set {setting} in the servers' default profile", file=sys.stderr)
+    except MigrationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for dsn, done in zip(dsns, applied):
+        names = ", ".join(f"{m.version:04d}_{m.name}" for m in done) or "none (the schema is up to date)"
+        print(f"{redact(dsn)}: applied {names}")
     return 0
 
 
 def _topics_create(args: argparse.Namespace, settings: Settings) -> int:
     from runstream.events import TOPICS
-    from runstream.streams.topics import create_topics
+    from runstream.streams.topics import count_brokers, create_topics, plan_replication, with_partitions
 
     bootstrap = args.bootstrap or settings.kafka
     if not bootstrap:
         print("error: no Kafka to talk to: pass --bootstrap host:port or set RUNSTREAM_KAFKA", file=sys.stderr)
         return 2
-    created = asyncio.run(create_topics(bootstrap, replication_factor=args.replication_factor))
-    for topic in TOPICS:
-        status = "created" if topic.name in created else "exists"
-        print(f"{topic.name:28} {topic.partitions:3} partitions  {status}")
+    topics = with_partitions(TOPICS, args.partitions)
+    # Checked against the brokers up now, before anything is created (ValueError: main prints it).
+    replication = plan_replication(
+        asyncio.run(count_brokers(bootstrap)), args.replication_factor, args.min_insync_replicas
+    )
+    for warning in replication.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    created = asyncio.run(create_topics(bootstrap, topics, replication))
+    for topic in topics:
+        status = (
+            f"created: {topic.partitions} partitions, replication factor {replication.factor}, "
+            f"min.insync.replicas {replication.min_insync}"
+            if topic.name in created
+            else "exists: kept as it is"
+        )
+        print(f"{topic.name:28} {status}")
     return 0
 
 
@@ -314,14 +346,38 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_sync)
 
     p = commands.add_parser("migrate", help="apply the ClickHouse schema migrations")
-    p.add_argument("--dsn", help="ClickHouse DSN (default: RUNSTREAM_CLICKHOUSE_DSN)")
+    p.add_argument(
+        "--dsn",
+        action="append",
+        help="ClickHouse DSN (default: RUNSTREAM_CLICKHOUSE_DSN); with --no-replication, once per node",
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="NAME",
+        help="lay the schema out on this cluster of the servers' remote_servers: Replicated tables ON CLUSTER, "
+        "Distributed tables sharded by run (docs/storage.md)",
+    )
+    p.add_argument(
+        "--no-replication",
+        action="store_true",
+        help="with --cluster, for servers without Keeper: plain tables, no ON CLUSTER, so give every node's --dsn",
+    )
+    p.add_argument("--print-sql", action="store_true", help="with --cluster: print the statements, apply nothing")
     p.set_defaults(run=_migrate)
 
     topics = commands.add_parser("topics", help="manage the pipeline's Kafka topics")
     topic_commands = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
     p = topic_commands.add_parser("create", help="create the topics the pipeline needs (existing ones are kept)")
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: RUNSTREAM_KAFKA)")
-    p.add_argument("--replication-factor", type=int, default=1)
+    p.add_argument(
+        "--replication-factor", type=int, help="copies of each partition (default: 3, or the brokers up if fewer)"
+    )
+    p.add_argument(
+        "--min-insync-replicas",
+        type=int,
+        help="copies a record needs before it is acknowledged (default: a majority from 3 copies on, else 1)",
+    )
+    p.add_argument("--partitions", type=int, help="partitions of each run-keyed topic (default: the event contract's)")
     p.set_defaults(run=_topics_create)
 
     p = commands.add_parser("worker", help="run a stream-processing worker (Faust); start several to scale out")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from infra.clickhouse_server import ClickHouseServer
-from infra.kafka_broker import KafkaBroker
+from infra.kafka_broker import KafkaBroker, KafkaCluster
 from tests.helpers import fresh_chdb_dsn
 
 if TYPE_CHECKING:  # storage is imported where a test needs it
@@ -51,6 +51,21 @@ def kafka_bootstrap(kafka_broker: KafkaBroker | None) -> str:
     bootstrap = os.environ.get("RUNSTREAM_TEST_KAFKA") or kafka_broker.bootstrap  # type: ignore[union-attr]
     create_topics_sync(bootstrap)
     return bootstrap
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster() -> Iterator[KafkaCluster]:
+    """Three brokers in one KRaft quorum (each a controller voter), started on first use, without topics.
+
+    For tests that kill brokers: a test that stops a node starts it again (``kafka_cluster.start()``)
+    before it ends, so the next one finds the cluster whole.
+    """
+    cluster = KafkaCluster(brokers=3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
 
 
 @pytest.fixture(scope="session")

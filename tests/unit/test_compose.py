@@ -15,6 +15,7 @@ from runstream.storage.client import database_of
 COMPOSE = yaml.safe_load((Path(__file__).parents[2] / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 RUNSTREAM_SERVICES = ("init", "api", "worker")
+BROKERS = ("kafka-1", "kafka-2", "kafka-3")
 
 
 def _env(service: str) -> dict[str, str]:
@@ -27,8 +28,9 @@ def _resolve(value: str) -> str:
 
 
 def test_services_and_official_images():
-    assert set(SERVICES) == {"kafka", "clickhouse", "init", "api", "worker"}
-    assert SERVICES["kafka"]["image"].startswith("apache/kafka:4.")
+    assert set(SERVICES) == {*BROKERS, "clickhouse", "init", "api", "worker"}
+    for broker in BROKERS:
+        assert SERVICES[broker]["image"].startswith("apache/kafka:4.")
     assert SERVICES["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
     for name in RUNSTREAM_SERVICES:
         assert SERVICES[name]["build"] == "."
@@ -42,10 +44,9 @@ def test_runstream_services_set_only_variables_the_code_reads(service):
     settings = Settings.from_env({k: _resolve(v) for k, v in env.items()})
     assert settings.kafka, f"{service} runs in cluster mode and needs RUNSTREAM_KAFKA"
 
-    kafka_host, kafka_port = settings.kafka.split(":")
-    advertised = _env("kafka")["KAFKA_ADVERTISED_LISTENERS"]
-    assert f"PLAINTEXT://{kafka_host}:{kafka_port}" in advertised.split(",")
-    assert kafka_host == "kafka"
+    # Every broker, each by the address it advertises.
+    advertised = {_env(broker)["KAFKA_ADVERTISED_LISTENERS"].removeprefix("PLAINTEXT://") for broker in BROKERS}
+    assert sorted(settings.kafka.split(",")) == sorted(advertised)
 
     dsn = urlparse(settings.clickhouse_dsn)
     assert dsn.scheme == "clickhouse" and dsn.hostname == "clickhouse" and dsn.port == 8123
@@ -73,7 +74,7 @@ def test_api_port_and_health_check_match_the_app():
 
 
 def test_every_server_has_a_health_check_and_named_volumes_exist():
-    for name in ("kafka", "clickhouse", "api", "worker"):
+    for name in (*BROKERS, "clickhouse", "api", "worker"):
         assert SERVICES[name]["healthcheck"]["test"], name
     declared = set(COMPOSE["volumes"])
     for name, service in SERVICES.items():
@@ -82,10 +83,31 @@ def test_every_server_has_a_health_check_and_named_volumes_exist():
             assert source in declared, f"{name} mounts undeclared volume {source}"
     for name in ("init", "api", "worker"):
         needs = SERVICES[name]["depends_on"]
+        healthy = {"condition": "service_healthy"}
         assert needs == {"init": {"condition": "service_completed_successfully"}} or needs == {
-            "kafka": {"condition": "service_healthy"},
-            "clickhouse": {"condition": "service_healthy"},
+            **dict.fromkeys(BROKERS, healthy),
+            "clickhouse": healthy,
         }
+
+
+def test_the_brokers_form_one_quorum_and_replicate_three_times():
+    envs = [_env(broker) for broker in BROKERS]
+    assert len({env["CLUSTER_ID"] for env in envs}) == 1, "every node is formatted with the same cluster id"
+    voters = {env["KAFKA_CONTROLLER_QUORUM_VOTERS"] for env in envs}
+    assert voters == {",".join(f"{env['KAFKA_NODE_ID']}@{broker}:9093" for broker, env in zip(BROKERS, envs))}
+    assert sorted(env["KAFKA_NODE_ID"] for env in envs) == ["1", "2", "3"]
+    for env in envs:
+        assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+        assert (
+            env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]
+            == env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"]
+            == "3"
+        )
+        assert env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+    volumes = [SERVICES[broker]["volumes"][0].split(":")[0] for broker in BROKERS]
+    assert len(set(volumes)) == 3, "each broker keeps its own data"
+    init = _parser().parse_args(SERVICES["init"]["command"][2].split("&&")[1].split()[1:])
+    assert (init.replication_factor, init.min_insync_replicas) == (3, 2)
 
 
 def test_the_image_installs_the_server_extra():
