@@ -39,6 +39,23 @@ behaviour, hence the pinned version):
 * A SIGKILLed child leaves a consistent data directory (its lock is released
   with the process); the next ``start()`` on it works.
 
+A cluster (``cluster_servers``): several such servers, one per shard, each with a
+``<remote_servers>`` entry naming them all, ``{shard}``/``{replica}`` macros, and the
+settings a cluster's clients need in the default profile (``distributed_foreground_insert
+= 1``, ``distributed_product_mode = 'global'``), so ``Distributed`` tables over plain
+MergeTree tables work as on real servers. What chdb's clickhouse-local cannot do
+(chdb 4.4.0, engine 26.9), so a dev cluster has no replication:
+
+* ``ON CLUSTER`` fails with "Code: 392. DB::Exception: Replicated DDL queries are
+  disabled. (QUERY_IS_PROHIBITED)": clickhouse-local runs no distributed DDL worker.
+  Apply DDL on each server (``runstream migrate --cluster NAME --no-replication``).
+* Replicated tables are created (each server has ClickHouse's in-process test Keeper,
+  ``testkeeper``, since there is no Keeper to share) but stay read-only: their replica
+  never activates, and ``system.errors`` says "Parameter 'interserver_http(s)_port'
+  required for replication is not specified in configuration file." whatever the
+  config says (only the real server sets up the interserver address). Inserts into
+  them hang and ALTERs fail with TABLE_IS_READ_ONLY; creating them checks their DDL.
+
 By hand:  python -m infra.clickhouse_server --data-dir DIR [--http-port 8123] [--tcp-port 9000]
 prints the DSN and serves until Ctrl-C.
 """
@@ -58,6 +75,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -96,7 +114,46 @@ def _http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
         conn.close()
 
 
-def _config_xml(http_port: int, tcp_port: int, display_name: str) -> str:
+@dataclass(frozen=True)
+class ClusterNode:
+    """A server's place in a dev cluster: one server (replica) per shard, all on 127.0.0.1."""
+
+    name: str
+    #: The native TCP port of every shard's server, shard 1 first.
+    shard_tcp_ports: tuple[int, ...]
+    #: This server's shard number, from 1.
+    shard: int
+
+
+def _cluster_xml(node: ClusterNode, users_path: Path) -> str:
+    shards = "".join(
+        f"<shard><internal_replication>true</internal_replication><replica><host>{HOST}</host><port>{port}</port>"
+        "</replica></shard>"
+        for port in node.shard_tcp_ports
+    )
+    return f"""    <remote_servers><{node.name}>{shards}</{node.name}></remote_servers>
+    <macros><shard>{node.shard}</shard><replica>replica{node.shard}</replica></macros>
+    <!-- No Keeper to share: the in-process test Keeper lets Replicated tables be created (read-only). -->
+    <zookeeper><implementation>testkeeper</implementation></zookeeper>
+    <users_config>{users_path}</users_config>
+"""
+
+
+# The users clickhouse-local has without a users config, with the settings a cluster's clients need
+# (runstream.storage.cluster.Cluster.required_settings; docs/storage.md, "On a ClickHouse cluster").
+_CLUSTER_USERS_XML = """<clickhouse>
+    <profiles><default>
+        <distributed_foreground_insert>1</distributed_foreground_insert>
+        <distributed_product_mode>global</distributed_product_mode>
+    </default></profiles>
+    <users><default><password></password><networks><ip>::/0</ip></networks><profile>default</profile>
+        <quota>default</quota><access_management>1</access_management></default></users>
+    <quotas><default></default></quotas>
+</clickhouse>
+"""
+
+
+def _config_xml(http_port: int, tcp_port: int, display_name: str, cluster: str = "") -> str:
     return f"""<clickhouse>
     <!-- Written by infra/clickhouse_server.py: dev/test server, user default has no password. -->
     <listen_host>{HOST}</listen_host>
@@ -106,17 +163,24 @@ def _config_xml(http_port: int, tcp_port: int, display_name: str) -> str:
     <display_name>{display_name}</display_name>
     <!-- Idle keep-alive connections are closed soon, so they hold a stop up for 1 s instead of 5. -->
     <keep_alive_timeout>{_KEEP_ALIVE_TIMEOUT}</keep_alive_timeout>
-</clickhouse>
+{cluster}</clickhouse>
 """
 
 
 class ClickHouseServer:
     """ClickHouse (chdb) on 127.0.0.1 in a child process; ``start``/``stop`` may be repeated on the same data."""
 
-    def __init__(self, data_dir: str | Path, http_port: int | None = None, tcp_port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        http_port: int | None = None,
+        tcp_port: int | None = None,
+        cluster: ClusterNode | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.http_port = http_port or free_port()
         self.tcp_port = tcp_port or free_port()
+        self.cluster = cluster
         # Set by start(): seconds from spawning the child to the first good /ping.
         self.startup_seconds: float | None = None
         self._workdir: Path | None = None
@@ -142,7 +206,11 @@ class ClickHouseServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._workdir = Path(tempfile.mkdtemp(prefix="runstream-clickhouse-"))
         display_name = f"runstream-dev-{uuid.uuid4().hex[:12]}"
-        (self._workdir / "config.xml").write_text(_config_xml(self.http_port, self.tcp_port, display_name))
+        cluster = ""
+        if self.cluster is not None:
+            (self._workdir / "users.xml").write_text(_CLUSTER_USERS_XML)
+            cluster = _cluster_xml(self.cluster, self._workdir / "users.xml")
+        (self._workdir / "config.xml").write_text(_config_xml(self.http_port, self.tcp_port, display_name, cluster))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
         cmd = [
@@ -240,6 +308,20 @@ class ClickHouseServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def cluster_servers(data_root: str | Path, shards: int = 2, name: str = "runstream") -> list[ClickHouseServer]:
+    """Servers (not started) that make up cluster ``name``: one per shard, data in ``data_root/shardN``."""
+    chosen: list[int] = []
+    while len(chosen) < 2 * shards:  # free_port may hand out a port twice; the servers need distinct ones
+        if (port := free_port()) not in chosen:
+            chosen.append(port)
+    ports = list(zip(chosen[::2], chosen[1::2]))
+    tcp_ports = tuple(tcp for _, tcp in ports)
+    return [
+        ClickHouseServer(Path(data_root) / f"shard{shard}", http, tcp, ClusterNode(name, tcp_ports, shard))
+        for shard, (http, tcp) in enumerate(ports, start=1)
+    ]
 
 
 # --- the child ---------------------------------------------------------------------------------------------

@@ -15,6 +15,13 @@ server opens it at start-up and again in its backend, a CLI command before its
 work, a worker when it first connects. The first call checks the ledger and
 applies what is missing; later calls for the same database in this process
 return at once.
+
+On a ClickHouse cluster (``runstream migrate --cluster NAME``) the same files are
+laid out by ``storage.cluster`` and ``migrate_cluster`` applies them; the ledger
+records the files' checksums as on one server. A database laid out for a cluster
+is then migrated only that way: ``migrate`` without a cluster refuses to apply a
+pending migration to it (it would create single-server tables), and does nothing
+when none is pending, so workers and servers start on it as usual.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
+
+from runstream.storage.cluster import Cluster, ClusterError, check_nodes, table_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _FILE_NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql\Z")
@@ -76,26 +85,53 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return migrations
 
 
-def applied_migrations(client: Client) -> dict[int, str]:
+def applied_migrations(client: Client, cluster: Cluster | None = None) -> dict[int, str]:
     """Version -> checksum of what the database has applied."""
-    client.command(_LEDGER)
+    for statement in [_LEDGER] if cluster is None else cluster.layout([_LEDGER], client.database or ""):
+        client.command(statement)
     rows = client.query("SELECT version, any(checksum) FROM schema_migrations GROUP BY version").result_rows
     return {int(version): checksum for version, checksum in rows}
 
 
-def migrate(client: Client, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """Apply the migrations the database lacks, in order; return those it applied."""
-    done = applied_migrations(client)
-    applied = []
+#: A table every layout has; its engine tells a cluster's database (Distributed) from one server's.
+_PROBE_TABLE = "metric_points"
+
+
+def migrate(client: Client, directory: Path = MIGRATIONS_DIR, cluster: Cluster | None = None) -> list[Migration]:
+    """Apply the migrations the database lacks, in order; return those it applied.
+
+    With ``cluster``, laid out for it (``storage.cluster``): with ON CLUSTER this one call
+    migrates every node, without it the caller migrates each node (``migrate_cluster``).
+    """
+    if cluster is not None and table_engine(client, _PROBE_TABLE) not in (None, "Distributed"):
+        raise MigrationError(
+            f"database {client.database!r} holds the single-server schema; a cluster layout needs a new "
+            "database (copying existing data onto a cluster is not automated)"
+        )
+    done = applied_migrations(client, cluster)
+    pending = []
     for migration in load_migrations(directory):
-        if migration.version in done:
-            if done[migration.version] != migration.checksum:
-                raise MigrationError(
-                    f"migration {migration.version:04d}_{migration.name} changed after it was applied to database "
-                    f"{client.database!r}; put schema changes in a new migration file instead"
-                )
-            continue
-        for statement in migration.statements():
+        if migration.version not in done:
+            pending.append(migration)
+        elif done[migration.version] != migration.checksum:
+            raise MigrationError(
+                f"migration {migration.version:04d}_{migration.name} changed after it was applied to database "
+                f"{client.database!r}; put schema changes in a new migration file instead"
+            )
+    if pending and cluster is None and table_engine(client, _PROBE_TABLE) == "Distributed":
+        raise MigrationError(
+            f"database {client.database!r} is laid out on a ClickHouse cluster: apply migration "
+            f"{pending[0].version:04d}_{pending[0].name} with runstream migrate --cluster NAME"
+        )
+    applied = []
+    for migration in pending:
+        statements = migration.statements()
+        if cluster is not None:
+            try:
+                statements = cluster.layout(statements, client.database or "")
+            except ClusterError as exc:
+                raise MigrationError(f"migration {migration.version:04d}_{migration.name}: {exc}") from exc
+        for statement in statements:
             try:
                 client.command(statement)
             except Exception as exc:
@@ -109,6 +145,22 @@ def migrate(client: Client, directory: Path = MIGRATIONS_DIR) -> list[Migration]
         )
         applied.append(migration)
     return applied
+
+
+def cluster_schema(cluster: Cluster, database: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Every statement that lays the ledger and all migrations out on ``cluster``, in order."""
+    migrations = [[_LEDGER]] + [m.statements() for m in load_migrations(directory)]
+    return [statement for statements in migrations for statement in cluster.layout(statements, database)]
+
+
+def migrate_cluster(clients: list[Client], cluster: Cluster, directory: Path = MIGRATIONS_DIR) -> list[list[Migration]]:
+    """Lay the schema out on ``cluster``: through one node with ON CLUSTER, else on each node
+    (the clients must then reach every node). Returns what each client's node applied."""
+    try:
+        check_nodes(clients, cluster)
+    except ClusterError as exc:
+        raise MigrationError(str(exc)) from exc
+    return [migrate(client, directory, cluster) for client in clients]
 
 
 #: The databases this process has migrated: (server URL or engine directory, database).
