@@ -21,7 +21,9 @@ __all__ = [
     "alert", "config", "define_metric", "finish", "init", "log", "run", "save", "summary", "unwatch", "watch",
 ]  # fmt: skip
 
-#: The active run (None before ``init()`` and after ``finish()``), like ``wandb.run``.
+#: The last run started, like ``wandb.run`` (None before ``init()`` and once that run has finished);
+#: ``log``, ``finish`` and the other functions here act on it. Earlier runs that are still active
+#: (``init(reinit="create_new")``) are used through their own ``Run`` objects.
 run: Run | None = None
 
 

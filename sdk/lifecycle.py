@@ -1,6 +1,7 @@
-"""``runstream.init()`` and the process's life with its run: the active run, resume, and the exit hooks.
+"""``runstream.init()`` and the process's life with its runs: the active runs, resume, and the exit hooks.
 
-How a process ends its run (docs/sdk.md has the same table):
+A process may run several runs at once (``init(reinit="create_new")``); ``runstream.run`` is
+the last one started. How a process ends its unfinished runs (docs/sdk.md has the same table):
 
 | the script ...                                   | the run              | exit code |
 |--------------------------------------------------|----------------------|-----------|
@@ -11,8 +12,9 @@ How a process ends its run (docs/sdk.md has the same table):
 | gets SIGTERM                                      | killed               | 143       |
 | gets SIGKILL, ``os._exit``, loses power           | crashed (by the server, after its crash timeout) | none |
 
-Each path but the last runs ``Run.finish()``, which sends what is left, waiting at most
-``finish_timeout`` s; what it could not send stays in the run's spool for ``runstream sync``.
+Each path but the last finishes every unfinished run, all at once: each sends what is left,
+waiting at most ``finish_timeout`` s; what it could not send stays in the run's spool for
+``runstream sync``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ log = logging.getLogger("runstream")
 
 MODES = ("online", "offline", "disabled")
 RESUME = ("allow", "must", "never", "auto", None, True, False)
+#: What ``init()`` does while a run is active (wandb's names). "default" is "finish_previous", as
+#: runstream always did (wandb's default outside notebooks is "return_previous").
+REINIT = ("default", "return_previous", "finish_previous", "create_new")
 #: The folder, in the script's directory (or ``dir=``), that holds this machine's runs. Not
 #: "runstream": a folder of that name beside a script is imported instead of the package.
 RUNS_DIR_NAME = "runstream-runs"
@@ -107,13 +112,36 @@ _NOUNS = [
     "wind",
 ]
 
+#: ``runstream.run``: the last run started, until it finishes.
 _current: Run | None = None
+#: Every unfinished run of this process, oldest first (a run leaves once its finish() has ended).
+_active: list[Run] = []
+_active_lock = threading.Lock()
 
 
 def current() -> Run:
     if _current is None:
         raise Error("call runstream.init() before using the run (runstream.log, runstream.finish, ...)")
     return _current
+
+
+def active_runs() -> list[Run]:
+    """The process's unfinished runs, oldest first."""
+    return list(_active)
+
+
+def _reinit_choice(reinit: Any, settings: Any) -> str:
+    """``init(reinit=...)``, else ``settings``' reinit, as one of ``REINIT`` (wandb's bools: True is
+    "finish_previous", False "return_previous")."""
+    if reinit is None:
+        reinit = settings.get("reinit") if isinstance(settings, Mapping) else getattr(settings, "reinit", None)
+    if reinit is None:
+        return "default"
+    if isinstance(reinit, bool):
+        return "finish_previous" if reinit else "return_previous"
+    if reinit not in REINIT:
+        raise ValueError(f"init(reinit=...) must be one of {REINIT}, True or False, got {reinit!r}")
+    return str(reinit)
 
 
 def _new_run_id() -> str:
@@ -148,11 +176,11 @@ def init(
     mode: str | None = None,
     resume: str | bool | None = None,
     settings: Any = None,
-    reinit: bool | None = None,
+    reinit: str | bool | None = None,
     **ignored: Any,
 ) -> Run:
-    """Start a run, or continue one (wandb.init's arguments and meaning; see docs/sdk.md for resume)."""
-    global _current, _exit_code, _terminated_by
+    """Start a run, or continue one (wandb.init's arguments and meaning; see docs/sdk.md for resume and reinit)."""
+    global _exit_code, _terminated_by
     mode = mode or os.environ.get("RUNSTREAM_MODE") or os.environ.get("WANDB_MODE") or "online"
     if mode == "dryrun":
         mode = "offline"
@@ -160,8 +188,16 @@ def init(
         raise ValueError(f"init(mode=...) must be one of {MODES}, got {mode!r}")
     if resume not in RESUME:
         raise ValueError(f"init(resume=...) must be 'allow', 'must', 'never', 'auto' or None, got {resume!r}")
-    if _current is not None:
-        _current.finish()  # one active run per process, as in wandb (a new init ends the previous run)
+    how = _reinit_choice(reinit, settings)
+    active = active_runs()
+    if active and how == "return_previous":
+        if resume == "must":  # as wandb: the caller asked for that run, not the active one
+            raise Error(
+                "init(resume='must') while a run is active: finish it with run.finish(), or pass reinit='create_new'"
+            )
+        return active[-1]
+    if how != "create_new":
+        _finish_together(active)
     _exit_code = _terminated_by = None  # what ended an earlier run of this process is not this one's
     team = entity or os.environ.get("RUNSTREAM_ENTITY") or "default"
     project = project or os.environ.get("RUNSTREAM_PROJECT") or "uncategorized"
@@ -170,10 +206,11 @@ def init(
             raise ValueError(f"{what} {value!r} must be {names.NAME_RULE}")
     if id is not None and not names.is_run_id(str(id)):
         raise ValueError(f"run id {id!r} must be {names.RUN_ID_RULE}")
+    if id is not None and any(r.path == f"{team}/{project}/{id}" for r in active_runs()):
+        raise Error(f"run {team}/{project}/{id} is already active in this process: finish it before starting it again")
     meta = _given_meta(tags, group, job_type, notes)
     if mode == "disabled":
         run = _disabled_run(team, project, str(id) if id else _new_run_id(), name, config, meta)
-        _current = run
         _publish(run)
         return run
 
@@ -212,7 +249,6 @@ def init(
         Run._guarded("git", lambda: _save_git_patch(run))
     Run._guarded("requirements", lambda: _save_requirements(run))
     _install_hooks()
-    _current = run
     _publish(run)
     return run
 
@@ -347,7 +383,7 @@ def _start_data(run: Run) -> dict[str, Any]:
 def _link_latest(root: Path, run_dir: Path) -> None:
     """``<root>/latest-run`` points at the newest run, as wandb's ``wandb/latest-run`` does."""
     link = root / "latest-run"
-    tmp = root / f".latest-run-{os.getpid()}"
+    tmp = root / f".latest-run-{os.getpid()}-{threading.get_ident()}"  # runs may start on several threads
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(run_dir.name)
     os.replace(tmp, link)
@@ -368,33 +404,68 @@ def _save_requirements(run: Run) -> None:
 
 
 def _publish(run: Run) -> None:
+    """A run has started: it is active, and it is ``runstream.run`` (whatever ``reinit`` was)."""
+    global _current
     import runstream
 
+    with _active_lock:
+        _active.append(run)
+        _current = run
     runstream.run = run
     runstream.config = run.config
     runstream.summary = run.summary
 
 
 def _forget(run: Run, exit_code: int | None) -> None:
-    """A run has finished: it is no longer the active run; one that ended well is not auto-resumed."""
+    """A run has finished: it is no longer active (nor ``runstream.run``); one that ended well is not auto-resumed."""
     global _current
     if not exit_code and run.mode != "disabled":
         root = Path(run.dir).parent
         Run._guarded("resume file", lambda: resuming.forget_auto_resume(root, run.id))
-    if _current is run:
-        _current = None
+    with _active_lock:
+        if run in _active:
+            _active.remove(run)
+        was_current = _current is run
+        if was_current:
+            _current = None
+        remaining = list(_active)
+    if was_current:
         import runstream
 
         runstream.run = None
         runstream.config = runstream._PreInit("config")
         runstream.summary = runstream._PreInit("summary")
-    if _terminated_by is not None:  # SIGTERM came while the run was finishing: now the process ends
-        _die_of(_terminated_by)
+    if _terminated_by is not None:  # SIGTERM came while a run was finishing: the others end killed, then the process
+        unfinished = [r for r in remaining if not r._finished]
+        if unfinished:
+            _finish_together(unfinished, exit_code=128 + _terminated_by, state="killed")
+        elif not remaining:
+            _die_of(_terminated_by)
+
+
+def _finish_together(
+    runs: list[Run], exit_code: int | None = None, state: str | None = None, trace: str | None = None
+) -> None:
+    """Finish ``runs`` at once: every one starts finishing before any is waited for, so N runs
+    take one ``finish_timeout``, not N. One that fails to finish does not stop the others."""
+    begun = []
+    for run in runs:
+        try:
+            if run._begin_finish(exit_code, state, trace):
+                begun.append(run)
+        except Exception as exc:  # noqa: BLE001 - the other runs must still end
+            log.warning("runstream: finishing %s failed: %s", run.path, exc)
+    for run in begun:
+        try:
+            run._end_finish()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("runstream: finishing %s failed: %s", run.path, exc)
 
 
 # -- the process's end: finished, failed (uncaught exception, sys.exit(n)) or killed ----------------
 
 _hooks_installed = False
+_hooks_lock = threading.Lock()
 #: The status the script asked ``sys.exit`` for on the main thread (None: it did not).
 _exit_code: int | None = None
 #: The signal that is ending the process (SIGTERM), if one is.
@@ -405,9 +476,10 @@ _previous_excepthook = sys.excepthook
 
 def _install_hooks() -> None:
     global _hooks_installed, _original_exit, _previous_excepthook
-    if _hooks_installed:
-        return
-    _hooks_installed = True
+    with _hooks_lock:  # runs may start on several threads: installed twice, sys.exit would call itself
+        if _hooks_installed:
+            return
+        _hooks_installed = True
     atexit.register(_at_exit)
     _original_exit = sys.exit
     sys.exit = _exit
@@ -421,18 +493,19 @@ def _install_hooks() -> None:
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     """Unwind the main thread (its ``finally`` blocks run, its locks are let go); ``_at_exit``
-    finishes the run as killed, then the process dies of the signal as it would have.
+    finishes the runs as killed, then the process dies of the signal as it would have.
 
     Not finished here: the handler may interrupt the main thread inside the SDK, holding a lock
-    that finishing needs."""
+    that finishing needs (so no lock is taken here either: ``list()`` of the runs is atomic)."""
     global _terminated_by
     already = _terminated_by is not None
     _terminated_by = signum
-    if not already and _current is not None and not _current._finished:
+    runs = list(_active)
+    if not already and runs and not any(r._finished for r in runs):
         raise SystemExit(128 + signum)
-    if _current is None or already:  # nothing to finish, or asked twice: die now
+    if not runs or already:  # nothing to finish, or asked twice: die now
         _die_of(signum)
-    # finishing already (it is bounded by finish_timeout): the process dies of the signal after it
+    # a run is finishing (bounded by finish_timeout): when it has, _forget ends the rest killed, and the process
 
 
 def _die_of(signum: int) -> None:
@@ -451,22 +524,17 @@ def _exit(code: str | int | None = 0) -> NoReturn:
 
 
 def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
-    # The traceback is printed first, so that the console capture keeps it with the run.
+    # The traceback is printed first, so that the console capture keeps it with the runs.
     _previous_excepthook(exc_type, exc, tb)
-    if _current is not None:
-        if issubclass(exc_type, KeyboardInterrupt):
-            _current.finish(exit_code=130, _state="killed")
-        else:
-            _current.finish(
-                exit_code=1, _state="failed", _traceback="".join(traceback.format_exception(exc_type, exc, tb))
-            )
+    if issubclass(exc_type, KeyboardInterrupt):
+        _finish_together(active_runs(), exit_code=130, state="killed")
+    else:
+        trace = "".join(traceback.format_exception(exc_type, exc, tb))
+        _finish_together(active_runs(), exit_code=1, state="failed", trace=trace)
 
 
 def _at_exit() -> None:
-    if _current is not None:
-        if _terminated_by is not None:
-            _current.finish(exit_code=128 + _terminated_by, _state="killed")
-        else:
-            _current.finish(exit_code=_exit_code or 0)
     if _terminated_by is not None:
+        _finish_together(active_runs(), exit_code=128 + _terminated_by, state="killed")
         _die_of(_terminated_by)
+    _finish_together(active_runs(), exit_code=_exit_code or 0)

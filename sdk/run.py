@@ -147,7 +147,9 @@ class Run:
         self._fast_keys: frozenset[str] = frozenset()
         self._pending_step = step
         self._started = False
-        self._finished = False
+        self._finished = False  # from the start of finish() on
+        self._finish_lock = threading.Lock()
+        self._exit_code = 0  # the exit code finish() was given
         self._finish_result: FinishResult | None = None
         self._alert_times: dict[str, float] = {}
         self._pending_row: dict[str, Any] | None = None
@@ -574,13 +576,22 @@ class Run:
         _traceback: str | None = None,
     ) -> FinishResult:
         """End the run: flush (waiting at most ``settings.finish_timeout`` s) and mark it finished or failed."""
-        if self._finished:
-            return self._finish_result  # type: ignore[return-value]
-        self._finished = True
+        if self._begin_finish(exit_code, _state, _traceback):
+            self._end_finish()
+        return self._finish_result  # type: ignore[return-value]  # None for a disabled run, as wandb's
+
+    def _begin_finish(self, exit_code: int | None, state: str | None = None, trace: str | None = None) -> bool:
+        """The first half of ``finish()``: stop collecting and hand the sender its last event; the
+        bound starts now. False when the run was already finished (or is finishing).
+
+        The exit hooks begin every unfinished run's finish before they wait for any (``_end_finish``)."""
+        with self._finish_lock:  # two threads may finish a run at once (one's exit hook, another's finish())
+            if self._finished:
+                return False
+            self._finished = True
         if self.mode == "disabled":  # nothing was collected, nothing to send
-            if self.on_finish is not None:
-                self.on_finish(self, 0)
-            return None  # type: ignore[return-value]  # as wandb's disabled run
+            self._exit_code = 0
+            return True
         for collector in reversed(self._collectors):
             try:
                 collector.stop()
@@ -592,20 +603,29 @@ class Run:
         # The server computes the summary from every point the run ever logged (also before a
         # resume); the user's own summary values went out as they were set.
         exit_code = 0 if exit_code is None else exit_code  # wandb: finish() is a success unless told otherwise
-        state = _state or ("finished" if not exit_code else "failed")
-        data: dict[str, Any] = {"state": state, "exit_code": exit_code}
-        if _traceback:
-            data["traceback"] = _traceback[-events.MAX_TEXT_LEN :]
-        self._finish_result = self._sender.finish(self.settings.finish_timeout, events.RUN_FINISH, data)
-        if self.mode == "online" and self._finish_result.unacked_events:
+        self._exit_code = exit_code
+        data: dict[str, Any] = {"state": state or ("finished" if not exit_code else "failed"), "exit_code": exit_code}
+        if trace:
+            data["traceback"] = trace[-events.MAX_TEXT_LEN :]
+        self._sender.begin_finish(self.settings.finish_timeout, events.RUN_FINISH, data)
+        return True
+
+    def _end_finish(self) -> None:
+        """The second half of ``finish()``: wait for the sender (within the bound), say what was not
+        sent, and let ``on_finish`` know."""
+        if self.mode != "disabled":
+            self._finish_result = self._sender.end_finish()
+            self._report_unsent(self._finish_result)
+        if self.on_finish is not None:
+            self.on_finish(self, self._exit_code)
+
+    def _report_unsent(self, result: FinishResult) -> None:
+        if self.mode == "online" and result.unacked_events:
             print(
-                f"runstream: {self._finish_result.unacked_events} events were not acknowledged by {self.settings.url} "
+                f"runstream: {result.unacked_events} events were not acknowledged by {self.settings.url} "
                 f"within {self.settings.finish_timeout:g} s; they are kept in {self.dir} — send them with: runstream sync {self.dir}",
                 file=sys.__stderr__,
             )
-        if self.on_finish is not None:
-            self.on_finish(self, exit_code)
-        return self._finish_result
 
     def __enter__(self) -> Run:
         return self

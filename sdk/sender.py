@@ -1,8 +1,10 @@
-"""The background sender: turns what the run collected into events, spools and sends them.
+"""The background sender: turns what the runs collected into events, spools and sends them.
 
 The training thread only appends to lists (``rows``, ``media``) and a deque
-(``put``); everything else happens on the sender's own thread, which runs an
-asyncio loop with two tasks:
+(``put``); everything else happens on the process's one sender thread
+(``runstream-sender``), which runs an asyncio loop shared by every live run of
+the process (``init(reinit="create_new")`` runs several). Each run's ``Sender``
+keeps its own queues, spool and sequence numbers and has two tasks on that loop:
 
 - **drain**, every ``flush_interval``: logged rows become columnar ``metrics``
   events (many steps each), queued items become their events; each gets the next
@@ -12,6 +14,10 @@ asyncio loop with two tasks:
   is retried with backoff while drain keeps spooling, so memory stays bounded
   by one drain's worth of rows and the training loop never waits.
 
+The tasks of different runs interleave on the loop: a run whose server or broker is
+slow or gone waits in its own pump (sends are awaited, blocking calls run off the loop)
+and holds up no other run. The thread starts with the first run and ends after the last.
+
 An error inside the sender is logged once and never reaches the training loop.
 """
 
@@ -20,10 +26,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +43,7 @@ from runstream.media import MediaFile
 from runstream.resume import PROGRESS_FILE, write_json
 from runstream.spool import Spool
 from runstream.summary import MetricStats
-from runstream.transport import HttpTransport, Transport
+from runstream.transport import HttpTransport, Records, Transport
 
 log = logging.getLogger("runstream")
 
@@ -44,6 +51,13 @@ log = logging.getLogger("runstream")
 MAX_POINTS_PER_EVENT = 20_000
 MAX_ROWS_PER_EVENT = 5_000
 MAX_CONSOLE_BYTES_PER_EVENT = 256_000
+#: The name of the process's one sender thread.
+THREAD_NAME = "runstream-sender"
+#: How much longer than its bound ``finish()`` waits for the sender to stop (closing a transport).
+CLOSE_GRACE = 5.0
+#: Bounds of one request that carries several runs' batches (the API takes 16 MiB and 10,000 events).
+MAX_SHARED_BYTES = 8 << 20
+MAX_SHARED_EVENTS = 5_000
 
 Row = tuple[int, float, dict[str, Any]]
 
@@ -176,6 +190,148 @@ def _console_payload(batch: list[tuple[float, str, str]]) -> dict[str, Any]:
     return {"time": [b[0] for b in batch], "stream": [b[1] for b in batch], "line": [b[2] for b in batch]}
 
 
+class SharedIngest:
+    """The HTTP sends of every run of the process to one server, with one key, on the sender's loop.
+
+    While a request is out, the batches runs hand in wait, and go together in the next one:
+    the server pays per request more than per event (an embedded server handles one at a
+    time), so 50 runs finishing at once make two requests, not 50. A request of several runs'
+    batches that fails is sent again run by run, so a batch the server refuses (say, a project
+    the key may not write to) fails only its own run's send.
+    """
+
+    def __init__(self, transport: HttpTransport) -> None:
+        self.transport = transport
+        self._waiting: list[tuple[Records, asyncio.Future[None]]] = []
+        self._busy = False
+        self._task: asyncio.Future[None] | None = None  # the requests going out now (a reference keeps it alive)
+
+    async def send(self, records: Records, key: bytes) -> None:
+        """Returns once the server acknowledged ``records``; raises as ``HttpTransport.send``."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((records, done))
+        if not self._busy:
+            self._busy = True
+            self._task = asyncio.ensure_future(self._send_waiting())
+        await done  # cancelled (a finish bound ran out): the request may still go; a resend is harmless
+
+    async def _send_waiting(self) -> None:
+        try:
+            while self._waiting:
+                await self._send_together(self._take())
+        finally:
+            self._busy = False
+
+    def _take(self) -> list[tuple[Records, asyncio.Future[None]]]:
+        """The waiting batches for one request, oldest first, within its bounds (the first always)."""
+        self._waiting = [w for w in self._waiting if not w[1].done()]
+        taken: list[tuple[Records, asyncio.Future[None]]] = []
+        size = count = 0
+        while self._waiting:
+            records = self._waiting[0][0]
+            size += sum(len(raw) for _, raw in records)
+            count += len(records)
+            if taken and (size > MAX_SHARED_BYTES or count > MAX_SHARED_EVENTS):
+                break
+            taken.append(self._waiting.pop(0))
+        return taken
+
+    async def _send_together(self, parts: list[tuple[Records, asyncio.Future[None]]]) -> None:
+        if not parts:
+            return
+        try:
+            await self.transport.send([r for records, _ in parts for r in records], b"")
+        except Exception as exc:  # noqa: BLE001 - handed to the runs' pumps
+            if len(parts) == 1:
+                _settle(parts[0][1], exc)
+            else:
+                await asyncio.gather(*(self._send_together([part]) for part in parts))
+            return
+        for _, done in parts:
+            _settle(done, None)
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.done():  # its run stopped waiting
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
+class _Hub:
+    """The process's one sender thread and its event loop, shared by every live run's sender."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(ExitSafeExecutor())
+        self.senders: set[Sender] = set()
+        self._ingests: dict[tuple[str, str], SharedIngest] = {}  # used on the loop only
+        self.thread = threading.Thread(target=self._main, name=THREAD_NAME, daemon=True)
+        self.thread.start()
+
+    def send_for(self, transport: Transport) -> Callable[[Records, bytes], Awaitable[None]]:
+        """How a run sends through ``transport``: HTTP sends to one server share requests; the
+        Kafka producer batches by itself."""
+        if not isinstance(transport, HttpTransport):
+            return transport.send
+        key = (transport.base, transport.api_key)
+        if key not in self._ingests:
+            self._ingests[key] = SharedIngest(transport)
+        return self._ingests[key].send
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+            # Stopped after the last run: what is left (a request to a server that never answers) is cancelled.
+            left = asyncio.all_tasks(self.loop)
+            for task in left:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        finally:
+            self.loop.close()
+
+
+_hub: _Hub | None = None
+_hub_lock = threading.Lock()
+
+
+def _join_hub(sender: Sender) -> None:
+    """Hand ``sender`` to the running hub (one is started when there is none): its task joins the loop."""
+    global _hub
+    with _hub_lock:
+        if _hub is None:
+            _hub = _Hub()
+        _hub.senders.add(sender)
+        sender._hub = _hub  # before its task runs, which uses it
+        _hub.loop.call_soon_threadsafe(_hub.loop.create_task, sender._drive())
+
+
+def _leave_hub(hub: _Hub, sender: Sender) -> None:
+    """On the hub's thread, once ``sender`` has stopped: the last one out stops the thread.
+
+    Decided under the lock ``_join_hub`` takes, so a run started meanwhile gets a new hub."""
+    global _hub
+    with _hub_lock:
+        hub.senders.discard(sender)
+        if hub.senders:
+            return
+        if _hub is hub:
+            _hub = None
+    hub.loop.stop()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has no sender thread (and maybe a lock held by one of the parent's threads)."""
+    global _hub, _hub_lock
+    _hub, _hub_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Sender:
     def __init__(
         self,
@@ -208,9 +364,9 @@ class Sender:
         self._console: deque[tuple[float, str, str]] = deque()
         self._seq = seq_start
         self._lock = threading.Lock()  # drain may also run on the training thread (summary reads)
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
+        self._hub: _Hub | None = None  # the sender thread serving this run, from start() on
+        self._wake = asyncio.Event()  # set on the hub's loop only (wake())
+        self._done = threading.Event()  # this run's tasks on the hub have ended
         self._stopping = False
         self._deadline = 0.0
         self._last_heartbeat = 0.0
@@ -249,27 +405,37 @@ class Sender:
         self._periodic.append([interval, fn, time.monotonic()])
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._thread_main, name="runstream-sender", daemon=True)
-        self._thread.start()
+        """Hand the run to the process's sender thread (started for the first run)."""
+        _join_hub(self)
 
     def wake(self) -> None:
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None:
+        hub = self._hub
+        if hub is not None:
             try:
-                loop.call_soon_threadsafe(wake.set)
+                hub.loop.call_soon_threadsafe(self._wake.set)
             except RuntimeError:  # the loop has closed
                 pass
 
     def finish(self, timeout: float, etype: str, data: dict[str, Any]) -> FinishResult:
         """Drain everything, then the final event (``run_finish``: nothing is spooled after it),
         wait up to ``timeout`` s for acknowledgements, stop. Never hangs."""
+        self.begin_finish(timeout, etype, data)
+        return self.end_finish()
+
+    def begin_finish(self, timeout: float, etype: str, data: dict[str, Any]) -> None:
+        """Stop taking events and let the sender thread send the rest, then ``etype``, for up to
+        ``timeout`` s from now. Returns at once: runs that end together wait out one bound, not one each."""
         self._deadline = time.monotonic() + timeout
         self._final = (etype, data, time.time())
         self._accepting = False
         self._stopping = True
-        if self._thread is not None:
-            self.wake()
-            self._thread.join(timeout + 5)
+        self.wake()
+
+    def end_finish(self) -> FinishResult:
+        """Wait (until ``begin_finish``'s bound, and the time closing the transport takes) for the
+        sender to stop; close the spool. Never hangs."""
+        if self._hub is not None:
+            self._done.wait(max(0.0, self._deadline - time.monotonic()) + CLOSE_GRACE)
         else:
             self.drain()
         pending = self._count_unacked()
@@ -278,17 +444,19 @@ class Sender:
             self.spool.close()  # releases the spool's lock: `runstream sync` may take it from here
         return FinishResult(self.acked_events, pending, self.points, str(self.spool.dir))
 
-    # -- the sender thread ------------------------------------------------------------
-    def _thread_main(self) -> None:
+    # -- on the sender thread ---------------------------------------------------------
+    async def _drive(self) -> None:
+        """This run's life on the shared loop; when it ends, the run is done with the thread."""
         try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # noqa: BLE001 - nothing may escape into the user's process
+            await self._main()
+        except BaseException as exc:  # noqa: BLE001 - nothing may escape into the user's process, nor stop other runs
             self._report("sender", exc)
+        finally:
+            self._done.set()
+            if self._hub is not None:
+                _leave_hub(self._hub, self)
 
     async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._loop.set_default_executor(ExitSafeExecutor())
-        self._wake = asyncio.Event()
         data_ready, idle = asyncio.Event(), asyncio.Event()
         pump = asyncio.create_task(self._pump(self.transport, data_ready, idle)) if self.transport else None
         self._last_heartbeat = time.monotonic()  # run_start says the run is alive
@@ -318,6 +486,7 @@ class Sender:
             await self.transport.close()  # type: ignore[union-attr]  # there is a pump only with a transport
 
     async def _pump(self, transport: Transport, data_ready: asyncio.Event, idle: asyncio.Event) -> None:
+        send = self._hub.send_for(transport) if self._hub is not None else transport.send
         cursor = self.spool.acked_cursor()
         backoff = 0.2
         while True:
@@ -331,7 +500,7 @@ class Sender:
             idle.clear()
             try:
                 await upload_files(self.uploader, self.identity, self.files_dir, records)
-                await transport.send(records, self.identity.key)
+                await send(records, self.identity.key)
             except Exception as exc:  # noqa: BLE001 - whatever failed, the events stay spooled and the pump lives on
                 self._report("send", exc, "events stay in the spool and are retried")
                 await asyncio.sleep(backoff)
