@@ -363,22 +363,26 @@ def _check_value_columns(data: dict[str, Any], rows: int) -> None:
 
 # The columns of metrics and system batches are checked a whole list at a time: the set of
 # element types (a C loop) and the extremes, instead of a Python call per value (a worker
-# checks a million values a second). Floats parsed from JSON are finite (orjson refuses
-# the overflows), so a list of only floats and ints needs no per-value look; anything else
-# (None, the contract's "NaN" strings, a bool, an out-of-range int) goes value by value.
+# checks a million values a second). A list of only floats and ints whose sum is finite needs
+# no per-value look (their sum is NaN or infinite if one of them is; floats parsed from JSON
+# never are, orjson refuses the overflows); anything else (None, the contract's "NaN" strings,
+# a bool, an out-of-range int) goes value by value.
 _NUMBER_TYPES = frozenset({float, int})
 
 
 def _all_numbers(col: list[Any]) -> bool:
-    """Every entry a finite float or an int that fits 64 signed bits."""
+    """Every entry a finite float or an int that fits 64 signed bits (False: look value by value)."""
     kinds = set(map(type, col))
-    if kinds == {float}:
-        return True
-    return kinds <= _NUMBER_TYPES and min(col) >= -(2**63) and max(col) < 2**63
+    if not kinds <= _NUMBER_TYPES or (float in kinds and not math.isfinite(sum(col))):
+        return False  # (a sum that overflows only sends the column the slow way)
+    return kinds == {float} or (min(col) >= -(2**63) and max(col) < 2**63)
 
 
 def _all_in_range(col: list[Any], kinds: frozenset[type], low: float, high: float) -> bool:
-    return set(map(type, col)) <= kinds and low <= min(col) and max(col) <= high
+    kinds_found = set(map(type, col))
+    if not kinds_found <= kinds or (float in kinds_found and not math.isfinite(sum(col))):
+        return False  # NaN compares false with everything: min and max would not see it
+    return low <= min(col) and max(col) <= high
 
 
 def _check_times(col: list[Any]) -> None:

@@ -34,7 +34,6 @@ that part from level 1 (``storage.series``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -219,24 +218,31 @@ GROUP BY team, project, metric, run_id, parent
 """
 
 
+#: (run, bucket) pairs per level-1 query: parameters travel in the URL, which servers cap (1 MiB by default).
+PAIRS_PER_QUERY = 4000
+
+
 def refresh_level_one(client: Client, edges: LevelOneEdges) -> None:
-    """Recompute the listed level-1 buckets from the stored points, one query per project."""
+    """Recompute the listed level-1 buckets from the stored points, a query per project and few thousand."""
     for (team, project), (metrics, pairs) in edges.buckets.items():
-        if not pairs:
-            continue
-        ordered = sorted(pairs)
-        client.command(
-            _LEVEL_1,
-            parameters={
-                "team": team,
-                "project": project,
-                "runs": sorted({r for r, _ in ordered}),
-                "metrics": sorted(metrics),
-                "pairs": ordered,
-                "lowest": min(b for _, b in ordered) * LEVEL_ONE,
-                "highest": max(b for _, b in ordered) * LEVEL_ONE + LEVEL_ONE - 1,
-            },
-        )
+        everything = sorted(pairs)
+        for start in range(0, len(everything), PAIRS_PER_QUERY):
+            _refresh_pairs(client, team, project, metrics, everything[start : start + PAIRS_PER_QUERY])
+
+
+def _refresh_pairs(client: Client, team: str, project: str, metrics: set[str], ordered: list[tuple[str, int]]) -> None:
+    client.command(
+        _LEVEL_1,
+        parameters={
+            "team": team,
+            "project": project,
+            "runs": sorted({r for r, _ in ordered}),
+            "metrics": sorted(metrics),
+            "pairs": ordered,
+            "lowest": min(b for _, b in ordered) * LEVEL_ONE,
+            "highest": max(b for _, b in ordered) * LEVEL_ONE + LEVEL_ONE - 1,
+        },
+    )
 
 
 def refresh_upper(client: Client, touched: TouchedSteps) -> None:
@@ -269,8 +275,7 @@ def refresh_upper(client: Client, touched: TouchedSteps) -> None:
 _PENDING_COLUMNS = ["team", "project", "run_id", "metrics", "first_step", "last_step", "version"]
 
 _READ_PENDING = """
-SELECT toString(team), toString(project), toString(run_id), metrics, first_step, last_step, version,
-       toUnixTimestamp64Milli(written_at)
+SELECT toString(team), toString(project), toString(run_id), metrics, first_step, last_step, version
 FROM bucket_pending FINAL
 WHERE %s
 """
@@ -287,7 +292,7 @@ def mark_pending(client: Client, touched: TouchedSteps) -> None:
     if not keys:
         return
     stored = {
-        (t, p, r): (set(m), lo, hi, v) for t, p, r, m, lo, hi, v, _ in _read_pending(client, _BY_KEYS, {"keys": keys})
+        (t, p, r): (set(m), lo, hi, v) for t, p, r, m, lo, hi, v in _read_pending(client, _BY_KEYS, {"keys": keys})
     }
     rows = []
     for team, project, run_id in keys:
@@ -318,7 +323,7 @@ def pending_ranges(client: Client, team: str, project: str, run_ids: Sequence[st
         "team = {team:String} AND project = {project:String} AND run_id IN {runs:Array(String)} AND notEmpty(metrics)",
         {"team": team, "project": project, "runs": list(run_ids)},
     )
-    return {run_id: Pending(lo, hi) for _, _, run_id, _, lo, hi, _, _ in rows}
+    return {run_id: Pending(lo, hi) for _, _, run_id, _, lo, hi, _ in rows}
 
 
 def refresh_pending(
@@ -330,20 +335,19 @@ def refresh_pending(
     whose pending steps were last written more than ``older_than_s`` ago (the sweep: runs a driver
     touched and then lost, by a crash or a rebalance, before its cadence came round).
     """
-    if runs is None:
-        rows = _read_pending(client, "notEmpty(metrics)", {})
+    if runs is None:  # by the server's clock, which wrote written_at
+        where = "notEmpty(metrics) AND written_at <= now64(3) - toIntervalMillisecond({older_ms:UInt64})"
+        rows = _read_pending(client, where, {"older_ms": round(older_than_s * 1000)})
     else:
         keys = sorted(set(runs))
         if not keys:
             return 0
         rows = _read_pending(client, _BY_KEYS + " AND notEmpty(metrics)", {"keys": keys})
-    cutoff_ms = (time.time() - older_than_s) * 1000
     touched = TouchedSteps()
     cleared: list[tuple[str, str, str, list[str], int, int, int]] = []
-    for team, project, run_id, metrics, lo, hi, version, written_ms in rows:
-        if written_ms <= cutoff_ms:
-            touched.add(team, project, run_id, metrics, lo, hi, version)
-            cleared.append((team, project, run_id, [], 0, 0, version + 1))
+    for team, project, run_id, metrics, lo, hi, version in rows:
+        touched.add(team, project, run_id, metrics, lo, hi, version)
+        cleared.append((team, project, run_id, [], 0, 0, version + 1))
     if not cleared:
         return 0
     refresh_upper(client, touched)

@@ -115,7 +115,7 @@ _EXTENTS = """
 SELECT toString(run_id), toString(metric), min(step_first), max(step_last)
 FROM metric_buckets
 WHERE team = {team:String} AND project = {project:String} AND metric IN {metrics:Array(String)}
-  AND level = {level:UInt8} AND run_id IN {runs:Array(String)}
+  AND level = {level:UInt8} AND run_id IN {runs:Array(String)} %(since)s
 GROUP BY run_id, metric
 """
 
@@ -123,8 +123,18 @@ _STARTS = """
 SELECT toString(run_id), toUnixTimestamp64Milli(min(time_first))
 FROM metric_buckets
 WHERE team = {team:String} AND project = {project:String} AND level = {level:UInt8} AND run_id IN {runs:Array(String)}
+  %(since)s
 GROUP BY run_id
 """
+
+# For runs whose upper levels are behind: level 1 from their first pending bucket on (the top level is
+# current below it, and steps never leave a run).
+_SINCE_PENDING = "AND bucket >= transform(toString(run_id), {runs:Array(String)}, {since:Array(UInt64)}, toUInt64(0))"
+
+
+def _since(behind: Mapping[str, Pending]) -> dict[str, Any]:
+    runs = sorted(behind)
+    return {"level": 1, "runs": runs, "since": [behind[r].first_step // WIDTHS[1] for r in runs]}
 
 
 def _check_names(what: str, names: Sequence[str], limit: int) -> list[str]:
@@ -177,14 +187,14 @@ def extents(
         behind = pending_ranges(client, team, project, run_ids)
     params = {"team": team, "project": project, "level": TOP_LEVEL, "runs": list(run_ids), "metrics": list(metrics)}
     out: dict[str, dict[str, Extent]] = {}
-    for run_id, metric, first, last in client.query(_EXTENTS, parameters=params).result_rows:
-        out.setdefault(run_id, {})[metric] = Extent(first, last)
+    rows = list(client.query(_EXTENTS % {"since": ""}, parameters=params).result_rows)
     if behind:
-        # level 1 is current: it says which metrics the pending steps hold, one row per (run, metric)
-        for run_id, metric, first, last in client.query(
-            _EXTENTS, parameters={**params, "level": 1, "runs": list(behind)}
-        ).result_rows:
-            out.setdefault(run_id, {})[metric] = Extent(first, last)
+        rows += client.query(_EXTENTS % {"since": _SINCE_PENDING}, parameters={**params, **_since(behind)}).result_rows
+    for run_id, metric, first, last in rows:
+        known = out.setdefault(run_id, {}).get(metric)
+        if known is not None:
+            first, last = min(first, known.first_step), max(last, known.last_step)
+        out[run_id][metric] = Extent(first, last)
     return out
 
 
@@ -195,10 +205,12 @@ def run_starts(
     if behind is None:
         behind = pending_ranges(client, team, project, run_ids)
     params = {"team": team, "project": project, "level": TOP_LEVEL, "runs": list(run_ids)}
-    starts = {run_id: int(ms) for run_id, ms in client.query(_STARTS, parameters=params).result_rows}
+    rows = list(client.query(_STARTS % {"since": ""}, parameters=params).result_rows)
     if behind:
-        rows = client.query(_STARTS, parameters={**params, "level": 1, "runs": list(behind)}).result_rows
-        starts.update({run_id: int(ms) for run_id, ms in rows})
+        rows += client.query(_STARTS % {"since": _SINCE_PENDING}, parameters={**params, **_since(behind)}).result_rows
+    starts: dict[str, int] = {}
+    for run_id, ms in rows:
+        starts[run_id] = min(int(ms), starts.get(run_id, int(ms)))
     return starts
 
 

@@ -32,6 +32,7 @@ from runstream.storage.buckets import (
 )
 
 _TIME = pa.timestamp("ms", tz="UTC")
+RunKey = tuple[str, str, str]  # (team, project, run_id)
 
 
 class _Dictionary:
@@ -72,9 +73,16 @@ class MetricColumns:
     metric_names: dict[tuple[str, str], set[str]]
 
 
-def metric_columns(events: Iterable[Event]) -> MetricColumns:
+def metric_columns(events: Iterable[Event], stored_seqs: Mapping[RunKey, int] | None = None) -> MetricColumns:
     """Flatten metric batches into ``metric_points`` rows (one per logged value), ``metric_steps`` rows and
     the level-1 buckets the batch logged whole.
+
+    ``stored_seqs``: per run, the largest seq of the metric events stored before (the processor's
+    run states know it). A bucket is computed from an event only when the event is newer than
+    everything stored and everything earlier in the batch: an older event arriving late may
+    share the bucket with a newer one whose bucket row, stored first, has the larger version,
+    so it is recomputed from the stored points instead. Without ``stored_seqs`` every bucket
+    is recomputed in ClickHouse.
 
     Columns are converted a list at a time (numpy reads the floats, ints and the contract's "NaN" and
     "Infinity" strings of a validated column in C); only sparse columns are looked at value by value.
@@ -88,10 +96,15 @@ def metric_columns(events: Iterable[Event]) -> MetricColumns:
     edges = LevelOneEdges()
     touched = TouchedSteps()
     names: dict[tuple[str, str], set[str]] = {}
+    newest = dict(stored_seqs) if stored_seqs is not None else None
     for event in events:
         if event.type != METRICS:
             raise ValueError(f"expected {METRICS!r} events, got {event.type!r}")
         values = event.data["values"]
+        key = (event.team, event.project, event.run_id)
+        is_newest = newest is not None and event.seq > newest.get(key, -1)
+        if newest is not None:
+            newest[key] = max(event.seq, newest.get(key, -1))
         steps = np.array(event.data["step"], np.int64)
         times = np.rint(np.array(event.data["time"], np.float64) * 1000).astype(np.int64)
         rows = len(steps)
@@ -111,7 +124,7 @@ def metric_columns(events: Iterable[Event]) -> MetricColumns:
             else:
                 logged = np.array(column, np.float64)
                 at = steps
-                whole = ordered and bool(np.isfinite(logged).all())
+                whole = is_newest and ordered and bool(np.isfinite(logged).all())
             if whole:
                 buckets, partial = local_level_one(steps, times, logged, event.seq)
                 if buckets is not None:
@@ -161,14 +174,20 @@ def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, dtype)
 
 
-def insert_metric_points(client: Client, events: Iterable[Event], *, defer_upper: bool = False) -> int:
+def insert_metric_points(
+    client: Client,
+    events: Iterable[Event],
+    *,
+    defer_upper: bool = False,
+    stored_seqs: Mapping[RunKey, int] | None = None,
+) -> int:
     """Store many metric batches: points, step times, the key catalog and every downsampling level they
     touch. Returns the number of points.
 
     ``defer_upper``: levels 2 and up are left for ``buckets.refresh_pending`` (a driver's cadence) and
-    recorded as pending; level 1 is always written here.
+    recorded as pending; level 1 is always written here. ``stored_seqs``: see ``metric_columns``.
     """
-    cols = metric_columns(events)
+    cols = metric_columns(events, stored_seqs)
     if cols.points.num_rows:
         client.insert_arrow("metric_points", cols.points)
     if cols.steps.num_rows:

@@ -95,6 +95,9 @@ def create_app(
         topic_partitions=events.RUN_PARTITIONS,
         producer_acks=-1,
         web_enabled=False,
+        # No leader election is used (every worker sweeps); without this Faust creates a leader topic
+        # with one replica, which goes offline with its broker.
+        topic_disable_leader=True,
         **faust_options,
     )
 
@@ -160,6 +163,9 @@ def create_app(
             return  # not connected yet
         try:
             await handler.refresh_levels()  # a quiet stream's last batches
+        except Exception as exc:  # noqa: BLE001 - pending still: the next batch or sweep tries again
+            log.warning("refreshing bucket levels failed (%s: %s)", type(exc).__name__, exc)
+        try:
             await handler.sweep(float(settings.crash_timeout))
         except Exception as exc:  # noqa: BLE001 - the next sweep tries again
             log.warning("sweep failed (%s: %s)", type(exc).__name__, exc)

@@ -140,7 +140,8 @@ class BatchHandler:
         return outputs
 
     async def refresh_levels(self, due_only: bool = False) -> None:
-        """Refresh the upper bucket levels this driver left pending (``due_only``: if its cadence says so).
+        """Refresh the upper bucket levels this driver left pending: after a batch, if its cadence says so
+        (``due_only``, attempted as the batch's steps are); else once, for a timer (which must not hang).
 
         Between refreshes, readers complete them from level 1; a refresh that fails leaves them
         pending (a later one, or any driver's sweep, does them)."""
@@ -150,8 +151,12 @@ class BatchHandler:
             return
         runs, self._levels_behind = self._levels_behind, set()
         self._levels_refreshed_at = time.monotonic()
+        refresh = functools.partial(self.processor.refresh_upper_levels, runs)
         try:
-            await self._storage("refreshing upper bucket levels", self.processor.refresh_upper_levels, runs)
+            if due_only:
+                await self._storage("refreshing upper bucket levels", refresh)
+            else:
+                await (asyncio.to_thread(refresh) if self.in_thread else _now(refresh))
         except Exception:
             self._levels_behind |= runs
             raise

@@ -13,6 +13,7 @@ stored in a dict, and a lock keeps batches in order.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from runstream.streams.processor import Output, Processor, RuleBook, RunKey
 from runstream.streams.runstate import RunState
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: Rounds of feeding produced events back (state change -> rule alert -> stored) before stopping.
 _MAX_ROUNDS = 4
@@ -73,7 +75,10 @@ class Pipeline:
         self._published += [e for e in produced if e.type != ALERT]
 
     async def _sweep(self, timeout_s: float, now: float | None) -> list[Output]:
-        await self.handler.refresh_levels()  # a quiet server's last batches
+        try:
+            await self.handler.refresh_levels()  # a quiet server's last batches
+        except Exception as exc:  # noqa: BLE001 - pending still: the next batch or sweep tries again
+            log.warning("refreshing bucket levels failed (%s: %s)", type(exc).__name__, exc)
         await self.handler.sweep(timeout_s, now)
         found, self._published = self._published, []
         return await self._rounds(found)

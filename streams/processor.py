@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -65,6 +66,7 @@ from runstream.streams.alerting import Evaluator, Fired, Rule, rule_from_row
 from runstream.streams.runstate import RunState, StateChange
 
 RunKey = tuple[str, str, str]  # (team, project, run_id)
+log = logging.getLogger(__name__)
 
 
 class RuleBook:
@@ -175,7 +177,8 @@ class Processor:
 
         # 1. raw rows
         metrics = by_type.get(METRICS, [])
-        insert_metric_points(client, metrics, defer_upper=defer_upper)
+        stored_seqs = {k: s["summary"]["metrics_seq"] for k, s in states.items()}  # new runs: nothing stored
+        insert_metric_points(client, metrics, defer_upper=defer_upper, stored_seqs=stored_seqs)
         if defer_upper:
             out.pending_levels = {(e.team, e.project, e.run_id) for e in metrics}
         insert_system_points(client, by_type.get(SYSTEM, []))
@@ -303,8 +306,10 @@ class Processor:
         now = self.clock() if now is None else now
         client = self._client()
         out: list[Event] = []
-        # upper bucket levels left pending by a driver that stopped before its cadence came round
-        buckets.refresh_pending(client, older_than_s=ORPHANED_LEVELS_AFTER_S)
+        try:  # upper bucket levels a driver left pending when it stopped; a failure must not stop the checks
+            buckets.refresh_pending(client, older_than_s=ORPHANED_LEVELS_AFTER_S)
+        except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+            log.warning("refreshing orphaned bucket levels failed (%s: %s)", type(exc).__name__, exc)
         for team, project, run_id, since in processing.silent_runs(client, now - timeout_s):
             out.append(
                 Event(

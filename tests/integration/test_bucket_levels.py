@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from runstream.events import METRICS, Event
+from runstream.storage import buckets
 from runstream.storage.buckets import pending_ranges, refresh_pending
 from runstream.storage.series import extents, group_bands, run_starts, series
 from runstream.storage.writer import insert_metric_points
 from runstream.streams.pipeline import Pipeline
-from tests.integration.test_series import TEAM, Run
+from tests.integration.test_series import T0, TEAM, Run
 
 BUCKETS = (
     "SELECT run_id, metric, level, bucket, step_first, step_last, time_first, time_last, count, nonfinite, "
@@ -22,13 +23,18 @@ BUCKETS = (
 
 
 def _write(clickhouse, project: str, generated: dict[str, Run], defer: bool) -> None:
+    """Batches of 7 events, out of order across and within runs, then a redelivery, each call told the
+    largest seq stored per run (as the processor tells it from its run states)."""
     batches = [
         Event(METRICS, TEAM, project, e.run_id, e.seq, e.ts, e.data) for run in generated.values() for e in run.events()
     ]
-    random.Random(3).shuffle(batches)  # out of order across and within runs
-    for i in range(0, len(batches), 7):
-        insert_metric_points(clickhouse, batches[i : i + 7], defer_upper=defer)
-    insert_metric_points(clickhouse, batches[:5], defer_upper=defer)  # a redelivery
+    random.Random(3).shuffle(batches)
+    stored: dict[tuple[str, str, str], int] = {}
+    for batch in [*(batches[i : i + 7] for i in range(0, len(batches), 7)), batches[:5]]:
+        insert_metric_points(clickhouse, batch, defer_upper=defer, stored_seqs=dict(stored))
+        for e in batch:
+            key = (e.team, e.project, e.run_id)
+            stored[key] = max(stored.get(key, -1), e.seq)
 
 
 def _same_chart(a: dict, b: dict) -> None:
@@ -110,3 +116,45 @@ def test_a_driver_refreshes_its_own_levels_when_due_and_at_its_sweep(clickhouse,
     assert pending_ranges(clickhouse, TEAM, "cadence", ["r1"])
     quiet.sweep(timeout_s=3600.0)
     assert not pending_ranges(clickhouse, TEAM, "cadence", ["r1"])
+
+
+def _level_one(clickhouse, project: str) -> list[tuple]:
+    return clickhouse.query(
+        "SELECT bucket, step_first, step_last, count, min, max, sum, first, last, version FROM metric_buckets FINAL "
+        "WHERE project = {p:String} AND level = 1 ORDER BY bucket",
+        parameters={"p": project},
+    ).result_rows
+
+
+def _metric_event(project: str, seq: int, steps: range, value) -> Event:  # type: ignore[no-untyped-def]
+    data = {"step": list(steps), "time": [T0 + s for s in steps], "values": {"m": [value(s) for s in steps]}}
+    return Event(METRICS, TEAM, project, "late", seq, T0, data)
+
+
+def test_an_older_event_arriving_after_a_newer_one_still_fills_their_bucket(clickhouse):
+    """seq 20 logs steps 0..7, then seq 10 (sent late, e.g. by `runstream sync`) logs steps 0..15: the
+    bucket holds all 16 steps, 0..7 with seq 20's values."""
+    insert_metric_points(clickhouse, [_metric_event("late", 20, range(0, 8), lambda s: 100.0 + s)], stored_seqs={})
+    key = (TEAM, "late", "late")
+    insert_metric_points(clickhouse, [_metric_event("late", 10, range(0, 16), float)], stored_seqs={key: 20})
+    [(bucket, first, last, count, low, high, total, v_first, v_last, version)] = _level_one(clickhouse, "late")
+    assert (bucket, first, last, count) == (0, 0, 15, 16)
+    assert (low, high, v_first, v_last, version) == (8.0, 107.0, 100.0, 15.0, 20)
+    assert total == sum(100.0 + s for s in range(8)) + sum(float(s) for s in range(8, 16))
+
+
+def test_a_newer_event_logging_a_bucket_whole_replaces_it_in_the_writer(clickhouse):
+    insert_metric_points(clickhouse, [_metric_event("newer", 1, range(0, 40), float)], stored_seqs={})
+    key = (TEAM, "newer", "late")
+    insert_metric_points(clickhouse, [_metric_event("newer", 2, range(16, 32), lambda s: -1.0)], stored_seqs={key: 1})
+    rows = _level_one(clickhouse, "newer")
+    assert [(b, n, version) for b, _, _, n, *_, version in rows] == [(0, 16, 1), (1, 16, 2), (2, 8, 1)]
+    assert rows[1][4:9] == (-1.0, -1.0, -16.0, -1.0, -1.0)
+
+
+def test_many_partial_buckets_are_recomputed_in_several_queries(clickhouse, monkeypatch):
+    monkeypatch.setattr(buckets, "PAIRS_PER_QUERY", 3)
+    strided = range(0, 400, 10)  # a run that logs every 10 steps: no bucket is ever whole
+    insert_metric_points(clickhouse, [_metric_event("strided", 1, strided, float)], stored_seqs={})
+    rows = _level_one(clickhouse, "strided")
+    assert [(b, n) for b, _, _, n, *_ in rows] == [(b, len([s for s in strided if s // 16 == b])) for b in range(25)]
