@@ -126,7 +126,7 @@ def _level_one(clickhouse, project: str) -> list[tuple]:
     ).result_rows
 
 
-def _metric_event(project: str, seq: int, steps: range, value) -> Event:  # type: ignore[no-untyped-def]
+def _metric_event(project: str, seq: int, steps: range, value) -> Event:
     data = {"step": list(steps), "time": [T0 + s for s in steps], "values": {"m": [value(s) for s in steps]}}
     return Event(METRICS, TEAM, project, "late", seq, T0, data)
 
