@@ -532,7 +532,8 @@ class Sender:
         now = time.monotonic()
         if now - self._last_heartbeat >= self.heartbeat_interval:
             self._last_heartbeat = now
-            self.put(events.HEARTBEAT, {"step": self.last_step})
+            # Before the first log() there is no step to report (the contract's step is >= 0).
+            self.put(events.HEARTBEAT, {"step": self.last_step} if self.last_step >= 0 else {})
 
     # -- building events ------------------------------------------------------------------
     def _safe_drain(self) -> None:

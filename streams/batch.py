@@ -43,7 +43,7 @@ T = TypeVar("T")
 
 #: How often a driver brings the upper bucket levels of its runs up to date (charts complete them from
 #: level 1 meanwhile): once per batch, they would cost ClickHouse more than the points themselves.
-UPPER_LEVELS_EVERY_S = 2.0
+UPPER_LEVELS_EVERY_S = 10.0
 
 #: A message that is no valid event: its bytes, the topic it came from, and why.
 Reject = tuple[bytes, str, str]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import getpass
 import logging
 import os
@@ -59,8 +60,14 @@ def installed_packages() -> list[str]:
     """``name==version`` of every distribution in this environment, sorted: the run's requirements.txt.
 
     Where a distribution is installed twice on ``sys.path``, the first one (the
-    one ``import`` finds) wins.
+    one ``import`` finds) wins. Read once per process: a process that starts hundreds of
+    runs (``reinit="create_new"``) would otherwise read every package's metadata for each.
     """
+    return list(_installed_packages())
+
+
+@functools.cache
+def _installed_packages() -> tuple[str, ...]:
     seen: dict[str, str] = {}
     for dist in metadata.distributions():
         try:
@@ -70,7 +77,7 @@ def installed_packages() -> list[str]:
         if not name or not version:
             continue
         seen.setdefault(_canonical(name), f"{name}=={version}")
-    return [seen[key] for key in sorted(seen)]
+    return tuple(seen[key] for key in sorted(seen))
 
 
 def _program() -> str | None:

@@ -237,11 +237,11 @@ def test_a_run_whose_server_never_answers_holds_up_none_of_the_others(server, ap
 
 @pytest.mark.kafka
 def test_three_runs_through_kafka_each_deliver_everything_and_their_end(kafka_bootstrap, tmp_path):
-    """The runs share the sender thread's loop, each with its own producer."""
+    """The runs share the sender thread's loop and one Kafka producer."""
     project = unique("kmulti")
     seen, stderr = _run_multi(project, "sys.exit(3)", tmp_path / "work", _env(f"kafka://{kafka_bootstrap}", tmp_path))
     assert "not acknowledged" not in stderr, stderr
-    assert seen["senders"] == ["runstream-sender"]
+    assert seen["senders"] == ["runstream-sender"] and seen["kafka_producers"] == 1
 
     def all_finished(found: list[events.Event]) -> bool:
         return len({e.run_id for e in found if e.type == events.RUN_FINISH}) == 3

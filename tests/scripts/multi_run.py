@@ -15,6 +15,7 @@ import threading
 import time
 
 import runstream
+from runstream import transport
 
 STEPS = 6
 
@@ -38,7 +39,9 @@ def main(project: str, ending: str) -> None:
     runs[1].finish()
     senders = [t.name for t in threading.enumerate() if t.name.startswith("runstream-sender")]
     current = runstream.run.id if runstream.run is not None else None
-    print("STATE " + json.dumps({"ids": [r.id for r in runs], "current": current, "senders": senders}), flush=True)
+    producers = [s for s in transport._producers.values() if s.producer is not None]  # Kafka runs share one
+    state = {"ids": [r.id for r in runs], "current": current, "senders": senders, "kafka_producers": len(producers)}
+    print("STATE " + json.dumps(state), flush=True)
     if ending == "sys.exit(3)":
         sys.exit(3)
     if ending == "exception":

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import orjson
 
 from runstream.collectors import host
-from runstream.collectors.host import host_info, installed_packages
+from runstream.collectors.host import _installed_packages, host_info, installed_packages
 
 SCRIPT = "import json; from runstream.collectors.host import host_info; print(json.dumps(host_info()))\n"
 
@@ -109,4 +109,8 @@ def test_installed_packages_deduplicates_and_skips_broken_metadata(monkeypatch):
         SimpleNamespace(metadata={"Name": "alpha"}, version="3"),
     ]
     monkeypatch.setattr(metadata, "distributions", lambda: iter(dists))
-    assert installed_packages() == ["alpha==3", "foo_bar==1.1", "Zeta==2.0"]
+    _installed_packages.cache_clear()  # read once per process: this test's environment is its own
+    try:
+        assert installed_packages() == ["alpha==3", "foo_bar==1.1", "Zeta==2.0"]
+    finally:
+        _installed_packages.cache_clear()

@@ -295,3 +295,17 @@ def test_sigterm_while_one_run_finishes_ends_the_others_killed_then_the_process(
     assert _finish_of_dir(slow_dir) == {"state": "finished", "exit_code": 0}
     assert _finish_of_dir(other_dir) == {"state": "killed", "exit_code": 143}
     assert (0, "x", 2.0) in metric_points(spooled_events(other_dir))
+
+
+def test_a_heartbeat_before_the_first_log_is_a_valid_event(tmp_path):
+    """Found by bench/fleet.py: a run that had not logged yet sent {"step": -1}, which workers dead-letter."""
+    run = runstream.init(
+        project="p",
+        mode="offline",
+        dir=tmp_path,
+        settings={**QUIET, "heartbeat_interval": 0.05, "flush_interval": 0.05},
+    )
+    time.sleep(0.5)
+    run.finish()
+    beats = [e for e in spooled_events(run.dir) if e.type == events.HEARTBEAT]  # spooled_events validates them
+    assert beats and all("step" not in e.data for e in beats)
