@@ -9,7 +9,7 @@ replication factor 3 and min ISR 2, a served ClickHouse (``infra.clickhouse_serv
 ``runstream worker`` processes (one consumer group) and the alerts consumer of
 ``examples/alerts_consumer.py`` (its own process group and consumer group). ``--runs`` runs
 are spread over ``--processes`` producer processes (``init(reinit="create_new")``: one
-sender thread per process, one Kafka producer per run), each run logging 10 metrics at
+sender thread and one Kafka producer per process), each run logging 10 metrics at
 ``--rate`` steps/s for ``--duration`` s through ``kafka://`` (all three brokers), with its
 heartbeats, system samples every ``--system-interval`` s and a console line every
 ``--console-every`` s. One metric, ``wall``, is the time of the ``log()`` call; another,

@@ -131,21 +131,36 @@ class LocalBuckets:
         return pa.table(out)
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How one event's steps (strictly increasing) fall into level-1 buckets; the same for all its dense
+    columns, so computed once per event."""
+
+    whole: np.ndarray  # the index of the first step of each bucket the event logged whole
+    partial: list[int]  # the buckets it logged only partly
+    touched: list[int]  # every bucket it logged in
+
+    @classmethod
+    def of(cls, steps: np.ndarray) -> Layout:
+        if len(steps) < LEVEL_ONE:  # no bucket can be whole: skip numpy's per-call cost (small events are common)
+            touched = sorted({int(s) // LEVEL_ONE for s in steps.tolist()})
+            return cls(np.empty(0, np.int64), touched, touched)
+        bucket = steps // LEVEL_ONE
+        starts = np.flatnonzero(np.diff(bucket, prepend=-1))  # where each touched bucket begins
+        whole = np.diff(starts, append=len(steps)) == LEVEL_ONE  # strictly increasing: 16 steps fill it
+        return cls(starts[whole], bucket[starts[~whole]].tolist(), bucket[starts].tolist())
+
+
 def local_level_one(
-    steps: np.ndarray, times_ms: np.ndarray, values: np.ndarray, seq: int
-) -> tuple[dict[str, np.ndarray] | None, np.ndarray]:
-    """The level-1 buckets one event logged whole: columns for them, and the buckets it touched only partly.
+    layout: Layout, steps: np.ndarray, times_ms: np.ndarray, values: np.ndarray, seq: int
+) -> dict[str, np.ndarray] | None:
+    """Columns for the level-1 buckets one event logged whole (None if none).
 
     ``steps`` strictly increasing (int64), ``values`` finite, all three of one length: the caller checks.
     """
-    bucket = steps // LEVEL_ONE
-    starts = np.flatnonzero(np.diff(bucket, prepend=-1))  # where each touched bucket begins
-    sizes = np.diff(starts, append=len(steps))
-    whole = sizes == LEVEL_ONE  # strictly increasing steps: 16 of them cover the bucket
-    partial = bucket[starts[~whole]]
-    if not whole.any():
-        return None, partial
-    first = starts[whole]
+    first = layout.whole
+    if not len(first):
+        return None
     grid = first[:, None] + np.arange(LEVEL_ONE)
     v = values[grid]
     total = v[:, 0].copy()
@@ -153,8 +168,8 @@ def local_level_one(
         total += v[:, column]
     k = len(first)
     last = first + LEVEL_ONE - 1
-    columns = {
-        "bucket": bucket[first].astype(np.uint64),
+    return {
+        "bucket": (steps[first] // LEVEL_ONE).astype(np.uint64),
         "step_first": steps[first].astype(np.uint64),
         "step_last": steps[last].astype(np.uint64),
         "time_first": times_ms[first],
@@ -168,7 +183,6 @@ def local_level_one(
         "last": v[:, -1],
         "version": np.full(k, seq, np.uint64),
     }
-    return columns, partial
 
 
 # -- recomputation inside ClickHouse -------------------------------------------------------

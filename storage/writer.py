@@ -22,6 +22,7 @@ from clickhouse_connect.driver.client import Client
 from runstream.events import CONSOLE, METRICS, SYSTEM, Event, decode_value, encode_value
 from runstream.storage.buckets import (
     LEVEL_ONE,
+    Layout,
     LevelOneEdges,
     LocalBuckets,
     TouchedSteps,
@@ -109,6 +110,7 @@ def metric_columns(events: Iterable[Event], stored_seqs: Mapping[RunKey, int] | 
         times = np.rint(np.array(event.data["time"], np.float64) * 1000).astype(np.int64)
         rows = len(steps)
         ordered = rows == 1 or bool((np.diff(steps) > 0).all())
+        layout = Layout.of(steps) if ordered else None
         s_team.extend(event.team, rows)
         s_project.extend(event.project, rows)
         s_run.extend(event.run_id, rows)
@@ -120,20 +122,22 @@ def metric_columns(events: Iterable[Event], stored_seqs: Mapping[RunKey, int] | 
                 kept = np.array([i for i, v in enumerate(column) if v is not None], np.int64)
                 logged = np.array([column[i] for i in kept], np.float64)
                 at = steps[kept]
-                whole = None
             else:
                 logged = np.array(column, np.float64)
                 at = steps
-                whole = is_newest and ordered and bool(np.isfinite(logged).all())
-            if whole:
-                buckets, partial = local_level_one(steps, times, logged, event.seq)
+            partial: list[int]
+            if layout is not None and at is steps and is_newest and np.isfinite(logged).all():
+                buckets = local_level_one(layout, steps, times, logged, event.seq)
                 if buckets is not None:
                     local.parts.append(buckets)
                     local.identity.append((event.team, event.project, name, event.run_id, len(buckets["bucket"])))
+                partial = layout.partial
+            elif layout is not None and at is steps:
+                partial = layout.touched
             else:
-                partial = np.unique(at // LEVEL_ONE)
-            if len(partial):
-                edges.add(event.team, event.project, event.run_id, name, partial.tolist())
+                partial = np.unique(at // LEVEL_ONE).tolist()
+            if partial:
+                edges.add(event.team, event.project, event.run_id, name, partial)
             if len(logged):
                 parts.append((event.team, event.project, name, event.run_id, int(at[0]), event.seq, at, logged))
         touched.add(event.team, event.project, event.run_id, values, int(steps.min()), int(steps.max()), event.seq)

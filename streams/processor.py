@@ -33,7 +33,6 @@ system topics).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import threading
@@ -200,7 +199,9 @@ class Processor:
             state = out.states.get(key)
             if state is None:
                 known = states.get(key)
-                state = copy.deepcopy(known) if known is not None else runstate.new_state(event)
+                # Folded on a copy (a failed batch leaves the driver's cache as it was); a JSON round trip
+                # copies a state (plain JSON by design) several times faster than deepcopy.
+                state = orjson.loads(orjson.dumps(known)) if known is not None else runstate.new_state(event)
                 out.states[key] = state
             changes: list[StateChange] = []
             applied = runstate.apply(state, event, changes, now)

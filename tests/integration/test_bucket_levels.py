@@ -14,7 +14,7 @@ from runstream.storage.buckets import pending_ranges, refresh_pending
 from runstream.storage.series import extents, group_bands, run_starts, series
 from runstream.storage.writer import insert_metric_points
 from runstream.streams.pipeline import Pipeline
-from tests.integration.test_series import T0, TEAM, Run
+from tests.integration.test_series import T0, TEAM, Run, check_every_bucket
 
 BUCKETS = (
     "SELECT run_id, metric, level, bucket, step_first, step_last, time_first, time_last, count, nonfinite, "
@@ -158,3 +158,31 @@ def test_many_partial_buckets_are_recomputed_in_several_queries(clickhouse, monk
     insert_metric_points(clickhouse, [_metric_event("strided", 1, strided, float)], stored_seqs={})
     rows = _level_one(clickhouse, "strided")
     assert [(b, n) for b, _, _, n, *_ in rows] == [(b, len([s for s in strided if s // 16 == b])) for b in range(25)]
+
+
+def test_small_events_in_order_through_a_driver_give_every_bucket_right(clickhouse):
+    """A live run's shape: a few steps per event, in order, some NaN and inf, a sparse metric."""
+    generated = {f"s{i}": Run(f"s{i}", steps, seed=10 + i) for i, steps in enumerate([1_200, 333])}
+    pipeline = Pipeline(lambda: clickhouse, upper_levels_every_s=0.0)
+    events = [
+        Event(METRICS, TEAM, "small", e.run_id, e.seq, e.ts, e.data)
+        for run in generated.values()
+        for e in run.events(7)
+    ]
+    for start in range(0, len(events), 40):
+        pipeline.handle(events[start : start + 40])
+    assert not pending_ranges(clickhouse, TEAM, "small", list(generated))
+    check_every_bucket(clickhouse, generated, "small")
+
+
+def test_large_events_in_order_through_a_driver_give_every_bucket_right(clickhouse):
+    """A backlog's shape: whole buckets computed in the writer, edges and non-finite ones in ClickHouse."""
+    generated = {f"b{i}": Run(f"b{i}", steps, seed=20 + i) for i, steps in enumerate([5_000, 1_999])}
+    pipeline = Pipeline(lambda: clickhouse, upper_levels_every_s=0.0)
+    events = [
+        Event(METRICS, TEAM, "large", e.run_id, e.seq, e.ts, e.data)
+        for run in generated.values()
+        for e in run.events(333)
+    ]
+    pipeline.handle(events)
+    check_every_bucket(clickhouse, generated, "large")

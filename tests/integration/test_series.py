@@ -84,10 +84,15 @@ def runs(clickhouse) -> dict[str, Run]:
 
 
 def test_every_bucket_at_every_level_matches_numpy(clickhouse, runs):
+    check_every_bucket(clickhouse, runs, PROJECT)
+
+
+def check_every_bucket(clickhouse, runs: dict[str, Run], project: str) -> None:
+    """Every stored bucket of the project, at every level, is what numpy computes from the runs."""
     rows = clickhouse.query(
         "SELECT run_id, metric, level, bucket, step_first, step_last, count, nonfinite, min, max, sum, first, last "
         "FROM metric_buckets FINAL WHERE project = {p:String}",
-        parameters={"p": PROJECT},
+        parameters={"p": project},
     ).result_rows
     seen = set()
     for run_id, metric, level, bucket, step_first, step_last, count, nonfinite, lo, hi, total, first, last in rows:
