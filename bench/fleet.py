@@ -92,7 +92,6 @@ TEAM = "default"
 PROJECT = "fleet"
 EMBEDDED_PROJECT = "fleet-embedded"
 METRICS = 10  # per log() row: wall, fire and 8 others
-RULE_ID = "fire"
 #: The tables the dashboards read, compacted before the quiet measurements.
 BIG_TABLES = ("metric_points", "metric_steps", "metric_buckets", "metric_summaries", "runs", "run_summaries")
 RUNSTREAM = str(Path(sys.executable).with_name("runstream"))
@@ -455,39 +454,9 @@ class Progress:
 
 def insert_rule(client: Any) -> None:
     """``fire > 0.5`` on the fleet's project, without cooldown: each pulse of ``fire`` is an alert."""
-    client.insert(
-        "alert_rules",
-        [
-            [
-                TEAM,
-                PROJECT,
-                RULE_ID,
-                "fire",
-                "threshold",
-                json.dumps({"metric": "fire", "op": ">", "value": 0.5}),
-                True,
-                0,
-                0,
-                0,
-                1,
-                0,
-            ]
-        ],
-        column_names=[
-            "team",
-            "project",
-            "rule_id",
-            "name",
-            "kind",
-            "spec",
-            "enabled",
-            "cooldown_s",
-            "created_at",
-            "updated_at",
-            "version",
-            "is_deleted",
-        ],
-    )
+    from runstream.storage.rules import create_rule
+
+    create_rule(client, TEAM, PROJECT, "fire", "threshold", {"metric": "fire", "op": ">", "value": 0.5}, cooldown_s=0)
 
 
 def start_workers(bootstrap: str, dsn: str, app_id: str, work: Path, count: int) -> list[subprocess.Popen]:

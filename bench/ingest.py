@@ -102,6 +102,7 @@ async def measure(args: argparse.Namespace, bootstrap: str) -> dict:
     from runstream.settings import Settings
     from runstream.storage.client import connect
     from runstream.storage.migrations import migrate
+    from runstream.storage.rules import create_rule
     from runstream.streams.app import create_app
 
     data_dir = Path(tempfile.mkdtemp(prefix="runstream-bench-ingest-"))
@@ -112,39 +113,7 @@ async def measure(args: argparse.Namespace, bootstrap: str) -> dict:
         Settings(kafka=bootstrap, clickhouse_dsn=dsn, data_dir=str(data_dir), app_id=f"ingest-{os.getpid()}"),
         storage=lambda: client,
     )
-    client.insert(
-        "alert_rules",
-        [
-            [
-                "default",
-                PROJECT,
-                "m5-high",
-                "m5 high",
-                "threshold",
-                json.dumps({"metric": "m5", "op": ">", "value": 5}),
-                True,
-                3600,
-                0,
-                0,
-                1,
-                0,
-            ]
-        ],
-        column_names=[
-            "team",
-            "project",
-            "rule_id",
-            "name",
-            "kind",
-            "spec",
-            "enabled",
-            "cooldown_s",
-            "created_at",
-            "updated_at",
-            "version",
-            "is_deleted",
-        ],
-    )
+    create_rule(client, "default", PROJECT, "m5 high", "threshold", {"metric": "m5", "op": ">", "value": 5})
     await app.start()
     expected = args.runs * args.steps * METRICS
     print(
