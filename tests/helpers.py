@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -230,3 +231,17 @@ class Server:
                 self.process.kill()
         assert self.process.stdout is not None  # stdout=PIPE
         return self.process.stdout.read()
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll ``check`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def scanned_history(api: Any, path: str) -> list[dict]:
+    """Every history row of a run, read through ``runstream.Api``."""
+    return list(api.run(path).scan_history())

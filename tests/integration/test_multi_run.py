@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ import runstream
 from infra.net import free_port
 from runstream import events
 from runstream.public_api import ApiError
-from tests.helpers import Server, consume_events, metric_points, spooled_events, unique
+from tests.helpers import Server, consume_events, metric_points, scanned_history, spooled_events, unique, wait_for
 
 SCRIPTS = Path(__file__).parents[1] / "scripts"
 STEPS = 6  # multi_run.py's
@@ -55,22 +55,10 @@ def _state(stdout: str) -> dict:
     return json.loads(next(line for line in stdout.splitlines() if line.startswith("STATE "))[6:])
 
 
-def _wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def _history(api: runstream.Api, path: str) -> list[dict]:
-    return list(api.run(path).scan_history())
-
-
 def _stored_steps(api: runstream.Api, path: str) -> int:
     """How many steps of the run the server has (0 while it does not know the run)."""
     try:
-        return len(_history(api, path))
+        return len(scanned_history(api, path))
     except ApiError as exc:
         if exc.status != 404:
             raise
@@ -123,11 +111,11 @@ def test_three_runs_in_one_script_each_end_as_the_script_did(ending, server, api
     for index, run_id in enumerate(ids):
         path = f"default/{project}/{run_id}"
         want = expected[index][0]
-        _wait_for(lambda path=path, want=want: api.run(path).state == want, f"{path} to be {want}", 10)
+        wait_for(lambda path=path, want=want: api.run(path).state == want, f"{path} to be {want}", 10)
         run = api.run(path)
         assert (run.state, run.exit_code) == expected[index]
         assert (run.name, run.config) == (f"multi-{index}", {"index": index})
-        rows = _history(api, path)
+        rows = scanned_history(api, path)
         assert [r["_step"] for r in rows] == list(range(STEPS))
         assert [(r["loss"], r["index"]) for r in rows] == [(index + 1 / (s + 1), index) for s in range(STEPS)]
         if ending == "uncaught exception" and index != 1:
@@ -172,7 +160,9 @@ def test_by_default_a_second_init_still_finishes_the_first(server, api, tmp_path
     assert seen["current"] == seen["ids"][1]
     assert (api.run(first).state, api.run(first).exit_code) == ("finished", 0)
     assert (api.run(second).state, api.run(second).exit_code) == ("failed", 3)
-    assert [r["x"] for r in _history(api, first)] == [1.0] and [r["x"] for r in _history(api, second)] == [2.0]
+    assert [r["x"] for r in scanned_history(api, first)] == [1.0] and [
+        r["x"] for r in scanned_history(api, second)
+    ] == [2.0]
 
 
 def test_fifty_runs_logged_from_five_threads_share_one_sender_and_all_arrive(server, api, tmp_path):
@@ -190,7 +180,7 @@ def test_fifty_runs_logged_from_five_threads_share_one_sender_and_all_arrive(ser
     for index, run_id in enumerate(seen["ids"]):
         run = stored[run_id]
         assert (run.state, run.exit_code, run.config) == ("finished", 0, {"index": index})
-        rows = _history(api, f"default/{project}/{run_id}")
+        rows = scanned_history(api, f"default/{project}/{run_id}")
         assert [(r["_step"], r["v"]) for r in rows] == [(s, index * 1000 + s) for s in range(steps)]
 
 
@@ -222,13 +212,13 @@ def test_a_run_whose_server_never_answers_holds_up_none_of_the_others(server, ap
     try:
         seen = _state(proc.stdout.readline())
         good = f"default/{project}/{seen['ids'][1]}"
-        _wait_for(lambda: _stored_steps(api, good) == 20, "the good run's points while the other's send hangs")
+        wait_for(lambda: _stored_steps(api, good) == 20, "the good run's points while the other's send hangs")
         _, stderr = proc.communicate("go\n", timeout=120)
     finally:
         proc.kill()
         silent.close()
     assert proc.returncode == 0, stderr
-    assert (api.run(good).state, len(_history(api, good))) == ("finished", 21)
+    assert (api.run(good).state, len(scanned_history(api, good))) == ("finished", 21)
     assert f"kept in {seen['dir']}" in stderr and stderr.count("not acknowledged") == 1, stderr
     kept = spooled_events(seen["dir"])  # what `runstream sync` would send: everything, finished
     assert sorted(p[0] for p in metric_points(kept)) == list(range(20))

@@ -14,14 +14,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import runstream
 from infra.net import free_port
-from tests.helpers import Server, unique
+from tests.helpers import Server, scanned_history, unique, wait_for
 
 STEPS = 5
 #: Crash detection in seconds, short so a SIGKILLed run is marked crashed within the test.
@@ -109,18 +109,6 @@ def _started(output: str) -> dict:
     return json.loads(next(line for line in output.splitlines() if line.startswith("START "))[6:])
 
 
-def _wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def _history(api: runstream.Api, path: str) -> list[dict]:
-    return list(api.run(path).scan_history())
-
-
 # -- every way a script ends ------------------------------------------------------------------------
 
 ENDINGS = {
@@ -166,11 +154,11 @@ def test_every_way_a_script_ends_keeps_every_point_and_says_how_it_ended(ending,
 
     path = f"default/{project}/{run_id}"
     timeout = CRASH_TIMEOUT + 15 if state == "crashed" else 10
-    _wait_for(lambda: api.run(path).state == state, f"{path} to be {state}", timeout)
+    wait_for(lambda: api.run(path).state == state, f"{path} to be {state}", timeout)
     run = api.run(path)
     assert run.exit_code == exit_code
     assert run.config == {"lr": 0.01, "layers": 3}
-    rows = _history(api, path)
+    rows = scanned_history(api, path)
     assert [r["_step"] for r in rows] == list(range(STEPS))
     assert [r["loss"] for r in rows] == [1.0 / (i + 1) for i in range(STEPS)]
     assert run.summary["loss"] == 1.0 / STEPS and run.summary["epoch"] == STEPS - 1
@@ -193,7 +181,7 @@ def test_a_script_run_twice_from_its_own_directory(server, api, tmp_path):
     assert len(ids) == 2
     for run_id in ids:
         run = api.run(f"default/{project}/{run_id}")
-        assert run.state == "finished" and len(_history(api, f"default/{project}/{run_id}")) == STEPS
+        assert run.state == "finished" and len(scanned_history(api, f"default/{project}/{run_id}")) == STEPS
     plain = subprocess.run(
         [sys.executable, "-c", "import runstream; print(runstream.init.__module__)"],
         cwd=work,
@@ -241,7 +229,7 @@ def test_resume_continues_the_run(where, server, api, tmp_path):
     path = f"default/{project}/{run_id}"
     run = api.run(path)
     assert run.state == "finished" and run.exit_code == 0 and run.name == name
-    rows = _history(api, path)
+    rows = scanned_history(api, path)
     assert [r["_step"] for r in rows] == list(range(2 * STEPS))
     assert [r["loss"] for r in rows] == [1.0 / (i + 1) for i in range(2 * STEPS)]
     # Statistics over the whole run, both processes (W&B's define_metric summary shape).
@@ -264,7 +252,7 @@ def test_a_resume_on_a_node_whose_clock_is_a_day_behind_is_not_taken_for_a_repla
     path = f"default/{project}/{run_id}"
     run = api.run(path)
     assert (run.state, run.exit_code) == ("finished", 0)
-    assert [r["_step"] for r in _history(api, path)] == list(range(2 * STEPS))
+    assert [r["_step"] for r in scanned_history(api, path)] == list(range(2 * STEPS))
 
 
 def test_resume_must_and_never_are_clear_errors(server, api, tmp_path):
@@ -289,7 +277,7 @@ def test_resume_auto_continues_the_crashed_run_of_this_directory(server, api, tm
     again = _run(work, _script(project, None, "", init_args=", resume='auto'"), env)
     assert again.returncode == 0, again.stderr
     assert _started(again.stdout)["resumed"] and _started(again.stdout)["step"] == STEPS
-    assert [r["_step"] for r in _history(api, f"default/{project}/{run_id}")] == list(range(2 * STEPS))
+    assert [r["_step"] for r in scanned_history(api, f"default/{project}/{run_id}")] == list(range(2 * STEPS))
     fresh = _run(work, _script(project, None, "", init_args=", resume='auto'"), env)
     assert not _started(fresh.stdout)["resumed"]  # the last one ended well: a new run
 
