@@ -160,29 +160,23 @@ def test_many_partial_buckets_are_recomputed_in_several_queries(clickhouse, monk
     assert [(b, n) for b, _, _, n, *_ in rows] == [(b, len([s for s in strided if s // 16 == b])) for b in range(25)]
 
 
-def test_small_events_in_order_through_a_driver_give_every_bucket_right(clickhouse):
-    """A live run's shape: a few steps per event, in order, some NaN and inf, a sparse metric."""
-    generated = {f"s{i}": Run(f"s{i}", steps, seed=10 + i) for i, steps in enumerate([1_200, 333])}
+@pytest.mark.parametrize(
+    ("shape", "steps", "rows", "per_batch"),
+    [
+        ("small", [1_200, 333], 7, 40),  # a live run: a few steps per event, every bucket an edge
+        ("large", [5_000, 1_999], 333, 1_000),  # a backlog: whole buckets computed in the writer
+    ],
+)
+def test_events_in_order_through_a_driver_give_every_bucket_right(clickhouse, shape, steps, rows, per_batch):
+    """Every bucket at every level against numpy, with NaN, infinities and a sparse metric."""
+    generated = {f"{shape}{i}": Run(f"{shape}{i}", n, seed=10 + i) for i, n in enumerate(steps)}
     pipeline = Pipeline(lambda: clickhouse, upper_levels_every_s=0.0)
     events = [
-        Event(METRICS, TEAM, "small", e.run_id, e.seq, e.ts, e.data)
+        Event(METRICS, TEAM, shape, e.run_id, e.seq, e.ts, e.data)
         for run in generated.values()
-        for e in run.events(7)
+        for e in run.events(rows)
     ]
-    for start in range(0, len(events), 40):
-        pipeline.handle(events[start : start + 40])
-    assert not pending_ranges(clickhouse, TEAM, "small", list(generated))
-    check_every_bucket(clickhouse, generated, "small")
-
-
-def test_large_events_in_order_through_a_driver_give_every_bucket_right(clickhouse):
-    """A backlog's shape: whole buckets computed in the writer, edges and non-finite ones in ClickHouse."""
-    generated = {f"b{i}": Run(f"b{i}", steps, seed=20 + i) for i, steps in enumerate([5_000, 1_999])}
-    pipeline = Pipeline(lambda: clickhouse, upper_levels_every_s=0.0)
-    events = [
-        Event(METRICS, TEAM, "large", e.run_id, e.seq, e.ts, e.data)
-        for run in generated.values()
-        for e in run.events(333)
-    ]
-    pipeline.handle(events)
-    check_every_bucket(clickhouse, generated, "large")
+    for start in range(0, len(events), per_batch):
+        pipeline.handle(events[start : start + per_batch])
+    assert not pending_ranges(clickhouse, TEAM, shape, list(generated))
+    check_every_bucket(clickhouse, generated, shape)
