@@ -76,11 +76,6 @@ class TouchedSteps:
         names.update(metrics)
         runs[run_id] = (names, min(lo, old_lo), max(hi, old_hi), max(seq, old_seq))
 
-    def merge(self, other: TouchedSteps) -> None:
-        for (team, project), runs in other.runs.items():
-            for run_id, (names, lo, hi, seq) in runs.items():
-                self.add(team, project, run_id, names, lo, hi, seq)
-
     def __bool__(self) -> bool:
         return bool(self.runs)
 
