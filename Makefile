@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# make kafka BROKERS=3: a replicated cluster (ports 9092-9094) instead of one broker
+BROKERS ?= 1
 
 .PHONY: demo pipeline-demo test lint kafka clickhouse clean prereqs
 
@@ -40,7 +42,7 @@ lint: $(VENV)/.installed
 
 ## kafka: a Kafka broker on 127.0.0.1:9092 with the pipeline's topics, until Ctrl-C
 kafka: prereqs $(VENV)/.installed
-	$(BIN)/python -m infra.kafka_broker --port 9092
+	$(BIN)/python -m infra.kafka_broker --port 9092 --brokers $(BROKERS)
 
 ## clickhouse: ClickHouse (served by chdb) on 127.0.0.1:8123 for several processes, until Ctrl-C
 clickhouse: $(VENV)/.installed
