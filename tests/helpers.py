@@ -245,3 +245,16 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> Non
 def scanned_history(api: Any, path: str) -> list[dict]:
     """Every history row of a run, read through ``runstream.Api``."""
     return list(api.run(path).scan_history())
+
+
+def script_env(server_url: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of a user's script: this one's, without runstream's or W&B's settings (and no
+    config file), sending to ``server_url``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNSTREAM_", "WANDB_"))}
+    return {**env, "RUNSTREAM_URL": server_url, "RUNSTREAM_CONFIG": str(tmp_path / "no-config.toml")}
+
+
+def as_in_a_terminal() -> None:
+    """For ``preexec_fn``: Ctrl-C reaches a script started from a terminal; one started in the background
+    of a non-interactive shell (as CI may start the tests) inherits SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

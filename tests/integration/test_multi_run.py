@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -24,7 +23,17 @@ import runstream
 from infra.net import free_port
 from runstream import events
 from runstream.public_api import ApiError
-from tests.helpers import Server, consume_events, metric_points, scanned_history, spooled_events, unique, wait_for
+from tests.helpers import (
+    Server,
+    as_in_a_terminal,
+    consume_events,
+    metric_points,
+    scanned_history,
+    script_env,
+    spooled_events,
+    unique,
+    wait_for,
+)
 
 SCRIPTS = Path(__file__).parents[1] / "scripts"
 STEPS = 6  # multi_run.py's
@@ -40,15 +49,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture
 def api(server: Server) -> runstream.Api:
     return runstream.Api(url=server.url, api_key="")
-
-
-def _env(server_url: str, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNSTREAM_", "WANDB_"))}
-    return {**env, "RUNSTREAM_URL": server_url, "RUNSTREAM_CONFIG": str(tmp_path / "no-config.toml")}
-
-
-def _as_in_a_terminal() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background shell may start the tests with SIGINT ignored
 
 
 def _state(stdout: str) -> dict:
@@ -86,7 +86,7 @@ def _run_multi(project: str, ending: str, work: Path, env: dict[str, str]) -> tu
         return _state(result.stdout), result.stderr
     proc = subprocess.Popen(
         command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=_as_in_a_terminal,
+        preexec_fn=as_in_a_terminal,
     )  # fmt: skip
     line = proc.stdout.readline()  # type: ignore[union-attr]
     assert line.startswith("STATE "), proc.communicate(timeout=60)
@@ -101,7 +101,7 @@ def _run_multi(project: str, ending: str, work: Path, env: dict[str, str]) -> tu
 def test_three_runs_in_one_script_each_end_as_the_script_did(ending, server, api, tmp_path):
     _, _, state, exit_code = ENDINGS[ending]
     project = unique("multi")
-    seen, stderr = _run_multi(project, ending, tmp_path / "work", _env(server.url, tmp_path))
+    seen, stderr = _run_multi(project, ending, tmp_path / "work", script_env(server.url, tmp_path))
     assert "not acknowledged" not in stderr, stderr
     assert seen["senders"] == ["runstream-sender"], "one sender thread serves the three runs"
     ids = seen["ids"]
@@ -125,7 +125,7 @@ def test_three_runs_in_one_script_each_end_as_the_script_did(ending, server, api
 
 def test_the_script_run_twice_from_its_own_directory_makes_three_runs_each_time(server, api, tmp_path):
     project = unique("twice")
-    env = _env(server.url, tmp_path)
+    env = script_env(server.url, tmp_path)
     first, _ = _run_multi(project, "sys.exit(3)", tmp_path / "work", env)
     second, _ = _run_multi(project, "no finish()", tmp_path / "work", env)
     assert not set(first["ids"]) & set(second["ids"])
@@ -151,7 +151,7 @@ def test_by_default_a_second_init_still_finishes_the_first(server, api, tmp_path
         """)
     (tmp_path / "train.py").write_text(body)
     result = subprocess.run(
-        [sys.executable, "train.py"], cwd=tmp_path, env=_env(server.url, tmp_path), capture_output=True, text=True,
+        [sys.executable, "train.py"], cwd=tmp_path, env=script_env(server.url, tmp_path), capture_output=True, text=True,
         timeout=120,
     )  # fmt: skip
     assert result.returncode == 3, result.stderr
@@ -169,7 +169,7 @@ def test_fifty_runs_logged_from_five_threads_share_one_sender_and_all_arrive(ser
     project, count, steps = unique("many"), 50, 40
     result = subprocess.run(
         [sys.executable, str(SCRIPTS / "many_runs.py"), project, str(count), "5", str(steps)],
-        cwd=tmp_path, env=_env(server.url, tmp_path), capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=script_env(server.url, tmp_path), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "not acknowledged" not in result.stderr, result.stderr
@@ -206,7 +206,7 @@ def test_a_run_whose_server_never_answers_holds_up_none_of_the_others(server, ap
         """)
     (tmp_path / "train.py").write_text(body)
     proc = subprocess.Popen(
-        [sys.executable, "train.py"], cwd=tmp_path, env=_env(server.url, tmp_path), stdin=subprocess.PIPE,
+        [sys.executable, "train.py"], cwd=tmp_path, env=script_env(server.url, tmp_path), stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -229,7 +229,9 @@ def test_a_run_whose_server_never_answers_holds_up_none_of_the_others(server, ap
 def test_three_runs_through_kafka_each_deliver_everything_and_their_end(kafka_bootstrap, tmp_path):
     """The runs share the sender thread's loop and one Kafka producer."""
     project = unique("kmulti")
-    seen, stderr = _run_multi(project, "sys.exit(3)", tmp_path / "work", _env(f"kafka://{kafka_bootstrap}", tmp_path))
+    seen, stderr = _run_multi(
+        project, "sys.exit(3)", tmp_path / "work", script_env(f"kafka://{kafka_bootstrap}", tmp_path)
+    )
     assert "not acknowledged" not in stderr, stderr
     assert seen["senders"] == ["runstream-sender"] and seen["kafka_producers"] == 1
 

@@ -21,7 +21,7 @@ import pytest
 
 import runstream
 from infra.net import free_port
-from tests.helpers import Server, scanned_history, unique, wait_for
+from tests.helpers import Server, as_in_a_terminal, scanned_history, script_env, unique, wait_for
 
 STEPS = 5
 #: Crash detection in seconds, short so a SIGKILLed run is marked crashed within the test.
@@ -39,11 +39,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture
 def api(server: Server) -> runstream.Api:
     return runstream.Api(url=server.url, api_key="")
-
-
-def _env(server_url: str, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNSTREAM_", "WANDB_"))}
-    return {**env, "RUNSTREAM_URL": server_url, "RUNSTREAM_CONFIG": str(tmp_path / "no-config.toml")}
 
 
 CONFIG = '{"lr": 0.01, "layers": 3}'
@@ -80,12 +75,6 @@ def _run(directory: Path, body: str, env: dict[str, str], timeout: float = 120) 
     )
 
 
-def _as_in_a_terminal() -> None:
-    """Ctrl-C reaches a script started from a terminal; one started in the background of a
-    non-interactive shell (as CI may start the tests) inherits SIGINT ignored."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _start(directory: Path, body: str, env: dict[str, str]) -> subprocess.Popen:
     """The script in the background, once it has logged everything (it printed 'training done')."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -97,7 +86,7 @@ def _start(directory: Path, body: str, env: dict[str, str]) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_as_in_a_terminal,
+        preexec_fn=as_in_a_terminal,
     )
     for line in proc.stdout:  # type: ignore[union-attr]
         if line.strip() == "training done":
@@ -149,7 +138,7 @@ def _end_as(ending: str, directory: Path, body: str, env: dict[str, str]) -> Non
 def test_every_way_a_script_ends_keeps_every_point_and_says_how_it_ended(ending, server, api, tmp_path):
     then, _, state, exit_code = ENDINGS[ending]
     project, run_id = unique("exits"), unique("r")
-    env = _env(server.url, tmp_path)
+    env = script_env(server.url, tmp_path)
     _end_as(ending, tmp_path / "work", _script(project, run_id, then), env)
 
     path = f"default/{project}/{run_id}"
@@ -172,7 +161,7 @@ def test_every_way_a_script_ends_keeps_every_point_and_says_how_it_ended(ending,
 def test_a_script_run_twice_from_its_own_directory(server, api, tmp_path):
     """The second run used to die: the runs folder left beside the script shadowed the package."""
     project = unique("twice")
-    env = _env(server.url, tmp_path)
+    env = script_env(server.url, tmp_path)
     work = tmp_path / "project"
     first = _run(work, _script(project, None, ""), env)
     second = _run(work, _script(project, None, ""), env)
@@ -200,7 +189,7 @@ def test_a_script_run_twice_from_its_own_directory(server, api, tmp_path):
 @pytest.mark.parametrize("where", ["same directory", "another directory (another node)"])
 def test_resume_continues_the_run(where, server, api, tmp_path):
     project, run_id = unique("resume"), unique("r")
-    env = _env(server.url, tmp_path)
+    env = script_env(server.url, tmp_path)
     # A preempted job: it logs, then dies with a failure code.
     first = _run(
         tmp_path / "node1",
@@ -244,7 +233,7 @@ def test_resume_continues_the_run(where, server, api, tmp_path):
 def test_a_resume_on_a_node_whose_clock_is_a_day_behind_is_not_taken_for_a_replay(server, api, tmp_path):
     """Sequence numbers start from the clock; the resumed run numbers its events above the server's last."""
     project, run_id = unique("skew"), unique("r")
-    env = _env(server.url, tmp_path)
+    env = script_env(server.url, tmp_path)
     assert _run(tmp_path / "node1", _script(project, run_id, "sys.exit(1)\n"), env).returncode == 1
     behind = "real_time = time.time; time.time = lambda: real_time() - 86400"
     second = _run(tmp_path / "node2", _script(project, run_id, "", before=behind, init_args=", resume='must'"), env)
@@ -257,7 +246,7 @@ def test_a_resume_on_a_node_whose_clock_is_a_day_behind_is_not_taken_for_a_repla
 
 def test_resume_must_and_never_are_clear_errors(server, api, tmp_path):
     project, run_id = unique("rules"), unique("r")
-    env = _env(server.url, tmp_path)
+    env = script_env(server.url, tmp_path)
     must = _run(tmp_path / "a", _script(project, run_id, "", init_args=", resume='must'"), env)
     assert must.returncode == 1 and "resume='must'" in must.stderr and "was not found" in must.stderr
     assert _run(tmp_path / "a", _script(project, run_id, ""), env).returncode == 0
@@ -268,7 +257,7 @@ def test_resume_must_and_never_are_clear_errors(server, api, tmp_path):
 def test_resume_auto_continues_the_crashed_run_of_this_directory(server, api, tmp_path):
     """W&B's resume='auto': the previous run from this directory is continued if it did not end well."""
     project = unique("auto")
-    env = _env(server.url, tmp_path)
+    env = script_env(server.url, tmp_path)
     work = tmp_path / "job"
     # Killed hard a second after its last log(): its rows are in the spool, maybe not sent.
     crashed = _run(work, _script(project, None, "time.sleep(1)\nos._exit(9)\n", init_args=", resume='auto'"), env)
@@ -294,7 +283,7 @@ run.notes = "tried a smaller lr"
 run.config.update({"dropout": 0.1})
 run.summary["best_epoch"] = 3
 """
-    result = _run(tmp_path / "w", _script(project, run_id, then), _env(server.url, tmp_path))
+    result = _run(tmp_path / "w", _script(project, run_id, then), script_env(server.url, tmp_path))
     assert result.returncode == 0, result.stderr
     run = api.run(f"default/{project}/{run_id}")
     assert (run.name, run.tags, run.notes) == ("renamed-during", ["baseline", "v2"], "tried a smaller lr")
@@ -305,7 +294,7 @@ run.summary["best_epoch"] = 3
 def test_edits_after_the_run_through_the_public_api_stick(server, api, tmp_path):
     """W&B's Run.update(): change the attributes, call update(); a later read shows them."""
     project, run_id = unique("after"), unique("r")
-    assert _run(tmp_path / "w", _script(project, run_id, ""), _env(server.url, tmp_path)).returncode == 0
+    assert _run(tmp_path / "w", _script(project, run_id, ""), script_env(server.url, tmp_path)).returncode == 0
     run = api.run(f"default/{project}/{run_id}")
     run.name = "renamed-after"
     run.tags.append("reviewed")
@@ -321,7 +310,7 @@ def test_edits_after_the_run_through_the_public_api_stick(server, api, tmp_path)
     resumed = _run(
         tmp_path / "elsewhere",
         _script(project, run_id, "", init_args=", resume='must'", config="None"),
-        _env(server.url, tmp_path),
+        script_env(server.url, tmp_path),
     )
     assert resumed.returncode == 0, resumed.stderr
     assert _started(resumed.stdout)["name"] == "renamed-after"
@@ -364,7 +353,7 @@ time.sleep(2.5)
 open("late.txt", "w").write("changed again")
 """
     before = 'open("early.txt", "w").write("early")'
-    result = _run(tmp_path / "w", _script(project, run_id, then, before=before), _env(server.url, tmp_path))
+    result = _run(tmp_path / "w", _script(project, run_id, then, before=before), script_env(server.url, tmp_path))
     assert result.returncode == 0, result.stderr
     files = api._request("GET", f"/runs/default/{project}/{run_id}/files", params={}, what="files")["files"]
     by_path = {f["path"]: f for f in files}
@@ -387,7 +376,7 @@ def test_every_way_a_script_ends_through_kafka_delivers_everything(ending, kafka
 
     then, _, state, exit_code = ENDINGS[ending]
     project, run_id = unique("kexits"), unique("r")
-    env = _env(f"kafka://{kafka_bootstrap}", tmp_path)
+    env = script_env(f"kafka://{kafka_bootstrap}", tmp_path)
     _end_as(ending, tmp_path / "work", _script(project, run_id, then), env)
 
     def finished(found: list) -> bool:
