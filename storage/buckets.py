@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 FANOUT = 4
@@ -94,36 +93,6 @@ class LevelOneEdges:
 
 
 # -- level 1 computed from an event -------------------------------------------------------
-
-
-@dataclass
-class LocalBuckets:
-    """Level-1 bucket columns computed in the writer, appended per (event, metric) and inserted at once."""
-
-    parts: list[dict[str, np.ndarray]] = field(default_factory=list)
-    identity: list[tuple[str, str, str, str, int]] = field(default_factory=list)  # team, project, metric, run, rows
-
-    def table(self) -> pa.Table | None:
-        if not self.parts:
-            return None
-        cols = {name: np.concatenate([p[name] for p in self.parts]) for name in self.parts[0]}
-        counts = np.array([n for *_, n in self.identity])
-        out: dict[str, pa.Array] = {}
-        for i, name in enumerate(("team", "project", "metric", "run_id")):
-            values = [ident[i] for ident in self.identity]
-            distinct = list(dict.fromkeys(values))
-            index = {v: k for k, v in enumerate(distinct)}
-            codes = np.repeat(np.array([index[v] for v in values], np.int32), counts)
-            out[name] = pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(distinct, pa.string()))
-        rows = len(cols["bucket"])
-        out["level"] = pa.array(np.ones(rows, np.uint8))
-        for name in ("bucket", "step_first", "step_last"):
-            out[name] = pa.array(cols[name])
-        for name in ("time_first", "time_last"):
-            out[name] = pa.array(cols[name]).cast(pa.timestamp("ms", tz="UTC"))
-        for name in ("count", "nonfinite", "min", "max", "sum", "first", "last", "version"):
-            out[name] = pa.array(cols[name])
-        return pa.table(out)
 
 
 @dataclass(frozen=True)

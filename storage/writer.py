@@ -24,7 +24,6 @@ from runstream.storage.buckets import (
     LEVEL_ONE,
     Layout,
     LevelOneEdges,
-    LocalBuckets,
     TouchedSteps,
     local_level_one,
     mark_pending,
@@ -93,7 +92,7 @@ def metric_columns(events: Iterable[Event], stored_seqs: Mapping[RunKey, int] | 
     s_step: list[np.ndarray] = []
     s_time: list[np.ndarray] = []
     s_seq: list[np.ndarray] = []
-    local = LocalBuckets()
+    level_one: list[tuple[str, str, str, str, dict[str, np.ndarray]]] = []  # identity, then columns
     edges = LevelOneEdges()
     touched = TouchedSteps()
     names: dict[tuple[str, str], set[str]] = {}
@@ -129,8 +128,7 @@ def metric_columns(events: Iterable[Event], stored_seqs: Mapping[RunKey, int] | 
             if layout is not None and at is steps and is_newest and np.isfinite(logged).all():
                 buckets = local_level_one(layout, steps, times, logged, event.seq)
                 if buckets is not None:
-                    local.parts.append(buckets)
-                    local.identity.append((event.team, event.project, name, event.run_id, len(buckets["bucket"])))
+                    level_one.append((event.team, event.project, name, event.run_id, buckets))
                 partial = layout.partial
             elif layout is not None and at is steps:
                 partial = layout.touched
@@ -171,7 +169,23 @@ def metric_columns(events: Iterable[Event], stored_seqs: Mapping[RunKey, int] | 
             "seq": pa.array(_concat(s_seq, np.uint64)),
         }
     )
-    return MetricColumns(points, steps_table, local.table(), edges, touched, names)
+    return MetricColumns(points, steps_table, _level_one_table(level_one), edges, touched, names)
+
+
+def _level_one_table(parts: list[tuple[str, str, str, str, dict[str, np.ndarray]]]) -> pa.Table | None:
+    """``metric_buckets`` rows (level 1) from the columns ``buckets.local_level_one`` computed per (event, metric)."""
+    if not parts:
+        return None
+    identity = {name: _Dictionary() for name in ("team", "project", "metric", "run_id")}
+    for *names, columns in parts:
+        for builder, value in zip(identity.values(), names):
+            builder.extend(value, len(columns["bucket"]))
+    table: dict[str, pa.Array] = {name: builder.array() for name, builder in identity.items()}
+    for name in parts[0][4]:
+        column = pa.array(np.concatenate([columns[name] for *_, columns in parts]))
+        table[name] = column.cast(_TIME) if name.startswith("time_") else column
+    table["level"] = pa.array(np.ones(len(table["bucket"]), np.uint8))
+    return pa.table(table)
 
 
 def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:

@@ -49,6 +49,7 @@ from runstream.events import ALERT, CONSOLE, FILE, METRICS, RUN_EDIT, RUN_STATE,
 from runstream.storage import buckets, processing
 from runstream.storage.history import metric_statistics
 from runstream.storage.writer import (
+    RunKey,
     insert_alerts,
     insert_console_lines,
     insert_files,
@@ -64,7 +65,6 @@ from runstream.streams import runstate, summaries
 from runstream.streams.alerting import Evaluator, Fired, Rule, rule_from_row
 from runstream.streams.runstate import RunState, StateChange
 
-RunKey = tuple[str, str, str]  # (team, project, run_id)
 log = logging.getLogger(__name__)
 
 
