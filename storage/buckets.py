@@ -65,15 +65,15 @@ def level_for(first_step: int, last_step: int, max_points: int) -> int:
 
 @dataclass
 class TouchedSteps:
-    """Per (team, project) and run: the metrics, the step range a write touched, and its largest seq."""
+    """Per (team, project) and run: the metrics and the step range a write touched."""
 
-    runs: dict[tuple[str, str], dict[str, tuple[set[str], int, int, int]]] = field(default_factory=dict)
+    runs: dict[tuple[str, str], dict[str, tuple[set[str], int, int]]] = field(default_factory=dict)
 
-    def add(self, team: str, project: str, run_id: str, metrics: Iterable[str], lo: int, hi: int, seq: int) -> None:
+    def add(self, team: str, project: str, run_id: str, metrics: Iterable[str], lo: int, hi: int) -> None:
         runs = self.runs.setdefault((team, project), {})
-        names, old_lo, old_hi, old_seq = runs.get(run_id, (set(), lo, hi, seq))
+        names, old_lo, old_hi = runs.get(run_id, (set(), lo, hi))
         names.update(metrics)
-        runs[run_id] = (names, min(lo, old_lo), max(hi, old_hi), max(seq, old_seq))
+        runs[run_id] = (names, min(lo, old_lo), max(hi, old_hi))
 
     def __bool__(self) -> bool:
         return bool(self.runs)
@@ -274,7 +274,7 @@ def mark_pending(client: Client, touched: TouchedSteps) -> None:
     }
     rows = []
     for team, project, run_id in keys:
-        names, lo, hi, _ = touched.runs[(team, project)][run_id]
+        names, lo, hi = touched.runs[(team, project)][run_id]
         old_names, old_lo, old_hi, old_version = stored.get((team, project, run_id), (set(), lo, hi, -1))
         version = old_version + 2 - old_version % 2
         if old_names:
@@ -324,7 +324,7 @@ def refresh_pending(
     touched = TouchedSteps()
     cleared: list[tuple[str, str, str, list[str], int, int, int]] = []
     for team, project, run_id, metrics, lo, hi, version in rows:
-        touched.add(team, project, run_id, metrics, lo, hi, version)
+        touched.add(team, project, run_id, metrics, lo, hi)
         cleared.append((team, project, run_id, [], 0, 0, version + 1))
     if not cleared:
         return 0

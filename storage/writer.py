@@ -138,7 +138,7 @@ def metric_columns(events: Iterable[Event], stored_seqs: Mapping[RunKey, int] | 
                 edges.add(event.team, event.project, event.run_id, name, partial)
             if len(logged):
                 parts.append((event.team, event.project, name, event.run_id, int(at[0]), event.seq, at, logged))
-        touched.add(event.team, event.project, event.run_id, values, int(steps.min()), int(steps.max()), event.seq)
+        touched.add(event.team, event.project, event.run_id, values, int(steps.min()), int(steps.max()))
         names.setdefault((event.team, event.project), set()).update(values)
     # In the table's order (a run's events usually log ascending steps): ClickHouse then finds the
     # block sorted and skips sorting it.
