@@ -132,9 +132,16 @@ GROUP BY run_id
 _SINCE_PENDING = "AND bucket >= transform(toString(run_id), {runs:Array(String)}, {since:Array(UInt64)}, toUInt64(0))"
 
 
-def _since(behind: Mapping[str, Pending]) -> dict[str, Any]:
-    runs = sorted(behind)
-    return {"level": 1, "runs": runs, "since": [behind[r].first_step // WIDTHS[1] for r in runs]}
+def _top_level_rows(client: Client, sql: str, params: dict[str, Any], behind: Mapping[str, Pending]) -> list[Any]:
+    """``sql``'s rows from the top level, and from level 1 for the runs whose upper levels are ``behind``."""
+    rows = list(client.query(sql % {"since": ""}, parameters=params).result_rows)
+    if behind:
+        late = sorted(behind)
+        since = [behind[r].first_step // WIDTHS[1] for r in late]
+        rows += client.query(
+            sql % {"since": _SINCE_PENDING}, parameters={**params, "level": 1, "runs": late, "since": since}
+        ).result_rows
+    return rows
 
 
 def _check_names(what: str, names: Sequence[str], limit: int) -> list[str]:
@@ -187,10 +194,7 @@ def extents(
         behind = pending_ranges(client, team, project, run_ids)
     params = {"team": team, "project": project, "level": TOP_LEVEL, "runs": list(run_ids), "metrics": list(metrics)}
     out: dict[str, dict[str, Extent]] = {}
-    rows = list(client.query(_EXTENTS % {"since": ""}, parameters=params).result_rows)
-    if behind:
-        rows += client.query(_EXTENTS % {"since": _SINCE_PENDING}, parameters={**params, **_since(behind)}).result_rows
-    for run_id, metric, first, last in rows:
+    for run_id, metric, first, last in _top_level_rows(client, _EXTENTS, params, behind):
         known = out.setdefault(run_id, {}).get(metric)
         if known is not None:
             first, last = min(first, known.first_step), max(last, known.last_step)
@@ -205,11 +209,8 @@ def run_starts(
     if behind is None:
         behind = pending_ranges(client, team, project, run_ids)
     params = {"team": team, "project": project, "level": TOP_LEVEL, "runs": list(run_ids)}
-    rows = list(client.query(_STARTS % {"since": ""}, parameters=params).result_rows)
-    if behind:
-        rows += client.query(_STARTS % {"since": _SINCE_PENDING}, parameters={**params, **_since(behind)}).result_rows
     starts: dict[str, int] = {}
-    for run_id, ms in rows:
+    for run_id, ms in _top_level_rows(client, _STARTS, params, behind):
         starts[run_id] = min(int(ms), starts.get(run_id, int(ms)))
     return starts
 
