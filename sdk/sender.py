@@ -43,7 +43,7 @@ from runstream.media import MediaFile
 from runstream.resume import PROGRESS_FILE, write_json
 from runstream.spool import Spool
 from runstream.summary import MetricStats
-from runstream.transport import HttpTransport, Records, Transport
+from runstream.transport import HttpTransport, KafkaTransport, Records, Transport
 
 log = logging.getLogger("runstream")
 
@@ -268,12 +268,17 @@ class _Hub:
         self.loop.set_default_executor(ExitSafeExecutor())
         self.senders: set[Sender] = set()
         self._ingests: dict[tuple[str, str], SharedIngest] = {}  # used on the loop only
+        self._producers: dict[str, KafkaTransport] = {}  # by brokers; used on the loop only
         self.thread = threading.Thread(target=self._main, name=THREAD_NAME, daemon=True)
         self.thread.start()
 
     def send_for(self, transport: Transport) -> Callable[[Records, bytes], Awaitable[None]]:
-        """How a run sends through ``transport``: HTTP sends to one server share requests; the
-        Kafka producer batches by itself."""
+        """How a run sends through ``transport``: HTTP sends to one server share requests; Kafka sends to
+        the same brokers share one producer, which batches by itself (1,000 runs, one set of connections)."""
+        if isinstance(transport, KafkaTransport):
+            if transport.bootstrap not in self._producers:
+                self._producers[transport.bootstrap] = KafkaTransport(f"kafka://{transport.bootstrap}")
+            return self._producers[transport.bootstrap].send
         if not isinstance(transport, HttpTransport):
             return transport.send
         key = (transport.base, transport.api_key)
@@ -285,7 +290,10 @@ class _Hub:
         asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_forever()
-            # Stopped after the last run: what is left (a request to a server that never answers) is cancelled.
+            # Stopped after the last run: the shared producers go (every send was awaited), and what is left
+            # (a request to a server that never answers) is cancelled.
+            closing = [producer.close() for producer in self._producers.values()]
+            self.loop.run_until_complete(asyncio.gather(*closing, return_exceptions=True))
             left = asyncio.all_tasks(self.loop)
             for task in left:
                 task.cancel()

@@ -79,45 +79,25 @@ def _quiet_aiokafka() -> None:
             logger.addFilter(_QuietInSender())
 
 
-class _SharedProducer:
-    """One producer per brokers and event loop, shared by every run of the process that sends there (the
-    runs share one sender thread): a thousand runs make one set of connections, not a thousand."""
-
-    def __init__(self, key: tuple[str, int]) -> None:
-        self.key = key
-        self.producer: AIOKafkaProducer | None = None
-        self.users = 0
-        self.lock = asyncio.Lock()
-
-
-_producers: dict[tuple[str, int], _SharedProducer] = {}
-
-
-def _shared(bootstrap: str) -> _SharedProducer:
-    key = (bootstrap, id(asyncio.get_running_loop()))
-    shared = _producers.get(key)
-    if shared is None:
-        shared = _producers[key] = _SharedProducer(key)
-    return shared
-
-
 class KafkaTransport:
+    """An idempotent producer to the brokers, started on the first send. The runs of a process that
+    send to the same brokers share one (``sender._Hub.send_for``), so its sends may interleave."""
+
     def __init__(self, url: str) -> None:
         self.bootstrap = urlparse(url).netloc
         if not self.bootstrap:
             raise ValueError(f"a Kafka URL names its brokers: kafka://host:port[,host:port], got {url!r}")
-        self._uses: _SharedProducer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._starting: asyncio.Lock | None = None  # made on the loop that sends
         _quiet_aiokafka()
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
-        shared = _shared(self.bootstrap)
-        if self._uses is not shared:
-            shared.users += 1
-            self._uses = shared
-        async with shared.lock:  # one start at a time, whoever asks first
-            if shared.producer is None:
-                shared.producer = await start_producer(self.bootstrap)
-            return shared.producer
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:  # one start, whichever run's send asks first
+            if self._producer is None:
+                self._producer = await start_producer(self.bootstrap)
+            return self._producer
 
     async def send(self, records: Records, key: bytes) -> None:
         producer = None
@@ -127,30 +107,18 @@ class KafkaTransport:
             await asyncio.gather(*futures)
         except Exception as exc:
             # A fresh producer after any failure: the idempotent producer's sequence state may be broken.
-            # The other runs' sends through it fail too, and their senders try again, like this one's.
-            if producer is not None and self._uses is not None and self._uses.producer is producer:
-                self._uses.producer = None
-                await _stop(producer)
+            # (Other runs' sends through it fail too, and are tried again like this one.)
+            if producer is not None and producer is self._producer:
+                await self.close()
             raise TransportError(f"Kafka at {self.bootstrap}: {type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
-        shared, self._uses = self._uses, None
-        if shared is None:
-            return
-        shared.users -= 1
-        if shared.users == 0:  # the last run sending there
-            if _producers.get(shared.key) is shared:
-                del _producers[shared.key]
-            producer, shared.producer = shared.producer, None
-            if producer is not None:
-                await _stop(producer)
-
-
-async def _stop(producer: AIOKafkaProducer) -> None:
-    try:
-        await asyncio.wait_for(producer.stop(), timeout=5)
-    except Exception:  # noqa: BLE001 - closing a producer whose broker is gone
-        pass
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                await asyncio.wait_for(producer.stop(), timeout=5)
+            except Exception:  # noqa: BLE001 - closing a producer whose broker is gone
+                pass
 
 
 class HttpTransport:

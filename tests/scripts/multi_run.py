@@ -15,7 +15,7 @@ import threading
 import time
 
 import runstream
-from runstream import transport
+from runstream import sender
 
 STEPS = 6
 
@@ -39,7 +39,8 @@ def main(project: str, ending: str) -> None:
     runs[1].finish()
     senders = [t.name for t in threading.enumerate() if t.name.startswith("runstream-sender")]
     current = runstream.run.id if runstream.run is not None else None
-    producers = [s for s in transport._producers.values() if s.producer is not None]  # Kafka runs share one
+    hub = sender._hub  # the process's sender thread: Kafka runs share its producer
+    producers = [p for p in (hub._producers.values() if hub else []) if p._producer is not None]
     state = {"ids": [r.id for r in runs], "current": current, "senders": senders, "kafka_producers": len(producers)}
     print("STATE " + json.dumps(state), flush=True)
     if ending == "sys.exit(3)":
