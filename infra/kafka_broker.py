@@ -376,11 +376,6 @@ class KafkaCluster:
         self.stop(node_id)
         return self.start(timeout)
 
-    @property
-    def running(self) -> bool:
-        """Whether every node runs."""
-        return all(node.running for node in self.nodes.values())
-
     def leaders(self, topic: str) -> dict[int, int]:
         """Partition -> the node that leads it (-1: none), as the cluster's metadata says now."""
         return asyncio.run(self._leaders(topic))
@@ -484,14 +479,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  topics created: {', '.join(created) or 'none (they existed)'}")
         print(f"  data: {cluster.data_dir}   logs: server.log in each broker's directory")
         print(f"  use it:  export RUNSTREAM_KAFKA={cluster.bootstrap}   — Ctrl-C stops it", flush=True)
-        nodes = list(cluster.nodes.values())
         down: set[int] = set()
         # A cluster outlives a broker that dies (that is what it is for): say so, and go on while any runs.
-        while not stop and any(node.running for node in nodes):
-            for number, node in enumerate(nodes, 1):
-                if not node.running and number not in down:
-                    down.add(number)
-                    print(f"  broker {number} ({node.bootstrap}) exited; the others go on", flush=True)
+        while not stop and any(node.running for node in cluster.nodes.values()):
+            for node in cluster.nodes.values():
+                if not node.running and node.node_id not in down:
+                    down.add(node.node_id)
+                    print(f"  broker {node.node_id} ({node.bootstrap}) exited; the others go on", flush=True)
             time.sleep(0.5)
     finally:
         print("stopping Kafka ...", file=sys.stderr)

@@ -95,7 +95,8 @@ class RuleBook:
 
 
 #: Pending upper bucket levels written this long ago were left by a driver that stopped (a crash, a
-#: rebalance): any driver's sweep refreshes them. A live driver refreshes its own every few seconds.
+#: rebalance): any driver's sweep refreshes them. A live driver refreshes its own within UPPER_LEVELS_EVERY_S
+#: (after a batch) or its next sweep.
 ORPHANED_LEVELS_AFTER_S = 30.0
 
 #: Metric values per processed chunk: bounds a batch's memory and the time before its points show.
