@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from runstream.api import audit
 from runstream.api.auth import PROJECT_READ, PROJECT_WRITE, Principal, allows
 from runstream.api.backend import backend_of
 from runstream.api.errors import ApiError, not_found
@@ -250,7 +251,7 @@ async def list_rules(request: Request, principal: Principal) -> Response:
     body_bytes=MAX_RULE_JSON,
     refusals=_APPLIED,
 )
-async def create_rule(request: Request, body: NewAlertRule) -> Response:
+async def create_rule(request: Request, body: NewAlertRule, principal: Principal) -> Response:
     """Create an alert rule; the processor applies it to the project's runs within a second."""
     team, project = project_path(request)
     _check_spec(request, body.spec)
@@ -260,6 +261,8 @@ async def create_rule(request: Request, body: NewAlertRule) -> Response:
         )
     except (QueryError, RuleError) as exc:
         raise _not_applied(exc) from None
+    # A rule may post to a webhook: where a project's alerts go is worth knowing later.
+    await audit.record(request, principal, team, "rule.create", f"{project}/{rule['id']}", {"name": body.name})
     return json_response(rule, status_code=201)
 
 
@@ -308,12 +311,13 @@ async def patch_rule(request: Request, body: AlertRuleChanges) -> Response:
     ok={204: Answer(None, "deleted")},
     access=PROJECT_WRITE,
 )
-async def delete_rule(request: Request) -> Response:
+async def delete_rule(request: Request, principal: Principal) -> Response:
     """Delete an alert rule; the processor stops applying it within a second."""
     team, project = project_path(request)
     rule_id = request.path_params["rule_id"]
     if not await backend_of(request).run(rules.delete_rule, team, project, rule_id):
         raise not_found(f"alert rule {rule_id} in {team}/{project}")
+    await audit.record(request, principal, team, "rule.delete", f"{project}/{rule_id}")
     return Response(status_code=204)
 
 

@@ -25,7 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from runstream.api.auth import PROJECT_READ
+from runstream.api import quotas
+from runstream.api.auth import PROJECT_READ, still_allowed
 from runstream.api.backend import backend_of
 from runstream.api.openapi import Answer, endpoint
 from runstream.api.requests import PROJECT_PATH, project_path
@@ -45,6 +46,9 @@ KEEPALIVE_S = 15.0
 LOOKBACK_MS = 60_000
 MAX_SEEN = 10_000
 MAX_STREAM_S = 24 * 3600
+#: The longest any stream lasts, whatever it asked for: the client reconnects (EventSource does by
+#: itself) with Last-Event-ID, and its credential is checked again from scratch.
+MAX_LIFETIME_S = 3600.0
 MAX_STREAM_EVENTS = 100_000
 RETRY_MS = 3000
 DEFAULT_LIMIT = 100
@@ -105,7 +109,18 @@ class StreamQuery(msgspec.Struct, forbid_unknown_fields=True):
         | None
     ) = None
     max_events: Annotated[int, Meta(ge=1, le=MAX_STREAM_EVENTS, description="end after this many alerts")] | None = None
-    timeout_s: Annotated[int, Meta(ge=1, le=MAX_STREAM_S, description="end after this many seconds")] | None = None
+    timeout_s: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                le=MAX_STREAM_S,
+                description="end after this many seconds; every stream ends after an hour at most whatever this "
+                "says (reconnect with Last-Event-ID)",
+            ),
+        ]
+        | None
+    ) = None
 
 
 # -- alerts -------------------------------------------------------------------------------------
@@ -181,11 +196,16 @@ async def _alert_events(
 ) -> AsyncIterator[bytes]:
     backend = backend_of(request)
     started = last_write = time.monotonic()
-    deadline = started + query.timeout_s if query.timeout_s else None
+    deadline = started + min(query.timeout_s or MAX_LIFETIME_S, MAX_LIFETIME_S)
     sent = 0
     yield f"retry: {RETRY_MS}\n\n".encode()  # also sends the headers at once
     while not await request.is_disconnected():
         try:
+            # The credential may be gone since (key revoked, member removed, share link revoked): in
+            # memory for keys (api/keyring.py), so checked on every poll.
+            if not await still_allowed(request, team, project):
+                yield b": access ended: the credential no longer reads this project\n\n"
+                return
             batch = await backend.run(
                 logs.alerts_after,
                 team,
@@ -206,15 +226,15 @@ async def _alert_events(
             last_write = time.monotonic()
             if query.max_events and sent >= query.max_events:
                 return
+        now = time.monotonic()
+        if now >= deadline:
+            return
         if len(batch) == logs.MAX_STREAM_BATCH:
             continue  # more are waiting: no pause
-        now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            return
         if now - last_write >= KEEPALIVE_S:
             yield b": keepalive\n\n"
             last_write = now
-        await asyncio.sleep(POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - now)))
+        await asyncio.sleep(max(0.0, min(POLL_S, deadline - now)))
 
 
 def _alert_schema() -> dict[str, Any]:
@@ -259,15 +279,20 @@ async def stream_alerts(request: Request, query: StreamQuery) -> Response:
 
     From ``since``, else from connect time; a reconnect with ``Last-Event-ID`` resumes after that event.
     A ``: keepalive`` comment goes out every 15 s without alerts. ``max_events`` and ``timeout_s``
-    end the stream (for scripts and tests); otherwise it lasts until the client disconnects.
+    end the stream (for scripts and tests); otherwise it lasts until the client disconnects, for an
+    hour at most (then reconnect with ``Last-Event-ID``). It also ends, within a second, when its
+    credential stops reading the project: a revoked key, a removed member, a revoked share link.
     Browsers' EventSource cannot send headers: use ``?share=`` for a share link.
     """
     team, project = project_path(request)
     cursor = await _start_cursor(request, team, project, query)
-    return StreamingResponse(
-        _alert_events(request, team, project, query, cursor),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},  # proxies must not buffer it
+    slot = await quotas.open_stream(request)  # 429 past the caller's live streams; given back when this one ends
+    return slot.hold(
+        StreamingResponse(
+            _alert_events(request, team, project, query, cursor),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},  # proxies must not buffer it
+        )
     )
 
 

@@ -2,7 +2,7 @@
 
 Each module under ``runstream.api`` owns one group of endpoints and exports its
 ``routes``; this one assembles them with the error handlers, the request-id and
-metrics middleware, and the backend's start and stop.
+metrics middleware, the quotas (``api/quotas.py``), and the backend's start and stop.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runstream.api import alert_rules, alerts, charts, exports, history, home, ingest, reports, runs, teams
+from runstream.api import alert_rules, alerts, charts, exports, history, home, ingest, quotas, reports, runs, teams
 from runstream.api.backend import Backend
 from runstream.api.errors import EXCEPTION_HANDLERS
 from runstream.api.middleware import RequestContext, metrics_endpoint
@@ -111,8 +111,10 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         *teams.routes,
         *home.routes(),  # last: the UI's assets are mounted at /
     ]
+    handlers = {**EXCEPTION_HANDLERS, quotas.QuotaExceeded: quotas.on_quota_exceeded}  # 429 with Retry-After
     app = Starlette(
-        routes=routes, middleware=[Middleware(RequestContext)], exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan
+        routes=routes, middleware=[Middleware(RequestContext)], exception_handlers=handlers, lifespan=lifespan
     )
     app.state.backend = backend
+    app.state.quotas = quotas.Quotas(settings)  # this replica's buckets (tests may swap in one with a fake clock)
     return app

@@ -3,8 +3,9 @@
 A request carries at most one credential:
 
 - ``Authorization: Bearer rs_<key_id>_<secret>``: an API key of one member of one
-  team, with that member's current role (looked up on every request, so a revoked
-  key or a removed member fails at once);
+  team, with that member's current role and the key's scope (checked on every request
+  against this replica's copy of keys and members, ``api/keyring.py``, kept current from
+  every replica's writes: a revoked key or a removed member fails within moments);
 - a report's share token (``X-Runstream-Share`` header or ``?share=``): read-only
   access to that report and to its project's data, until it expires or the report's
   links are revoked;
@@ -17,22 +18,29 @@ Access rules, one place for every endpoint:
 | need | anonymous | share link | viewer | member | admin |
 |---|---|---|---|---|---|
 | read a project | public only | its report's project | own team + public | same | same |
-| write (runs, files, rules, reports) | 401 | 401 | 403 | own team | own team |
+| ingest (write runs and files) | 401 | 401 | 403 | own team | own team |
+| write (rules, reports, run edits) | 401 | 401 | 403 | own team | own team |
 | administer a team (members, keys, visibility) | 401 | 401 | 403 | 403 | own team |
 
-Anything private that a caller cannot read is 404, never 403, so its existence
-does not leak.
+A key's scope caps its member's role (its rights are the smaller of the two):
+
+| scope | may |
+|---|---|
+| ``ingest`` | ingest only: the key a training job carries; it cannot read or change anything else |
+| ``read`` | read only (team resources: the GET endpoints) |
+| ``admin`` | all its member's role allows (the default, and what keys made before scopes are) |
+
+Each endpoint's scope is in its OpenAPI entry (``x-runstream-scope``). Anything private
+that a caller cannot read is 404, never 403, so its existence does not leak.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -43,15 +51,30 @@ from clickhouse_connect.driver.client import Client
 from starlette.requests import Request
 
 from runstream.api.errors import ApiError, not_found
+from runstream.api.keyring import keyring_of
 from runstream.api.requests import run_path
-from runstream.storage import accounts, runs
-from runstream.storage.accounts import Role
+from runstream.storage import runs
+from runstream.storage.accounts import Role, Scope
 
 T = TypeVar("T")
 
-Need = Literal["read", "write", "admin"]
+Need = Literal["read", "ingest", "write", "admin"]
 _RANK = {"viewer": 1, "member": 2, "admin": 3}
-_NEED_RANK = {"read": 1, "write": 2, "admin": 3}
+_NEED_RANK = {"read": 1, "ingest": 2, "write": 2, "admin": 3}
+#: What each key scope may need (the member's role decides the rest).
+_SCOPE_GRANTS: dict[str, frozenset[str]] = {
+    "admin": frozenset(_NEED_RANK),
+    "read": frozenset({"read"}),
+    "ingest": frozenset({"ingest"}),
+}
+#: What an endpoint's scope (``Access.scope``) admits, for the OpenAPI document and its checks.
+SCOPE_DESCRIPTIONS = {
+    "none": "no credential needed",
+    "any": "any credential, or none",
+    "read": "keys of scope read or admin (and share links, anonymous callers for public projects)",
+    "ingest": "keys of scope ingest or admin",
+    "admin": "keys of scope admin",
+}
 SHARE_HEADER = "X-Runstream-Share"
 MAX_SHARE_SECONDS = 365 * 24 * 3600
 
@@ -70,6 +93,7 @@ class Principal:
     team: str | None = None
     role: Role | None = None
     key_id: str | None = None
+    scope: Scope | None = None
     share: Share | None = None
     local_admin: bool = False
 
@@ -81,7 +105,8 @@ class Principal:
         if self.local_admin:
             return "local admin"
         if self.user:
-            return f"{self.user} ({self.role} of {self.team})"
+            scoped = "" if self.scope in (None, "admin") else f", with a {self.scope} key"
+            return f"{self.user} ({self.role} of {self.team}{scoped})"
         return "share link" if self.share else "anonymous"
 
 
@@ -141,9 +166,23 @@ async def authenticate(request: Request) -> Principal:
     cached = request.scope.get("state", {}).get("principal")
     if cached is not None:
         return cached
-    principal = await _authenticate(request)
+    try:
+        principal = await _authenticate(request)
+    except ApiError as exc:
+        if exc.status == 401:
+            _charge_failure(request)
+        raise
     request.scope.setdefault("state", {})["principal"] = principal
     return principal
+
+
+def _charge_failure(request: Request) -> None:
+    """A credential that does not work costs its client address a request: guessing keys (each
+    unknown key id costs a ClickHouse read) gets 429 like any other flood, not free 401s."""
+    from runstream.api import quotas  # quotas -> auth
+
+    if getattr(request.app.state, "quotas", None) is not None:
+        quotas.charge_failed_auth(request)
 
 
 async def _authenticate(request: Request) -> Principal:
@@ -154,7 +193,7 @@ async def _authenticate(request: Request) -> Principal:
         scheme, _, raw = header.partition(" ")
         if scheme.lower() != "bearer" or not raw.strip():
             raise ApiError(401, "send the API key as 'Authorization: Bearer <key>'")
-        owner = await backend.run(accounts.resolve_key, raw.strip())
+        owner = await keyring_of(backend).resolve(raw.strip())
         if owner is None:
             raise ApiError(
                 401,
@@ -162,7 +201,7 @@ async def _authenticate(request: Request) -> Principal:
                 "create a new one with `runstream keys create`",
                 code="invalid_api_key",
             )
-        return Principal(user=owner.user, team=owner.team, role=owner.role, key_id=owner.key_id)
+        return Principal(user=owner.user, team=owner.team, role=owner.role, key_id=owner.key_id, scope=owner.scope)
     if share_token:
         share, version = await open_share(backend, share_token)
         from runstream.storage import reports  # the report decides whether its links still hold
@@ -177,40 +216,95 @@ async def _authenticate(request: Request) -> Principal:
 
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
-_FORWARDING = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+#: Headers a proxy adds (or a client says it came through one): the request was relayed, or claims
+#: to be, so its peer is not the user. Any ``X-Forwarded-*`` header counts as well.
+_FORWARDING = (
+    "forwarded",
+    "via",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+)
+#: ``Sec-Fetch-Site`` of a request another page made: another site's, or another port or name of
+#: localhost (same-site, not same-origin), which is as foreign as any site.
+_FOREIGN_FETCH = ("cross-site", "same-site")
 
 
 def _is_loopback(request: Request) -> bool:
     """A request from this machine's own user: the socket's peer is loopback, and nothing says otherwise.
 
     The peer alone is not enough. A request relayed by a proxy on this machine carries
-    forwarding headers; a web page in the user's browser sends its own Origin (a
-    cross-site request) or a foreign Host (DNS rebinding). Those are not local.
+    forwarding headers. A web page in the user's browser shows itself by a foreign Host
+    (DNS rebinding), by an ``Origin`` other than this server's own (scheme, host and port as
+    the Host header names them: a page on another loopback port is another origin), or by
+    ``Sec-Fetch-Site: cross-site``/``same-site`` (a GET sends no Origin, but browsers send
+    this). Those are not local. The web UI this server serves is same-origin, and a tool
+    like curl sends none of these headers.
     """
     peer = request.client.host if request.client else ""
-    if peer not in _LOOPBACK or any(h in request.headers for h in _FORWARDING):
+    if peer not in _LOOPBACK:
         return False
-    if _hostname(request.headers.get("host", "")) not in _LOOPBACK:
+    if any(name in _FORWARDING or name.startswith("x-forwarded-") for name in request.headers):
+        return False
+    own = _origin(request.scope.get("scheme", "http"), request.headers.get("host", ""))
+    if own is None or own[1] not in _LOOPBACK:
+        return False
+    if request.headers.get("sec-fetch-site", "").strip().lower() in _FOREIGN_FETCH:
         return False
     origin = request.headers.get("origin")
-    return origin is None or _hostname(urlsplit(origin).netloc) in _LOOPBACK
+    if origin is None:
+        return True
+    sent = urlsplit(origin.strip())
+    return not sent.path and _origin(sent.scheme, sent.netloc) == own
 
 
-def _hostname(netloc: str) -> str:
-    """``host`` of ``host:port`` or ``[v6]:port``."""
-    if netloc.startswith("["):
-        return netloc[1:].partition("]")[0]
-    return netloc.rpartition(":")[0] if netloc.count(":") == 1 else netloc
+def _origin(scheme: str, netloc: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of ``scheme://netloc`` (``host:port`` or ``[v6]:port``), the default port
+    filled in; None for anything that is not an http(s) origin (``Origin: null`` included)."""
+    scheme = scheme.lower()
+    if scheme not in ("http", "https"):
+        return None
+    try:
+        parts = urlsplit(f"//{netloc}")
+        port = parts.port
+    except ValueError:  # a port that is not a number, a bad IPv6 literal
+        return None
+    if not parts.hostname or parts.username is not None or parts.password is not None:
+        return None
+    return scheme, parts.hostname, port or (443 if scheme == "https" else 80)
 
 
 # -- authorization ------------------------------------------------------------------------------
 
 
 def allows(principal: Principal, team: str, need: Need) -> bool:
-    """Whether an authenticated caller holds ``need`` in ``team`` (the rule every check below applies)."""
+    """Whether an authenticated caller holds ``need`` in ``team``: its role and its key's scope both allow it."""
     if principal.local_admin:
         return True
-    return principal.team == team and principal.role is not None and _RANK[principal.role] >= _NEED_RANK[need]
+    return (
+        principal.team == team
+        and principal.role is not None
+        and _RANK[principal.role] >= _NEED_RANK[need]
+        and _scope_allows(principal, need)
+    )
+
+
+def _scope_allows(principal: Principal, need: Need) -> bool:
+    return principal.scope is None or need in _SCOPE_GRANTS[principal.scope]
+
+
+def _scope_refusal(principal: Principal, need: Need) -> ApiError:
+    what = {"read": "only read", "ingest": "only write runs and files"}.get(principal.scope or "", "do this")
+    return ApiError(
+        403,
+        f"{principal.describe()} may not {need} here: a key of scope {principal.scope} may {what}; "
+        "use a key of scope admin (`runstream keys create --scope admin`)",
+        code="key_scope",
+    )
 
 
 async def require_project(request: Request, team: str, project: str, need: Need = "read") -> Principal:
@@ -218,7 +312,9 @@ async def require_project(request: Request, team: str, project: str, need: Need 
     principal = await authenticate(request)
     if allows(principal, team, need):
         return principal
-    if principal.team == team:  # a member whose role is too low
+    if principal.team == team:  # a member whose role (or key) is too low
+        if principal.role is not None and _RANK[principal.role] >= _NEED_RANK[need]:
+            raise _scope_refusal(principal, need)
         raise ApiError(
             403, f"{principal.describe()} may not {need} in team {team}; ask a team admin for a role that can"
         )
@@ -228,92 +324,110 @@ async def require_project(request: Request, team: str, project: str, need: Need 
         if need == "read":
             return principal
         raise ApiError(401, "a share link only reads; use an API key to change anything")
-    visibility = await request.app.state.backend.run(accounts.project_visibility, team, project)
+    visibility = await keyring_of(request.app.state.backend).visibility(team, project)
     if visibility != "public":
         raise not_found(f"project {team}/{project}")
     if need == "read":
+        if not _scope_allows(principal, "read"):
+            raise _scope_refusal(principal, "read")
         return principal
     raise ApiError(403, f"{principal.describe()} may only read the public project {team}/{project}")
 
 
-async def require_team(request: Request, team: str, need: Need = "read") -> Principal:
-    """For team resources (members, keys): its members read, admins change; others get 404 (or 401 when anonymous)."""
+async def require_team(request: Request, team: str, need: Need = "read", scope_need: Need | None = None) -> Principal:
+    """For team resources (members, keys): its members read, admins change; others get 404 (or 401 when anonymous).
+
+    ``scope_need``: what the key's scope must allow, when more than ``need`` (a key of scope read
+    may list keys, but not make one: that would give it more than its scope).
+    """
     principal = await authenticate(request)
-    if allows(principal, team, need):
+    scoped = scope_need or need
+    if allows(principal, team, need) and _scope_allows(principal, scoped):
         return principal
     if principal.team == team:
+        if principal.role is not None and _RANK[principal.role] >= _NEED_RANK[need]:
+            raise _scope_refusal(principal, scoped)
         raise ApiError(403, f"{principal.describe()} may not {need} team {team}; only its admins can")
     if principal.anonymous:
         raise ApiError(401, "team resources need an API key: send 'Authorization: Bearer <key>'")
     raise not_found(f"team {team}")
 
 
+async def still_allowed(request: Request, team: str, project: str, need: Need = "read") -> bool:
+    """Whether the request's credential still may ``need`` the project, checked afresh (for a long
+    answer such as an event stream: a key revoked, a member removed, a share link revoked since)."""
+    request.scope.setdefault("state", {}).pop("principal", None)
+    try:
+        await require_project(request, team, project, need)
+    except ApiError:
+        return False
+    return True
+
+
 # -- access, as endpoints declare it -----------------------------------------------------------------
+
+_SAFE_METHODS = ("GET", "HEAD")
 
 
 @dataclass(frozen=True)
 class Access:
     """Who may call an endpoint, checked before anything about the request is answered (``api/openapi.py``).
 
-    ``refusals`` are the statuses the check answers, for the endpoint's documentation.
+    ``refusals`` are the statuses the check answers, for the endpoint's documentation. ``scope``
+    is the key scope it needs (``SCOPE_DESCRIPTIONS``), ``unsafe_scope`` the one for methods other
+    than GET when that differs.
     """
 
     check: Callable[[Request], Awaitable[Principal]]
     refusals: tuple[int, ...]
+    scope: str = "admin"
+    unsafe_scope: str | None = None
+
+    def scope_for(self, method: str) -> str:
+        if self.unsafe_scope is None or method.upper() in _SAFE_METHODS:
+            return self.scope
+        return self.unsafe_scope
+
+
+#: The key scope that a need on a project asks for.
+_PROJECT_SCOPE = {"read": "read", "ingest": "ingest", "write": "admin", "admin": "admin"}
 
 
 def _project_access(need: Need) -> Access:
     async def check(request: Request) -> Principal:
         return await require_project(request, request.path_params["team"], request.path_params["project"], need)
 
-    return Access(check, (401, 404) if need == "read" else (401, 403, 404))
+    return Access(check, (401, 403, 404), _PROJECT_SCOPE[need])  # 403 on a read: a key of scope ingest
 
 
 def _team_access(need: Need) -> Access:
     async def check(request: Request) -> Principal:
-        return await require_team(request, request.path_params["team"], need)
+        scope_need: Need = need if request.method in _SAFE_METHODS else "admin"
+        return await require_team(request, request.path_params["team"], need, scope_need)
 
-    return Access(check, (401, 403, 404))
+    return Access(check, (401, 403, 404), "read" if need == "read" else "admin", unsafe_scope="admin")
+
+
+async def _reader(request: Request) -> Principal:
+    principal = await authenticate(request)
+    if not _scope_allows(principal, "read"):
+        raise _scope_refusal(principal, "read")
+    return principal
 
 
 #: The project in the path ({team}/{project}): read (public projects and share links too), write, administer.
 PROJECT_READ, PROJECT_WRITE, PROJECT_ADMIN = (_project_access(need) for need in ("read", "write", "admin"))
-#: The team in the path: its members read, admins change.
+#: The project in the path: write runs and files (keys of scope ingest too).
+PROJECT_INGEST = _project_access("ingest")
+#: The team in the path: its members read, admins change. Methods other than GET need a key of scope admin.
 TEAM_READ, TEAM_WRITE, TEAM_ADMIN = (_team_access(need) for need in ("read", "write", "admin"))
 #: Any caller, signed in or not; the endpoint decides with the principal.
-ANYONE = Access(authenticate, (401,))
+ANYONE = Access(authenticate, (401,), "any")
+#: Any caller that may read (not a key of scope ingest); the endpoint decides the rest.
+ANY_READER = Access(_reader, (401, 403), "read")
 
 
-# -- reads whose check overlaps the work -----------------------------------------------------
-
-
-async def read_project(request: Request, team: str, project: str, read: Callable[[Client], T]) -> T:
-    """``read`` in the thread pool once the caller may read the project.
-
-    In the plain order the check (``require_project``) comes first. A key that already read
-    this project on this replica (a dashboard's, request after request) gets the read started
-    beside its fresh check instead: the key lookup, a ClickHouse query of ~4 ms, hides behind
-    the read. The answer still waits for the check; a refusal wins over everything (and the key
-    is forgotten for the project), and the read's result is dropped. So a key never makes the
-    server read a project it has not been allowed to read. (The request's arguments were
-    checked before: ``endpoint(overlapped=True)``.)
-    """
-    backend = request.app.state.backend
-    reader = _reader(request, team, project)
-    if reader is None or reader not in backend.keys_read:
-        await require_project(request, team, project, "read")
-        if reader is not None:
-            _remember(backend.keys_read, reader)
-        return await backend.run(read)
-    check = _started(require_project(request, team, project, "read"))
-    _remember(backend.keys_read, reader)  # a busy dashboard's key stays remembered
-    reading = _started(backend.run(read))
-    try:
-        await _passed(check, backend.keys_read, reader)
-    except BaseException:
-        reading.cancel()  # its thread finishes the query; the result goes nowhere
-        raise
-    return await reading
+# -- reads -------------------------------------------------------------------------------------------
 
 
 async def read_run(request: Request, fn: Callable[..., T], *args: Any) -> T:
@@ -331,38 +445,3 @@ async def read_run(request: Request, fn: Callable[..., T], *args: Any) -> T:
     if not found:
         raise not_found(f"run {team}/{project}/{run_id}")
     return result
-
-
-_READERS_REMEMBERED = 10_000
-
-
-def _reader(request: Request, team: str, project: str) -> tuple[bytes, str, str] | None:
-    """(digest of the request's API key, team, project), or None without a key."""
-    scheme, _, raw = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not raw.strip():
-        return None
-    return hashlib.sha256(raw.strip().encode()).digest(), team, project
-
-
-def _remember(readers: OrderedDict[tuple[bytes, str, str], None], reader: tuple[bytes, str, str]) -> None:
-    readers[reader] = None
-    readers.move_to_end(reader)
-    while len(readers) > _READERS_REMEMBERED:
-        readers.popitem(last=False)
-
-
-async def _passed(
-    check: asyncio.Future[Principal], readers: OrderedDict[tuple[bytes, str, str], None], reader: tuple[bytes, str, str]
-) -> None:
-    try:
-        await check
-    except ApiError:  # refused: no more early reads for this key here (a client going away is no refusal)
-        readers.pop(reader, None)
-        raise
-
-
-def _started(work: Awaitable[T]) -> asyncio.Future[T]:
-    """``work`` running now; a failure nobody awaits (the request was answered) is dropped quietly."""
-    future = asyncio.ensure_future(work)
-    future.add_done_callback(lambda done: done.cancelled() or done.exception())
-    return future

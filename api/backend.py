@@ -1,7 +1,11 @@
 """What the API's handlers reach: storage, the event sink and the file store, held on ``app.state.backend``.
 
 Storage calls are blocking (clickhouse-connect), so handlers run them in the
-thread pool through ``Backend.run``. Events go to one sink:
+thread pool through ``Backend.run``. With the embedded engine each thread of the
+pool has a chdb client of its own: a chdb client runs one call at a time (a lock
+per connection handle), so one shared client would make a heavy query hold up
+every other request, health checks and ingest included. The engine itself runs
+the handles' queries side by side, outside the GIL. Events go to one sink:
 
 - cluster mode (``RUNSTREAM_KAFKA`` set): Kafka, answering once every record is
   acknowledged by the brokers (``runstream.kafka``'s producer, the SDK's too: acks=all, idempotent);
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -22,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from runstream.api.filestore import FileStore, LocalFileStore
+from runstream.api.keyring import Keyring
 from runstream.events import Event
 from runstream.kafka import start_producer
 from runstream.settings import Settings
@@ -166,12 +171,14 @@ class Backend:
         self.settings = settings
         self.local_admin = local_admin
         self._client = client
+        # Embedded engine: a client per thread for ``run`` (see the module's doc); the pipeline keeps ``client``.
+        self._per_thread = client is None and settings.clickhouse_dsn.startswith("chdb:")
+        self._local = threading.local()
         self.files = files or LocalFileStore(f"{settings.data_dir}/files")
         self.sink = sink or self._default_sink()
         self._share_secrets: list[bytes] | None = None
-        #: (key digest, team, project) of API keys that read a project here lately: ``auth.read_project``
-        #: starts their next read of it beside the key's check, never instead of it.
-        self.keys_read: OrderedDict[tuple[bytes, str, str], None] = OrderedDict()
+        #: Members, keys and project visibility in memory, for access checks (``api/keyring.py``).
+        self.keyring = Keyring(self)
         #: What rule webhooks may reach (checked when a rule is saved; the notifier checks again when posting).
         self.webhook_policy = WebhookPolicy(settings.webhook_allow)
 
@@ -189,13 +196,30 @@ class Backend:
     async def start(self) -> None:
         await run_in_threadpool(migrate_once, self.client)
         await self.sink.start()
+        await self.keyring.start()  # after the migrations: it loads the tables (retried on first use if it fails)
 
     async def stop(self) -> None:
+        await self.keyring.stop()
         await self.sink.stop()
 
+    def thread_client(self) -> Client:
+        """The client for the calling thread: its own with the embedded engine, else the shared one
+        (clickhouse-connect's HTTP client runs concurrent queries on a connection pool)."""
+        if not self._per_thread:
+            return self.client
+        client = getattr(self._local, "client", None)
+        if client is None:
+            self.client  # noqa: B018 - the shared client first: it creates the database
+            client = self._local.client = connect(self.settings.clickhouse_dsn)
+        return client
+
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(client, *args, **kwargs)`` in the thread pool."""
-        return await run_in_threadpool(fn, self.client, *args, **kwargs)
+        """``fn(client, *args, **kwargs)`` in the thread pool, on that thread's client."""
+
+        def call() -> T:
+            return fn(self.thread_client(), *args, **kwargs)
+
+        return await run_in_threadpool(call)
 
     async def share_secrets(self, refresh: bool = False) -> list[bytes]:
         """The keys of share links: sign with the first, accept any (``refresh`` re-reads them)."""

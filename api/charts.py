@@ -11,8 +11,7 @@ no Python loop per point or per run here, and megabytes of JSON do not hold up
 the event loop.
 
 The runs of a chart are ``run_ids``, or those matching ``filters`` (every run of
-the project when neither is sent). These reads start beside the check of a key
-that already read the project (``auth.read_project``).
+the project when neither is sent).
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runstream.api.auth import PROJECT_READ, read_project
+from runstream.api.auth import PROJECT_READ
+from runstream.api.backend import backend_of
 from runstream.api.openapi import Answer, endpoint
 from runstream.api.requests import PROJECT_PATH, project_path
 from runstream.api.responses import contract_numbers, json_response, render_json, rendered_json
@@ -132,7 +132,6 @@ class Chart(TypedDict):
     tags=["charts"],
     ok=Answer(Chart, "one entry per (run, metric) with data, by metric then run"),
     access=PROJECT_READ,
-    overlapped=True,
     refusals={400: "bad arguments or filter"},
 )
 async def post_series(request: Request, body: SeriesBody) -> Response:
@@ -162,7 +161,7 @@ async def post_series(request: Request, body: SeriesBody) -> Response:
             return render_json({**chart, "series": picked})
         return render_json(chart)
 
-    return rendered_json(await read_project(request, team, project, read))
+    return rendered_json(await backend_of(request).run(read))
 
 
 # -- bands -------------------------------------------------------------------------------------
@@ -229,7 +228,6 @@ def _label(values: dict[str, Any]) -> str:
     tags=["charts"],
     ok=Answer(Bands, "one entry per group with data"),
     access=PROJECT_READ,
-    overlapped=True,
     refusals={400: "bad arguments or filter"},
 )
 async def post_bands(request: Request, body: BandsBody) -> Response:
@@ -272,7 +270,7 @@ async def post_bands(request: Request, body: BandsBody) -> Response:
             ],
         }
 
-    return json_response(await read_project(request, team, project, read))
+    return json_response(await backend_of(request).run(read))
 
 
 # -- system metrics of many runs -----------------------------------------------------------------
@@ -346,7 +344,6 @@ class ProjectSystem(TypedDict):
         "start), null where a bucket has no finite value",
     ),
     access=PROJECT_READ,
-    overlapped=True,
     refusals={400: "bad arguments or filter"},
 )
 async def post_system(request: Request, body: SystemBody) -> Response:
@@ -377,7 +374,7 @@ async def post_system(request: Request, body: SystemBody) -> Response:
         found.sort(key=lambda s: (s["metric"], order[s["run_id"]]))
         return render_json({"points": points, "series": found})  # here, in the worker thread: NaN becomes null
 
-    return rendered_json(await read_project(request, team, project, read))
+    return rendered_json(await backend_of(request).run(read))
 
 
 routes = [

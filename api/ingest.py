@@ -21,13 +21,14 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from runstream.api.auth import ANYONE, PROJECT_READ, PROJECT_WRITE, Principal, require_project
+from runstream.api import quotas
+from runstream.api.auth import ANYONE, PROJECT_INGEST, PROJECT_READ, Principal, require_project
 from runstream.api.backend import Backend
 from runstream.api.errors import ApiError, not_found
 from runstream.api.filestore import BlobError
 from runstream.api.middleware import INGESTED, REJECTED
 from runstream.api.openapi import Answer, endpoint
-from runstream.api.requests import API, read_body
+from runstream.api.requests import API
 from runstream.api.responses import json_response
 from runstream.events import (
     ALERT,
@@ -93,6 +94,7 @@ class Accepted(TypedDict):
     tags=["ingest"],
     ok=Answer(Accepted, "every event is durable"),
     access=ANYONE,
+    scope="ingest",  # checked per project below: keys of scope ingest (training jobs) or admin
     body_content={"application/x-ndjson": {"schema": {"type": "string"}}},
     refusals={
         401: "no key, or a key that does not work",
@@ -100,6 +102,8 @@ class Accepted(TypedDict):
         404: "a project in the batch is not visible with this key",
         413: "the body or the batch is too large",
         422: "invalid events; details.errors lists each bad line and why; nothing was applied",
+        429: "over the key's or team's ingest quota (points/s, bytes/s); nothing was applied: resend the batch "
+        "after Retry-After seconds (the SDK does so by itself)",
         503: "the events could not be stored; retry",
     },
 )
@@ -109,9 +113,13 @@ async def post_events(request: Request, principal: Principal) -> Response:
     # Who is asking comes first: a caller without a key learns it needs one, not what is wrong with its batch.
     if principal.anonymous:
         raise ApiError(401, "ingest needs an API key: send 'Authorization: Bearer <key>'")
-    events, lines = parse_batch(await read_body(request, MAX_BATCH_BYTES))
+    subjects = await quotas.check_ingest(request, principal)  # told to wait: refused before the batch is read
+    body = await quotas.read_body(request, MAX_BATCH_BYTES)
+    quotas.charge_body(request, subjects, len(body))  # read is paid for, whatever the batch's outcome (422, 403...)
+    events, lines = parse_batch(body)
     for team, project in sorted({(e.team, e.project) for e in events}):
-        await require_project(request, team, project, "write")
+        await require_project(request, team, project, "ingest")
+    quotas.charge_points(request, subjects, events)  # over: 429, and nothing of the batch applied
     try:
         await backend.sink.send(events, lines)
     except Exception as exc:  # noqa: BLE001 - any sink failure: the client keeps the batch and retries
@@ -183,21 +191,27 @@ class Stored(TypedDict):
     summary="Upload a run file",
     tags=["files"],
     ok=Answer(Stored, "stored"),
-    access=PROJECT_WRITE,
+    access=PROJECT_INGEST,
     body_content={"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-    refusals={400: "the SHA-256 does not match, or a bad path", 413: "larger than the limit"},
+    refusals={
+        400: "the SHA-256 does not match, or a bad path",
+        409: "the path is taken by a folder, or passes through a file or a symbolic link",
+        413: "larger than the limit",
+    },
 )
 async def put_file(request: Request, query: FileQuery) -> Response:
     """Upload a run file or media blob, streamed to the file store and checked against its SHA-256."""
     team, project, run_id, store_key = _file_key(request)
     sha256 = query.sha256
     backend: Backend = request.app.state.backend
+    # Its bytes count against the ingest bytes/s quota: 429 up front when Content-Length does not fit.
+    chunks = quotas.metered(request, await quotas.subjects_of(request))
     try:
-        size = await backend.files.put(
-            f"{team}/{project}/{run_id}/{store_key}", request.stream(), sha256, MAX_FILE_BYTES
-        )
+        size = await backend.files.put(f"{team}/{project}/{run_id}/{store_key}", chunks, sha256, MAX_FILE_BYTES)
     except BlobError as exc:
         raise ApiError(exc.status, exc.message) from None
+    finally:
+        await chunks.aclose()  # charges what streamed in now, however the upload ended
     return json_response({"stored": store_key, "size": size, "sha256": sha256})
 
 

@@ -36,6 +36,9 @@ LATENCY = Histogram(
 )
 INGESTED = Counter("runstream_api_ingested_events", "Events accepted by the ingest endpoint", registry=REGISTRY)
 REJECTED = Counter("runstream_api_rejected_batches", "Ingest batches refused, by reason", ["reason"], registry=REGISTRY)
+QUOTA_REFUSED = Counter(
+    "runstream_api_quota_refusals", "Requests refused with 429, by the quota setting", ["limit"], registry=REGISTRY
+)
 
 
 class RequestContext:

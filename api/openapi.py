@@ -25,8 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.schemas import SchemaGenerator
 
-from runstream.api.auth import Access
-from runstream.api.errors import ApiError
+from runstream.api import quotas
+from runstream.api.auth import ANYONE, SCOPE_DESCRIPTIONS, Access
 from runstream.api.requests import MAX_JSON_BYTES, Declared, check_path, decode_body, decode_query
 from runstream.api.responses import json_response
 from runstream.names import NAME_PATTERN, RUN_ID_PATTERN, USER_PATTERN
@@ -55,6 +55,8 @@ REFUSALS: dict[int, str] = {
     409: "it conflicts with what exists",
     413: "the body is too large",
     422: "the request fits its declaration, but its content cannot be applied; the message says why",
+    429: "over a quota of this key, its team or this client; Retry-After says when to retry, and the message "
+    "which setting raises the quota",
     503: "a service it needs is unavailable; retry",
 }
 
@@ -82,6 +84,14 @@ class Operation:
     empty_body_ok: bool
     security: list[Any] | None
     parameters: tuple[Mapping[str, Any], ...] = field(default=())
+    access: Access | None = None
+    scope: str | None = None  # the key scope documented, when the handler checks more than ``access``
+
+    def scope_for(self, method: str) -> str:
+        """The key scope a request needs (``auth.SCOPE_DESCRIPTIONS``): what the document says."""
+        if self.scope is not None:
+            return self.scope
+        return self.access.scope_for(method) if self.access is not None else "none"
 
 
 def endpoint(
@@ -90,30 +100,31 @@ def endpoint(
     tags: Iterable[str],
     ok: Answer | Mapping[int, Answer],
     access: Access | None,
-    overlapped: bool = False,
     refusals: Mapping[int, str] | Iterable[int] = (),
     security: list[Any] | None = None,
     body_bytes: int = MAX_JSON_BYTES,
     empty_body_ok: bool = False,
     body_content: Mapping[str, Any] | None = None,
     parameters: Iterable[Mapping[str, Any]] = (),
+    scope: str | None = None,
 ) -> Callable[[Handler], Handler]:
     """Declare an endpoint: who may call it, what it takes, what it answers.
 
     Each request is checked in this order: ``access`` (None: anyone, unchecked), then
     the path's names (``check_path``) and the handler's ``query`` and ``body``
-    parameters are decoded, then the handler runs, given the access check's principal if it has a ``principal`` parameter. So
-    a caller who may not be here learns nothing about its request. An ``overlapped``
-    handler checks access itself, beside its read (``auth.read_project``); a request
-    that does not fit is then refused only once the check has passed.
+    parameters are decoded, then the handler runs, given the access check's principal if it has a
+    ``principal`` parameter. So a caller who may not be here learns nothing about its request.
 
     ``refusals`` are statuses (described by ``REFUSALS``) or status -> description;
     the access check's statuses are added, 400 for a declared query or body, 413
     for a body. ``empty_body_ok``: an empty body is ``{}`` (every field's default).
     ``security=[]`` for an endpoint anyone may call; ``body_content``
     documents a body the handler reads itself; ``parameters`` documents
-    parameters the handler reads itself.
+    parameters the handler reads itself. ``scope`` documents the key scope the handler
+    requires itself, when ``access`` admits more (``ANYONE`` with a check inside).
     """
+    if scope is not None and scope not in SCOPE_DESCRIPTIONS:
+        raise ValueError(f"scope must be one of {', '.join(SCOPE_DESCRIPTIONS)}")
     answers = dict(ok) if isinstance(ok, Mapping) else {200: ok}
     said = dict(refusals) if isinstance(refusals, Mapping) else {status: REFUSALS[status] for status in refusals}
 
@@ -129,6 +140,10 @@ def endpoint(
             refused.setdefault(400, REFUSALS[400])
         if body or body_content:
             refused.setdefault(413, REFUSALS[413])
+        # Requests to a project or team count against queries/s (ingest, under ANYONE, counts points instead).
+        counted = access is not None and access is not ANYONE
+        if counted:
+            refused.setdefault(429, REFUSALS[429])
         operation = Operation(
             summary,
             tuple(tags),
@@ -141,29 +156,28 @@ def endpoint(
             empty_body_ok,
             security,
             tuple(parameters),
+            access,
+            scope,
         )
 
         wants_principal = "principal" in names
-        if wants_principal and (access is None or overlapped):
-            raise TypeError(f"{handler.__name__} takes the principal: declare an access check that is not overlapped")
+        if wants_principal and access is None:
+            raise TypeError(f"{handler.__name__} takes the principal: declare an access check")
 
         @functools.wraps(handler)
         async def checked(request: Request) -> Response:
             given: dict[str, Any] = {}
-            if access is not None and not overlapped:
+            if access is not None:
                 principal = await access.check(request)
                 if wants_principal:
                     given["principal"] = principal
-            try:
-                check_path(request)
-                if query is not None:
-                    given["query"] = decode_query(request, query)
-                if body is not None:
-                    given["body"] = await decode_body(request, body, body_bytes, empty_body_ok)
-            except ApiError:
-                if access is not None and overlapped:
-                    await access.check(request)  # a refusal is the answer, not what is wrong with the request
-                raise
+                if counted:
+                    await quotas.charge_query(request, principal)
+            check_path(request)
+            if query is not None:
+                given["query"] = decode_query(request, query)
+            if body is not None:
+                given["body"] = await decode_body(request, body, body_bytes, empty_body_ok)
             return await handler(request, **given)
 
         checked.__operation__ = operation  # type: ignore[attr-defined]
@@ -181,6 +195,11 @@ PATH_SCHEMAS = {
     "user": {"type": "string", "pattern": USER_PATTERN},
 }
 _REF = "#/components/schemas/{name}"
+_RETRY_AFTER = {
+    "description": "whole seconds to wait before retrying",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+}
 _ROUTES = SchemaGenerator({})  # only for walking the routes (mounts, path converters)
 _HEAD = {
     "openapi": "3.1.0",
@@ -216,7 +235,7 @@ def document(routes: list[Any]) -> dict[str, Any]:
     query_types = {d.kind.__name__ for _, _, op in declared if (d := op.query) is not None}
     paths: dict[str, dict[str, Any]] = {}
     for path, method, operation in declared:
-        paths.setdefault(path, {})[method] = _operation(path, operation, schema_of, components)
+        paths.setdefault(path, {})[method] = _operation(path, method, operation, schema_of, components)
     used = _referenced({"paths": paths, "components": {k: v for k, v in components.items() if k not in query_types}})
     return {
         **_HEAD,
@@ -229,11 +248,13 @@ def document(routes: list[Any]) -> dict[str, Any]:
 
 
 def _operation(
-    path: str, operation: Operation, schema_of: dict[int, Any], components: dict[str, Any]
+    path: str, method: str, operation: Operation, schema_of: dict[int, Any], components: dict[str, Any]
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"summary": operation.summary, "tags": list(operation.tags)}
-    if operation.description:
-        out["description"] = operation.description
+    scope = operation.scope_for(method)
+    said = f"Key scope: {scope} ({SCOPE_DESCRIPTIONS[scope]})."
+    out["description"] = f"{operation.description}\n\n{said}" if operation.description else said
+    out["x-runstream-scope"] = scope
     if operation.security is not None:
         out["security"] = operation.security
     parameters = [
@@ -275,6 +296,8 @@ def _operation(
             "description": description,
             "content": {"application/json": {"schema": schema_of[id(Error)]}},
         }
+        if status == 429:
+            responses[str(status)]["headers"] = {"Retry-After": _RETRY_AFTER}
     out["responses"] = responses
     return out
 

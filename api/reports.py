@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from runstream.api import audit
 from runstream.api.auth import MAX_SHARE_SECONDS, PROJECT_READ, PROJECT_WRITE, Principal, open_share, sign_share
 from runstream.api.backend import backend_of
 from runstream.api.errors import ApiError, not_found
@@ -247,12 +248,13 @@ async def patch_report(request: Request, body: ReportEdit) -> Response:
     access=PROJECT_WRITE,
     refusals={404: "no such report, or not visible"},
 )
-async def delete_report(request: Request) -> Response:
+async def delete_report(request: Request, principal: Principal) -> Response:
     """Delete a report; its share links stop working."""
     team, project = project_path(request)
     report_id = request.path_params["report_id"]
     if not await backend_of(request).run(reports.delete_report, team, project, report_id):
         raise not_found(f"report {report_id} in {team}/{project}")
+    await audit.record(request, principal, team, "report.delete", f"{project}/{report_id}")
     return Response(status_code=204)
 
 
@@ -271,7 +273,7 @@ async def delete_report(request: Request) -> Response:
         404: "no such report, or not visible",
     },
 )
-async def create_share(request: Request, body: NewShare) -> Response:
+async def create_share(request: Request, body: NewShare, principal: Principal) -> Response:
     """A read-only link to the report and its project's data, valid for ``expires_in_s`` (default 7 days,
     at most a year)."""
     team, project = project_path(request)
@@ -280,6 +282,8 @@ async def create_share(request: Request, body: NewShare) -> Response:
     expires_at = int(time.time()) + body.expires_in_s
     secret = (await backend_of(request).share_secrets())[0]
     token = sign_share(secret, team, project, report_id, report["share_version"], expires_at)
+    details = {"expires_at": expires_at, "share_version": report["share_version"]}
+    await audit.record(request, principal, team, "share.create", f"{project}/{report_id}", details)
     return json_response({"token": token, "url": f"/share/{token}", "expires_at": expires_at}, status_code=201)
 
 
@@ -290,13 +294,15 @@ async def create_share(request: Request, body: NewShare) -> Response:
     access=PROJECT_WRITE,
     refusals={404: "no such report, or not visible"},
 )
-async def revoke_shares(request: Request) -> Response:
+async def revoke_shares(request: Request, principal: Principal) -> Response:
     """Revoke every share link of the report made so far (new ones can be made after)."""
     team, project = project_path(request)
     report_id = request.path_params["report_id"]
     report = await backend_of(request).run(reports.revoke_shares, team, project, report_id)
     if report is None:
         raise not_found(f"report {report_id} in {team}/{project}")
+    details = {"share_version": report["share_version"]}
+    await audit.record(request, principal, team, "share.revoke", f"{project}/{report_id}", details)
     return json_response(report)
 
 

@@ -25,8 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runstream.api.auth import PROJECT_READ, PROJECT_WRITE, read_project, read_run
-from runstream.api.backend import Backend
+from runstream.api.auth import PROJECT_READ, PROJECT_WRITE, read_run
+from runstream.api.backend import Backend, backend_of
 from runstream.api.errors import ApiError, not_found
 from runstream.api.ingest import publish_edit
 from runstream.api.openapi import Answer, endpoint
@@ -102,7 +102,6 @@ class RunsPage(TypedDict):
     tags=["runs"],
     ok=Answer(RunsPage, "a page; next_cursor is null on the last"),
     access=PROJECT_READ,
-    overlapped=True,
     refusals={400: "a bad filter, order, limit, cursor or field"},
 )
 async def list_runs(request: Request, query: RunsQuery) -> Response:
@@ -116,7 +115,7 @@ async def list_runs(request: Request, query: RunsQuery) -> Response:
         order, cursor = query.order or "-created_at", query.cursor or None
         return runs.search_runs(client, team, project, query.filters, order, query.limit, cursor, maps)
 
-    page = await read_project(request, team, project, search)
+    page = await backend_of(request).run(search)
     found = [public_run(team, project, r) for r in page["runs"]]
     if fields is not None:
         kept = {"team", "project", "id", *fields}

@@ -3,10 +3,13 @@
 Teams are created by ``runstream keys create`` on the server (or, on the embedded
 server, by its local admin through ``POST /teams``); from then on a team's admins
 manage it here. A team always keeps one admin: removing or demoting the last one
-is refused. Keys are shown whole once, when created; listings never carry a
-secret or its hash. Project visibility follows ``runstream.api.auth``'s table:
-a private project is 404 to everyone outside its team, and a team, project or user
-name that none can have is 400 for a caller who may be there.
+is refused (``storage.accounts.LastAdminError``, also when two admins demote each
+other at once). Every change of keys, members, roles and visibility is recorded in
+the team's audit log (``storage.audit``), which its admins read here. Keys are
+shown whole once, when created; listings never carry a secret or its hash. Project
+visibility follows ``runstream.api.auth``'s table: a private project is 404 to
+everyone outside its team, and a team, project or user name that none can have is
+400 for a caller who may be there.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from runstream.api import audit as audit_entries
 from runstream.api.auth import (
+    ANY_READER,
     ANYONE,
     PROJECT_ADMIN,
     PROJECT_READ,
@@ -38,8 +43,8 @@ from runstream.api.requests import API, project_path
 from runstream.api.responses import json_response
 from runstream.api.schemas import Time
 from runstream.names import NAME_PATTERN, NAME_RULE, USER_PATTERN, USER_RULE
-from runstream.storage import accounts
-from runstream.storage.accounts import MAX_DESCRIPTION, MAX_DISPLAY_NAME, MAX_KEY_NAME, Role
+from runstream.storage import accounts, audit
+from runstream.storage.accounts import MAX_DESCRIPTION, MAX_DISPLAY_NAME, MAX_KEY_NAME, Role, Scope
 
 Visibility = Literal[accounts.VISIBILITIES]  # type: ignore[valid-type]
 VisibilityField = Annotated[Visibility, Meta(extra={"error": "visibility must be 'private' or 'public'"})]
@@ -62,6 +67,7 @@ class Whoami(TypedDict):
     team: str | None
     role: Role | None
     key_id: str | None
+    scope: Annotated[Scope | None, Meta(description="the key's scope; null without a key")]
     local_admin: bool
     share: Annotated[ShareGrant | None, Meta(description="what a share link grants; null for anything else")]
 
@@ -94,6 +100,7 @@ class ApiKey(TypedDict):
     team: str
     user: str
     name: str
+    scope: Scope
     created_at: Time
     revoked_at: Time | None
 
@@ -109,7 +116,38 @@ class CreatedApiKey(TypedDict):
     team: str
     user: str
     name: str
+    scope: Scope
     created_at: Time
+
+
+class AuditActor(TypedDict):
+    kind: Annotated[
+        Literal["key", "local_admin", "cli", "anonymous"],
+        Meta(description="an API key, the embedded server's local admin, or `runstream keys` on the server"),
+    ]
+    user: Annotated[str | None, Meta(description="the key's user; for the CLI, the OS account")]
+    key_id: str | None
+
+
+class AuditEntry(TypedDict):
+    id: str
+    team: str
+    at: Time
+    action: audit.Action
+    actor: AuditActor
+    client_ip: Annotated[str | None, Meta(description="the connection's peer address")]
+    forwarded_for: Annotated[
+        str | None, Meta(description="what a proxy's X-Forwarded-For or Forwarded header claimed, unverified")
+    ]
+    user_agent: str | None
+    target: Annotated[str, Meta(description="what the action changed: a user, key id, project or project/id")]
+    details: dict[str, Any]
+
+
+class AuditPage(TypedDict):
+    team: str
+    entries: list[AuditEntry]
+    next_cursor: Annotated[str | None, Meta(description="null on the last page")]
 
 
 class Project(TypedDict):
@@ -155,6 +193,10 @@ async def _team(request: Request, principal: Principal) -> str:
     return team
 
 
+def _last_admin(exc: accounts.LastAdminError) -> ApiError:
+    return ApiError(409, str(exc.args[0]), code="last_admin")
+
+
 def _is_admin(principal: Principal) -> bool:
     return principal.local_admin or principal.role == "admin"
 
@@ -193,6 +235,7 @@ async def whoami(request: Request, principal: Principal) -> Response:
             "team": principal.team,
             "role": principal.role,
             "key_id": principal.key_id,
+            "scope": principal.scope,
             "local_admin": principal.local_admin,
             "share": None
             if share is None
@@ -210,7 +253,7 @@ async def whoami(request: Request, principal: Principal) -> Response:
     summary="List teams",
     tags=["teams"],
     ok=Answer(Teams, "the teams, with the caller's role in each"),
-    access=ANYONE,
+    access=ANY_READER,
     refusals={401: NO_KEY},
 )
 async def list_teams(request: Request, principal: Principal) -> Response:
@@ -236,11 +279,12 @@ class NewTeam(msgspec.Struct, forbid_unknown_fields=True):
     access=LOCAL_ADMIN,
     refusals={401: NO_KEY, 403: "only the local admin creates teams through the API", 409: "the team exists"},
 )
-async def create_team(request: Request, body: NewTeam) -> Response:
+async def create_team(request: Request, body: NewTeam, principal: Principal) -> Response:
     """Create a team. Only the embedded server's local admin may; otherwise use ``runstream keys create``."""
     backend = backend_of(request)
     if not await backend.run(accounts.ensure_team, body.team, body.display_name):
         raise ApiError(409, f"team {body.team} exists already", code="exists")
+    await audit_entries.record(request, principal, body.team, "team.create", body.team)
     created = await backend.run(accounts.get_team, body.team)
     assert created is not None  # a write is visible to the next read (storage.versioned)
     return json_response({**created, "role": "admin"}, status_code=201)
@@ -289,20 +333,18 @@ async def put_member(request: Request, body: MemberRole, principal: Principal) -
     team = await _team(request, principal)
     user = request.path_params["user"]
     backend = backend_of(request)
-    current = await backend.run(accounts.member_role, team, user)
-    if (
-        current is not None
-        and current["role"] == "admin"
-        and body.role != "admin"
-        and await backend.run(accounts.admin_count, team) <= 1
-    ):
-        raise ApiError(
-            409, f"{user} is the last admin of team {team}; make another member admin first", code="last_admin"
-        )
-    await backend.run(accounts.set_member, team, user, body.role)
+    try:
+        changed = await backend.run(accounts.set_member, team, user, body.role)
+    except accounts.LastAdminError as exc:
+        raise _last_admin(exc) from None
+    previous = changed["previous"]
+    if previous is None:
+        await audit_entries.record(request, principal, team, "member.add", user, {"role": body.role})
+    elif previous != body.role:
+        await audit_entries.record(request, principal, team, "member.role", user, {"from": previous, "to": body.role})
     row = await backend.run(accounts.member_role, team, user)
     assert row is not None  # a write is visible to the next read (storage.versioned)
-    return json_response(_member(team, user, row), status_code=200 if current is not None else 201)
+    return json_response(_member(team, user, row), status_code=200 if previous is not None else 201)
 
 
 @endpoint(
@@ -325,11 +367,15 @@ async def delete_member(request: Request, principal: Principal) -> Response:
     current = await backend.run(accounts.member_role, team, user)
     if current is None:
         raise not_found(f"member {user[:200]!r} of team {team}")
-    if current["role"] == "admin" and await backend.run(accounts.admin_count, team) <= 1:
-        raise ApiError(
-            409, f"{user} is the last admin of team {team}; make another member admin first", code="last_admin"
-        )
-    await backend.run(accounts.remove_member, team, user)
+    live = [k["key_id"] for k in await backend.run(accounts.list_keys, team, user) if k["revoked_at"] is None]
+    try:
+        removed = await backend.run(accounts.remove_member, team, user)
+    except accounts.LastAdminError as exc:
+        raise _last_admin(exc) from None
+    if not removed:  # removed by another request in between
+        raise not_found(f"member {user[:200]!r} of team {team}")
+    details = {"role": current["role"], "revoked_keys": live}
+    await audit_entries.record(request, principal, team, "member.remove", user, details)
     return json_response(_member(team, user, current))
 
 
@@ -363,6 +409,14 @@ class NewKey(msgspec.Struct, forbid_unknown_fields=True):
         ]
         | UnsetType
     ) = UNSET
+    scope: Annotated[
+        Scope,
+        Meta(
+            description="what the key may do at most (its member's role still caps it): ingest writes runs and "
+            "files only, read only reads, admin all the role allows",
+            extra={"error": f"scope must be one of {', '.join(accounts.SCOPES)}"},
+        ),
+    ] = "admin"
 
 
 @endpoint(
@@ -396,11 +450,22 @@ async def create_key(request: Request, body: NewKey, principal: Principal) -> Re
             f"{user} is not a member of team {team}; add them first with PUT /api/v1/teams/{team}/members/{user}",
             code="not_a_member",
         )
-    key_id, key = await backend.run(accounts.create_key, team, user, body.name)
+    key_id, key = await backend.run(accounts.create_key, team, user, body.name, body.scope)
+    await audit_entries.record(
+        request, principal, team, "key.create", key_id, {"user": user, "name": body.name, "scope": body.scope}
+    )
     row = await backend.run(accounts.get_key, key_id)
     assert row is not None  # a write is visible to the next read (storage.versioned)
     return json_response(
-        {"key_id": key_id, "key": key, "team": team, "user": user, "name": body.name, "created_at": row["created_at"]},
+        {
+            "key_id": key_id,
+            "key": key,
+            "team": team,
+            "user": user,
+            "name": body.name,
+            "scope": body.scope,
+            "created_at": row["created_at"],
+        },
         status_code=201,
     )
 
@@ -422,8 +487,48 @@ async def revoke_key(request: Request, principal: Principal) -> Response:
         raise not_found(f"key {key_id[:200]!r} of team {team}")
     if row["user"] != principal.user and not _is_admin(principal):
         raise ApiError(403, f"{principal.describe()} may revoke only their own keys; ask a team admin")
-    await backend.run(accounts.revoke_key, key_id)
+    if await backend.run(accounts.revoke_key, key_id):  # revoking a revoked key again changes nothing
+        await audit_entries.record(request, principal, team, "key.revoke", key_id, {"user": row["user"]})
     return json_response(await backend.run(accounts.get_key, key_id))
+
+
+# -- audit log ----------------------------------------------------------------------------------------------
+
+
+class AuditQuery(msgspec.Struct, forbid_unknown_fields=True):
+    action: (
+        Annotated[
+            audit.Action,
+            Meta(
+                description="only entries of this action",
+                extra={"error": f"action must be one of {', '.join(audit.ACTIONS)}"},
+            ),
+        ]
+        | None
+    ) = None
+    limit: Annotated[int, Meta(ge=1, le=audit.MAX_LIMIT)] = audit.DEFAULT_LIMIT
+    cursor: Annotated[str, Meta(max_length=64, description="next_cursor of the previous page")] | None = None
+
+
+@endpoint(
+    summary="Read the audit log",
+    tags=["teams"],
+    ok=Answer(AuditPage, "a page of entries, newest first; next_cursor is null on the last"),
+    access=TEAM_ADMIN,
+    refusals={
+        400: "a bad action, limit or cursor",
+        401: NO_KEY,
+        403: "only the team's admins read its audit log",
+        404: "no such team, or not this key's",
+    },
+)
+async def list_audit(request: Request, query: AuditQuery, principal: Principal) -> Response:
+    """The team's audit log, newest first: who (key and user, the local admin, or the CLI) created or
+    revoked keys, added, removed or changed members, changed a project's visibility, deleted things or
+    made share links, when, and from where. Entries are only ever appended; nothing changes or removes one."""
+    team = await _team(request, principal)
+    page = await backend_of(request).run(audit.list_entries, team, query.action, query.limit, query.cursor)
+    return json_response({"team": team, **page})
 
 
 # -- projects -----------------------------------------------------------------------------------------------
@@ -440,7 +545,7 @@ class ProjectsQuery(msgspec.Struct, forbid_unknown_fields=True):
     summary="List projects",
     tags=["projects"],
     ok=Answer(Projects, "the projects, by team and name"),
-    access=ANYONE,
+    access=ANY_READER,
     refusals={401: "a key or share link was sent that does not work"},
 )
 async def list_projects(request: Request, query: ProjectsQuery, principal: Principal) -> Response:
@@ -490,11 +595,14 @@ async def create_project(request: Request, body: NewProject, principal: Principa
             "and ask an admin to change its visibility",
         )
     backend = backend_of(request)
-    if principal.local_admin:  # the embedded server's owner: the team comes into being with its first project
-        await backend.run(accounts.ensure_team, team)
+    # The embedded server's owner: the team comes into being with its first project.
+    if principal.local_admin and await backend.run(accounts.ensure_team, team):
+        await audit_entries.record(request, principal, team, "team.create", team)
     if await backend.run(accounts.get_project, team, body.name) is not None:
         raise ApiError(409, f"project {team}/{body.name} exists already; change it with PATCH", code="exists")
     row = await backend.run(accounts.upsert_project, team, body.name, body.visibility, body.description)
+    details = {"visibility": body.visibility}
+    await audit_entries.record(request, principal, team, "project.create", body.name, details)
     return json_response(_project(row), status_code=201)
 
 
@@ -536,11 +644,12 @@ class ProjectEdit(msgspec.Struct, forbid_unknown_fields=True):
         404: "no such project, or not visible to the caller",
     },
 )
-async def patch_project(request: Request, body: ProjectEdit) -> Response:
+async def patch_project(request: Request, body: ProjectEdit, principal: Principal) -> Response:
     """Change a project's visibility or description (team admins)."""
     team, project = project_path(request)
     backend = backend_of(request)
-    if await backend.run(accounts.get_project, team, project) is None:
+    before = await backend.run(accounts.get_project, team, project)
+    if before is None:
         raise not_found(f"project {team}/{project}")
     row = await backend.run(
         accounts.upsert_project,
@@ -549,6 +658,9 @@ async def patch_project(request: Request, body: ProjectEdit) -> Response:
         None if body.visibility is UNSET else body.visibility,
         None if body.description is UNSET else body.description,
     )
+    if row["visibility"] != before["visibility"]:
+        details = {"from": before["visibility"], "to": row["visibility"]}
+        await audit_entries.record(request, principal, team, "project.visibility", project, details)
     return json_response(_project(row))
 
 
@@ -562,6 +674,7 @@ routes = [
     Route(f"{API}/teams/{{team}}/keys", list_keys, methods=["GET"]),
     Route(f"{API}/teams/{{team}}/keys", create_key, methods=["POST"]),
     Route(f"{API}/teams/{{team}}/keys/{{key_id}}", revoke_key, methods=["DELETE"]),
+    Route(f"{API}/teams/{{team}}/audit", list_audit, methods=["GET"]),
     Route(f"{API}/projects", list_projects, methods=["GET"]),
     Route(f"{API}/projects/{{team}}", create_project, methods=["POST"]),
     Route(f"{API}/projects/{{team}}/{{project}}", get_project, methods=["GET"]),

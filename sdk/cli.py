@@ -12,6 +12,7 @@ import getpass
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runstream.settings import Settings
@@ -54,14 +55,13 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _topics_create(args: argparse.Namespace, settings: Settings) -> int:
-    from runstream.events import TOPICS
-    from runstream.streams.topics import count_brokers, create_topics, plan_replication, with_partitions
+    from runstream.streams.topics import ALL_TOPICS, count_brokers, create_topics, plan_replication, with_partitions
 
     bootstrap = args.bootstrap or settings.kafka
     if not bootstrap:
         print("error: no Kafka to talk to: pass --bootstrap host:port or set RUNSTREAM_KAFKA", file=sys.stderr)
         return 2
-    topics = with_partitions(TOPICS, args.partitions)
+    topics = with_partitions(ALL_TOPICS, args.partitions)
     # Checked against the brokers up now, before anything is created (ValueError: main prints it).
     replication = plan_replication(
         asyncio.run(count_brokers(bootstrap)), args.replication_factor, args.min_insync_replicas
@@ -108,26 +108,104 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _sync(args: argparse.Namespace, settings: Settings) -> int:
-    from runstream.sync import sync
+    from runstream.sync import all_run_dirs, find_run_dirs, sync
 
-    results = sync(
-        args.paths,
-        url=args.url,
-        api_key=settings.key_for(args.url or settings.url),
-        progress=not args.quiet,
-        files_url=args.files_url or settings.files_url,
-    )
+    paths = args.paths or (["."] if not args.all else [])
+    run_dirs = all_run_dirs(paths) if args.all else list(find_run_dirs(paths))
+    if args.all:  # only the runs with something to send; a running one sends its own
+        from runstream.spool import inspect
+
+        running = [d for d in run_dirs if inspect(d / "spool", quick=True).live]
+        for run_dir in running:
+            print(f"{run_dir}: running (its process sends it)")
+        run_dirs = [d for d in run_dirs if d not in running and _has_unsent(d, args.quarantined)]
+    results = []
+    for run_dir in run_dirs:  # each run's own server's key, unless --api-key says
+        api_key = args.api_key
+        if api_key is None:
+            api_key = settings.key_for(args.url or _run_url(run_dir) or settings.url)
+        results += sync(
+            [],
+            url=args.url,
+            api_key=api_key,
+            progress=not args.quiet,
+            files_url=args.files_url or settings.files_url,
+            quarantined_too=args.quarantined,
+            run_dirs=[run_dir],
+        )
     if not results:
-        print(f"no runs found in {', '.join(args.paths)}", file=sys.stderr)
+        if args.all:
+            print("nothing unsent on this machine")
+            return 0
+        print(f"no runs found in {', '.join(paths)}", file=sys.stderr)
         return 1
     failed = 0
     for result in results:
+        notes = []
+        if result.quarantined:
+            notes.append(
+                f"{result.quarantined} refused for good, set aside in {Path(result.run_dir) / 'quarantine'} "
+                "(runstream sync --quarantined retries them)"
+            )
+        if result.damaged_bytes:
+            notes.append(f"{result.damaged_bytes} damaged bytes of the spool skipped (not whole records)")
+        if args.quarantined:
+            notes.append(f"{result.retried} quarantined events sent")
+            notes += [f"still refused: {r}" for r in result.still_refused]
+        tail = f" ({'; '.join(notes)})" if notes else ""
         if result.skipped:
             failed += 1
-            print(f"{result.run_dir}: skipped: {result.skipped}", file=sys.stderr)
+            print(f"{result.run_dir}: skipped: {result.skipped}{tail}", file=sys.stderr)
         else:
-            print(f"{result.run_dir}: sent {result.sent} events")
+            print(f"{result.run_dir}: sent {result.sent} events{tail}")
     return 1 if failed else 0
+
+
+def _has_unsent(run_dir: Path, quarantined_too: bool) -> bool:
+    from runstream.spool import QUARANTINE_DIR, inspect, quarantined
+
+    pending = inspect(run_dir / "spool", quick=True).events  # whether, not how many
+    return bool(pending or (quarantined_too and quarantined(run_dir / QUARANTINE_DIR)))
+
+
+def _run_url(run_dir: Path) -> str:
+    """The URL a run logged to, from its run.json ("" when unknown)."""
+    from runstream.resume import RECORD_FILE, read_json
+
+    return str(read_json(run_dir / RECORD_FILE).get("url") or "")
+
+
+def _unsent(args: argparse.Namespace) -> list[str]:
+    """`runstream status`: this machine's runs with something unsent or quarantined, one line each."""
+    from runstream.spool import QUARANTINE_DIR, inspect, quarantined
+    from runstream.sync import all_run_dirs
+
+    lines = []
+    for run_dir in all_run_dirs():
+        pending = inspect(run_dir / "spool")
+        batches = quarantined(run_dir / QUARANTINE_DIR)
+        if not pending.events and not batches:
+            continue
+        what = []
+        if pending.events:
+            what.append(f"{pending.events} events ({_size(pending.bytes)}) unsent")
+        if batches:
+            events = sum(int(meta.get("events") or 0) for _, meta in batches)
+            what.append(
+                f"{len(batches)} quarantined batches ({events} events: {batches[-1][1].get('reason', '')[:120]})"
+            )
+        if pending.live:
+            what.append("running")
+        lines.append(f"  {run_dir}  {', '.join(what)}")
+    return lines
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
 
 
 def _accounts_client(args: argparse.Namespace, settings: Settings) -> Client:
@@ -155,29 +233,74 @@ def _accounts_client(args: argparse.Namespace, settings: Settings) -> Client:
     return client
 
 
-def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
+def _told_to_api(settings: Settings, client: Client) -> Callable[[], None]:
+    """Collect the member and key changes written through ``client``; the returned function sends them
+    to the API replicas (cluster mode: the accounts topic, ``api/keyring.py``), so a revoked key stops
+    working on every replica at once rather than at their next reload from ClickHouse (within a minute)."""
     from runstream.storage import accounts
 
+    changes: list[dict] = []
+    stop = accounts.listen(client, changes.append)
+
+    def send() -> None:
+        stop()
+        if not settings.kafka or not changes:
+            return
+        from runstream.api.keyring import publish_changes
+
+        try:
+            asyncio.run(publish_changes(settings.kafka, changes))
+        except Exception as exc:  # noqa: BLE001 - the change is stored; replicas pick it up when they reload
+            print(
+                f"warning: could not tell the API replicas through Kafka ({type(exc).__name__}: {exc}); "
+                "they apply the change when they next reload keys, within a minute",
+                file=sys.stderr,
+            )
+
+    return send
+
+
+def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
     client = _accounts_client(args, settings)
+    told = _told_to_api(settings, client)
+    try:
+        return _create_key(args, client)
+    finally:
+        told()
+
+
+def _create_key(args: argparse.Namespace, client: Client) -> int:
+    from runstream.storage import accounts, audit
+
     accounts.check_name("team", args.team)
     accounts.check_user(args.user)
+    actor = audit.cli_actor()  # the CLI's changes are in the team's audit log as the API's are
     new_team = accounts.ensure_team(client, args.team)
+    if new_team:
+        audit.record(client, args.team, "team.create", actor, args.team)
     current = accounts.member_role(client, args.team, args.user)
     # The first member of a new team administers it; an existing member keeps their role unless --role says.
     role: accounts.Role = args.role or (current["role"] if current else "admin" if new_team else "member")
     if current is None or current["role"] != role:
-        if current is not None and current["role"] == "admin" and accounts.admin_count(client, args.team) <= 1:
-            print(
-                f"error: {args.user} is the last admin of team {args.team}; make another member admin first "
-                f"(runstream keys create --team {args.team} --user OTHER --role admin)",
-                file=sys.stderr,
-            )
+        try:
+            accounts.set_member(client, args.team, args.user, role)
+        except accounts.LastAdminError as exc:
+            print(f"error: {exc} (runstream keys create --team {args.team} --user OTHER --role admin)", file=sys.stderr)
             return 1
-        accounts.set_member(client, args.team, args.user, role)
-    key_id, key = accounts.create_key(client, args.team, args.user, args.name or "")
+        change = {"role": role} if current is None else {"from": current["role"], "to": role}
+        audit.record(client, args.team, "member.add" if current is None else "member.role", actor, args.user, change)
+    key_id, key = accounts.create_key(client, args.team, args.user, args.name or "", args.scope)
+    audit.record(
+        client,
+        args.team,
+        "key.create",
+        actor,
+        key_id,
+        {"user": args.user, "name": args.name or "", "scope": args.scope},
+    )
     if new_team:
         print(f"created team {args.team}")
-    print(f"created key {key_id} for {args.user} ({role} of team {args.team}):")
+    print(f"created key {key_id} of scope {args.scope} for {args.user} ({role} of team {args.team}):")
     print(f"  {key}")
     print("This is the only time the key is shown. Set it where the SDK or runstream.Api runs:")
     print(f"  export RUNSTREAM_API_KEY={key}")
@@ -205,19 +328,28 @@ def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
         return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
     keys = accounts.list_keys(client, args.team)
-    print(f"{'KEY_ID':14}{'USER':24}{'ROLE':9}{'CREATED':22}{'REVOKED':22}NAME")
+    print(f"{'KEY_ID':14}{'USER':24}{'ROLE':9}{'SCOPE':8}{'CREATED':22}{'REVOKED':22}NAME")
     for k in keys:
         role = roles.get(k["user"], "-")
-        print(f"{k['key_id']:14}{k['user']:24}{role:9}{when(k['created_at']):22}{when(k['revoked_at']):22}{k['name']}")
+        created, revoked = when(k["created_at"]), when(k["revoked_at"])
+        print(f"{k['key_id']:14}{k['user']:24}{role:9}{k['scope']:8}{created:22}{revoked:22}{k['name']}")
     if not keys:
         print(f"(team {args.team} has no keys)")
     return 0
 
 
 def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    from runstream.storage import accounts
-
     client = _accounts_client(args, settings)
+    told = _told_to_api(settings, client)
+    try:
+        return _revoke_key(args, client)
+    finally:
+        told()
+
+
+def _revoke_key(args: argparse.Namespace, client: Client) -> int:
+    from runstream.storage import accounts, audit
+
     key = accounts.get_key(client, args.key_id)
     if key is None:
         print(
@@ -228,6 +360,7 @@ def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     if not accounts.revoke_key(client, args.key_id):
         print(f"key {args.key_id} of {key['user']} (team {key['team']}) was already revoked")
         return 0
+    audit.record(client, key["team"], "key.revoke", audit.cli_actor(), args.key_id, {"user": key["user"]})
     print(f"revoked key {args.key_id} of {key['user']} (team {key['team']}); it no longer works")
     return 0
 
@@ -281,6 +414,13 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     print(f"server:  {settings.url}")
     key = settings.key_for(settings.url)
     print(f"key:     {'set' if key else 'none'}   (config file: {config_path()})")
+    unsent = _unsent(args)
+    if unsent:
+        print(f"unsent on this machine ({len(unsent)} runs; `runstream sync --all` sends them):")
+        print("\n".join(unsent))
+    else:
+        print("unsent:  nothing (every run on this machine was delivered)")
+    sys.stdout.flush()
     try:
         api = Api(url=settings.url, api_key=key)
         health = api._request("GET", "/health")
@@ -336,8 +476,21 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("sync", help="send what runs left in their spools (offline runs, crashes, outages)")
     p.add_argument(
-        "paths", nargs="*", default=["."], help="run directories, or folders holding runstream-runs/ (default: .)"
+        "paths", nargs="*", help="run directories, or folders holding runstream-runs/ (default: ., or none with --all)"
     )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="every run on this machine with something unsent (the registry of unsent runs, ./runstream-runs, "
+        "RUNSTREAM_DIR), besides PATHS",
+    )
+    p.add_argument(
+        "--quarantined",
+        action="store_true",
+        help="also send again the batches the server refused for good (after a server upgrade, say); "
+        "what goes through leaves the quarantine",
+    )
+    p.add_argument("--api-key", help="the API key to send with (default: each run's server's key from the settings)")
     p.add_argument("--url", help="where to send: http(s)://server or kafka://host:port (default: each run's own URL)")
     p.add_argument(
         "--files-url", help="where blobs go, http(s)://server (default: each run's own, or --url when it is http)"
@@ -401,6 +554,13 @@ def _parser() -> argparse.ArgumentParser:
         "an existing member keeps theirs)",
     )
     p.add_argument("--name", default="", help="a label for the key, e.g. where it is used")
+    p.add_argument(
+        "--scope",
+        choices=["ingest", "read", "admin"],
+        default="admin",
+        help="what the key may do at most (its member's role still caps it): ingest writes runs and files "
+        "only (for training jobs), read only reads, admin all the role allows (default)",
+    )
     p.add_argument("--dsn", help="ClickHouse DSN (default: RUNSTREAM_CLICKHOUSE_DSN)")
     p.set_defaults(run=_keys_create)
     p = key_commands.add_parser("list", help="list a team's keys (never their secrets)")
@@ -430,7 +590,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="the API key (asked for when not given; empty for none)")
     p.set_defaults(run=_login)
 
-    p = commands.add_parser("status", help="which server the SDK talks to, its health, who you are there")
+    p = commands.add_parser(
+        "status", help="which server the SDK talks to, its health, who you are there, and what this machine has unsent"
+    )
     p.set_defaults(run=_status)
 
     p = commands.add_parser("export", help="download a project's metric history as Parquet, Arrow or CSV")

@@ -9,7 +9,10 @@ Every event is one JSON object (encoded with orjson) with the same envelope:
 run's events, across all topics, a larger number than the one before (an
 unsigned 64-bit integer: the session's start time in the high 32 bits, a counter
 below, so a resumed run keeps increasing), so a resend, a replay or a duplicate
-delivery can be recognised and changes nothing downstream.
+delivery can be recognised and changes nothing downstream. A seq whose session
+start lies more than ``MAX_SEQ_AHEAD_S`` past the clock is refused: it would make
+every later event of its run look old. ``data`` nests at most ``MAX_DATA_DEPTH``
+levels, so whatever passes here can be stored.
 
 ``data`` is specific to the type (see ``_PAYLOAD_CHECKS``). High-volume payloads
 (metrics, system samples, console lines) are columnar: parallel arrays, many
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeGuard, overload
@@ -230,6 +234,14 @@ def validate(obj: Any) -> Event:
     seq = obj.get("seq")
     if type(seq) is not int or seq < 0:
         raise InvalidEvent(f"seq must be a non-negative integer, got {seq!r}")
+    if seq > max_seq():
+        # A later event must get a larger seq: one from the far future would make every later event
+        # of the run look like a replay, so it is refused here rather than freezing the run.
+        raise InvalidEvent(
+            f"seq {seq} is too large: the SDK's seqs are the session's start time (Unix seconds) shifted left "
+            f"32 bits plus a counter, and this one starts more than {MAX_SEQ_AHEAD_S // 3600} hours after "
+            "this machine's clock; check the sender's clock, or number events from 0"
+        )
     ts = obj.get("ts")
     if not _is_time(ts):
         raise InvalidEvent(f"ts must be a Unix time in seconds (a finite number >= 0), got {ts!r}")
@@ -240,7 +252,47 @@ def validate(obj: Any) -> Event:
         check(data)
     except InvalidEvent as exc:
         raise InvalidEvent(f"{etype}: {exc.reason}") from None
+    # After the type's check: the columns it passed hold only numbers and strings, so they need no look.
+    columns = _COLUMNS_OF.get(etype, ())
+    rest = {k: v for k, v in data.items() if k not in columns} if columns else data
+    if not within_depth(rest, MAX_DATA_DEPTH):
+        raise InvalidEvent(f"{etype}: data nests more than {MAX_DATA_DEPTH} levels of objects and arrays")
     return Event(type=etype, team=team, project=project, run_id=run_id, seq=seq, ts=float(ts), data=data)
+
+
+#: How deep ``data`` may nest (objects and arrays), whatever the event type: storage and JSON encoders
+#: recurse and stop at a few hundred levels, so deeper data could never be stored.
+MAX_DATA_DEPTH = 64
+#: How far ahead of this machine's clock a seq's session start (its high 32 bits) may be: room for clock
+#: skew, while a seq from further ahead could hold its run's later events off for no longer than this.
+MAX_SEQ_AHEAD_S = 86400
+
+
+def max_seq(now: float | None = None) -> int:
+    """The largest seq an event may have now (``sdk/run.py`` starts a session's seqs at ``time << 32``)."""
+    return (int(time.time() if now is None else now) + MAX_SEQ_AHEAD_S) << 32 | 0xFFFFFFFF
+
+
+def within_depth(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests at most ``limit`` levels of dicts and lists (a loop: no recursion to overflow)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        children = node.values() if isinstance(node, dict) else node
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return True
+
+
+#: The columns of the columnar types: their checks pass only numbers and strings (``values``: name -> column).
+_COLUMNS_OF = {
+    METRICS: ("step", "time", "values"),
+    SYSTEM: ("time", "values"),
+    CONSOLE: ("time", "stream", "line"),
+}
 
 
 _ENVELOPE_KEYS = frozenset({"v", "type", "team", "project", "run_id", "seq", "ts", "data"})

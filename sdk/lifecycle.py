@@ -13,8 +13,8 @@ the last one started. How a process ends its unfinished runs (docs/sdk.md has th
 | gets SIGKILL, ``os._exit``, loses power           | crashed (by the server, after its crash timeout) | none |
 
 Each path but the last finishes every unfinished run, all at once: each sends what is left,
-waiting at most ``finish_timeout`` s; what it could not send stays in the run's spool for
-``runstream sync``.
+waiting at most ``finish_timeout`` s; what it could not send stays in the run's spool, and the
+next run on this machine that logs to the same server sends it (or ``runstream sync --all``).
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def init(
     run_id = run_id or _new_run_id()
     run_dir = existing or _new_run_dir(root, run_id)
     try:
-        run = _new_run(team, project, run_id, name, run_dir, run_settings, mode, previous, meta)
+        run = _new_run_when_free(team, project, run_id, name, run_dir, run_settings, mode, previous, meta)
     except SpoolLocked:
         if not (auto and id is None):
             raise Error(
@@ -245,12 +245,39 @@ def init(
         Run._guarded("resume file", lambda: resuming.remember_for_auto_resume(root, run_id))
     Run._guarded("latest-run link", lambda: _link_latest(root, run_dir))
     run._start(_start_data(run))
+    Run._guarded("unsent runs", lambda: _leftovers(run, root, run_dir))
     if run_settings.git:
         Run._guarded("git", lambda: _save_git_patch(run))
     Run._guarded("requirements", lambda: _save_requirements(run))
     _install_hooks()
     _publish(run)
     return run
+
+
+def _new_run_when_free(*args: Any) -> Run:
+    """``_new_run``; when a background resend of this run's leftovers (another run's ``init()``) holds the
+    spool, ask it to give way (``wanted``: it stops after the request it is in) and wait while the resending
+    process lives, ``RESUME_WAIT`` s at most (one HTTP request's timeout and a margin)."""
+    from runstream.sync import RESUME_WAIT, WANTED, resending
+
+    spool_dir: Path = args[4] / "spool"
+    deadline = time.monotonic() + RESUME_WAIT
+    want = spool_dir / WANTED
+    asked = False
+    try:
+        while True:
+            try:
+                return _new_run(*args)
+            except SpoolLocked:
+                if time.monotonic() > deadline or not resending(spool_dir):
+                    raise
+                if not asked:
+                    want.write_text(f"{os.getpid()}\n")
+                    asked = True
+                time.sleep(0.05)
+    finally:
+        if asked:  # only ours: another init() may be waiting too
+            want.unlink(missing_ok=True)
 
 
 def _new_run(
@@ -378,6 +405,19 @@ def _start_data(run: Run) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001
             log.warning("runstream: git information unavailable: %s", exc)
     return data
+
+
+def _leftovers(run: Run, root: Path, run_dir: Path) -> None:
+    """This run enters the registry of runs with something unsent (it leaves when all is acknowledged),
+    and what earlier runs left for the same server is offered again, in the background."""
+    from runstream import sync
+
+    try:
+        sync.remember(run_dir)
+    except OSError as exc:  # a read-only config directory: `runstream sync DIR` still finds the run
+        log.debug("runstream: cannot remember %s among the unsent runs: %s", run_dir, exc)
+    if run.mode == "online":
+        sync.resend_leftovers(run.settings.url, run.settings.api_key, [root.parent], skip=[run_dir])
 
 
 def _link_latest(root: Path, run_dir: Path) -> None:

@@ -56,8 +56,12 @@ class Previous:
 def write_json(path: Path, value: dict[str, Any]) -> None:
     """Replace ``path`` atomically: a crash leaves the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(value))
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(orjson.dumps(value))
+        os.replace(tmp, path)
+    except OSError:  # a full disk: the old file stays whole, and no partial copy is left beside it
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from runstream.config import Config
 from runstream.resume import RECORD_FILE, read_progress, write_json
 from runstream.run_settings import RunSettings
 from runstream.sender import FinishResult, RunIdentity, Sender, file_event_data
-from runstream.spool import Spool
+from runstream.spool import Spool, this_host
 from runstream.summary import Summary, make_definition
 from runstream.transport import open_transport, open_uploader
 from runstream.values import flatten, to_scalar
@@ -229,7 +229,7 @@ class Run:
         """run.json: what this machine knows of the run, for ``runstream sync`` and for a resume."""
         settings = self.settings
         record = {"team": self.entity, "project": self.project, "run_id": self.id, "name": self._name,
-                  "url": settings.url, "files_url": settings.files_url, "mode": self.mode,
+                  "url": settings.url, "files_url": settings.files_url, "mode": self.mode, "host": _HOST,
                   "config": self.config.as_dict(), **self._meta}  # fmt: skip
         try:
             write_json(self._run_dir / RECORD_FILE, record)
@@ -620,12 +620,26 @@ class Run:
             self.on_finish(self, self._exit_code)
 
     def _report_unsent(self, result: FinishResult) -> None:
-        if self.mode == "online" and result.unacked_events:
-            print(
-                f"runstream: {result.unacked_events} events were not acknowledged by {self.settings.url} "
-                f"within {self.settings.finish_timeout:g} s; they are kept in {self.dir} — send them with: runstream sync {self.dir}",
-                file=sys.__stderr__,
-            )
+        """Say what ``finish()`` could not deliver, as it is: sent and not yet answered, or never sent (and why);
+        set aside by the server; lost to a full disk. Leftovers are sent by the next run on this machine."""
+        if self.mode == "online" and not result.unacked_events and not result.quarantined_events:
+            try:
+                from runstream.spool import QUARANTINE_DIR
+                from runstream.sync import forget
+
+                # Nothing left (decided from the result: no spool read on the training thread): this run leaves
+                # the registry of unsent runs, unless an earlier session of it left something quarantined.
+                if not any((self._run_dir / QUARANTINE_DIR).glob("batch-*.json")):
+                    forget(self._run_dir)
+            except Exception:  # noqa: BLE001 - bookkeeping only
+                pass
+        for line in unsent_lines(result, self.settings.url, self.settings.finish_timeout, self.dir, self.mode):
+            print(line, file=sys.__stderr__)
+
+    @property
+    def dropped_events(self) -> int:
+        """Events the SDK could not keep because the disk was full (they are lost; the run went on)."""
+        return self._sender.dropped_events
 
     def __enter__(self) -> Run:
         return self
@@ -649,6 +663,54 @@ class Run:
 
 
 _now = time.time
+#: This machine's name in run.json: only runs started here are resent in the background (``sync.leftovers``).
+_HOST = this_host()
+
+
+def unsent_lines(result: FinishResult, url: str, bound: float, run_dir: str, mode: str) -> list[str]:
+    """What ``finish()`` says of what it did not deliver (nothing when everything was)."""
+    lines = []
+    if mode == "online" and result.unacked_events:
+        later = (
+            f"they are kept in {run_dir}; the next run on this machine that logs to {url} sends them by itself "
+            "(or now: runstream sync --all)"
+        )
+        if result.refused:
+            what, how = ("key", "--api-key KEY") if result.refused_key else ("address", "--url URL")
+            lines.append(
+                f"runstream: {result.unacked_events} events were not sent: {result.refused}. They are kept in "
+                f"{run_dir}: send them with the right {what}: runstream sync {how} {run_dir}"
+            )
+        elif result.unsent_events == 0 and result.answered:
+            lines.append(
+                f"runstream: the last {result.in_flight_events} events were sent to {url} but its answer had not "
+                f"come within {bound:g} s; they have most likely arrived, and {later} (a resend is harmless)"
+            )
+        elif result.unsent_events == 0:  # nothing of this process reached the server: maybe not even a connection
+            lines.append(
+                f"runstream: the last {result.in_flight_events} events were sent to {url}, no answer yet within "
+                f"{bound:g} s; {later} (a resend is harmless)"
+            )
+        else:
+            why = f" ({result.last_error})" if result.last_error else ""
+            sent = (
+                f" ({result.in_flight_events} more were sent and not yet answered)" if result.in_flight_events else ""
+            )
+            lines.append(
+                f"runstream: {result.unsent_events} events were not sent to {url} within {bound:g} s{why}{sent}; "
+                f"{later}"
+            )
+    if result.quarantined_events:
+        lines.append(
+            f"runstream: {result.quarantined_events} events were refused by the server for good and set aside in "
+            f"{result.quarantine_dir} (with its reasons); retry them with: runstream sync --quarantined {run_dir}"
+        )
+    if result.dropped_events:
+        lines.append(
+            f"runstream: {result.dropped_events} events could not be kept (the disk was full) and are lost; "
+            "everything else was kept"
+        )
+    return lines
 
 
 def _to_numpy(tensor: Any) -> Any:

@@ -12,7 +12,11 @@ keeps its own queues, spool and sequence numbers and has two tasks on that loop:
 - **pump**: reads the spool from the acknowledged cursor, sends through the
   transport, and moves the cursor once the transport acknowledged. A failed send
   is retried with backoff while drain keeps spooling, so memory stays bounded
-  by one drain's worth of rows and the training loop never waits.
+  by one drain's worth of rows and the training loop never waits: as a 429's
+  Retry-After says, slowly for a refused key (said once), and never for records
+  the server refuses for good (422, 413...): ``deliver`` narrows a refused batch
+  down to them, they go to the run's quarantine (``spool.write_quarantine``) and
+  the cursor moves past them (docs/sdk.md has the table).
 
 The tasks of different runs interleave on the loop: a run whose server or broker is
 slow or gone waits in its own pump (sends are awaited, blocking calls run off the loop)
@@ -31,7 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +45,9 @@ from runstream import events
 from runstream.events import encode_value
 from runstream.media import MediaFile
 from runstream.resume import PROGRESS_FILE, write_json
-from runstream.spool import Spool
+from runstream.spool import MAX_HELD_BYTES, QUARANTINE_DIR, Cursor, Spool, write_quarantine
 from runstream.summary import MetricStats
-from runstream.transport import HttpTransport, KafkaTransport, Records, Transport
+from runstream.transport import HttpTransport, KafkaTransport, Records, Transport, TransportError, key_hint
 
 log = logging.getLogger("runstream")
 
@@ -58,6 +62,9 @@ CLOSE_GRACE = 5.0
 #: Bounds of one request that carries several runs' batches (the API takes 16 MiB and 10,000 events).
 MAX_SHARED_BYTES = 8 << 20
 MAX_SHARED_EVENTS = 5_000
+#: Backoff (s) after a failed send: from the first, doubling to the last. A refused key is retried slowly.
+BACKOFF = (0.2, 5.0)
+REFUSED_BACKOFF = (5.0, 60.0)
 
 Row = tuple[int, float, dict[str, Any]]
 
@@ -75,12 +82,33 @@ class RunIdentity:
 
 @dataclass(frozen=True)
 class FinishResult:
-    """What ``finish()`` could deliver within its bound; the rest stays in the spool for ``runstream sync``."""
+    """What ``finish()`` could deliver within its bound; the rest stays in the spool, and the next run
+    on this machine that logs to the same server sends it (or ``runstream sync --all``).
+
+    ``unacked_events`` = ``in_flight_events`` (handed to the transport, no answer yet when the bound ran
+    out: they may or may not have arrived; ``answered`` says whether this server answered a request of
+    this process before) + ``unsent_events`` (never sent: the server was unreachable, slow to take
+    them, asked to wait, or refused the key, as ``refused``/``last_error`` say)."""
 
     acked_events: int
     unacked_events: int
     points: int
     spool_dir: str
+    in_flight_events: int = 0
+    unsent_events: int = 0
+    #: Events the server refused for good this session, moved to ``quarantine_dir`` (``runstream sync --quarantined``).
+    quarantined_events: int = 0
+    quarantine_dir: str = ""
+    #: Events the SDK could not keep (the disk was full): lost.
+    dropped_events: int = 0
+    #: Non-empty when the server refused the key (401/403) or the address: which server, which key, why.
+    refused: str = ""
+    #: ``refused`` blames the key (401/403/407), not the address.
+    refused_key: bool = False
+    #: The last send failure, when the last send failed ("" when it succeeded).
+    last_error: str = ""
+    #: A request to this server succeeded earlier in this process (so in-flight events have most likely arrived).
+    answered: bool = False
 
     def __getitem__(self, key: str) -> Any:  # dict-like access, e.g. result["unacked_events"]
         return getattr(self, key)
@@ -190,6 +218,9 @@ def _console_payload(batch: list[tuple[float, str, str]]) -> dict[str, Any]:
     return {"time": [b[0] for b in batch], "stream": [b[1] for b in batch], "line": [b[2] for b in batch]}
 
 
+Waiting = tuple[Records, "asyncio.Future[None]", "Callable[[], None] | None"]
+
+
 class SharedIngest:
     """The HTTP sends of every run of the process to one server, with one key, on the sender's loop.
 
@@ -202,30 +233,36 @@ class SharedIngest:
 
     def __init__(self, transport: HttpTransport) -> None:
         self.transport = transport
-        self._waiting: list[tuple[Records, asyncio.Future[None]]] = []
+        self._waiting: list[Waiting] = []
         self._busy = False
         self._task: asyncio.Future[None] | None = None  # the requests going out now (a reference keeps it alive)
+        #: A 429's Retry-After: no request to this server before this (loop time).
+        self.not_before = 0.0
 
-    async def send(self, records: Records, key: bytes) -> None:
-        """Returns once the server acknowledged ``records``; raises as ``HttpTransport.send``."""
+    async def send(self, records: Records, key: bytes, on_wire: Callable[[], None] | None = None) -> None:
+        """Returns once the server acknowledged ``records``; raises as ``HttpTransport.send``.
+        ``on_wire`` is called when the records go out in a request (until then they only wait)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((records, done))
+        self._waiting.append((records, done, on_wire))
         if not self._busy:
             self._busy = True
             self._task = asyncio.ensure_future(self._send_waiting())
         await done  # cancelled (a finish bound ran out): the request may still go; a resend is harmless
 
     async def _send_waiting(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._waiting:
+                if self.not_before > loop.time():  # the server asked to wait (429 Retry-After)
+                    await asyncio.sleep(self.not_before - loop.time())
                 await self._send_together(self._take())
         finally:
             self._busy = False
 
-    def _take(self) -> list[tuple[Records, asyncio.Future[None]]]:
+    def _take(self) -> list[Waiting]:
         """The waiting batches for one request, oldest first, within its bounds (the first always)."""
         self._waiting = [w for w in self._waiting if not w[1].done()]
-        taken: list[tuple[Records, asyncio.Future[None]]] = []
+        taken: list[Waiting] = []
         size = count = 0
         while self._waiting:
             records = self._waiting[0][0]
@@ -236,18 +273,27 @@ class SharedIngest:
             taken.append(self._waiting.pop(0))
         return taken
 
-    async def _send_together(self, parts: list[tuple[Records, asyncio.Future[None]]]) -> None:
+    async def _send_together(self, parts: list[Waiting]) -> None:
         if not parts:
             return
+        for _, _, on_wire in parts:
+            if on_wire is not None:
+                on_wire()
         try:
-            await self.transport.send([r for records, _ in parts for r in records], b"")
+            await self.transport.send([r for records, _, _ in parts for r in records], b"")
         except Exception as exc:  # noqa: BLE001 - handed to the runs' pumps
+            if isinstance(exc, TransportError) and exc.retry_after is not None and exc.status in (429, 503):
+                # (retry_after is clamped by the transport: never a tight loop, never parked for hours)
+                self.not_before = max(self.not_before, asyncio.get_running_loop().time() + exc.retry_after)
+                for _, done, _ in parts:  # every run waits as asked, each told so
+                    _settle(done, exc)
+                return
             if len(parts) == 1:
                 _settle(parts[0][1], exc)
             else:
                 await asyncio.gather(*(self._send_together([part]) for part in parts))
             return
-        for _, done in parts:
+        for _, done, _ in parts:
             _settle(done, None)
 
 
@@ -258,6 +304,37 @@ def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
         done.set_result(None)
     else:
         done.set_exception(error)
+
+
+#: A run's send: (records, key, on_wire) where ``on_wire()`` is called as the records go out.
+Send = Callable[..., Awaitable[None]]
+
+
+def announced(send: Callable[[Records, bytes], Awaitable[None]]) -> Send:
+    """``send`` with an ``on_wire`` callback, called as it starts (it sends at once)."""
+
+    async def send_announced(records: Records, key: bytes, on_wire: Callable[[], None] | None = None) -> None:
+        if on_wire is not None:
+            on_wire()
+        await send(records, key)
+
+    return send_announced
+
+
+#: What this process has said about a server or key (said once, whichever run met it first; never reset:
+#: a long process that meets the same refusal again later says nothing new).
+_said: set[tuple[str, ...]] = set()
+#: Servers (URLs) that acknowledged a request of this process: events in flight to them have most likely arrived.
+_answered: set[str] = set()
+_said_lock = threading.Lock()
+
+
+def say_once(key: tuple[str, ...], message: str) -> None:
+    with _said_lock:
+        if key in _said:
+            return
+        _said.add(key)
+    log.warning("%s", message)
 
 
 class _Hub:
@@ -272,15 +349,15 @@ class _Hub:
         self.thread = threading.Thread(target=self._main, name=THREAD_NAME, daemon=True)
         self.thread.start()
 
-    def send_for(self, transport: Transport) -> Callable[[Records, bytes], Awaitable[None]]:
+    def send_for(self, transport: Transport) -> Send:
         """How a run sends through ``transport``: HTTP sends to one server share requests; Kafka sends to
         the same brokers share one producer, which batches by itself (1,000 runs, one set of connections)."""
         if isinstance(transport, KafkaTransport):
             if transport.bootstrap not in self._producers:
                 self._producers[transport.bootstrap] = KafkaTransport(f"kafka://{transport.bootstrap}")
-            return self._producers[transport.bootstrap].send
+            return self._producers[transport.bootstrap].send  # calls on_wire once its producer is up
         if not isinstance(transport, HttpTransport):
-            return transport.send
+            return announced(transport.send)
         key = (transport.base, transport.api_key)
         if key not in self._ingests:
             self._ingests[key] = SharedIngest(transport)
@@ -390,6 +467,19 @@ class Sender:
         self.points = 0
         self.acked_events = 0
         self._reported: set[str] = set()
+        self._in_flight = 0  # records of the batch in a request now (sent, not yet answered)
+        self._retry_now = asyncio.Event()  # finishing: a transient failure's backoff ends early (on the hub's loop)
+        self._retried_at_finish = False
+        self._damage_reported = 0
+        self.quarantined_events = 0
+        self.refused = ""  # the server refused the key (or the address): why, for finish()
+        self.refused_key = False  # ... and it blamed the key (401/403/407)
+        self.last_error = ""  # the last send failure ("" once a send succeeded)
+        self._url = _url_of(transport)
+        self._set_aside: set[bytes] = set()  # quarantined records not yet behind the acked cursor
+        self._pump_task: asyncio.Task | None = None
+        self._pump_stopped = threading.Event()  # no pump, or it has ended: the spool may close
+        self._pump_stopped.set()
 
     # -- called from any thread --------------------------------------------------------
     def put(self, etype: str, data: dict[str, Any], ts: float | None = None) -> bool:
@@ -444,13 +534,52 @@ class Sender:
         sender to stop; close the spool. Never hangs."""
         if self._hub is not None:
             self._done.wait(max(0.0, self._deadline - time.monotonic()) + CLOSE_GRACE)
+            self._stop_pump()
         else:
             self.drain()
-        pending = self._count_unacked()
         with self._lock:
             self._closed = True
+            self.spool.flush()  # what a full disk held back, if it has room now
+            dropped_before = self.spool.dropped_events
+            pending = self.spool.count()
             self.spool.close()  # releases the spool's lock: `runstream sync` may take it from here
-        return FinishResult(self.acked_events, pending, self.points, str(self.spool.dir))
+            dropped = self.spool.dropped_events
+        if dropped > dropped_before or (dropped and "disk" not in self._reported):
+            self._report_disk()
+        in_flight = min(self._in_flight, pending)
+        quarantine = self.spool.dir.parent / QUARANTINE_DIR
+        return FinishResult(
+            self.acked_events,
+            pending,
+            self.points,
+            str(self.spool.dir),
+            in_flight_events=in_flight,
+            unsent_events=pending - in_flight,
+            quarantined_events=self.quarantined_events,
+            quarantine_dir=str(quarantine) if self.quarantined_events else "",
+            dropped_events=dropped,
+            refused=self.refused,
+            refused_key=self.refused_key,
+            last_error=self.last_error,
+            answered=self._url in _answered,
+        )
+
+    def _stop_pump(self) -> None:
+        """The sender did not stop in time (a slow periodic call, a slow close): cancel the pump before the
+        spool closes, so nothing reads or acknowledges a spool another process (a sync) may hold next."""
+        hub, task = self._hub, self._pump_task
+        if self._pump_stopped.is_set() or hub is None or task is None:
+            return
+        try:
+            hub.loop.call_soon_threadsafe(task.cancel)
+        except RuntimeError:  # the loop has closed: the pump is gone with it
+            return
+        self._pump_stopped.wait(1.0)
+
+    @property
+    def dropped_events(self) -> int:
+        """Events the SDK could not keep (the disk was full)."""
+        return self.spool.dropped_events
 
     # -- on the sender thread ---------------------------------------------------------
     async def _drive(self) -> None:
@@ -466,7 +595,10 @@ class Sender:
 
     async def _main(self) -> None:
         data_ready, idle = asyncio.Event(), asyncio.Event()
-        pump = asyncio.create_task(self._pump(self.transport, data_ready, idle)) if self.transport else None
+        pump = None
+        if self.transport is not None:
+            self._pump_stopped.clear()
+            pump = self._pump_task = asyncio.create_task(self._pump(self.transport, data_ready, idle))
         self._last_heartbeat = time.monotonic()  # run_start says the run is alive
         periodic: dict[int, asyncio.Future] = {}  # what each periodic call is doing now
         while not self._stopping:
@@ -482,6 +614,7 @@ class Sender:
             data_ready.set()
         await asyncio.gather(*periodic.values(), return_exceptions=True)  # e.g. a file being copied
         self._safe_drain()
+        self._retry_now.set()  # a pump waiting out a transient failure tries once more now
         if pump is not None:
             idle.clear()
             data_ready.set()
@@ -494,31 +627,197 @@ class Sender:
             await self.transport.close()  # type: ignore[union-attr]  # there is a pump only with a transport
 
     async def _pump(self, transport: Transport, data_ready: asyncio.Event, idle: asyncio.Event) -> None:
-        send = self._hub.send_for(transport) if self._hub is not None else transport.send
+        try:
+            await self._pump_spool(transport, data_ready, idle)
+        finally:
+            self._pump_stopped.set()
+
+    async def _pump_spool(self, transport: Transport, data_ready: asyncio.Event, idle: asyncio.Event) -> None:
+        send = self._hub.send_for(transport) if self._hub is not None else announced(transport.send)
         cursor = self.spool.acked_cursor()
-        backoff = 0.2
+        failures = 0
         while True:
+            ends: list[Cursor] = []
             with self._lock:
-                records, after = self.spool.read(cursor)
+                if self.spool.closed:  # finish() gave up waiting for this pump
+                    return
+                records, after = self.spool.read(cursor, ends=ends)
+            self._report_damage()
             if not records:
+                if after != cursor:  # only damaged bytes: skipped for good
+                    with self._lock:
+                        self.spool.ack(after)
+                    cursor = after
+                    continue
                 idle.set()
                 await data_ready.wait()
                 data_ready.clear()
                 continue
             idle.clear()
+            # Records quarantined by an earlier try of this batch are not sent again.
+            progress = Delivery({i for i, (_, raw) in enumerate(records) if raw in self._set_aside})
+            error: Exception | None = None
             try:
-                await upload_files(self.uploader, self.identity, self.files_dir, records)
-                await send(records, self.identity.key)
+                await deliver(self._attempt(send), records, progress)
             except Exception as exc:  # noqa: BLE001 - whatever failed, the events stay spooled and the pump lives on
-                self._report("send", exc, "events stay in the spool and are retried")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                error = exc
+            try:  # what was found so far is kept even when a later request failed
+                cursor = self._keep_progress(records, ends, after, cursor, progress)
+            except QuarantineUnwritable as exc:
+                error = error or exc
+            if error is not None:
+                failures += 1
+                await self._wait_after(error, failures)
                 continue
-            backoff = 0.2
+            failures = 0
+            self.last_error = self.refused = ""
+            _answered.add(self._url)
+
+    def _keep_progress(
+        self, records: Records, ends: list[Cursor], after: Cursor, cursor: Cursor, progress: Delivery
+    ) -> Cursor:
+        """Quarantine the refusals ``progress`` found, acknowledge the records settled from the start on; the new cursor.
+        Raises ``QuarantineUnwritable`` (after acknowledging what it could) when the quarantine cannot be written."""
+        new = [(i, e) for i, e in progress.refused if records[i][1] not in self._set_aside]
+        unwritable: OSError | None = None
+        if new:
+            try:
+                self._quarantine(records, new)
+                self._set_aside.update(records[i][1] for i, _ in new)
+            except OSError as exc:  # a full disk: these stay in the spool and are tried again
+                unwritable = exc
+                progress.settled.difference_update(i for i, _ in new)
+        done = progress.prefix()
+        end = after if done == len(records) else ends[done - 1] if done else cursor
+        if end != cursor:
+            passed = [raw for _, raw in records[:done]]
             with self._lock:
-                self.spool.ack(after)
-            cursor = after
-            self.acked_events += len(records)
+                if self.spool.closed:  # finish() gave up waiting: the spool may be another process's now
+                    raise asyncio.CancelledError
+                self.spool.ack(end)
+            self.acked_events += sum(raw not in self._set_aside for raw in passed)
+            self._set_aside.difference_update(passed)
+        if unwritable is not None:
+            raise QuarantineUnwritable(unwritable) from unwritable
+        return end
+
+    def _attempt(self, send: Send) -> Callable[[Records], Awaitable[None]]:
+        """One try at some of the records: their blobs, then the events."""
+
+        def on_wire(count: int) -> Callable[[], None]:
+            def wired() -> None:
+                self._in_flight = count
+
+            return wired
+
+        async def attempt(records: Records) -> None:
+            await upload_files(self.uploader, self.identity, self.files_dir, records)
+            try:
+                await send(records, self.identity.key, on_wire=on_wire(len(records)))
+            except asyncio.CancelledError:
+                raise  # the bound ran out: what is out stays counted as in flight (finish() says so)
+            except BaseException:
+                self._in_flight = 0
+                raise
+            self._in_flight = 0
+
+        return attempt
+
+    async def _wait_after(self, exc: BaseException, failures: int) -> None:
+        """Say what failed (once), then wait before the next try: as a 429 asks, slowly for a refused
+        key, with a growing backoff otherwise (ended early when the run finishes)."""
+        self.last_error = str(exc)
+        transport = self.transport
+        url = self._url
+        where = self.spool.dir.parent
+        if isinstance(exc, TransportError) and exc.refused:
+            hint = key_hint(getattr(transport, "api_key", ""))
+            self.refused_key = exc.blames_key
+            if exc.blames_key:
+                self.refused = f"{url} refused {hint} ({exc.reason})"
+                what = "fix the key (RUNSTREAM_API_KEY, init(settings={'api_key': ...}) or `runstream login`)"
+                later = f"runstream sync --api-key KEY {where}"
+            else:  # a wrong address, or a 4xx that is not the API's refusal of the events (a proxy in between)
+                self.refused = f"{url} answered {exc.reason}, which is not the runstream API taking or refusing events"
+                what = "check the URL and any proxy in between"
+                later = f"runstream sync --url URL {where}"
+            say_once(
+                ("refused", url, hint, str(exc.status)),
+                f"runstream: {self.refused}. The events are kept (nothing is lost) and retried every minute; "
+                f"{what}, or send them later with `{later}`",
+            )
+            low, high = REFUSED_BACKOFF
+            await asyncio.sleep(min(low * 2 ** (failures - 1), high))
+            return
+        low, high = BACKOFF
+        delay = min(low * 2 ** (failures - 1), high)
+        if isinstance(exc, TransportError) and exc.retry_after is not None and exc.status in (429, 503):
+            say_once(
+                ("slow down", url),
+                f"runstream: {url} asked to wait {exc.retry_after:g} s (HTTP {exc.status}); the run keeps spooling "
+                "and sends again after that",
+            )
+            await asyncio.sleep(max(exc.retry_after, delay))  # the backoff still grows if it keeps asking
+            return
+        if isinstance(exc, QuarantineUnwritable):  # a full disk, say: tried again later
+            self._report("quarantine", exc, "the refused events stay in the spool")
+        else:
+            self._report("send", exc, "events stay in the spool and are retried")
+        if self._retried_at_finish:
+            await asyncio.sleep(delay)
+            return
+        try:  # the run finishing (``_retry_now``) ends the wait once: one more try, then the backoff again
+            await asyncio.wait_for(self._retry_now.wait(), delay)
+            self._retried_at_finish = True
+        except TimeoutError:
+            pass
+
+    def _quarantine(self, records: Records, refused: list[tuple[int, TransportError]]) -> None:
+        """Move the records the server refused for good beside the spool, with its reasons; say so once per run."""
+        url = self._url
+        path = write_quarantine(
+            self.spool.dir.parent / QUARANTINE_DIR, [records[i] for i, _ in refused], [e for _, e in refused], url
+        )
+        self.quarantined_events += len(refused)
+        if "quarantine-said" not in self._reported:
+            self._reported.add("quarantine-said")
+            log.warning(
+                "runstream: %s refused %d event(s) of run %s for good (%s); they are kept in %s and the rest of the "
+                "run goes on. To send them again (say, after a server upgrade): runstream sync --quarantined %s",
+                url,
+                len(refused),
+                "/".join((self.identity.team, self.identity.project, self.identity.run_id)),
+                refused[0][1].reason,
+                path,
+                self.spool.dir.parent,
+            )
+
+    def _report_damage(self) -> None:
+        damaged = self.spool.damaged_bytes
+        if damaged > self._damage_reported:
+            if not self._damage_reported:
+                log.warning(
+                    "runstream: %d bytes of %s were not whole records (a write torn by a crash, a power loss or a "
+                    "full disk) and are skipped; every whole record before and after them is sent",
+                    damaged,
+                    self.spool.dir,
+                )
+            self._damage_reported = damaged
+
+    def _report_disk(self) -> None:
+        error = self.spool.write_error
+        if "disk" in self._reported:
+            return
+        self._reported.add("disk")
+        log.warning(
+            "runstream: cannot write the spool %s (%s); training goes on, events are held in memory (up to %d MiB) "
+            "until there is room again, beyond that they are dropped and counted (FinishResult.dropped_events, "
+            "%d so far)",
+            self.spool.dir,
+            error.strerror if error is not None and error.strerror else error,
+            MAX_HELD_BYTES >> 20,
+            self.spool.dropped_events,
+        )
 
     def _call_periodic(self, running: dict[int, asyncio.Future]) -> None:
         """Start each periodic call that is due, on a thread of its own (copying a large saved file
@@ -576,6 +875,8 @@ class Sender:
                 self._closed = True
             self._record_progress()
             self.spool.flush()
+            if self.spool.write_error is not None and self.spool.held_events + self.spool.dropped_events:
+                self._report_disk()
 
     def _record_progress(self) -> None:
         """The spool's ``progress`` file: the last step and seq spooled, where a resume continues.
@@ -621,10 +922,6 @@ class Sender:
         self._seq += 1
         self.spool.append(events.TOPIC_OF_TYPE[etype].name, orjson.dumps(envelope))
 
-    def _count_unacked(self) -> int:
-        with self._lock:
-            return self.spool.count()
-
     def _report(self, where: str, exc: BaseException, consequence: str = "") -> None:
         if where not in self._reported:  # once per kind: a dead broker must not flood stderr
             self._reported.add(where)
@@ -637,21 +934,113 @@ async def upload_files(
     """Upload the blobs that ``file`` events among ``records`` announce, before the events go out.
 
     Without an uploader (a Kafka run with no ``files_url``) the blobs stay in the run's files directory.
+    A blob the server refuses for good (too large, say) fails as its event would: ``TransportError``
+    naming that record in ``bad_lines``, so ``deliver`` sets the event aside and sends the rest.
     """
     if uploader is None:
         return
     upload = uploader.upload
     run_path = f"{identity.team}/{identity.project}/{identity.run_id}"
-    for topic, raw in records:
+    for line, (topic, raw) in enumerate(records, start=1):
         if topic != events.TOPIC_FILES.name:
             continue
-        data = orjson.loads(raw)["data"]
         try:
-            blob = (files_dir / data["path"]).read_bytes()
-        except FileNotFoundError:
-            log.warning("runstream: %s was deleted before upload; its metadata is sent without it", data["path"])
+            data = orjson.loads(raw)["data"]
+            path, store_key, sha256 = data["path"], data["store_key"], data["sha256"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue  # not a file event the server would take: the ingest says why
+        try:
+            blob = (files_dir / path).read_bytes()
+        except OSError as exc:  # deleted, unreadable (permissions)...: it must not hold up the run
+            why = "was deleted before upload" if isinstance(exc, FileNotFoundError) else f"could not be read ({exc})"
+            log.warning("runstream: %s %s; its metadata is sent without it", path, why)
             continue
-        await upload(run_path, data["store_key"], blob, data["sha256"])
+        try:
+            await upload(run_path, store_key, blob, sha256)
+        except TransportError as exc:
+            if not exc.rejected:
+                raise
+            reason = f"the upload of {path} was refused: {exc.reason}"
+            raise TransportError(
+                reason, status=exc.status, bad_lines={line: reason}, reason=reason, rejected=True
+            ) from exc
+
+
+@dataclass
+class Delivery:
+    """How far a ``deliver`` got: the records settled (delivered, or refused for good) and the refusals found."""
+
+    settled: set[int] = field(default_factory=set)
+    refused: list[tuple[int, TransportError]] = field(default_factory=list)
+
+    def prefix(self) -> int:
+        """How many records from the first on are settled: the cursor may move past them."""
+        n = 0
+        while n in self.settled:
+            n += 1
+        return n
+
+
+async def deliver(
+    attempt: Callable[[Records], Awaitable[None]], records: Records, progress: Delivery | None = None
+) -> list[tuple[int, TransportError]]:
+    """Send ``records`` through ``attempt``; the ones the server refuses for good are found and returned
+    (index, why), everything else is delivered. Raises as ``attempt`` for any other failure; ``progress``
+    then says what was settled and refused before it (records it already holds as settled are not sent).
+
+    The server applies nothing of a refused batch, so a refused batch is narrowed down: all of it when its
+    answer says every record is invalid, else to the lines it names (a 422 lists them), else by halves,
+    until each refused part is one record. Earlier records go first, so the settled prefix grows.
+    """
+    progress = progress if progress is not None else Delivery()
+
+    def refuse(index: int, exc: TransportError) -> None:
+        progress.settled.add(index)
+        progress.refused.append((index, exc))
+
+    async def go(indices: list[int]) -> None:
+        if not indices:
+            return
+        try:
+            await attempt([records[i] for i in indices])
+            progress.settled.update(indices)
+            return
+        except TransportError as exc:
+            if not exc.rejected:
+                raise
+            if len(indices) == 1 or exc.all_invalid:
+                for index in indices:
+                    refuse(index, exc)
+                return
+            named = {indices[n - 1]: why for n, why in exc.bad_lines.items() if 1 <= n <= len(indices)}
+            if named:
+                for index, why in named.items():
+                    refuse(index, _one_line(exc, why))
+                await go([i for i in indices if i not in named])
+                return
+        half = len(indices) // 2
+        await go(indices[:half])
+        await go(indices[half:])
+
+    await go([i for i in range(len(records)) if i not in progress.settled])
+    return sorted(progress.refused, key=lambda r: r[0])
+
+
+def _one_line(exc: TransportError, why: str) -> TransportError:
+    """The refusal of one record that a batch's answer named."""
+    reason = f"HTTP {exc.status}: {why}" if exc.status and why else exc.reason
+    return TransportError(reason, status=exc.status, reason=reason, rejected=True)
+
+
+class QuarantineUnwritable(OSError):
+    """Records the server refused for good could not be set aside (a full disk): they stay in the spool."""
+
+
+def _url_of(transport: Transport | None) -> str:
+    """The server or brokers a transport sends to, as said to the user."""
+    if isinstance(transport, KafkaTransport):
+        return f"kafka://{transport.bootstrap}"
+    return str(getattr(transport, "base", ""))
 
 
 def media_event_data(stored: MediaFile, step: int, key: str) -> dict[str, Any]:

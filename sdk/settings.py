@@ -47,6 +47,33 @@ class Settings:
     #: Internal hosts, addresses and CIDR networks (comma-separated) that alert rules' own webhooks may reach;
     #: without them a rule's webhook reaches public addresses only.
     webhook_allow: str = ""
+    # Quotas of the API, per replica (api/quotas.py; docs/operations.md, "Quotas"). 0 = unlimited.
+    #: Metric points per second one API key may ingest.
+    quota_key_points_per_s: int = 1_000_000
+    #: Metric points per second one team may ingest, all its keys together.
+    quota_team_points_per_s: int = 4_000_000
+    #: Ingest body bytes per second one API key may send.
+    quota_key_bytes_per_s: int = 64 << 20
+    #: Ingest body bytes per second one team may send, all its keys together.
+    quota_team_bytes_per_s: int = 256 << 20
+    #: Requests per second one API key may make to project and team endpoints (charts, runs, reports...).
+    quota_key_queries_per_s: int = 200
+    #: Requests per second one team may make to project and team endpoints, all its keys together.
+    quota_team_queries_per_s: int = 1000
+    #: Requests per second one client address may make without a key (public projects, share links).
+    quota_anonymous_queries_per_s: int = 100
+    #: Live alert streams (Server-Sent Events) one API key may hold open at once.
+    quota_key_streams: int = 16
+    #: Live alert streams one team may hold open at once, all its keys together.
+    quota_team_streams: int = 64
+    #: Live alert streams one client address may hold open without a key.
+    quota_anonymous_streams: int = 16
+    #: Seconds of its rate a quota lets pass at once (the token bucket's size), so bursts are not refused.
+    quota_burst_s: int = 10
+    #: Largest ingest request body in bytes (at most 16 MiB, what the API reads at all).
+    quota_request_bytes: int = 16 << 20
+    #: Whether the embedded server's local admin (its machine's own user, no key) is held to quotas too.
+    quota_local_admin: bool = False
     #: The server a key saved by ``runstream login`` belongs to ("": the key came from the environment).
     api_key_url: str = field(default="", metadata={"internal": True})
 
@@ -68,7 +95,9 @@ class Settings:
                 raw, where = stored.get(setting.name), f"{setting.name} in {path}"
             if raw is None or raw == "":
                 continue
-            if setting.type in (int, "int"):
+            if setting.type in (bool, "bool"):
+                values[setting.name] = _boolean(raw, where)
+            elif setting.type in (int, "int"):
                 try:
                     values[setting.name] = int(raw)
                 except ValueError:
@@ -78,6 +107,16 @@ class Settings:
         if not environ.get(env_var("api_key")) and stored.get("api_key"):
             values["api_key_url"] = stored.get("url", "")  # the saved key is for the saved server only
         return cls(**values)
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _boolean(raw: object, where: str) -> bool:
+    text = str(raw).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(f"{where} must be true or false (or 1 or 0), got {raw!r}")
 
 
 def public_fields() -> list:

@@ -12,10 +12,16 @@ the sender then keeps the records in the spool and tries again later.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
+import json
 import logging
+import re
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote, urlparse
 
@@ -32,12 +38,127 @@ INGEST_PATH = "/api/v1/events"
 FILES_PATH = "/api/v1/files"
 
 
-class TransportError(RuntimeError):
-    """A send that failed; ``permanent`` when retrying the same records cannot help."""
+#: Statuses that blame the key (or a proxy's authentication): a key to fix, the events are fine.
+KEY_STATUSES = (401, 403, 407)
+#: Statuses with which the runstream API refuses events for good (too large, invalid): never worth resending.
+REJECTED_STATUSES = (413, 422)
+#: Kafka's refusals of a record for its size: it fails the same way every time.
+KAFKA_TOO_LARGE = ("MessageSizeTooLargeError", "RecordTooLargeError")
+#: Bounds (s) on a Retry-After: 0 would make a tight loop, a huge value would park the sender.
+RETRY_AFTER_BOUNDS = (0.5, 300.0)
 
-    def __init__(self, message: str, permanent: bool = False) -> None:
+
+class TransportError(RuntimeError):
+    """A send that failed; ``permanent`` when retrying the same records at once cannot help.
+
+    ``status`` is the HTTP status (None for a connection failure or Kafka), ``retry_after`` the
+    seconds a 429/503 asked to wait (clamped to ``RETRY_AFTER_BOUNDS``), ``bad_lines`` the 1-based
+    records the server named as invalid (a 422's ``details.errors``), ``all_invalid`` when it said
+    every record of the batch is, ``reason`` the server's own message. ``rejected`` is set only where
+    the events themselves are refused for good: the runstream API's 413/422, Kafka's record-too-large.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        permanent: bool = False,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        bad_lines: dict[int, str] | None = None,
+        all_invalid: bool = False,
+        reason: str = "",
+        rejected: bool = False,
+    ) -> None:
         super().__init__(message)
-        self.permanent = permanent
+        self.permanent = permanent or rejected
+        self.status = status
+        self.retry_after = retry_after
+        self.bad_lines = bad_lines or {}
+        self.all_invalid = all_invalid
+        self.reason = reason or message
+        self.rejected = rejected
+
+    @property
+    def blames_key(self) -> bool:
+        return self.refused and self.status in KEY_STATUSES
+
+    @property
+    def refused(self) -> bool:
+        """A permanent failure that does not blame the events (a refused key, a wrong address, a proxy's
+        4xx): the events are fine, keep them and retry slowly."""
+        return self.permanent and not self.rejected
+
+
+def key_hint(api_key: str) -> str:
+    """A key as it may be shown: its public id (``rs_<id>…``) or its first few characters, never the secret."""
+    if not api_key:
+        return "no API key"
+    match = re.match(r"(rs_[0-9a-f]{6,16})_", api_key)
+    if match:
+        return f"key {match.group(1)}…"
+    shown = api_key[: min(6, len(api_key) // 3)]
+    return f"key {shown}…" if shown else "a short API key"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds within ``RETRY_AFTER_BOUNDS``: a number of seconds or an HTTP date; None
+    when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.UTC)
+        seconds = (when - datetime.datetime.now(datetime.UTC)).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    low, high = RETRY_AFTER_BOUNDS
+    return min(max(seconds, low), high)
+
+
+@dataclass(frozen=True)
+class ErrorBody:
+    """What an error answer's body says: the runstream API's JSON shape (``{"error": {"code": ...}}``) or not."""
+
+    message: str
+    api: bool = False  # the body is the runstream API's error, not a proxy's or another server's
+    bad_lines: dict[int, str] = field(default_factory=dict)
+    all_invalid: bool = False  # details.invalid == details.total: every event of the batch is refused
+
+
+def _error_body(body: str) -> ErrorBody:
+    """The API's error message and the invalid lines it names (``details.errors[].line``: why), if any."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("code"), str):
+        return ErrorBody(body.strip()[:500])
+    details = error.get("details")
+    details = details if isinstance(details, dict) else {}
+    errors = details.get("errors")
+    lines = {
+        e["line"]: str(e.get("reason", ""))
+        for e in (errors if isinstance(errors, list) else [])
+        if isinstance(e, dict) and isinstance(e.get("line"), int)
+    }
+    invalid, total = details.get("invalid"), details.get("total")
+    reasons = "; ".join(f"line {n}: {why}" for n, why in list(lines.items())[:3])
+    message = str(error.get("message") or body.strip()[:500])
+    return ErrorBody(
+        f"{message} ({reasons})" if reasons else message,
+        api=True,
+        bad_lines=lines,
+        all_invalid=isinstance(invalid, int) and invalid > 0 and invalid == total,
+    )
 
 
 class Transport(Protocol):
@@ -99,18 +220,36 @@ class KafkaTransport:
                 self._producer = await start_producer(self.bootstrap)
             return self._producer
 
-    async def send(self, records: Records, key: bytes) -> None:
+    async def send(self, records: Records, key: bytes, on_wire: Callable[[], None] | None = None) -> None:
+        """``on_wire`` is called once the producer is up, as the records are handed to it."""
         producer = None
+        futures: list[asyncio.Future] = []
         try:
             producer = await self._ensure_producer()
-            futures = [await producer.send(topic, value, key=key) for topic, value in records]
+            if on_wire is not None:
+                on_wire()
+            for topic, value in records:
+                futures.append(await producer.send(topic, value, key=key))
+        except Exception as exc:
+            for future in futures:  # what was handed over goes anyway; nobody waits for it (nor its error)
+                future.add_done_callback(_retrieved)
+            too_large = type(exc).__name__ in KAFKA_TOO_LARGE
+            if not too_large:  # the producer refused a record itself for its size: the producer is fine
+                await self._drop(producer)
+            raise TransportError(f"Kafka at {self.bootstrap}: {type(exc).__name__}: {exc}", rejected=too_large) from exc
+        try:
             await asyncio.gather(*futures)
         except Exception as exc:
-            # A fresh producer after any failure: the idempotent producer's sequence state may be broken.
-            # (Other runs' sends through it fail too, and are tried again like this one.)
-            if producer is not None and producer is self._producer:
-                await self.close()
-            raise TransportError(f"Kafka at {self.bootstrap}: {type(exc).__name__}: {exc}") from exc
+            # A fresh producer after a failure the brokers reported: the idempotent producer's sequence state may
+            # be broken. (Other runs' sends through it fail too, and are tried again like this one.)
+            await self._drop(producer)
+            # A record the brokers refuse for what it is (too large for the topic) fails the same way again.
+            too_large = type(exc).__name__ in KAFKA_TOO_LARGE
+            raise TransportError(f"Kafka at {self.bootstrap}: {type(exc).__name__}: {exc}", rejected=too_large) from exc
+
+    async def _drop(self, producer: AIOKafkaProducer | None) -> None:
+        if producer is not None and producer is self._producer:
+            await self.close()
 
     async def close(self) -> None:
         producer, self._producer = self._producer, None
@@ -119,6 +258,11 @@ class KafkaTransport:
                 await asyncio.wait_for(producer.stop(), timeout=5)
             except Exception:  # noqa: BLE001 - closing a producer whose broker is gone
                 pass
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: asyncio does not log it as never retrieved
 
 
 class HttpTransport:
@@ -136,10 +280,20 @@ class HttpTransport:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return response.read()
         except urllib.error.HTTPError as exc:
-            detail = exc.read()[:2000].decode(errors="replace")
-            # 4xx other than 408/429 will fail the same way again; 5xx and timeouts may pass later.
+            said = _error_body(exc.read()[:20000].decode(errors="replace"))
+            # 4xx other than 408/429 fail the same way again; 5xx and timeouts may pass later. Only the
+            # API's own 413/422 blame the events: any other 4xx (a proxy's 400, 415, 431...) is retried slowly.
             permanent = 400 <= exc.code < 500 and exc.code not in (408, 429)
-            raise TransportError(f"{method} {self.base}{path}: HTTP {exc.code}: {detail}", permanent) from exc
+            raise TransportError(
+                f"{method} {self.base}{path}: HTTP {exc.code}: {said.message}",
+                permanent,
+                status=exc.code,
+                retry_after=parse_retry_after(exc.headers.get("Retry-After")) if exc.headers else None,
+                bad_lines=said.bad_lines,
+                all_invalid=said.all_invalid,
+                reason=f"HTTP {exc.code}: {said.message}",
+                rejected=exc.code in REJECTED_STATUSES and said.api,
+            ) from exc
         except (urllib.error.URLError, OSError) as exc:
             raise TransportError(f"{method} {self.base}{path}: {exc}") from exc
 

@@ -72,6 +72,7 @@ EVERY_NODE = frozenset(
         "reports",
         "report_links",
         "server_secrets",
+        "audit_log",
     }
 )
 

@@ -24,6 +24,10 @@ Semantics follow MongoDB where the two could differ:
   the key; ``{"config.x": None}`` matches ``null`` and missing alike.
 - ``config.<x>.value``, W&B's spelling of a config value, reads ``config.<x>``
   in each run whose config has no ``<x>.value`` (in filters, sorts and groups).
+- What a filter may cost is bounded (``MAX_*`` below: distinct config/summary keys,
+  conditions, nesting, list values, patterns): past one, a ``QueryError`` whose
+  ``details["bound"]`` names it. The runs queries add engine limits of their own
+  (``storage.runs.QUERY_SETTINGS``).
 - ``$regex`` is an RE2 pattern (``(?i)`` for case-insensitive) matched against
   string values; ``check_regexes`` asks the engine to compile each pattern first
   so a bad one is a ``QueryError`` rather than an engine failure.
@@ -49,6 +53,12 @@ MAX_DEPTH = 16
 MAX_ITEMS = 1000
 MAX_KEY_LENGTH = 256
 MAX_REGEX_LENGTH = 1000
+# What one filter may cost. The engine's analysis of a WHERE clause grows faster than its size, so a
+# filter is bounded before it reaches SQL: each bound is a 400 that names it (``details.bound``).
+MAX_CONDITIONS = 200  # operator conditions ({"$gt": 1} is one, a bare value one, an empty {} one)
+MAX_MAP_KEYS = 100  # distinct config.<key> / summary.<key> fields
+MAX_TOTAL_ITEMS = 10_000  # values in all $in / $nin lists together
+MAX_REGEXES = 20  # distinct $regex patterns (each is compiled by the engine first)
 
 COMPARISONS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 OPERATORS = ("$eq", "$ne", *COMPARISONS, "$in", "$nin", "$regex", "$exists", "$not")
@@ -188,6 +198,9 @@ class _Compiler:
         self._strings: dict[str, str] = {}  # one placeholder per distinct key or string
         self.regexes: list[str] = []
         self.uses_summary = False
+        self.conditions = 0
+        self.items = 0
+        self.map_keys: set[tuple[str, str]] = set()
 
     def param(self, value: Any, type_: str) -> str:
         """A placeholder for a value; the value itself never enters the SQL text."""
@@ -207,9 +220,12 @@ class _Compiler:
 
     def document(self, doc: Any, depth: int) -> str:
         if depth > MAX_DEPTH:
-            raise QueryError(f"the filter is nested more than {MAX_DEPTH} levels deep")
+            raise QueryError(f"the filter is nested more than {MAX_DEPTH} levels deep", bound="depth", limit=MAX_DEPTH)
         if not isinstance(doc, Mapping):
             raise QueryError(f"a filter must be an object of field conditions, not {_show(doc)}")
+        if not doc:  # an empty document is a condition too (it matches all), so {} * 1000 costs as much
+            self.conditions += 1
+            _bound("conditions", self.conditions, MAX_CONDITIONS, "conditions", "send a shorter filter")
         parts = []
         for name, cond in doc.items():
             if name in LOGICAL:
@@ -237,9 +253,17 @@ class _Compiler:
 
     def field(self, target: Column | MapKey, cond: Any, depth: int) -> str:
         if depth > MAX_DEPTH:
-            raise QueryError(f"the filter is nested more than {MAX_DEPTH} levels deep")
-        if isinstance(target, MapKey) and target.prefix == "summary":
-            self.uses_summary = True
+            raise QueryError(f"the filter is nested more than {MAX_DEPTH} levels deep", bound="depth", limit=MAX_DEPTH)
+        if isinstance(target, MapKey):
+            self.uses_summary |= target.prefix == "summary"
+            self.map_keys.add((target.prefix, target.key))
+            _bound(
+                "map_keys",
+                len(self.map_keys),
+                MAX_MAP_KEYS,
+                "distinct config/summary keys",
+                "filter on fewer keys, or select the runs in several requests",
+            )
         if not (isinstance(cond, Mapping) and cond):
             return self.operator(target, "$eq", cond, depth)
         keys = list(cond)
@@ -251,6 +275,8 @@ class _Compiler:
         return _all([self.operator(target, op, value, depth) for op, value in cond.items()])
 
     def operator(self, target: Column | MapKey, op: str, value: Any, depth: int) -> str:
+        self.conditions += 1
+        _bound("conditions", self.conditions, MAX_CONDITIONS, "conditions", "send a shorter filter")
         if op == "$not":
             if not (isinstance(value, Mapping) and value):
                 raise QueryError(
@@ -261,10 +287,14 @@ class _Compiler:
             if not isinstance(value, list):
                 raise QueryError(f"{op} on {target.name!r} takes a list of values, not {_show(value)}")
             _check_items(op, value)
+            self.items += len(value)
+            _bound("items", self.items, MAX_TOTAL_ITEMS, "values in its $in/$nin lists", "send fewer values")
             if not value:  # nothing is in an empty list
                 return "0" if op == "$in" else "1"
         elif op == "$regex":
             self.regexes.append(_regex(value))
+            distinct = len(set(self.regexes))
+            _bound("regexes", distinct, MAX_REGEXES, "distinct $regex patterns", "combine patterns with |")
         elif op == "$exists":
             if not isinstance(value, bool):
                 raise QueryError(f"$exists on {target.name!r} takes true or false, not {_show(value)}")
@@ -392,9 +422,21 @@ def _all(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
 
 
+def _bound(bound: str, count: int, limit: int, what: str, hint: str) -> None:
+    """A QueryError (a 400) once a filter passes one of its bounds, naming the bound so a client can adapt."""
+    if count > limit:
+        raise QueryError(
+            f"the filter has more than {limit:,} {what}; at most {limit:,} are allowed ({hint})",
+            bound=bound,
+            limit=limit,
+        )
+
+
 def _check_items(op: str, items: list) -> None:
     if len(items) > MAX_ITEMS:
-        raise QueryError(f"{op} has {len(items)} items; at most {MAX_ITEMS} are allowed")
+        raise QueryError(
+            f"{op} has {len(items)} items; at most {MAX_ITEMS} are allowed", bound="list_items", limit=MAX_ITEMS
+        )
 
 
 def _regex(pattern: Any) -> str:

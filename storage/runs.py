@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from runstream.storage.errors import QueryError
 from runstream.storage.filters import Column, Compiled, MapKey, check_key, check_regexes, compile_filters, resolve_field
@@ -32,6 +34,50 @@ MAX_AGGREGATES = 100
 MAX_GROUPS = 10_000
 _CURSOR_VERSION = 1
 _MAX_CURSOR = 1_000_000
+
+#: Each filtered query's own engine limits, so no single request can hold the engine for long; passing
+#: one is a 400 that names it (``filtered_query``). ``query_plan_merge_filters`` off: merging a long chain
+#: of filter steps is what made the engine's cost grow with the square of a filter's conditions.
+MAX_EXECUTION_S = 30
+QUERY_SETTINGS: dict[str, Any] = {
+    "max_execution_time": MAX_EXECUTION_S,
+    "timeout_overflow_mode": "throw",
+    "max_query_size": 1 << 20,
+    "max_ast_elements": 200_000,
+    "max_expanded_ast_elements": 500_000,
+    "max_ast_depth": 1000,
+    "query_plan_merge_filters": 0,
+}
+# ClickHouse error codes of a passed limit: the bound each one names and how to say it.
+_LIMIT_ERRORS = {
+    159: ("execution_time", f"the query ran for more than {MAX_EXECUTION_S} s"),  # TIMEOUT_EXCEEDED
+    160: ("execution_time", f"the query would run for more than {MAX_EXECUTION_S} s"),  # TOO_SLOW
+    167: ("ast_depth", "the query is nested too deeply"),  # TOO_DEEP_AST
+    168: ("ast_elements", "the query has too many elements"),  # TOO_BIG_AST
+    306: ("ast_depth", "the query is nested too deeply"),  # TOO_DEEP_RECURSION
+}
+_CODE = re.compile(r"Code: (\d+)")
+
+
+def filtered_query(client: Client, sql: str, params: dict[str, Any]) -> Any:
+    """Run a query that carries a user's filter under ``QUERY_SETTINGS``; a passed limit is a QueryError."""
+    known = getattr(client, "server_settings", None) or QUERY_SETTINGS
+    # A server that does not know a setting (an older release) would refuse the query: leave that one out.
+    settings = {name: value for name, value in QUERY_SETTINGS.items() if name in known}
+    try:
+        return client.query(sql, parameters=params, settings=settings)
+    except DatabaseError as exc:
+        text = str(exc)
+        found = _CODE.search(text)
+        code = getattr(exc, "code", None) or (int(found.group(1)) if found else 0)
+        if code in _LIMIT_ERRORS or "Max query size exceeded" in text:
+            bound, said = _LIMIT_ERRORS.get(int(code), ("query_size", "the query is too large"))
+            raise QueryError(
+                f"{said}, past what one request may cost; narrow the filter (fewer conditions, keys or runs)",
+                bound=bound,
+            ) from None
+        raise
+
 
 # The current summary of each run in the project; runs without one get empty maps.
 _SUMMARIES = """
@@ -290,7 +336,7 @@ FROM runs FINAL {_SUMMARIES if joined else ""}
 WHERE {_PROJECT} AND {compiled.sql} AND {keyset}
 ORDER BY _missing ASC, _num {direction}, _text {direction}, run_id {direction}
 LIMIT {limit + 1}"""
-    rows = list(client.query(sql, parameters=params).named_results())
+    rows = list(filtered_query(client, sql, params).named_results())
     more = len(rows) > limit
     rows = rows[:limit]
     return {"runs": [_run(r) for r in rows], "next_cursor": _encode_cursor(sort, rows[-1]) if more else None}
@@ -312,7 +358,7 @@ def count_runs(client: Client, team: str, project: str, filters: Mapping[str, An
     compiled = _where(client, filters)
     join = _SUMMARIES if compiled.uses_summary else ""
     sql = f"SELECT count() FROM runs FINAL {join} WHERE {_PROJECT} AND {compiled.sql}"
-    return int(client.query(sql, parameters=params | compiled.params).result_rows[0][0])
+    return int(filtered_query(client, sql, params | compiled.params).result_rows[0][0])
 
 
 def matching_run_ids(
@@ -329,7 +375,7 @@ def matching_run_ids(
         f"SELECT run_id FROM runs FINAL {join} WHERE {_PROJECT} AND {compiled.sql} "
         f"ORDER BY created_at, run_id LIMIT {int(limit) + 1}"
     )
-    ids = [row[0] for row in client.query(sql, parameters=params | compiled.params).result_rows]
+    ids = [row[0] for row in filtered_query(client, sql, params | compiled.params).result_rows]
     if len(ids) > limit:
         raise QueryError(f"the filter matches more than {limit:,} runs; narrow it", limit=limit)
     return ids
@@ -394,7 +440,7 @@ GROUP BY {", ".join(group_by)}
 ORDER BY {", ".join(order_by)}
 LIMIT {limit}"""
     groups = []
-    for row in client.query(sql, parameters=params | compiled.params).named_results():
+    for row in filtered_query(client, sql, params | compiled.params).named_results():
         group = {
             "group": {name: _group_value(target, row[f"_g{i}"]) for i, (name, target) in enumerate(zip(by, targets))},
             "count": row["_count"],

@@ -54,12 +54,16 @@ class VersionedTable:
         )
         return rows[0] if rows else None
 
-    def write(self, client: Client, row: Mapping[str, Any], after: int | None = None, deleted: bool = False) -> None:
+    def write(
+        self, client: Client, row: Mapping[str, Any], after: int | None = None, deleted: bool = False
+    ) -> dict[str, Any]:
         """Insert ``row`` (every column but the version and deletion flag) as the version after
-        ``after``, the version it replaces (None for a new record); ``deleted`` deletes the record."""
+        ``after``, the version it replaces (None for a new record); ``deleted`` deletes the record.
+        Returns the row as written."""
         values = {**row, "version": next_version(after)}
         if self.deletable:
             values["is_deleted"] = int(deleted)
         elif deleted:
             raise ValueError(f"{self.name} rows cannot be deleted")
         insert_row(client, self.name, values)
+        return values

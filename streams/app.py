@@ -19,7 +19,9 @@ worker may have advanced a run's state.
 Offsets: a batch's offsets are acknowledged only after the agent's loop body
 returns, which is after ClickHouse accepted its rows, the produced events were
 acknowledged by the broker and the states were stored. A ClickHouse outage
-blocks the batch (each step is retried with backoff) instead of skipping it.
+blocks the batch (each step is retried with backoff) instead of skipping it; an
+event that storage can never take (a non-transient failure, ``batch.is_transient``)
+is found by splitting its batch and goes to the dead letters with the reason.
 
 Run a worker with ``runstream worker``; workers with the same ``RUNSTREAM_APP_ID``
 share the partitions.
@@ -40,7 +42,7 @@ from runstream import events
 from runstream.settings import Settings
 from runstream.storage.client import connect
 from runstream.storage.migrations import migrate_once
-from runstream.streams.batch import UPPER_LEVELS_EVERY_S, BatchHandler, Reject
+from runstream.streams.batch import UPPER_LEVELS_EVERY_S, BatchHandler, Reject, Unstorable
 from runstream.streams.notifier import Notifier
 from runstream.streams.processor import Processor, RuleBook
 
@@ -68,6 +70,8 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]]) -> T:
     while True:
         try:
             return await call()
+        except Unstorable:
+            raise  # the events are at fault, not the service: the handler dead-letters them
         except Exception as exc:  # noqa: BLE001 - any storage or broker failure: keep the offsets, try again
             log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, delay)
             await asyncio.sleep(delay)
@@ -146,6 +150,7 @@ def create_app(
         notifier=Notifier.from_settings(settings),
         spawn=spawn,
         upper_levels_every_s=UPPER_LEVELS_EVERY_S,
+        dead_letter=dead_letter,  # an event storage can never take, found by splitting its batch
     )
 
     def messages(batch: list[faust.EventT]) -> list[tuple[bytes, str]]:

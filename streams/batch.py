@@ -21,16 +21,30 @@ finds like any produced event; the owners of those runs fold them.
 The Faust worker attempts each step until it succeeds (a batch waits, it is never skipped)
 and runs storage calls in threads, off its event loop; the embedded pipeline runs each
 once, in its own thread, and a failure reaches the client that sent the batch.
+
+An event that can never be stored must not hold its partition for good: a storage step that
+fails with an error known to be the data's fault (``is_transient``: anything else, a connection,
+a timeout, a full disk, an engine that is busy or down, is retried) splits the chunk in halves, each processed on its own, down to the
+single events that fail; those go to the dead letters with the reason, and the rest is
+stored. A transient error is retried (Faust) or reaches the client (embedded), as before:
+nothing is dead-lettered because ClickHouse is down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
+
+import orjson
+from clickhouse_connect.driver.exceptions import (
+    DataError,
+)
 
 from runstream import events
 from runstream.events import Event
@@ -56,6 +70,36 @@ DeadLetter = Callable[[list[Reject]], Awaitable[None]]
 Attempt = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 #: Runs an alert's delivery in the background.
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+#: ClickHouse error codes that say "this data is wrong", not "try again later": a value the engine cannot
+#: parse, convert or fit in its column, arrays of different sizes, a structure nested too deeply. Every
+#: other code (a full disk, memory, timeouts, a replica or table not there) is retried: an error nobody
+#: classified must cost a wait, never events.
+DATA_ERROR_CODES = frozenset({6, 26, 27, 38, 41, 43, 53, 69, 70, 72, 117, 130, 131, 190, 306, 321, 467})
+#: Exceptions our own encoding raises for a value it cannot take (``DataError``: clickhouse-connect's).
+DATA_EXCEPTIONS = (DataError, RecursionError, ValueError, TypeError, OverflowError, KeyError, IndexError)
+_CODE = re.compile(r"Code: (\d+)")
+
+
+class Unstorable(Exception):
+    """A storage step failed in a way retrying cannot fix: the data of some event in the chunk is at fault."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a storage failure may pass by retrying (ClickHouse down, slow, busy or out of disk), rather
+    than being caused by the events themselves (a value storage cannot take, a recursion or encoding error).
+    Only what is known to be the data's fault is not transient."""
+    code = getattr(exc, "code", None)
+    if code is None and (found := _CODE.search(str(exc))):  # the embedded engine's errors carry it in the text
+        code = int(found.group(1))
+    if isinstance(code, int) and not isinstance(exc, DataError):
+        return code not in DATA_ERROR_CODES
+    return not isinstance(exc, DATA_EXCEPTIONS)
 
 
 async def once(what: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -98,8 +142,10 @@ class BatchHandler:
         notifier: Notifier | None = None,
         spawn: Spawn | None = None,
         upper_levels_every_s: float | None = None,
+        dead_letter: DeadLetter | None = None,
     ) -> None:
         self.processor = processor
+        self.dead_letter = dead_letter
         self.publish = publish
         self.attempt = attempt
         self.in_thread = in_thread
@@ -110,11 +156,22 @@ class BatchHandler:
         self._levels_behind: set[RunKey] = set()
         self._levels_refreshed_at = time.monotonic()
 
-    async def _storage(self, what: str, call: Callable[..., T], *args: Any) -> T:
-        """Attempt a blocking storage call (clickhouse-connect)."""
-        if self.in_thread:
-            return await self.attempt(what, lambda: asyncio.to_thread(call, *args))
-        return await self.attempt(what, lambda: _now(call, *args))
+    async def _storage(self, what: str, call: Callable[..., T], *args: Any, judge: bool = False) -> T:
+        """Attempt a blocking storage call (clickhouse-connect). ``judge``: a failure that is not transient
+        is raised as ``Unstorable`` (which ``attempt`` does not retry) when there is a dead letter to send to."""
+        run = (lambda: asyncio.to_thread(call, *args)) if self.in_thread else (lambda: _now(call, *args))
+        if not (judge and self.dead_letter is not None):
+            return await self.attempt(what, run)
+
+        async def judged() -> T:
+            try:
+                return await run()
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                raise Unstorable(f"{type(exc).__name__}: {str(exc)[:500]}") from exc
+
+        return await self.attempt(what, judged)
 
     async def decode(self, raws: Sequence[tuple[bytes, str]], dead_letter: DeadLetter) -> list[Event]:
         """The valid events of (raw, topic) messages; the rest go to ``dead_letter`` first."""
@@ -127,17 +184,42 @@ class BatchHandler:
     async def process(self, batch: Sequence[Event]) -> list[Output]:
         """Process, publish, store, chunk by chunk; on return the driver may commit the batch's offsets."""
         outputs = []
-        defer = self.upper_levels_every_s is not None
         for chunk in chunks(batch):
-            out = await self._storage("writing a batch to ClickHouse", self.processor.process, chunk, self.cache, defer)
-            await self.attempt("publishing state changes and alerts", functools.partial(self.publish, out.publish))
-            await self._storage("storing run states", self.processor.commit, out)
-            if self.cache is not None:
-                self.cache.update(out.states)
-            self._levels_behind |= out.pending_levels
-            outputs.append(out)
+            outputs += await self._chunk(chunk)
         await self.refresh_levels(due_only=True)
         return outputs
+
+    async def _chunk(self, chunk: Sequence[Event]) -> list[Output]:
+        """A chunk's steps; if they find it unstorable, each half on its own, down to the events at fault."""
+        try:
+            return [await self._steps(chunk)]
+        except Unstorable as exc:
+            if len(chunk) == 1:
+                await self._unstorable(chunk[0], exc.reason)
+                return []
+            log.warning("a chunk of %d events cannot be stored (%s); splitting it to find why", len(chunk), exc)
+            middle = len(chunk) // 2
+            return await self._chunk(chunk[:middle]) + await self._chunk(chunk[middle:])
+
+    async def _steps(self, chunk: Sequence[Event]) -> Output:
+        defer = self.upper_levels_every_s is not None
+        process = self.processor.process
+        out = await self._storage("writing a batch to ClickHouse", process, chunk, self.cache, defer, judge=True)
+        await self.attempt("publishing state changes and alerts", functools.partial(self.publish, out.publish))
+        await self._storage("storing run states", self.processor.commit, out, judge=True)
+        if self.cache is not None:
+            self.cache.update(out.states)
+        self._levels_behind |= out.pending_levels
+        return out
+
+    async def _unstorable(self, event: Event, reason: str) -> None:
+        """An event that fails storage on its own, with an error retrying cannot fix: to the dead letters."""
+        assert self.dead_letter is not None  # else nothing is judged unstorable
+        log.error(
+            "dead letter: %s/%s/%s seq %d cannot be stored: %s", *event.key.decode().split("/"), event.seq, reason
+        )
+        reject = (_event_bytes(event), event.topic.name, f"cannot be stored: {reason}")
+        await self.attempt("sending dead letters", functools.partial(self.dead_letter, [reject]))
 
     async def refresh_levels(self, due_only: bool = False) -> None:
         """Refresh the upper bucket levels this driver left pending: after a batch, if its cadence says so
@@ -165,12 +247,24 @@ class BatchHandler:
         """Store alert events, then hand each to the notifier (posted in the background)."""
         if not alerts:
             return
-        await self._storage("storing alerts", self.processor.store_alerts, alerts)
+        stored = await self._store_alerts(list(alerts))
         if self.notifier is None or self.spawn is None:
             return
-        for event in alerts:
+        for event in stored:
             if self.notifier.webhooks or event.data.get("rule_id"):  # else there is nowhere to post it
                 self.spawn(notify(self.notifier, self.processor.rules, event, alert_id_of(event)))
+
+    async def _store_alerts(self, alerts: list[Event]) -> list[Event]:
+        """The alerts stored; as with a chunk, an unstorable one is found by halves and dead-lettered."""
+        try:
+            await self._storage("storing alerts", self.processor.store_alerts, alerts, judge=True)
+            return alerts
+        except Unstorable as exc:
+            if len(alerts) == 1:
+                await self._unstorable(alerts[0], exc.reason)
+                return []
+            middle = len(alerts) // 2
+            return await self._store_alerts(alerts[:middle]) + await self._store_alerts(alerts[middle:])
 
     async def sweep(self, timeout_s: float, now: float | None = None) -> list[Event]:
         """The periodic checks (``Processor.sweep``), tried once: what they find is published.
@@ -180,6 +274,17 @@ class BatchHandler:
         if found:
             await self.publish(found)
         return found
+
+
+def _event_bytes(event: Event) -> bytes:
+    """An event's bytes for its dead letter, even when orjson cannot encode it (nested past its limit)."""
+    try:
+        return event.to_bytes()
+    except (TypeError, ValueError, RecursionError):
+        try:
+            return json.dumps(event.to_dict()).encode()
+        except (TypeError, ValueError, RecursionError):
+            return orjson.dumps({**event.to_dict(), "data": None})  # the envelope still says which event
 
 
 async def _now(call: Callable[..., T], *args: Any) -> T:

@@ -6,7 +6,8 @@ if consumed back from their topic. Alerts take the handler's alert path (stored,
 then handed to the notifier): a rule's alert as it is published, so it is stored
 before the run state that remembers it fired (a batch that fails after that and is
 sent again cannot fire it a second time, so it must not be lost); the SDK's alerts
-after the rest of their batch. Being the only writer, it keeps the run states it
+after the rest of their batch. An event storage can never take is dropped, logged and kept
+in ``dead_letters`` (the batch's other events are stored). Being the only writer, it keeps the run states it
 stored in a dict, and a lock keeps batches in order.
 """
 
@@ -15,19 +16,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from clickhouse_connect.driver.client import Client
 
 from runstream.events import ALERT, Event
-from runstream.streams.batch import BatchHandler, Spawn
+from runstream.streams.batch import BatchHandler, Reject, Spawn
 from runstream.streams.notifier import Notifier
 from runstream.streams.processor import Output, Processor, RuleBook, RunKey
 from runstream.streams.runstate import RunState
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+#: Dead letters kept for a look (``Pipeline.dead_letters``): embedded mode has no dead-letter topic.
+MAX_DEAD_LETTERS = 100
 
 #: Rounds of feeding produced events back (state change -> rule alert -> stored) before stopping.
 _MAX_ROUNDS = 4
@@ -53,7 +58,10 @@ class Pipeline:
             notifier=notifier,
             spawn=spawn,
             upper_levels_every_s=upper_levels_every_s,
+            dead_letter=self._dead_letter,
         )
+        #: The latest events storage could never take (their bytes, topic and why), also logged.
+        self.dead_letters: deque[Reject] = deque(maxlen=MAX_DEAD_LETTERS)
         self._published: list[Event] = []
         self._lock = threading.Lock()  # one batch at a time: states are folded in order
 
@@ -73,6 +81,10 @@ class Pipeline:
         """Durable before the states are stored: rule alerts stored (and notified) now, state changes queued."""
         await self.handler.alerts([e for e in produced if e.type == ALERT])
         self._published += [e for e in produced if e.type != ALERT]
+
+    async def _dead_letter(self, rejects: list[Reject]) -> None:
+        """Embedded mode has no dead-letter topic: the handler logged them; the latest are kept here."""
+        self.dead_letters.extend(rejects)
 
     async def _sweep(self, timeout_s: float, now: float | None) -> list[Output]:
         try:

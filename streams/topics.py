@@ -23,6 +23,15 @@ from runstream.events import RUN_PARTITIONS, TOPICS, Topic
 #: The largest replication factor chosen by default (more copies cost disk and network, not safety that matters).
 DEFAULT_MAX_REPLICATION = 3
 
+#: Changes of members, API keys and project visibility, keyed by record, compacted: the latest
+#: record of each stays, so an API replica that reads it from the beginning holds the current
+#: state (``api/keyring.py``). One partition keeps every replica's view in one order.
+TOPIC_ACCOUNTS = Topic("runstream.accounts", 1, "changes of members, API keys and project visibility (compacted)")
+#: Topic configs beyond replication, by name.
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {TOPIC_ACCOUNTS.name: {"cleanup.policy": "compact"}}
+#: Every topic a cluster needs: the event contract's and the API's own.
+ALL_TOPICS: tuple[Topic, ...] = (*TOPICS, TOPIC_ACCOUNTS)
+
 
 @dataclasses.dataclass(frozen=True)
 class Replication:
@@ -101,7 +110,7 @@ async def count_brokers(bootstrap: str, timeout: float = 30.0) -> int:
 
 async def create_topics(
     bootstrap: str,
-    topics: Iterable[Topic] = TOPICS,
+    topics: Iterable[Topic] = ALL_TOPICS,
     replication: Replication | None = None,
     timeout: float = 30.0,
 ) -> list[str]:
@@ -122,7 +131,12 @@ async def create_topics(
             return []
         configs = {"min.insync.replicas": str(replication.min_insync)}
         response = await admin.create_topics(
-            [NewTopic(t.name, t.partitions, replication.factor, topic_configs=configs) for t in wanted],
+            [
+                NewTopic(
+                    t.name, t.partitions, replication.factor, topic_configs={**configs, **TOPIC_CONFIGS.get(t.name, {})}
+                )
+                for t in wanted
+            ],
             timeout_ms=int(timeout * 1000),
         )
         created = []
@@ -137,6 +151,6 @@ async def create_topics(
 
 
 def create_topics_sync(
-    bootstrap: str, topics: Iterable[Topic] = TOPICS, replication: Replication | None = None
+    bootstrap: str, topics: Iterable[Topic] = ALL_TOPICS, replication: Replication | None = None
 ) -> list[str]:
     return asyncio.run(create_topics(bootstrap, topics, replication))

@@ -29,6 +29,19 @@ if TYPE_CHECKING:  # storage is imported where a test needs it
     from runstream.storage.accounts import Role
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_user_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Runs made in this process read no user's config file, and record their unsent leftovers
+    (``runstream.delivery``'s registry, beside the config file) here, not in the user's home."""
+    saved = os.environ.get("RUNSTREAM_CONFIG")
+    os.environ["RUNSTREAM_CONFIG"] = str(tmp_path_factory.mktemp("config") / "config.toml")
+    yield
+    if saved is None:
+        os.environ.pop("RUNSTREAM_CONFIG", None)
+    else:
+        os.environ["RUNSTREAM_CONFIG"] = saved
+
+
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[KafkaBroker | None]:
     """The session's broker (None when RUNSTREAM_TEST_KAFKA points at an external one)."""

@@ -506,3 +506,27 @@ def test_settings_team_members_and_keys(page, server: str) -> None:
     page.locator("table.keys button", has_text="revoke").click()
     page.wait_for_function("!document.querySelector('table.keys button')")
     _shot(page, "settings")
+
+
+def test_settings_shows_the_audit_log(page, server: str) -> None:
+    """The UI's own requests are same-origin, so they still act as the local admin; what they change is audited."""
+    page.goto(f"{server}/settings")
+    page.locator("input[placeholder='new team']").fill("audited")
+    page.get_by_role("button", name="create team").click()
+    page.wait_for_selector("table.members[data-team=audited]")
+    page.locator("input[name=member-user]").fill("bea")
+    page.get_by_role("button", name="add member").click()
+    page.wait_for_function("document.querySelector('table.members').textContent.includes('bea')")
+    page.locator("input[name=key-name]").fill("ci")
+    page.get_by_role("button", name="create key").click()
+    page.locator("code.secret").wait_for()
+    page.locator("table.keys button", has_text="revoke").click()
+    page.wait_for_function("document.querySelectorAll('table.audit tbody tr').length === 4")
+    actions = page.locator("table.audit tbody tr").evaluate_all("rows => rows.map(r => r.dataset.action)")
+    assert actions == ["key.revoke", "key.create", "member.add", "team.create"]
+    newest = page.locator("table.audit tbody tr").first.inner_text()
+    assert "local admin" in newest and "127.0.0.1" in newest
+    page.locator("select[name=audit-action]").select_option("member.add")
+    page.wait_for_function("document.querySelectorAll('table.audit tbody tr').length === 1")
+    assert "bea" in page.locator("table.audit tbody tr").first.inner_text()
+    _shot(page, "settings-audit")

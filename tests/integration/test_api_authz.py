@@ -11,6 +11,11 @@ and write classes are also tried on a public project (anyone reads, nobody
 outside the team writes). The callers: no key, another team's admin key, acme's
 viewer, member and admin, a share link of a report in the private project, and
 the embedded server's local admin (a loopback caller when the server trusts it).
+
+Scoped keys (``SCOPED``) are tried on every operation too: the admin's keys of scope
+read and ingest, and the viewer's of scope ingest. What they get follows from the
+operation's declared scope (``x-runstream-scope``) and what the same member's admin-scoped
+key gets (``expected_scoped``); ``test_declared_scopes`` pins the declarations.
 """
 
 from __future__ import annotations
@@ -38,7 +43,13 @@ RUN = {PRIVATE: "r1", PUBLIC: "p1"}
 ADMIN, MEMBER, VIEWER = "alice", "mia", "vic"
 BLOB = b"weights\n"
 SHA = hashlib.sha256(BLOB).hexdigest()
-CALLERS = ("anonymous", "other_team", "viewer", "member", "admin", "share_link", "local_admin")
+#: Keys with a scope: caller -> (the caller whose role it has, the key's scope).
+SCOPED: dict[str, tuple[str, accounts.Scope]] = {
+    "admin_read_key": ("admin", "read"),
+    "admin_ingest_key": ("admin", "ingest"),
+    "viewer_ingest_key": ("viewer", "ingest"),
+}
+CALLERS = ("anonymous", "other_team", "viewer", "member", "admin", "share_link", "local_admin", *SCOPED)
 OK = "ok"  # the request's own success status
 V1 = "/api/v1"
 _fresh = itertools.count()
@@ -94,6 +105,7 @@ class World:
     headers: dict[str, dict[str, str]]
     targets: dict[str, Target] = field(default_factory=dict)
     share_token: str = ""
+    document: dict[str, Any] = field(default_factory=dict)
 
     @property
     def client(self) -> Any:
@@ -181,6 +193,10 @@ def seed(world: World) -> None:
         accounts.ensure_team(client, team)
         accounts.set_member(client, team, user, role)
         world.headers[who] = {"Authorization": f"Bearer {accounts.create_key(client, team, user, 'authz')[1]}"}
+    users = {who: user for who, _, user, _ in seats}
+    for who, (seat, scope) in SCOPED.items():
+        key = accounts.create_key(client, TEAM, users[seat], f"authz {scope}", scope=scope)[1]
+        world.headers[who] = {"Authorization": f"Bearer {key}"}
     batch = _events(PRIVATE, RUN[PRIVATE]) + _events(PUBLIC, RUN[PUBLIC])
     world.admin_call(
         "POST",
@@ -382,6 +398,7 @@ ACCESS: dict[tuple[str, str], tuple[str, Build]] = {
         lambda w, t: Call("DELETE", f"{V1}/teams/{TEAM}/members/{w.fresh_user()}"),
     ),
     ("GET", "/api/v1/teams/{team}/keys"): ("team-read", lambda w, t: Call("GET", f"{V1}/teams/{TEAM}/keys")),
+    ("GET", "/api/v1/teams/{team}/audit"): ("team-admin", lambda w, t: Call("GET", f"{V1}/teams/{TEAM}/audit")),
     ("POST", "/api/v1/teams/{team}/keys"): (
         "self-or-admin",
         lambda w, t: Call("POST", f"{V1}/teams/{TEAM}/keys", 201, json={"user": MEMBER, "name": "ci"}),
@@ -419,13 +436,39 @@ def _send(world: World, caller: str, call: Call) -> requests.Response:
         backend.local_admin = False
 
 
+#: Open to any caller at the edge, checked in the handler: its scope is what the handler needs
+#: (ingest once api/ingest.py declares ``endpoint(scope="ingest")``; until then a project write: admin).
+CHECKED_INSIDE = {("POST", "/api/v1/events"): "admin"}
+
+
+def declared_scope(world: World, operation: tuple[str, str]) -> str:
+    if not world.document:
+        world.document = requests.get(f"{world.url}/api/v1/openapi.json", timeout=30).json()
+    method, path = operation
+    declared = world.document["paths"][path][method.lower()]["x-runstream-scope"]
+    return CHECKED_INSIDE[operation] if declared == "any" and operation in CHECKED_INSIDE else declared
+
+
+def expected_scoped(base: int | str, key_scope: str, declared: str) -> int | str:
+    """What a key of ``key_scope`` gets where the same member's admin-scoped key gets ``base``: the same
+    where its scope admits the operation; else 403 where the member could (or was refused for the role),
+    and the same refusal where the member learns nothing (404)."""
+    if declared in ("none", "any") or key_scope == "admin" or key_scope == declared:
+        return base
+    return 403 if base in (OK, 403) else base
+
+
 def _check(
     world: World, operation: tuple[str, str], caller: str, project: str, expected: dict[str, dict[str, int | str]]
 ) -> None:
     access, build = ACCESS[operation]
     call = build(world, world.targets[project])
     response = _send(world, caller, call)
-    want = expected[access][caller]
+    if caller in SCOPED:
+        seat, scope = SCOPED[caller]
+        want = expected_scoped(expected[access][seat], scope, declared_scope(world, operation))
+    else:
+        want = expected[access][caller]
     want = call.ok if want == OK else want
     assert response.status_code == want, f"{caller} {call.method} {call.path}: {response.text[:300]}"
     if response.status_code >= 400:
@@ -439,6 +482,23 @@ def test_the_table_covers_exactly_the_documented_operations(world: World) -> Non
     assert set(ACCESS) == documented, (
         f"not in ACCESS: {sorted(documented - set(ACCESS))}; not in the document: {sorted(set(ACCESS) - documented)}"
     )
+
+
+def test_declared_scopes(world: World) -> None:
+    """The declarations the scoped rows follow: reads are read, team changes and other writes admin."""
+    scopes = {op: declared_scope(world, op) for op in ACCESS}
+    assert set(scopes.values()) <= {"none", "any", "read", "ingest", "admin"}
+    for operation, (access, _build) in ACCESS.items():
+        if access == "project-read":
+            assert scopes[operation] == "read", operation
+        if access in ("project-admin", "team-admin", "team-write", "self-or-admin", "local-admin-only"):
+            assert scopes[operation] == "admin", operation
+        if access == "team-read":
+            assert scopes[operation] == "read", operation
+    for operation in [("POST", "/api/v1/events"), ("PUT", "/api/v1/files/{team}/{project}/{run_id}/{store_key}")]:
+        assert scopes[operation] == "ingest", operation
+    assert scopes[("GET", "/api/v1/teams")] == scopes[("GET", "/api/v1/projects")] == "read"
+    assert scopes[("PATCH", "/api/v1/runs/{team}/{project}/{run_id}")] == "admin"
 
 
 def test_every_expected_status_is_declared(world: World) -> None:

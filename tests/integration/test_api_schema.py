@@ -340,6 +340,20 @@ def test_every_operation_is_described_with_its_refusals(method: str, path: str, 
         assert "413" in responses and ({"400", "422"} & set(responses)), "too large, and malformed, bodies"
 
 
+@pytest.mark.parametrize(("method", "path", "operation"), OPERATIONS, ids=[f"{m} {p}" for m, p, _ in OPERATIONS])
+def test_every_operation_declares_its_key_scope(method: str, path: str, operation: dict[str, Any]) -> None:
+    """``x-runstream-scope`` (what a key's scope must be: api/auth.py), also said in the description."""
+    from runstream.api.auth import SCOPE_DESCRIPTIONS
+
+    scope = operation.get("x-runstream-scope")
+    assert scope in SCOPE_DESCRIPTIONS, f"{method} {path} declares no key scope"
+    assert f"Key scope: {scope} ({SCOPE_DESCRIPTIONS[scope]})." in operation.get("description", "")
+    if scope in ("read", "ingest", "admin"):  # a key of another scope is refused
+        assert "403" in operation["responses"], f"{method} {path}: a key of too narrow a scope gets 403"
+    if operation.get("security") == []:
+        assert scope == "none", f"{method} {path} needs no credential, so no scope"
+
+
 @schema.parametrize()
 @SETTINGS
 def test_anonymous_requests_conform(case: schemathesis.Case, world: World) -> None:

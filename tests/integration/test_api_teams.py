@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +97,7 @@ def test_whoami_for_each_kind_of_caller(world):
         "team": None,
         "role": None,
         "key_id": None,
+        "scope": None,
         "local_admin": False,
         "share": None,
     }
@@ -104,6 +108,7 @@ def test_whoami_for_each_kind_of_caller(world):
         "team": "acme",
         "role": "viewer",
         "key_id": key_id,
+        "scope": "admin",
         "local_admin": False,
         "share": None,
     }
@@ -213,6 +218,98 @@ def test_the_last_admin_is_neither_removed_nor_demoted(world):
     assert world.call("member", "DELETE", "/teams/acme/members/max").status_code == 409
 
 
+def _admins(world: World, *users: str) -> None:
+    for user in users:
+        accounts.set_member(world.api.storage, "acme", user, "admin")
+
+
+def test_two_admins_demoting_each_other_at_once_leave_the_team_an_admin(world):
+    bob = world.api.key("acme", "bob", "admin")
+    ann = world.headers["admin"]
+    for _ in range(3):
+        _admins(world, "ann", "bob")
+        start = threading.Barrier(2)
+
+        def demote(headers: dict[str, str], user: str, start: threading.Barrier = start) -> Any:
+            start.wait()
+            return world.api.http.put(f"{V1}/teams/acme/members/{user}", json={"role": "member"}, headers=headers)
+
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(demote, [ann, bob], ["bob", "ann"]))
+        statuses = sorted(a.status_code for a in answers)
+        # One wins; the other is refused: 409 (last admin), or 403 when the winner demoted its key's user first.
+        assert statuses in ([200, 409], [200, 403]), [a.text for a in answers]
+        assert accounts.admin_count(world.api.storage, "acme") == 1
+
+
+def test_concurrent_demotions_and_removals_in_one_process_keep_one_admin(world):
+    storage = world.api.storage
+    admins = [f"boss{i}" for i in range(4)]
+    _admins(world, *admins)
+    accounts.set_member(storage, "acme", "ann", "member")
+    start = threading.Barrier(len(admins))
+
+    def step_down(i: int) -> str:
+        start.wait()
+        try:
+            if i % 2:
+                accounts.remove_member(storage, "acme", admins[i])
+            else:
+                accounts.set_member(storage, "acme", admins[i], "viewer")
+        except accounts.LastAdminError:
+            return "refused"
+        return "done"
+
+    with ThreadPoolExecutor(len(admins)) as pool:
+        outcomes = sorted(pool.map(step_down, range(len(admins))))
+    assert outcomes == ["done"] * 3 + ["refused"]
+    assert accounts.admin_count(storage, "acme") == 1
+
+
+def test_replicas_racing_without_a_shared_lock_undo_their_change(world, monkeypatch):
+    """Two API replicas share no lock: both pass the check, both write, both then see no admin left.
+    Each puts its member's row back and refuses, so the team keeps both admins (a retry then passes)."""
+    storage = world.api.storage
+    _admins(world, "ann", "bob")
+    _, bobs_key = accounts.create_key(storage, "acme", "bob")
+    monkeypatch.setattr(accounts, "_team_lock", lambda team: contextlib.nullcontext())
+    real_count = accounts.admin_count
+    in_step = threading.Barrier(2)
+    calls = threading.local()
+
+    def admin_count(client, team: str) -> int:
+        calls.n = getattr(calls, "n", 0) + 1
+        if calls.n == 1:  # the check before writing: both see two admins
+            count = real_count(client, team)
+            in_step.wait()
+            return count
+        in_step.wait()  # the check after writing: both writes are in
+        return real_count(client, team)
+
+    monkeypatch.setattr(accounts, "admin_count", admin_count)
+
+    def demote(user: str) -> str:
+        try:
+            if user == "ann":
+                accounts.set_member(storage, "acme", user, "member")
+            else:
+                accounts.remove_member(storage, "acme", user)
+        except accounts.LastAdminError as exc:
+            return str(exc)
+        return "done"
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(demote, ["ann", "bob"]))
+    assert all("at the same moment" in o for o in outcomes), outcomes
+    monkeypatch.setattr(accounts, "admin_count", real_count)
+    roles = {m["user"]: m["role"] for m in accounts.list_members(storage, "acme")}
+    assert roles["ann"] == roles["bob"] == "admin"
+    # Each undo kept the member's row as it was: bob's keys were not revoked, and a retry passes.
+    assert accounts.resolve_key(storage, bobs_key) is not None
+    accounts.set_member(storage, "acme", "ann", "member")
+    assert accounts.admin_count(storage, "acme") == 1
+
+
 # -- keys ----------------------------------------------------------------------------------------------------
 
 
@@ -253,7 +350,7 @@ def test_a_created_key_works_is_shown_once_and_listings_hold_no_secrets(world):
     created = world.call("admin", "POST", "/teams/acme/keys", {"name": "ci runner", "user": "max"})
     assert created.status_code == 201
     body = created.json()
-    assert set(body) == {"key_id", "key", "team", "user", "name", "created_at"}
+    assert set(body) == {"key_id", "key", "team", "user", "name", "scope", "created_at"}
     assert (body["team"], body["user"], body["name"]) == ("acme", "max", "ci runner")
     assert body["key"].startswith(f"rs_{body['key_id']}_")
     me = world.api.http.get(f"{V1}/whoami", headers={"Authorization": f"Bearer {body['key']}"}).json()
@@ -263,7 +360,7 @@ def test_a_created_key_works_is_shown_once_and_listings_hold_no_secrets(world):
         listing = world.call(who, "GET", "/teams/acme/keys")
         assert secret not in listing.text and "sha256" not in listing.text
         for key in listing.json()["keys"]:
-            assert set(key) == {"key_id", "team", "user", "name", "created_at", "revoked_at"}
+            assert set(key) == {"key_id", "team", "user", "name", "scope", "created_at", "revoked_at"}
     # Members see their own keys; admins see everyone's.
     assert {k["user"] for k in world.call("member", "GET", "/teams/acme/keys").json()["keys"]} == {"max"}
     assert {k["user"] for k in world.call("admin", "GET", "/teams/acme/keys").json()["keys"]} == {"ann", "max", "vic"}

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -62,6 +63,37 @@ def whoami(client: TestClient, key: str):
     return client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {key}"})
 
 
+def eventually_refused(client: TestClient, key: str, within_s: float):
+    """whoami with ``key`` until it is refused, for at most ``within_s`` (then its last answer)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        response = whoami(client, key)
+        if response.status_code != 200 or time.monotonic() > deadline:
+            return response
+        time.sleep(0.05)
+
+
+def test_keys_create_takes_a_scope_that_listings_show_and_the_api_enforces(server_dsn, open_api):
+    created = keys("create", "--team", "lab", "--user", "ada", "--scope", "read", dsn=server_dsn)
+    assert created.returncode == 0, created.stderr
+    assert "of scope read" in created.stdout
+    key = printed_key(created)
+    ingest = printed_key(keys("create", "--team", "lab", "--user", "ada", "--scope", "ingest", dsn=server_dsn))
+    listed = keys("list", "--team", "lab", dsn=server_dsn).stdout
+    assert re.search(rf"^{key.split('_')[1]} +ada +admin +read ", listed, re.MULTILINE), listed
+    assert re.search(rf"^{ingest.split('_')[1]} +ada +admin +ingest ", listed, re.MULTILINE), listed
+    client = open_api()
+    headers = {"Authorization": f"Bearer {key}"}
+    assert client.get("/api/v1/teams/lab/members", headers=headers).status_code == 200  # a read
+    made = client.post("/api/v1/teams/lab/keys", headers=headers, json={"name": "more"})  # would widen its scope
+    assert made.status_code == 403 and made.json()["error"]["code"] == "key_scope"
+    assert "runstream keys create --scope admin" in made.json()["error"]["message"]
+    listing = client.get("/api/v1/teams/lab/members", headers={"Authorization": f"Bearer {ingest}"})
+    assert listing.status_code == 403 and listing.json()["error"]["code"] == "key_scope"
+    bad = keys("create", "--team", "lab", "--user", "ada", "--scope", "owner", dsn=server_dsn)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
 def test_keys_create_bootstraps_an_admin_whose_key_works(server_dsn, open_api):
     first = keys("create", "--team", "acme", "--user", "ann", "--name", "laptop", dsn=server_dsn)
     assert first.returncode == 0, first.stderr
@@ -103,11 +135,30 @@ def test_keys_list_shows_no_secrets_and_revoke_stops_a_key_at_once(server_dsn, o
     assert whoami(client, key).status_code == 200
     revoked = keys("revoke", key_id, dsn=server_dsn)
     assert revoked.returncode == 0 and f"revoked key {key_id}" in revoked.stdout
-    response = whoami(client, key)
+    # The API checks keys from memory and reads what changed in the database at most a second before.
+    response = eventually_refused(client, key, within_s=1.5)
     assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
     assert keys("revoke", key_id, dsn=server_dsn).stdout.count("already revoked")
     relisted = keys("list", "--team", "lab", dsn=server_dsn).stdout
     assert re.search(rf"^{key_id} .* \d{{4}}-\d\d-\d\d \d\d:\d\d UTC +ci$", relisted, re.MULTILINE), relisted
+
+
+def test_keys_commands_are_in_the_teams_audit_log(server_dsn):
+    from runstream.storage import audit
+    from runstream.storage.client import connect
+
+    key_id = printed_key(keys("create", "--team", "lab", "--user", "lea", "--scope", "ingest", dsn=server_dsn))
+    key_id = key_id.split("_")[1]
+    assert keys("revoke", key_id, dsn=server_dsn).returncode == 0
+    entries = audit.list_entries(connect(server_dsn), "lab")["entries"]
+    assert [(e["action"], e["target"], e["actor"]["kind"]) for e in entries] == [
+        ("key.revoke", key_id, "cli"),
+        ("key.create", key_id, "cli"),
+        ("member.add", "lea", "cli"),
+        ("team.create", "lab", "cli"),
+    ]
+    assert entries[1]["details"] == {"user": "lea", "name": "", "scope": "ingest"}
+    assert entries[0]["user_agent"].startswith("runstream CLI on ")
 
 
 def test_keys_errors_are_clear_and_non_zero(server_dsn):

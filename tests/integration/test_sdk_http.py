@@ -95,13 +95,16 @@ def test_server_errors_are_retried(receiver_factory, tmp_path):
     assert [s for s, _, _ in metric_points(receiver.events)] == [0]
 
 
-def test_a_rejected_batch_stays_in_the_spool(receiver_factory, tmp_path):
+def test_a_batch_refused_for_good_is_set_aside_and_does_not_block_the_run(receiver_factory, tmp_path):
+    """A 422 is final: the refused events go to the run's quarantine (sync --quarantined retries them)."""
     receiver = receiver_factory([422] * 1000)
-    run = runstream.init(project="p", dir=tmp_path, settings={**QUIET, "url": receiver.url, "finish_timeout": 1})
+    run = runstream.init(project="p", dir=tmp_path, settings={**QUIET, "url": receiver.url, "finish_timeout": 5})
     run.log({"x": 1.0})
     result = run.finish()
-    assert result.acked_events == 0 and result.unacked_events >= 3  # run_start, metrics, run_finish
+    assert result.acked_events == 0 and result.unacked_events == 0
+    assert result.quarantined_events >= 3  # run_start, metrics, run_finish
     assert receiver.events == []
+    assert len(list((tmp_path / "runstream-runs").glob("run-*/quarantine/batch-*.json"))) >= 1
 
 
 def test_saved_files_are_uploaded_before_their_event(receiver_factory, tmp_path):

@@ -21,6 +21,7 @@ import pytest
 
 import runstream
 from infra.net import free_port
+from runstream.public_api import ApiError
 from tests.helpers import Server, as_in_a_terminal, scanned_history, script_env, unique, wait_for
 
 STEPS = 5
@@ -94,6 +95,16 @@ def _start(directory: Path, body: str, env: dict[str, str]) -> subprocess.Popen:
     raise AssertionError(f"the script ended early: {proc.stderr.read()}")  # type: ignore[union-attr]
 
 
+def _state(api: runstream.Api, path: str) -> str | None:
+    """The run's state, None while the server does not know the run yet."""
+    try:
+        return api.run(path).state
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        return None
+
+
 def _started(output: str) -> dict:
     return json.loads(next(line for line in output.splitlines() if line.startswith("START "))[6:])
 
@@ -143,7 +154,8 @@ def test_every_way_a_script_ends_keeps_every_point_and_says_how_it_ended(ending,
 
     path = f"default/{project}/{run_id}"
     timeout = CRASH_TIMEOUT + 15 if state == "crashed" else 10
-    wait_for(lambda: api.run(path).state == state, f"{path} to be {state}", timeout)
+    # Asked right after a kill, the server may not know the run yet (its events are still on their way): 404.
+    wait_for(lambda: _state(api, path) == state, f"{path} to be {state}", timeout)
     run = api.run(path)
     assert run.exit_code == exit_code
     assert run.config == {"lr": 0.01, "layers": 3}

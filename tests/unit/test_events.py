@@ -1,4 +1,6 @@
+import json
 import math
+import time
 
 import orjson
 import pytest
@@ -157,3 +159,39 @@ def test_config_and_summary_nest_at_most_32_levels_dotted_keys_counted():
     for etype in (events.RUN_UPDATE, events.RUN_EDIT):
         with pytest.raises(InvalidEvent, match="nested at most 32 levels"):
             validate(make_event(etype, {"summary": deep}))
+
+
+def _deep(levels: int) -> dict:
+    value: dict | list | int = 1
+    for i in range(levels):
+        value = {"a": value} if i % 2 else [value]
+    return {"x": value}
+
+
+@pytest.mark.parametrize(
+    ("etype", "field", "base"),
+    [
+        (events.RUN_START, "git", {"name": "n"}),
+        (events.FILE, "meta", {"path": "a.png", "kind": "media", "size": 1, "sha256": "0" * 64, "store_key": "k"}),
+        (events.METRICS, "extra", {"step": [0], "time": [1.0], "values": {"loss": [1.0]}}),
+    ],
+)
+def test_data_nested_deeper_than_storage_takes_is_refused_whatever_the_field(etype, field, base):
+    """Storage and JSON encoders recurse: an event nested a few hundred levels passed validation, then
+    failed on every attempt to store it. Now it is refused where it arrives (422, or a dead letter)."""
+    assert validate(make_event(etype, {**base, field: _deep(events.MAX_DATA_DEPTH - 2)}))
+    for levels in (events.MAX_DATA_DEPTH, 250, 900):
+        with pytest.raises(InvalidEvent, match=f"nests more than {events.MAX_DATA_DEPTH} levels"):
+            decode(json.dumps(make_event(etype, {**base, field: _deep(levels)})))  # orjson stops at 255
+
+
+def test_a_seq_from_the_far_future_is_refused():
+    """A seq past what the SDK could have made (its session start time << 32) would make every later event
+    of its run look like a replay; the SDK's seqs, small test seqs and a resumed run's pass."""
+    now = int(time.time())
+    for seq in (0, 1, 2**40, (now << 32) + 12345, ((now + 86400) << 32)):
+        assert validate(make_event(events.HEARTBEAT, {}, seq)).seq == seq
+    for seq in (2**64 - 1, 2**63, (now + events.MAX_SEQ_AHEAD_S + 86400) << 32):
+        with pytest.raises(InvalidEvent, match=r"seq \d+ is too large"):
+            validate(make_event(events.HEARTBEAT, {}, seq))
+    assert events.max_seq(now) < 2**63  # fits the signed 64 bits readers use, until 2038

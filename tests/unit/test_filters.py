@@ -8,7 +8,15 @@ import orjson
 import pytest
 
 from runstream.storage.errors import QueryError
-from runstream.storage.filters import MAX_DEPTH, MAX_ITEMS, compile_filters, resolve_field
+from runstream.storage.filters import (
+    MAX_CONDITIONS,
+    MAX_DEPTH,
+    MAX_ITEMS,
+    MAX_MAP_KEYS,
+    MAX_REGEXES,
+    compile_filters,
+    resolve_field,
+)
 
 _PLACEHOLDER = re.compile(r"\{(f\d+):([A-Za-z0-9()]+)\}")
 
@@ -289,3 +297,33 @@ def test_nesting_is_limited():
 def test_one_placeholder_per_distinct_key():
     out = _compiled({"config.lr": {"$gt": 0.1, "$lt": 0.5, "$ne": 0.3}})
     assert list(out.params.values()).count("lr") == 1
+
+
+# -- what one filter may cost: each bound is a QueryError naming it (a 400) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("filters", "bound"),
+    [
+        ({f"config.k{i}": i for i in range(MAX_MAP_KEYS + 1)}, "map_keys"),
+        ({"$or": [{f"config.k{i}": 1} for i in range(60)] + [{f"summary.k{i}": 1} for i in range(60)]}, "map_keys"),
+        ({"$and": [{"state": {"$ne": str(i)}} for i in range(MAX_CONDITIONS + 1)]}, "conditions"),
+        ({"$and": [{"$and": [{}] * 100}, {"$and": [{}] * 101}]}, "conditions"),
+        ({"$and": [{f"config.k{i}": {"$in": list(range(1000))}} for i in range(11)]}, "items"),
+        ({"config.lr": {"$in": list(range(MAX_ITEMS + 1))}}, "list_items"),
+        ({"$or": [{"name": {"$regex": f"^{i}"}} for i in range(MAX_REGEXES + 1)]}, "regexes"),
+        (_nested(MAX_DEPTH + 1), "depth"),
+    ],
+)
+def test_a_filter_past_a_bound_says_which(filters, bound):
+    with pytest.raises(QueryError) as refused:
+        compile_filters(filters)
+    assert refused.value.details["bound"] == bound
+    assert "at most" in refused.value.message or "levels deep" in refused.value.message
+
+
+def test_a_filter_at_its_bounds_compiles():
+    at_keys = _compiled({f"config.k{i}": {"$gt": i, "$lt": i + 1} for i in range(MAX_MAP_KEYS - 1)})
+    assert len(at_keys.params) > MAX_MAP_KEYS
+    _compiled({"$or": [{"name": {"$regex": f"^{i}"}} for i in range(MAX_REGEXES)]})
+    _compiled({"config.k": {"$in": list(range(MAX_ITEMS))}, "summary.k": {"$nin": list(range(MAX_ITEMS))}})

@@ -16,6 +16,8 @@ export interface paths {
         /**
          * Ingest events
          * @description Ingest a batch of events: newline-delimited JSON, one event of the event contract per line.
+         *
+         *     Key scope: ingest (keys of scope ingest or admin).
          */
         post: {
             parameters: {
@@ -84,6 +86,17 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description over the key's or team's ingest quota (points/s, bytes/s); nothing was applied: resend the batch after Retry-After seconds (the SDK does so by itself) */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description the events could not be stored; retry */
                 503: {
                     headers: {
@@ -111,6 +124,8 @@ export interface paths {
         /**
          * Download a run file
          * @description Download a run file or media blob.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -156,9 +171,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -170,6 +205,8 @@ export interface paths {
         /**
          * Upload a run file
          * @description Upload a run file or media blob, streamed to the file store and checked against its SHA-256.
+         *
+         *     Key scope: ingest (keys of scope ingest or admin).
          */
         put: {
             parameters: {
@@ -237,9 +274,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the path is taken by a folder, or passes through a file or a symbolic link */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description larger than the limit */
                 413: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -265,6 +322,8 @@ export interface paths {
         /**
          * Health and readiness
          * @description Whether the services the API depends on answer: 200, or 503 naming what is down.
+         *
+         *     Key scope: none (no credential needed).
          */
         get: {
             parameters: {
@@ -313,6 +372,8 @@ export interface paths {
         /**
          * List projects
          * @description Projects the caller can read: their team's and every public one (anonymous: public only).
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -353,6 +414,26 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         put?: never;
@@ -375,6 +456,8 @@ export interface paths {
         /**
          * Create a project
          * @description Create a project in a team (members and admins). Logging a run also creates one, private.
+         *
+         *     Key scope: admin (keys of scope admin).
          */
         post: {
             parameters: {
@@ -454,6 +537,17 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         delete?: never;
@@ -472,6 +566,8 @@ export interface paths {
         /**
          * Get a project
          * @description One project, with its visibility and run count.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -512,9 +608,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such project, or not visible to the caller */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -531,6 +647,8 @@ export interface paths {
         /**
          * Change a project
          * @description Change a project's visibility or description (team admins).
+         *
+         *     Key scope: admin (keys of scope admin).
          */
         patch: {
             parameters: {
@@ -602,6 +720,17 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         trace?: never;
@@ -616,6 +745,8 @@ export interface paths {
         /**
          * List alert rules
          * @description A project's alert rules, enabled or not.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -656,9 +787,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -671,6 +822,8 @@ export interface paths {
         /**
          * Create an alert rule
          * @description Create an alert rule; the processor applies it to the project's runs within a second.
+         *
+         *     Key scope: admin (keys of scope admin).
          */
         post: {
             parameters: {
@@ -751,6 +904,17 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         delete?: never;
@@ -769,6 +933,8 @@ export interface paths {
         /**
          * Get an alert rule
          * @description One alert rule.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -810,9 +976,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -826,6 +1012,8 @@ export interface paths {
         /**
          * Delete an alert rule
          * @description Delete an alert rule; the processor stops applying it within a second.
+         *
+         *     Key scope: admin (keys of scope admin).
          */
         delete: {
             parameters: {
@@ -883,6 +1071,17 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         options?: never;
@@ -890,6 +1089,8 @@ export interface paths {
         /**
          * Update an alert rule
          * @description Change an alert rule: the fields sent; ``kind`` and ``spec`` go together, and the spec is replaced whole.
+         *
+         *     Key scope: admin (keys of scope admin).
          */
         patch: {
             parameters: {
@@ -971,6 +1172,17 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         trace?: never;
@@ -985,6 +1197,8 @@ export interface paths {
         /**
          * List alerts
          * @description A project's alerts (or one run's), newest first, optionally from ``since`` on.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -1031,9 +1245,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -1063,8 +1297,12 @@ export interface paths {
          *
          *     From ``since``, else from connect time; a reconnect with ``Last-Event-ID`` resumes after that event.
          *     A ``: keepalive`` comment goes out every 15 s without alerts. ``max_events`` and ``timeout_s``
-         *     end the stream (for scripts and tests); otherwise it lasts until the client disconnects.
+         *     end the stream (for scripts and tests); otherwise it lasts until the client disconnects, for an
+         *     hour at most (then reconnect with ``Last-Event-ID``). It also ends, within a second, when its
+         *     credential stops reading the project: a revoked key, a removed member, a revoked share link.
          *     Browsers' EventSource cannot send headers: use ``?share=`` for a share link.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -1075,7 +1313,7 @@ export interface paths {
                     since?: number;
                     /** @description end after this many alerts */
                     max_events?: number;
-                    /** @description end after this many seconds */
+                    /** @description end after this many seconds; every stream ends after an hour at most whatever this says (reconnect with Last-Event-ID) */
                     timeout_s?: number;
                 };
                 header?: {
@@ -1123,9 +1361,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -1158,6 +1416,8 @@ export interface paths {
          *     Groups are given (``groups``: label to run ids), or made by grouping the
          *     runs that match ``filters`` by fields (``by``, as in ``runs/groups``; each
          *     group then carries its ``values`` and ``run_count``, and its label joins the values).
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         post: {
             parameters: {
@@ -1202,6 +1462,15 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
@@ -1214,6 +1483,17 @@ export interface paths {
                 /** @description the body is too large */
                 413: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -1240,6 +1520,8 @@ export interface paths {
          * @description Export runs' metric history (long format: run_id, metric, step, time, value) or their metadata (``table=runs``).
          *
          *     Runs are ``run_ids``, or those matching ``filters`` (every run when neither is sent).
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -1296,9 +1578,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -1325,6 +1627,8 @@ export interface paths {
         /**
          * Key catalog
          * @description The config, summary, metric and system keys the project has seen, with their JSON types.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -1367,9 +1671,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -1396,6 +1720,8 @@ export interface paths {
         /**
          * List reports
          * @description A project's reports, most recently updated first (without bodies and panels).
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -1436,9 +1762,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -1451,6 +1797,8 @@ export interface paths {
         /**
          * Create a report
          * @description Create a report: a ``title``, a markdown ``body`` and chart ``panels``.
+         *
+         *     Key scope: admin (keys of scope admin).
          */
         post: {
             parameters: {
@@ -1531,6 +1879,17 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         delete?: never;
@@ -1549,6 +1908,8 @@ export interface paths {
         /**
          * Get a report
          * @description One report.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -1590,9 +1951,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such report, or not visible */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -1606,6 +1987,8 @@ export interface paths {
         /**
          * Delete a report
          * @description Delete a report; its share links stop working.
+         *
+         *     Key scope: admin (keys of scope admin).
          */
         delete: {
             parameters: {
@@ -1663,6 +2046,17 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         options?: never;
@@ -1670,6 +2064,8 @@ export interface paths {
         /**
          * Update a report
          * @description Change a report's title, body or panels (the fields sent).
+         *
+         *     Key scope: admin (keys of scope admin).
          */
         patch: {
             parameters: {
@@ -1751,6 +2147,17 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         trace?: never;
@@ -1768,6 +2175,8 @@ export interface paths {
          * Create a share link
          * @description A read-only link to the report and its project's data, valid for ``expires_in_s`` (default 7 days,
          *     at most a year).
+         *
+         *     Key scope: admin (keys of scope admin).
          */
         post: {
             parameters: {
@@ -1840,11 +2249,24 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         /**
          * Revoke share links
          * @description Revoke every share link of the report made so far (new ones can be made after).
+         *
+         *     Key scope: admin (keys of scope admin).
          */
         delete: {
             parameters: {
@@ -1904,6 +2326,17 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         options?: never;
@@ -1921,6 +2354,8 @@ export interface paths {
         /**
          * Search runs
          * @description A page of the project's runs matching a filter, in an order.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -1971,9 +2406,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -2000,6 +2455,8 @@ export interface paths {
         /**
          * Count runs
          * @description How many of the project's runs match a filter.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -2043,9 +2500,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -2078,6 +2555,8 @@ export interface paths {
          *     ``by`` names text columns (group, job_type, state, ...), ``tags`` or
          *     ``config.<key>``/``summary.<key>``; ``aggregates`` names summary (or config)
          *     keys, each giving mean, min, max and count over the group's numeric values.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         post: {
             parameters: {
@@ -2122,6 +2601,15 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
@@ -2134,6 +2622,17 @@ export interface paths {
                 /** @description the body is too large */
                 413: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -2166,6 +2665,8 @@ export interface paths {
          *     since the run's first step) or metric (the value of ``x_metric``). ``fields``
          *     picks the arrays to answer: a line with its min/max envelope needs only x, y,
          *     min and max.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         post: {
             parameters: {
@@ -2210,6 +2711,15 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
@@ -2222,6 +2732,17 @@ export interface paths {
                 /** @description the body is too large */
                 413: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -2257,6 +2778,8 @@ export interface paths {
          *     endpoint answers them, with ``run_id``, ordered by metric then by the order of
          *     ``run_ids`` (oldest run first for a filter); a run without samples of a metric
          *     has none.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         post: {
             parameters: {
@@ -2301,6 +2824,15 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
@@ -2313,6 +2845,17 @@ export interface paths {
                 /** @description the body is too large */
                 413: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -2337,6 +2880,8 @@ export interface paths {
         /**
          * Health and readiness
          * @description Whether the services the API depends on answer: 200, or 503 naming what is down.
+         *
+         *     Key scope: none (no credential needed).
          */
         get: {
             parameters: {
@@ -2385,6 +2930,8 @@ export interface paths {
         /**
          * Get a run
          * @description One run.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -2426,9 +2973,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -2451,6 +3018,8 @@ export interface paths {
          *     field by field, a later value the run's SDK sends (a tag list, a config or
          *     summary key, its name). A field left out stays as it is; notes sent as null are
          *     cleared, and null for any other field is refused.
+         *
+         *     Key scope: admin (keys of scope admin).
          */
         patch: {
             parameters: {
@@ -2523,6 +3092,17 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description the edit could not be stored; retry */
                 503: {
                     headers: {
@@ -2548,6 +3128,8 @@ export interface paths {
          * @description A run's console output: the last ``tail`` lines, or with ``q`` the last lines that contain it (or match it).
          *
          *     Lines come oldest first; ``next_cursor`` pages to older lines.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -2596,9 +3178,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -2625,6 +3227,8 @@ export interface paths {
         /**
          * Export a run's history
          * @description Export one run's full metric history (long format: run_id, metric, step, time, value).
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -2676,9 +3280,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -2705,6 +3329,8 @@ export interface paths {
         /**
          * A run's files
          * @description A run's files (the current entry per path, sorted by path), each with the URL of its blob.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -2749,9 +3375,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -2780,6 +3426,8 @@ export interface paths {
          * @description At most ``samples`` rows of a run's metrics, sampled keeping each key's extremes (its min and max).
          *
          *     A row is a step at which any of the keys was logged; ``null`` where it did not log a key.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -2825,9 +3473,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -2854,6 +3522,8 @@ export interface paths {
         /**
          * A run's full history, paged
          * @description A page of a run's unsampled history, by step (``min_step`` inclusive, ``max_step`` exclusive).
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -2905,9 +3575,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -2934,6 +3624,8 @@ export interface paths {
         /**
          * A run's media under a key
          * @description The media a run logged under one key, by step: what a media panel's step slider walks.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -2977,9 +3669,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -3006,6 +3718,8 @@ export interface paths {
         /**
          * A run's metric names
          * @description The names of the metrics a run logged, sorted.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -3047,9 +3761,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -3081,6 +3815,8 @@ export interface paths {
          *     ``count`` is the number of finite values, which ``min``, ``max`` and ``mean``
          *     are over (null without any); ``last`` is the value logged at the metric's
          *     last step (non-finite ones as the contract's strings).
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -3122,9 +3858,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -3151,6 +3907,8 @@ export interface paths {
         /**
          * A run's system metrics
          * @description A run's system metrics (CPU, memory, GPU, ...) in time buckets: mean, min and max of each.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -3196,9 +3954,29 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
                 /** @description no such resource, or not visible with this key */
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -3225,6 +4003,8 @@ export interface paths {
         /**
          * Open a share link
          * @description The report a share link points to; the token is the credential, no key needed.
+         *
+         *     Key scope: none (no credential needed).
          */
         get: {
             parameters: {
@@ -3275,6 +4055,8 @@ export interface paths {
         /**
          * List teams
          * @description The teams the caller belongs to (the local admin: every team).
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -3303,12 +4085,34 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         put?: never;
         /**
          * Create a team
          * @description Create a team. Only the embedded server's local admin may; otherwise use ``runstream keys create``.
+         *
+         *     Key scope: admin (keys of scope admin).
          */
         post: {
             parameters: {
@@ -3377,8 +4181,117 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/teams/{team}/audit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Read the audit log
+         * @description The team's audit log, newest first: who (key and user, the local admin, or the CLI) created or
+         *     revoked keys, added, removed or changed members, changed a project's visibility, deleted things or
+         *     made share links, when, and from where. Entries are only ever appended; nothing changes or removes one.
+         *
+         *     Key scope: admin (keys of scope admin).
+         */
+        get: {
+            parameters: {
+                query?: {
+                    /** @description only entries of this action */
+                    action?: "key.create" | "key.revoke" | "member.add" | "member.remove" | "member.role" | "project.create" | "project.visibility" | "report.delete" | "rule.create" | "rule.delete" | "run.delete" | "share.create" | "share.revoke" | "team.create";
+                    limit?: number;
+                    /** @description next_cursor of the previous page */
+                    cursor?: string;
+                };
+                header?: never;
+                path: {
+                    team: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description a page of entries, newest first; next_cursor is null on the last */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AuditPage"];
+                    };
+                };
+                /** @description a bad action, limit or cursor */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no key, or a key that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description only the team's admins read its audit log */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such team, or not this key's */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -3395,6 +4308,8 @@ export interface paths {
         /**
          * List API keys
          * @description A team's API keys (admins: all of them; other members: their own), never their secrets.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -3452,12 +4367,25 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         put?: never;
         /**
          * Create an API key
          * @description A new API key: for yourself, or (team admins) for any member. The full key is in this answer only.
+         *
+         *     Key scope: admin (keys of scope admin).
          */
         post: {
             parameters: {
@@ -3528,6 +4456,17 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         delete?: never;
@@ -3549,6 +4488,8 @@ export interface paths {
         /**
          * Revoke an API key
          * @description Revoke a key (team admins, or the key's own user); it fails from the next request on.
+         *
+         *     Key scope: admin (keys of scope admin).
          */
         delete: {
             parameters: {
@@ -3607,6 +4548,17 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         options?: never;
@@ -3624,6 +4576,8 @@ export interface paths {
         /**
          * List a team's members
          * @description A team's members and their roles (any member may read them).
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
         get: {
             parameters: {
@@ -3681,6 +4635,17 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         put?: never;
@@ -3705,6 +4670,8 @@ export interface paths {
          *
          *     ``user`` is 1-128 letters, digits or ``_.@+-``, starting with a letter or digit
          *     (an e-mail address fits).
+         *
+         *     Key scope: admin (keys of scope admin).
          */
         put: {
             parameters: {
@@ -3794,12 +4761,25 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         post?: never;
         /**
          * Remove a member
          * @description Remove a member (team admins); their keys of the team are revoked at once.
+         *
+         *     Key scope: admin (keys of scope admin).
          */
         delete: {
             parameters: {
@@ -3867,6 +4847,17 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
             };
         };
         options?: never;
@@ -3884,6 +4875,8 @@ export interface paths {
         /**
          * Who am I
          * @description The caller as the server sees it (also anonymous callers and share links).
+         *
+         *     Key scope: any (any credential, or none).
          */
         get: {
             parameters: {
@@ -3932,6 +4925,8 @@ export interface paths {
         /**
          * Prometheus metrics
          * @description Prometheus metrics of this API process.
+         *
+         *     Key scope: none (no credential needed).
          */
         get: {
             parameters: {
@@ -4104,12 +5099,50 @@ export interface components {
             key_id: string;
             name: string;
             revoked_at: number | null;
+            /** @enum {unknown} */
+            scope: "admin" | "ingest" | "read";
             team: string;
             user: string;
         };
         /** ApiKeys */
         ApiKeys: {
             keys: components["schemas"]["ApiKey"][];
+            team: string;
+        };
+        /** AuditActor */
+        AuditActor: {
+            key_id: string | null;
+            /**
+             * @description an API key, the embedded server's local admin, or `runstream keys` on the server
+             * @enum {unknown}
+             */
+            kind: "anonymous" | "cli" | "key" | "local_admin";
+            /** @description the key's user; for the CLI, the OS account */
+            user: string | null;
+        };
+        /** AuditEntry */
+        AuditEntry: {
+            /** @enum {unknown} */
+            action: "key.create" | "key.revoke" | "member.add" | "member.remove" | "member.role" | "project.create" | "project.visibility" | "report.delete" | "rule.create" | "rule.delete" | "run.delete" | "share.create" | "share.revoke" | "team.create";
+            actor: components["schemas"]["AuditActor"];
+            /** @description Unix seconds */
+            at: number;
+            /** @description the connection's peer address */
+            client_ip: string | null;
+            details: Record<string, unknown>;
+            /** @description what a proxy's X-Forwarded-For or Forwarded header claimed, unverified */
+            forwarded_for: string | null;
+            id: string;
+            /** @description what the action changed: a user, key id, project or project/id */
+            target: string;
+            team: string;
+            user_agent: string | null;
+        };
+        /** AuditPage */
+        AuditPage: {
+            entries: components["schemas"]["AuditEntry"][];
+            /** @description null on the last page */
+            next_cursor: string | null;
             team: string;
         };
         /** Band */
@@ -4189,6 +5222,8 @@ export interface components {
             key: string;
             key_id: string;
             name: string;
+            /** @enum {unknown} */
+            scope: "admin" | "ingest" | "read";
             team: string;
             user: string;
         };
@@ -4408,6 +5443,12 @@ export interface components {
         NewKey: {
             /** @default  */
             name: string;
+            /**
+             * @description what the key may do at most (its member's role still caps it): ingest writes runs and files only, read only reads, admin all the role allows
+             * @default admin
+             * @enum {unknown}
+             */
+            scope: "admin" | "ingest" | "read";
             /** @description the member the key is for; the caller when left out */
             user?: string;
         };
@@ -4762,6 +5803,8 @@ export interface components {
             key_id: string | null;
             local_admin: boolean;
             role: ("admin" | "member" | "viewer") | null;
+            /** @description the key's scope; null without a key */
+            scope: ("admin" | "ingest" | "read") | null;
             /** @description what a share link grants; null for anything else */
             share: components["schemas"]["ShareGrant"] | null;
             team: string | null;

@@ -5,7 +5,7 @@ import type { Answer } from "./answers";
 
 export type Whoami = Answer<"/whoami">;
 
-const NOBODY: Whoami = { user: null, team: null, role: null, local_admin: false, key_id: null, share: null };
+const NOBODY: Whoami = { user: null, team: null, role: null, local_admin: false, key_id: null, scope: null, share: null };
 let who: Whoami | null = null;
 
 /** Who the server says we are (cached until forgetWhoami, when the key changes). */

@@ -1,7 +1,7 @@
-// Settings: teams, their members and roles, API keys (a new key is shown once), and the key
-// this browser uses.
+// Settings: teams, their members and roles, API keys (a new key is shown once), the team's audit
+// log (admins), and the key this browser uses.
 
-import { del, get, getApiKey, post, put, setApiKey } from "../api";
+import { del, get, getApiKey, post, put, qs, setApiKey } from "../api";
 import type { Answer } from "../answers";
 import { errorBox, h, replace, select } from "../dom";
 import { whoami } from "../session";
@@ -9,6 +9,57 @@ import { fmtTime } from "../util";
 
 const enc = encodeURIComponent;
 const ROLES: Array<[string, string]> = [["viewer", "viewer"], ["member", "member"], ["admin", "admin"]];
+type AuditPage = Answer<"/teams/{team}/audit">;
+type AuditEntry = AuditPage["entries"][number];
+// Typed by the API's own list (storage/audit.py): tsc refuses an action the API does not have.
+const AUDIT_ACTIONS: AuditEntry["action"][] = ["team.create", "member.add", "member.role", "member.remove",
+  "key.create", "key.revoke", "project.create", "project.visibility", "report.delete", "share.create",
+  "share.revoke", "run.delete", "rule.create", "rule.delete"];
+const AUDIT_PAGE = 50;
+
+function who(actor: AuditEntry["actor"]): string {
+  if (actor.kind === "local_admin") return "local admin";
+  if (actor.kind === "cli") return `CLI${actor.user ? ` (${actor.user})` : ""}`;
+  if (actor.kind === "key") return `${actor.user ?? "?"} (key ${actor.key_id ?? "?"})`;
+  return actor.kind;
+}
+
+function details(d: AuditEntry["details"]): string {
+  return Object.entries(d).map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(", ") || "none" : String(v)}`).join("; ");
+}
+
+/** The team's audit log, newest first, a page at a time, filtered by action (admins only). */
+function auditLog(team: string): HTMLElement {
+  const t = `/teams/${enc(team)}/audit`;
+  const body = h("tbody");
+  const status = h("div");
+  const more = h("button.link.audit-more", { hidden: true }, "older entries");
+  let action = "";
+  let cursor: string | null = null;
+  const row = (e: AuditEntry) => h("tr", { dataset: { action: e.action } },
+    h("td", null, fmtTime(e.at)), h("td", null, who(e.actor)), h("td", null, h("code", null, e.action)),
+    h("td", null, e.target), h("td", null, details(e.details)),
+    h("td", { title: e.user_agent ?? "" }, e.client_ip ?? "", e.forwarded_for ? ` (for ${e.forwarded_for})` : ""));
+  async function load(fresh: boolean): Promise<void> {
+    if (fresh) { body.replaceChildren(); cursor = null; }
+    try {
+      const page = await get<AuditPage>(t + qs({ action, limit: AUDIT_PAGE, cursor }));
+      body.append(...page.entries.map(row));
+      cursor = page.next_cursor;
+      more.hidden = cursor === null;
+      status.replaceChildren(body.childElementCount ? "" : h("p.muted", null, "No entries."));
+    } catch (err) { status.replaceChildren(errorBox(err)); }
+  }
+  more.addEventListener("click", () => void load(false));
+  const filter = select([["", "all actions"], ...AUDIT_ACTIONS.map((a) => [a, a] as [string, string])], "",
+    (a) => { action = a; void load(true); }, { name: "audit-action" });
+  void load(true);
+  return h("section.audit", null, h("h4", null, "Audit log"),
+    h("p.muted", null, "Who changed keys, members, roles, visibility, share links and deletions, when and from where. Entries are never changed or removed."),
+    h("div.row", null, "action: ", filter),
+    h("table.grid.audit", null, h("thead", null, h("tr", null, ["when", "who", "action", "target", "details", "from"].map((c) => h("th", null, c)))), body),
+    status, more);
+}
 
 export async function settingsPage(root: HTMLElement): Promise<void> {
   const me = await whoami();
@@ -79,7 +130,8 @@ export async function settingsPage(root: HTMLElement): Promise<void> {
             await showTeam(team);
             teamBox.append(h("div.new-key", null, "New key for ", k.user, " — copy it now, it is not shown again: ", h("code.secret", null, k.key)));
           } catch (err) { fail(err); }
-        } }, "create key")));
+        } }, "create key")),
+      admin ? auditLog(team) : null);
   }
   if (first) await showTeam(first);
 }
