@@ -499,10 +499,14 @@ def test_settings_team_members_and_keys(page, server: str) -> None:
     page.get_by_role("button", name="add member").click()
     page.wait_for_function("document.querySelector('table.members').textContent.includes('alice')")
     page.locator("input[name=key-name]").fill("laptop")
+    assert page.locator("select[name=key-scope]").input_value() == "ingest"  # a training job's key by default
+    page.locator("select[name=key-scope]").select_option("read")
     page.get_by_role("button", name="create key").click()
     secret = page.locator("code.secret").inner_text()
     assert secret.startswith("rs_")
     page.wait_for_function("document.querySelector('table.keys').textContent.includes('laptop')")
+    row = page.locator("table.keys tbody tr", has_text="laptop").inner_text()
+    assert "read" in row
     page.locator("table.keys button", has_text="revoke").click()
     page.wait_for_function("!document.querySelector('table.keys button')")
     _shot(page, "settings")

@@ -9,6 +9,8 @@ import { fmtTime } from "../util";
 
 const enc = encodeURIComponent;
 const ROLES: Array<[string, string]> = [["viewer", "viewer"], ["member", "member"], ["admin", "admin"]];
+// A key's scope caps its member's role: ingest (a training job's: writes runs, nothing else), read, admin.
+const SCOPES: Array<[string, string]> = [["ingest", "ingest (training jobs)"], ["read", "read"], ["admin", "admin"]];
 type AuditPage = Answer<"/teams/{team}/audit">;
 type AuditEntry = AuditPage["entries"][number];
 // Typed by the API's own list (storage/audit.py): tsc refuses an action the API does not have.
@@ -107,6 +109,7 @@ export async function settingsPage(root: HTMLElement): Promise<void> {
     let role = "member";
     const keyName = h("input", { placeholder: "key name", size: 16, name: "key-name" });
     let keyUser = me.user ?? members[0]?.user ?? "";
+    let keyScope = "ingest";  // the key a training job should carry: it writes runs, nothing else
     // Only the team's admins change members; the others see them.
     const admin = me.local_admin || teams.find((x) => x.team === team)?.role === "admin";
     replace(teamBox, message,
@@ -119,14 +122,15 @@ export async function settingsPage(root: HTMLElement): Promise<void> {
       admin ? h("div.row", null, user, select(ROLES, role, (r) => { role = r; }),
         h("button", { onclick: () => void put(`${t}/members/${enc(user.value.trim())}`, { role }).then(() => showTeam(team)).catch(fail) }, "add member")) : null,
       h("h4", null, "API keys"),
-      h("table.grid.keys", null, h("thead", null, h("tr", null, ["key id", "user", "name", "created", "revoked", ""].map((c) => h("th", null, c)))),
-        h("tbody", null, keys.map((k) => h("tr", null, h("td", null, h("code", null, k.key_id)), h("td", null, k.user), h("td", null, k.name),
+      h("table.grid.keys", null, h("thead", null, h("tr", null, ["key id", "user", "name", "scope", "created", "revoked", ""].map((c) => h("th", null, c)))),
+        h("tbody", null, keys.map((k) => h("tr", null, h("td", null, h("code", null, k.key_id)), h("td", null, k.user), h("td", null, k.name), h("td", null, k.scope),
           h("td", null, fmtTime(k.created_at)), h("td", null, k.revoked_at ? fmtTime(k.revoked_at) : ""),
           h("td", null, k.revoked_at ? "" : h("button.link", { onclick: () => void del(`${t}/keys/${enc(k.key_id)}`).then(() => showTeam(team)).catch(fail) }, "revoke")))))),
       h("div.row", null, keyName, admin ? [" for ", select(members.map((m) => [m.user, m.user] as [string, string]), keyUser, (u) => { keyUser = u; })] : null,
+        " scope ", select(SCOPES, keyScope, (v) => { keyScope = v; }, { name: "key-scope" }),
         h("button.create-key", { onclick: async () => {
           try {
-            const k = await post<Answer<"/teams/{team}/keys", "post">>(`${t}/keys`, { name: keyName.value, user: keyUser || undefined });
+            const k = await post<Answer<"/teams/{team}/keys", "post">>(`${t}/keys`, { name: keyName.value, user: keyUser || undefined, scope: keyScope as "ingest" | "read" | "admin" });
             await showTeam(team);
             teamBox.append(h("div.new-key", null, "New key for ", k.user, " — copy it now, it is not shown again: ", h("code.secret", null, k.key)));
           } catch (err) { fail(err); }
