@@ -9,6 +9,7 @@ as ``X-Runstream-Share`` (or ``?share=``) on the project's read endpoints.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from typing import Annotated, Any, TypedDict
@@ -279,7 +280,8 @@ async def create_share(request: Request, body: NewShare, principal: Principal) -
     team, project = project_path(request)
     report_id = request.path_params["report_id"]
     report = await _report(request, team, project, report_id)
-    expires_at = int(time.time()) + body.expires_in_s
+    # Rounded up: a link asked for N seconds must last at least N seconds, not N minus the part second.
+    expires_at = math.ceil(time.time()) + body.expires_in_s
     secret = (await backend_of(request).share_secrets())[0]
     token = sign_share(secret, team, project, report_id, report["share_version"], expires_at)
     details = {"expires_at": expires_at, "share_version": report["share_version"]}
