@@ -19,7 +19,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runstream.api import alert_rules, alerts, charts, exports, history, home, ingest, quotas, reports, runs, teams
+from runstream.api import (
+    alert_rules,
+    alerts,
+    artifacts,
+    charts,
+    deletion,
+    exports,
+    history,
+    home,
+    ingest,
+    quotas,
+    reports,
+    runs,
+    teams,
+)
 from runstream.api.backend import Backend
 from runstream.api.errors import EXCEPTION_HANDLERS
 from runstream.api.middleware import RequestContext, metrics_endpoint
@@ -106,9 +120,11 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         *charts.routes,
         *exports.routes,
         *reports.routes,
+        *artifacts.routes,
         *alerts.routes,
         *alert_rules.routes,
         *teams.routes,
+        *deletion.routes,
         *home.routes(),  # last: the UI's assets are mounted at /
     ]
     handlers = {**EXCEPTION_HANDLERS, quotas.QuotaExceeded: quotas.on_quota_exceeded}  # 429 with Retry-After

@@ -32,7 +32,7 @@ from runstream.api.requests import PROJECT_PATH, project_path
 from runstream.api.responses import contract_numbers, json_response, render_json, rendered_json
 from runstream.api.schemas import Filters, Numbers, Step, SystemSeries, one_selection
 from runstream.names import MAX_TIME_S
-from runstream.storage import logs, runs, series
+from runstream.storage import deletion, logs, runs, series
 
 DEFAULT_POINTS = 500
 SERIES_FIELDS = ("x", "step", "y", "mean", "min", "max", "count")
@@ -153,6 +153,8 @@ async def post_series(request: Request, body: SeriesBody) -> Response:
         ids = body.run_ids
         if ids is None:
             ids = runs.matching_run_ids(client, team, project, body.filters, series.MAX_RUNS)
+        else:  # named: less the deleted and moved ones, which no query shows
+            ids = deletion.live_run_ids(client, team, project, ids)
         if not ids:
             return render_json({"x": x, "x_metric": x_metric, "points": points, "series": []})
         chart = series.series(client, team, project, ids, body.metrics, points, x, x_metric, body.step_range)
@@ -365,6 +367,8 @@ async def post_system(request: Request, body: SystemBody) -> Response:
         ids = body.run_ids
         if ids is None:
             ids = runs.matching_run_ids(client, team, project, body.filters, logs.MAX_RUNS)
+        else:
+            ids = deletion.live_run_ids(client, team, project, ids)
         found = (
             logs.system_series(client, team, project, ids, body.metrics, points, body.start, body.end)["runs"]
             if ids

@@ -23,7 +23,7 @@ from runstream.api.auth import PROJECT_READ, read_run
 from runstream.api.openapi import Answer, endpoint
 from runstream.api.requests import PROJECT_PATH, RUN_PATH, project_path, run_path
 from runstream.api.schemas import Filters, one_selection
-from runstream.storage import export, runs
+from runstream.storage import deletion, export, runs
 
 MEDIA_TYPES = {
     "parquet": "application/vnd.apache.parquet",
@@ -97,6 +97,8 @@ async def export_project(request: Request, query: ProjectExportQuery) -> Respons
         ids = query.run_ids
         if ids is None:
             ids = runs.matching_run_ids(client, team, project, query.filters, export.MAX_RUNS)
+        else:  # named: less the deleted and moved ones, which no query shows
+            ids = deletion.live_run_ids(client, team, project, ids)
         if query.table == "runs":
             return _started(export.export_runs(client, team, project, ids, query.format)), len(ids)
         return _started(export.export_history(client, team, project, ids, query.metrics, query.format)), len(ids)

@@ -41,6 +41,14 @@ Keys = Annotated[
         extra={"error": f"keys must be at most {MAX_KEYS} metric names"},
     ),
 ]
+Rewinds = Annotated[
+    Annotated[int, Meta(ge=0)] | None,
+    Meta(
+        description="the run as it stood after its first K rewinds (0: before any), the history a rewind "
+        "replaced included; the run as it is when omitted",
+        extra={"error": "rewinds must be a whole number from 0"},
+    ),
+]
 Columns = Annotated[
     dict[str, Values], Meta(description="columns of equal length: _step, _timestamp (Unix seconds) and one per key")
 ]
@@ -81,6 +89,7 @@ def history_columns(rows: history.Rows, integer: Collection[str] = ()) -> dict[s
 class HistoryQuery(msgspec.Struct, forbid_unknown_fields=True):
     keys: Keys = None
     samples: Annotated[int, Meta(ge=1, le=MAX_SAMPLES)] = DEFAULT_SAMPLES
+    rewinds: Rewinds = None
 
 
 class History(TypedDict):
@@ -100,8 +109,10 @@ async def run_history(request: Request, query: HistoryQuery) -> Response:
     """
 
     def sampled(client: Client, team: str, project: str, run_id: str) -> dict[str, list[Any]]:
-        rows = history.sampled_history(client, team, project, run_id, query.keys, query.samples)
-        return history_columns(rows, history.integer_metrics(client, team, project, run_id, list(rows["columns"])))
+        segments = history.segments_of(client, team, project, run_id, query.rewinds)  # once per request
+        rows = history.sampled_history(client, team, project, run_id, query.keys, query.samples, segments=segments)
+        integer = history.integer_metrics(client, team, project, run_id, list(rows["columns"]), segments)
+        return history_columns(rows, integer)
 
     return json_response({"columns": await read_run(request, sampled)})
 
@@ -127,6 +138,7 @@ class ScanQuery(msgspec.Struct, forbid_unknown_fields=True):
     max_step: Annotated[
         Step | None, Meta(description="exclusive", extra={"error": f"max_step must be {STEP_RULE}"})
     ] = None
+    rewinds: Rewinds = None
 
     def __post_init__(self) -> None:
         # Steps are unsigned 64-bit, beyond what a declared bound can say.
@@ -155,8 +167,13 @@ async def run_history_scan(request: Request, query: ScanQuery) -> Response:
     max_step = query.max_step
 
     def scan(client: Client, team: str, project: str, run_id: str) -> tuple[history.Page, set[str]]:
+        segments = history.segments_of(client, team, project, run_id, query.rewinds)  # once per request
         if max_step == 0:  # exclusive: nothing before step 0
-            names = query.keys if query.keys is not None else history.run_metrics(client, team, project, run_id)
+            names = (
+                query.keys
+                if query.keys is not None
+                else history.run_metrics(client, team, project, run_id, segments=segments)
+            )
             return {"step": [], "time": [], "columns": {n: [] for n in names}, "next_after_step": None}, set()
         page = history.history_page(
             client,
@@ -168,9 +185,10 @@ async def run_history_scan(request: Request, query: ScanQuery) -> Response:
             max_step=None if max_step is None else max_step - 1,
             after_step=after,
             page_size=query.page_size,
+            segments=segments,
         )
         return page, history.integer_metrics(
-            client, team, project, run_id, [n for n, v in page["columns"].items() if v]
+            client, team, project, run_id, [n for n, v in page["columns"].items() if v], segments
         )
 
     page, integer = await read_run(request, scan)

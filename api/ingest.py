@@ -41,6 +41,7 @@ from runstream.events import (
     decode,
     validate,
 )
+from runstream.storage import deletion
 
 log = logging.getLogger("runstream.api")
 
@@ -136,7 +137,7 @@ async def post_events(request: Request, principal: Principal) -> Response:
 
 
 async def publish_edit(request: Request, team: str, project: str, run_id: str, changes: dict[str, Any]) -> None:
-    """Send a user's edit of a run (name, tags, notes, config, summary) through the pipeline, like any run event."""
+    """Send a user's edit of a run (``RUN_EDIT_FIELDS``) through the pipeline, like any run event."""
     data = {k: v for k, v in changes.items() if k in RUN_EDIT_FIELDS}
     try:
         event = validate(
@@ -195,7 +196,7 @@ class Stored(TypedDict):
     body_content={"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     refusals={
         400: "the SHA-256 does not match, or a bad path",
-        409: "the path is taken by a folder, or passes through a file or a symbolic link",
+        409: "the path is taken by a folder, or passes through a file or a symbolic link; or the run was deleted or moved",
         413: "larger than the limit",
     },
 )
@@ -204,6 +205,9 @@ async def put_file(request: Request, query: FileQuery) -> Response:
     team, project, run_id, store_key = _file_key(request)
     sha256 = query.sha256
     backend: Backend = request.app.state.backend
+    key = (team, project, run_id)
+    if reason := (await backend.run(deletion.tombstones, [key])).get(key):
+        raise ApiError(409, f"run {team}/{project}/{run_id} was {reason}: it takes no files", code="conflict")
     # Its bytes count against the ingest bytes/s quota: 429 up front when Content-Length does not fit.
     chunks = quotas.metered(request, await quotas.subjects_of(request))
     try:

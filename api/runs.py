@@ -41,12 +41,14 @@ from runstream.api.schemas import (
     Run,
     RunFields,
     SystemSeries,
+    Time,
 )
-from runstream.events import FILE_KINDS, MAX_NAME_LEN, RUN_EDIT_FIELDS
-from runstream.storage import history, logs, runs
+from runstream.events import FILE_KINDS, MAX_EDIT_DELETES, MAX_NAME_LEN, MAX_TEXT_LEN, RUN_EDIT_FIELDS
+from runstream.storage import history, lineage, logs, runs
 from runstream.storage.writer import load_run_states
 from runstream.streams.processor import last_seq
 from runstream.streams.runstate import merge_config
+from runstream.streams.summaries import without_keys
 
 DEFAULT_PAGE = 50
 FileKind = Literal[FILE_KINDS]  # type: ignore[valid-type]
@@ -216,18 +218,62 @@ async def key_catalog(request: Request) -> Response:
 # -- one run -------------------------------------------------------------------------------------
 
 
-@endpoint(summary="Get a run", tags=["runs"], ok=Answer(Run, "the run"), access=PROJECT_READ)
+class ForkOf(TypedDict):
+    run_id: str
+    step: Annotated[int, Meta(description="the parent's last step in this run's history")]
+
+
+class RewindEntry(TypedDict):
+    step: Annotated[int, Meta(description="the last step kept; what followed was replaced")]
+    at: Time
+
+
+class RunDetail(Run):
+    """A run, with its lineage."""
+
+    fork: Annotated[
+        ForkOf | None, Meta(description="the run it was forked from and at which step (init(fork_from=...))")
+    ]
+    rewinds: Annotated[
+        list[RewindEntry],
+        Meta(
+            description="its rewinds, oldest first (init(resume_from=...)); the history a rewind replaced is read "
+            "with history?rewinds=K (the run as it stood after its first K rewinds)"
+        ),
+    ]
+
+
+def _run_detail(client: Client, team: str, project: str, run_id: str) -> dict[str, Any] | None:
+    run = runs.get_run(client, team, project, run_id)
+    if run is None:
+        return None
+    found = lineage.lineages(client, team, project, [run_id]).get(run_id, lineage.Lineage())
+    fork = {"run_id": found.fork_run_id, "step": found.fork_step} if found.fork_run_id else None
+    return {**run, "fork": fork, "rewinds": [{"step": r.step, "at": r.at} for r in found.rewinds]}
+
+
+@endpoint(summary="Get a run", tags=["runs"], ok=Answer(RunDetail, "the run"), access=PROJECT_READ)
 async def get_run(request: Request) -> Response:
-    """One run."""
+    """One run, with the run it was forked from (``fork``) and its rewinds."""
     team, project, run_id = run_path(request)
-    run = await request.app.state.backend.run(runs.get_run, team, project, run_id)
+    run = await request.app.state.backend.run(_run_detail, team, project, run_id)
     if run is None:
         raise not_found(f"run {team}/{project}/{run_id}")
     return json_response(public_run(team, project, run))
 
 
+_DELETE_ERROR = (
+    f"must be a list of 1 to {MAX_EDIT_DELETES:,} dotted keys (non-empty strings), as the run's keys are stored, "
+    'e.g. ["opt.lr"]'
+)
+DeletedKeys = Annotated[
+    list[Annotated[str, Meta(min_length=1, max_length=MAX_TEXT_LEN)]],
+    Meta(min_length=1, max_length=MAX_EDIT_DELETES),
+]
+
+
 class RunEdit(msgspec.Struct, forbid_unknown_fields=True):
-    """Fields left out stay as they are; notes sent as null are cleared."""
+    """Fields left out stay as they are; notes, group and job_type sent as null are cleared."""
 
     name: (
         Annotated[
@@ -248,6 +294,30 @@ class RunEdit(msgspec.Struct, forbid_unknown_fields=True):
         | UnsetType
     ) = UNSET
     notes: Annotated[str | None, Meta(extra={"error": "notes must be a string"})] | UnsetType = UNSET
+    group: (
+        Annotated[
+            str,
+            Meta(
+                max_length=MAX_TEXT_LEN,
+                description="as in init(group=...); null clears it",
+                extra={"error": f"group must be a string of at most {MAX_TEXT_LEN:,} characters, or null"},
+            ),
+        ]
+        | UnsetType
+        | None
+    ) = UNSET
+    job_type: (
+        Annotated[
+            str,
+            Meta(
+                max_length=MAX_TEXT_LEN,
+                description="as in init(job_type=...); null clears it",
+                extra={"error": f"job_type must be a string of at most {MAX_TEXT_LEN:,} characters, or null"},
+            ),
+        ]
+        | UnsetType
+        | None
+    ) = UNSET
     config: (
         Annotated[
             dict[str, Any],
@@ -268,6 +338,28 @@ class RunEdit(msgspec.Struct, forbid_unknown_fields=True):
         ]
         | UnsetType
     ) = UNSET
+    config_delete: (
+        Annotated[
+            DeletedKeys,
+            Meta(
+                description="dotted config keys to delete (opt.lr: the key lr of opt), each with what it holds; "
+                "none of them a key config sets in the same edit",
+                extra={"error": "config_delete " + _DELETE_ERROR},
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    summary_delete: (
+        Annotated[
+            DeletedKeys,
+            Meta(
+                description="dotted summary keys to delete: an explicit value goes, and a value computed from a "
+                "metric is hidden until the metric is logged again; none of them a key summary sets in the same edit",
+                extra={"error": "summary_delete " + _DELETE_ERROR},
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 @endpoint(
@@ -283,20 +375,26 @@ class RunEdit(msgspec.Struct, forbid_unknown_fields=True):
     },
 )
 async def edit_run(request: Request, body: RunEdit) -> Response:
-    """Edit a run's name, tags, notes, config and summary; answers the updated run.
+    """Edit a run's name, tags, notes, group, job type, config and summary; answers the updated run.
 
     The edit travels through the pipeline like the SDK's events, so every
     replica and the run's later events see it; a later edit wins, and so does,
     field by field, a later value the run's SDK sends (a tag list, a config or
-    summary key, its name). A field left out stays as it is; notes sent as null are
-    cleared, and null for any other field is refused.
+    summary key, its name). A field left out stays as it is; notes, group and job_type
+    sent as null are cleared, and null for any other field is refused. ``config_delete``
+    and ``summary_delete`` remove dotted keys (a summary value computed from a metric is
+    hidden until the metric is logged again).
     """
     team, project, run_id = run_path(request)
     changes: dict[str, Any] = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not UNSET}
     if "tags" in changes:
         changes["tags"] = list(dict.fromkeys(changes["tags"]))
-    if "notes" in changes:
-        changes["notes"] = changes["notes"] or ""  # cleared notes are "", as the runs table keeps them
+    for text in ("notes", "group", "job_type"):
+        if text in changes:
+            changes[text] = changes[text] or ""  # cleared text is "", as the runs table keeps it
+    for deleted in ("config_delete", "summary_delete"):
+        if deleted in changes:
+            changes[deleted] = list(dict.fromkeys(changes[deleted]))
     if not changes:
         raise ApiError(400, f'send some of {", ".join(RUN_EDIT_FIELDS)} to set, e.g. {{"tags": ["baseline"]}}')
     backend: Backend = request.app.state.backend
@@ -307,9 +405,14 @@ async def edit_run(request: Request, body: RunEdit) -> Response:
     if run is None:
         raise not_found(f"run {team}/{project}/{run_id}")
     if not backend.sink.applied_on_send:  # cluster mode: a worker applies the edit shortly; answer what it will store
-        run.update({k: v for k, v in changes.items() if k not in ("config", "summary")})
-        run["config"] = merge_config(run["config"], changes.get("config", {}))
-        run["summary"] = {**run["summary"], **changes.get("summary", {})}
+        run.update({k: v for k, v in changes.items() if k not in ("config", "summary") and "_delete" not in k})
+        run["config"] = merge_config(
+            without_keys(run["config"], changes.get("config_delete", [])), changes.get("config", {})
+        )
+        run["summary"] = {
+            **without_keys(run["summary"], changes.get("summary_delete", [])),
+            **changes.get("summary", {}),
+        }
     return json_response(public_run(team, project, run))
 
 

@@ -2,7 +2,8 @@
 
 ``import runstream as wandb`` works for scripts written for Weights & Biases:
 ``init``, ``log``, ``config``, ``summary``, ``define_metric``, ``alert``,
-``save``, ``watch``, ``finish``, ``Image``, ``Histogram``, ``Table``, ``Api``.
+``save``, ``watch``, ``finish``, ``Image``, ``Histogram``, ``Table``, ``Api``, ``Artifact``,
+``log_artifact``, ``use_artifact``, ``log_model``, ``use_model``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from runstream.run_settings import Settings
 __version__ = "0.1.0"
 
 __all__ = [
-    "AlertLevel", "Api", "Error", "Histogram", "Image", "Plotly", "Run", "Settings", "Table",
-    "alert", "config", "define_metric", "finish", "init", "log", "run", "save", "summary", "unwatch", "watch",
+    "AlertLevel", "Api", "Artifact", "Error", "Histogram", "Image", "Plotly", "Run", "Settings", "Table",
+    "alert", "config", "define_metric", "finish", "init", "log", "log_artifact", "log_model", "run", "save",
+    "summary", "unwatch", "use_artifact", "use_model", "watch",
 ]  # fmt: skip
 
 #: The last run started, like ``wandb.run`` (None before ``init()`` and once that run has finished);
@@ -76,12 +78,34 @@ def unwatch(models: Any = None) -> None:
     _current().unwatch(models)
 
 
+def log_artifact(
+    artifact_or_path: Any, name: str | None = None, type: str | None = None, aliases: list[str] | None = None
+) -> Any:
+    return _current().log_artifact(artifact_or_path, name=name, type=type, aliases=aliases)
+
+
+def use_artifact(artifact_or_name: Any, type: str | None = None) -> Any:
+    return _current().use_artifact(artifact_or_name, type=type)
+
+
+def log_model(path: Any, name: str | None = None, aliases: list[str] | None = None) -> Any:
+    return _current().log_model(path, name=name, aliases=aliases)
+
+
+def use_model(name: str) -> str:
+    return _current().use_model(name)
+
+
 def __getattr__(name: str) -> Any:
     # Media and the public API client load on first use: they pull in optional libraries.
     if name in ("Image", "Histogram", "Table", "Plotly"):
         from runstream import media
 
         return getattr(media, name)
+    if name == "Artifact":
+        from runstream.artifacts import Artifact
+
+        return Artifact
     if name == "Api":
         from runstream.public_api import Api
 

@@ -86,6 +86,7 @@ SYSTEM = "system"
 CONSOLE = "console"
 FILE = "file"
 ALERT = "alert"
+ARTIFACT = "artifact"
 
 #: Which topic carries each event type.
 TOPIC_OF_TYPE: dict[str, Topic] = {
@@ -100,6 +101,7 @@ TOPIC_OF_TYPE: dict[str, Topic] = {
     CONSOLE: TOPIC_CONSOLE,
     FILE: TOPIC_FILES,
     ALERT: TOPIC_ALERTS,
+    ARTIFACT: TOPIC_FILES,
 }
 
 RUN_STATES = ("running", "finished", "failed", "killed", "crashed")
@@ -107,6 +109,15 @@ FINAL_STATES = ("finished", "failed", "killed")
 ALERT_LEVELS = ("INFO", "WARN", "ERROR")
 CONSOLE_STREAMS = ("stdout", "stderr")
 FILE_KINDS = ("file", "media", "code", "git_patch", "requirements")
+ARTIFACT_ACTIONS = ("log", "use")
+#: A user alias of an artifact version (docs/artifacts.md); ``latest`` and ``v<digits>`` are the server's.
+ALIAS_PATTERN = r"[A-Za-z0-9_.\-]{1,64}"
+_ALIAS = re.compile(ALIAS_PATTERN + r"\Z")
+_VERSION_NAME = re.compile(r"v\d+\Z")
+
+#: How many times one run may be rewound (init(resume_from=...)): each rewind is a segment every read of the
+#: run's history goes through. The SDK refuses more at init; the processor ignores a rewind over it.
+MAX_REWINDS = 100
 
 # Limits that keep one event small enough for Kafka's default 1 MiB message size.
 MAX_EVENT_BYTES = 1_000_000
@@ -252,6 +263,10 @@ def validate(obj: Any) -> Event:
         check(data)
     except InvalidEvent as exc:
         raise InvalidEvent(f"{etype}: {exc.reason}") from None
+    if etype == RUN_START and isinstance(data.get("fork"), dict) and data["fork"]["run_id"] == run_id:
+        raise InvalidEvent("run_start: a run cannot be a fork of itself (fork.run_id is the event's run_id)")
+    if etype == METRICS and isinstance(data.get("rewind"), dict) and data["rewind"]["seq"] >= seq:
+        raise InvalidEvent("metrics: rewind.seq must be that of the rewind's run_start, sent before this event")
     # After the type's check: the columns it passed hold only numbers and strings, so they need no look.
     columns = _COLUMNS_OF.get(etype, ())
     rest = {k: v for k, v in data.items() if k not in columns} if columns else data
@@ -448,6 +463,9 @@ def _check_metrics(data: dict[str, Any]) -> None:
         raise InvalidEvent(f"every step must be an integer from 0 to {MAX_STEP}")
     _check_times(data["time"])
     _check_value_columns(data, rows)
+    # Logged after init(resume_from=...): the rewind's run_start (its seq) and step, so that the event alone
+    # names the history segment it belongs to (storage/lineage.py), whatever order the topics are read in.
+    _require(data, "rewind", _is_rewind_marker, '{"seq": a non-negative integer, "step": a non-negative integer}', True)
 
 
 def _check_system(data: dict[str, Any]) -> None:
@@ -474,6 +492,33 @@ def _check_run_start(data: dict[str, Any]) -> None:
     _require(data, "args", lambda x: isinstance(x, list) and all(_is_str(a) for a in x), "an array of strings", True)
     _require(data, "git", _is_obj, "an object", optional=True)
     _require(data, "resumed", lambda x: type(x) is bool, "true or false", optional=True)
+    # init(fork_from=...): the parent's history up to step N, then this run's; init(resume_from=...): a rewind.
+    _require(data, "fork", _is_fork, '{"run_id": a run id, "step": a non-negative integer}', optional=True)
+    _require(data, "rewind", _is_rewind, '{"step": a non-negative integer}', optional=True)
+
+
+def _is_step(x: Any) -> bool:
+    return type(x) is int and 0 <= x <= MAX_STEP
+
+
+def _is_fork(x: Any) -> bool:
+    return (
+        isinstance(x, dict) and x.keys() == {"run_id", "step"} and names.is_run_id(x["run_id"]) and _is_step(x["step"])
+    )
+
+
+def _is_rewind(x: Any) -> bool:
+    return isinstance(x, dict) and x.keys() == {"step"} and _is_step(x["step"])
+
+
+def _is_rewind_marker(x: Any) -> bool:
+    return (
+        isinstance(x, dict)
+        and x.keys() == {"seq", "step"}
+        and type(x["seq"]) is int
+        and x["seq"] >= 0
+        and _is_step(x["step"])
+    )
 
 
 def _check_run_update(data: dict[str, Any]) -> None:
@@ -530,19 +575,63 @@ def _check_run_state(data: dict[str, Any]) -> None:
     _require(data, "since", _is_time, "a Unix time in seconds", optional=True)
 
 
-RUN_EDIT_FIELDS = ("name", "tags", "notes", "config", "summary")
+RUN_EDIT_FIELDS = (
+    "name",
+    "tags",
+    "notes",
+    "group",
+    "job_type",
+    "config",
+    "summary",
+    "config_delete",
+    "summary_delete",
+)
+#: How many keys one edit may delete from the config, and from the summary.
+MAX_EDIT_DELETES = 1000
+
+
+def _is_key_list(x: Any) -> bool:
+    """Dotted keys (as storage keeps them: ``opt.lr``) to delete."""
+    return (
+        isinstance(x, list)
+        and 0 < len(x) <= MAX_EDIT_DELETES
+        and all(isinstance(k, str) and 0 < len(k) <= MAX_TEXT_LEN for k in x)
+    )
 
 
 def _check_run_edit(data: dict[str, Any]) -> None:
     # A user's edit through the API; the edit's ts (the server's clock) orders edits. config keys
-    # merge into the run's config, summary keys become explicit summary values.
+    # merge into the run's config, summary keys become explicit summary values; *_delete name the
+    # dotted keys removed (a key names its whole subtree), and may not touch a key the edit sets.
     if data.keys() - set(RUN_EDIT_FIELDS) or not data:
         raise InvalidEvent(f"an edit sets some of {', '.join(RUN_EDIT_FIELDS)}")
     _require(data, "name", _is_name, f"a non-empty string of at most {MAX_NAME_LEN} characters", optional=True)
     _require(data, "tags", _is_str_list, f"an array of non-empty strings of at most {MAX_NAME_LEN} characters", True)
-    _require(data, "notes", _is_opt_str, f"a string of at most {MAX_TEXT_LEN:,} characters, or null", optional=True)
+    for field in ("notes", "group", "job_type"):  # group and job_type: as at init
+        _require(data, field, _is_opt_str, f"a string of at most {MAX_TEXT_LEN:,} characters, or null", optional=True)
     for field in ("config", "summary"):
         _require(data, field, _is_config, _TREE, optional=True)
+        what = f'an array of 1-{MAX_EDIT_DELETES:,} dotted keys (non-empty strings), e.g. ["opt.lr"]'
+        _require(data, f"{field}_delete", _is_key_list, what, optional=True)
+        if clash := _overlap(data.get(field) or {}, data.get(f"{field}_delete") or ()):
+            raise InvalidEvent(f"{field}_delete names {clash!r:.80}, which {field} sets in the same edit")
+
+
+def _overlap(tree: dict[str, Any], keys: Any) -> str | None:
+    """A dotted key of ``keys`` that names a key ``tree`` sets (flattened) or one holding it: applied before or
+    after the set, it would leave a different config."""
+    taken: set[str] = set()  # every key the edit sets, and every dotted prefix of one
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            path = prefix + key
+            taken.add(path)
+            taken.update(path[:i] for i, c in enumerate(path) if c == ".")
+            if isinstance(value, dict):
+                walk(value, path + ".")
+
+    walk(tree, "")
+    return next((key for key in keys if key in taken), None)
 
 
 def _check_file(data: dict[str, Any]) -> None:
@@ -571,6 +660,49 @@ def _check_alert(data: dict[str, Any]) -> None:
     _require(data, "alert_id", _is_name, "an alert id", optional=True)
 
 
+#: Not aliases: ``latest`` is always the newest version, and the API's paths use the others.
+RESERVED_ALIASES = ("latest", "versions", "aliases")
+
+
+def is_alias(x: Any) -> bool:
+    """A user alias an artifact version can be given (``best``, ``prod``): not ``v<digits>``, not reserved, and
+    not 64 hex digits (a ref like that names a version by digest, so such an alias could never be read)."""
+    return (
+        isinstance(x, str)
+        and _ALIAS.match(x) is not None
+        and x not in RESERVED_ALIASES
+        and not _VERSION_NAME.match(x)
+        and not _is_sha256(x)
+    )
+
+
+def _is_sha256(x: Any) -> bool:
+    return isinstance(x, str) and re.fullmatch(r"[0-9a-f]{64}", x) is not None
+
+
+def _check_artifact(data: dict[str, Any]) -> None:
+    # docs/artifacts.md: a log names a version by its manifest blob's SHA-256; a use names one the run read.
+    _require(data, "action", lambda x: x in ARTIFACT_ACTIONS, f"one of {ARTIFACT_ACTIONS}")
+    _require(data, "name", names.is_name, f"an artifact name: {names.NAME_RULE}")
+    _require(data, "digest", _is_sha256, "the manifest blob's hex SHA-256")
+    if data["action"] == "use":
+        _require(data, "project", names.is_name, f"the artifact's project: {names.NAME_RULE}")
+        return
+    _require(data, "type", names.is_name, f"an artifact type: {names.NAME_RULE}")
+    _require(data, "description", _is_opt_str, f"a string of at most {MAX_TEXT_LEN:,} characters", optional=True)
+    _require(data, "metadata", _is_config, _TREE, optional=True)
+    # "latest" is accepted (wandb's SDKs send it) and means nothing: it is always the newest version.
+    _require(
+        data,
+        "aliases",
+        lambda x: isinstance(x, list) and len(x) <= 100 and all(a == "latest" or is_alias(a) for a in x),
+        f"an array of aliases ({ALIAS_PATTERN}, not v<digits>, versions or aliases)",
+        optional=True,
+    )
+    for field in ("size", "file_count"):
+        _require(data, field, lambda x: type(x) is int and 0 <= x < 2**63, "a non-negative integer")
+
+
 _PAYLOAD_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     RUN_START: _check_run_start,
     RUN_UPDATE: _check_run_update,
@@ -583,6 +715,7 @@ _PAYLOAD_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     CONSOLE: _check_console,
     FILE: _check_file,
     ALERT: _check_alert,
+    ARTIFACT: _check_artifact,
 }
 assert _PAYLOAD_CHECKS.keys() == TOPIC_OF_TYPE.keys()
 

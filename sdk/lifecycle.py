@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
-from runstream import names
+from runstream import events, names
 from runstream import resume as resuming  # `resume` is init()'s argument
 from runstream.resume import Previous
 from runstream.run import Error, Run, check_tags, exit_status
@@ -177,9 +177,15 @@ def init(
     resume: str | bool | None = None,
     settings: Any = None,
     reinit: str | bool | None = None,
+    fork_from: str | None = None,
+    resume_from: str | None = None,
     **ignored: Any,
 ) -> Run:
-    """Start a run, or continue one (wandb.init's arguments and meaning; see docs/sdk.md for resume and reinit)."""
+    """Start a run, or continue one (wandb.init's arguments and meaning; see docs/sdk.md for resume and reinit).
+
+    ``fork_from="RUN_ID?_step=N"``: a new run whose history reads as that run's up to step N, then its
+    own (from step N + 1). ``resume_from="RUN_ID?_step=N"``: continue that run from step N + 1, its history
+    after N replaced by what is logged from now on (the replaced part stays stored, readable as such)."""
     global _exit_code, _terminated_by
     mode = mode or os.environ.get("RUNSTREAM_MODE") or os.environ.get("WANDB_MODE") or "online"
     if mode == "dryrun":
@@ -188,6 +194,11 @@ def init(
         raise ValueError(f"init(mode=...) must be one of {MODES}, got {mode!r}")
     if resume not in RESUME:
         raise ValueError(f"init(resume=...) must be 'allow', 'must', 'never', 'auto' or None, got {resume!r}")
+    fork = resuming.run_at_step(fork_from, "fork_from") if fork_from is not None else None
+    rewind = resuming.run_at_step(resume_from, "resume_from") if resume_from is not None else None
+    if fork or rewind:
+        id = _lineage_id(fork, rewind, id, resume)  # noqa: A001
+        resume = "must" if rewind else "allow"  # a fork's own id must be new: checked below, with its own words
     how = _reinit_choice(reinit, settings)
     active = active_runs()
     if active and how == "return_previous":
@@ -221,10 +232,30 @@ def init(
     if run_id is None and auto:
         run_id = resuming.auto_resume_id(root)
     existing, previous = _previous(root, team, project, run_id, mode, run_settings, resume) if run_id else (None, None)
+    first_step = None
+    if fork is not None:
+        if previous is not None:
+            raise Error(
+                f"init(fork_from=...) starts a new run, but run {team}/{project}/{run_id} exists: use another id"
+            )
+        _check_parent(team, project, fork, mode, run_settings)
+        first_step = fork[1] + 1
+    if rewind is not None and previous is not None:
+        if previous.rewinds >= events.MAX_REWINDS:
+            raise Error(
+                f"init(resume_from=...): run {team}/{project}/{rewind[0]} was rewound {previous.rewinds} times, "
+                f"the most a run may be: start a new run, or fork it (init(fork_from=...))"
+            )
+        if previous.last_step is not None and rewind[1] > previous.last_step:
+            raise Error(
+                f"init(resume_from=...): run {team}/{project}/{rewind[0]} logged up to step {previous.last_step}, "
+                f"so it cannot be rewound to step {rewind[1]}"
+            )
+        first_step = rewind[1] + 1
     run_id = run_id or _new_run_id()
     run_dir = existing or _new_run_dir(root, run_id)
     try:
-        run = _new_run_when_free(team, project, run_id, name, run_dir, run_settings, mode, previous, meta)
+        run = _new_run_when_free(team, project, run_id, name, run_dir, run_settings, mode, previous, meta, first_step)
     except SpoolLocked:
         if not (auto and id is None):
             raise Error(
@@ -244,7 +275,12 @@ def init(
     if auto:
         Run._guarded("resume file", lambda: resuming.remember_for_auto_resume(root, run_id))
     Run._guarded("latest-run link", lambda: _link_latest(root, run_dir))
-    run._start(_start_data(run))
+    start = _start_data(run)
+    if fork is not None:
+        start["fork"] = {"run_id": fork[0], "step": fork[1]}
+    if rewind is not None:
+        start["rewind"] = {"step": rewind[1]}
+    run._start(start)
     Run._guarded("unsent runs", lambda: _leftovers(run, root, run_dir))
     if run_settings.git:
         Run._guarded("git", lambda: _save_git_patch(run))
@@ -290,9 +326,13 @@ def _new_run(
     mode: str,
     previous: Previous | None,
     meta: dict[str, Any],
+    first_step: int | None = None,
 ) -> Run:
-    """The Run, continuing ``previous`` when there is one (its step, name, record, sequence numbers)."""
+    """The Run, continuing ``previous`` when there is one (its step, name, record, sequence numbers);
+    ``first_step``: the step it logs first by default (a fork's or a rewind's: after the step named)."""
     last_step = previous.last_step if previous is not None and previous.last_step is not None else -1
+    if first_step is not None:
+        last_step = first_step - 1
     return Run(
         team=team,
         project=project,
@@ -306,6 +346,47 @@ def _new_run(
         meta={**(previous.meta if previous else {}), **meta},
         seq_floor=previous.last_seq + 1 if previous is not None and previous.last_seq is not None else 0,
     )
+
+
+def _lineage_id(fork: tuple[str, int] | None, rewind: tuple[str, int] | None, id: Any, resume: Any) -> Any:  # noqa: A002
+    """The run id ``init`` uses with ``fork_from`` or ``resume_from`` (wandb's rules)."""
+    if fork and rewind:
+        raise ValueError("init() takes fork_from or resume_from, not both")
+    if resume not in (None, False):
+        raise ValueError("init(resume=...) cannot be combined with fork_from or resume_from")
+    if fork is not None:
+        if id is not None and str(id) == fork[0]:
+            raise ValueError("init(fork_from=...) starts a new run: its id must differ from the run it forks")
+        return id
+    assert rewind is not None
+    if id is not None and str(id) != rewind[0]:
+        raise ValueError(f"init(resume_from=...) rewinds run {rewind[0]!r}: id, when given, must be that run's")
+    return rewind[0]
+
+
+def _check_parent(team: str, project: str, fork: tuple[str, int], mode: str, settings: RunSettings) -> None:
+    """Online, the server must know the run a fork starts from, with a history reaching the fork step."""
+    base = resuming.server_url(settings.url, settings.files_url) if mode == "online" else None
+    path = f"{team}/{project}/{fork[0]}"
+    if base is None:
+        log.warning("runstream: run %s cannot be checked offline; the fork reads its history once it is stored", path)
+        return
+    try:
+        parent = resuming.from_server(base, settings.api_key, team, project, fork[0])
+    except resuming.KeyCannotRead as exc:
+        raise Error(
+            f"init(fork_from=...): {exc}, so it cannot check that run {path} exists on {base}; "
+            "fork with a key of scope admin"
+        ) from None
+    except resuming.ServerUnreachable as exc:
+        raise Error(
+            f"init(fork_from=...): could not ask {base} whether run {path} exists ({exc}); retry when it answers"
+        ) from None
+    if parent is None:
+        raise Error(f"init(fork_from=...): run {path} was not found on {base}")
+    if parent.last_step is None or fork[1] > parent.last_step:
+        logged = "nothing" if parent.last_step is None else f"up to step {parent.last_step}"
+        raise Error(f"init(fork_from=...): run {path} logged {logged}, so it cannot be forked at step {fork[1]}")
 
 
 def _given_meta(tags: Any, group: Any, job_type: Any, notes: Any) -> dict[str, Any]:
@@ -338,6 +419,8 @@ def _previous(
     if how == "must" and previous is None:
         asked = f" nor on {base}" if base and not unreachable else ""
         hint = f"; {base} could not be asked ({unreachable}): retry when it answers" if unreachable else ""
+        if isinstance(unreachable, resuming.KeyCannotRead):
+            hint = f"; {base} could not be asked: {unreachable}"
         raise Error(f"resume='must' but run {path} was not found under {root}{asked}{hint}")
     if how == "never" and previous is not None:
         raise Error(f"resume='never' but run {path} already exists ({previous.where}): use another id")

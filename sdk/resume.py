@@ -15,12 +15,15 @@ and the last step is the larger of the two.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import orjson
+
+from runstream import names
 
 #: Fields of the run's record that a resume restores (besides config and summary).
 META_FIELDS = ("tags", "notes", "group", "job_type")
@@ -30,6 +33,13 @@ PROGRESS_FILE = "progress"  # in the spool directory: {"last_step": ..., "last_s
 
 class ServerUnreachable(RuntimeError):
     """The server could not say whether it knows the run."""
+
+
+class KeyCannotRead(ServerUnreachable):
+    """The server refused to answer the key (403): a key of scope ingest writes runs and reads nothing."""
+
+    def __str__(self) -> str:
+        return f"a key of scope ingest cannot ask the server about a run, it can only write runs ({self.args[0]})"
 
 
 @dataclass
@@ -48,6 +58,31 @@ class Previous:
     #: The server's run summary.
     summary: dict[str, Any] = field(default_factory=dict)
     where: str = ""
+    #: How many times the server has it rewound (init(resume_from=...)).
+    rewinds: int = 0
+
+
+# -- fork_from and resume_from: "RUN_ID?_step=N" ------------------------------------------------
+
+_STEP = re.compile(r"[0-9]{1,19}")
+MAX_STEP = 2**63 - 1  # the event contract's
+
+
+def run_at_step(value: Any, argument: str) -> tuple[str, int]:
+    """``init(fork_from=...)`` or ``init(resume_from=...)``, spelt as wandb does ("RUN_ID?_step=N"), as
+    (run id, step); ``ValueError`` saying what is wrong otherwise."""
+    form = "'RUN_ID?_step=N' (the run's id, then the step, e.g. 'a1b2c3?_step=200')"
+    if not isinstance(value, str):
+        raise ValueError(f"init({argument}=...) must be a string {form}, got {type(value).__name__}")
+    run_id, sep, query = value.partition("?")
+    if not sep or not query.startswith("_step="):
+        raise ValueError(f"init({argument}={value!r}) must be {form}")
+    if not names.is_run_id(run_id):
+        raise ValueError(f"init({argument}={value!r}): the run id {run_id!r} must be {names.RUN_ID_RULE}")
+    step = query[len("_step=") :]
+    if not _STEP.fullmatch(step) or int(step) > MAX_STEP:
+        raise ValueError(f"init({argument}={value!r}): the step {step!r} must be a whole number from 0 to {MAX_STEP}")
+    return run_id, int(step)
 
 
 # -- this machine ------------------------------------------------------------------------------
@@ -126,6 +161,8 @@ def from_server(
     except ApiError as exc:
         if exc.status == 404:
             return None
+        if exc.status == 403:
+            raise KeyCannotRead(str(exc)) from None
         raise ServerUnreachable(str(exc)) from None
     return Previous(
         name=run.get("name"),
@@ -136,6 +173,7 @@ def from_server(
         metrics=stats.get("metrics") or {},
         summary=run.get("summary") or {},
         where=base,
+        rewinds=len(run.get("rewinds") or ()),
     )
 
 
@@ -154,6 +192,7 @@ def combine(local: Previous | None, server: Previous | None) -> Previous | None:
         metrics=server.metrics,
         summary=server.summary,
         where=f"{local.where} and {server.where}",
+        rewinds=server.rewinds,
     )
 
 

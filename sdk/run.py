@@ -159,6 +159,7 @@ class Run:
         self._save_globs: list[tuple[str, Path, str]] = []  # (pattern, base, policy) of save() calls to look at again
         self._saved_lock = threading.Lock()  # save() (training thread) and the live re-scan (sender thread)
         self._copy_lock = threading.Lock()
+        self._stager: Any = None  # runstream.artifacts.Stager, made by the first log_artifact()
         self._collectors: list[Any] = []
         identity = RunIdentity(team, project, run_id)
         transport = open_transport(settings.url, settings.api_key) if mode == "online" else None
@@ -485,6 +486,51 @@ class Run:
             events.FILE, file_event_data(relative, kind, len(content), hashlib.sha256(content).hexdigest())
         )
 
+    # -- artifacts (runstream.artifacts; docs/artifacts.md) --------------------------------
+    def log_artifact(
+        self,
+        artifact_or_path: Any,
+        name: str | None = None,
+        type: str | None = None,
+        aliases: list[str] | str | None = None,
+        **ignored: Any,
+    ) -> Any:
+        """Log an ``Artifact`` (or a file or directory as one): its files are read on a thread of their own and
+        uploaded before its event; ``artifact.wait()`` returns once the version is stored. Returns the artifact."""
+        from runstream import artifacts
+
+        return artifacts.log_artifact(self, artifact_or_path, name=name, type=type, aliases=aliases)
+
+    def use_artifact(self, artifact_or_name: Any, type: str | None = None, **ignored: Any) -> Any:
+        """Record that this run uses a version (``"name:alias"``, ``"name:v3"``, ``"team/project/name:ref"`` or an
+        ``Artifact``), resolved through the server; returns the ``Artifact`` to ``download()``."""
+        from runstream import artifacts
+
+        return artifacts.use_artifact(self, artifact_or_name, type=type)
+
+    def log_model(self, path: str | os.PathLike, name: str | None = None, aliases: list[str] | None = None) -> Any:
+        """Log a model file or directory as an artifact of type ``model``."""
+        from runstream import artifacts
+
+        return artifacts.log_model(self, path, name=name, aliases=aliases)
+
+    def use_model(self, name: str) -> str:
+        """Use a ``model`` artifact and download it; the local path."""
+        from runstream import artifacts
+
+        return artifacts.use_model(self, name)
+
+    def _artifact_stager(self) -> Any:
+        from runstream import artifacts
+
+        with self._saved_lock:  # held only for moments (never for a copy)
+            if self._stager is None:
+                sender = self._sender
+                self._stager = artifacts.Stager(
+                    self._run_dir / artifacts.STAGING_DIR, sender.put, sender.uploader, self.entity, self.project
+                )
+            return self._stager
+
     # -- torch ---------------------------------------------------------------------------
     def watch(
         self, models: Any, criterion: Any = None, log: str = "gradients", log_freq: int = 1000, **ignored: Any
@@ -600,6 +646,8 @@ class Run:
         if self._pending:
             self._commit_pending()
         self._guarded("save", lambda: self._save_again(("live", "end")))
+        if self._stager is not None:  # logged artifacts are read and their events queued before the final one
+            self._guarded("artifacts", self._stager.join)
         # The server computes the summary from every point the run ever logged (also before a
         # resume); the user's own summary values went out as they were set.
         exit_code = 0 if exit_code is None else exit_code  # wandb: finish() is a success unless told otherwise
@@ -631,6 +679,8 @@ class Run:
                 # the registry of unsent runs, unless an earlier session of it left something quarantined.
                 if not any((self._run_dir / QUARANTINE_DIR).glob("batch-*.json")):
                     forget(self._run_dir)
+                    if self._stager is not None:  # every artifact is stored: its staged copies are not needed
+                        shutil.rmtree(self._stager.staging, ignore_errors=True)
             except Exception:  # noqa: BLE001 - bookkeeping only
                 pass
         for line in unsent_lines(result, self.settings.url, self.settings.finish_timeout, self.dir, self.mode):

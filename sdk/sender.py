@@ -448,6 +448,9 @@ class Sender:
         self._queue: deque[tuple[str, dict[str, Any], float]] = deque()
         self._console: deque[tuple[float, str, str]] = deque()
         self._seq = seq_start
+        #: After init(resume_from=...): the rewind's run_start seq and step, put into every metrics event
+        #: (the processor stores each under its rewind's segment by it, in whatever order it reads the topics).
+        self._rewind: dict[str, int] | None = None
         self._lock = threading.Lock()  # drain may also run on the training thread (summary reads)
         self._hub: _Hub | None = None  # the sender thread serving this run, from start() on
         self._wake = asyncio.Event()  # set on the hub's loop only (wake())
@@ -711,7 +714,7 @@ class Sender:
             return wired
 
         async def attempt(records: Records) -> None:
-            await upload_files(self.uploader, self.identity, self.files_dir, records)
+            await upload_files(self.uploader, self.identity, self.files_dir, records, self._upload_stop)
             try:
                 await send(records, self.identity.key, on_wire=on_wire(len(records)))
             except asyncio.CancelledError:
@@ -722,6 +725,10 @@ class Sender:
             self._in_flight = 0
 
         return attempt
+
+    def _upload_stop(self) -> bool:
+        """An artifact upload (on a thread of its own) stops once finish()'s bound ran out or the spool is closed."""
+        return self.spool.closed or (self._stopping and time.monotonic() > self._deadline)
 
     async def _wait_after(self, exc: BaseException, failures: int) -> None:
         """Say what failed (once), then wait before the next try: as a 429 asks, slowly for a refused
@@ -909,6 +916,10 @@ class Sender:
             self._queue.append((events.FILE, media_event_data(stored, step, key), ts))
 
     def _spool(self, etype: str, data: dict[str, Any], ts: float) -> None:
+        if etype == events.RUN_START and data.get("rewind"):
+            self._rewind = {"seq": self._seq, "step": data["rewind"]["step"]}
+        elif etype == events.METRICS and self._rewind is not None:
+            data = {**data, "rewind": self._rewind}
         envelope = {
             "v": events.SCHEMA_VERSION,
             "type": etype,
@@ -929,13 +940,19 @@ class Sender:
 
 
 async def upload_files(
-    uploader: HttpTransport | None, identity: RunIdentity, files_dir: Path, records: list[tuple[str, bytes]]
+    uploader: HttpTransport | None,
+    identity: RunIdentity,
+    files_dir: Path,
+    records: list[tuple[str, bytes]],
+    stop: Callable[[], bool] | None = None,
 ) -> None:
-    """Upload the blobs that ``file`` events among ``records`` announce, before the events go out.
+    """Upload the blobs that ``file`` events among ``records`` announce, and those of logged artifact versions
+    (from the run's staging folder, ``runstream.artifacts``), before the events go out.
 
     Without an uploader (a Kafka run with no ``files_url``) the blobs stay in the run's files directory.
     A blob the server refuses for good (too large, say) fails as its event would: ``TransportError``
     naming that record in ``bad_lines``, so ``deliver`` sets the event aside and sends the rest.
+    ``stop()`` true cuts an artifact's upload short (``TransportError``: its events stay spooled).
     """
     if uploader is None:
         return
@@ -945,10 +962,18 @@ async def upload_files(
         if topic != events.TOPIC_FILES.name:
             continue
         try:
-            data = orjson.loads(raw)["data"]
-            path, store_key, sha256 = data["path"], data["store_key"], data["sha256"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            envelope = orjson.loads(raw)
+            data = envelope["data"]
+            if envelope.get("type") == events.ARTIFACT:  # a logged version: its blobs, from the staging folder
+                version = str(data["digest"]) if data.get("action") == "log" else ""
+            else:
+                path, store_key, sha256 = data["path"], data["store_key"], data["sha256"]
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             continue  # not a file event the server would take: the ingest says why
+        if envelope.get("type") == events.ARTIFACT:
+            if version:
+                await _upload_artifact(uploader, identity, files_dir.parent, line, version, stop)
+            continue
         try:
             blob = (files_dir / path).read_bytes()
         except OSError as exc:  # deleted, unreadable (permissions)...: it must not hold up the run
@@ -964,6 +989,39 @@ async def upload_files(
             raise TransportError(
                 reason, status=exc.status, bad_lines={line: reason}, reason=reason, rejected=True
             ) from exc
+
+
+async def _upload_artifact(
+    uploader: HttpTransport,
+    identity: RunIdentity,
+    run_dir: Path,
+    line: int,
+    digest: str,
+    stop: Callable[[], bool] | None = None,
+) -> None:
+    """Upload what the server lacks of an artifact version from the run's staging folder (``artifacts.upload_artifact``,
+    on a thread: it streams large files); a version that cannot be uploaded for good (a file over the server's
+    max_blob_bytes, a server without artifacts, staged files gone) is refused as its event would be (``bad_lines``),
+    and ``artifact.wait()`` in this process raises the reason."""
+    from runstream.artifacts import (  # (artifacts imports the run)
+        STAGING_DIR,
+        ArtifactRefused,
+        StagedFilesGone,
+        note_refusal,
+        upload_artifact,
+    )
+
+    staging = run_dir / STAGING_DIR
+    try:
+        await asyncio.to_thread(upload_artifact, uploader, identity.team, identity.project, staging, digest, stop)
+    except (TransportError, StagedFilesGone, ArtifactRefused) as exc:
+        if isinstance(exc, TransportError) and not exc.rejected:
+            raise
+        why = exc.reason if isinstance(exc, TransportError) else str(exc)
+        note_refusal(digest, why)
+        reason = f"the upload of artifact version {digest} was refused: {why}"
+        status = exc.status if isinstance(exc, TransportError) else None
+        raise TransportError(reason, status=status, bad_lines={line: reason}, reason=reason, rejected=True) from exc
 
 
 @dataclass

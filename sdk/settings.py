@@ -74,6 +74,8 @@ class Settings:
     quota_request_bytes: int = 16 << 20
     #: Whether the embedded server's local admin (its machine's own user, no key) is held to quotas too.
     quota_local_admin: bool = False
+    #: Largest artifact file (content-addressed blob) the API stores, in bytes; uploads resume at an offset.
+    max_blob_bytes: int = 64 << 30
     #: The server a key saved by ``runstream login`` belongs to ("": the key came from the environment).
     api_key_url: str = field(default="", metadata={"internal": True})
 

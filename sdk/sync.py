@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
@@ -137,9 +138,11 @@ def remembered(max_age: float | None = None) -> list[Path]:
 
 
 def settle(run_dir: Path) -> None:
-    """Forget ``run_dir`` when nothing of it is left to send (its spool is acknowledged, its quarantine empty)."""
+    """Forget ``run_dir`` when nothing of it is left to send (its spool is acknowledged, its quarantine empty);
+    its staged artifact files (``artifacts/``, runstream.artifacts.STAGING_DIR) are then not needed either."""
     if not inspect(run_dir / "spool", quick=True).events and not quarantined(run_dir / QUARANTINE_DIR):
         forget(run_dir)
+        shutil.rmtree(run_dir / "artifacts", ignore_errors=True)
 
 
 def default_roots() -> list[Path]:

@@ -20,8 +20,9 @@ import re
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote, urlparse
 
@@ -36,6 +37,15 @@ Records = list[tuple[str, bytes]]
 
 INGEST_PATH = "/api/v1/events"
 FILES_PATH = "/api/v1/files"
+#: Artifact blobs, content-addressed per team: ``{BLOBS_PATH}/missing`` and ``{BLOBS_PATH}/<sha256>``.
+BLOBS_PATH = "/api/v1/projects/{team}/{project}/blobs"
+#: Read from disk and handed to the socket this much at a time: a blob never sits in memory whole.
+BLOB_CHUNK_BYTES = 1 << 20
+#: How long a blob upload waits for the server (per read or write): resuming a large blob, the server reads
+#: what it holds again (checking its SHA-256) before it reads on.
+BLOB_TIMEOUT = 300.0
+#: The most SHA-256s one ``blobs/missing`` question may name (the API's bound).
+MAX_MISSING_QUERY = 10_000
 
 
 #: Statuses that blame the key (or a proxy's authentication): a key to fix, the events are fine.
@@ -270,14 +280,29 @@ class HttpTransport:
         self.base = url.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
+        #: The largest blob the server takes, as its last ``blobs/missing`` answer said (None: not said yet, or an
+        #: older server that does not say): a larger file is refused before any byte of it is sent.
+        self.max_blob_bytes: int | None = None
+        self._limit_asked = False
 
-    def _request(self, method: str, path: str, body: bytes, content_type: str) -> bytes:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | Iterable[bytes],
+        content_type: str,
+        length: int | None = None,
+        timeout: float | None = None,
+    ) -> bytes:
+        """One request; ``body`` may be an iterable of chunks (streamed) when ``length`` gives its size."""
         request = urllib.request.Request(self.base + path, data=body, method=method)
         request.add_header("Content-Type", content_type)
+        if length is not None:
+            request.add_header("Content-Length", str(length))
         if self.api_key:
             request.add_header("Authorization", f"Bearer {self.api_key}")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
                 return response.read()
         except urllib.error.HTTPError as exc:
             said = _error_body(exc.read()[:20000].decode(errors="replace"))
@@ -306,5 +331,79 @@ class HttpTransport:
         path = f"{FILES_PATH}/{quote(run_path)}/{quote(store_key)}?sha256={sha256}"
         await asyncio.to_thread(self._request, "PUT", path, data, "application/octet-stream")
 
+    # -- artifact blobs (blocking: called on a thread of their own, off the sender's loop) ----
+    def missing_blobs(self, team: str, project: str, shas: list[str]) -> tuple[set[str], dict[str, int]]:
+        """Which of ``shas`` the server does not hold yet, and how many bytes it holds of those partly uploaded."""
+        missing: set[str] = set()
+        partial: dict[str, int] = {}
+        path = BLOBS_PATH.format(team=quote(team, safe=""), project=quote(project, safe="")) + "/missing"
+        for start in range(0, len(shas), MAX_MISSING_QUERY):
+            body = json.dumps({"sha256": shas[start : start + MAX_MISSING_QUERY]}).encode()
+            answer = json.loads(self._request("POST", path, body, "application/json"))
+            missing.update(answer.get("missing", ()))
+            limit = answer.get("max_blob_bytes")
+            if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0:
+                self.max_blob_bytes = limit
+            partial.update({sha: int(n) for sha, n in (answer.get("partial") or {}).items()})
+        return missing, partial
+
+    def put_blob(
+        self,
+        team: str,
+        project: str,
+        sha256: str,
+        source: Path,
+        size: int,
+        offset: int = 0,
+        stop: Callable[[], bool] | None = None,
+    ) -> int:
+        """Stream ``source`` (``size`` bytes, SHA-256 ``sha256``) to the blob store from ``offset`` on; the bytes
+        sent. One request for the rest of the blob: a cut one loses nothing (the server keeps what arrived), each
+        resumed one makes the server read what it holds again (to go on checking the SHA-256), and a request
+        larger than the bytes/s quota's burst still passes once the bucket is full. When the server holds another
+        offset (a 409: an earlier upload got further, or not as far), it goes on from the server's. ``stop()``
+        true cuts the upload short (``TransportError``), between two chunks."""
+        if self.max_blob_bytes is None and not self._limit_asked:  # learn the limit before the first bytes
+            self._limit_asked = True
+            self.missing_blobs(team, project, [sha256])
+        if self.max_blob_bytes is not None and size > self.max_blob_bytes:  # a 413 would come after the bytes
+            why = f"the blob is {size:,} bytes, more than the server's max_blob_bytes ({self.max_blob_bytes:,})"
+            raise TransportError(f"{self.base}: {why}", status=413, reason=why, rejected=True)
+        base = BLOBS_PATH.format(team=quote(team, safe=""), project=quote(project, safe="")) + f"/{sha256}"
+        for _ in range(3):
+            length = size - offset
+            try:
+                self._request(
+                    "PUT",
+                    f"{base}?offset={offset}&size={size}",
+                    _file_chunks(source, offset, length, stop),
+                    "application/octet-stream",
+                    length,
+                    max(self.timeout, BLOB_TIMEOUT),
+                )
+                return length
+            except TransportError as exc:
+                if exc.status != 409:
+                    raise
+                missing, partial = self.missing_blobs(team, project, [sha256])  # where does the server stand?
+                if sha256 not in missing:
+                    return 0
+                offset = partial.get(sha256, 0)
+        raise TransportError(f"{self.base}: the upload of blob {sha256} kept meeting another one (HTTP 409)")
+
     async def close(self) -> None:
         return None
+
+
+def _file_chunks(source: Path, offset: int, length: int, stop: Callable[[], bool] | None = None) -> Iterator[bytes]:
+    """``length`` bytes of ``source`` from ``offset``, a chunk at a time (a blob is never read whole)."""
+    with open(source, "rb") as f:
+        f.seek(offset)
+        while length > 0:
+            if stop is not None and stop():
+                raise TransportError(f"the upload of {source} was stopped")
+            chunk = f.read(min(BLOB_CHUNK_BYTES, length))
+            if not chunk:
+                raise TransportError(f"{source} ended {length} bytes before its recorded size", rejected=True)
+            length -= len(chunk)
+            yield chunk

@@ -463,7 +463,8 @@ def revoke_key(client: Client, key_id: str) -> bool:
 # -- projects -----------------------------------------------------------------------------
 
 # Projects exist once they have a row (created through the API) or runs (created by logging).
-# One without a row is private; the row's visibility and description win over the runs side.
+# One without a row is private; the row's visibility and description win over the runs side. Deleted and
+# moved runs (tombstoned, storage/deletion.py) do not count, even while their rows are being removed.
 _PROJECTS_SQL = """
 SELECT team, project,
        if(countIf(runs = 0) > 0, anyIf(visibility, runs = 0), 'private') AS visibility,
@@ -475,7 +476,9 @@ FROM (
     FROM projects FINAL WHERE {where}
     UNION ALL
     SELECT team, project, 'private', '', toUnixTimestamp64Milli(min(created_at)), count()
-    FROM runs FINAL WHERE {where} GROUP BY team, project
+    FROM runs FINAL WHERE {where}
+        AND (team, project, run_id) NOT IN (SELECT team, project, run_id FROM run_tombstones WHERE {where})
+    GROUP BY team, project
 )
 GROUP BY team, project
 ORDER BY team, project"""

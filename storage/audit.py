@@ -39,12 +39,16 @@ Action = Literal[
     "key.revoke",
     "project.create",
     "project.visibility",
+    "project.delete",
     "report.delete",
     "share.create",
     "share.revoke",
     "run.delete",
+    "run.move",
     "rule.create",
     "rule.delete",
+    "artifact.alias",
+    "artifact.unalias",
 ]
 ACTIONS: tuple[str, ...] = get_args(Action)
 DEFAULT_LIMIT = 50

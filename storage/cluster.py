@@ -73,6 +73,11 @@ EVERY_NODE = frozenset(
         "report_links",
         "server_secrets",
         "audit_log",
+        "run_tombstones",  # deleted and moved runs: read inside run searches and by the processor per batch
+        "artifact_versions",  # artifacts: small, and read across runs and projects
+        "artifact_aliases",
+        "artifact_usage",
+        "run_lineage",  # forks and rewinds: one small row per such run, read before the points
     }
 )
 

@@ -38,7 +38,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from clickhouse_connect.driver.client import Client
 
+from runstream.storage import deletion
 from runstream.storage.errors import QueryError
+from runstream.storage.lineage import SEGMENT_FILTER, Segment, is_plain, resolve, segment_params
 
 T = TypeVar("T")
 Format = Literal["parquet", "arrow", "csv"]
@@ -85,6 +87,19 @@ ORDER BY run_id, metric, step
 SETTINGS %(settings)s
 """
 
+# One run whose history is composed (a fork, a rewound run: storage/lineage.py), its segments' points under its id;
+# planned into chunks like a plain run (``_plan_run``), over its composed history.
+_SEGMENTS_WHERE = f"""team = {{team:String}} AND project = {{project:String}} AND {SEGMENT_FILTER}
+          AND step >= {{lo:UInt64}} AND step <= {{hi:UInt64}}"""
+_COMPOSED_SQL = f"""
+SELECT toLowCardinality({{run:String}}) AS run_id, p.metric AS metric, p.step AS step, s.time AS time, p.value AS value
+FROM (SELECT metric, step, value, {_STEP_KEY} AS k FROM metric_points FINAL
+      WHERE {_SEGMENTS_WHERE} %(metric_filter)s) AS p
+ANY LEFT JOIN (SELECT {_STEP_KEY} AS k, time FROM metric_steps FINAL WHERE {_SEGMENTS_WHERE}) AS s ON p.k = s.k
+ORDER BY metric, step
+SETTINGS %(settings)s
+"""
+
 _RUN_COUNTS = """
 SELECT run_id, count() FROM metric_points
 WHERE team = {team:String} AND project = {project:String} AND run_id IN {runs:Array(String)} %(metric_filter)s
@@ -94,6 +109,12 @@ GROUP BY run_id ORDER BY run_id
 _METRIC_COUNTS = """
 SELECT metric, count(), min(step), max(step) FROM metric_points
 WHERE team = {team:String} AND project = {project:String} AND run_id = {run:String} %(metric_filter)s
+GROUP BY metric ORDER BY metric
+"""
+
+_COMPOSED_METRIC_COUNTS = f"""
+SELECT metric, count(), min(step), max(step) FROM metric_points
+WHERE team = {{team:String}} AND project = {{project:String}} AND {SEGMENT_FILTER} %(metric_filter)s
 GROUP BY metric ORDER BY metric
 """
 
@@ -114,7 +135,7 @@ def export_history(
 ) -> Iterator[bytes]:
     """The current value of every (run, metric, step) of the runs, in long format
     (``HISTORY_COLUMNS``: run_id, metric, step, time, value), sorted by run_id,
-    metric, step. ``metrics`` None exports every metric.
+    metric, step. ``metrics`` None exports every metric; deleted and moved runs are left out.
 
     Yields the bytes of one Parquet file (zstd, a row group per chunk), one Arrow
     IPC stream (``HISTORY_SCHEMA``) or one CSV text with a header line (time as
@@ -126,6 +147,7 @@ def export_history(
     names = None if metrics is None else _check_ids("metrics", metrics, None)
     if chunk_points < 1:
         raise QueryError("chunk_points must be at least 1", chunk_points=chunk_points)
+    runs = deletion.live_run_ids(client, team, project, runs)  # a deleted or moved run's points may linger
     return _export_history(client, team, project, runs, names, format, chunk_points)
 
 
@@ -137,6 +159,25 @@ def _export_history(
 
     def raw_chunks() -> Iterator[bytes]:
         for chunk in chunks:
+            if chunk.segments is not None:
+                sql = _COMPOSED_SQL % {
+                    "metric_filter": "" if chunk.metrics is None else _METRIC_FILTER,
+                    "settings": settings,
+                }
+                ids = segment_params(chunk.segments)
+                params = {
+                    "team": team,
+                    "project": project,
+                    "run": chunk.runs[0],
+                    **ids,
+                    "runs": ids["seg_ids"],
+                    "idx": list(range(1, len(chunk.segments) + 1)),
+                    "lo": chunk.lo,
+                    "hi": chunk.hi,
+                    "metrics": chunk.metrics or [],
+                }
+                yield client.raw_query(sql, parameters=params, fmt=_CH_FORMAT[format])
+                continue
             sql = _HISTORY_SQL % {
                 "metric_filter": "" if chunk.metrics is None else _METRIC_FILTER,
                 "settings": settings,
@@ -161,6 +202,17 @@ class _Chunk:
     metrics: list[str] | None  # None: all
     lo: int = 0
     hi: int = MAX_STEP
+    segments: list[Segment] | None = None  # a composed run (one): its segments
+
+
+def _composed(client: Client, team: str, project: str, runs: list[str]) -> dict[str, list[Segment]]:
+    """The runs among ``runs`` whose history is composed (a fork, a rewind), with their segments."""
+    out = {}
+    for ids in _batches(runs, IDS_PER_QUERY):
+        for run_id, segments in resolve(client, team, project, ids).items():
+            if not is_plain(segments, run_id):
+                out[run_id] = segments
+    return out
 
 
 def _plan_chunks(
@@ -170,11 +222,21 @@ def _plan_chunks(
     other in (run_id, metric, step) order: runs grouped whole, a larger run cut into
     groups of whole metrics, a larger metric cut into step ranges."""
     params: dict[str, Any] = {"team": team, "project": project, "metrics": metrics or []}
+    # A composed run is one chunk of its own, in its place in run_id order.
+    composed = _composed(client, team, project, runs)
+    waiting = sorted(composed)
     group: list[str] = []
     points = 0
-    for ids in _batches(runs, IDS_PER_QUERY):
+    for ids in _batches([r for r in runs if r not in composed], IDS_PER_QUERY):
         sql = _RUN_COUNTS % {"metric_filter": "" if metrics is None else _METRIC_FILTER}
         for run_id, count in client.query(sql, parameters={**params, "runs": ids}).result_rows:
+            if waiting and waiting[0] < run_id:
+                if group:
+                    yield _Chunk(group, metrics)
+                    group, points = [], 0
+                while waiting and waiting[0] < run_id:
+                    name = waiting.pop(0)
+                    yield from _plan_composed(client, params, name, composed[name], metrics is None, chunk_points)
             if group and (points + count > chunk_points or len(group) >= IDS_PER_QUERY):
                 yield _Chunk(group, metrics)
                 group, points = [], 0
@@ -185,16 +247,38 @@ def _plan_chunks(
                 yield from _plan_run(client, {**params, "run": run_id}, metrics is None, chunk_points)
     if group:
         yield _Chunk(group, metrics)
+    for name in waiting:
+        yield from _plan_composed(client, params, name, composed[name], metrics is None, chunk_points)
 
 
-def _plan_run(client: Client, params: dict[str, Any], all_metrics: bool, chunk_points: int) -> Iterator[_Chunk]:
-    sql = _METRIC_COUNTS % {"metric_filter": "" if all_metrics else _METRIC_FILTER}
+def _plan_composed(
+    client: Client,
+    params: dict[str, Any],
+    run_id: str,
+    segments: list[Segment],
+    all_metrics: bool,
+    chunk_points: int,
+) -> Iterator[_Chunk]:
+    """A composed run's chunks: ``_plan_run``'s, counted over its segments."""
+    found = {**params, "run": run_id, **segment_params(segments)}
+    yield from _plan_run(client, found, all_metrics, chunk_points, segments)
+
+
+def _plan_run(
+    client: Client,
+    params: dict[str, Any],
+    all_metrics: bool,
+    chunk_points: int,
+    segments: list[Segment] | None = None,
+) -> Iterator[_Chunk]:
+    counts = _METRIC_COUNTS if segments is None else _COMPOSED_METRIC_COUNTS
+    sql = counts % {"metric_filter": "" if all_metrics else _METRIC_FILTER}
     run = [params["run"]]
     group: list[str] = []
     points = 0
     for metric, count, lo, hi in client.query(sql, parameters=params).result_rows:
         if group and points + count > chunk_points:
-            yield _Chunk(run, group)
+            yield _Chunk(run, group, segments=segments)
             group, points = [], 0
         if count <= chunk_points:
             group.append(metric)
@@ -202,9 +286,9 @@ def _plan_run(client: Client, params: dict[str, Any], all_metrics: bool, chunk_p
             continue
         width = (hi - lo) // math.ceil(count / chunk_points) + 1
         for start in range(lo, hi + 1, width):
-            yield _Chunk(run, [metric], start, min(hi, start + width - 1))
+            yield _Chunk(run, [metric], start, min(hi, start + width - 1), segments)
     if group:
-        yield _Chunk(run, group)
+        yield _Chunk(run, group, segments=segments)
 
 
 # -- run metadata ---------------------------------------------------------------------
@@ -221,7 +305,9 @@ SELECT r.run_id AS run_id, r.name AS name, r.state AS state,
     {_JSON_OBJECT.format(m="r.config")} AS config,
     if(s.run_id = '', '{{}}', {_JSON_OBJECT.format(m="s.summary")}) AS summary
 FROM (SELECT * FROM runs FINAL
-      WHERE team = {{team:String}} AND project = {{project:String}} AND run_id IN {{runs:Array(String)}}) AS r
+      WHERE team = {{team:String}} AND project = {{project:String}} AND run_id IN {{runs:Array(String)}}
+        AND run_id NOT IN (SELECT run_id FROM run_tombstones
+                           WHERE team = {{team:String}} AND project = {{project:String}})) AS r
 LEFT JOIN (SELECT run_id, summary FROM run_summaries FINAL
            WHERE team = {{team:String}} AND project = {{project:String}} AND run_id IN {{runs:Array(String)}}) AS s
     ON r.run_id = s.run_id
@@ -259,7 +345,7 @@ def export_runs(
     """The runs' metadata, one row per run sorted by run_id (``RUN_COLUMNS``):
     times as UTC timestamps, ``config``, ``summary`` and ``git`` as JSON object
     text (config and summary keys flattened to dotted paths, as stored), ``tags``
-    and ``args`` as lists (JSON arrays in CSV). Unknown run ids are skipped."""
+    and ``args`` as lists (JSON arrays in CSV). Unknown run ids, and deleted or moved runs, are skipped."""
     _check_format(format)
     runs = _check_ids("run_ids", run_ids, MAX_RUNS)
     return _export_runs(client, team, project, runs, format)

@@ -38,8 +38,10 @@ import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from runstream.storage.buckets import pending_ranges
 from runstream.storage.errors import QueryError, require_text
-from runstream.storage.series import extents
+from runstream.storage.lineage import SEGMENT_FILTER, SEGMENT_MARK, Segment, is_plain, resolve, segment_params
+from runstream.storage.series import composed_extents
 
 MAX_PAGE_SIZE = 100_000
 #: A page holds at most this many values (rows x keys); page_size shrinks to fit.
@@ -64,7 +66,10 @@ class Page(Rows):
     next_after_step: int | None
 
 
-_RUN = "team = {team:String} AND project = {project:String} AND run_id = {run:String}"
+# A run's composed history: the stored runs of its segments, each within its steps (storage/lineage.py).
+_RUN = "team = {team:String} AND project = {project:String} AND " + SEGMENT_FILTER
+# The run's own rows (statistics): its segments' stored runs, a rewind's segments having none.
+_RUN_ROWS = "team = {team:String} AND project = {project:String} AND run_id IN {seg_ids:Array(String)}"
 _METRICS = "AND metric IN {keys:Array(String)}"
 
 _NTH_LOGGED_STEP = f"""
@@ -95,23 +100,71 @@ _SPARSE = f"""AND step IN (SELECT step FROM metric_points
                          WHERE {_RUN} {_METRICS} AND step >= {{lo:UInt64}} AND step <= {{hi:UInt64}})"""
 
 _RUN_METRICS = f"SELECT DISTINCT metric FROM metric_points WHERE {_RUN} ORDER BY metric"
-_INTEGER_METRICS = f"SELECT metric FROM metric_summaries FINAL WHERE {_RUN} {_METRICS} AND integer"
+# Of a fork, every run of its history must have logged the metric as ints (a float of the fork's own would
+# otherwise read as an int).
+_INTEGER_METRICS = (
+    f"SELECT metric FROM metric_summaries FINAL WHERE {_RUN_ROWS} {_METRICS} GROUP BY metric HAVING min(integer) = 1"
+)
+# A run without lineage reads as it always did: its own rows, no segment filter (cheaper; see ``_sql``).
+_PLAIN_RUN = "run_id = {run:String}"
+_PLAIN_INTEGER_METRICS = (
+    f"SELECT metric FROM metric_summaries FINAL WHERE team = {{team:String}} AND project = {{project:String}} "
+    f"AND {_PLAIN_RUN} {_METRICS} AND integer"
+)
 
 
-def run_metrics(client: Client, team: str, project: str, run_id: str) -> list[str]:
-    """The names of the metrics a run has logged, sorted."""
+def segments_of(client: Client, team: str, project: str, run_id: str, rewinds: int | None = None) -> list[Segment]:
+    """A run's segments (``storage.lineage.resolve``): resolve them once per request and pass them on."""
+    return resolve(client, team, project, [run_id], rewinds)[run_id]
+
+
+def _sql(sql: str, params: Mapping[str, Any]) -> str:
+    """``sql`` for the run of ``params``: a plain run's rows are read by its id alone, as before lineage."""
+    if not is_plain(_segments_of(params), params["run"]):
+        return sql
+    if sql == _INTEGER_METRICS:
+        return _PLAIN_INTEGER_METRICS
+    return sql.replace(SEGMENT_FILTER, _PLAIN_RUN)
+
+
+def _run_params(
+    client: Client, team: str, project: str, run_id: str, segments: Sequence[Segment] | None, rewinds: int | None
+) -> dict[str, Any]:
+    """The parameters of ``_RUN``: the run's segments (resolved unless given)."""
+    if segments is None:
+        segments = segments_of(client, team, project, run_id, rewinds)
+    return {"team": team, "project": project, "run": run_id, **segment_params(segments)}
+
+
+def run_metrics(
+    client: Client,
+    team: str,
+    project: str,
+    run_id: str,
+    rewinds: int | None = None,
+    segments: Sequence[Segment] | None = None,
+) -> list[str]:
+    """The names of the metrics a run's (composed) history has, sorted."""
     require_text("run_id", run_id)
-    rows = client.query(_RUN_METRICS, parameters={"team": team, "project": project, "run": run_id}).result_rows
+    params = _run_params(client, team, project, run_id, segments, rewinds)
+    rows = client.query(_sql(_RUN_METRICS, params), parameters=params).result_rows
     return [str(name) for (name,) in rows]
 
 
-def integer_metrics(client: Client, team: str, project: str, run_id: str, keys: Sequence[str]) -> set[str]:
+def integer_metrics(
+    client: Client,
+    team: str,
+    project: str,
+    run_id: str,
+    keys: Sequence[str],
+    segments: Sequence[Segment] | None = None,
+) -> set[str]:
     """Those of ``keys`` whose every finite value the run logged as an int (the stream processor's
-    ``metric_summaries.integer``): history stores Float64, callers show these as ints."""
+    ``metric_summaries.integer``; of a fork, its parent's too): history stores Float64, callers show these as ints."""
     if not keys:
         return set()
-    params = {"team": team, "project": project, "run": run_id, "keys": list(keys)}
-    return {str(name) for (name,) in client.query(_INTEGER_METRICS, parameters=params).result_rows}
+    params = {**_run_params(client, team, project, run_id, segments, None), "keys": list(keys)}
+    return {str(name) for (name,) in client.query(_sql(_INTEGER_METRICS, params), parameters=params).result_rows}
 
 
 def history_page(
@@ -124,6 +177,8 @@ def history_page(
     max_step: int | None = None,
     after_step: int | None = None,
     page_size: int = 10_000,
+    rewinds: int | None = None,
+    segments: Sequence[Segment] | None = None,
 ) -> Page:
     """A page of a run's history: ``{"step": [...], "time": [...], "columns": {metric:
     [...]}, "next_after_step": int | None}``.
@@ -134,14 +189,20 @@ def history_page(
     list per key, ``None`` where the row did not log it. ``next_after_step`` is the
     cursor of the next page, None on the last one. With many keys the page has
     fewer rows, so that it holds at most ``MAX_CELLS`` values.
+
+    The history is composed (``storage.lineage``): a fork's parent up to the fork step, then
+    its own; a rewound run's kept history, then what it logged since. ``rewinds``: read the run
+    as it stood after that many of its rewinds (0: before the first), None: as it is. ``segments``: the
+    run's, resolved already (``segments_of``), else resolved here.
     """
     require_text("run_id", run_id)
     if not isinstance(page_size, int) or isinstance(page_size, bool) or not 1 <= page_size <= MAX_PAGE_SIZE:
         raise QueryError(f"page_size must be an integer from 1 to {MAX_PAGE_SIZE}, got {page_size!r}")
     lo = max(_check_step("min_step", min_step, 0), _check_step("after_step", after_step, -1) + 1)
     hi = _check_step("max_step", max_step, MAX_STEP)
+    run = _run_params(client, team, project, run_id, segments, rewinds)
     if keys is None:
-        names = run_metrics(client, team, project, run_id)
+        names = run_metrics(client, team, project, run_id, segments=_segments_of(run))
     elif isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
         raise QueryError("keys must be a list of metric names")
     else:
@@ -150,12 +211,16 @@ def history_page(
     if not names or lo > hi:
         return {"step": [], "time": [], "columns": {name: [] for name in names}, "next_after_step": None}
 
-    params = {"team": team, "project": project, "run": run_id, "keys": names, "lo": lo}
+    params = {**run, "keys": names, "lo": lo}
     end, more, sparse = _page_end(client, params, hi, page_size)
-    sql = _PAGE_DATA % {"sparse": _SPARSE if sparse else ""}
+    sql = _sql(_PAGE_DATA % {"sparse": _SPARSE if sparse else ""}, params)
     data = pa.ipc.open_stream(client.raw_query(sql, parameters={**params, "hi": end}, fmt="ArrowStream"))
     rows = _pivot(data.read_all(), names)
     return {**rows, "next_after_step": end if more else None}
+
+
+def _segments_of(params: Mapping[str, Any]) -> list[Segment]:
+    return [Segment(*s) for s in zip(params["seg_ids"], params["seg_first"], params["seg_last"])]
 
 
 def _page_end(client: Client, params: dict[str, Any], hi: int, page_size: int) -> tuple[int, bool, bool]:
@@ -164,12 +229,13 @@ def _page_end(client: Client, params: dict[str, Any], hi: int, page_size: int) -
     may span many more logged steps than it has rows."""
     offset = page_size - 1
     # The (page_size + 1)-th logged step bounds the search unless the selected metrics are sparse.
-    bound = _first(client, _NTH_LOGGED_STEP, {**params, "hi": hi, "offset": page_size})
+    bound = _first(client, _sql(_NTH_LOGGED_STEP, params), {**params, "hi": hi, "offset": page_size})
+    page_end = _sql(_PAGE_END, params)
     if bound is not None:
-        rows = client.query(_PAGE_END, parameters={**params, "hi": bound, "offset": offset}).result_rows
+        rows = client.query(page_end, parameters={**params, "hi": bound, "offset": offset}).result_rows
         if len(rows) == 2:
             return rows[0][0], True, False
-    rows = client.query(_PAGE_END, parameters={**params, "hi": hi, "offset": offset}).result_rows
+    rows = client.query(page_end, parameters={**params, "hi": hi, "offset": offset}).result_rows
     return (rows[0][0], len(rows) == 2, True) if rows else (hi, False, True)
 
 
@@ -232,7 +298,14 @@ def _check_step(what: str, value: Any, default: int) -> int:
 
 
 def sampled_history(
-    client: Client, team: str, project: str, run_id: str, keys: Sequence[str] | None, samples: int
+    client: Client,
+    team: str,
+    project: str,
+    run_id: str,
+    keys: Sequence[str] | None,
+    samples: int,
+    rewinds: int | None = None,
+    segments: Sequence[Segment] | None = None,
 ) -> Rows:
     """At most ``samples`` rows of a run's history (rows as ``history_page`` gives them), keeping every key's
     extremes; ``keys`` None: every metric the run logged.
@@ -244,8 +317,11 @@ def sampled_history(
     they are read (extremes of extremes are the extremes), so memory stays at a
     page whatever the run's length.
     """
-    names = list(dict.fromkeys(keys if keys is not None else run_metrics(client, team, project, run_id)))
-    spans = list(extents(client, team, project, [run_id], names).get(run_id, {}).values()) if names else []
+    own = list(segments) if segments is not None else segments_of(client, team, project, run_id, rewinds)
+    names = list(dict.fromkeys(keys if keys is not None else run_metrics(client, team, project, run_id, segments=own)))
+    behind = pending_ranges(client, team, project, [g.run_id for g in own])
+    composed = composed_extents(client, team, project, {run_id: own}, names, behind)[0] if names else {}
+    spans = list(composed.get(run_id, {}).values())
     if not spans:
         return {"step": [], "time": [], "columns": {name: [] for name in names}}
     first = min(e.first_step for e in spans)
@@ -255,7 +331,9 @@ def sampled_history(
     kept: _Grid | None = None
     after: int | None = None
     while True:
-        page = history_page(client, team, project, run_id, names, after_step=after, page_size=SAMPLED_PAGE)
+        page = history_page(
+            client, team, project, run_id, names, after_step=after, page_size=SAMPLED_PAGE, segments=own
+        )
         grid = _Grid.of(page, names)
         kept = grid if kept is None else kept.concat(grid)
         if len(kept) > samples:
@@ -342,38 +420,80 @@ def _extremes(grid: _Grid, first_step: int, width: int) -> np.ndarray:
 # redelivered batch rewrites the same mean whatever order the engine reads the points in.
 _STATISTICS = """
 SELECT run_id, metric, countIf(isFinite(value)), sumKahanIf(value, isFinite(value)), minIf(value, isFinite(value)),
-       maxIf(value, isFinite(value)), countIf(isNaN(value)), countIf(isInfinite(value))
-FROM (
+       maxIf(value, isFinite(value)), countIf(isNaN(value)), countIf(isInfinite(value)),
+       argMax(value, step), max(step), min(step)
+FROM (%s)
+GROUP BY run_id, metric
+"""
+_PLAIN_POINTS = """
     SELECT run_id, metric, step, argMax(value, seq) AS value FROM metric_points
     WHERE team = {team:String} AND project = {project:String} AND run_id IN {runs:Array(String)}
         AND metric IN {metrics:Array(String)} AND seq <= {limits:Array(UInt64)}[indexOf({runs:Array(String)}, run_id)]
     GROUP BY run_id, metric, step
-)
-GROUP BY run_id, metric
+"""
+# Runs composed of segments (storage/lineage.py: a fork's parent up to the fork step, a rewound run's kept
+# history and what it logged since): a stored point counts for every run whose segment holds it (a parent and
+# its fork may both be restated in one batch), under that segment's seq limit (the run's own: its limit; a
+# parent's: none).
+_COMPOSED_POINTS = """
+    SELECT {seg_runs:Array(String)}[i] AS run_id, metric, step, argMax(value, seq) AS value
+    FROM (
+        SELECT metric, step, value, seq, arrayJoin(arrayFilter(
+            j -> {seg_ids:Array(String)}[j] = toString(run_id) AND {seg_first:Array(UInt64)}[j] <= step
+                 AND step <= {seg_last:Array(UInt64)}[j] AND seq <= {seg_limits:Array(UInt64)}[j],
+            range(1, length({seg_ids:Array(String)}) + 1))) AS i
+        FROM metric_points
+        WHERE team = {team:String} AND project = {project:String} AND run_id IN {seg_ids:Array(String)}
+            AND metric IN {metrics:Array(String)}
+    )
+    GROUP BY run_id, metric, step
 """
 
 
 def metric_statistics(
-    client: Client, team: str, project: str, wanted: Mapping[str, tuple[int, Collection[str]]]
+    client: Client,
+    team: str,
+    project: str,
+    wanted: Mapping[str, tuple[int, Collection[str]]],
+    segments: Mapping[str, Sequence[Segment]] | None = None,
+    with_last: bool = False,
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Statistics of whole metric histories: ``wanted`` maps a run id to (its largest seq to count, its metrics).
 
     Per (run, metric) with points: ``count``, ``sum``, ``min``, ``max`` (of the finite values; min
     and max None without any), ``nan`` and ``inf`` (how many of each). The seq limit keeps out
     points of events not counted yet (a batch written before a crash and redelivered in
-    smaller pieces).
+    smaller pieces). ``with_last``: also ``last`` (the value at the largest step), ``last_step``
+    and ``first_step``.
+
+    ``segments``: per run, the segments of its composed history (``lineage.compose``), the seq limit
+    applying to the run's own; a run left out covers its own points, every step.
     """
     if not wanted:
         return {}
+    segments = {run: segs for run, segs in (segments or {}).items() if run in wanted and not is_plain(segs, run)}
     params: dict[str, Any] = {
         "team": team,
         "project": project,
-        "runs": list(wanted),
-        "limits": [limit for limit, _ in wanted.values()],
         "metrics": sorted({m for _, metrics in wanted.values() for m in metrics}),
     }
+    points = _PLAIN_POINTS
+    if not segments:
+        params |= {"runs": list(wanted), "limits": [limit for limit, _ in wanted.values()]}
+    else:
+        own = [
+            (run, seg)
+            for run in wanted
+            for seg in segments.get(run, [Segment(run, 0, MAX_STEP)])
+            if wanted[run][0] >= 0 or not _own(run, seg)  # a run that has folded none of its points yet
+        ]
+        points = _COMPOSED_POINTS
+        params |= segment_params([seg for _, seg in own])
+        params["seg_runs"] = [run for run, _ in own]
+        params["seg_limits"] = [wanted[run][0] if _own(run, seg) else MAX_STEP for run, seg in own]
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    for run, metric, count, total, low, high, nan, inf in client.query(_STATISTICS, parameters=params).result_rows:
+    rows = client.query(_STATISTICS % points, parameters=params).result_rows
+    for run, metric, count, total, low, high, nan, inf, last, last_step, first_step in rows:
         if metric in wanted[run][1]:  # not another run's metric
             out[(run, metric)] = {
                 "count": count,
@@ -383,12 +503,20 @@ def metric_statistics(
                 "nan": nan,
                 "inf": inf,
             }
+            if with_last:
+                out[(run, metric)] |= {"last": last, "last_step": int(last_step), "first_step": int(first_step)}
     return out
 
 
-_RUN_STATISTICS = f"""
+def _own(run_id: str, segment: Segment) -> bool:
+    """Whether a segment holds points the run logged itself (its fork parent's are not)."""
+    return segment.run_id == run_id or segment.run_id.startswith(run_id + SEGMENT_MARK)
+
+
+_RUN_STATISTICS = """
 SELECT metric, last, min, max, mean, count - nan_count - inf_count AS finite, first_step, last_step, integer
-FROM metric_summaries FINAL WHERE {_RUN} ORDER BY metric"""
+FROM metric_summaries FINAL
+WHERE team = {team:String} AND project = {project:String} AND run_id = {run:String} AND count > 0 ORDER BY metric"""
 
 
 def run_statistics(client: Client, team: str, project: str, run_id: str) -> dict[str, Any]:

@@ -25,12 +25,17 @@ def enabled_rules(client: Client, team: str, project: str) -> list[dict[str, Any
     )
 
 
+# Deleted and moved runs (storage/deletion.py) are swept no more: their rows may linger while being removed.
+_NOT_TOMBSTONED = "(team, project, run_id) NOT IN (SELECT team, project, run_id FROM run_tombstones)"
+
+
 def silent_runs(client: Client, before: float) -> list[tuple[str, str, str, float]]:
     """(team, project, run_id, last seen) of the running runs the server has heard nothing from since
     ``before`` (Unix seconds, the server's clock), the last seen time at millisecond precision."""
     rows = client.query(
         "SELECT team, project, run_id, toUnixTimestamp64Milli(last_seen_at) FROM runs FINAL "
-        "WHERE state = 'running' AND last_seen_at < fromUnixTimestamp64Milli({cutoff:Int64})",
+        "WHERE state = 'running' AND last_seen_at < fromUnixTimestamp64Milli({cutoff:Int64}) "
+        f"AND {_NOT_TOMBSTONED}",
         parameters={"cutoff": int(before * 1000)},
     ).result_rows
     return [(team, project, run_id, seen_ms / 1000) for team, project, run_id, seen_ms in rows]
@@ -47,7 +52,8 @@ def last_step_times(client: Client, team: str, project: str) -> list[tuple[str, 
     rows = client.query(
         "SELECT s.run_id, toUnixTimestamp64Milli(max(s.last_time)) FROM metric_summaries AS s FINAL "
         "WHERE s.team = {t:String} AND s.project = {p:String} AND s.run_id IN "
-        "(SELECT run_id FROM runs FINAL WHERE team = {t:String} AND project = {p:String} AND state = 'running') "
+        "(SELECT run_id FROM runs FINAL WHERE team = {t:String} AND project = {p:String} AND state = 'running' "
+        f"AND {_NOT_TOMBSTONED}) "
         "GROUP BY s.run_id",
         parameters={"t": team, "p": project},
     ).result_rows

@@ -85,6 +85,9 @@ LEFT JOIN (SELECT run_id, summary, summary_num FROM run_summaries FINAL
            WHERE team = {team:String} AND project = {project:String}) AS s USING (run_id)"""
 
 _PROJECT = "team = {team:String} AND project = {project:String}"
+# A project's runs, less the deleted and moved ones (storage/deletion.py): hidden from the moment their
+# tombstone is written, while their rows are still being removed.
+_RUNS = f"{_PROJECT} AND run_id NOT IN (SELECT run_id FROM run_tombstones WHERE {_PROJECT})"
 
 # Times travel as integer milliseconds; non-finite floats are stored as "NaN"/"Infinity"
 # JSON strings, so the few numeric-map entries that are not finite come along to restore them.
@@ -333,7 +336,7 @@ def search_runs(
 SELECT {columns}, {"toUInt8(_numeric)" if sort.with_ else "0"} AS _numeric_sort,
     {sort.missing} AS _missing, {sort.number} AS _num, {sort.text} AS _text
 FROM runs FINAL {_SUMMARIES if joined else ""}
-WHERE {_PROJECT} AND {compiled.sql} AND {keyset}
+WHERE {_RUNS} AND {compiled.sql} AND {keyset}
 ORDER BY _missing ASC, _num {direction}, _text {direction}, run_id {direction}
 LIMIT {limit + 1}"""
     rows = list(filtered_query(client, sql, params).named_results())
@@ -347,7 +350,7 @@ def get_run(client: Client, team: str, project: str, run_id: str) -> dict[str, A
     if not isinstance(run_id, str):
         raise QueryError("run_id must be a string")
     params = _check_project(team, project) | {"run": run_id}
-    sql = f"SELECT {_RUN_COLUMNS} FROM runs FINAL {_SUMMARIES} WHERE {_PROJECT} AND run_id = {{run:String}}"
+    sql = f"SELECT {_RUN_COLUMNS} FROM runs FINAL {_SUMMARIES} WHERE {_RUNS} AND run_id = {{run:String}}"
     rows = list(client.query(sql, parameters=params).named_results())
     return _run(rows[0]) if rows else None
 
@@ -357,7 +360,7 @@ def count_runs(client: Client, team: str, project: str, filters: Mapping[str, An
     params = _check_project(team, project)
     compiled = _where(client, filters)
     join = _SUMMARIES if compiled.uses_summary else ""
-    sql = f"SELECT count() FROM runs FINAL {join} WHERE {_PROJECT} AND {compiled.sql}"
+    sql = f"SELECT count() FROM runs FINAL {join} WHERE {_RUNS} AND {compiled.sql}"
     return int(filtered_query(client, sql, params | compiled.params).result_rows[0][0])
 
 
@@ -372,7 +375,7 @@ def matching_run_ids(
     compiled = _where(client, filters)
     join = _SUMMARIES if compiled.uses_summary else ""
     sql = (
-        f"SELECT run_id FROM runs FINAL {join} WHERE {_PROJECT} AND {compiled.sql} "
+        f"SELECT run_id FROM runs FINAL {join} WHERE {_RUNS} AND {compiled.sql} "
         f"ORDER BY created_at, run_id LIMIT {int(limit) + 1}"
     )
     ids = [row[0] for row in filtered_query(client, sql, params | compiled.params).result_rows]
@@ -435,7 +438,7 @@ def group_runs(
     compiled = _where(client, filters)
     sql = f"""SELECT count() AS _count, {", ".join(columns)}
 FROM runs FINAL {_SUMMARIES}
-WHERE {_PROJECT} AND {compiled.sql}
+WHERE {_RUNS} AND {compiled.sql}
 GROUP BY {", ".join(group_by)}
 ORDER BY {", ".join(order_by)}
 LIMIT {limit}"""

@@ -28,6 +28,7 @@ from clickhouse_connect.driver.client import Client
 from runstream.events import MAX_STEP
 from runstream.storage.buckets import FANOUT, TOP_LEVEL, WIDTHS, Pending, level_for, pending_ranges
 from runstream.storage.errors import QueryError
+from runstream.storage.lineage import Segment, resolve
 
 X_AXES = ("step", "time", "relative", "metric")
 MAX_POINTS = 10_000
@@ -202,6 +203,32 @@ def extents(
     return out
 
 
+def composed_extents(
+    client: Client,
+    team: str,
+    project: str,
+    segments: Mapping[str, Sequence[Segment]],
+    metrics: Sequence[str],
+    behind: Mapping[str, Pending],
+) -> tuple[dict[str, dict[str, Extent]], dict[str, dict[str, Extent]]]:
+    """run -> metric -> the steps its composed history logged (each segment's stored extent within the
+    segment's steps), and the extents of the stored runs themselves (``extents``)."""
+    stored_ids = list(dict.fromkeys(seg.run_id for segs in segments.values() for seg in segs))
+    stored = extents(client, team, project, stored_ids, metrics, behind)
+    out: dict[str, dict[str, Extent]] = {}
+    for run_id, segs in segments.items():
+        for seg in segs:
+            for metric, e in stored.get(seg.run_id, {}).items():
+                first, last = max(e.first_step, seg.first), min(e.last_step, seg.last)
+                if first > last:
+                    continue
+                known = out.setdefault(run_id, {}).get(metric)
+                if known is not None:
+                    first, last = min(first, known.first_step), max(last, known.last_step)
+                out[run_id][metric] = Extent(first, last)
+    return out, stored
+
+
 def run_starts(
     client: Client, team: str, project: str, run_ids: Sequence[str], behind: Mapping[str, Pending] | None = None
 ) -> dict[str, int]:
@@ -300,6 +327,105 @@ def _read(
     ]
 
 
+def _read_composed(
+    client: Client,
+    base: Mapping[str, Any],
+    sources: Mapping[str, Source],
+    segments: Mapping[str, Sequence[Segment]],
+    stored: Mapping[str, Mapping[str, Extent]],
+    lo: int,
+    hi: int,
+    with_time: bool,
+    behind: Mapping[str, Pending],
+) -> list[tuple[str, str, Part]]:
+    """(metric, run, points) of each run's composed history in [lo, hi], read at the run's source.
+
+    Each segment is read as its stored run within its steps; runs without forks or rewinds (one segment,
+    every step) share one read per source, as before. A stored bucket that a segment's bound cuts through
+    would bring in points of the stored run outside the segment (the parent's steps after the fork step,
+    the history a rewind replaced), so such edge buckets are bucketed from the raw points instead."""
+    tasks: dict[tuple[Source, int, int, int, int], dict[str, list[str]]] = {}
+    for run_id, source in sources.items():
+        for seg in segments[run_id]:
+            a, b = max(lo, seg.first), min(hi, seg.last)
+            if a <= b and seg.run_id in stored:
+                tasks.setdefault((source, a, b, seg.first, seg.last), {}).setdefault(seg.run_id, []).append(run_id)
+    pieces: dict[tuple[str, str], list[tuple[int, Part]]] = {}
+    for (source, a, b, first, last), owners in tasks.items():
+        params = {**base, "runs": sorted(owners)}
+        for span_source, span_lo, span_hi in _spans(source, a, b, first, last):
+            for metric, stored_id, part in _read(
+                client, span_source, {**params, "first": span_lo, "last": span_hi}, with_time, behind
+            ):
+                for run_id in owners[stored_id]:
+                    pieces.setdefault((metric, run_id), []).append((span_lo, part))
+    return [
+        (metric, run_id, _concat([p for _, p in sorted(ps, key=lambda x: x[0])]))
+        for (metric, run_id), ps in pieces.items()
+    ]
+
+
+def _spans(source: Source, a: int, b: int, first: int, last: int) -> list[tuple[Source, int, int]]:
+    """Steps ``a`` to ``b`` of a segment holding steps ``first`` to ``last`` of its stored run: the stored
+    buckets inside the segment at ``source``, its cut edge buckets from raw points at the same width."""
+    if source.level == 0:
+        return [(source, a, b)]
+    width = source.width
+    raw = Source(0, width)
+    cut_left = first > (a // width) * width
+    cut_right = last < (b // width + 1) * width - 1
+    if not (cut_left or cut_right):
+        return [(source, a, b)]
+    if a // width == b // width:
+        return [(raw, a, b)]
+    spans = []
+    mid_a, mid_b = a, b
+    if cut_left:
+        mid_a = (a // width + 1) * width
+        spans.append((raw, a, mid_a - 1))
+    if cut_right:
+        mid_b = (b // width) * width - 1
+    if mid_a <= mid_b:
+        spans.append((source, mid_a, mid_b))
+    if cut_right:
+        spans.append((raw, mid_b + 1, b))
+    return spans
+
+
+def _concat(parts: list[Part]) -> Part:
+    """Consecutive pieces of one series (in step order) as one; a bucket split between two pieces (a segment
+    bound inside it) is joined: counts and sums added, min and max of both, the last value the later's."""
+    if len(parts) == 1:
+        return parts[0]
+    out = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    bucket = out["bucket"]
+    if len(bucket) < 2 or not (bucket[1:] == bucket[:-1]).any():
+        return out
+    dup = np.flatnonzero(bucket[1:] == bucket[:-1])  # dup[i] and dup[i] + 1 are one bucket
+    earlier, later = dup, dup + 1
+    out["n"][later] += out["n"][earlier]
+    out["sum"][later] += out["sum"][earlier]
+    out["min"][later] = np.fmin(out["min"][later], out["min"][earlier])
+    out["max"][later] = np.fmax(out["max"][later], out["max"][earlier])
+    keep = np.ones(len(bucket), dtype=bool)
+    keep[earlier] = False
+    return {name: column[keep] for name, column in out.items()}
+
+
+def _composed_starts(
+    client: Client, team: str, project: str, segments: Mapping[str, Sequence[Segment]], behind: Mapping[str, Pending]
+) -> dict[str, int]:
+    """run -> the time (ms) of the first logged step of its composed history's first stored run."""
+    stored_ids = list(dict.fromkeys(seg.run_id for segs in segments.values() for seg in segs))
+    starts = run_starts(client, team, project, stored_ids, behind)
+    out = {}
+    for run_id, segs in segments.items():
+        first = next((starts[seg.run_id] for seg in segs if seg.run_id in starts), None)
+        if first is not None:
+            out[run_id] = first
+    return out
+
+
 def _mean(part: Mapping[str, np.ndarray]) -> np.ndarray:
     """Each bucket's mean over its finite values (NaN where it has none)."""
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -337,10 +463,12 @@ def series(
     lo, hi = _check_range(step_range)
     read_metrics = list(dict.fromkeys([*metrics, *x_metrics]))
 
-    behind = pending_ranges(client, team, project, run_ids)
-    known = extents(client, team, project, run_ids, read_metrics, behind)
-    starts = run_starts(client, team, project, run_ids, behind) if x == "relative" else {}
-    by_source: dict[Source, list[str]] = {}
+    # Forks and rewinds: each run's history is a chain of stored segments (storage/lineage.py).
+    segments = resolve(client, team, project, run_ids)
+    behind = pending_ranges(client, team, project, list({g.run_id for segs in segments.values() for g in segs}))
+    known, stored = composed_extents(client, team, project, segments, read_metrics, behind)
+    starts = _composed_starts(client, team, project, segments, behind) if x == "relative" else {}
+    sources: dict[str, Source] = {}
     for run_id in run_ids:
         spans = [e for m in read_metrics if (e := known.get(run_id, {}).get(m)) is not None]
         if not spans:
@@ -348,33 +476,33 @@ def series(
         first = max(lo, min(e.first_step for e in spans))
         last = min(hi, max(e.last_step for e in spans))
         if first <= last:
-            by_source.setdefault(Source.for_range(first, last, points), []).append(run_id)
+            sources[run_id] = Source.for_range(first, last, points)
 
-    base = {"team": team, "project": project, "metrics": read_metrics, "first": lo, "last": hi}
+    base = {"team": team, "project": project, "metrics": read_metrics}
     out: list[Series] = []
-    for source, runs in by_source.items():
-        parts = _read(client, source, {**base, "runs": runs}, x in ("time", "relative"), behind)
-        x_values = {run: part for metric, run, part in parts if metric == x_metric} if x == "metric" else {}
-        for metric, run_id, part in parts:
-            if metric not in metrics:
-                continue
-            if x == "metric":
-                part = _align(part, x_values.get(run_id))
-            out.append(
-                {
-                    "run_id": run_id,
-                    "metric": metric,
-                    "level": source.level,
-                    "bucket_steps": source.width,
-                    "x": _x(x, part, starts.get(run_id, 0)),
-                    "step": part["step"],
-                    "y": part["last"],
-                    "mean": _mean(part),
-                    "min": part["min"],
-                    "max": part["max"],
-                    "count": part["n"],
-                }
-            )
+    parts = _read_composed(client, base, sources, segments, stored, lo, hi, x in ("time", "relative"), behind)
+    x_values = {run: part for metric, run, part in parts if metric == x_metric} if x == "metric" else {}
+    for metric, run_id, part in parts:
+        source = sources[run_id]
+        if metric not in metrics:
+            continue
+        if x == "metric":
+            part = _align(part, x_values.get(run_id))
+        out.append(
+            {
+                "run_id": run_id,
+                "metric": metric,
+                "level": source.level,
+                "bucket_steps": source.width,
+                "x": _x(x, part, starts.get(run_id, 0)),
+                "step": part["step"],
+                "y": part["last"],
+                "mean": _mean(part),
+                "min": part["min"],
+                "max": part["max"],
+                "count": part["n"],
+            }
+        )
     order = {r: i for i, r in enumerate(run_ids)}
     out.sort(key=lambda s: (metrics.index(s["metric"]), order[s["run_id"]]))
     return {"x": x, "x_metric": x_metric if x == "metric" else None, "points": points, "series": out}
@@ -431,8 +559,9 @@ def group_bands(
     _check_points(points)
     lo, hi = _check_range(step_range)
 
-    behind = pending_ranges(client, team, project, list(label_of))
-    known = extents(client, team, project, list(label_of), [metric], behind)
+    segments = resolve(client, team, project, list(label_of))
+    behind = pending_ranges(client, team, project, list({g.run_id for segs in segments.values() for g in segs}))
+    known, stored = composed_extents(client, team, project, segments, [metric], behind)
     spans = [e for r in label_of for e in known.get(r, {}).values()]
     result: Bands = {"metric": metric, "points": points, "groups": []}
     first = max(lo, min((e.first_step for e in spans), default=0))
@@ -441,13 +570,8 @@ def group_bands(
         return result
     source = Source.for_range(first, last, points)
     runs = sorted(label_of)
-    parts = _read(
-        client,
-        source,
-        {"team": team, "project": project, "metrics": [metric], "runs": runs, "first": lo, "last": hi},
-        False,
-        behind,
-    )
+    base = {"team": team, "project": project, "metrics": [metric]}
+    parts = _read_composed(client, base, dict.fromkeys(runs, source), segments, stored, lo, hi, False, behind)
     by_label: dict[str, list[Part]] = {}
     for _, run_id, part in parts:
         by_label.setdefault(label_of[run_id], []).append(part)

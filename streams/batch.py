@@ -5,6 +5,7 @@ are adapters around ``BatchHandler``: they bring batches, a way to publish what 
 produces and a way to attempt each step; the handler keeps the order:
 
     decode: bytes that are no valid event -> dead letters (the original bytes and why), acknowledged
+    events of deleted or moved runs (tombstoned, ``storage.deletion``) -> dead letters, acknowledged
     for each chunk of the batch (``processor.chunks``):
         1. Processor.process: rows written, run states folded (not stored yet)
         2. publish: the state changes and rule alerts it produced, acknowledged
@@ -184,10 +185,36 @@ class BatchHandler:
     async def process(self, batch: Sequence[Event]) -> list[Output]:
         """Process, publish, store, chunk by chunk; on return the driver may commit the batch's offsets."""
         outputs = []
-        for chunk in chunks(batch):
+        for chunk in chunks(await self._without_tombstoned(batch)):
             outputs += await self._chunk(chunk)
         await self.refresh_levels(due_only=True)
         return outputs
+
+    async def _without_tombstoned(self, batch: Sequence[Event]) -> list[Event]:
+        """The batch less the events of deleted or moved runs (``storage.deletion``), which go to the dead
+        letters with the reason ("run acme/mnist/abc was deleted"): never stored, so a late resend from an
+        SDK's spool or a replayed topic cannot bring a deleted run back."""
+        if not batch:
+            return []
+        keys = {(e.team, e.project, e.run_id) for e in batch}
+        buried = await self._storage("looking up deleted runs", self.processor.tombstoned, keys)
+        if not buried:
+            return list(batch)
+        kept, rejects = [], []
+        for event in batch:
+            reason = buried.get((event.team, event.project, event.run_id))
+            if reason is None:
+                kept.append(event)
+            else:
+                why = f"run {event.team}/{event.project}/{event.run_id} was {reason}"
+                rejects.append((_event_bytes(event), event.topic.name, why))
+        log.warning("%d event(s) of deleted or moved runs dead-lettered, e.g. %s", len(rejects), rejects[0][2])
+        if self.dead_letter is not None:
+            await self.attempt("sending dead letters", functools.partial(self.dead_letter, rejects))
+        if self.cache is not None:
+            for key in buried:
+                self.cache.pop(key, None)
+        return kept
 
     async def _chunk(self, chunk: Sequence[Event]) -> list[Output]:
         """A chunk's steps; if they find it unstorable, each half on its own, down to the events at fault."""
@@ -245,9 +272,10 @@ class BatchHandler:
 
     async def alerts(self, alerts: Sequence[Event]) -> None:
         """Store alert events, then hand each to the notifier (posted in the background)."""
+        alerts = await self._without_tombstoned(alerts)
         if not alerts:
             return
-        stored = await self._store_alerts(list(alerts))
+        stored = await self._store_alerts(alerts)
         if self.notifier is None or self.spawn is None:
             return
         for event in stored:

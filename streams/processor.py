@@ -16,7 +16,7 @@ A batch is handled in this order, so that a crash anywhere is repaired by
 redelivering the batch:
 
 1. raw rows (metric points and their buckets, system samples, console lines,
-   files, alerts) are written: identity-keyed, so writing twice is harmless;
+   files, artifacts, alerts) are written: identity-keyed, so writing twice is harmless;
 2. run states are folded on copies: events already folded (by seq) are skipped;
    metrics that logged a step of an earlier batch again get their statistics
    recomputed from step 1's rows (``_restate``);
@@ -35,19 +35,32 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 from clickhouse_connect.driver.client import Client
 
 from runstream import events
-from runstream.events import ALERT, CONSOLE, FILE, METRICS, RUN_EDIT, RUN_STATE, RUN_UPDATE, SYSTEM, Event
-from runstream.storage import buckets, processing
-from runstream.storage.history import metric_statistics
+from runstream.events import (
+    ALERT,
+    ARTIFACT,
+    CONSOLE,
+    FILE,
+    METRICS,
+    RUN_EDIT,
+    RUN_START,
+    RUN_STATE,
+    RUN_UPDATE,
+    SYSTEM,
+    Event,
+)
+from runstream.storage import artifacts, buckets, deletion, lineage, processing
+from runstream.storage.history import metric_statistics, run_metrics
 from runstream.storage.writer import (
     RunKey,
     insert_alerts,
@@ -161,6 +174,7 @@ class Processor:
         self._client = client
         self.rules = rules or RuleBook(client)
         self.clock = clock
+        self.tombstone_cache = deletion.TombstoneCache()
 
     def process(
         self, batch: Sequence[Event], cache: Mapping[RunKey, RunState] | None = None, defer_upper: bool = False
@@ -178,12 +192,14 @@ class Processor:
         # 1. raw rows
         metrics = by_type.get(METRICS, [])
         stored_seqs = {k: s["summary"]["metrics_seq"] for k, s in states.items()}  # new runs: nothing stored
+        metrics, stored_seqs = _rewound(batch, metrics, states, stored_seqs)
         insert_metric_points(client, metrics, defer_upper=defer_upper, stored_seqs=stored_seqs)
         if defer_upper:
             out.pending_levels = {(e.team, e.project, e.run_id) for e in metrics}
         insert_system_points(client, by_type.get(SYSTEM, []))
         insert_console_lines(client, by_type.get(CONSOLE, []))
         insert_files(client, by_type.get(FILE, []))
+        artifacts.insert_artifact_events(client, by_type.get(ARTIFACT, []), self.clock())  # versions, aliases, usage
         self.store_alerts(by_type.get(ALERT, []))
 
         # 2. fold states, on copies
@@ -192,6 +208,7 @@ class Processor:
         changed_runs: set[RunKey] = set()
         changed_summaries: dict[RunKey, set[str]] = {}
         relogged: dict[RunKey, set[str]] = {}
+        forked: dict[RunKey, float] = {}
         summary_touched: set[RunKey] = set()
         for event in batch:
             if event.type == ALERT:
@@ -205,9 +222,27 @@ class Processor:
                 state = orjson.loads(orjson.dumps(known)) if known is not None else runstate.new_state(event)
                 out.states[key] = state
             changes: list[StateChange] = []
+            had_fork = "fork" in state["record"]
+            rewinds_before = {r["seq"] for r in state["record"].get("rewinds", ())}
+            marker = event.data.get("rewind") if event.type == METRICS else None
+            if marker and runstate.record_rewind(state, marker["step"], marker["seq"], event.ts):
+                changed_runs.add(key)  # a metrics event of a rewound session read before its run_start
             applied = runstate.apply(state, event, changes, now)
             if applied and (event.type != RUN_STATE or changes):  # a reported state change alters nothing
                 changed_runs.add(key)
+            if not had_fork and "fork" in state["record"]:
+                forked[key] = event.ts  # its statistics start from its parent's history up to the fork step
+            for rewind in state["record"].get("rewinds", ()):
+                if rewind["seq"] in rewinds_before:
+                    continue
+                # The statistics cover the history the rewind kept (restated below), and the next step logged
+                # after the rewind step is the metric's last again.
+                for name, stats in state["summary"]["metrics"].items():
+                    if stats["last_step"] > rewind["step"]:
+                        stats["last_step"] = rewind["step"]
+                        relogged.setdefault(key, set()).add(name)
+                        changed_summaries.setdefault(key, set()).add(name)
+                        summary_touched.add(key)
             evaluator = Evaluator(self.rules.rules(event.team, event.project), state["alerts"])
             # An SDK event or a user's edit not folded before: the written rows' version grows.
             new = applied and event.type in (*runstate.RUN_EVENTS, RUN_EDIT)
@@ -234,10 +269,19 @@ class Processor:
                 out.publish.append(_state_event(change))
             fired += evaluator.fired
 
-        self._restate(client, relogged, out.states)
+        restated, dropped = self._restate(client, relogged, out.states, forked)
+        for key, metric in restated:
+            changed_summaries.setdefault(key, set()).add(metric)
+            summary_touched.add(key)
+        for key, metric in dropped:  # no point left in the composed history: its row says so (count 0)
+            changed_summaries.get(key, set()).discard(metric)
+            summary_touched.add(key)
 
         # 3. derived rows, written whole
         upsert_runs(client, [_run_row(out.states[k]) for k in sorted(changed_runs)])
+        lineage.upsert_lineage(
+            client, [_lineage_row(out.states[k]) for k in sorted(changed_runs) if _has_lineage(k, out)]
+        )
         run_summaries, metric_rows = [], []
         for key in sorted(summary_touched):
             state = out.states[key]
@@ -260,22 +304,78 @@ class Processor:
                 version,
                 changed_summaries.get(key, set()),
             )
+            metric_rows += [_no_points_row(key, metric, version) for k, metric in sorted(dropped) if k == key]
         upsert_run_summaries(client, run_summaries)
         upsert_metric_summaries(client, metric_rows)
         out.publish += [_alert_event(f, self.clock()) for f in fired]
         return out
 
-    def _restate(self, client: Client, relogged: dict[RunKey, set[str]], states: dict[RunKey, RunState]) -> None:
+    def _restate(
+        self,
+        client: Client,
+        relogged: dict[RunKey, set[str]],
+        states: dict[RunKey, RunState],
+        forked: Mapping[RunKey, float],
+    ) -> tuple[set[tuple[RunKey, str]], set[tuple[RunKey, str]]]:
         """Statistics of metrics that logged a step of an earlier batch again, recomputed from the history
-        written in step 1: one query per project and batch (a run that logs each step once never gets here)."""
+        written in step 1: one query per project and batch (a run that logs each step once never gets here).
+
+        A plain run gets its counts, sum, minimum and maximum restated (``summaries.restate``), its last
+        value kept: replacing a value keeps the set of steps. A run with lineage gets them over its composed
+        history (``lineage.compose``): a rewound run's kept history and what it logged since; a fork's parent
+        up to the fork step, whose metrics a fork that just started (``forked``: its start time) takes as its
+        own. Its last value, first and last steps are the composed history's too, and a metric without a point
+        left in it (logged only after a rewind's step, not since) is dropped. Returns the (run, metric) pairs
+        restated, and those dropped."""
         by_project: dict[tuple[str, str], dict[str, tuple[int, set[str]]]] = {}
-        for (team, project, run_id), names in relogged.items():
-            summary = states[(team, project, run_id)]["summary"]
-            by_project.setdefault((team, project), {})[run_id] = (summary["metrics_seq"], names)
+        segments: dict[tuple[str, str], dict[str, list[lineage.Segment]]] = {}
+        composed_runs: set[RunKey] = set()
+        for key in relogged.keys() | forked.keys():
+            team, project, run_id = key
+            state = states[key]
+            found = _lineage_of(state)
+            parent = lineage.resolve(client, team, project, [found.fork_run_id]) if found.fork_run_id else {}
+            composed = lineage.compose(run_id, found, parent.get(found.fork_run_id or "", []))
+            names = set(relogged.get(key, ()))
+            if key in forked:
+                names |= set(run_metrics(client, team, project, run_id, segments=composed))
+            if not lineage.is_plain(composed, run_id):
+                composed_runs.add(key)
+            by_project.setdefault((team, project), {})[run_id] = (state["summary"]["metrics_seq"], names)
+            segments.setdefault((team, project), {})[run_id] = composed
+        restated: set[tuple[RunKey, str]] = set()
+        dropped: set[tuple[RunKey, str]] = set()
         for (team, project), wanted in by_project.items():
-            found = metric_statistics(client, team, project, wanted)
-            for (run_id, metric), stats in found.items():
-                summaries.restate(states[(team, project, run_id)]["summary"], metric, stats)
+            stats_of = metric_statistics(client, team, project, wanted, segments[(team, project)], with_last=True)
+            for run_id, (_, names) in wanted.items():
+                key = (team, project, run_id)
+                summary = states[key]["summary"]
+                for metric in sorted(names):
+                    stats = stats_of.get((run_id, metric))
+                    if key not in composed_runs:
+                        if stats is not None:
+                            summaries.restate(summary, metric, stats)  # as it always was
+                        continue
+                    if stats is None:
+                        if summary["metrics"].pop(metric, None) is not None:
+                            dropped.add((key, metric))
+                        continue
+                    if metric not in summary["metrics"]:  # logged by the fork's parent only: its values are floats
+                        at = forked.get(key)
+                        summary["metrics"][metric] = {
+                            **summaries._stats(),
+                            "integer": False,
+                            "first_time": at,
+                            "last_time": at,
+                        }
+                    kept = summary["metrics"][metric]
+                    summaries.restate(summary, metric, stats)
+                    restated.add((key, metric))
+                    # After a rewind the last value may lie in the kept history (the replaced one is gone from it).
+                    kept["first_step"], kept["last_step"] = stats["first_step"], stats["last_step"]
+                    last = stats["last"]
+                    kept["last"] = events.encode_value(int(last) if kept.get("integer") and _finite(last) else last)
+        return restated, dropped
 
     def _states(
         self, client: Client, batch: Sequence[Event], cache: Mapping[RunKey, RunState]
@@ -285,6 +385,12 @@ class Processor:
         for key, raw in load_run_states(client, keys - states.keys()).items():
             states[key] = orjson.loads(raw)
         return states
+
+    def tombstoned(self, keys: Iterable[RunKey]) -> dict[RunKey, str]:
+        """The runs among ``keys`` that were deleted or moved, with why (``storage.deletion``): the batch
+        handler dead-letters their events, so a late resend or a replay cannot bring them back. Cached
+        (``deletion.TombstoneCache``): a tombstone for good, "not tombstoned" for a second."""
+        return self.tombstone_cache.lookup(self._client(), keys)
 
     def store_alerts(self, alerts: Sequence[Event]) -> int:
         """Store ``alert`` events (the SDK's and the rules'); their ids make a replay harmless."""
@@ -312,6 +418,11 @@ class Processor:
             buckets.refresh_pending(client, older_than_s=ORPHANED_LEVELS_AFTER_S)
         except Exception as exc:  # noqa: BLE001 - the next sweep tries again
             log.warning("refreshing orphaned bucket levels failed (%s: %s)", type(exc).__name__, exc)
+        try:  # rows a batch stored for a run while its deletion was under way
+            if purged := deletion.purge_reappeared(client):
+                log.warning("removed the rows %d deleted or moved run(s) got back, e.g. %s", len(purged), purged[0])
+        except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+            log.warning("removing rows of deleted runs failed (%s: %s)", type(exc).__name__, exc)
         for team, project, run_id, since in processing.silent_runs(client, now - timeout_s):
             out.append(
                 Event(
@@ -333,6 +444,91 @@ class Processor:
                 evaluator.sweep(run_id, now, last_step_time)
                 out += [_alert_event(f, now) for f in evaluator.fired]
         return out
+
+
+def _lineage_of(state: RunState) -> lineage.Lineage:
+    record = state["record"]
+    fork = record.get("fork")
+    return lineage.Lineage(
+        fork["run_id"] if fork else None,
+        fork["step"] if fork else None,
+        [lineage.Rewind(r["step"], r["seq"], r["at"]) for r in record.get("rewinds", [])],
+    )
+
+
+def _has_lineage(key: RunKey, out: Output) -> bool:
+    record = out.states[key]["record"]
+    return bool(record.get("fork") or record.get("rewinds"))
+
+
+def _lineage_row(state: RunState) -> dict[str, Any]:
+    record = state["record"]
+    return {
+        "team": record["team"],
+        "project": record["project"],
+        "run_id": record["run_id"],
+        "fork": record.get("fork"),
+        "rewinds": record.get("rewinds", []),
+        "version": folded(state),
+    }
+
+
+def _rewound(
+    batch: Sequence[Event], metrics: list[Event], states: Mapping[RunKey, RunState], stored_seqs: dict[RunKey, int]
+) -> tuple[list[Event], dict[RunKey, int]]:
+    """The metric events of rewound runs under their segment's id: a rewound session's events name their
+    rewind (the SDK's marker: ``lineage.segment_id`` of its run_start's seq), whatever was read before them;
+    those of older SDKs are placed by seq among the rewinds folded before and those the batch brings
+    (``lineage.segment_of``)."""
+    seqs: dict[RunKey, set[int]] = {}
+    for key, state in states.items():
+        if state["record"].get("rewinds"):
+            seqs[key] = {r["seq"] for r in state["record"]["rewinds"]}
+    for event in batch:
+        if event.type == RUN_START and event.data.get("rewind"):
+            seqs.setdefault((event.team, event.project, event.run_id), set()).add(event.seq)
+        elif event.type == METRICS and event.data.get("rewind"):
+            seqs.setdefault((event.team, event.project, event.run_id), set()).add(event.data["rewind"]["seq"])
+    if not seqs:
+        return metrics, stored_seqs
+    routed = []
+    stored = dict(stored_seqs)
+    for event in metrics:
+        key = (event.team, event.project, event.run_id)
+        if key in seqs:
+            marker = event.data.get("rewind")
+            if marker:
+                run_id = lineage.segment_id(event.run_id, marker["seq"])
+            else:
+                run_id = lineage.segment_of(event.run_id, sorted(seqs[key]), event.seq)
+            if run_id != event.run_id:
+                event = replace(event, run_id=run_id)
+                # What the run stored bounds what its segment stored.
+                stored[(event.team, event.project, run_id)] = stored_seqs.get(key, -1)
+        routed.append(event)
+    return routed, stored
+
+
+def _no_points_row(key: RunKey, metric: str, version: int) -> dict[str, Any]:
+    """The ``metric_summaries`` row of a metric the run's composed history no longer has (count 0: readers
+    skip it)."""
+    team, project, run_id = key
+    nan = math.nan
+    return {
+        "team": team,
+        "project": project,
+        "run_id": run_id,
+        "metric": metric,
+        **dict.fromkeys(("last", "min", "max", "mean"), nan),
+        **dict.fromkeys(("count", "nan_count", "inf_count", "first_step", "last_step"), 0),
+        **dict.fromkeys(("first_time", "last_time"), 0.0),
+        "integer": False,
+        "version": version,
+    }
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _run_row(state: RunState) -> dict[str, Any]:

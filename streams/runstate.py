@@ -17,12 +17,14 @@ Replays: SDK events carry the run's sequence numbers; an event at or below the
 highest one already folded changes nothing. ``run_state`` events (written by
 this processor) carry no SDK sequence and are applied only while they still
 hold (a crash only if the run is still silent), so a replay is harmless too.
-``run_edit`` events (name, tags, notes and config a user edited through the
-API; its summary part is ``summaries.fold_update``'s) are ordered by their
-timestamp, the API's clock: a replayed or older edit changes nothing. An edit
-and the SDK's own updates meet field by field, the later wins: the SDK's next
-``run.name = ...``, ``run.tags = ...`` or config key replaces an edited one, and
-leaves the rest of the edit alone.
+``run_edit`` events (name, tags, notes, group, job type, and config keys set or
+deleted, a user edited through the API; its summary part is
+``summaries.fold_update``'s) are ordered by their timestamp, the API's clock: a
+replayed or older edit changes nothing, so a replayed deletion cannot remove a
+value the SDK set after it. An edit and the SDK's own updates meet field by
+field, the later wins: the SDK's next ``run.name = ...``, ``run.tags = ...`` or
+config key (a deleted one too) replaces an edited one, and leaves the rest of the
+edit alone.
 
 A failed run's traceback (``run_finish``) is kept as the record's ``error``
 until the run starts again (a resume).
@@ -30,11 +32,14 @@ until the run starts again (a resume).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict
 
-from runstream.events import HEARTBEAT, RUN_EDIT, RUN_FINISH, RUN_START, RUN_STATE, RUN_UPDATE, Event
-from runstream.streams.summaries import Summary, new_summary
+from runstream.events import HEARTBEAT, MAX_REWINDS, RUN_EDIT, RUN_FINISH, RUN_START, RUN_STATE, RUN_UPDATE, Event
+from runstream.streams.summaries import Summary, new_summary, without_keys
+
+log = logging.getLogger(__name__)
 
 #: The SDK's lifecycle events, deduplicated by the runs topic's seq.
 RUN_EVENTS = (RUN_START, RUN_UPDATE, RUN_FINISH, HEARTBEAT)
@@ -72,6 +77,8 @@ class RunRecord(TypedDict):
     args: NotRequired[list[str]]
     git: NotRequired[dict[str, Any]]
     config: NotRequired[dict[str, Any]]
+    fork: NotRequired[dict[str, Any]]  # {"run_id", "step"}: the run it was forked from (init(fork_from=...))
+    rewinds: NotRequired[list[dict[str, Any]]]  # [{"step", "seq", "at"}], oldest first (init(resume_from=...))
 
 
 class RunState(TypedDict):
@@ -158,6 +165,9 @@ def apply(state: RunState, event: Event, changes: list[StateChange], now: float)
         return True
     if event.type == RUN_EDIT:
         return _apply_edit(state, event)
+    # A fork's parent is set by the run's first start only: nothing folded from the runs topic before it, and
+    # nothing logged before it (a fork's own metrics, read from their topic first, have larger seqs).
+    first_start = event.type == RUN_START and _first_start(state, event.seq)
     if event.type in RUN_EVENTS:
         if event.seq <= state["runs_seq"]:
             return False  # a replay or a resend
@@ -178,6 +188,19 @@ def apply(state: RunState, event: Event, changes: list[StateChange], now: float)
                 record[key] = data[key]
         record["config"] = merge_config(record.get("config", {}), data.get("config") or {})
         record["error"] = None  # a resumed run has not failed (yet)
+        fork = data.get("fork")
+        if fork and first_start and "fork" not in record and fork["run_id"] != record["run_id"]:
+            record["fork"] = {"run_id": fork["run_id"], "step": fork["step"]}
+        elif fork and record.get("fork") != fork:  # the run keeps the history it has
+            log.warning(
+                "run %s/%s/%s: a fork of %s ignored: only a run's first start may make it a fork",
+                record["team"],
+                record["project"],
+                record["run_id"],
+                fork["run_id"],
+            )
+        if data.get("rewind"):  # its seq names the segment the session's metric events are stored under
+            record_rewind(state, data["rewind"]["step"], event.seq, event.ts)
         _set_state(state, "running", event.ts, "started", changes)
     elif event.type == RUN_UPDATE:
         for key in UPDATE_FIELDS:
@@ -194,6 +217,32 @@ def apply(state: RunState, event: Event, changes: list[StateChange], now: float)
     return True
 
 
+def _first_start(state: RunState, seq: int) -> bool:
+    folded = (state["summary"]["metrics_seq"], state.get("system_seq", -1))
+    return state["runs_seq"] < 0 and all(s < 0 or s > seq for s in folded)
+
+
+def record_rewind(state: RunState, step: int, seq: int, at: float) -> bool:
+    """Record the rewind whose run_start had ``seq`` (from that run_start, or from the marker of a metrics
+    event of its session read first); False when it is recorded already, or the run has ``MAX_REWINDS``."""
+    record = state["record"]
+    rewinds = record.get("rewinds", [])
+    if any(r["seq"] == seq for r in rewinds):
+        return False
+    if len(rewinds) >= MAX_REWINDS:
+        log.warning(
+            "run %s/%s/%s: a rewind to step %d ignored: a run has at most %d rewinds",
+            record["team"],
+            record["project"],
+            record["run_id"],
+            step,
+            MAX_REWINDS,
+        )
+        return False
+    record["rewinds"] = sorted([*rewinds, {"step": step, "seq": seq, "at": at}], key=lambda r: r["seq"])
+    return True
+
+
 def _apply_edit(state: RunState, event: Event) -> bool:
     """A user's edit (through the API): the latest edit wins; it says nothing about liveness.
     Its summary part is folded by ``summaries.fold_update``."""
@@ -201,9 +250,11 @@ def _apply_edit(state: RunState, event: Event) -> bool:
     if record["state"] is None or event.ts <= record.get("edited_at", 0.0):
         return False  # an edit of a run this processor never saw, or a replay of an older edit
     record["edited_at"] = event.ts
-    for key in ("name", "tags", "notes"):
+    for key in ("name", "tags", "notes", "group", "job_type"):
         if key in event.data:
             record[key] = event.data[key]
+    if "config_delete" in event.data:  # never a key the edit sets (the event contract refuses that)
+        record["config"] = without_keys(record.get("config", {}), event.data["config_delete"])
     if "config" in event.data:
         record["config"] = merge_config(record.get("config", {}), event.data["config"])
     return True

@@ -7,7 +7,10 @@ and time. The run summary takes each metric's last value unless a
 ``define_metric`` summary choice asks for some of min, max, mean, last and best
 (then the entry is shaped as wandb shapes it: ``{"loss": {"min": 0.1}}``, the
 same function as the SDK's local view) or none; values set with
-``run.summary[...]`` (or a user's edit through the API) win. The ``define``
+``run.summary[...]`` (or a user's edit through the API) win. A user's edit may
+also delete summary keys (``summary_delete``): an explicit value goes, and a
+value computed from a metric is hidden (``hidden``) until the metric is logged
+again, as wandb's summary shows it. The ``define``
 entry also keeps each spec's ``step_metric`` and ``goal``: the runs table shows
 them, and the web UI's charts take a metric's step_metric as their x axis.
 Non-finite values are kept as the contract's strings
@@ -68,6 +71,9 @@ class Summary(TypedDict):
     metrics: dict[str, MetricStats]
     explicit: dict[str, Any]  # values set with run.summary[...] or a user's edit: they win
     define: list[dict[str, Any]]  # define_metric specs, newest first: name plus some of ``DEFINED``
+    # Computed summary keys a user's edit deleted (a metric's name, or a dotted key inside its entry such as
+    # "loss.min"): left out of the run summary until the metric is logged again. States before it lack it.
+    hidden: NotRequired[list[str]]
 
 
 def new_summary() -> Summary:
@@ -125,7 +131,44 @@ def fold_metrics(summary: Summary, event: Event) -> set[str]:
             last_rows = {step: (t, v) for step, t, v in zip(steps, times, column) if v is not None}
             _fold_rows(s, list(last_rows), [t for t, _ in last_rows.values()], [v for _, v in last_rows.values()])
         summary["metrics"][name] = s
+    if names and summary.get("hidden"):  # logged again: its computed summary shows again
+        summary["hidden"] = [h for h in summary["hidden"] if not any(_within(h, name) for name in names)]
     return names
+
+
+def _within(key: str, path: str) -> bool:
+    """Whether dotted ``key`` is ``path`` or a key inside it."""
+    return key == path or key.startswith(path + ".")
+
+
+def without_keys(tree: dict[str, Any], keys: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """A config or summary without the dotted ``keys``, each matched as storage flattens the tree: "opt.lr" is
+    ``{"opt": {"lr": ...}}`` and ``{"opt.lr": ...}`` alike. A key takes its whole subtree with it, and an
+    object the deletion leaves empty goes too. ``tree`` is left as it is (a copy is changed)."""
+    out = dict(tree)
+    for key in keys:
+        _drop(out, key)
+    return out
+
+
+def _drop(node: dict[str, Any], key: str) -> bool:
+    """Delete ``key`` from ``node`` (a copy; nested objects are copied before they change); True if it held it."""
+    # The key itself, and keys that hold a dot themselves and flatten to a key inside it ({"opt.lr": ...} for "opt").
+    inside = [k for k in node if k == key or ("." in k and k.startswith(key + "."))]
+    for k in inside:
+        del node[k]
+    dropped = bool(inside)
+    for i, c in enumerate(key):
+        parent = key[:i]
+        if c == "." and isinstance(child := node.get(parent), dict) and child:
+            child = dict(child)
+            if _drop(child, key[i + 1 :]):
+                dropped = True
+                if child:
+                    node[parent] = child
+                else:
+                    del node[parent]
+    return dropped
 
 
 def relogged(summary: Summary, event: Event) -> set[str]:
@@ -215,6 +258,16 @@ def fold_update(summary: Summary, event: Event) -> bool:
     if event.type not in (RUN_UPDATE, RUN_EDIT):
         return False
     changed = False
+    if deleted := event.data.get("summary_delete") if event.type == RUN_EDIT else None:
+        summary["explicit"] = without_keys(summary["explicit"], deleted)
+        # A computed value is hidden: the whole metric's entry for its name or a key holding it, the part
+        # named for a key inside its entry ("loss.min" of {"loss": {"min": ..., "max": ...}}).
+        hidden = set(summary.get("hidden", ()))
+        for key in deleted:
+            hidden.update(m for m in summary["metrics"] if _within(m, key))
+            hidden.update(key for m in summary["metrics"] if key.startswith(m + "."))
+        summary["hidden"] = sorted(hidden)
+        changed = True
     if "summary" in event.data:
         summary["explicit"].update(event.data["summary"])
         changed = True
@@ -266,6 +319,8 @@ def run_summary(summary: Summary) -> dict[str, Any]:
         value = summary_value(ops, _defined(summary, metric, "goal"), functools.partial(_statistic, s))
         if value is not NO_SUMMARY and value is not None:
             out[metric] = value
+    if summary.get("hidden"):
+        out = without_keys(out, summary["hidden"])
     out.update(summary["explicit"])
     return out
 

@@ -43,6 +43,10 @@ RUN = {PRIVATE: "r1", PUBLIC: "p1"}
 ADMIN, MEMBER, VIEWER = "alice", "mia", "vic"
 BLOB = b"weights\n"
 SHA = hashlib.sha256(BLOB).hexdigest()
+ARTIFACT = "data"  # an artifact of one version in each project: BLOB as "w.bin"
+MANIFEST = orjson.dumps(
+    {"version": 1, "entries": {"w.bin": {"digest": SHA, "size": len(BLOB)}}}, option=orjson.OPT_SORT_KEYS
+)
 #: Keys with a scope: caller -> (the caller whose role it has, the key's scope).
 SCOPED: dict[str, tuple[str, accounts.Scope]] = {
     "admin_read_key": ("admin", "read"),
@@ -140,6 +144,32 @@ class World:
     def fresh_member_key(self) -> str:
         return accounts.create_key(self.client, TEAM, MEMBER, "scratch")[0]
 
+    def fresh_alias(self, project: str) -> str:
+        """An alias of the seeded artifact, for a call that removes it: its name."""
+        alias = f"a{next(_fresh)}"
+        self.admin_call(
+            "PUT", f"/projects/{TEAM}/{project}/artifacts/{ARTIFACT}/aliases/{alias}", json={"version": "v0"}
+        )
+        return alias
+
+    def fresh_run(self, project: str) -> str:
+        """A finished run of its own, for calls that delete or move it: its path."""
+        run_id = f"s{next(_fresh)}"
+        started = make_event(events.RUN_START, {"name": run_id}, seq=1, run_id=run_id, team=TEAM, project=project)
+        finished = make_event(
+            events.RUN_FINISH, {"state": "finished"}, seq=2, run_id=run_id, team=TEAM, project=project
+        )
+        body = b"\n".join(orjson.dumps(e) for e in (started, finished))
+        self.admin_call("POST", "/events", data=body, headers={"Content-Type": "application/x-ndjson"})
+        return f"{V1}/runs/{TEAM}/{project}/{run_id}"
+
+    def fresh_project(self, like: str) -> str:
+        """A project of its own with the visibility of ``like``, for a call that deletes it: its path."""
+        name = f"scratch{next(_fresh)}"
+        visibility = "public" if like == PUBLIC else "private"
+        self.admin_call("POST", f"/projects/{TEAM}", 201, json={"name": name, "visibility": visibility})
+        return f"{V1}/projects/{TEAM}/{name}"
+
 
 def _events(project: str, run_id: str) -> list[dict[str, Any]]:
     t0 = time.time() - 300
@@ -207,6 +237,7 @@ def seed(world: World) -> None:
     world.admin_call("PATCH", f"/projects/{TEAM}/{PUBLIC}", json={"visibility": "public"})
     for project, run_id in RUN.items():
         world.admin_call("PUT", f"/files/{TEAM}/{project}/{run_id}/model.pt", params={"sha256": SHA}, data=BLOB)
+        seed_artifact(world, project, run_id)
         target = Target(project, run_id, world.fresh_report(project), world.fresh_rule(project))
         world.targets[project] = target
     # The share link is of a report of its own, so editing the reports above leaves it alone.
@@ -215,6 +246,23 @@ def seed(world: World) -> None:
         "token"
     ]
     world.headers["share_link"] = {"X-Runstream-Share": world.share_token}
+
+
+def seed_artifact(world: World, project: str, run_id: str) -> None:
+    """Blobs, then the log event of ARTIFACT's v0 (docs/artifacts.md)."""
+    for blob in (BLOB, MANIFEST):
+        digest = hashlib.sha256(blob).hexdigest()
+        world.admin_call("PUT", f"/projects/{TEAM}/{project}/blobs/{digest}", params={"size": len(blob)}, data=blob)
+    data = {
+        "action": "log",
+        "name": ARTIFACT,
+        "type": "dataset",
+        "digest": hashlib.sha256(MANIFEST).hexdigest(),
+        "size": len(BLOB),
+        "file_count": 1,
+    }
+    event = make_event(events.ARTIFACT, data, seq=50, run_id=run_id, team=TEAM, project=project)
+    world.admin_call("POST", "/events", data=orjson.dumps(event), headers={"Content-Type": "application/x-ndjson"})
 
 
 @pytest.fixture(scope="module")
@@ -411,8 +459,50 @@ ACCESS: dict[tuple[str, str], tuple[str, Build]] = {
         "team-write",
         lambda w, t: Call("POST", f"{V1}/projects/{TEAM}", 201, json={"name": f"p{next(_fresh)}"}),
     ),
+    # artifacts (docs/artifacts.md)
+    ("POST", f"/api/v1{P}/blobs/missing"): (
+        "project-write",
+        lambda w, t: Call("POST", f"{_p(t)}/blobs/missing", json={"sha256": [SHA]}),
+    ),
+    ("PUT", f"/api/v1{P}/blobs/{{sha256}}"): (
+        "project-write",
+        lambda w, t: Call("PUT", f"{_p(t)}/blobs/{SHA}", params={"size": str(len(BLOB))}, data=BLOB),
+    ),
+    ("GET", f"/api/v1{P}/artifacts"): ("project-read", lambda w, t: Call("GET", f"{_p(t)}/artifacts")),
+    ("GET", f"/api/v1{P}/artifacts/{{name}}/versions"): (
+        "project-read",
+        lambda w, t: Call("GET", f"{_p(t)}/artifacts/{ARTIFACT}/versions"),
+    ),
+    ("GET", f"/api/v1{P}/artifacts/{{name}}/{{ref}}"): (
+        "project-read",
+        lambda w, t: Call("GET", f"{_p(t)}/artifacts/{ARTIFACT}/latest"),
+    ),
+    ("GET", f"/api/v1{P}/artifacts/{{name}}/{{ref}}/lineage"): (
+        "project-read",
+        lambda w, t: Call("GET", f"{_p(t)}/artifacts/{ARTIFACT}/v0/lineage"),
+    ),
+    ("GET", f"/api/v1{P}/artifacts/{{name}}/{{ref}}/files/{{path}}"): (
+        "project-read",
+        lambda w, t: Call("GET", f"{_p(t)}/artifacts/{ARTIFACT}/v0/files/w.bin"),
+    ),
+    ("PUT", f"/api/v1{P}/artifacts/{{name}}/aliases/{{alias}}"): (
+        "project-write",
+        lambda w, t: Call("PUT", f"{_p(t)}/artifacts/{ARTIFACT}/aliases/best", json={"version": "v0"}),
+    ),
+    ("DELETE", f"/api/v1{P}/artifacts/{{name}}/aliases/{{alias}}"): (
+        "project-write",
+        lambda w, t: Call("DELETE", f"{_p(t)}/artifacts/{ARTIFACT}/aliases/{w.fresh_alias(t.project)}", 204),
+    ),
+    ("GET", f"/api/v1{R}/artifacts"): ("project-read", lambda w, t: Call("GET", f"{_r(t)}/artifacts")),
     ("GET", f"/api/v1{P}"): ("project-read", lambda w, t: Call("GET", _p(t))),
     ("PATCH", f"/api/v1{P}"): ("project-admin", lambda w, t: Call("PATCH", _p(t), json={"description": "edited"})),
+    # deleting and moving (storage/deletion.py): each call on a run or project of its own
+    ("DELETE", f"/api/v1{P}"): ("project-admin", lambda w, t: Call("DELETE", w.fresh_project(t.project))),
+    ("DELETE", f"/api/v1{R}"): ("project-admin", lambda w, t: Call("DELETE", w.fresh_run(t.project))),
+    ("POST", f"/api/v1{R}/move"): (
+        "project-admin",
+        lambda w, t: Call("POST", f"{w.fresh_run(t.project)}/move", json={"project": f"moved{next(_fresh)}"}),
+    ),
 }
 
 

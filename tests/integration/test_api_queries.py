@@ -260,12 +260,14 @@ RUN_KEYS = {
     "error",
     "metrics",
 }
+#: The run detail adds the run's lineage: the run it was forked from (or null) and its rewinds.
+DETAIL_KEYS = RUN_KEYS | {"fork", "rewinds"}
 
 
 def test_run_has_the_documented_shape(project):
     r1 = project.runs["r1"]
     run = project.ok(project.get(f"/runs/{TEAM}/{PROJECT}/r1"))
-    assert set(run) == RUN_KEYS
+    assert set(run) == DETAIL_KEYS and (run["fork"], run["rewinds"]) == (None, [])
     assert (run["team"], run["project"], run["id"], run["name"]) == (TEAM, PROJECT, "r1", "name-r1")
     assert run["config"] == r1.config and run["tags"] == r1.tags and run["group"] == "g1"
     assert run["state"] == "finished" and run["exit_code"] == 0 and run["job_type"] == "train"
@@ -441,7 +443,7 @@ def test_edit_round_trips_and_later_sdk_updates_still_apply(api):
     assert edited.json()["tags"] == ["keep", "best"] and edited.json()["notes"] == "lr too high"
     again = api.http.get(path, headers=member).json()
     assert (again["tags"], again["notes"]) == (["keep", "best"], "lr too high")
-    assert set(again) == RUN_KEYS
+    assert set(again) == DETAIL_KEYS
 
     notes_only = api.http.patch(path, json={"notes": None}, headers=member).json()
     assert (notes_only["tags"], notes_only["notes"]) == (["keep", "best"], "")

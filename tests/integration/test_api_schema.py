@@ -56,6 +56,11 @@ TEAM, PRIVATE, PUBLIC = "acme", "mnist", "open"
 OPENAPI = "/api/v1/openapi.json"
 STREAM = "/api/v1/projects/{team}/{project}/alerts/stream"
 BLOB = b"model weights\n"
+ARTIFACT, ARTIFACT_FILE = "data", "w.bin"  # an artifact of one version whose one file is BLOB
+MANIFEST = orjson.dumps(
+    {"version": 1, "entries": {ARTIFACT_FILE: {"digest": hashlib.sha256(BLOB).hexdigest(), "size": len(BLOB)}}},
+    option=orjson.OPT_SORT_KEYS,
+)
 
 # Declared statuses, bodies and content types, no 5xx, invalid data refused with a 4xx, and an undeclared
 # method refused with 405 naming the allowed ones.
@@ -160,12 +165,38 @@ def seed(url: str, client: Any) -> World:
     bob_key_id, _ = accounts.create_key(client, TEAM, "bob", "revocable")
     t0 = time.time() - 600
     batch = _events(PRIVATE, "r1", t0) + _events(PRIVATE, "r2", t0 + 30) + _events(PUBLIC, "p1", t0)
+    batch += _events(SCRATCH, "s1", t0)  # what deleting and moving may destroy (``DESTRUCTIVE``)
     body = b"\n".join(orjson.dumps(e) for e in batch)
     _ok(requests.post(f"{url}/api/v1/events", data=body, headers={**admin, "Content-Type": "application/x-ndjson"}))
     sha = hashlib.sha256(BLOB).hexdigest()
     _ok(
         requests.put(
             f"{url}/api/v1/files/{TEAM}/{PRIVATE}/r1/model.pt", params={"sha256": sha}, data=BLOB, headers=admin
+        )
+    )
+    for blob in (BLOB, MANIFEST):  # an artifact (docs/artifacts.md): its blobs, then its log event
+        digest = hashlib.sha256(blob).hexdigest()
+        _ok(
+            requests.put(
+                f"{url}/api/v1/projects/{TEAM}/{PRIVATE}/blobs/{digest}",
+                params={"size": len(blob)},
+                data=blob,
+                headers=admin,
+            )
+        )
+    logged = {
+        "action": "log",
+        "name": ARTIFACT,
+        "type": "dataset",
+        "digest": hashlib.sha256(MANIFEST).hexdigest(),
+        "aliases": ["best"],
+        "size": len(BLOB),
+        "file_count": 1,
+    }
+    event = make_event(events.ARTIFACT, logged, seq=900, run_id="r1", team=TEAM, project=PRIVATE)
+    _ok(
+        requests.post(
+            f"{url}/api/v1/events", data=orjson.dumps(event), headers={**admin, "Content-Type": "application/x-ndjson"}
         )
     )
     _ok(requests.patch(f"{url}/api/v1/projects/{TEAM}/{PUBLIC}", json={"visibility": "public"}, headers=admin))
@@ -199,6 +230,11 @@ def seed(url: str, client: Any) -> World:
         "key_id": bob_key_id,
         "user": "bob",
         "token": share["token"],
+        "name": ARTIFACT,
+        "ref": "latest",
+        "alias": "best",
+        "sha256": sha,
+        "path": ARTIFACT_FILE,
     }
     return World(url, admin, ids)
 
@@ -221,6 +257,14 @@ def _ndjson(context: Any, value: Any) -> bytes:
 
 
 REAL: dict[str, str] = {}  # path parameter -> an existing value, filled by the ``world`` fixture
+#: Operations that delete or move what their path names: given a scratch project and run of their own, so the
+#: seeded ones stay for the rest of the fuzzing.
+SCRATCH = "scratch"
+DESTRUCTIVE = {
+    ("DELETE", "/api/v1/projects/{team}/{project}"),
+    ("DELETE", "/api/v1/runs/{team}/{project}/{run_id}"),
+    ("POST", "/api/v1/runs/{team}/{project}/{run_id}/move"),
+}
 schema = schemathesis.openapi.from_dict(
     DOCUMENT,
     config=schemathesis.Config.from_dict(
@@ -241,6 +285,8 @@ def _real_paths(case: schemathesis.Case) -> list[dict[str, Any] | None]:
     path = case.meta.components.get(ParameterLocation.PATH) if case.meta else None
     if not known or (path is not None and path.mode.is_negative):
         return [None]
+    if (case.method.upper(), case.operation.path) in DESTRUCTIVE:
+        return [None, {**params, **known, "project": SCRATCH, **({"run_id": "s1"} if "run_id" in known else {})}]
     choices: list[dict[str, Any] | None] = [None, {**params, **known}]
     if "project" in known:
         choices.append({**params, **known, "project": PUBLIC, **({"run_id": "p1"} if "run_id" in known else {})})

@@ -5,6 +5,9 @@ resumed run reads: on the real engine, through the ingest endpoint and the embed
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +17,7 @@ import pytest
 
 from runstream import events
 from tests.conftest import ApiHarness
-from tests.helpers import ServedApp, make_event
+from tests.helpers import ServedApp, make_event, script_env
 
 TEAM = "acme"
 T0 = time.time() - 600
@@ -182,6 +185,127 @@ def test_public_client_update_saves_name_config_and_only_the_summary_keys_change
     same = client.run(f"{TEAM}/client/c1")
     same.update()
     assert (same.name, same.config, same.summary["loss"]) == ("after", expected_config, 0.5)
+
+
+# -- group, job_type and deleted keys -------------------------------------------------------------------
+
+
+def test_edits_set_group_and_job_type_and_delete_config_and_summary_keys(api):
+    member = api.key(TEAM, "alice")
+    run = Run("deletes", "d0")
+    other = Run("deletes", "d1")
+    config = {"lr": 0.1, "opt": {"name": "adam", "beta": 0.9}, "old": 1}
+    sent = [
+        run(events.RUN_START, {"name": "d0", "group": "sweep", "job_type": "train", "config": config}),
+        run.metrics([0, 1], {"loss": [2.0, 1.0], "acc": [0.5, 0.6]}),
+        run(events.RUN_UPDATE, {"summary": {"stale": 1, "keep": 2}}),
+        other(events.RUN_START, {"name": "d1", "group": "sweep", "config": {"old": 1}}),
+    ]
+    assert api.ingest(sent, member).status_code == 200
+    edit = {
+        "group": "finals",
+        "job_type": "eval",
+        "config_delete": ["opt.beta", "old", "old"],
+        "summary_delete": ["stale", "loss"],
+    }
+    answer = ok(api.http.patch(run.path, json=edit, headers=member))
+    stored = get(api.http, run.path, member)
+    for found in (answer, stored):
+        assert (found["group"], found["job_type"]) == ("finals", "eval")
+        assert found["config"] == {"lr": 0.1, "opt": {"name": "adam"}}
+        assert found["summary"] == {"acc": 0.6, "keep": 2}  # loss, computed from its metric, is hidden
+    # Every read of the runs table sees it: filters, order, groups.
+    runs_path = f"/api/v1/projects/{TEAM}/deletes/runs"
+    for filters, ids in (
+        ({"config.old": 1}, ["d1"]),
+        ({"summary.stale": 1}, []),
+        ({"summary.loss": {"$exists": True}}, []),
+        ({"config.opt.beta": {"$exists": True}}, []),
+        ({"group": "finals", "job_type": "eval"}, ["d0"]),
+    ):
+        listed = get(api.http, runs_path, member, filters=orjson.dumps(filters).decode())
+        assert [r["id"] for r in listed["runs"]] == ids, filters
+    groups = ok(api.http.post(runs_path + "/groups", json={"by": ["group"]}, headers=member))["groups"]
+    assert sorted((g["group"]["group"], g["count"]) for g in groups) == [("finals", 1), ("sweep", 1)]
+
+    # The run goes on: loss logged again shows again, and so does a config key its SDK sets again.
+    later = [run.metrics([2], {"loss": [0.5]}), run(events.RUN_UPDATE, {"config": {"old": 2}, "job_type": "sdk"})]
+    assert api.ingest(later, member).status_code == 200
+    after = get(api.http, run.path, member)
+    assert after["summary"] == {"acc": 0.6, "keep": 2, "loss": 0.5}
+    assert (after["config"]["old"], after["job_type"], after["group"]) == (2, "sdk", "finals")
+    # null clears group and job_type, as at init; deleting a key the run does not have changes nothing else.
+    cleared = ok(
+        api.http.patch(run.path, json={"group": None, "job_type": None, "config_delete": ["nope"]}, headers=member)
+    )
+    assert (cleared["group"], cleared["job_type"], cleared["config"]) == (None, None, after["config"])
+    assert get(api.http, run.path, member)["group"] is None
+
+    for body in (
+        {"config_delete": []},
+        {"config_delete": "old"},
+        {"config_delete": [""]},
+        {"config_delete": [1]},
+        {"summary_delete": [f"k{i}" for i in range(1001)]},
+        {"config_delete": ["opt"], "config": {"opt": {"lr": 1}}},
+        {"summary_delete": ["keep"], "summary": {"keep": 3}},
+        {"group": 3},
+        {"job_type": ["eval"]},
+        {"group": "g" * 64_001},
+    ):
+        response = api.http.patch(run.path, json=body, headers=member)
+        assert response.status_code == 400, (str(body)[:80], response.text)
+        assert response.json()["error"]["message"], response.text
+    assert get(api.http, run.path, member)["summary"]["keep"] == 2
+
+
+def test_wandb_users_recipes_delete_keys_and_set_group_and_job_type(api, server, tmp_path):
+    """wandb's docs recipes as users write them: rename a summary key (set the new one, ``del`` the old one,
+    ``summary.update()``), delete a config key, regroup a run; run unchanged with ``import runstream as wandb``."""
+    member = api.key(TEAM, "alice")
+    run = Run("recipes", "w1")
+    sent = [
+        run(events.RUN_START, {"name": "w1", "group": "sweep", "config": {"lr": 0.1, "opt": {"beta": 0.9, "m": 1}}}),
+        run.metrics([0, 1], {"loss": [2.0, 1.0], "acc": [0.5, 0.6]}),
+        run(events.RUN_UPDATE, {"summary": {"val_acc": 0.7}}),
+    ]
+    assert api.ingest(sent, member).status_code == 200
+    script = f"""\
+        import runstream as wandb
+
+        api = wandb.Api()
+        run = api.run("{TEAM}/recipes/w1")
+        run.summary["best_val_acc"] = run.summary["val_acc"]
+        del run.summary["val_acc"]
+        run.summary.update()
+
+        run = api.run("{TEAM}/recipes/w1")
+        del run.config["lr"]
+        del run.config["opt"]["beta"]
+        run.config["epochs"] = 3
+        del run.summary["loss"]
+        run.group = "finals"
+        run.job_type = "eval"
+        run.update()
+        print(sorted(run.summary.keys()), run.group, run.job_type)
+        """
+    (tmp_path / "edit.py").write_text(textwrap.dedent(script))
+    env = {**script_env(server, tmp_path), "RUNSTREAM_API_KEY": member["Authorization"].removeprefix("Bearer ")}
+    done = subprocess.run(
+        [sys.executable, "edit.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["['acc',", "'best_val_acc']", "finals", "eval"]
+
+    import runstream
+
+    fresh = runstream.Api(server, member["Authorization"].removeprefix("Bearer ")).run(f"{TEAM}/recipes/w1")
+    assert (fresh.group, fresh.job_type) == ("finals", "eval")
+    assert fresh.config == {"opt": {"m": 1}, "epochs": 3}
+    assert fresh.summary == {"acc": 0.6, "best_val_acc": 0.7}
+    # The deleted loss was computed from its metric: logged again, it is back.
+    assert api.ingest([run.metrics([2], {"loss": [0.5]})], member).status_code == 200
+    assert fresh.load().summary == {"acc": 0.6, "best_val_acc": 0.7, "loss": 0.5}
 
 
 # -- config.<x>.value ----------------------------------------------------------------------------------
@@ -360,10 +484,17 @@ def test_in_cluster_mode_the_answer_shows_the_edit_a_worker_then_applies(kafka_b
         start = events.validate(run(events.RUN_START, {"name": "k1", "config": {"opt": {"name": "adam", "lr": 0.1}}}))
         worker.commit(worker.process([start, events.validate(run.metrics([0, 1], {"loss": [2.0, 1.0]}))]))
 
-        edit = {"name": "edited", "config": {"opt": {"lr": 0.2}}, "summary": {"best": 0.5}}
+        edit = {
+            "name": "edited",
+            "group": "g",
+            "config": {"opt": {"lr": 0.2}},
+            "config_delete": ["opt.name"],
+            "summary": {"best": 0.5},
+            "summary_delete": ["loss"],
+        }
         answer = ok(http.patch(run.path, json=edit, headers=member))
-        expected = ("edited", {"opt": {"name": "adam", "lr": 0.2}}, {"loss": 1.0, "best": 0.5})
-        assert (answer["name"], answer["config"], answer["summary"]) == expected
+        expected = ("edited", "g", {"opt": {"lr": 0.2}}, {"best": 0.5})
+        assert (answer["name"], answer["group"], answer["config"], answer["summary"]) == expected
         assert get(http, run.path, member)["name"] == "k1"  # not applied yet
 
         found = asyncio.run(
@@ -378,4 +509,4 @@ def test_in_cluster_mode_the_answer_shows_the_edit_a_worker_then_applies(kafka_b
         assert [e.data for e in edits] == [edit]
         worker.commit(worker.process(edits))  # what the worker that owns the run does with it
         stored = get(http, run.path, member)
-        assert (stored["name"], stored["config"], stored["summary"]) == expected
+        assert (stored["name"], stored["group"], stored["config"], stored["summary"]) == expected

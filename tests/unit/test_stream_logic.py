@@ -6,7 +6,19 @@ import math
 
 import pytest
 
-from runstream.events import HEARTBEAT, METRICS, RUN_FINISH, RUN_START, RUN_STATE, RUN_UPDATE, SYSTEM, Event
+from runstream.events import (
+    HEARTBEAT,
+    METRICS,
+    RUN_EDIT,
+    RUN_FINISH,
+    RUN_START,
+    RUN_STATE,
+    RUN_UPDATE,
+    SYSTEM,
+    Event,
+    InvalidEvent,
+    validate,
+)
 from runstream.streams import runstate, summaries
 from runstream.streams.alerting import Evaluator, Rule, RuleError, check_rule
 
@@ -202,3 +214,119 @@ def test_a_step_logged_again_counts_once():
         8,
     )
     assert summary["metrics"]["loss"]["last"] == "NaN"  # the state stays JSON
+
+
+def _edit(ts: float, data: dict) -> Event:
+    return _ev(RUN_EDIT, 0, ts, data)
+
+
+def _fold(state: runstate.RunState, event: Event) -> bool:
+    """What the processor does with one runs-topic event: the run state, then its summary part."""
+    applied = runstate.apply(state, event, [], now=event.ts)
+    if applied and event.type in (RUN_UPDATE, RUN_EDIT):
+        summaries.fold_update(state["summary"], event)
+    return applied
+
+
+def test_edits_delete_config_keys_and_set_group_and_job_type_and_a_replay_changes_nothing():
+    start = _ev(RUN_START, 1, 100.0, {"name": "n", "group": "g", "config": {"opt": {"lr": 0.1, "m": 0.9}, "x": 1}})
+    state = runstate.new_state(start)
+    _fold(state, start)
+    edit = _edit(200.0, {"group": "g2", "job_type": "eval", "config_delete": ["opt.lr", "x"], "config": {"y": 2}})
+    assert _fold(state, edit)
+    record = state["record"]
+    assert (record["group"], record["job_type"], record["config"]) == ("g2", "eval", {"opt": {"m": 0.9}, "y": 2})
+    # The SDK sets x again after the edit: a replay of the edit (or an older edit) removes nothing.
+    assert _fold(state, _ev(RUN_UPDATE, 2, 150.0, {"config": {"x": 3}, "group": "from-sdk"}))
+    assert not _fold(state, edit)
+    assert not _fold(state, _edit(199.0, {"config_delete": ["x"], "group": "older"}))
+    assert (record["config"], record["group"]) == ({"opt": {"m": 0.9}, "y": 2, "x": 3}, "from-sdk")
+    # A key names its subtree, and dotted keys match as storage flattens them; an emptied object goes too.
+    record["config"] = {"a": {"b": {"c": 1}}, "a.b": {"d": 2}, "keep": {"k": 1}}
+    assert _fold(state, _edit(300.0, {"config_delete": ["a.b.c", "keep.k"]}))
+    assert record["config"] == {"a.b": {"d": 2}}
+    assert _fold(state, _edit(301.0, {"config_delete": ["a"]}))
+    assert record["config"] == {}
+
+
+def test_a_deleted_summary_key_goes_and_a_computed_one_comes_back_when_its_metric_is_logged_again():
+    start = _ev(RUN_START, 1, 100.0, {"name": "n"})
+    state = runstate.new_state(start)
+    _fold(state, start)
+    summary = state["summary"]
+    values = {"loss": [2.0, 1.0], "acc": [0.1, 0.2], "lr": [0.1, 0.1], "train.f1": [0.3, 0.4]}
+    summaries.fold_metrics(summary, _ev(METRICS, 1, 0.0, {"step": [0, 1], "time": [1.0, 2.0], "values": values}))
+    spec = {"name": "acc", "summary": "min,max"}
+    _fold(state, _ev(RUN_UPDATE, 2, 101.0, {"summary": {"old": 1, "loss": 0.5, "keep": 2}, "define_metric": [spec]}))
+    assert summaries.run_summary(summary) == {
+        "loss": 0.5,
+        "acc": {"min": 0.1, "max": 0.2},
+        "lr": 0.1,
+        "train.f1": 0.4,
+        "old": 1,
+        "keep": 2,
+    }
+    edit = _edit(200.0, {"summary_delete": ["old", "loss", "acc.max", "train"], "summary": {"new": 1}})
+    assert _fold(state, edit)
+    # loss goes whole (its explicit value and the computed one), acc keeps its min.
+    assert summaries.run_summary(summary) == {"acc": {"min": 0.1}, "lr": 0.1, "keep": 2, "new": 1}
+    assert not _fold(state, edit)  # a replay
+    # A metrics replay shows nothing again; loss and acc logged again show again, train.f1 stays hidden.
+    summaries.fold_metrics(summary, _ev(METRICS, 1, 0.0, {"step": [0, 1], "time": [1.0, 2.0], "values": values}))
+    assert "loss" not in summaries.run_summary(summary)
+    later = {"step": [2], "time": [3.0], "values": {"loss": [0.7], "acc": [0.05]}}
+    summaries.fold_metrics(summary, _ev(METRICS, 2, 0.0, later))
+    assert summaries.run_summary(summary) == {
+        "loss": 0.7,
+        "acc": {"min": 0.05, "max": 0.2},
+        "lr": 0.1,
+        "keep": 2,
+        "new": 1,
+    }
+    # The SDK sets a deleted key after the edit: a replayed or older edit does not remove it.
+    _fold(state, _ev(RUN_UPDATE, 3, 150.0, {"summary": {"old": 3}}))
+    assert not _fold(state, edit)
+    assert summaries.run_summary(summary)["old"] == 3
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"config_delete": []}, "config_delete"),
+        ({"summary_delete": ["x"] * 1001}, "summary_delete"),
+        ({"config_delete": [""]}, "config_delete"),
+        ({"config_delete": "opt.lr"}, "config_delete"),
+        ({"config_delete": ["opt"], "config": {"opt": {"lr": 1}}}, "config sets"),
+        ({"config_delete": ["opt.lr"], "config": {"opt": {"lr": 1}}}, "config sets"),
+        ({"summary_delete": ["a.b"], "summary": {"a.b": 1}}, "summary sets"),
+        ({"group": 3}, "group"),
+        ({"job_type": "x" * 64_001}, "job_type"),
+    ],
+)
+def test_bad_edit_deletions_and_texts_are_refused(data, message):
+    with pytest.raises(InvalidEvent, match=message):
+        validate(
+            {
+                "v": 1,
+                "type": RUN_EDIT,
+                "team": "acme",
+                "project": "p",
+                "run_id": "r1",
+                "seq": 0,
+                "ts": 1.0,
+                "data": data,
+            }
+        )
+    # Keys beside the ones set are fine.
+    validate(
+        {
+            "v": 1,
+            "type": RUN_EDIT,
+            "team": "acme",
+            "project": "p",
+            "run_id": "r1",
+            "seq": 0,
+            "ts": 1.0,
+            "data": {"config_delete": ["opt.m"], "config": {"opt": {"lr": 1}}, "group": None, "job_type": ""},
+        }
+    )

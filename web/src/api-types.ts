@@ -274,7 +274,7 @@ export interface paths {
                         "application/json": components["schemas"]["Error"];
                     };
                 };
-                /** @description the path is taken by a folder, or passes through a file or a symbolic link */
+                /** @description the path is taken by a folder, or passes through a file or a symbolic link; or the run was deleted or moved */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -641,7 +641,86 @@ export interface paths {
         };
         put?: never;
         post?: never;
-        delete?: never;
+        /**
+         * Delete a project
+         * @description Delete a project: every run in it (as deleting each), its reports and share links, alert rules,
+         *     artifacts and settings.
+         *
+         *     The ids of its runs stay dead (their late events are dead-lettered); new runs can be logged to the
+         *     project's name again, which makes a new, private project.
+         *
+         *     Key scope: admin (keys of scope admin).
+         */
+        delete: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description deleted, with every run, report, alert rule and artifact in it */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DeletedProject"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such project, or not visible */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
         options?: never;
         head?: never;
         /**
@@ -1400,6 +1479,710 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/projects/{team}/{project}/artifacts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List artifacts
+         * @description A page of the project's artifacts by name (of one ``type`` when given), each with its latest version.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
+         */
+        get: {
+            parameters: {
+                query?: {
+                    /** @description only artifacts of this type */
+                    type?: string;
+                    /** @description how many to answer (at most 1000) */
+                    limit?: number;
+                    /** @description how many to skip */
+                    offset?: number;
+                };
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description a page of the project's artifacts, and how many match */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Artifacts"];
+                    };
+                };
+                /** @description a bad type, limit or offset */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such resource, or not visible with this key */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{team}/{project}/artifacts/{name}/aliases/{alias}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Set an alias
+         * @description Point an alias (``best``, ``prod``) at a version; it moves from the version it named before.
+         *
+         *     Key scope: admin (keys of scope admin).
+         */
+        put: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                    name: string;
+                    alias: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["AliasTarget"];
+                };
+            };
+            responses: {
+                /** @description the version it now names */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Version"];
+                    };
+                };
+                /** @description a bad artifact name, alias (latest and v<number> are the server's) or version */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such version, or not visible */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the body is too large */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        post?: never;
+        /**
+         * Remove an alias
+         * @description Remove an alias from the version it names.
+         *
+         *     Key scope: admin (keys of scope admin).
+         */
+        delete: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                    name: string;
+                    alias: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description removed */
+                204: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+                /** @description a bad artifact name or alias */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such alias, or not visible */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{team}/{project}/artifacts/{name}/versions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * An artifact's versions
+         * @description A page of an artifact's versions, newest first.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
+         */
+        get: {
+            parameters: {
+                query?: {
+                    /** @description how many to answer (at most 1000) */
+                    limit?: number;
+                    /** @description how many to skip */
+                    offset?: number;
+                };
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                    name: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description a page of its versions, newest first, and how many it has */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Versions"];
+                    };
+                };
+                /** @description a bad artifact name, limit or offset */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such artifact, or not visible */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{team}/{project}/artifacts/{name}/{ref}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * An artifact version
+         * @description One version (``{ref}``: v<number>, latest, an alias or a 64-hex digest) with a page of its files (its
+         *     manifest), by path: ``files_total`` says how many there are.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
+         */
+        get: {
+            parameters: {
+                query?: {
+                    /** @description how many of its files to answer, by path (at most 10,000) */
+                    files_limit?: number;
+                    /** @description how many files to skip */
+                    files_offset?: number;
+                };
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                    name: string;
+                    ref: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the version and a page of its files */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["VersionWithFiles"];
+                    };
+                };
+                /** @description a bad artifact name, ref, files_limit or files_offset */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such version, or not visible */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description its manifest is larger than the API reads (16 MiB) */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description its manifest cannot be read (the message names the bad entry) */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{team}/{project}/artifacts/{name}/{ref}/files/{path}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Download an artifact file
+         * @description A file of a version, by its path in the artifact.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
+         */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                    name: string;
+                    ref: string;
+                    path: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the file's bytes */
+                200: {
+                    headers: {
+                        /** @description the file's SHA-256 */
+                        "X-Runstream-Sha256"?: string;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/octet-stream": string;
+                    };
+                };
+                /** @description a bad artifact name or ref */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such version, no such file in it, a reference stored elsewhere, or not visible */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description its manifest is larger than the API reads (16 MiB) */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description its manifest cannot be read (the message names the bad entry) */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{team}/{project}/artifacts/{name}/{ref}/lineage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * An artifact version's lineage
+         * @description The graph around a version: the runs that logged (produced) and used (consumed) it (hops 1), their
+         *     other artifacts (2), those artifacts' runs (3). Projects the caller cannot read are left out.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
+         */
+        get: {
+            parameters: {
+                query?: {
+                    /** @description 1: the version's runs; 2: their other artifacts; 3: those artifacts' runs */
+                    hops?: number;
+                };
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                    name: string;
+                    ref: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the runs and versions around it, and who logged and used what */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Lineage"];
+                    };
+                };
+                /** @description a bad artifact name, ref or hops */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such version, or not visible */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/projects/{team}/{project}/bands": {
         parameters: {
             query?: never;
@@ -1502,6 +2285,241 @@ export interface paths {
                 };
             };
         };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{team}/{project}/blobs/missing": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Which blobs are missing
+         * @description Of these SHA-256s, the blobs the team's store does not hold (upload them with PUT blobs/{sha256}), and
+         *     for those partly uploaded, the offset to go on from.
+         *
+         *     Key scope: ingest (keys of scope ingest or admin).
+         */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["BlobList"];
+                };
+            };
+            responses: {
+                /** @description the SHA-256s not stored, and how much of each partly uploaded one the server holds */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Missing"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such resource, or not visible with this key */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the body is too large */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{team}/{project}/blobs/{sha256}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Upload a blob
+         * @description Upload bytes ``offset..`` of a content-addressed blob of ``size`` bytes: an artifact's file or
+         *     manifest, stored once per team. A cut upload keeps what arrived: send the rest from the offset the
+         *     server holds (``received``, or POST blobs/missing). Complete, its SHA-256 is checked.
+         *
+         *     Key scope: ingest (keys of scope ingest or admin).
+         */
+        put: {
+            parameters: {
+                query: {
+                    /** @description the blob's whole size in bytes */
+                    size: number;
+                    /** @description where the body's bytes start in the blob: what the server holds (POST blobs/missing says) */
+                    offset?: number;
+                };
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                    sha256: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/octet-stream": string;
+                };
+            };
+            responses: {
+                /** @description the blob is stored (now, or it was already: the body is then not read) */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["BlobStored"];
+                    };
+                };
+                /** @description the bytes are kept; send the rest from offset received */
+                202: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["BlobPartial"];
+                    };
+                };
+                /** @description a bad SHA-256, size or offset; the body runs past size; or the finished blob's SHA-256 differs (the partial upload is discarded: start again from 0) */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such resource, or not visible with this key */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description code upload_offset: offset is not what the server holds (error.received says what it does), or another upload of the blob is under way */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description size is larger than the server's max_blob_bytes */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -2929,7 +3947,7 @@ export interface paths {
         };
         /**
          * Get a run
-         * @description One run.
+         * @description One run, with the run it was forked from (``fork``) and its rewinds.
          *
          *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
          */
@@ -2952,7 +3970,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["Run"];
+                        "application/json": components["schemas"]["RunDetail"];
                     };
                 };
                 /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
@@ -3006,18 +4024,110 @@ export interface paths {
         };
         put?: never;
         post?: never;
-        delete?: never;
+        /**
+         * Delete a run
+         * @description Delete a run: its history, summaries, system metrics, console, files, alerts and processor state, and
+         *     the artifact versions it logged that no other run logged or used.
+         *
+         *     The run disappears from every query at once; a late event of it (a resend, a replay) is dead-lettered,
+         *     never stored, so the id cannot be written to again in this project. Deleting a deleted run again
+         *     removes what remains of it (a deletion that failed half way is finished so).
+         *
+         *     Key scope: admin (keys of scope admin).
+         */
+        delete: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                    run_id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description deleted: its points, logs, files and the artifact versions only it had */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["DeletedRun"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such run (or it was moved away), or not visible */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the run is being moved */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
         options?: never;
         head?: never;
         /**
          * Edit a run
-         * @description Edit a run's name, tags, notes, config and summary; answers the updated run.
+         * @description Edit a run's name, tags, notes, group, job type, config and summary; answers the updated run.
          *
          *     The edit travels through the pipeline like the SDK's events, so every
          *     replica and the run's later events see it; a later edit wins, and so does,
          *     field by field, a later value the run's SDK sends (a tag list, a config or
-         *     summary key, its name). A field left out stays as it is; notes sent as null are
-         *     cleared, and null for any other field is refused.
+         *     summary key, its name). A field left out stays as it is; notes, group and job_type
+         *     sent as null are cleared, and null for any other field is refused. ``config_delete``
+         *     and ``summary_delete`` remove dotted keys (a summary value computed from a metric is
+         *     hidden until the metric is logged again).
          *
          *     Key scope: admin (keys of scope admin).
          */
@@ -3114,6 +4224,98 @@ export interface paths {
                 };
             };
         };
+        trace?: never;
+    };
+    "/api/v1/runs/{team}/{project}/{run_id}/artifacts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A run's artifacts
+         * @description The artifact versions a run logged and used, oldest first (of the projects the caller may read).
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
+         */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                    run_id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the versions the run logged and used */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RunArtifacts"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such run, or not visible */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/api/v1/runs/{team}/{project}/{run_id}/console": {
@@ -3435,6 +4637,8 @@ export interface paths {
                     /** @description comma-joined; metric names (every metric when omitted) */
                     keys?: string;
                     samples?: number;
+                    /** @description the run as it stood after its first K rewinds (0: before any), the history a rewind replaced included; the run as it is when omitted */
+                    rewinds?: number;
                 };
                 header?: never;
                 path: {
@@ -3537,6 +4741,8 @@ export interface paths {
                     min_step?: number;
                     /** @description exclusive */
                     max_step?: number;
+                    /** @description the run as it stood after its first K rewinds (0: before any), the history a rewind replaced included; the run as it is when omitted */
+                    rewinds?: number;
                 };
                 header?: never;
                 path: {
@@ -3794,6 +5000,125 @@ export interface paths {
         };
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/runs/{team}/{project}/{run_id}/move": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Move a run
+         * @description Move a finished run to another project of the same team, made if missing (as logging a run there would
+         *     make it): its history, summaries, config, logs, files and processor state go with it.
+         *
+         *     The run keeps its id; under its old project it is gone, as if deleted, and a late event sent there is
+         *     dead-lettered. A running run cannot move (``409``): its process keeps writing to the old project. A move
+         *     that failed half way is finished by sending it again.
+         *
+         *     Key scope: admin (keys of scope admin).
+         */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                    run_id: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["MoveBody"];
+                };
+            };
+            responses: {
+                /** @description where the run is now */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["MovedRun"];
+                    };
+                };
+                /** @description a bad project name, or the project the run is in */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such run, or not visible */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the run is running (its process writes to where it is) or being moved elsewhere, or the target has (or had) a run with its id */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the body is too large */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
         delete?: never;
         options?: never;
         head?: never;
@@ -4219,7 +5544,7 @@ export interface paths {
             parameters: {
                 query?: {
                     /** @description only entries of this action */
-                    action?: "key.create" | "key.revoke" | "member.add" | "member.remove" | "member.role" | "project.create" | "project.visibility" | "report.delete" | "rule.create" | "rule.delete" | "run.delete" | "share.create" | "share.revoke" | "team.create";
+                    action?: "artifact.alias" | "artifact.unalias" | "key.create" | "key.revoke" | "member.add" | "member.remove" | "member.role" | "project.create" | "project.delete" | "project.visibility" | "report.delete" | "rule.create" | "rule.delete" | "run.delete" | "run.move" | "share.create" | "share.revoke" | "team.create";
                     limit?: number;
                     /** @description next_cursor of the previous page */
                     cursor?: string;
@@ -5092,6 +6417,11 @@ export interface components {
         Alerts: {
             alerts: components["schemas"]["Alert"][];
         };
+        /** AliasTarget */
+        AliasTarget: {
+            /** @description the version: v<number>, a 64-hex digest, latest or another alias */
+            version: string;
+        };
         /** ApiKey */
         ApiKey: {
             /** @description Unix seconds */
@@ -5109,6 +6439,31 @@ export interface components {
             keys: components["schemas"]["ApiKey"][];
             team: string;
         };
+        /** ArtifactFile */
+        ArtifactFile: {
+            /** @description the file's SHA-256 ('' for a reference without one) */
+            digest: string;
+            path: string;
+            /** @description the URI of a file stored elsewhere (a reference) */
+            ref?: string;
+            size: number;
+        };
+        /** ArtifactSummary */
+        ArtifactSummary: {
+            aliases: string[];
+            latest: components["schemas"]["Version"];
+            name: string;
+            type: string;
+            /** @description how many */
+            versions: number;
+        };
+        /** Artifacts */
+        Artifacts: {
+            /** @description a page, by name */
+            artifacts: components["schemas"]["ArtifactSummary"][];
+            /** @description how many artifacts match */
+            total: number;
+        };
         /** AuditActor */
         AuditActor: {
             key_id: string | null;
@@ -5123,7 +6478,7 @@ export interface components {
         /** AuditEntry */
         AuditEntry: {
             /** @enum {unknown} */
-            action: "key.create" | "key.revoke" | "member.add" | "member.remove" | "member.role" | "project.create" | "project.visibility" | "report.delete" | "rule.create" | "rule.delete" | "run.delete" | "share.create" | "share.revoke" | "team.create";
+            action: "artifact.alias" | "artifact.unalias" | "key.create" | "key.revoke" | "member.add" | "member.remove" | "member.role" | "project.create" | "project.delete" | "project.visibility" | "report.delete" | "rule.create" | "rule.delete" | "run.delete" | "run.move" | "share.create" | "share.revoke" | "team.create";
             actor: components["schemas"]["AuditActor"];
             /** @description Unix seconds */
             at: number;
@@ -5187,6 +6542,25 @@ export interface components {
                 number | null
             ] | null;
         };
+        /** BlobList */
+        BlobList: {
+            sha256: string[];
+        };
+        /** BlobPartial */
+        BlobPartial: {
+            /** @description bytes the server holds: the next offset */
+            received: number;
+            sha256: string;
+            /** @enum {unknown} */
+            stored: false;
+        };
+        /** BlobStored */
+        BlobStored: {
+            sha256: string;
+            size: number;
+            /** @enum {unknown} */
+            stored: true;
+        };
         /** CatalogKey */
         CatalogKey: {
             key: string;
@@ -5227,6 +6601,23 @@ export interface components {
             team: string;
             user: string;
         };
+        /** DeletedProject */
+        DeletedProject: {
+            /** @enum {unknown} */
+            deleted: true;
+            project: string;
+            /** @description how many runs it had */
+            runs: number;
+            team: string;
+        };
+        /** DeletedRun */
+        DeletedRun: {
+            /** @enum {unknown} */
+            deleted: true;
+            project: string;
+            run_id: string;
+            team: string;
+        };
         /**
          * Error
          * @description The API's refusal (``api/errors.py``).
@@ -5257,6 +6648,12 @@ export interface components {
         /** Files */
         Files: {
             files: components["schemas"]["FileEntry"][];
+        };
+        /** ForkOf */
+        ForkOf: {
+            run_id: string;
+            /** @description the parent's last step in this run's history */
+            step: number;
         };
         /** Group */
         Group: {
@@ -5304,6 +6701,44 @@ export interface components {
             /** @description null on the last page */
             next_cursor: string | null;
         };
+        /** Lineage */
+        Lineage: {
+            edges: components["schemas"]["LineageEdge"][];
+            nodes: components["schemas"]["LineageNode"][];
+            /** @description more than 500 nodes were found */
+            truncated: boolean;
+        };
+        /** LineageEdge */
+        LineageEdge: {
+            /** @enum {unknown} */
+            action: "log" | "use";
+            /** @description a node id: the run for log, the artifact for use */
+            from: string;
+            to: string;
+        };
+        /** LineageNode */
+        LineageNode: {
+            aliases?: string[];
+            /** @description Unix seconds */
+            created_at?: number;
+            description?: string;
+            digest?: string;
+            file_count?: number;
+            /** @description run:<project>/<run_id> or artifact:<project>/<name>@<digest> */
+            id?: string;
+            index?: number;
+            /** @enum {unknown} */
+            kind?: "artifact" | "run";
+            metadata?: Record<string, unknown>;
+            name?: string;
+            project?: string;
+            run_id?: string;
+            size?: number;
+            state?: string;
+            team?: string;
+            type?: string;
+            version?: string;
+        };
         /** Media */
         Media: {
             key: string;
@@ -5350,6 +6785,29 @@ export interface components {
         /** Metrics */
         Metrics: {
             metrics: string[];
+        };
+        /** Missing */
+        Missing: {
+            /** @description the largest blob the server takes (a larger PUT is refused with 413): check before sending */
+            max_blob_bytes: number;
+            /** @description the SHA-256s not stored (partly uploaded ones too) */
+            missing: string[];
+            /** @description SHA-256 -> bytes received, for partly uploaded blobs */
+            partial: {
+                [key: string]: number;
+            };
+        };
+        /** MoveBody */
+        MoveBody: {
+            /** @description the project of the same team to move the run to; made if missing, as logging a run there would */
+            project: string;
+        };
+        /** MovedRun */
+        MovedRun: {
+            /** @description the project the run is in now */
+            project: string;
+            run_id: string;
+            team: string;
         };
         /** NewAlertRule */
         NewAlertRule: {
@@ -5568,6 +7026,13 @@ export interface components {
         Reports: {
             reports: components["schemas"]["ReportSummary"][];
         };
+        /** RewindEntry */
+        RewindEntry: {
+            /** @description Unix seconds */
+            at: number;
+            /** @description the last step kept; what followed was replaced */
+            step: number;
+        };
         /**
          * Run
          * @description A run, as every endpoint answers it.
@@ -5604,17 +7069,68 @@ export interface components {
             updated_at?: number;
             user?: string;
         };
+        /** RunArtifacts */
+        RunArtifacts: {
+            logged: components["schemas"]["Version"][];
+            used: components["schemas"]["Version"][];
+        };
+        /**
+         * RunDetail
+         * @description A run, with its lineage.
+         */
+        RunDetail: {
+            args?: string[];
+            config: Record<string, unknown>;
+            /** @description Unix seconds */
+            created_at: number;
+            /** @description a failed run's traceback, until it resumes */
+            error?: string | null;
+            exit_code?: number | null;
+            finished_at?: number | null;
+            /** @description the run it was forked from and at which step (init(fork_from=...)) */
+            fork: components["schemas"]["ForkOf"] | null;
+            git?: Record<string, unknown>;
+            group?: string | null;
+            /** @description Unix seconds */
+            heartbeat_at?: number;
+            host?: string;
+            id: string;
+            job_type?: string | null;
+            /** @description define_metric specs, oldest first: for each attribute the last spec whose glob matches a metric and sets it wins */
+            metrics?: components["schemas"]["MetricDefinition"][];
+            name: string;
+            notes?: string;
+            program?: string;
+            project: string;
+            python?: string;
+            /** @description its rewinds, oldest first (init(resume_from=...)); the history a rewind replaced is read with history?rewinds=K (the run as it stood after its first K rewinds) */
+            rewinds: components["schemas"]["RewindEntry"][];
+            /** @enum {unknown} */
+            state: "crashed" | "failed" | "finished" | "killed" | "running";
+            summary: Record<string, unknown>;
+            tags: string[];
+            team: string;
+            /** @description Unix seconds */
+            updated_at?: number;
+            user?: string;
+        };
         /**
          * RunEdit
-         * @description Fields left out stay as they are; notes sent as null are cleared.
+         * @description Fields left out stay as they are; notes, group and job_type sent as null are cleared.
          */
         RunEdit: {
             /** @description keys merged into the config, nested objects merged key by key (as run.config.update) */
             config?: Record<string, unknown>;
+            /** @description dotted config keys to delete (opt.lr: the key lr of opt), each with what it holds; none of them a key config sets in the same edit */
+            config_delete?: string[];
+            group?: string | null;
+            job_type?: string | null;
             name?: string;
             notes?: string | null;
             /** @description keys set as explicit summary values, which win over the ones computed from metrics */
             summary?: Record<string, unknown>;
+            /** @description dotted summary keys to delete: an explicit value goes, and a value computed from a metric is hidden until the metric is logged again; none of them a key summary sets in the same edit */
+            summary_delete?: string[];
             tags?: string[];
         };
         /**
@@ -5797,6 +7313,65 @@ export interface components {
         /** Teams */
         Teams: {
             teams: components["schemas"]["Team"][];
+        };
+        /** Version */
+        Version: {
+            /** @description latest on the newest version, and user aliases */
+            aliases: string[];
+            /** @description Unix seconds */
+            created_at: number;
+            description: string;
+            /** @description the manifest blob's SHA-256 */
+            digest: string;
+            file_count: number;
+            /** @description 0 for the first version stored */
+            index: number;
+            metadata: Record<string, unknown>;
+            name: string;
+            project: string;
+            /** @description the run that first logged it */
+            run_id: string;
+            /** @description bytes of its files */
+            size: number;
+            team: string;
+            type: string;
+            /** @description v<index> */
+            version: string;
+        };
+        /** VersionWithFiles */
+        VersionWithFiles: {
+            /** @description latest on the newest version, and user aliases */
+            aliases: string[];
+            /** @description Unix seconds */
+            created_at: number;
+            description: string;
+            /** @description the manifest blob's SHA-256 */
+            digest: string;
+            file_count: number;
+            /** @description a page of its files by path (files_limit, files_offset) */
+            files: components["schemas"]["ArtifactFile"][];
+            /** @description how many files it has */
+            files_total: number;
+            /** @description 0 for the first version stored */
+            index: number;
+            metadata: Record<string, unknown>;
+            name: string;
+            project: string;
+            /** @description the run that first logged it */
+            run_id: string;
+            /** @description bytes of its files */
+            size: number;
+            team: string;
+            type: string;
+            /** @description v<index> */
+            version: string;
+        };
+        /** Versions */
+        Versions: {
+            /** @description how many versions it has */
+            total: number;
+            /** @description a page, newest first */
+            versions: components["schemas"]["Version"][];
         };
         /** Whoami */
         Whoami: {

@@ -5,6 +5,8 @@ import { getApiKey, setApiKey, setShareToken } from "./api";
 import { append, clear, errorBox, h } from "./dom";
 import { navigate } from "./nav";
 import { alertsPage } from "./pages/alerts";
+import { artifactsPage } from "./pages/artifacts";
+import { projectSettingsPage } from "./pages/project-settings";
 import { projectsPage } from "./pages/projects";
 import { reportPage, reportsPage, sharedReportPage } from "./pages/reports";
 import { runPage } from "./pages/run";
@@ -22,6 +24,10 @@ const ROUTES: Array<[RegExp, Page]> = [
   [new RegExp(`^/projects/${P}/${P}/?$`), workspacePage],
   [new RegExp(`^/projects/${P}/${P}/runs/${P}/?$`), runPage],
   [new RegExp(`^/projects/${P}/${P}/alerts/?$`), alertsPage],
+  [new RegExp(`^/projects/${P}/${P}/artifacts/?$`), artifactsPage],
+  [new RegExp(`^/projects/${P}/${P}/artifacts/${P}/?$`), artifactsPage],
+  [new RegExp(`^/projects/${P}/${P}/artifacts/${P}/${P}/?$`), artifactsPage],
+  [new RegExp(`^/projects/${P}/${P}/settings/?$`), projectSettingsPage],
   [new RegExp(`^/projects/${P}/${P}/reports/?$`), reportsPage],
   [new RegExp(`^/projects/${P}/${P}/reports/${P}/?$`), reportPage],
   [new RegExp(`^/share/${P}/?$`), sharedReportPage],

@@ -20,6 +20,7 @@ export async function projectsPage(root: HTMLElement): Promise<void> {
       return h("tr", null,
         h("td", null, h("a", { href: base }, `${p.team}/${p.name}`), p.description ? h("div.muted", null, p.description) : null),
         h("td.num", null, p.run_count), h("td", null, p.visibility), h("td", null, fmtTime(p.created_at)),
-        h("td", null, h("a", { href: `${base}/alerts` }, "alerts"), " · ", h("a", { href: `${base}/reports` }, "reports")));
+        h("td", null, h("a", { href: `${base}/artifacts` }, "artifacts"), " · ", h("a", { href: `${base}/alerts` }, "alerts"), " · ",
+          h("a", { href: `${base}/reports` }, "reports")));
     }))));
 }

@@ -1,12 +1,16 @@
-// One run: overview (live state, config, summary, git and its diff), charts of every metric,
-// system metrics, console log, files and media.
+// One run: overview (live state, config, summary, git and its diff, its fork and rewinds), charts
+// of every metric, system metrics, console log, files, media and the artifacts it logged and used;
+// moving it to another project and deleting it, each behind a dialog.
 
-import { BlobUrls, fetchText, get, patch, qs } from "../api";
+import { BlobUrls, del, fetchText, get, patch, post, qs } from "../api";
 import type { Answer, GitInfo, MediaMeta, Run, RunFile } from "../answers";
 import { ChartPanel, type Line, type PanelSpec, stepMetricOf, xOfStepMetric } from "../chart";
+import { dangerDialog } from "../confirm";
 import { relativeTime, seriesLoader } from "../data";
 import { debounce, errorBox, guarded, h, replace } from "../dom";
-import { projectNav } from "../nav";
+import { navigate, projectNav } from "../nav";
+import { whoami } from "../session";
+import { versionsTable } from "./artifacts";
 import { colorOf, fmtAgo, fmtBytes, fmtDuration, fmtNum, fmtTime, flatten } from "../util";
 
 const enc = encodeURIComponent;
@@ -37,11 +41,45 @@ export function diffView(patchText: string): HTMLElement {
 export async function runPage(root: HTMLElement, [team, project, runId]: string[], signal?: AbortSignal): Promise<() => void> {
   const path = `/runs/${enc(team)}/${enc(project)}/${enc(runId)}`;
   let run: Run = await get<Run>(path, signal);
+  // Deleting and moving need a project admin: an anonymous reader (a public project) is not offered them.
+  const me = await whoami();
+  const mayChange = me.local_admin || !!me.user;
   root.append(projectNav(team, project, ""));
   const stateBadge = h("span", { className: `state state-${run.state}` }, run.state);
   const heartbeat = h("span.muted.heartbeat");
   const title = h("h2.run-title", null, h("span.swatch.big", { style: { background: colorOf(run.id) } }), ` ${run.name || run.id} `,
-    stateBadge, " ", heartbeat);
+    stateBadge, " ", heartbeat, h("span.spacer"),
+    mayChange ? h("button.move-run", { onclick: () => void moveRun() }, "Move to project…") : null,
+    mayChange ? h("button.danger.delete-run", { onclick: () => void deleteRun() }, "Delete run…") : null);
+  const deleteRun = () => dangerDialog({
+    title: `Delete run ${run.name || run.id}?`,
+    body: h("p", null, "Its metrics, system metrics, console log, files and media are deleted for good, and so are the ",
+      "artifact versions it logged that no other run logged or used. This cannot be undone."),
+    action: "Delete run",
+    typed: run.name || run.id,
+    run: async () => { await del(path); },
+  }).then((deleted) => { if (deleted) navigate(`/projects/${enc(team)}/${enc(project)}`); });
+  const moveRun = async () => {
+    const others = (await get<Answer<"/projects">>("/projects").catch(() => ({ projects: [] as Answer<"/projects">["projects"] })))
+      .projects.filter((p) => p.team === team && p.name !== project);
+    const target = h("input.move-target", { name: "move-target", list: "move-projects", placeholder: "project", size: 28, autocomplete: "off" });
+    let movedTo = "";
+    const moved = await dangerDialog({
+      title: `Move run ${run.name || run.id} to another project`,
+      body: h("p", null, `The run, with its history, files and media, moves to another project of team ${team} `,
+        "(made if missing); links to its old page stop working. A running run cannot move."),
+      fields: h("label.block", null, `project of ${team}: `, target,
+        h("datalist#move-projects", null, others.map((p) => h("option", { value: p.name })))),
+      action: "Move run",
+      run: async () => {
+        const to = target.value.trim();
+        if (!to) throw new Error("name the project to move the run to");
+        const answer = await post<Answer<"/runs/{team}/{project}/{run_id}/move", "post">>(`${path}/move`, { project: to });
+        movedTo = `/projects/${enc(answer.team)}/${enc(answer.project)}/runs/${enc(answer.run_id)}`;
+      },
+    });
+    if (moved && movedTo) navigate(movedTo);
+  };
   const tabsEl = h("nav.tabs.run-tabs");
   const content = h("div.run-content");
   root.append(title, tabsEl, content);
@@ -79,17 +117,19 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
     const notes = h("textarea.notes", { rows: 3, placeholder: "notes" }, run.notes ?? "");
     const saved = h("span.muted");
     notes.addEventListener("change", async () => {
-      try { run = await patch<RunPatch>(path, { notes: notes.value || null }); saved.textContent = "saved"; }
+      // The edit's answer is the run without its fork and rewinds: keep those from the run's answer.
+      try { run = { ...run, ...await patch<RunPatch>(path, { notes: notes.value || null }) }; saved.textContent = "saved"; }
       catch (err) { saved.replaceChildren(errorBox(err)); }
     });
     const tagsInput = h("input.tags-input", { value: (run.tags ?? []).join(", "), size: 40 });
     tagsInput.addEventListener("change", async () => {
       try {
-        run = await patch<RunPatch>(path, { tags: tagsInput.value.split(",").map((t) => t.trim()).filter(Boolean) });
+        run = { ...run, ...await patch<RunPatch>(path, { tags: tagsInput.value.split(",").map((t) => t.trim()).filter(Boolean) }) };
         saved.textContent = "saved";
       } catch (err) { saved.replaceChildren(errorBox(err)); }
     });
     const runtime = run.finished_at ? run.finished_at - run.created_at : (run.heartbeat_at ?? 0) - run.created_at;
+    const { fork, rewinds } = run;
     const diffBox = h("div.diff-box");
     replace(content,
       h("div.overview", null,
@@ -99,6 +139,10 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
           ["group", run.group], ["job type", run.job_type], ["user", run.user], ["host", run.host],
           ["command", h("code", null, [run.program, ...(run.args ?? [])].filter(Boolean).join(" "))],
           ["python", run.python],
+          ["forked from", fork ? h("span.fork", null, h("a", { href: `/projects/${enc(team)}/${enc(project)}/runs/${enc(fork.run_id)}` }, fork.run_id),
+            ` at step ${fork.step}`) : null],
+          ["rewound", rewinds?.length ? h("span.rewinds", null, rewinds.map((r, i) =>
+            h("span", null, i ? "; " : "", `to step ${r.step} (${fmtTime(r.at)})`))) : null],
           ["tags", tagsInput],
         ]),
         // A failed run's traceback, under its state (the server clears it when the run resumes).
@@ -252,9 +296,20 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
     replace(content, status, ...sections);
   };
 
+  // Artifact versions the run logged (it is their producer) and used (its inputs), each linking to its page.
+  const artifactsTab: Tab = async (content, alive, tabSignal) => {
+    const { logged, used } = await get<Answer<"/runs/{team}/{project}/{run_id}/artifacts">>(`${path}/artifacts`, tabSignal);
+    if (!alive()) return;
+    replace(content, h("div.run-artifacts", null,
+      h("section.run-logged", null, h("h3", null, "Logged ", h("span.muted", null, String(logged.length))),
+        logged.length ? versionsTable(logged, { withName: true, producer: false }) : h("p.muted", null, "this run logged no artifact")),
+      h("section.run-used", null, h("h3", null, "Used ", h("span.muted", null, String(used.length))),
+        used.length ? versionsTable(used, { withName: true }) : h("p.muted", null, "this run used no artifact"))));
+  };
+
   const tabs: Array<[string, Tab]> = [
     ["overview", overview], ["charts", (p, a, s) => charts(false, p, a, s)], ["system", (p, a, s) => charts(true, p, a, s)],
-    ["console", consoleTab], ["files", filesTab], ["media", mediaTab],
+    ["console", consoleTab], ["files", filesTab], ["media", mediaTab], ["artifacts", artifactsTab],
   ];
   let opened = 0;
   let tabAbort: AbortController | null = null;
