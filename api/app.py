@@ -29,10 +29,13 @@ from runstream.api import (
     history,
     home,
     ingest,
+    panels,
     quotas,
     reports,
     runs,
+    sweeps,
     teams,
+    views,
 )
 from runstream.api.backend import Backend
 from runstream.api.errors import EXCEPTION_HANDLERS
@@ -125,6 +128,9 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         *alert_rules.routes,
         *teams.routes,
         *deletion.routes,
+        *sweeps.routes,
+        *panels.routes,
+        *views.routes,
         *home.routes(),  # last: the UI's assets are mounted at /
     ]
     handlers = {**EXCEPTION_HANDLERS, quotas.QuotaExceeded: quotas.on_quota_exceeded}  # 429 with Retry-After

@@ -214,3 +214,5 @@ async def decode_body(
         raise refused(declared, exc) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # msgspec's own limit on nesting: a client error, not the server's
+        raise ApiError(400, "the body's JSON is nested too deeply") from None

@@ -55,7 +55,7 @@ class MetricDefinition(TypedDict):
     summary: str | None
 
 
-_RunState = Literal["running", "finished", "failed", "killed", "crashed"]
+_RunState = Literal["running", "finished", "failed", "killed", "crashed", "stopped"]
 
 
 class _RunIdentity(TypedDict):
@@ -90,6 +90,7 @@ class _RunDetails(TypedDict, total=False):
             "metric and sets it wins"
         ),
     ]
+    sweep: Annotated[str | None, Meta(description="the sweep the run belongs to (docs/sweeps.md)")]
 
 
 # RunFields and Run differ only in whether these fields are required, which a TypedDict cannot
@@ -140,6 +141,7 @@ RUN_FIELDS = (
     "git",
     "error",
     "metrics",
+    "sweep",
 )
 
 

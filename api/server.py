@@ -128,15 +128,19 @@ def _load_demo(url: str) -> None:
                 return
     except OSError:
         pass  # 404: not loaded yet
-    print("logging the demo sweep (24 runs, about 20 s) ...", flush=True)
+    print("logging the demo sweep (24 runs, a minute or two) ...", flush=True)
     # This machine's own server needs no key (a key for another server would be refused).
     env = {k: v for k, v in os.environ.items() if k != "RUNSTREAM_API_KEY"} | {"RUNSTREAM_URL": url}
-    demo = subprocess.Popen([sys.executable, "-m", "runstream.demo", "--url", url], env=env, stdout=subprocess.DEVNULL)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "runstream.demo", "--url", url], env=env, stdout=subprocess.PIPE, text=True
+    )
     atexit.register(_stop, demo)  # Ctrl-C on the server ends the demo too
-    if demo.wait() != 0:
+    out, _ = demo.communicate()  # the runs' console lines, then the demo's summary (JSON) as the last line
+    if demo.returncode != 0:
         print(f"the demo failed (exit {demo.returncode}); the server keeps running", file=sys.stderr, flush=True)
         return
-    print(f"demo loaded: open {url}", flush=True)
+    sweep_url = orjson.loads(out.splitlines()[-1])["sweep_url"]
+    print(f"demo loaded: open {url}  (its sweep: {sweep_url})", flush=True)
 
 
 def _stop(process: subprocess.Popen) -> None:

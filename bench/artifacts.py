@@ -23,63 +23,18 @@ import json
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from infra.net import free_port
+from bench.embedded import EmbeddedServer
 
-RUNSTREAM = Path(sys.executable).parent / "runstream"
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = "bench-artifacts"
 DEDUP_FILES = 10
-
-
-def _env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNSTREAM_", "WANDB_"))}
-    return {
-        **env,
-        "RUNSTREAM_CONFIG": str(data_dir / "no-config.toml"),
-        "RUNSTREAM_DATA_DIR": str(data_dir),
-        "RUNSTREAM_CLICKHOUSE_DSN": f"chdb://{data_dir / 'clickhouse'}",
-    }
-
-
-class Server:
-    """``runstream server`` on ``data_dir``; the local admin (no key) logs and reads, as on a laptop."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [RUNSTREAM, "server", "--port", str(self.port)],
-            env=_env(data_dir),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/api/v1/health", timeout=2).close()
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.process.kill()
-                    raise RuntimeError("the server did not start") from None
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def write_random(path: Path, size: int) -> None:
@@ -193,7 +148,7 @@ def main() -> None:
     size = args.size_mb * 10**6
     source = work / "big" / "payload.bin"
     write_random(source, size)
-    server = Server(data_dir)
+    server = EmbeddedServer(data_dir)
     try:
         up = _spawn("--child", "upload", "--url", server.url, "--source", str(source), "--workdir", str(work))
         stored_big = store_bytes(data_dir)

@@ -35,23 +35,19 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from infra.net import free_port
+from bench.embedded import RUNSTREAM, EmbeddedServer, server_env
 
-RUNSTREAM = Path(sys.executable).parent / "runstream"
 CALM_RUNS, CALM_STEPS = 20, 2000
 FLOOD_METRICS = 10
 RAMP_S = 1.0  # from starting the flooders to measuring under their flood
@@ -60,62 +56,16 @@ RAMP_S = 1.0  # from starting the flooders to measuring under their flood
 # -- the server ----------------------------------------------------------------------------------
 
 
-def _env(data_dir: Path, quotas: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTREAM_")}
-    return {
-        **env,
-        "RUNSTREAM_CONFIG": str(data_dir / "no-config.toml"),
-        "RUNSTREAM_DATA_DIR": str(data_dir),
-        "RUNSTREAM_CLICKHOUSE_DSN": f"chdb://{data_dir / 'clickhouse'}",
-        **quotas,
-    }
-
-
 def create_key(data_dir: Path, team: str, user: str) -> str:
     """``runstream keys create`` on the (stopped) server's database: the key it prints."""
     out = subprocess.run(
         [RUNSTREAM, "keys", "create", "--team", team, "--user", user],
-        env=_env(data_dir, {}),
+        env=server_env(data_dir),
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     return next(line.strip() for line in out.splitlines() if line.strip().startswith("rs_"))
-
-
-class Server:
-    def __init__(self, data_dir: Path, quotas: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [RUNSTREAM, "server", "--port", str(self.port)],
-            env=_env(data_dir, quotas),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/api/v1/health", timeout=2).close()
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.process.kill()
-                    raise RuntimeError("the server did not start") from None
-                time.sleep(0.2)
-
-    def cpu_s(self) -> float:
-        """User + system CPU seconds of the server process so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 # -- requests ------------------------------------------------------------------------------------
@@ -289,12 +239,12 @@ class Mode:
         self.name = name
         data_dir.mkdir(parents=True, exist_ok=True)
         self.keys = {team: create_key(data_dir, team, f"{team}-user") for team in ("flood", "calm")}
-        seeding = Server(data_dir, {})  # the default quotas: the seed is 80,000 points at once
+        seeding = EmbeddedServer(data_dir)  # the default quotas: the seed is 80,000 points at once
         try:
             seed(seeding.url, self.keys["calm"])
         finally:
             seeding.stop()
-        self.server = Server(data_dir, quotas)
+        self.server = EmbeddedServer(data_dir, quotas)
         try:
             chart_latencies(self.server.url, self.keys["calm"], 2)  # warm-up
         except BaseException:

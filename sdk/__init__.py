@@ -3,7 +3,7 @@
 ``import runstream as wandb`` works for scripts written for Weights & Biases:
 ``init``, ``log``, ``config``, ``summary``, ``define_metric``, ``alert``,
 ``save``, ``watch``, ``finish``, ``Image``, ``Histogram``, ``Table``, ``Api``, ``Artifact``,
-``log_artifact``, ``use_artifact``, ``log_model``, ``use_model``.
+``log_artifact``, ``use_artifact``, ``log_model``, ``use_model``, ``sweep``, ``agent``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlertLevel", "Api", "Artifact", "Error", "Histogram", "Image", "Plotly", "Run", "Settings", "Table",
-    "alert", "config", "define_metric", "finish", "init", "log", "log_artifact", "log_model", "run", "save",
-    "summary", "unwatch", "use_artifact", "use_model", "watch",
+    "agent", "alert", "config", "define_metric", "finish", "init", "log", "log_artifact", "log_model", "run", "save",
+    "summary", "sweep", "unwatch", "use_artifact", "use_model", "watch",
 ]  # fmt: skip
 
 #: The last run started, like ``wandb.run`` (None before ``init()`` and once that run has finished);
@@ -110,4 +110,8 @@ def __getattr__(name: str) -> Any:
         from runstream.public_api import Api
 
         return Api
+    if name in ("sweep", "agent"):  # the sweep configuration's parser (YAML) loads on first use
+        from runstream import sweeps
+
+        return getattr(sweeps, name)
     raise AttributeError(f"module 'runstream' has no attribute {name!r}")

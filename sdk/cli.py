@@ -470,6 +470,51 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace, settings: Settings) -> int:
+    from runstream.public_api import ApiError
+    from runstream.sweep_config import SweepConfigError
+    from runstream.sweeps import create, set_state
+
+    try:
+        if args.state:  # steer an existing sweep: TARGET is its path
+            changed = set_state(args.target, args.state, project=args.project, entity=args.entity)
+            print(f"sweep {args.target} is {changed.get('state', args.state)}")
+            return 0
+        path = create(args.target, project=args.project, entity=args.entity, name=args.name)
+    except SweepConfigError as exc:
+        print(f"error: {args.target} is not a valid sweep configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        print("fix these and run `runstream sweep` again (docs/sweeps.md lists the keys)", file=sys.stderr)
+        return 2
+    except ApiError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"created sweep {path}")
+    print("start an agent on each machine that should train (in the program's directory):")
+    print(f"  runstream agent {path}")
+    return 0
+
+
+def _agent(args: argparse.Namespace, settings: Settings) -> int:
+    from runstream.public_api import ApiError
+    from runstream.sweep_config import SweepConfigError
+    from runstream.sweeps import agent
+
+    try:
+        agent(args.sweep, count=args.count, project=args.project, entity=args.entity)
+    except KeyboardInterrupt:
+        print("runstream agent: interrupted; its run (if one was going) was ended", file=sys.stderr)
+        return 130
+    except ApiError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except SweepConfigError as exc:  # a sweep the server took, that this SDK cannot run
+        print(f"error: the sweep's configuration cannot be run here: {'; '.join(exc.problems)}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runstream", description="runstream: a self-hostable ML experiment tracker")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -605,6 +650,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="the server (default: RUNSTREAM_URL or the saved one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_export)
+
+    p = commands.add_parser(
+        "sweep",
+        help="create a hyperparameter sweep from a W&B-style YAML file, or pause, resume, stop or cancel one",
+    )
+    p.add_argument(
+        "target", metavar="CONFIG_OR_SWEEP", help="the sweep's YAML/JSON file; with a state flag, team/project/id"
+    )
+    p.add_argument("--project", help="the project (default: the file's `project`, RUNSTREAM_PROJECT, or uncategorized)")
+    p.add_argument("--entity", help="the team (default: the file's `entity`, RUNSTREAM_ENTITY, or default)")
+    p.add_argument("--name", help="the sweep's name (default: the file's `name`)")
+    states = p.add_mutually_exclusive_group()
+    for flag, state, what in (
+        ("--pause", "paused", "agents wait, running runs go on"),
+        ("--resume", "running", "a paused or stopped sweep hands out runs again"),
+        ("--stop", "stopped", "no new runs; running ones finish"),
+        ("--cancel", "canceled", "no new runs; running ones are told to stop"),
+    ):
+        states.add_argument(flag, dest="state", action="store_const", const=state, help=what)
+    p.set_defaults(run=_sweep, state=None)
+
+    p = commands.add_parser("agent", help="run a sweep's suggestions here, one run at a time (start one per machine)")
+    p.add_argument("sweep", metavar="SWEEP", help="team/project/id, as `runstream sweep` printed it")
+    p.add_argument("--count", type=int, help="the most runs this agent runs (default: until the sweep is done)")
+    p.add_argument("--project", help="the project, when SWEEP is a bare id (default: RUNSTREAM_PROJECT)")
+    p.add_argument("--entity", help="the team, when SWEEP names none (default: RUNSTREAM_ENTITY, or default)")
+    p.set_defaults(run=_agent)
     return parser
 
 

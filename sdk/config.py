@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator, Mapping
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from runstream import events
 from runstream.values import json_safe
+
+log = logging.getLogger("runstream")
 
 
 class ConfigError(ValueError):
@@ -24,6 +27,13 @@ class Config:
     def __init__(self, on_change: Callable[[dict[str, Any]], None] | None = None) -> None:
         object.__setattr__(self, "_items", {})
         object.__setattr__(self, "_on_change", on_change)
+        object.__setattr__(self, "_locked", set())  # keys a sweep set (``lock``)
+        object.__setattr__(self, "_warned", False)
+
+    def lock(self, keys: Iterable[str]) -> None:
+        """Keys a sweep set: W&B's sweep values win, so an update of them without ``allow_val_change=True``
+        is ignored (with one warning per run), not refused."""
+        self._locked.update(keys)
 
     def on_change(self, callback: Callable[[dict[str, Any]], None] | None) -> None:
         object.__setattr__(self, "_on_change", callback)
@@ -47,6 +57,15 @@ class Config:
                     f"config key {key!r}: keys must be non-empty and nest at most {events.MAX_TREE_DEPTH} "
                     "levels (dotted keys count as levels)"
                 )
+            if key in self._locked and self._items.get(key) != value and not allow_val_change:
+                if not self._warned:
+                    object.__setattr__(self, "_warned", True)
+                    log.warning(
+                        "runstream: config key %r was set by the sweep, which wins: the change is ignored "
+                        "(this is said once; pass allow_val_change=True to change a sweep's key)",
+                        key,
+                    )
+                continue
             if key in self._items and self._items[key] != value and not allow_val_change:
                 raise ConfigError(
                     f"config key {key!r} is already {self._items[key]!r}; to change it to {value!r}, "

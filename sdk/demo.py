@@ -1,22 +1,25 @@
 """``runstream demo``: a realistic sweep logged through the real SDK to a running server.
 
-24 runs of a small simulated training loop over learning rate, batch size and
-optimizer, with diverse curves, system metrics, a git commit with an
-uncommitted diff, media (images when Pillow is installed, histograms, a table),
-and three runs that show the tracker's alerting:
+A grid sweep (docs/sweeps.md) of 24 runs of a small simulated training loop over
+learning rate, batch size and optimizer, run by ``runstream.agent()`` in this
+process, with diverse curves, system metrics, a git commit with an uncommitted
+diff, media (images when Pillow is installed, histograms, a table), and three
+runs that show the tracker's alerting:
 
 - one whose loss diverges, which fires the project's divergence rule;
 - one that fails with a traceback (state ``failed``);
 - one whose process is killed mid-training, which the server marks ``crashed``
   once it has been silent for ``RUNSTREAM_CRASH_TIMEOUT`` seconds (90 by default),
-  firing the run-state rule.
+  firing the run-state rule; the sweep is finished from then on (the agent leaves once it ran
+  every cell: nobody waits for that).
 
 It needs only the SDK and the server's API (the rules are created through it).
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import json
 import math
 import os
 import random
@@ -26,15 +29,18 @@ import tempfile
 import textwrap
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import quote
 
 import orjson
 
 import runstream
 from runstream.public_api import Api, ApiError
+from runstream.sweeps import create as create_sweep
+from runstream.sweeps import environment
 
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
 BATCH_SIZES = (32, 64, 128)
@@ -42,6 +48,19 @@ OPTIMIZERS = ("adam", "sgd")
 DIVERGING = (3e-3, 32, "sgd")
 FAILING = (1e-4, 128, "adam")
 CRASHING = (3e-4, 128, "sgd")
+#: The demo's sweep: every combination once, judged by the validation loss.
+SWEEP = {
+    "name": "lr x batch size x optimizer",
+    "method": "grid",
+    "metric": {"name": "val/loss", "goal": "minimize"},
+    "parameters": {
+        "lr": {"values": list(LEARNING_RATES)},
+        "batch_size": {"values": list(BATCH_SIZES)},
+        "optimizer": {"values": list(OPTIMIZERS)},
+    },
+}
+#: How the agent's progress lines begin (sdk/sweeps.py): the demo's progress bar says as much.
+AGENT_PREFIX = "runstream agent: "
 
 
 @dataclass
@@ -51,10 +70,15 @@ class DemoResult:
     project: str
     runs: int
     seconds: float
+    sweep: str  # team/project/sweep_id
 
     @property
     def project_url(self) -> str:
-        return f"{self.url}/projects/{self.team}/{self.project}"
+        return f"{self.url}/projects/{quote(self.team, safe='')}/{quote(self.project, safe='')}"
+
+    @property
+    def sweep_url(self) -> str:
+        return f"{self.project_url}/sweeps/{quote(self.sweep.rsplit('/', 1)[-1], safe='')}"
 
 
 def run_demo(
@@ -64,30 +88,71 @@ def run_demo(
     started = time.monotonic()
     api = Api(url=url, api_key=api_key)
     _create_rules(api, team, project)
-    grid = list(itertools.product(LEARNING_RATES, BATCH_SIZES, OPTIMIZERS))
     workdir = Path(tempfile.mkdtemp(prefix="runstream-demo-"))
     repo = _git_repo(workdir / "mnist-sweep")
-    bar = _progress(len(grid), progress)
+    runs = len(LEARNING_RATES) * len(BATCH_SIZES) * len(OPTIMIZERS)
+    bar = _progress(runs, progress)
     previous = os.getcwd()
     os.chdir(repo)  # the runs record this repository's commit and uncommitted diff
     try:
-        for lr, batch_size, optimizer in grid:
-            config = {
-                "lr": lr,
-                "batch_size": batch_size,
-                "optimizer": optimizer,
-                "epochs": 10,
-                "model": {"layers": 3 if batch_size < 128 else 4, "dropout": 0.1},
-            }
-            if (lr, batch_size, optimizer) == CRASHING:
-                _crashing_run(url, api_key, team, project, config, workdir, steps)
-            else:
-                _training_run(url, api_key, team, project, config, workdir, steps)
-            bar.update(1)
+        # runstream.sweeps reads the server from the environment, as a user's sweep and agent do.
+        with environment({"RUNSTREAM_URL": url, "RUNSTREAM_API_KEY": api_key}):
+            sweep = create_sweep(SWEEP, project=project, entity=team)
+            with contextlib.redirect_stderr(_WithoutAgentLines(sys.stderr)):
+                # count: the agent leaves once it ran every cell; the sweep finishes once the killed run is
+                # marked crashed (after RUNSTREAM_CRASH_TIMEOUT), which nobody need wait for.
+                runstream.agent(sweep, function=_trainer(url, api_key, workdir, steps, bar), count=runs)
     finally:
         os.chdir(previous)
         bar.close()
-    return DemoResult(url, team, project, len(grid), time.monotonic() - started)
+    return DemoResult(url, team, project, runs, time.monotonic() - started, sweep)
+
+
+def _trainer(url: str, api_key: str, workdir: Path, steps: int, bar: Any) -> Callable[[], None]:
+    """The agent's ``function``: one run of the suggestion it was handed."""
+
+    def train() -> None:
+        # The suggestion names the run and picks its story before init(), which takes it into run.config.
+        suggestion = json.loads(Path(os.environ["RUNSTREAM_SWEEP_PARAM_PATH"]).read_text())
+        cell = (suggestion["lr"], suggestion["batch_size"], suggestion["optimizer"])
+        config = {
+            "epochs": 10,
+            "model": {"layers": 3 if suggestion["batch_size"] < 128 else 4, "dropout": 0.1},
+        }
+        name = f"{suggestion['optimizer']}-lr{suggestion['lr']:g}-bs{suggestion['batch_size']}"
+        if cell == CRASHING:
+            _crashing_run(url, api_key, name, {**config, **suggestion}, workdir, steps)
+        else:
+            meta = {"group": suggestion["optimizer"], "tags": ["demo", f"bs{suggestion['batch_size']}"]}
+            _training_run(url, api_key, name, config, meta, workdir, steps, failing=cell == FAILING)
+        bar.update(1)
+
+    return train
+
+
+class _WithoutAgentLines:
+    """``sys.stderr`` without the agent's progress lines (the bar shows the progress); all else passes, and
+    everything but writing is the original's (``isatty``, ``fileno``, ``encoding``), as the console tee's."""
+
+    def __init__(self, target: TextIO) -> None:
+        self.target = target
+        self.pending = ""  # a line not yet ended
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            if not line.startswith(AGENT_PREFIX):
+                self.target.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending and not AGENT_PREFIX.startswith(self.pending[: len(AGENT_PREFIX)]):
+            self.target.write(self.pending)  # not the agent's: pass it on now, as a flush asks
+            self.pending = ""
+        self.target.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target, name)
 
 
 def _create_rules(api: Api, team: str, project: str) -> None:
@@ -135,22 +200,21 @@ def _curve(config: dict[str, Any], step: int, steps: int, rng: random.Random) ->
 
 
 def _training_run(
-    url: str, api_key: str, team: str, project: str, config: dict[str, Any], workdir: Path, steps: int
+    url: str,
+    api_key: str,
+    name: str,
+    config: dict[str, Any],
+    meta: dict[str, Any],
+    workdir: Path,
+    steps: int,
+    failing: bool,
 ) -> None:
-    rng = random.Random(zlib.crc32(repr(sorted(config.items())).encode()))  # the same curves on every machine
-    name = f"{config['optimizer']}-lr{config['lr']:g}-bs{config['batch_size']}"
-    failing = (config["lr"], config["batch_size"], config["optimizer"]) == FAILING
+    """One run in this process: its team, project, id and the sweep's parameters come from the agent."""
     run = runstream.init(
-        entity=team,
-        project=project,
-        name=name,
-        config=config,
-        dir=workdir,
-        group=config["optimizer"],
-        job_type="train",
-        tags=["demo", f"bs{config['batch_size']}"],
-        settings=_settings(url, api_key),
+        name=name, config=config, dir=workdir, job_type="train", settings=_settings(url, api_key), **meta
     )
+    config = run.config.as_dict()  # the sweep's suggestion is in it now
+    rng = random.Random(zlib.crc32(repr(sorted(config.items())).encode()))  # the same curves on every machine
     run.define_metric("val/accuracy", summary="max")
     try:
         with run:  # an exception marks the run failed, with its traceback
@@ -192,14 +256,14 @@ def _sample_image(step: int, rng: random.Random) -> Any:
         return None  # Pillow (or numpy) not installed: no images
 
 
-def _crashing_run(
-    url: str, api_key: str, team: str, project: str, config: dict[str, Any], workdir: Path, steps: int
-) -> None:
-    """A run in its own process that is SIGKILLed mid-training: it never says goodbye."""
+def _crashing_run(url: str, api_key: str, name: str, config: dict[str, Any], workdir: Path, steps: int) -> None:
+    """A run in its own process that is SIGKILLed mid-training: it never says goodbye. It inherits the agent's
+    environment, so it is the sweep's run of this suggestion; the agent goes on when the process is gone."""
     script = textwrap.dedent(f"""
         import os, signal, time, runstream
-        run = runstream.init(entity={team!r}, project={project!r}, name="sgd-lr0.0003-bs128", dir={str(workdir)!r},
-                             config={config!r}, group="sgd", job_type="train", tags=["demo", "bs128"],
+        run = runstream.init(name={name!r}, dir={str(workdir)!r},
+                             config={config!r}, group={config["optimizer"]!r}, job_type="train",
+                             tags=["demo", "bs{config["batch_size"]}"],
                              settings={{"url": {url!r}, "console": False,
                                         "system_interval": 1.0, "heartbeat_interval": 1.0}})
         for step in range({steps // 4}):
@@ -233,6 +297,8 @@ def _git_repo(path: Path) -> Path:
 class _NoBar:
     def update(self, n: int) -> None: ...
 
+    def set_postfix_str(self, text: str) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -258,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     url = args.url or settings.url
     result = run_demo(url, settings.key_for(url), args.team, args.project, progress=not args.quiet)
-    print(orjson.dumps({"runs": result.runs, "seconds": round(result.seconds, 1), "url": result.project_url}).decode())
+    summary = {"runs": result.runs, "seconds": round(result.seconds, 1), "url": result.project_url}
+    print(orjson.dumps(summary | {"sweep": result.sweep, "sweep_url": result.sweep_url}).decode())
     return 0
 
 

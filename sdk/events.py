@@ -104,7 +104,9 @@ TOPIC_OF_TYPE: dict[str, Topic] = {
     ARTIFACT: TOPIC_FILES,
 }
 
-RUN_STATES = ("running", "finished", "failed", "killed", "crashed")
+#: Every state a run may be in: the SDK's ``run_finish`` states, ``crashed`` (decided by the processor) and
+#: ``stopped`` (a run a sweep told to stop that then ended: docs/sweeps.md). ``FINAL_STATES``: the SDK's.
+RUN_STATES = ("running", "finished", "failed", "killed", "crashed", "stopped")
 FINAL_STATES = ("finished", "failed", "killed")
 ALERT_LEVELS = ("INFO", "WARN", "ERROR")
 CONSOLE_STREAMS = ("stdout", "stderr")
@@ -114,6 +116,9 @@ ARTIFACT_ACTIONS = ("log", "use")
 ALIAS_PATTERN = r"[A-Za-z0-9_.\-]{1,64}"
 _ALIAS = re.compile(ALIAS_PATTERN + r"\Z")
 _VERSION_NAME = re.compile(r"v\d+\Z")
+#: A sweep's id (docs/sweeps.md), which a sweep's runs carry in their run_start.
+SWEEP_ID_PATTERN = r"[a-z0-9]{8}"
+_SWEEP_ID = re.compile(SWEEP_ID_PATTERN + r"\Z")
 
 #: How many times one run may be rewound (init(resume_from=...)): each rewind is a segment every read of the
 #: run's history goes through. The SDK refuses more at init; the processor ignores a rewind over it.
@@ -495,6 +500,11 @@ def _check_run_start(data: dict[str, Any]) -> None:
     # init(fork_from=...): the parent's history up to step N, then this run's; init(resume_from=...): a rewind.
     _require(data, "fork", _is_fork, '{"run_id": a run id, "step": a non-negative integer}', optional=True)
     _require(data, "rewind", _is_rewind, '{"step": a non-negative integer}', optional=True)
+    _require(data, "sweep", is_sweep_id, "a sweep id: 8 characters of [a-z0-9]", optional=True)
+
+
+def is_sweep_id(x: Any) -> TypeGuard[str]:
+    return isinstance(x, str) and _SWEEP_ID.match(x) is not None
 
 
 def _is_step(x: Any) -> bool:

@@ -20,6 +20,7 @@ next run on this machine that logs to the same server sends it (or ``runstream s
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import random
@@ -56,6 +57,11 @@ REINIT = ("default", "return_previous", "finish_previous", "create_new")
 RUNS_DIR_NAME = "runstream-runs"
 #: Where runs were kept before; ``runstream sync`` still looks there.
 LEGACY_RUNS_DIR_NAMES = ("runstream",)
+#: What a sweep's agent starts each run with (docs/sweeps.md): the sweep's id, the run's id, and a JSON file
+#: of the run's parameters (nested).
+SWEEP_ID_ENV = "RUNSTREAM_SWEEP_ID"
+RUN_ID_ENV = "RUNSTREAM_RUN_ID"
+SWEEP_PARAM_PATH_ENV = "RUNSTREAM_SWEEP_PARAM_PATH"
 
 _ADJECTIVES = [
     "amber",
@@ -185,7 +191,11 @@ def init(
 
     ``fork_from="RUN_ID?_step=N"``: a new run whose history reads as that run's up to step N, then its
     own (from step N + 1). ``resume_from="RUN_ID?_step=N"``: continue that run from step N + 1, its history
-    after N replaced by what is logged from now on (the replaced part stays stored, readable as such)."""
+    after N replaced by what is logged from now on (the replaced part stays stored, readable as such).
+
+    Started by a sweep's agent (docs/sweeps.md), the run takes its id from ``RUNSTREAM_RUN_ID`` (unless ``id=``
+    is given), belongs to the sweep ``RUNSTREAM_SWEEP_ID``, and its config takes the sweep's parameters
+    (``RUNSTREAM_SWEEP_PARAM_PATH``) over ``config=``."""
     global _exit_code, _terminated_by
     mode = mode or os.environ.get("RUNSTREAM_MODE") or os.environ.get("WANDB_MODE") or "online"
     if mode == "dryrun":
@@ -196,6 +206,11 @@ def init(
         raise ValueError(f"init(resume=...) must be 'allow', 'must', 'never', 'auto' or None, got {resume!r}")
     fork = resuming.run_at_step(fork_from, "fork_from") if fork_from is not None else None
     rewind = resuming.run_at_step(resume_from, "resume_from") if resume_from is not None else None
+    sweep, params = _sweep_env()
+    if sweep is not None:
+        entity, project, id = _sweep_names(entity, project, id)  # noqa: A001
+    if id is None and rewind is None and os.environ.get(RUN_ID_ENV):
+        id = os.environ[RUN_ID_ENV]  # noqa: A001 - a sweep's agent names the run it starts
     if fork or rewind:
         id = _lineage_id(fork, rewind, id, resume)  # noqa: A001
         resume = "must" if rewind else "allow"  # a fork's own id must be new: checked below, with its own words
@@ -222,6 +237,7 @@ def init(
     meta = _given_meta(tags, group, job_type, notes)
     if mode == "disabled":
         run = _disabled_run(team, project, str(id) if id else _new_run_id(), name, config, meta)
+        _apply_sweep(run, params)
         _publish(run)
         return run
 
@@ -271,6 +287,7 @@ def init(
         run.summary.restore(previous.metrics, previous.summary)
     if config is not None:
         run.config.update(config if isinstance(config, Mapping) else vars(config), allow_val_change=True)
+    _apply_sweep(run, params)
     run.on_finish = _forget
     if auto:
         Run._guarded("resume file", lambda: resuming.remember_for_auto_resume(root, run_id))
@@ -280,6 +297,8 @@ def init(
         start["fork"] = {"run_id": fork[0], "step": fork[1]}
     if rewind is not None:
         start["rewind"] = {"step": rewind[1]}
+    if sweep is not None:
+        start["sweep"] = sweep
     run._start(start)
     Run._guarded("unsent runs", lambda: _leftovers(run, root, run_dir))
     if run_settings.git:
@@ -387,6 +406,62 @@ def _check_parent(team: str, project: str, fork: tuple[str, int], mode: str, set
     if parent.last_step is None or fork[1] > parent.last_step:
         logged = "nothing" if parent.last_step is None else f"up to step {parent.last_step}"
         raise Error(f"init(fork_from=...): run {path} logged {logged}, so it cannot be forked at step {fork[1]}")
+
+
+def _sweep_env() -> tuple[str | None, dict[str, Any]]:
+    """The sweep this process's run belongs to and its parameters (nested), from the agent's environment."""
+    sweep = os.environ.get(SWEEP_ID_ENV) or None
+    if sweep is not None and not events.is_sweep_id(sweep):
+        raise ValueError(f"{SWEEP_ID_ENV}={sweep!r} must be a sweep id: 8 characters of [a-z0-9]")
+    path = os.environ.get(SWEEP_PARAM_PATH_ENV)
+    if not path:
+        return sweep, {}
+    try:
+        params = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise Error(f"{SWEEP_PARAM_PATH_ENV}={path}: the sweep's parameters cannot be read ({exc})") from None
+    if not isinstance(params, dict):
+        raise Error(f"{SWEEP_PARAM_PATH_ENV}={path}: the sweep's parameters must be a JSON object")
+    return sweep, params
+
+
+_sweep_warned: set[str] = set()
+
+
+def _sweep_names(entity: str | None, project: str | None, id: str | None) -> tuple[str | None, str | None, str | None]:  # noqa: A002
+    """In a sweep the agent names the run's entity, project and id (``RUNSTREAM_ENTITY``, ``RUNSTREAM_PROJECT``,
+    ``RUNSTREAM_RUN_ID``): ``init()``'s own are ignored, as W&B does, so the run stays the sweep's claim (a run
+    elsewhere would leave it unrun). One warning per name that differs."""
+    given = {"entity": entity, "project": project, "id": id}
+    named = {
+        "entity": os.environ.get("RUNSTREAM_ENTITY"),
+        "project": os.environ.get("RUNSTREAM_PROJECT"),
+        "id": os.environ.get(RUN_ID_ENV),
+    }
+    for what, value in given.items():
+        wanted = named[what]
+        if wanted and value is not None and str(value) != wanted and what not in _sweep_warned:
+            _sweep_warned.add(what)
+            print(
+                f"runstream: init({what}={value!r}) is ignored in a sweep: the sweep's agent runs it as {wanted!r}",
+                file=sys.__stderr__,
+            )
+    return named["entity"] or entity, named["project"] or project, named["id"] or id
+
+
+def _apply_sweep(run: Run, params: dict[str, Any]) -> None:
+    """The sweep's parameters win over ``init(config=...)`` (a nested one is merged into the given object), and
+    keep winning: a later update of their keys is ignored unless it passes ``allow_val_change=True``."""
+    if not params:
+        return
+    run.config.update({k: _merged(run.config.get(k), v) for k, v in params.items()}, allow_val_change=True)
+    run.config.lock(params)
+
+
+def _merged(base: Any, value: Any) -> Any:
+    if not (isinstance(base, Mapping) and isinstance(value, Mapping)):
+        return value
+    return {**base, **{k: _merged(base.get(k), v) for k, v in value.items()}}
 
 
 def _given_meta(tags: Any, group: Any, job_type: Any, notes: Any) -> dict[str, Any]:

@@ -81,7 +81,6 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
         "users": "runstream has no user directory; members are at GET /api/v1/teams/{team}/members",
         "organization": "runstream has no organizations",
         "sync_tensorboard": "log the metrics through runstream.init()",
-        "sweep": "runstream has no sweeps",
         "reports": "reports are at GET /api/v1/projects/{team}/{project}/reports",
         "artifact_types": "use Api.artifact_collections(project, type_name)",
         "artifact_type": "use Api.artifact_collections(project, type_name)",
@@ -117,7 +116,6 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
         "id": "runstream names a project by its path (team, name)",
         "owner": "runstream projects belong to a team, not a user",
         "user": "runstream projects belong to a team, not a user",
-        "sweeps": "runstream has no sweeps",
         "artifacts_types": "use Api.artifact_collections(project, type_name)",
         "collections": "use Api.artifact_collections(project, type_name)",
         "entity_name": "use Project.entity",
@@ -219,6 +217,20 @@ class Project:
     def runs(self, filters: dict[str, Any] | None = None, order: str = "+created_at", per_page: int = 50) -> Runs:
         """The project's runs (``Api.runs`` of this project)."""
         return self._client().runs(f"{self.entity}/{self.name}", filters=filters, order=order, per_page=per_page)
+
+    def sweeps(self, per_page: int = 50) -> list[Sweep]:
+        """The project's sweeps, newest first."""
+        api, found, offset = self._client(), [], 0
+        while True:
+            body = api._request(
+                "GET",
+                f"/projects/{_quoted(self.entity, self.name)}/sweeps",
+                params={"limit": per_page, "offset": offset},
+            )
+            found += [Sweep(api, self.entity, self.name, attrs) for attrs in body["sweeps"]]
+            offset += len(body["sweeps"])
+            if not body["sweeps"] or offset >= body["total"]:
+                return found
 
     def delete(self) -> None:
         """Delete the project and its runs (team admins)."""
@@ -419,6 +431,22 @@ class Api:
             return self.run("/".join(parts[:2] + parts[-1:]))
         raise ValueError(f"expected a project or run path (team/project, team/project/runs/run_id), got {path!r}")
 
+    # -- sweeps (docs/sweeps.md) -----------------------------------------------------------------------
+
+    def sweep(self, path: str) -> Sweep:
+        """The sweep ``"team/project/sweep_id"`` (or ``"project/sweep_id"``, ``"sweep_id"`` in this Api's project)."""
+        parts = _split_path(path, "'team/project/sweep_id'")
+        if len(parts) == 4 and parts[2] == "sweeps":  # a sweep page's path
+            del parts[2]
+        parts = [self.entity, self.default_project][: 3 - len(parts)] + parts if len(parts) < 3 else parts
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"expected a sweep path 'team/project/sweep_id', got {path!r}")
+        team, project, sweep_id = parts
+        attrs = self._request(
+            "GET", f"/projects/{_quoted(team, project)}/sweeps/{quote(sweep_id, safe='')}", what=f"sweep {path}"
+        )
+        return Sweep(self, team, project, attrs)
+
     # -- artifacts (runstream.artifacts) ---------------------------------------------------------------
 
     def artifact(self, name: str, type: str | None = None) -> Any:
@@ -608,6 +636,52 @@ class Api:
                 os.unlink(partial)
             raise
         return target
+
+
+class Sweep:
+    """A sweep (wandb's ``Api().sweep(path)``): its configuration, state, runs and best run, as read."""
+
+    def __init__(self, api: Api, entity: str, project: str, attrs: dict[str, Any]) -> None:
+        self._api = api
+        self._attrs = attrs
+        self.entity = entity
+        self.project = project
+        self.id: str = attrs["sweep_id"]
+        self.name: str = attrs.get("name") or self.id
+        self.config: dict[str, Any] = attrs.get("config") or {}
+        self.state: str = attrs.get("state", "")
+        self.method: str = attrs.get("method", "")
+
+    @property
+    def path(self) -> list[str]:
+        return [self.entity, self.project, self.id]
+
+    @property
+    def url(self) -> str:
+        return f"{self._api.url}/projects/{_quoted(self.entity, self.project)}/sweeps/{quote(self.id, safe='')}"
+
+    @property
+    def runs(self) -> Runs:
+        """The sweep's runs, oldest first."""
+        return self._api.runs(f"{self.entity}/{self.project}", filters={"sweep": self.id})
+
+    @property
+    def expected_run_count(self) -> int | None:
+        """``run_cap`` when the configuration sets one (a grid's size is not counted here)."""
+        cap = self.config.get("run_cap")
+        return cap if isinstance(cap, int) else None
+
+    def best_run(self, order: str | None = None) -> Run | None:
+        """The run with the best value of the sweep's metric (by its goal), or ``order`` (``"-summary.acc"``)."""
+        if order is None:
+            best = self._attrs.get("best")
+            return None if not best else self._api.run(f"{self.entity}/{self.project}/{best['run_id']}")
+        for run in self._api.runs(f"{self.entity}/{self.project}", filters={"sweep": self.id}, order=order, per_page=1):
+            return run
+        return None
+
+    def __repr__(self) -> str:
+        return f"<Sweep {self.entity}/{self.project}/{self.id} ({self.state})>"
 
 
 class Runs:
@@ -920,12 +994,15 @@ class Run:
         return False
 
     @property
-    def sweep_name(self) -> None:
-        return None  # runstream has no sweeps
+    def sweep_name(self) -> str | None:
+        """The id of the sweep that started this run (None for a run of no sweep)."""
+        return self._attrs.get("sweep") or None
 
     @property
-    def sweep(self) -> None:
-        return None
+    def sweep(self) -> Sweep | None:
+        """The sweep that started this run, read when asked for."""
+        sweep_id = self.sweep_name
+        return None if sweep_id is None else self._api.sweep(f"{self.entity}/{self.project}/{sweep_id}")
 
     @property
     def dir(self) -> str:

@@ -49,6 +49,8 @@ Action = Literal[
     "rule.delete",
     "artifact.alias",
     "artifact.unalias",
+    "view.delete",
+    "sweep.state",
 ]
 ACTIONS: tuple[str, ...] = get_args(Action)
 DEFAULT_LIMIT = 50

@@ -78,6 +78,12 @@ EVERY_NODE = frozenset(
         "artifact_aliases",
         "artifact_usage",
         "run_lineage",  # forks and rewinds: one small row per such run, read before the points
+        "sweeps",  # sweeps: small, read by the API per agent request and by the processor per batch
+        "sweep_claims",
+        "sweep_agents",
+        "sweep_milestones",
+        "sweep_stops",
+        "workspace_views",  # saved workspace layouts
     }
 )
 

@@ -65,7 +65,7 @@ MOVED = "moved to "
 #: project (``run_id`` is their producer; handled by ``_owned_artifacts``), tombstones stay.
 _NOT_RUN_KEYED = frozenset({TOMBSTONES, "artifact_versions", "artifact_aliases", "artifact_usage"})
 #: Tables of a project that are not keyed by run, emptied when the project is deleted.
-_PROJECT_TABLES = ("key_catalog", "alert_rules", "reports", "report_links")
+_PROJECT_TABLES = ("key_catalog", "alert_rules", "reports", "report_links", "workspace_views")
 _ARTIFACT_TABLES = ("artifact_versions", "artifact_aliases", "artifact_usage")
 _DISTRIBUTED_CLUSTER = re.compile(r"Distributed\('([^']+)'")
 # A run's rows: its own id and the internal ids of its rewinds (``~`` cannot be in a run id).

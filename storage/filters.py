@@ -127,6 +127,7 @@ _COLUMNS = [
     Column("heartbeat_at", "heartbeat_at", "time"),
     Column("finished_at", "finished_at", "time", nullable=True),
     Column("exit_code", "exit_code", "int", nullable=True),
+    Column("sweep", "sweep_id", "string"),  # the sweep's id; '' for a run of no sweep
 ]
 # wandb's public API spells some fields differently (displayName, createdAt, ...).
 _ALIASES = {
@@ -139,6 +140,7 @@ _ALIASES = {
     "heartbeatAt": "heartbeat_at",
     "finishedAt": "finished_at",
     "username": "user",
+    "sweep_id": "sweep",
 }
 COLUMNS: dict[str, Column] = {c.name: c for c in _COLUMNS}
 COLUMNS |= {alias: COLUMNS[name] for alias, name in _ALIASES.items()}

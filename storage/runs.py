@@ -95,7 +95,8 @@ _PLAIN_COLUMNS = """
     run_id, name, state,
     toUnixTimestamp64Milli(created_at) AS _created_ms, toUnixTimestamp64Milli(updated_at) AS _updated_ms,
     toUnixTimestamp64Milli(heartbeat_at) AS _heartbeat_ms, toUnixTimestamp64Milli(finished_at) AS _finished_ms,
-    exit_code, run_group, job_type, tags, notes, user, host, program, args, python, git, error, metric_defs"""
+    exit_code, run_group, job_type, tags, notes, user, host, program, args, python, git, error, metric_defs,
+    sweep_id"""
 #: The maps, the costly part of a run (the summaries come from a join): a search may leave them out.
 _MAP_COLUMNS = {
     "config": "config, mapFilter((k, v) -> NOT isFinite(v), config_num) AS _config_nonfinite",
@@ -274,6 +275,7 @@ def _run(row: Mapping[str, Any]) -> dict[str, Any]:
         "git": git if isinstance(git, dict) else {},
         "error": row["error"] or None,
         "metrics": _decode(row["metric_defs"] or "[]"),
+        "sweep": row["sweep_id"] or None,
         **{name: _values(row[name], row[f"_{name}_nonfinite"]) for name in MAPS if name in row},
     }
 
@@ -382,6 +384,45 @@ def matching_run_ids(
     if len(ids) > limit:
         raise QueryError(f"the filter matches more than {limit:,} runs; narrow it", limit=limit)
     return ids
+
+
+def select_runs(
+    client: Client,
+    team: str,
+    project: str,
+    select: Sequence[str],
+    params: Mapping[str, Any],
+    filters: Mapping[str, Any] | None = None,
+    order: str = "-created_at",
+    limit: int = MAX_LIMIT,
+    *,
+    summaries: bool = False,
+) -> tuple[list[Sequence[Any]], int]:
+    """Columns of the runs that match, in ``order`` as ``search_runs`` sorts them, at most ``limit``; and how many match.
+
+    ``select`` are SQL expressions over the runs query's columns (``Column.sql``, ``MapKey.text``/``num``,
+    the summaries joined with ``summaries``), their parameters in ``params`` (named apart from ``team``,
+    ``project``, ``f<N>`` and ``sort_*``). One statement, answered column by column: how panels read
+    thousands of runs' values (``storage.panels``).
+    """
+    params = _check_project(team, project) | dict(params)
+    sort = _sort(order)
+    compiled = _where(client, filters)
+    params |= sort.params
+    params |= compiled.params
+    direction = "DESC" if sort.descending else "ASC"
+    joined = summaries or compiled.uses_summary or sort.name[1:].startswith("summary.")
+    sql = f"""{sort.with_}
+SELECT {", ".join(select)}, count() OVER () AS _total,
+    {sort.missing} AS _missing, {sort.number} AS _num, {sort.text} AS _text
+FROM runs FINAL {_SUMMARIES if joined else ""}
+WHERE {_RUNS} AND {compiled.sql}
+ORDER BY _missing ASC, _num {direction}, _text {direction}, run_id {direction}
+LIMIT {int(limit)}"""
+    columns = filtered_query(client, sql, params).result_columns
+    if not columns or not len(columns[0]):
+        return [[] for _ in select], 0
+    return list(columns[: len(select)]), int(columns[len(select)][0])
 
 
 def group_runs(

@@ -377,6 +377,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "config": {},
     "error": None,
     "metrics": [],
+    "sweep": "",
 }
 
 
@@ -387,7 +388,7 @@ def upsert_runs(client: Client, runs: Sequence[Mapping[str, Any]]) -> None:
     (Unix seconds), version, and optionally seen_at (the server's clock when the run
     last sent anything; default heartbeat_at) and the keys of ``RUN_DEFAULTS``
     (``config`` nested, ``git`` a dict, ``error`` a traceback or None, ``metrics`` the
-    define_metric specs, stored as the ``metric_defs`` JSON).
+    define_metric specs, stored as the ``metric_defs`` JSON; ``sweep`` the sweep's id, stored as ``sweep_id``).
     """
     rows = []
     catalog = []
@@ -423,6 +424,7 @@ def upsert_runs(client: Client, runs: Sequence[Mapping[str, Any]]) -> None:
                 "config_num": config_num,
                 "error": run["error"] or "",
                 "metric_defs": orjson.dumps(run["metrics"]).decode(),
+                "sweep_id": run["sweep"] or "",
                 "version": run["version"],
             }
         )

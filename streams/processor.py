@@ -29,6 +29,11 @@ rows and publishes the same events again (alert ids are derived from their
 trigger, so they stay one alert); a crash after it skips what was folded
 (each state remembers the highest seq folded from the runs, metrics and
 system topics).
+
+Runs of a sweep get hyperband early termination as their metric is folded in
+step 2 (``_hyperband``, docs/sweeps.md): a run's value at a bracket goes to
+``sweep_milestones``, and a run worse than the bracket's cut is told to stop
+(``sweep_stops``, the run state's ``stop``, an alert), so that it ends ``stopped``.
 """
 
 from __future__ import annotations
@@ -53,13 +58,14 @@ from runstream.events import (
     FILE,
     METRICS,
     RUN_EDIT,
+    RUN_FINISH,
     RUN_START,
     RUN_STATE,
     RUN_UPDATE,
     SYSTEM,
     Event,
 )
-from runstream.storage import artifacts, buckets, deletion, lineage, processing
+from runstream.storage import artifacts, buckets, deletion, lineage, processing, sweep_stops
 from runstream.storage.history import metric_statistics, run_metrics
 from runstream.storage.writer import (
     RunKey,
@@ -77,6 +83,8 @@ from runstream.storage.writer import (
 from runstream.streams import runstate, summaries
 from runstream.streams.alerting import Evaluator, Fired, Rule, rule_from_row
 from runstream.streams.runstate import RunState, StateChange
+from runstream.streams.sweep_controller import Hyperband
+from runstream.sweep_config import SweepConfigError, validate
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +113,49 @@ class RuleBook:
         with self._lock:
             self._cache[(team, project)] = (now, rules)
         return rules
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """A sweep's hyperband early termination: its metric, the metric's goal, and where the brackets are."""
+
+    sweep_id: str
+    metric: str
+    goal: str
+    hyperband: Hyperband
+    brackets: frozenset[int]
+
+
+class SweepBook:
+    """Each sweep's hyperband (None: the sweep has none, is not known, or its configuration is not valid),
+    read from ClickHouse and cached for ``ttl_s``, as ``RuleBook`` does for rules."""
+
+    def __init__(self, client: Callable[[], Client], ttl_s: float = 1.0) -> None:
+        self._client = client
+        self._ttl_s = ttl_s
+        self._cache: dict[tuple[str, str, str], tuple[float, EarlyStop | None]] = {}
+        self._lock = threading.Lock()
+
+    def early_stop(self, team: str, project: str, sweep_id: str) -> EarlyStop | None:
+        now = time.monotonic()
+        key = (team, project, sweep_id)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit and now - hit[0] < self._ttl_s:
+                return hit[1]
+        found = None
+        raw = sweep_stops.sweep_config(self._client(), team, project, sweep_id)
+        try:
+            cfg = validate(orjson.loads(raw)) if raw is not None else None
+        except (orjson.JSONDecodeError, SweepConfigError) as exc:  # the API validates; a row it did not write
+            log.warning("sweep %s/%s/%s: its configuration is not valid, so no early termination (%s)", *key, exc)
+            cfg = None
+        if cfg is not None and cfg.early_terminate is not None and cfg.metric is not None:
+            hyperband = cfg.early_terminate
+            found = EarlyStop(sweep_id, cfg.metric.name, cfg.metric.goal, hyperband, frozenset(hyperband.brackets()))
+        with self._lock:
+            self._cache[key] = (now, found)
+        return found
 
 
 #: Pending upper bucket levels written this long ago were left by a driver that stopped (a crash, a
@@ -169,10 +220,15 @@ def last_seq(state: RunState) -> int | None:
 
 class Processor:
     def __init__(
-        self, client: Callable[[], Client], rules: RuleBook | None = None, clock: Callable[[], float] = time.time
+        self,
+        client: Callable[[], Client],
+        rules: RuleBook | None = None,
+        clock: Callable[[], float] = time.time,
+        sweeps: SweepBook | None = None,
     ) -> None:
         self._client = client
         self.rules = rules or RuleBook(client)
+        self.sweeps = sweeps or SweepBook(client)
         self.clock = clock
         self.tombstone_cache = deletion.TombstoneCache()
 
@@ -227,6 +283,8 @@ class Processor:
             marker = event.data.get("rewind") if event.type == METRICS else None
             if marker and runstate.record_rewind(state, marker["step"], marker["seq"], event.ts):
                 changed_runs.add(key)  # a metrics event of a rewound session read before its run_start
+            if event.type == RUN_FINISH and event.seq > state["runs_seq"] and state["record"].get("sweep"):
+                self._told_to_stop(client, state)
             applied = runstate.apply(state, event, changes, now)
             if applied and (event.type != RUN_STATE or changes):  # a reported state change alters nothing
                 changed_runs.add(key)
@@ -248,6 +306,8 @@ class Processor:
             new = applied and event.type in (*runstate.RUN_EVENTS, RUN_EDIT)
             if event.type == METRICS:
                 new = event.seq > state["summary"]["metrics_seq"]
+                if new and state["record"].get("sweep"):  # before folding: a late count starts from the summary
+                    out.publish += self._hyperband(client, state, event)
                 if again := summaries.relogged(state["summary"], event):
                     relogged.setdefault(key, set()).update(again)
                 names = summaries.fold_metrics(state["summary"], event)
@@ -309,6 +369,76 @@ class Processor:
         upsert_metric_summaries(client, metric_rows)
         out.publish += [_alert_event(f, self.clock()) for f in fired]
         return out
+
+    def _hyperband(self, client: Client, state: RunState, event: Event) -> list[Event]:
+        """Hyperband early termination (docs/sweeps.md) as a run of a sweep logs its metric: the run's
+        iteration is its count of finite values (W&B's filtered history); at each bracket its value is recorded
+        (the others' cut is made of these) and the run is told to stop when the value hyperband judges (that
+        value, or with ``strict: false`` its best so far) is worse than the cut. The count and the best so far
+        are kept in the run state, so they carry over batches and a replay onto the old state repeats the
+        decision. Returns the alert of a stop. A failed lookup is logged and skipped: the batch goes on."""
+        record = state["record"]
+        team, project, run_id = record["team"], record["project"], record["run_id"]
+        try:
+            found = self.sweeps.early_stop(team, project, record["sweep"])
+            if found is None:
+                return []
+            column = event.data["values"].get(found.metric)
+            if column is None:
+                return []
+            minimize = found.goal == "minimize"
+            if "sweep_count" not in state:  # the run's values folded before its sweep was known (or read)
+                stats = state["summary"]["metrics"].get(found.metric)
+                state["sweep_count"] = stats["count"] if stats else 0  # finite values only
+                state["sweep_best"] = (stats["min"] if minimize else stats["max"]) if stats else None
+            reached = []
+            count, best = state["sweep_count"], state.get("sweep_best")
+            for raw, at in zip(column, event.data["time"]):
+                value = None if raw is None else float(events.decode_value(raw))
+                if value is None or not math.isfinite(value):
+                    continue
+                count += 1
+                best = value if best is None else min(best, value) if minimize else max(best, value)
+                if count in found.brackets:
+                    reached.append((count, value, best, float(at)))
+            state["sweep_count"], state["sweep_best"] = count, best
+            alerts = []
+            for iteration, value, best_then, at in reached:
+                # The value at the bracket, as W&B's cut is made of them whether or not the run is judged by it.
+                sweep_stops.insert_milestone(client, team, project, found.sweep_id, iteration, run_id, value, at)
+                if record.get("stop") or record["state"] in runstate.FINISHED_STATES:
+                    continue  # its value still counts for the runs that reach the bracket later
+                others = sweep_stops.bracket_values(client, team, project, found.sweep_id, iteration, run_id)
+                reason = found.hyperband.should_stop(value, others, found.goal, best=best_then, iteration=iteration)
+                if reason is None:
+                    continue
+                sweep_stops.insert_stop(client, team, project, found.sweep_id, run_id, reason, at)  # the agent's word
+                runstate.record_stop(state, reason)
+                alerts.append(_stop_alert(state, iteration, at))
+            return alerts
+        except Exception as exc:  # noqa: BLE001 - like a rule check, a sweep's lookup must not stop the stream
+            state.pop("sweep_count", None)  # counted again from the summary next time
+            state.pop("sweep_best", None)
+            log.warning("hyperband of run %s/%s/%s skipped (%s: %s)", team, project, run_id, type(exc).__name__, exc)
+        return []
+
+    def _told_to_stop(self, client: Client, state: RunState) -> None:
+        """A finishing run of a sweep that was told to stop outside this processor's hyperband (a cancelled
+        sweep: the API's ``sweep_stops`` row) ends stopped too. A failed lookup is logged and skipped."""
+        record = state["record"]
+        if record.get("stop"):
+            return
+        try:
+            reason = sweep_stops.stop_reason(
+                client, record["team"], record["project"], record["sweep"], record["run_id"]
+            )
+        except Exception as exc:  # noqa: BLE001
+            log.warning(
+                "reading whether run %s was told to stop failed (%s: %s)", record["run_id"], type(exc).__name__, exc
+            )
+            return
+        if reason is not None:
+            runstate.record_stop(state, reason)
 
     def _restate(
         self,
@@ -557,6 +687,22 @@ def _alert_row(event: Event) -> dict[str, Any]:
 def _alert_event(fired: Fired, now: float) -> Event:
     rule = fired.rule
     return Event(ALERT, rule.team, rule.project, fired.run_id, 0, fired.at or now, fired.event_data())
+
+
+def _stop_alert(state: RunState, iteration: int, at: float) -> Event:
+    """The alert of a run hyperband stopped: its id is derived from the decision, so a replay stores one alert."""
+    record = state["record"]
+    rule_id = f"sweep:{record['sweep']}"
+    alert_id = hashlib.sha256(f"{rule_id}\0{record['run_id']}\0{iteration}".encode()).hexdigest()[:32]
+    data = {
+        "title": "stopped by sweep",
+        "text": record["stop"]["reason"][:4000],
+        "level": "INFO",
+        "source": "rule",
+        "rule_id": rule_id,
+        "alert_id": alert_id,
+    }
+    return Event(ALERT, record["team"], record["project"], record["run_id"], 0, at, data)
 
 
 def _state_event(change: StateChange) -> Event:

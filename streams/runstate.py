@@ -6,11 +6,14 @@ record, the summary statistics (``summaries``) and the alert rules' memory
 (``alerting``). Its keys are typed below; states stored by older versions lack
 the ones marked ``NotRequired``.
 
-States: running, finished, failed, killed (from the SDK's ``run_finish``) and
+States: running, finished, failed, killed (from the SDK's ``run_finish``),
 crashed, decided when a running run has sent nothing for longer than the
-timeout. Liveness is measured on the processor's clock (``seen_at``), not the
-SDK's timestamps, so a late sync or a skewed client clock does not make a run
-flap. A new event from a crashed run brings it back to running. Every change of state is returned as a ``StateChange`` so the caller
+timeout, and stopped: a run of a sweep (its run_start's ``sweep``) that the
+sweep told to stop (``record_stop``: hyperband, a cancelled sweep) ends stopped
+however it exits, with the reason ``stopped by sweep: <why>``, unless it ran to
+its end (exit 0) before the stop reached it: then it is finished. Liveness is
+measured on the processor's clock (``seen_at``), not the SDK's timestamps, so
+a late sync or a skewed client clock does not make a run flap. A new event from a crashed run brings it back to running. Every change of state is returned as a ``StateChange`` so the caller
 can publish it as a ``run_state`` event and evaluate alert rules on it.
 
 Replays: SDK events carry the run's sequence numbers; an event at or below the
@@ -47,6 +50,8 @@ RUN_EVENTS = (RUN_START, RUN_UPDATE, RUN_FINISH, HEARTBEAT)
 START_LISTS: tuple[Literal["tags", "args", "git"], ...] = ("tags", "args", "git")
 UpdateField = Literal["name", "group", "job_type", "notes", "tags"]
 UPDATE_FIELDS: tuple[UpdateField, ...] = ("name", "group", "job_type", "notes", "tags")
+#: The states of a run that has ended for good (a crashed run may come back); each sets ``finished_at``.
+FINISHED_STATES = ("finished", "failed", "killed", "stopped")
 
 
 class RunRecord(TypedDict):
@@ -79,6 +84,8 @@ class RunRecord(TypedDict):
     config: NotRequired[dict[str, Any]]
     fork: NotRequired[dict[str, Any]]  # {"run_id", "step"}: the run it was forked from (init(fork_from=...))
     rewinds: NotRequired[list[dict[str, Any]]]  # [{"step", "seq", "at"}], oldest first (init(resume_from=...))
+    sweep: NotRequired[str]  # the sweep the run belongs to (its run_start's "sweep")
+    stop: NotRequired[dict[str, str]]  # {"by": "sweep", "reason"}: the sweep told it to stop (``record_stop``)
 
 
 class RunState(TypedDict):
@@ -90,6 +97,10 @@ class RunState(TypedDict):
     summary: Summary
     alerts: dict[str, dict[str, Any]]  # each rule's memory of the run, by rule id (``alerting.Evaluator``)
     folded: NotRequired[int]  # SDK events and edits folded: the version of every row written from the state
+    # Values of its sweep's metric folded (hyperband's iteration; docs/sweeps.md): counted from the metrics
+    # events folded, so a replay (deduplicated by seq) leaves it exact.
+    sweep_count: NotRequired[int]
+    sweep_best: NotRequired[float | None]  # its best finite value of that metric so far (hyperband's strict: false)
 
 
 @dataclass(frozen=True)
@@ -130,7 +141,7 @@ def _set_state(state: RunState, new: str, at: float, reason: str | None, changes
     if old == new:
         return
     record["state"] = new
-    if new in ("finished", "failed", "killed"):
+    if new in FINISHED_STATES:
         record["finished_at"] = at
     elif new == "running":
         record["finished_at"] = None
@@ -188,6 +199,8 @@ def apply(state: RunState, event: Event, changes: list[StateChange], now: float)
                 record[key] = data[key]
         record["config"] = merge_config(record.get("config", {}), data.get("config") or {})
         record["error"] = None  # a resumed run has not failed (yet)
+        if data.get("sweep"):  # a resume outside the agent, without it, stays the sweep's
+            record["sweep"] = data["sweep"]
         fork = data.get("fork")
         if fork and first_start and "fork" not in record and fork["run_id"] != record["run_id"]:
             record["fork"] = {"run_id": fork["run_id"], "step": fork["step"]}
@@ -211,9 +224,23 @@ def apply(state: RunState, event: Event, changes: list[StateChange], now: float)
     elif event.type == RUN_FINISH:
         record["exit_code"] = data.get("exit_code")
         record["error"] = data.get("traceback") or None
-        _set_state(state, data["state"], event.ts, data.get("traceback"), changes)
+        stop = record.get("stop")
+        # Its end is the sweep's doing unless it ran to its end (exit 0) before the stop reached it.
+        if stop and data["state"] != "finished":
+            _set_state(state, "stopped", event.ts, f"stopped by sweep: {stop['reason']}", changes)
+        else:
+            _set_state(state, data["state"], event.ts, data.get("traceback"), changes)
     if record["state"] is None:  # its first event was not run_start (lost, or not sent yet)
         _set_state(state, "running", event.ts, None, changes)
+    return True
+
+
+def record_stop(state: RunState, reason: str) -> bool:
+    """The run's sweep told it to stop: it ends ``stopped`` when it next finishes. False when it was told already."""
+    record = state["record"]
+    if record.get("stop"):
+        return False
+    record["stop"] = {"by": "sweep", "reason": reason}
     return True
 
 

@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 from infra.net import free_port
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -45,7 +46,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data_dir = tmp_path_factory.mktemp("ui-server")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "RUNSTREAM_CONFIG": str(data_dir / "no-config.toml")}
+    # The demo's killed run is marked crashed after 5 s of silence (not the default 90), and its sweep finishes.
+    env = {**os.environ, "RUNSTREAM_CONFIG": str(data_dir / "no-config.toml"), "RUNSTREAM_CRASH_TIMEOUT": "5"}
     process = subprocess.Popen(
         [RUNSTREAM, "server", "--data-dir", str(data_dir), "--port", str(port)],
         env=env,
@@ -139,6 +141,31 @@ def test_projects_page_lists_the_demo(page, server: str) -> None:
     page.get_by_role("link", name="default/demo").click()
     page.wait_for_selector("main[data-ready]")
     assert page.url.endswith("/projects/default/demo")
+
+
+def test_the_demo_is_a_finished_grid_sweep(page, server: str) -> None:
+    """A newcomer's Sweeps tab: the demo's 24 runs are one finished grid sweep, with its best run and charts."""
+    sweeps = f"{server}/api/v1/projects/default/demo/sweeps"
+    wait_for(lambda: _get(sweeps)["sweeps"][0]["state"] == "finished", "the killed run crashed: the sweep finished")
+    (sweep,) = _get(sweeps)["sweeps"]
+    page.goto(f"{server}/projects/default/demo/sweeps")
+    page.wait_for_selector("table.sweeps")
+    row = page.locator("table.sweeps tbody tr")
+    assert row.count() == 1 and row.get_attribute("data-sweep") == sweep["sweep_id"]
+    assert [row.locator("td").nth(i).inner_text() for i in (2, 3, 4, 5)] == ["grid", "val/loss ↓", "finished", "24"]
+    row.locator("td a").click()
+    page.wait_for_selector(".sweep-runs-table")
+    assert page.locator(".sweep-state .state").inner_text() == "finished"
+    assert page.locator(".sweep-runs-table tbody tr").count() == 24
+    states = page.locator(".sweep-runs-table tbody tr").evaluate_all("rows => rows.map(r => r.dataset.state)")
+    assert sorted(states) == sorted(["finished"] * 22 + ["failed", "crashed"])
+    assert page.locator(".sweep-best-run a").count() == 1
+    page.wait_for_selector(".sweep-parallel[data-runs='24'] canvas.parallel-canvas")
+    assert page.locator(".sweep-parallel").get_attribute("data-axes") == "lr,batch_size,optimizer,val/loss"
+    page.screenshot(path=str(ARTIFACTS / "demo-sweep.png"), full_page=True)
+    page.locator(".sweep-best-run a").click()  # the best run's page links back to its sweep
+    page.wait_for_selector("a.run-sweep")
+    assert page.locator("a.run-sweep").inner_text() == sweep["sweep_id"]
 
 
 def test_workspace_filter_group_and_toggle(page, server: str) -> None:

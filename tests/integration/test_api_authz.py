@@ -8,7 +8,8 @@ following ``runstream.api.auth``: private things are 404 to outsiders, anonymous
 writes 401, a share link reads its report's project and gets 401 on writes, a
 viewer gets 403 on writes. The target is a private project of team acme; read
 and write classes are also tried on a public project (anyone reads, nobody
-outside the team writes). The callers: no key, another team's admin key, acme's
+outside the team writes); ingest (runs, files, sweep agents) is a write that keys of
+scope ingest may make. The callers: no key, another team's admin key, acme's
 viewer, member and admin, a share link of a report in the private project, and
 the embedded server's local admin (a loopback caller when the server trusts it).
 
@@ -44,6 +45,10 @@ ADMIN, MEMBER, VIEWER = "alice", "mia", "vic"
 BLOB = b"weights\n"
 SHA = hashlib.sha256(BLOB).hexdigest()
 ARTIFACT = "data"  # an artifact of one version in each project: BLOB as "w.bin"
+#: A random sweep with no run cap: its agent's ``next`` hands out a run however often it is asked.
+SWEEP_CONFIG = {"method": "random", "parameters": {"lr": {"values": [0.1, 0.01]}}}
+#: Runs of each project with a summary metric of their own, enough for parameter importance.
+IMPORTANCE_RUNS = {"k0": 0.1, "k1": 0.01, "k2": 0.001}
 MANIFEST = orjson.dumps(
     {"version": 1, "entries": {"w.bin": {"digest": SHA, "size": len(BLOB)}}}, option=orjson.OPT_SORT_KEYS
 )
@@ -67,6 +72,10 @@ EXPECTED: dict[str, dict[str, int | str]] = {
     "project-write": dict(
         anonymous=401, other_team=404, viewer=403, member=OK, admin=OK, share_link=401, local_admin=OK
     ),
+    # Runs, files, blobs and sweep agents: a member's write, which a key of scope ingest may make too.
+    "project-ingest": dict(
+        anonymous=401, other_team=404, viewer=403, member=OK, admin=OK, share_link=401, local_admin=OK
+    ),
     "project-admin": dict(
         anonymous=401, other_team=404, viewer=403, member=403, admin=OK, share_link=401, local_admin=OK
     ),
@@ -85,6 +94,7 @@ EXPECTED: dict[str, dict[str, int | str]] = {
 EXPECTED_PUBLIC: dict[str, dict[str, int | str]] = {
     "project-read": EXPECTED["public"],
     "project-write": {**EXPECTED["project-write"], "other_team": 403},
+    "project-ingest": {**EXPECTED["project-ingest"], "other_team": 403},
     "project-admin": {**EXPECTED["project-admin"], "other_team": 403},
 }
 
@@ -100,6 +110,9 @@ class Target:
     run_id: str
     report_id: str = ""
     rule_id: str = ""
+    sweep_id: str = ""
+    agent_id: str = ""  # an agent of sweep_id
+    view_id: str = ""  # the project's default view
 
 
 @dataclass
@@ -135,6 +148,15 @@ class World:
             201,
             json={"name": "scratch", "kind": "nonfinite", "spec": {"metric": "loss"}},
         )["id"]
+
+    def fresh_sweep(self, project: str) -> str:
+        return self.admin_call("POST", f"/projects/{TEAM}/{project}/sweeps", 201, json={"config": SWEEP_CONFIG})[
+            "sweep_id"
+        ]
+
+    def fresh_view(self, project: str, default: bool = False) -> str:
+        body = {"name": "scratch", "spec": {"panels": []}, "default": default}
+        return self.admin_call("POST", f"/projects/{TEAM}/{project}/views", 201, json=body)["view_id"]
 
     def fresh_user(self) -> str:
         user = f"u{next(_fresh)}"
@@ -210,6 +232,20 @@ def _events(project: str, run_id: str) -> list[dict[str, Any]]:
     ]
 
 
+def _importance_events(project: str) -> list[dict[str, Any]]:
+    """IMPORTANCE_RUNS, finished, each with its config.lr and summary.acc."""
+    batch = []
+    for run_id, lr in IMPORTANCE_RUNS.items():
+        steps: list[tuple[str, dict[str, Any]]] = [
+            (events.RUN_START, {"name": run_id, "config": {"lr": lr}}),
+            (events.RUN_UPDATE, {"summary": {"acc": 1 - lr}}),
+            (events.RUN_FINISH, {"state": "finished"}),
+        ]
+        for seq, (type, data) in enumerate(steps, start=1):
+            batch.append(make_event(type, data, seq=seq, run_id=run_id, team=TEAM, project=project))
+    return batch
+
+
 def seed(world: World) -> None:
     client = world.client
     world.headers = {"anonymous": {}, "local_admin": {}}
@@ -227,7 +263,7 @@ def seed(world: World) -> None:
     for who, (seat, scope) in SCOPED.items():
         key = accounts.create_key(client, TEAM, users[seat], f"authz {scope}", scope=scope)[1]
         world.headers[who] = {"Authorization": f"Bearer {key}"}
-    batch = _events(PRIVATE, RUN[PRIVATE]) + _events(PUBLIC, RUN[PUBLIC])
+    batch = [e for project, run_id in RUN.items() for e in _events(project, run_id) + _importance_events(project)]
     world.admin_call(
         "POST",
         "/events",
@@ -238,8 +274,19 @@ def seed(world: World) -> None:
     for project, run_id in RUN.items():
         world.admin_call("PUT", f"/files/{TEAM}/{project}/{run_id}/model.pt", params={"sha256": SHA}, data=BLOB)
         seed_artifact(world, project, run_id)
-        target = Target(project, run_id, world.fresh_report(project), world.fresh_rule(project))
-        world.targets[project] = target
+        sweep_id = world.fresh_sweep(project)
+        agent = world.admin_call(
+            "POST", f"/projects/{TEAM}/{project}/sweeps/{sweep_id}/agents", 201, json={"host": "h", "pid": 1}
+        )
+        world.targets[project] = Target(
+            project,
+            run_id,
+            world.fresh_report(project),
+            world.fresh_rule(project),
+            sweep_id,
+            agent["agent_id"],
+            world.fresh_view(project, default=True),
+        )
     # The share link is of a report of its own, so editing the reports above leaves it alone.
     shared = world.fresh_report(PRIVATE)
     world.share_token = world.admin_call("POST", f"/projects/{TEAM}/{PRIVATE}/reports/{shared}/share", 201, json={})[
@@ -328,9 +375,9 @@ ACCESS: dict[tuple[str, str], tuple[str, Build]] = {
         lambda w, t: Call("POST", f"{V1}/teams", 201, json={"team": f"t{next(_fresh)}"}),
     ),
     # ingest and files
-    ("POST", "/api/v1/events"): ("project-write", _ingest),
+    ("POST", "/api/v1/events"): ("project-ingest", _ingest),
     ("PUT", "/api/v1/files/{team}/{project}/{run_id}/{store_key}"): (
-        "project-write",
+        "project-ingest",
         lambda w, t: Call("PUT", f"{V1}/files/{TEAM}/{t.project}/{t.run_id}/up.bin", params={"sha256": SHA}, data=BLOB),
     ),
     ("GET", "/api/v1/files/{team}/{project}/{run_id}/{store_key}"): (
@@ -461,11 +508,11 @@ ACCESS: dict[tuple[str, str], tuple[str, Build]] = {
     ),
     # artifacts (docs/artifacts.md)
     ("POST", f"/api/v1{P}/blobs/missing"): (
-        "project-write",
+        "project-ingest",
         lambda w, t: Call("POST", f"{_p(t)}/blobs/missing", json={"sha256": [SHA]}),
     ),
     ("PUT", f"/api/v1{P}/blobs/{{sha256}}"): (
-        "project-write",
+        "project-ingest",
         lambda w, t: Call("PUT", f"{_p(t)}/blobs/{SHA}", params={"size": str(len(BLOB))}, data=BLOB),
     ),
     ("GET", f"/api/v1{P}/artifacts"): ("project-read", lambda w, t: Call("GET", f"{_p(t)}/artifacts")),
@@ -494,6 +541,59 @@ ACCESS: dict[tuple[str, str], tuple[str, Build]] = {
         lambda w, t: Call("DELETE", f"{_p(t)}/artifacts/{ARTIFACT}/aliases/{w.fresh_alias(t.project)}", 204),
     ),
     ("GET", f"/api/v1{R}/artifacts"): ("project-read", lambda w, t: Call("GET", f"{_r(t)}/artifacts")),
+    # sweeps (docs/sweeps.md): a paused sweep of its own for each PATCH, so the seeded one keeps running
+    ("POST", f"/api/v1{P}/sweeps"): (
+        "project-write",
+        lambda w, t: Call("POST", f"{_p(t)}/sweeps", 201, json={"config": SWEEP_CONFIG, "name": "new"}),
+    ),
+    ("GET", f"/api/v1{P}/sweeps"): ("project-read", lambda w, t: Call("GET", f"{_p(t)}/sweeps")),
+    ("GET", f"/api/v1{P}/sweeps/{{sweep}}"): (
+        "project-read",
+        lambda w, t: Call("GET", f"{_p(t)}/sweeps/{t.sweep_id}"),
+    ),
+    ("PATCH", f"/api/v1{P}/sweeps/{{sweep}}"): (
+        "project-write",
+        lambda w, t: Call("PATCH", f"{_p(t)}/sweeps/{w.fresh_sweep(t.project)}", json={"state": "paused"}),
+    ),
+    ("POST", f"/api/v1{P}/sweeps/{{sweep}}/agents"): (
+        "project-ingest",
+        lambda w, t: Call("POST", f"{_p(t)}/sweeps/{t.sweep_id}/agents", 201, json={"host": "h", "pid": 2}),
+    ),
+    ("POST", f"/api/v1{P}/sweeps/{{sweep}}/agents/{{agent}}/next"): (
+        "project-ingest",
+        lambda w, t: Call("POST", f"{_p(t)}/sweeps/{t.sweep_id}/agents/{t.agent_id}/next"),
+    ),
+    ("POST", f"/api/v1{P}/sweeps/{{sweep}}/agents/{{agent}}/heartbeat"): (
+        "project-ingest",
+        lambda w, t: Call("POST", f"{_p(t)}/sweeps/{t.sweep_id}/agents/{t.agent_id}/heartbeat", json={"running": []}),
+    ),
+    # panels and saved views (docs/panels.md)
+    ("POST", f"/api/v1{P}/runs/columns"): (
+        "project-read",
+        lambda w, t: Call("POST", f"{_p(t)}/runs/columns", json={"fields": ["config.lr", "summary.acc", "state"]}),
+    ),
+    ("POST", f"/api/v1{P}/importance"): (
+        "project-read",
+        lambda w, t: Call("POST", f"{_p(t)}/importance", json={"metric": "summary.acc", "params": ["config.lr"]}),
+    ),
+    ("GET", f"/api/v1{P}/views"): ("project-read", lambda w, t: Call("GET", f"{_p(t)}/views")),
+    ("POST", f"/api/v1{P}/views"): (
+        "project-write",
+        lambda w, t: Call("POST", f"{_p(t)}/views", 201, json={"name": "new", "spec": {"panels": []}}),
+    ),
+    ("GET", f"/api/v1{P}/views/default"): ("project-read", lambda w, t: Call("GET", f"{_p(t)}/views/default")),
+    ("GET", f"/api/v1{P}/views/{{view_id}}"): (
+        "project-read",
+        lambda w, t: Call("GET", f"{_p(t)}/views/{t.view_id}"),
+    ),
+    ("PUT", f"/api/v1{P}/views/{{view_id}}"): (
+        "project-write",
+        lambda w, t: Call("PUT", f"{_p(t)}/views/{t.view_id}", json={"name": "edited", "spec": {"panels": [1]}}),
+    ),
+    ("DELETE", f"/api/v1{P}/views/{{view_id}}"): (
+        "project-write",
+        lambda w, t: Call("DELETE", f"{_p(t)}/views/{w.fresh_view(t.project)}", 204),
+    ),
     ("GET", f"/api/v1{P}"): ("project-read", lambda w, t: Call("GET", _p(t))),
     ("PATCH", f"/api/v1{P}"): ("project-admin", lambda w, t: Call("PATCH", _p(t), json={"description": "edited"})),
     # deleting and moving (storage/deletion.py): each call on a run or project of its own
@@ -526,17 +626,12 @@ def _send(world: World, caller: str, call: Call) -> requests.Response:
         backend.local_admin = False
 
 
-#: Open to any caller at the edge, checked in the handler: its scope is what the handler needs
-#: (ingest once api/ingest.py declares ``endpoint(scope="ingest")``; until then a project write: admin).
-CHECKED_INSIDE = {("POST", "/api/v1/events"): "admin"}
-
-
 def declared_scope(world: World, operation: tuple[str, str]) -> str:
     if not world.document:
         world.document = requests.get(f"{world.url}/api/v1/openapi.json", timeout=30).json()
     method, path = operation
-    declared = world.document["paths"][path][method.lower()]["x-runstream-scope"]
-    return CHECKED_INSIDE[operation] if declared == "any" and operation in CHECKED_INSIDE else declared
+    declared: str = world.document["paths"][path][method.lower()]["x-runstream-scope"]
+    return declared
 
 
 def expected_scoped(base: int | str, key_scope: str, declared: str) -> int | str:
@@ -581,6 +676,10 @@ def test_declared_scopes(world: World) -> None:
     for operation, (access, _build) in ACCESS.items():
         if access == "project-read":
             assert scopes[operation] == "read", operation
+        if access == "project-write":
+            assert scopes[operation] == "admin", operation
+        if access == "project-ingest":
+            assert scopes[operation] == "ingest", operation
         if access in ("project-admin", "team-admin", "team-write", "self-or-admin", "local-admin-only"):
             assert scopes[operation] == "admin", operation
         if access == "team-read":

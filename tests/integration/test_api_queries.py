@@ -259,6 +259,7 @@ RUN_KEYS = {
     "git",
     "error",
     "metrics",
+    "sweep",
 }
 #: The run detail adds the run's lineage: the run it was forked from (or null) and its rewinds.
 DETAIL_KEYS = RUN_KEYS | {"fork", "rewinds"}

@@ -138,6 +138,10 @@ def test_the_demo_shows_its_runs_alert_and_crashed_run(server_factory, tmp_path)
     assert demo.returncode == 0, demo.stderr[-3000:]
     summary = orjson.loads(demo.stdout.splitlines()[-1])
     assert summary["runs"] == 24
+    assert "runstream agent:" not in demo.stderr  # the progress bar says as much
+    team, project, sweep_id = summary["sweep"].split("/")
+    assert (team, project) == ("default", "demo")
+    assert summary["sweep_url"] == f"{server.url}/projects/default/demo/sweeps/{sweep_id}"
 
     api = runstream.Api(url=server.url, api_key="")
     deadline = time.monotonic() + 60
@@ -160,4 +164,14 @@ def test_the_demo_shows_its_runs_alert_and_crashed_run(server_factory, tmp_path)
     assert any(run_id == crashed.id for run_id, _ in kinds), alerts
     history = diverged.history(keys=["train/loss"], samples=50)
     assert history["train/loss"].max() > 10 * history["train/loss"].min()
+
+    # The 24 runs are the grid sweep's, one per cell; every one ended (the crash too), so it is finished.
+    sweep = _get(f"{server.url}/api/v1/projects/default/demo/sweeps/{sweep_id}")
+    assert (sweep["method"], sweep["state"], sweep["run_count"]) == ("grid", "finished", 24)
+    assert sweep["metric"] == {"name": "val/loss", "goal": "minimize"}
+    assert sweep["counts"] == {"finished": 22, "failed": 1, "crashed": 1}
+    assert by_name[sweep["best"]["name"]].state == "finished"
+    cells = {(r.config["lr"], r.config["batch_size"], r.config["optimizer"]) for r in runs}
+    assert len(cells) == 24 and {r.name for r in runs} == {f"{o}-lr{lr:g}-bs{b}" for lr, b, o in cells}
+    assert all(_get(f"{server.url}/api/v1/runs/default/demo/{r.id}")["sweep"] == sweep_id for r in runs)
     server.stop()

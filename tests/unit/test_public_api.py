@@ -587,8 +587,6 @@ def test_projects_and_project(api, server):
     with pytest.raises(ApiError) as missing:
         api.project("nope", "acme")
     assert missing.value.status == 404 and "project acme/nope" in str(missing.value)
-    with pytest.raises(NotImplementedError, match=r"Project\.sweeps is not supported; runstream has no sweeps"):
-        project.sweeps()
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
         project.nonsense  # noqa: B018
 
@@ -667,7 +665,6 @@ def test_run_fields_as_wandb_names_them(api, server):
         (lambda run: run.log_artifact("data:v0"), "Run.log_artifact"),
         (lambda run: run.history_line_count, "Run.history_line_count"),
         (lambda run: run.delete(delete_artifacts=True), "Run.delete(delete_artifacts=True)"),
-        (lambda run: run._api.sweep("acme/mnist/s1"), "Api.sweep"),
         (lambda run: run._api.create_run(), "Api.create_run"),
         (lambda run: run.files()[0].delete(), "File.delete"),
     ],

@@ -2635,6 +2635,121 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/projects/{team}/{project}/importance": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Parameter importance
+         * @description Which config keys drive a summary metric: a random forest's feature importances (scikit-learn's,
+         *     seeded; a categorical key one-hot encoded and summed back) and Pearson's r, over the runs the filter
+         *     matches that have the metric as a number.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
+         */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["ImportanceQuery"];
+                };
+            };
+            responses: {
+                /** @description the params, most important first */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Importance"];
+                    };
+                };
+                /** @description a bad filter, metric or param, or limit out of bounds */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such resource, or not visible with this key */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the values add up to more than 67,108,864 bytes: ask for fewer runs or params */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description fewer than 3 runs have the metric as a number, or no config key varies across them */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description 2 fits are running on this server already: retry after Retry-After seconds */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/projects/{team}/{project}/keys": {
         parameters: {
             query?: never;
@@ -3463,6 +3578,112 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/projects/{team}/{project}/runs/columns": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Runs' values as columns
+         * @description Many runs' values of a few fields at once, column by column: what parallel coordinates, scatter and
+         *     bar panels draw. The runs are those the filter matches, in the order (newest first by default), at most
+         *     ``limit``; a field asked twice is one column.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
+         */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["ColumnsQuery"];
+                };
+            };
+            responses: {
+                /** @description the runs in order, and each field's values */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["RunColumns"];
+                    };
+                };
+                /** @description a bad filter, order or field, or fields or limit out of bounds */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such resource, or not visible with this key */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the values add up to more than 67,108,864 bytes: ask for fewer runs or fields */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/projects/{team}/{project}/runs/count": {
         parameters: {
             query?: never;
@@ -3775,6 +3996,718 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/projects/{team}/{project}/sweeps": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List sweeps
+         * @description A page of the project's sweeps, newest first.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
+         */
+        get: {
+            parameters: {
+                query?: {
+                    /** @description how many to answer (at most 500) */
+                    limit?: number;
+                    /** @description how many to skip */
+                    offset?: number;
+                };
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description a page of the project's sweeps, newest first, and how many it has */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Sweeps"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such resource, or not visible with this key */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        /**
+         * Create a sweep
+         * @description Create a sweep from a configuration (W&B's: ``method``, ``metric``, ``parameters``, ...). It starts
+         *     running: agents (``runstream agent TEAM/PROJECT/SWEEP_ID``) ask it for runs.
+         *
+         *     Key scope: admin (keys of scope admin).
+         */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["NewSweep"];
+                };
+            };
+            responses: {
+                /** @description the new sweep, running */
+                201: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Sweep"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such resource, or not visible with this key */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the body is too large */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the configuration is not valid: problems lists every problem found, one line each */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{team}/{project}/sweeps/{sweep}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get a sweep
+         * @description A sweep with its agents, its runs counted by state and its best run (by the metric's goal).
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
+         */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                    sweep: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the sweep, its agents, how many of its runs are in each state, and its best run */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["SweepDetail"];
+                    };
+                };
+                /** @description a sweep id that cannot exist */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such sweep, or not visible */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        /**
+         * Pause, resume, stop or cancel a sweep
+         * @description Set a sweep's state: ``paused`` (agents wait), ``running`` (resume), ``stopped`` (no new runs;
+         *     running ones finish) or ``canceled`` (no new runs; running ones are told to stop at their agent's next
+         *     heartbeat). Setting the state it has changes nothing.
+         *
+         *     Key scope: admin (keys of scope admin).
+         */
+        patch: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                    sweep: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["SweepEdit"];
+                };
+            };
+            responses: {
+                /** @description the sweep in its new state */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Sweep"];
+                    };
+                };
+                /** @description a sweep id that cannot exist, or a state that is not one of the four */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such sweep, or not visible */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the sweep is finished or canceled (final), or a stopped sweep cannot be paused */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the body is too large */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        trace?: never;
+    };
+    "/api/v1/projects/{team}/{project}/sweeps/{sweep}/agents": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Register a sweep agent
+         * @description An agent (``runstream agent``) says it is there, and from where: its host and process id.
+         *
+         *     Key scope: ingest (keys of scope ingest or admin).
+         */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                    sweep: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["NewSweepAgent"];
+                };
+            };
+            responses: {
+                /** @description the agent's id, for next and heartbeat */
+                201: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["SweepAgentId"];
+                    };
+                };
+                /** @description a sweep id that cannot exist, or a bad host or pid */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such sweep, or not visible */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the body is too large */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{team}/{project}/sweeps/{sweep}/agents/{agent}/heartbeat": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A sweep agent's heartbeat
+         * @description The agent is alive, running these runs (``state: finished``: it is ending). The answer names the ones
+         *     to stop: stopped early by hyperband, or every one when the sweep is canceled. A finished agent stays
+         *     finished. The agent's claims it does not say it runs, older than the crash timeout and without a run,
+         *     are given back (see ``next``).
+         *
+         *     Key scope: ingest (keys of scope ingest or admin).
+         */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                    sweep: string;
+                    agent: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["AgentHeartbeat"];
+                };
+            };
+            responses: {
+                /** @description the sweep's state, and which of the agent's runs to stop */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AgentHeartbeatAnswer"];
+                    };
+                };
+                /** @description a sweep id that cannot exist, or a bad list of runs */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such sweep or agent, or not visible */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the body is too large */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{team}/{project}/sweeps/{sweep}/agents/{agent}/next": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * The next run of a sweep agent
+         * @description The agent's next run: the controller's suggestion, claimed for this agent under a new run id. While
+         *     the sweep is paused (or what is left is being run by other agents) the answer is ``{wait_s}``: ask again
+         *     then; once it is stopped, canceled or finished, ``{done: true}``. The body (optional) names the runs the
+         *     agent ran since its last ``next`` (``ended``): its latest claim, when not named there and without a run,
+         *     is handed to it again (a ``next`` tried again after a lost answer). Claims that will not run (their
+         *     agent gone, finished or past them, older than the crash timeout, without a run or with a crashed one)
+         *     are given back first and handed out again; a claim whose run is running never is.
+         *
+         *     Key scope: ingest (keys of scope ingest or admin).
+         */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                    sweep: string;
+                    agent: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: {
+                content: {
+                    "application/json": components["schemas"]["NextAsk"];
+                };
+            };
+            responses: {
+                /** @description a run to start ({run_id, params, flat, command}), or {wait_s}, or {done: true} */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["NextRun"];
+                    };
+                };
+                /** @description a sweep or agent id that cannot exist, or a bad list of ended runs */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such sweep or agent, or not visible */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the body is too large */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/projects/{team}/{project}/system": {
         parameters: {
             query?: never;
@@ -3883,6 +4816,549 @@ export interface paths {
             };
         };
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{team}/{project}/views": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List saved views
+         * @description A project's saved views by name (without their specs); the default one has ``is_default``.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
+         */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the views, without specs */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Views"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such resource, or not visible with this key */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        /**
+         * Save a view
+         * @description Save the workspace's state as a named view; ``default: true`` makes it the project's default.
+         *
+         *     Key scope: admin (keys of scope admin).
+         */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["NewView"];
+                };
+            };
+            responses: {
+                /** @description the new view */
+                201: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["View"];
+                    };
+                };
+                /** @description a field that does not fit, or a team or project name that cannot exist */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such resource, or not visible with this key */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the body is too large, or the spec is more than 262,144 bytes of JSON */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the spec cannot be stored as JSON */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{team}/{project}/views/default": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The default view
+         * @description The view a project opens with, when it has one.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
+         */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the project's default view */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["View"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the project has no default view, or is not visible */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{team}/{project}/views/{view_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get a view
+         * @description One saved view, with its spec.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
+         */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                    view_id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the view */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["View"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such view, or not visible */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        /**
+         * Update a view
+         * @description Rename a view, replace its spec, or make it (or stop it being) the default: the fields sent.
+         *
+         *     Key scope: admin (keys of scope admin).
+         */
+        put: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                    view_id: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["ViewEdit"];
+                };
+            };
+            responses: {
+                /** @description the updated view */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["View"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such view, or not visible */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the body is too large, or the spec is more than 262,144 bytes of JSON */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the spec cannot be stored as JSON */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        post?: never;
+        /**
+         * Delete a view
+         * @description Delete a saved view; deleting the default leaves the project without one.
+         *
+         *     Key scope: admin (keys of scope admin).
+         */
+        delete: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                    view_id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description deleted */
+                204: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such view, or not visible */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
         options?: never;
         head?: never;
         patch?: never;
@@ -5544,7 +7020,7 @@ export interface paths {
             parameters: {
                 query?: {
                     /** @description only entries of this action */
-                    action?: "artifact.alias" | "artifact.unalias" | "key.create" | "key.revoke" | "member.add" | "member.remove" | "member.role" | "project.create" | "project.delete" | "project.visibility" | "report.delete" | "rule.create" | "rule.delete" | "run.delete" | "run.move" | "share.create" | "share.revoke" | "team.create";
+                    action?: "artifact.alias" | "artifact.unalias" | "key.create" | "key.revoke" | "member.add" | "member.remove" | "member.role" | "project.create" | "project.delete" | "project.visibility" | "report.delete" | "rule.create" | "rule.delete" | "run.delete" | "run.move" | "share.create" | "share.revoke" | "sweep.state" | "team.create" | "view.delete";
                     limit?: number;
                     /** @description next_cursor of the previous page */
                     cursor?: string;
@@ -6290,6 +7766,22 @@ export interface components {
             /** @description how many events the batch held */
             accepted: number;
         };
+        /** AgentHeartbeat */
+        AgentHeartbeat: {
+            /**
+             * @description the run ids the agent is running (from the moment it was handed them)
+             * @default []
+             */
+            running: string[];
+            state?: ("finished" | "running") | null;
+        };
+        /** AgentHeartbeatAnswer */
+        AgentHeartbeatAnswer: {
+            /** @enum {unknown} */
+            state: "canceled" | "finished" | "paused" | "running" | "stopped";
+            /** @description runs of the agent to stop (SIGTERM), and why */
+            stop: components["schemas"]["RunToStop"][];
+        };
         /** Alert */
         Alert: {
             alert_id: string;
@@ -6478,7 +7970,7 @@ export interface components {
         /** AuditEntry */
         AuditEntry: {
             /** @enum {unknown} */
-            action: "artifact.alias" | "artifact.unalias" | "key.create" | "key.revoke" | "member.add" | "member.remove" | "member.role" | "project.create" | "project.delete" | "project.visibility" | "report.delete" | "rule.create" | "rule.delete" | "run.delete" | "run.move" | "share.create" | "share.revoke" | "team.create";
+            action: "artifact.alias" | "artifact.unalias" | "key.create" | "key.revoke" | "member.add" | "member.remove" | "member.role" | "project.create" | "project.delete" | "project.visibility" | "report.delete" | "rule.create" | "rule.delete" | "run.delete" | "run.move" | "share.create" | "share.revoke" | "sweep.state" | "team.create" | "view.delete";
             actor: components["schemas"]["AuditActor"];
             /** @description Unix seconds */
             at: number;
@@ -6542,6 +8034,12 @@ export interface components {
                 number | null
             ] | null;
         };
+        /** BestRun */
+        BestRun: {
+            name: string;
+            run_id: string;
+            value: number;
+        };
         /** BlobList */
         BlobList: {
             sha256: string[];
@@ -6572,6 +8070,18 @@ export interface components {
             series: components["schemas"]["Series"][];
             x: string;
             x_metric: string | null;
+        };
+        /** ColumnsQuery */
+        ColumnsQuery: {
+            fields: string[];
+            filters?: Record<string, unknown> | null;
+            /** @default 10000 */
+            limit: number;
+            /**
+             * @description a run column, config.<key> or summary.<key>; - first for descending
+             * @default -created_at
+             */
+            order: string;
         };
         /** Console */
         Console: {
@@ -6700,6 +8210,37 @@ export interface components {
             };
             /** @description null on the last page */
             next_cursor: string | null;
+        };
+        /** Importance */
+        Importance: {
+            metric: string;
+            model: components["schemas"]["ImportanceModel"];
+            /** @description most important first */
+            params: components["schemas"]["ParamImportance"][];
+            /** @description the runs learned from: those with a numeric metric */
+            runs: number;
+        };
+        /** ImportanceModel */
+        ImportanceModel: {
+            /** @description the columns fitted: a number per key, a column per category */
+            features: number;
+            kind: string;
+            n_estimators: number;
+            /** @description out-of-bag R² of the forest (from 8,000 runs: R² on 2,000 runs held out of the fit): how much of the metric the params explain; null under 20 runs */
+            oob_r2: number | null;
+            random_state: number;
+        };
+        /** ImportanceQuery */
+        ImportanceQuery: {
+            filters?: Record<string, unknown> | null;
+            /**
+             * @description the newest runs with the metric to learn from
+             * @default 10000
+             */
+            limit: number;
+            /** @description the summary key to explain: summary.<key> */
+            metric: string;
+            params?: string[] | null;
         };
         /** Lineage */
         Lineage: {
@@ -6943,11 +8484,64 @@ export interface components {
              */
             expires_in_s: number;
         };
+        /** NewSweep */
+        NewSweep: {
+            /** @description the sweep configuration (docs/sweeps.md; W&B's keys) */
+            config: Record<string, unknown>;
+            name?: string | null;
+        };
+        /** NewSweepAgent */
+        NewSweepAgent: {
+            host: string;
+            pid: number;
+        };
         /** NewTeam */
         NewTeam: {
             /** @default  */
             display_name: string;
             team: string;
+        };
+        /** NewView */
+        NewView: {
+            /**
+             * @description make it the project's default view (the previous default is unmarked); false unmarks it
+             * @default false
+             */
+            default: boolean;
+            name: string;
+            /** @description the workspace's state (panels, sections, filters, grouping, columns, hidden runs, order), at most 262,144 bytes of JSON; kept as given */
+            spec: Record<string, unknown>;
+        };
+        /** NextAsk */
+        NextAsk: {
+            /**
+             * @description the runs the agent was handed and has run to their end (their process or function returned) since its last next; a claim of the agent not named here, without a run, is handed out to it again (its next was tried again)
+             * @default []
+             */
+            ended: string[];
+        };
+        /** NextRun */
+        NextRun: {
+            /** @description the command line with every macro resolved but ${interpreter}: the agent puts its Python */
+            command?: string[];
+            /** @description true: the sweep hands out no more runs; the agent exits */
+            done?: boolean;
+            /** @description the suggestion with dotted names ("optimizer.lr") */
+            flat?: Record<string, unknown>;
+            /** @description the suggestion, nested (RUNSTREAM_SWEEP_PARAM_PATH) */
+            params?: Record<string, unknown>;
+            /** @description the run id to start the run as (RUNSTREAM_RUN_ID) */
+            run_id?: string;
+            /** @description nothing to run now (paused, or the rest is being run): ask again then */
+            wait_s?: number;
+        };
+        /** ParamImportance */
+        ParamImportance: {
+            /** @description Pearson's r with the metric (a category: its strongest level's); null when constant */
+            correlation: number | null;
+            /** @description its share of the forest's impurity decrease; all sum to 1 */
+            importance: number;
+            param: string;
         };
         /** Project */
         Project: {
@@ -7061,8 +8655,10 @@ export interface components {
             project: string;
             python?: string;
             /** @enum {unknown} */
-            state: "crashed" | "failed" | "finished" | "killed" | "running";
+            state: "crashed" | "failed" | "finished" | "killed" | "running" | "stopped";
             summary: Record<string, unknown>;
+            /** @description the sweep the run belongs to (docs/sweeps.md) */
+            sweep?: string | null;
             tags: string[];
             team: string;
             /** @description Unix seconds */
@@ -7073,6 +8669,17 @@ export interface components {
         RunArtifacts: {
             logged: components["schemas"]["Version"][];
             used: components["schemas"]["Version"][];
+        };
+        /** RunColumns */
+        RunColumns: {
+            /** @description per field, one value per run in run_ids' order: numbers, strings, bools, lists, or null where the run has none; non-finite numbers as "NaN", "Infinity", "-Infinity"; a value longer than 1,024 characters as its first 1,024 and "…" */
+            columns: {
+                [key: string]: unknown[];
+            };
+            names: string[];
+            run_ids: string[];
+            /** @description how many runs match (run_ids holds the first limit of them) */
+            total: number;
         };
         /**
          * RunDetail
@@ -7106,8 +8713,10 @@ export interface components {
             /** @description its rewinds, oldest first (init(resume_from=...)); the history a rewind replaced is read with history?rewinds=K (the run as it stood after its first K rewinds) */
             rewinds: components["schemas"]["RewindEntry"][];
             /** @enum {unknown} */
-            state: "crashed" | "failed" | "finished" | "killed" | "running";
+            state: "crashed" | "failed" | "finished" | "killed" | "running" | "stopped";
             summary: Record<string, unknown>;
+            /** @description the sweep the run belongs to (docs/sweeps.md) */
+            sweep?: string | null;
             tags: string[];
             team: string;
             /** @description Unix seconds */
@@ -7161,8 +8770,10 @@ export interface components {
             project: string;
             python?: string;
             /** @enum {unknown} */
-            state?: "crashed" | "failed" | "finished" | "killed" | "running";
+            state?: "crashed" | "failed" | "finished" | "killed" | "running" | "stopped";
             summary?: Record<string, unknown>;
+            /** @description the sweep the run belongs to (docs/sweeps.md) */
+            sweep?: string | null;
             tags?: string[];
             team: string;
             /** @description Unix seconds */
@@ -7183,6 +8794,11 @@ export interface components {
             run_id: string;
             /** @description each bucket's start, Unix seconds */
             time: (number | null)[];
+        };
+        /** RunToStop */
+        RunToStop: {
+            reason: string;
+            run_id: string;
         };
         /** RunsPage */
         RunsPage: {
@@ -7271,6 +8887,94 @@ export interface components {
             size: number;
             /** @description the store key */
             stored: string;
+        };
+        /** Sweep */
+        Sweep: {
+            /** @description the configuration as it was sent */
+            config: Record<string, unknown>;
+            /** @description Unix seconds */
+            created_at: number;
+            created_by: string;
+            /** @enum {unknown} */
+            method: "bayes" | "grid" | "random";
+            metric: components["schemas"]["SweepMetric"] | null;
+            name: string;
+            /** @description how many runs name the sweep */
+            run_count: number;
+            /** @enum {unknown} */
+            state: "canceled" | "finished" | "paused" | "running" | "stopped";
+            /** @description 8 characters of [a-z0-9] */
+            sweep_id: string;
+            /** @description Unix seconds */
+            updated_at: number;
+        };
+        /** SweepAgent */
+        SweepAgent: {
+            agent_id: string;
+            /** @description Unix seconds */
+            heartbeat_at: number;
+            host: string;
+            pid: number;
+            /** @description Unix seconds */
+            started_at: number;
+            /**
+             * @description finished: told the sweep is done; gone: silent for longer than the crash timeout
+             * @enum {unknown}
+             */
+            state: "finished" | "gone" | "running";
+        };
+        /** SweepAgentId */
+        SweepAgentId: {
+            agent_id: string;
+        };
+        /** SweepDetail */
+        SweepDetail: {
+            agents: components["schemas"]["SweepAgent"][];
+            /** @description the run with the best summary value of the metric */
+            best: components["schemas"]["BestRun"] | null;
+            /** @description the configuration as it was sent */
+            config: Record<string, unknown>;
+            /** @description run state -> how many of its runs are in it */
+            counts: {
+                [key: string]: number;
+            };
+            /** @description Unix seconds */
+            created_at: number;
+            created_by: string;
+            /** @enum {unknown} */
+            method: "bayes" | "grid" | "random";
+            metric: components["schemas"]["SweepMetric"] | null;
+            name: string;
+            /** @description how many runs name the sweep */
+            run_count: number;
+            /** @enum {unknown} */
+            state: "canceled" | "finished" | "paused" | "running" | "stopped";
+            /** @description 8 characters of [a-z0-9] */
+            sweep_id: string;
+            /** @description Unix seconds */
+            updated_at: number;
+        };
+        /** SweepEdit */
+        SweepEdit: {
+            /**
+             * @description paused; running (resume); stopped (no new runs); canceled (and its running runs stop)
+             * @enum {unknown}
+             */
+            state: "canceled" | "paused" | "running" | "stopped";
+        };
+        /** SweepMetric */
+        SweepMetric: {
+            /** @enum {unknown} */
+            goal?: "maximize" | "minimize";
+            name?: string;
+            target?: number;
+        };
+        /** Sweeps */
+        Sweeps: {
+            /** @description a page, newest first */
+            sweeps: components["schemas"]["Sweep"][];
+            /** @description how many sweeps the project has */
+            total: number;
         };
         /** SystemBody */
         SystemBody: {
@@ -7372,6 +9076,48 @@ export interface components {
             total: number;
             /** @description a page, newest first */
             versions: components["schemas"]["Version"][];
+        };
+        /** View */
+        View: {
+            /** @description Unix seconds */
+            created_at: number;
+            created_by: string;
+            is_default: boolean;
+            name: string;
+            /** @description the workspace's state, as saved */
+            spec: Record<string, unknown>;
+            /** @description Unix seconds */
+            updated_at: number;
+            updated_by: string;
+            view_id: string;
+        };
+        /**
+         * ViewEdit
+         * @description Fields left out stay as they are.
+         */
+        ViewEdit: {
+            /** @description make it the project's default view (the previous default is unmarked); false unmarks it */
+            default?: boolean;
+            name?: string;
+            /** @description the workspace's state (panels, sections, filters, grouping, columns, hidden runs, order), at most 262,144 bytes of JSON; kept as given */
+            spec?: Record<string, unknown>;
+        };
+        /** ViewSummary */
+        ViewSummary: {
+            /** @description Unix seconds */
+            created_at: number;
+            created_by: string;
+            is_default: boolean;
+            name: string;
+            /** @description Unix seconds */
+            updated_at: number;
+            updated_by: string;
+            view_id: string;
+        };
+        /** Views */
+        Views: {
+            /** @description by name */
+            views: components["schemas"]["ViewSummary"][];
         };
         /** Whoami */
         Whoami: {

@@ -11,6 +11,7 @@ import { projectsPage } from "./pages/projects";
 import { reportPage, reportsPage, sharedReportPage } from "./pages/reports";
 import { runPage } from "./pages/run";
 import { settingsPage } from "./pages/settings";
+import { sweepsPage } from "./pages/sweeps";
 import { workspacePage } from "./pages/workspace";
 import { forgetWhoami, whoami } from "./session";
 
@@ -27,6 +28,8 @@ const ROUTES: Array<[RegExp, Page]> = [
   [new RegExp(`^/projects/${P}/${P}/artifacts/?$`), artifactsPage],
   [new RegExp(`^/projects/${P}/${P}/artifacts/${P}/?$`), artifactsPage],
   [new RegExp(`^/projects/${P}/${P}/artifacts/${P}/${P}/?$`), artifactsPage],
+  [new RegExp(`^/projects/${P}/${P}/sweeps/?$`), sweepsPage],
+  [new RegExp(`^/projects/${P}/${P}/sweeps/${P}/?$`), sweepsPage],
   [new RegExp(`^/projects/${P}/${P}/settings/?$`), projectSettingsPage],
   [new RegExp(`^/projects/${P}/${P}/reports/?$`), reportsPage],
   [new RegExp(`^/projects/${P}/${P}/reports/${P}/?$`), reportPage],

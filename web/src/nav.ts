@@ -16,6 +16,6 @@ export function projectNav(team: string, project: string, active: string): HTMLE
   const tab = (name: string, href: string) => h("a", { href, className: active === name ? "active" : "" }, name);
   return h("nav.tabs", null,
     h("span.crumb", null, h("a", { href: "/" }, "projects"), " / ", `${team}/${project}`),
-    tab("workspace", base), tab("artifacts", `${base}/artifacts`), tab("alerts", `${base}/alerts`),
+    tab("workspace", base), tab("sweeps", `${base}/sweeps`), tab("artifacts", `${base}/artifacts`), tab("alerts", `${base}/alerts`),
     tab("reports", `${base}/reports`), tab("settings", `${base}/settings`));
 }

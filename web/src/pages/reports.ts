@@ -1,5 +1,6 @@
-// Reports: markdown with chart panels bound to runs or a filter; share links that open
-// without an account (/share/<token> reads the report with the X-Runstream-Share header).
+// Reports: markdown with panels bound to runs or a filter (line charts, and the workspace's
+// parallel coordinates, scatter, bar and importance panels); share links that open without an
+// account (/share/<token> reads the report with the X-Runstream-Share header).
 
 import { del, get, patch, post, qs, setShareToken } from "../api";
 import type { Answer, Report } from "../answers";
@@ -8,12 +9,16 @@ import { seriesLoader, type ChartRun } from "../data";
 import { errorBox, guarded, h, select } from "../dom";
 import { renderMarkdown } from "../markdown";
 import { navigate, projectNav } from "../nav";
+import { CustomPanel, type CustomSpec, isCustom } from "../panels/custom";
 import { fmtTime } from "../util";
 
 const enc = encodeURIComponent;
 
-/** A report's chart spec, as stored in its panels array (free-form objects in the document). */
-interface ReportPanel { metric: string; run_ids?: string[]; filters?: unknown; limit?: number; x?: XAxis; x_metric?: string; log?: boolean;
+/**
+ * A report's panel spec, as stored in its panels array (free-form objects in the document): a line
+ * chart, or (with `kind`) one of the workspace's other kinds, with its own fields.
+ */
+interface ReportPanel { kind?: string; metric: string; run_ids?: string[]; filters?: unknown; limit?: number; x?: XAxis; x_metric?: string; log?: boolean;
                         smoothing?: number; title?: string }
 type Catalog = Answer<"/projects/{team}/{project}/keys">;
 
@@ -46,20 +51,22 @@ export async function reportsPage(root: HTMLElement, [team, project]: string[]):
 }
 
 /** Renders a report's body with its panels in place (and the unplaced ones after it). */
-async function renderReport(team: string, project: string, report: Report, into: HTMLElement): Promise<ChartPanel[]> {
+async function renderReport(team: string, project: string, report: Report, into: HTMLElement): Promise<Array<ChartPanel | CustomPanel>> {
   const base = `/projects/${enc(team)}/${enc(project)}`;
   const { html, panels: placed } = renderMarkdown(report.body ?? "");
   const body = h("article.markdown");
   body.innerHTML = html; // safe: renderMarkdown escapes every character of the source
   into.replaceChildren(body);
   const specs = (report.panels ?? []) as unknown[] as ReportPanel[];
-  const charts: ChartPanel[] = [];
+  const charts: Array<ChartPanel | CustomPanel> = [];
+  // A panel reads its run ids, or its filter (none: every run).
+  const filtersOf = (p: ReportPanel) => (p.run_ids?.length ? { run_id: { $in: p.run_ids } }
+    : p.filters && Object.keys(p.filters as object).length ? p.filters as Record<string, unknown> : null);
   const runCache = new Map<string, Promise<ChartRun[]>>();
   const runsFor = (p: ReportPanel): Promise<ChartRun[]> => {
     const key = JSON.stringify([p.run_ids, p.filters, p.limit]);
     if (!runCache.has(key)) {
-      const filters = p.run_ids?.length ? { run_id: { $in: p.run_ids } } : p.filters && Object.keys(p.filters as object).length ? p.filters : undefined;
-      runCache.set(key, get<Answer<"/projects/{team}/{project}/runs">>(`${base}/runs` + qs({ filters, limit: Math.min(1000, p.limit ?? 100) }))
+      runCache.set(key, get<Answer<"/projects/{team}/{project}/runs">>(`${base}/runs` + qs({ filters: filtersOf(p), limit: Math.min(1000, p.limit ?? 100) }))
         .then((a) => a.runs.map((r) => ({ id: r.id, name: r.name || r.id }))));
     }
     return runCache.get(key)!;
@@ -67,6 +74,13 @@ async function renderReport(team: string, project: string, report: Report, into:
   const leftovers = h("div.panels");
   for (let i = 0; i < specs.length; i++) {
     const p = specs[i];
+    const slot = body.querySelector(`[data-panel="${i + 1}"]`);
+    if (isCustom(p)) {
+      const panel = new CustomPanel({ ...(p as unknown as CustomSpec), id: `r${i}` }, { base, filters: () => filtersOf(p), limit: p.limit });
+      charts.push(panel);
+      if (slot && placed.includes(i + 1)) slot.replaceWith(panel.el); else leftovers.append(panel.el);
+      continue;
+    }
     const spec: PanelSpec = { id: `r${i}`, metric: p.metric, x: p.x ?? "step", xMetric: p.x_metric,
                               log: p.log, smoothing: p.smoothing ?? 0,
                               title: p.title ?? `${p.metric}${p.run_ids ? ` · ${p.run_ids.length} runs` : p.filters && Object.keys(p.filters as object).length ? " · filtered runs" : ""}` };
@@ -75,7 +89,6 @@ async function renderReport(team: string, project: string, report: Report, into:
     const chart = new ChartPanel(spec, { loader: async (s, r, w) => { runs = await runsFor(p); return loader(s, r, w); },
                                           hidden: () => false, controls: true });
     charts.push(chart);
-    const slot = body.querySelector(`[data-panel="${i + 1}"]`);
     if (slot && placed.includes(i + 1)) slot.replaceWith(chart.el); else leftovers.append(chart.el);
   }
   if (leftovers.childElementCount) into.append(leftovers);
@@ -91,7 +104,7 @@ export async function reportPage(root: HTMLElement, [team, project, reportId]: s
   const view = h("div.report-view");
   const shareBox = h("div.share-box");
   const message = h("div");
-  let charts: ChartPanel[] = [];
+  let charts: Array<ChartPanel | CustomPanel> = [];
   const draw = async () => { charts.forEach((c) => c.destroy()); charts = await renderReport(team, project, report, view); };
 
   const editor = h("div.report-editor", { hidden: true });

@@ -136,7 +136,9 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
         h("section", null, h("h3", null, "Run"), kv([
           ["id", run.id], ["state", run.state], ["exit code", run.exit_code], ["created", fmtTime(run.created_at)],
           ["runtime", runtime > 0 ? fmtDuration(runtime) : ""], ["heartbeat", fmtTime(run.heartbeat_at)],
-          ["group", run.group], ["job type", run.job_type], ["user", run.user], ["host", run.host],
+          ["group", run.group], ["job type", run.job_type],
+          ["sweep", run.sweep ? h("a.run-sweep", { href: `/projects/${enc(team)}/${enc(project)}/sweeps/${enc(run.sweep)}` }, run.sweep) : null],
+          ["user", run.user], ["host", run.host],
           ["command", h("code", null, [run.program, ...(run.args ?? [])].filter(Boolean).join(" "))],
           ["python", run.python],
           ["forked from", fork ? h("span.fork", null, h("a", { href: `/projects/${enc(team)}/${enc(project)}/runs/${enc(fork.run_id)}` }, fork.run_id),
