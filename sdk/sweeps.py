@@ -57,16 +57,21 @@ def stop_requested() -> bool:
 
 
 def sweep(
-    config: Mapping[str, Any] | str | os.PathLike[str],
-    project: str | None = None,
+    sweep: Mapping[str, Any] | str | os.PathLike[str],
     entity: str | None = None,
+    project: str | None = None,
+    prior_runs: list[str] | None = None,
+    *,
     name: str | None = None,
 ) -> str:
-    """Create a sweep from ``config`` (a dict, or a YAML/JSON file) and return its path ``team/project/id``.
+    """Create a sweep from ``sweep``, its configuration (a dict, or a YAML/JSON file), and return its path
+    ``team/project/id`` (wandb's arguments, in wandb's order).
 
     The configuration is checked here first: ``SweepConfigError`` lists every problem and nothing is sent.
     The project is ``project``, else the configuration's, else ``RUNSTREAM_PROJECT`` (as for runs)."""
-    path = create(config, project, entity, name)
+    if prior_runs:
+        raise NotImplementedError("runstream.sweep(prior_runs=...) is not supported: a sweep learns from its own runs")
+    path = create(sweep, project, entity, name)
     print(f"runstream: created sweep {path}; run agents with: runstream agent {path}", file=sys.stderr)
     return path
 
@@ -104,9 +109,9 @@ def set_state(sweep_path: str, state: str, project: str | None = None, entity: s
 def agent(
     sweep_id: str,
     function: Callable[[], Any] | None = None,
-    count: int | None = None,
-    project: str | None = None,
     entity: str | None = None,
+    project: str | None = None,
+    count: int | None = None,
 ) -> None:
     """Run the sweep's suggestions until it is done (or paused for good, stopped, cancelled) or ``count`` runs ran.
 

@@ -422,3 +422,26 @@ def test_a_sweep_is_paused_resumed_and_cancelled_from_the_command_line(api, work
     out, err = _finished(_agent(work, path))
     assert "RUN " not in out and "nothing more to run" in err
     assert _runs(api, project) == []
+
+
+# -- wandb's own example ----------------------------------------------------------------------------
+
+
+def test_wandbs_sweep_quickstart_runs_unchanged(api, work):
+    """W&B's sweep walkthrough (``wandb.sweep(sweep=...)``, ``wandb.agent(sweep_id, function=main, count=)``,
+    ``wandb.config.lr``), with ``import runstream as wandb``, in a process of its own."""
+    shutil.copy(SCRIPTS / "wandb_sweep_example.py", work / "example.py")
+    done = subprocess.run(
+        [sys.executable, "example.py"], cwd=work, env=dict(os.environ), capture_output=True, text=True, timeout=PATIENCE
+    )
+    assert done.returncode == 0, done.stderr
+    runs = _settled(api, "my-first-sweep", 3)
+    assert {r.state for r in runs} == {"finished"}
+    for run in runs:
+        assert run.config["batch_size"] in (16, 32, 64) and run.config["epochs"] in (5, 10, 15)
+        assert 0.0001 <= run.config["lr"] <= 0.1
+        assert run.summary["epoch"] == run.config["epochs"] - 1 and "val_acc" in run.summary
+    (sweep,) = api.project("my-first-sweep", "default").sweeps()
+    assert (sweep.name, sweep.method) == ("sweep", "random") and sorted(r.id for r in sweep.runs) == sorted(
+        r.id for r in runs
+    )
