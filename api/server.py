@@ -128,7 +128,7 @@ def _load_demo(url: str) -> None:
                 return
     except OSError:
         pass  # 404: not loaded yet
-    print("logging the demo sweep (24 runs, a minute or two) ...", flush=True)
+    print("logging the demo sweep (24 runs, about 20 s) ...", flush=True)
     # This machine's own server needs no key (a key for another server would be refused).
     env = {k: v for k, v in os.environ.items() if k != "RUNSTREAM_API_KEY"} | {"RUNSTREAM_URL": url}
     demo = subprocess.Popen(
