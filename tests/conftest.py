@@ -66,9 +66,10 @@ def kafka_bootstrap(kafka_broker: KafkaBroker | None) -> str:
     return bootstrap
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kafka_cluster() -> Iterator[KafkaCluster]:
-    """Three brokers in one KRaft quorum (each a controller voter), started on first use, without topics.
+    """Three brokers in one KRaft quorum (each a controller voter), started on first use, without topics;
+    stopped after the module, so three idle JVMs do not slow the rest of the suite.
 
     For tests that kill brokers: a test that stops a node starts it again (``kafka_cluster.start()``)
     before it ends, so the next one finds the cluster whole.
