@@ -7,10 +7,10 @@ BROKERS ?= 1
 
 .PHONY: demo pipeline-demo test lint kafka clickhouse clean prereqs
 
-# Installs the package (editable, with the server and test extras) into .venv.
+# Installs the package (editable, with the server, test and integrations extras) into .venv.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[server,test]'
+	$(BIN)/pip install --quiet -e '.[server,test,integrations]'
 	touch $@
 
 prereqs:

@@ -29,6 +29,7 @@ from runstream.api import (
     history,
     home,
     ingest,
+    media,
     panels,
     quotas,
     reports,
@@ -130,6 +131,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         *deletion.routes,
         *sweeps.routes,
         *panels.routes,
+        *media.routes,
         *views.routes,
         *home.routes(),  # last: the UI's assets are mounted at /
     ]

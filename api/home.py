@@ -16,8 +16,12 @@ UI_DIR = Path(__file__).resolve().parent / "ui"
 # The UI's policy (defence in depth behind the markdown renderer's escaping): scripts and
 # styles from the bundle only (the app sets styles through CSSOM, which CSP allows; index.html
 # has no inline <script> or <style>), images from the site, blob: (media fetched with the
-# caller's credentials) and data: (the empty favicon).
-UI_CSP = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+# caller's credentials) and data: (the empty favicon); audio and video from blob: too (the
+# same fetched media: an <audio src> to the API would carry no key).
+UI_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
 
 
 class UiFiles(StaticFiles):

@@ -35,6 +35,17 @@ Figures, each the median of ``--repeat`` repetitions (a fresh run each):
   ``init`` to ``finish`` returning, i.e. what the tool's threads burn; helper
   processes (wandb-core) are counted separately, from /proc.
 
+``watch()`` (job ``watch``): what ``run.watch(model)`` costs a PyTorch training step, on an MLP
+784-256-10 (ReLU), batch 64, SGD, CPU, ``--torch-threads`` threads (default 1: steadier on a
+shared machine; the overhead is absolute µs either way). Three variants in fresh runs, taken in
+turn within each repetition: no watch, ``watch(log="all", log_freq=100)`` and ``log_freq=1``;
+each step is forward + cross-entropy + backward + ``optimizer.step()`` + ``run.log({"loss": ...})``.
+Figures per variant: µs per step (wall), the main thread's CPU µs per step (where the hooks and
+the histograms run), background CPU s (the sender encoding and spooling the histogram files,
+loop and finish) and the histograms stored. ``--watch-steps`` steps each (default 1,000).
+
+    .venv/bin/python -m bench.sdk_log --only watch [--watch-steps 1000] [--repeat 5] [--torch-threads 1]
+
 Only prints figures: targets are shown next to them, never asserted. The last
 line is one JSON object with the headline figures.
 """
@@ -276,7 +287,90 @@ def _worker_mlflow(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return result
 
 
-WORKERS = {"runstream": _worker_runstream, "wandb": _worker_wandb, "mlflow": _worker_mlflow}
+WATCH_VARIANTS: dict[str, dict[str, Any] | None] = {
+    "off": None,
+    "freq100": {"log": "all", "log_freq": 100},
+    "freq1": {"log": "all", "log_freq": 1},
+}
+WATCH_LABELS = {"off": "no watch", "freq100": 'watch(log="all", log_freq=100)', "freq1": 'watch(log="all", log_freq=1)'}
+
+
+def _worker_watch(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """µs per training step of a small real model, without and with ``run.watch()`` (its hooks, its histograms)."""
+    import torch
+
+    import runstream
+    from runstream import events
+
+    torch.set_num_threads(args.torch_threads)
+    torch.manual_seed(0)
+    batches = [(torch.randn(64, 784), torch.randint(0, 10, (64,))) for _ in range(8)]
+    settings: dict[str, Any] = {"system_metrics": False, "console": False, "git": False, "finish_timeout": 120.0}
+
+    def train(model: Any, optimizer: Any, steps: int, log: LogFn | None) -> None:
+        for i in range(steps):
+            x, y = batches[i % len(batches)]
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if log is not None:
+                log({"loss": loss.item()})
+
+    def one(variant: str, rep: int) -> dict[str, Any]:
+        model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        train(model, optimizer, 20, None)  # warm up torch's kernels and allocator outside the figures
+        run = runstream.init(project="bench", name=f"watch-{variant}-{rep}", mode="offline", dir=str(tmp),
+                             settings=settings)  # fmt: skip
+        watch = WATCH_VARIANTS[variant]
+        if watch is not None:
+            run.watch(model, **watch)
+        cpu0, main0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
+        train(model, optimizer, args.steps, run.log)
+        loop_s, main_s = time.perf_counter() - t0, time.thread_time() - main0
+        t1 = time.perf_counter()
+        run.finish()
+        finish_s = time.perf_counter() - t1
+        cpu_s = time.process_time() - cpu0
+        main_all_s = time.thread_time() - main0
+        histograms = sum(
+            1 for e in _spooled(run.dir, events) if e.type == events.FILE and e.data.get("media_type") == "histogram"
+        )
+        return {
+            "us_per_step": loop_s / args.steps * 1e6,
+            "main_cpu_us_per_step": main_s / args.steps * 1e6,
+            "bg_cpu_s": max(0.0, cpu_s - main_all_s),
+            "finish_s": finish_s,
+            "histograms": histograms,
+        }
+
+    reps: dict[str, list[dict[str, Any]]] = {v: [] for v in WATCH_VARIANTS}
+    for rep in range(args.repeat):
+        for variant in WATCH_VARIANTS:  # in turn: a slower moment of a shared machine hits every variant
+            reps[variant].append(one(variant, rep))
+    result: dict[str, Any] = {"steps": args.steps, "torch_threads": args.torch_threads, "torch": torch.__version__}
+    for variant, runs in reps.items():
+        result[variant] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        result[variant]["us_per_step_reps"] = [round(r["us_per_step"], 1) for r in runs]
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["version"] = runstream.__version__
+    return result
+
+
+def _spooled(run_dir: str, events: Any) -> list[Any]:
+    """Every event a finished run spooled (the histograms it stored are counted from them)."""
+    from runstream.spool import Cursor, Spool
+
+    spool = Spool(Path(run_dir) / "spool", writer=False)
+    try:
+        records, _ = spool.read(Cursor(min(spool.segments(), default=1), 0), max_bytes=1 << 30)
+    finally:
+        spool.close()
+    return [events.decode(event) for _, event in records]
+
+
+WORKERS = {"runstream": _worker_runstream, "wandb": _worker_wandb, "mlflow": _worker_mlflow, "watch": _worker_watch}
 
 
 def worker_main(args: argparse.Namespace) -> None:
@@ -340,6 +434,14 @@ def jobs(args: argparse.Namespace, peer_python: Path | None) -> list[Job]:
             args.steps,
             PROJECT_PYTHON,
             ("--defaults",),
+        ),
+        Job(
+            "watch",
+            "watch(), MLP 784-256-10",
+            "watch",
+            args.watch_steps,
+            PROJECT_PYTHON,
+            ("--torch-threads", str(args.torch_threads)),
         ),
     ]
     if peer_python is not None:
@@ -437,6 +539,40 @@ def print_table(results: dict[str, dict[str, Any]], labels: dict[str, str]) -> N
             print(f"\n{labels[key]} failed: {r['error']}")
 
 
+def print_watch(r: dict[str, Any], repeat: int) -> None:
+    """The watch() table: per training step, without and with the hooks."""
+    print(
+        f"watch(): MLP 784-256-10, batch 64, SGD, CPU, {r['torch_threads']} torch thread(s), torch {r['torch']}; "
+        f"{r['steps']:,} steps per run, median of {repeat} runs per variant."
+    )
+    header = ("variant", "µs/step", "+µs/step", "main CPU µs/step", "bg CPU s", "finish() s", "histograms")
+    base = r["off"]["us_per_step"]
+    rows = [header]
+    for variant, label in WATCH_LABELS.items():
+        v = r[variant]
+        rows.append(
+            (
+                label,
+                f"{v['us_per_step']:,.0f}",
+                "-" if variant == "off" else f"{v['us_per_step'] - base:+,.0f}",
+                f"{v['main_cpu_us_per_step']:,.0f}",
+                _num(v["bg_cpu_s"], 3),
+                _num(v["finish_s"], 3),
+                f"{v['histograms']:,.0f}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for n, row in enumerate(rows):
+        print("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+    print(
+        "µs/step: wall time of forward + loss + backward + optimizer.step() + run.log(); +µs/step: over no watch. "
+        "main CPU: the training thread's (hooks and histograms run there); bg CPU: the process's other threads "
+        "(the sender writing the histogram files), loop and finish."
+    )
+
+
 def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
@@ -447,7 +583,9 @@ def main() -> None:
     parser.add_argument("--mlflow-steps", type=int, default=2_000, help="steps for MLflow (milliseconds per call)")
     parser.add_argument("--long-factor", type=int, default=10, help="runstream also runs this many times the steps")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions per tool; figures are their medians")
-    parser.add_argument("--only", default="", help="comma-separated job keys, e.g. runstream,wandb")
+    parser.add_argument("--only", default="", help="comma-separated job keys, e.g. runstream,wandb (or watch)")
+    parser.add_argument("--watch-steps", type=int, default=1_000, help="training steps per run of the watch job")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads in the watch job")
     parser.add_argument("--bench-venv", type=Path, default=BENCH_VENV, help="where wandb and mlflow are installed")
     # Worker mode (internal): one tool in this process, one RESULT line on stdout.
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -503,8 +641,17 @@ def main() -> None:
         if broker is not None:
             broker.cleanup()
     results = {job.key: results[job.key] for job in todo if job.key in results}  # the table in job order
+    watch = results.pop("watch", None)  # its own table: per training step, not per log()
     total_s = time.monotonic() - began
 
+    if watch is not None and "error" not in watch:
+        print()
+        print_watch(watch, args.repeat)
+    elif watch is not None:
+        print(f"\nwatch() failed: {watch['error']}")
+    if not results:  # --only watch
+        print(json.dumps(_watch_summary(watch, args)))
+        return
     print()
     print(
         f"{SCALARS} scalars per log() call; each figure is the median of {args.repeat} repetitions (a fresh run each)."
@@ -585,6 +732,7 @@ def main() -> None:
             summary[f"{key}_error"] = r["error"][-300:]
     summary["versions"] = {r["worker"]: r["version"] for r in ok.values()}
     summary["mlflow_store"] = "sqlite"  # mlflow_us_per_log; the file store is in mlflow_file_*
+    summary.update(_watch_summary(watch, args))
     summary.update(
         steps=args.steps,
         mlflow_steps=args.mlflow_steps,
@@ -593,6 +741,26 @@ def main() -> None:
         total_s=round(total_s, 1),
     )
     print(json.dumps(summary))
+
+
+def _watch_summary(watch: dict[str, Any] | None, args: argparse.Namespace) -> dict[str, Any]:
+    """The watch() job's headline figures for the JSON line (absent when it did not run)."""
+    if watch is None:
+        return {}
+    if "error" in watch:
+        return {"watch_error": watch["error"][-300:]}
+    out: dict[str, Any] = {"watch_steps": watch["steps"], "watch_torch_threads": watch["torch_threads"]}
+    for variant in WATCH_VARIANTS:
+        out[f"watch_{variant}_us_per_step"] = round(watch[variant]["us_per_step"], 1)
+        out[f"watch_{variant}_main_cpu_us_per_step"] = round(watch[variant]["main_cpu_us_per_step"], 1)
+        out[f"watch_{variant}_bg_cpu_s"] = round(watch[variant]["bg_cpu_s"], 3)
+        out[f"watch_{variant}_histograms"] = watch[variant]["histograms"]
+        if variant != "off":
+            out[f"watch_{variant}_overhead_us_per_step"] = round(
+                watch[variant]["us_per_step"] - watch["off"]["us_per_step"], 1
+            )
+    out["repeat"] = args.repeat
+    return out
 
 
 if __name__ == "__main__":

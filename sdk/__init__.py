@@ -3,7 +3,8 @@
 ``import runstream as wandb`` works for scripts written for Weights & Biases:
 ``init``, ``log``, ``config``, ``summary``, ``define_metric``, ``alert``,
 ``save``, ``watch``, ``finish``, ``Image``, ``Histogram``, ``Table``, ``Api``, ``Artifact``,
-``log_artifact``, ``use_artifact``, ``log_model``, ``use_model``, ``sweep``, ``agent``.
+``log_artifact``, ``use_artifact``, ``log_model``, ``use_model``, ``sweep``, ``agent``,
+``Audio``, ``Video``, ``Html``, ``Object3D``, ``plot``, ``sklearn``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from runstream.run_settings import Settings
 __version__ = "0.1.0"
 
 __all__ = [
-    "AlertLevel", "Api", "Artifact", "Error", "Histogram", "Image", "Plotly", "Run", "Settings", "Table",
-    "agent", "alert", "config", "define_metric", "finish", "init", "log", "log_artifact", "log_model", "run", "save",
-    "summary", "sweep", "unwatch", "use_artifact", "use_model", "watch",
+    "AlertLevel", "Api", "Artifact", "Audio", "Error", "Histogram", "Html", "Image", "Object3D", "Plotly", "Run",
+    "Settings", "Table", "Video", "agent", "alert", "config", "define_metric", "finish", "init", "log", "log_artifact",
+    "log_model", "plot", "run", "save", "sklearn", "summary", "sweep", "unwatch", "use_artifact", "use_model", "watch",
 ]  # fmt: skip
 
 #: The last run started, like ``wandb.run`` (None before ``init()`` and once that run has finished);
@@ -70,8 +71,15 @@ def save(glob_str: str, base_path: str | None = None, policy: str = "live") -> l
     return _current().save(glob_str, base_path=base_path, policy=policy)
 
 
-def watch(models: Any, criterion: Any = None, log: str = "gradients", log_freq: int = 1000, **kw: Any) -> None:
-    _current().watch(models, criterion=criterion, log=log, log_freq=log_freq, **kw)
+def watch(
+    models: Any,
+    criterion: Any = None,
+    log: str | None = "gradients",
+    log_freq: int = 1000,
+    idx: int | None = None,
+    log_graph: bool = False,
+) -> Any:
+    return _current().watch(models, criterion=criterion, log=log, log_freq=log_freq, idx=idx, log_graph=log_graph)
 
 
 def unwatch(models: Any = None) -> None:
@@ -98,7 +106,7 @@ def use_model(name: str) -> str:
 
 def __getattr__(name: str) -> Any:
     # Media and the public API client load on first use: they pull in optional libraries.
-    if name in ("Image", "Histogram", "Table", "Plotly"):
+    if name in ("Image", "Histogram", "Table", "Plotly", "Audio", "Video", "Html", "Object3D"):
         from runstream import media
 
         return getattr(media, name)
@@ -110,6 +118,10 @@ def __getattr__(name: str) -> Any:
         from runstream.public_api import Api
 
         return Api
+    if name in ("plot", "sklearn"):  # runstream.plot.* charts; runstream.sklearn's plots (it imports scikit-learn)
+        import importlib
+
+        return importlib.import_module(f"runstream.{name}")
     if name in ("sweep", "agent"):  # the sweep configuration's parser (YAML) loads on first use
         from runstream import sweeps
 

@@ -1391,6 +1391,7 @@ class File:
         self.id: str = entry.get("store_key") or self.name
         self.kind: str | None = entry.get("kind")
         self.step: int | None = entry.get("step")
+        self.meta: dict[str, Any] = entry.get("meta") or {}  # a media file's meta (its key, caption, size...)
         self.url: str = run._api.url + entry["url"]  # needs the Api's key to download (Authorization)
 
     @property

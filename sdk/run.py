@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,8 @@ class Run:
         self._finish_result: FinishResult | None = None
         self._alert_times: dict[str, float] = {}
         self._pending_row: dict[str, Any] | None = None
-        self._watched_models: list[tuple[Any, str, int]] = []
+        self._watched_models: list[Any] = []  # the modules run.watch() hooked (runstream.integration.torch)
+        self._torch: Any = None  # their Watcher, made by the first watch()
         self._simple = True  # no uncommitted row and no watched model: log() may take its hot path
         self._saved: dict[Path, tuple[str, float]] = {}
         self._save_globs: list[tuple[str, Path, str]] = []  # (pattern, base, policy) of save() calls to look at again
@@ -282,6 +284,10 @@ class Run:
     def _log_slow(self, data: Mapping[str, Any], step: int, commit: bool) -> None:
         now = time.time()
         scalars: dict[str, float | int] = {}  # to_scalar keeps ints as ints
+        # Media and text are gathered here and handed over only once every key has passed: a log() that raises
+        # (a bad key, an unloggable value) stores nothing of its call.
+        media_items: list[tuple[int, float, str, Any]] = []
+        texts: dict[str, str] = {}
         for key, value in flatten(data).items():
             if not key or len(key) > events.MAX_NAME_LEN:
                 raise ValueError(f"log() key must be 1-{events.MAX_NAME_LEN} characters, got {key!r:.60}")
@@ -297,19 +303,23 @@ class Run:
             if item is None and isinstance(value, (list, tuple)):
                 # A gallery of images (one file each), a histogram of numbers, or nothing when empty.
                 for each in media_types.sequence_to_media(key, value):
-                    self._sender.media.append((step, now, key, each.snapshot()))
+                    media_items.append((step, now, key, each.snapshot()))
                 continue
             if item is None and getattr(value, "ndim", 0) >= 1:
                 item = media_types.Histogram(value)  # wandb turns arrays into histograms too
             if item is not None:
-                self._sender.media.append((step, now, key, item.snapshot()))
+                media_items.append((step, now, key, item.snapshot()))
             elif isinstance(value, str):
-                self._summary.update({key: value})  # text is not charted; keep the latest in the summary
+                texts[key] = value  # text is not charted; the latest goes in the summary
             else:
                 raise TypeError(
                     f"log() value for {key!r} is a {type(value).__name__}: use a number, a bool, a numpy/torch "
-                    "scalar, a sequence of numbers (histogram), runstream.Image/Histogram/Table or a list of Images"
+                    "scalar, a sequence of numbers (histogram), runstream.Image/Histogram/Table/Audio/Video/Html/"
+                    "Object3D, a runstream.plot chart, or a list of Images, Audio or Videos"
                 )
+        self._sender.media.extend(media_items)
+        if texts:
+            self._summary.update(texts)
         if self._pending is not None and step != self._pending_step:
             self._commit_pending()
         if self._pending is None:
@@ -341,11 +351,11 @@ class Run:
         self._simple = row is None and not self._watched_models
 
     @property
-    def _watched(self) -> list[tuple[Any, str, int]]:
+    def _watched(self) -> list[Any]:
         return self._watched_models
 
     @_watched.setter
-    def _watched(self, models: list[tuple[Any, str, int]]) -> None:
+    def _watched(self, models: list[Any]) -> None:
         self._watched_models = models
         self._simple = self._pending_row is None and not models
 
@@ -531,38 +541,52 @@ class Run:
                 )
             return self._stager
 
-    # -- torch ---------------------------------------------------------------------------
+    # -- torch (the hooks live in runstream.integration.torch) ------------------------------
     def watch(
-        self, models: Any, criterion: Any = None, log: str = "gradients", log_freq: int = 1000, **ignored: Any
-    ) -> None:
-        """Log histograms of a PyTorch model's gradients and/or parameters every ``log_freq`` steps."""
-        if log not in ("gradients", "parameters", "all", None):
-            raise ValueError(f"watch(log=...) must be 'gradients', 'parameters' or 'all', got {log!r}")
-        for model in models if isinstance(models, (list, tuple)) else [models]:
-            if not hasattr(model, "named_parameters"):
-                raise TypeError(f"watch() takes a torch.nn.Module, got {type(model).__name__}")
-            if log is not None:
-                self._watched = [*self._watched, (model, log, max(1, int(log_freq)))]
+        self,
+        models: Any,
+        criterion: Any = None,
+        log: str | None = "gradients",
+        log_freq: int = 1000,
+        idx: int | None = None,
+        log_graph: bool = False,
+    ) -> list[Any]:
+        """Hook a PyTorch model (or a list of them): histograms of its gradients and/or parameters every
+        ``log_freq`` backward/forward passes, stored with the next ``log()`` under ``gradients/<name>`` and
+        ``parameters/<name>``. Watching a watched model again replaces its hooks. ``criterion`` is accepted
+        (wandb draws graphs with it); returns the graphs wandb would, none: ``log_graph`` is not supported."""
+        try:
+            from runstream.integration import torch as torch_hooks
+        except ImportError as exc:
+            raise ImportError(f"run.watch() needs PyTorch ({exc}): pip install torch") from exc
+        if self._finished:
+            raise Error("run.watch() after the run finished: call it between init() and finish()")
+        if self.mode == "disabled":  # nothing is logged: no hooks, no histograms to compute
+            return []
+        if log_graph:
+            logging.getLogger("runstream").warning(
+                "runstream: watch(log_graph=True): model graphs are not drawn; only histograms are"
+            )
+        if self._torch is None:
+            self._torch = torch_hooks.Watcher(is_live=_live_check(self))
+        self._torch.watch(models, log=log, log_freq=log_freq, idx=idx)
+        self._watched = self._torch.modules  # log() leaves its hot path while a model is watched
+        return []
 
     def unwatch(self, models: Any = None) -> None:
-        self._watched = [] if models is None else [w for w in self._watched if w[0] is not models]
+        """Remove every hook ``watch()`` put on ``models`` (a module or a list; None: on every watched model)."""
+        if self._watched:  # histograms the hooks took since the last log() still go out, with the next step
+            self._log_watched(self._pending_step if self._pending is not None else self._step)
+        if self._torch is not None:
+            self._torch.unwatch(models)
+            self._watched = self._torch.modules
 
     def _log_watched(self, step: int) -> None:
-        from runstream import media as media_types
-
-        now = time.time()
-        for model, what, freq in self._watched:
-            if step % freq:
-                continue
-            for name, param in model.named_parameters():
-                if what in ("parameters", "all"):
-                    self._sender.media.append(
-                        (step, now, f"parameters/{name}", media_types.Histogram(_to_numpy(param)))
-                    )
-                if what in ("gradients", "all") and getattr(param, "grad", None) is not None:
-                    self._sender.media.append(
-                        (step, now, f"gradients/{name}", media_types.Histogram(_to_numpy(param.grad)))
-                    )
+        """The histograms the hooks took since the last log(), stored at this log()'s step."""
+        taken = self._torch.take()
+        if taken:
+            now = time.time()
+            self._sender.media.extend([(step, now, key, histogram) for key, histogram in taken.items()])
 
     # -- life cycle -------------------------------------------------------------------
     def _start(self, start_data: dict[str, Any]) -> None:
@@ -643,6 +667,9 @@ class Run:
                 collector.stop()
             except Exception:  # noqa: BLE001
                 pass
+        if self._watched:  # histograms taken after the last log(): at the next step (wandb commits its partial row)
+            self._log_watched(self._pending_step if self._pending is not None else self._step)
+            self.unwatch()  # the model outlives the run: leave no hooks on it
         if self._pending:
             self._commit_pending()
         self._guarded("save", lambda: self._save_again(("live", "end")))
@@ -763,5 +790,12 @@ def unsent_lines(result: FinishResult, url: str, bound: float, run_dir: str, mod
     return lines
 
 
-def _to_numpy(tensor: Any) -> Any:
-    return tensor.detach().cpu().float().numpy()
+def _live_check(run: Run) -> Callable[[], bool]:
+    """Whether ``run`` is still going, without keeping it alive: the model's hooks hold this."""
+    ref = weakref.ref(run)
+
+    def is_live() -> bool:
+        alive = ref()
+        return alive is not None and not alive._finished
+
+    return is_live

@@ -28,17 +28,38 @@ def to_scalar(value: Any) -> float | int | None:
     if t is bool:
         return int(value)
     module = t.__module__
+    # numpy and torch scalars, and arrays of one element (``loss.view(1)``): wandb logs these as numbers.
     if module == "numpy" or module.startswith("numpy."):
-        if getattr(value, "ndim", None) == 0 and getattr(value.dtype, "kind", "") in "biuf":
+        if getattr(value, "size", None) == 1 and getattr(value.dtype, "kind", "") in "biuf":
             return to_scalar(value.item())  # a Python bool, int or float
         return None
-    if module.startswith("torch") and getattr(value, "ndim", None) == 0 and not value.is_complex():
-        return to_scalar(value.item())
+    if module.startswith("torch"):
+        value = local_tensor(value)
+        if _torch_number(value):
+            return to_scalar(value.item())
     if isinstance(value, int):  # subclasses: IntEnum, integers from other libraries
         return to_scalar(int(value))
     if isinstance(value, float):
         return float(value)
     return None
+
+
+def local_tensor(value: Any) -> Any:
+    """This rank's part of a distributed torch tensor (FSDP2's ``DTensor``: ``to_local()``), else the value.
+
+    A sharded or partial DTensor's ``item()``/``tolist()`` may gather it from every rank (a collective that only
+    rank 0, which logs, would enter: a hang); its local shard is what this rank holds. A replicated value (a loss averaged across
+    ranks) is the whole value; a sharded or partial one is this rank's part."""
+    to_local = getattr(value, "to_local", None)
+    return to_local() if callable(to_local) and type(value).__module__.startswith("torch") else value
+
+
+def _torch_number(value: Any) -> bool:
+    """A dense, real-valued torch tensor of one element (0-d or not): ``.item()`` gives its number."""
+    try:
+        return value.numel() == 1 and not value.is_complex() and not value.is_sparse
+    except (AttributeError, TypeError):  # torch.Size and other torch objects
+        return False
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -65,8 +86,14 @@ def json_safe(value: Any) -> Any:
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [json_safe(v) for v in value]
+    module = type(value).__module__
+    if module.startswith(("numpy", "torch")):
+        number = to_scalar(value)
+        if number is not None:
+            return json_safe(number)  # scalars and one-element arrays are numbers, as in wandb
+        value = local_tensor(value)
     tolist = getattr(value, "tolist", None)
-    if callable(tolist):  # numpy and torch scalars and arrays
+    if callable(tolist):  # numpy and torch arrays
         return json_safe(tolist())
     if isinstance(value, int):
         return int(value)

@@ -19,6 +19,7 @@ from runstream.events import FILE_KINDS
 from runstream.names import MAX_TIME_MS, is_time_ms, is_time_s
 from runstream.storage.errors import QueryError, require_text
 from runstream.storage.filters import check_regexes
+from runstream.storage.runs import select_runs
 
 MAX_RUNS = 10_000
 MAX_POINTS = 10_000
@@ -364,3 +365,126 @@ def _ms(what: str, seconds: Any, default: int) -> int:
     if not is_time_s(seconds):
         raise QueryError(f"{what} must be a Unix time in seconds, got {seconds!r}")
     return round(seconds * 1000)
+
+
+# -- media across runs ----------------------------------------------------------------------
+
+MAX_MEDIA_RUNS = 100  # runs one cross-run media answer compares (a panel's grid or overlaid curves)
+MAX_MEDIA_KEYS = 1_000
+# Runs with media under a key that travel to the runs query as an id list (``$in``); past it, the matching
+# runs' ids are read in order and intersected here instead (the filter compiler bounds its list values).
+_MAX_IN_IDS = 2_000
+_MAX_SCAN_RUNS = 50_000
+
+_MEDIA_OF_KEY = "kind = 'media' AND JSONExtractString(meta, 'key') = {key:String}"
+
+
+def latest_media(
+    client: Client,
+    team: str,
+    project: str,
+    key: str,
+    filters: dict[str, Any] | None = None,
+    run_ids: Sequence[str] | None = None,
+    order: str = "-created_at",
+    limit: int = 20,
+) -> dict[str, Any]:
+    """``{"key", "runs": [{run_id, name, **file}], "total"}``: the latest media file each run logged under ``key``
+    (its highest step; of a gallery, the first item), for the runs that have one and that ``run_ids`` name (in
+    that order) or ``filters`` select (run search's filter and ``order``), at most ``limit``; ``total`` counts
+    the runs with media under the key that the selection matches. A key no run logged is an empty answer."""
+    require_text("key", key)
+    _check_int("limit", limit, 1, MAX_MEDIA_RUNS)
+    if run_ids is not None:
+        _names("run_ids", run_ids, MAX_MEDIA_RUNS)  # checks; the order given is kept below
+    params: dict[str, Any] = {"team": team, "project": project, "key": key}
+    having = [
+        row[0]
+        for row in client.query(
+            f"""SELECT DISTINCT run_id FROM run_files
+            WHERE team = {{team:String}} AND project = {{project:String}} AND {_MEDIA_OF_KEY}""",
+            parameters=params,
+        ).result_rows
+    ]
+    if run_ids is not None:
+        wanted = set(having)
+        having = [r for r in dict.fromkeys(run_ids) if r in wanted]
+    # No run has the key: still one runs query, so a bad filter or order is a 400 whatever the key.
+    chosen, names, total = _select_with_media(client, team, project, having, filters, order, limit, run_ids is not None)
+    files = _latest_files(client, team, project, key, chosen)
+    runs = [
+        {"run_id": run_id, "name": name, **files[run_id]}
+        for run_id, name in zip(chosen, names, strict=True)
+        if run_id in files  # a file replaced between the two reads: left out, not answered as null
+    ]
+    return {"key": key, "runs": runs, "total": total}
+
+
+def _select_with_media(
+    client: Client,
+    team: str,
+    project: str,
+    having: list[str],
+    filters: dict[str, Any] | None,
+    order: str,
+    limit: int,
+    keep_order: bool,
+) -> tuple[list[str], list[str], int]:
+    """Of the runs ``having`` media, those ``filters`` match, in ``order`` (``having``'s own with ``keep_order``)."""
+    if len(having) <= _MAX_IN_IDS:
+        ids_filter: dict[str, Any] = {"id": {"$in": having}}
+        combined = {"$and": [filters, ids_filter]} if filters else ids_filter
+        # Only the first ``limit`` are needed, unless the caller's own order is kept (run_ids: at most 100).
+        first = max(1, len(having)) if keep_order else limit
+        found, total = select_runs(client, team, project, ["run_id", "name"], {}, combined, order, first)
+        pairs = list(zip(found[0], found[1], strict=True))
+    else:
+        found, _ = select_runs(client, team, project, ["run_id", "name"], {}, filters, order, _MAX_SCAN_RUNS)
+        wanted = set(having)
+        pairs = [(r, n) for r, n in zip(found[0], found[1], strict=True) if r in wanted]
+        total = len(pairs)
+    if keep_order:
+        place = {run_id: i for i, run_id in enumerate(having)}
+        pairs.sort(key=lambda pair: place[pair[0]])
+    pairs = pairs[:limit]
+    return [p[0] for p in pairs], [p[1] for p in pairs], total
+
+
+def _latest_files(client: Client, team: str, project: str, key: str, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+    if not run_ids:
+        return {}
+    sql = f"""SELECT run_id, {_FILE_COLUMNS} FROM run_files FINAL
+        WHERE team = {{team:String}} AND project = {{project:String}} AND run_id IN {{runs:Array(String)}}
+            AND {_MEDIA_OF_KEY}
+        ORDER BY run_id, step DESC, path
+        LIMIT 1 BY run_id"""
+    rows = client.query(sql, parameters={"team": team, "project": project, "key": key, "runs": run_ids}).result_rows
+    return {row[0]: _file_entry(row[1:]) for row in rows}
+
+
+def _file_entry(row: Sequence[Any]) -> dict[str, Any]:
+    """A row of ``_FILE_COLUMNS`` as ``_files`` answers it."""
+    path, kind, media_type, step, size, sha256, store_key, meta, ms = row
+    return {
+        "path": path,
+        "kind": kind,
+        "media_type": media_type or None,
+        "step": step,
+        "size": size,
+        "sha256": sha256,
+        "store_key": store_key,
+        "meta": orjson.loads(meta or "{}"),
+        "time": ms / 1000,
+    }
+
+
+def media_keys(client: Client, team: str, project: str) -> list[dict[str, Any]]:
+    """The keys the project's runs logged media under: ``[{key, media_types, runs}]`` by key, at most
+    ``MAX_MEDIA_KEYS``; what a media panel offers to compare."""
+    sql = """SELECT JSONExtractString(meta, 'key') AS k, arraySort(groupUniqArray(toString(media_type))),
+            uniqExact(run_id)
+        FROM run_files
+        WHERE team = {team:String} AND project = {project:String} AND kind = 'media' AND k != ''
+        GROUP BY k ORDER BY k LIMIT {limit:UInt32}"""
+    rows = client.query(sql, parameters={"team": team, "project": project, "limit": MAX_MEDIA_KEYS}).result_rows
+    return [{"key": k, "media_types": [t for t in types if t], "runs": runs} for k, types, runs in rows]

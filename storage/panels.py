@@ -311,7 +311,7 @@ def _capped(encoded: Mapping[str, list[np.ndarray]]) -> list[tuple[str, np.ndarr
 def _fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float | None]:
     """The forest's feature importances and its R² out of bag (up to ``HOLD_OUT_FROM`` runs) or on
     ``SCORE_RUNS`` runs held out of the fit; None under ``MIN_OOB_RUNS`` runs."""
-    from sklearn.ensemble import RandomForestRegressor  # type: ignore[import-untyped]  # heavy: imported on first use
+    from sklearn.ensemble import RandomForestRegressor  # heavy: imported on first use
 
     held = np.zeros(len(y), dtype=bool)
     if len(y) >= HOLD_OUT_FROM:

@@ -25,6 +25,10 @@ from infra.clickhouse_server import ClickHouseServer
 from infra.kafka_broker import KafkaBroker, KafkaCluster
 from tests.helpers import fresh_chdb_dsn
 
+# Keras 3 runs on PyTorch in the tests (the integrations extra installs torch, not TensorFlow); scripts the tests start
+# inherit it.
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
 if TYPE_CHECKING:  # storage is imported where a test needs it
     from runstream.storage.accounts import Role
 

@@ -1,4 +1,5 @@
-// Builds the UI into ../api/ui: index.html, app.js (one bundle), app.css and manifest.json.
+// Builds the UI into ../api/ui: index.html, app.js (an ES module), the chunks it imports when a page
+// first needs them (<name>-<hash>.js: three.js for the 3D viewer), app.css and manifest.json.
 // manifest.json carries a SHA-256 over every source file under web/ (what
 // tests/unit/test_ui_bundle.py recomputes, so a change to the sources without a rebuild
 // fails the suite) and the SHA-256 of each built file.
@@ -69,7 +70,12 @@ async function build() {
     entryPoints: { app: join(web, "src", "main.ts") },
     bundle: true,
     minify: true,
-    format: "iife",
+    // ESM with splitting: a dynamic import() becomes a chunk loaded on first use (three.js, ~750 KiB,
+    // only for 3D objects), not part of the first load. Chunks sit beside app.js (the package ships ui/*)
+    // and are named by their content hash, so a new build never meets a stale cached chunk.
+    format: "esm",
+    splitting: true,
+    chunkNames: "[name]-[hash]",
     target: ["es2020"],
     outdir: out,
     legalComments: "none",
@@ -87,7 +93,8 @@ async function build() {
     .replace("%JS%", `/app.js?v=${sha256(js).slice(0, 12)}`);
   writeFileSync(join(out, "index.html"), html);
   const files = {};
-  for (const name of ["index.html", "app.js", "app.css"]) files[name] = sha256(readFileSync(join(out, name)));
+  const chunks = readdirSync(out).filter((name) => name.endsWith(".js") && name !== "app.js").sort();
+  for (const name of ["index.html", "app.js", "app.css", ...chunks]) files[name] = sha256(readFileSync(join(out, name)));
   const manifest = { sources_sha256: sourcesHash(), files, built_by: "web/build.mjs (npm run build)" };
   writeFileSync(join(out, "manifest.json"), JSON.stringify(manifest, null, 2) + "\n");
   console.log(`built ${out}: app.js ${(js.length / 1024).toFixed(0)} KiB, sources ${manifest.sources_sha256.slice(0, 12)}`);

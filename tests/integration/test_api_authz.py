@@ -576,6 +576,12 @@ ACCESS: dict[tuple[str, str], tuple[str, Build]] = {
         "project-read",
         lambda w, t: Call("POST", f"{_p(t)}/importance", json={"metric": "summary.acc", "params": ["config.lr"]}),
     ),
+    # media across runs (docs/panels.md, "Media across runs")
+    ("POST", f"/api/v1{P}/media/latest"): (
+        "project-read",
+        lambda w, t: Call("POST", f"{_p(t)}/media/latest", json={"key": "samples", "filters": {"state": "finished"}}),
+    ),
+    ("GET", f"/api/v1{P}/media/keys"): ("project-read", lambda w, t: Call("GET", f"{_p(t)}/media/keys")),
     ("GET", f"/api/v1{P}/views"): ("project-read", lambda w, t: Call("GET", f"{_p(t)}/views")),
     ("POST", f"/api/v1{P}/views"): (
         "project-write",

@@ -293,53 +293,6 @@ def test_sigterm_marks_the_run_killed(tmp_path):
     assert finish[0].data["state"] == "killed"
 
 
-class _FakeTensor:
-    """Just enough of a torch tensor for watch(): detach().cpu().float().numpy()."""
-
-    def __init__(self, values):
-        self._values = np.asarray(values, dtype=np.float32)
-        self.grad = None
-
-    def detach(self):
-        return self
-
-    def cpu(self):
-        return self
-
-    def float(self):
-        return self
-
-    def numpy(self):
-        return self._values
-
-
-class _FakeModel:
-    def __init__(self):
-        self.weight = _FakeTensor(np.linspace(-1, 1, 100))
-        self.weight.grad = _FakeTensor(np.full(100, 0.5))
-        self.bias = _FakeTensor(np.zeros(10))  # no gradient yet
-
-    def named_parameters(self):
-        return [("fc.weight", self.weight), ("fc.bias", self.bias)]
-
-
-def test_watch_logs_parameter_and_gradient_histograms_every_log_freq(run):
-    run.watch(_FakeModel(), log="all", log_freq=2)
-    for step in range(4):
-        run.log({"loss": 1.0 / (step + 1)})
-    with pytest.raises(TypeError):
-        run.watch(object())
-    run.finish()
-    media = [
-        (e.data["step"], e.data["meta"]["key"])
-        for e in spooled_events(run.dir)
-        if e.type == events.FILE and e.data["kind"] == "media"
-    ]
-    assert sorted(media) == sorted(
-        (step, key) for step in (0, 2) for key in ("parameters/fc.weight", "parameters/fc.bias", "gradients/fc.weight")
-    )
-
-
 def test_a_logged_table_keeps_the_rows_it_had_when_logged(run):
     table = runstream.Table(columns=["a"], data=[[1]])
     run.log({"t": table})
@@ -348,6 +301,17 @@ def test_a_logged_table_keeps_the_rows_it_had_when_logged(run):
     run.finish()
     files = [e.data for e in spooled_events(run.dir) if e.type == events.FILE and e.data["kind"] == "media"]
     assert [f["meta"]["rows"] for f in files] == [1, 2]
+
+
+def test_a_log_that_raises_stores_none_of_its_media_or_text(run):
+    table = runstream.Table(columns=["a"], data=[[1]])
+    with pytest.raises(TypeError, match="mixes Table with Html"):
+        run.log({"t": table, "note": "hello", "bad": [table, runstream.Html("<p>")], "loss": 1.0})
+    run.log({"after": runstream.Table(columns=["b"], data=[[2], [3]])})
+    run.finish()
+    files = [e.data for e in spooled_events(run.dir) if e.type == events.FILE and e.data["kind"] == "media"]
+    assert [(f["meta"]["key"], f["meta"]["rows"]) for f in files] == [("after", 2)]  # not "t" of the failed call
+    assert "note" not in run.summary
 
 
 def test_edits_during_the_run_travel_as_run_updates_and_bad_ones_raise(run):

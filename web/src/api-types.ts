@@ -2843,6 +2843,203 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/projects/{team}/{project}/media/keys": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A project's media keys
+         * @description The keys the project's runs logged media under, with their media types: what a media panel may compare.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
+         */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the keys */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["MediaKeys"];
+                    };
+                };
+                /** @description the request does not fit its declaration (a field, parameter or value); the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such resource, or not visible with this key */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{team}/{project}/media/latest": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * The latest media of a key across runs
+         * @description For each run that ``run_ids`` name or ``filters`` select (run search's filter and order), the media file
+         *     it logged last under ``key``: what a media panel draws side by side. Runs without media under the key are
+         *     left out; a key no run logged answers no runs.
+         *
+         *     Key scope: read (keys of scope read or admin (and share links, anonymous callers for public projects)).
+         */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    team: string;
+                    project: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["LatestQuery"];
+                };
+            };
+            responses: {
+                /** @description each run's latest file under the key */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["LatestMedia"];
+                    };
+                };
+                /** @description a bad filter or order, no key, run_ids and filters both, or limit out of bounds */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description a credential that does not work */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the key may not do this here */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description no such resource, or not visible with this key */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description the body is too large */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description over a quota of this key, its team or this client; Retry-After says when to retry, and the message which setting raises the quota */
+                429: {
+                    headers: {
+                        /** @description whole seconds to wait before retrying */
+                        "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/projects/{team}/{project}/reports": {
         parameters: {
             query?: never;
@@ -8242,6 +8439,32 @@ export interface components {
             metric: string;
             params?: string[] | null;
         };
+        /** LatestMedia */
+        LatestMedia: {
+            key: string;
+            /** @description the runs that logged media under the key, in the order asked (run_ids) or sorted by order, each with its file of the highest step (of a gallery, its first item) */
+            runs: components["schemas"]["RunMedia"][];
+            /** @description how many of the runs selected have media under the key */
+            total: number;
+        };
+        /** LatestQuery */
+        LatestQuery: {
+            filters?: Record<string, unknown> | null;
+            /** @description the media key (the key passed to run.log) */
+            key: string;
+            /**
+             * @description the most runs answered
+             * @default 20
+             */
+            limit: number;
+            /**
+             * @description a run column, config.<key> or summary.<key>; - first for descending
+             * @default -created_at
+             */
+            order: string;
+            /** @description these runs, in this order (instead of filters) */
+            run_ids?: string[] | null;
+        };
         /** Lineage */
         Lineage: {
             edges: components["schemas"]["LineageEdge"][];
@@ -8284,6 +8507,19 @@ export interface components {
         Media: {
             key: string;
             media: components["schemas"]["FileEntry"][];
+        };
+        /** MediaKey */
+        MediaKey: {
+            key: string;
+            /** @description the kinds of media logged under it: image, chart, audio, ... */
+            media_types: string[];
+            /** @description how many runs logged media under it */
+            runs: number;
+        };
+        /** MediaKeys */
+        MediaKeys: {
+            /** @description by key, at most 1,000 */
+            keys: components["schemas"]["MediaKey"][];
         };
         /** Member */
         Member: {
@@ -8779,6 +9015,26 @@ export interface components {
             /** @description Unix seconds */
             updated_at?: number;
             user?: string;
+        };
+        /**
+         * RunMedia
+         * @description A run's latest media file under the key: the file as a run's files are listed, and whose run it is.
+         */
+        RunMedia: {
+            kind: string;
+            media_type?: string | null;
+            meta?: Record<string, unknown>;
+            /** @description the run's display name */
+            name: string;
+            path: string;
+            run_id: string;
+            sha256: string;
+            size: number;
+            step?: number | null;
+            store_key?: string;
+            time?: number;
+            /** @description where the blob downloads from */
+            url: string;
         };
         /** RunSystem */
         RunSystem: {

@@ -10,6 +10,12 @@ import { relativeTime, seriesLoader } from "../data";
 import { debounce, errorBox, guarded, h, replace } from "../dom";
 import { navigate, projectNav } from "../nav";
 import { whoami } from "../session";
+import { audioView } from "../media/audio";
+import { drawChart, parseChart } from "../media/chart";
+import { htmlView } from "../media/html";
+import { object3dView } from "../media/object3d";
+import { stepSlider } from "../media/steps";
+import { videoView } from "../media/video";
 import { versionsTable } from "./artifacts";
 import { colorOf, fmtAgo, fmtBytes, fmtDuration, fmtNum, fmtTime, flatten } from "../util";
 
@@ -86,7 +92,13 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
   const timers: number[] = [];
   const blobs = new BlobUrls();     // images and downloads fetched with credentials
   let panels: ChartPanel[] = [];
-  const destroyPanels = () => { panels.forEach((p) => p.destroy()); panels = []; };
+  let mediaDisposers: Array<() => void> = [];  // the media tab's charts and 3D viewers
+  const destroyPanels = () => {
+    panels.forEach((p) => p.destroy());
+    panels = [];
+    mediaDisposers.forEach((d) => d());
+    mediaDisposers = [];
+  };
 
   // Live state: poll while the run is running (heartbeats arrive about every few seconds).
   const tick = () => {
@@ -291,6 +303,32 @@ export async function runPage(root: HTMLElement, [team, project, runId]: string[
         step.addEventListener("change", () => void show().catch(fail));
         body.append(step, holder);
         void show().catch(fail);
+      } else if (type === "audio") {
+        body.append(stepSlider(items, (f) => audioView(f, blobs, fail, tabSignal), { className: "media-audio-list" }));
+      } else if (type === "video") {
+        body.append(stepSlider(items, (f) => videoView(f, blobs, fail, tabSignal), { className: "media-video-list" }));
+      } else if (type === "html") {
+        body.append(stepSlider(items, (f) => htmlView(f, fail, tabSignal)));
+      } else if (type === "object3d") {
+        // A viewer holds a WebGL context (a browser allows about 16): the step moved away from frees its own.
+        const viewers = new Map<HTMLElement, () => void>();
+        body.append(stepSlider(items, (f) => {
+          const viewer = object3dView(f, fail, tabSignal);
+          viewers.set(viewer.el, viewer.dispose);
+          mediaDisposers.push(viewer.dispose);
+          return viewer.el;
+        }, { release: (els) => els.forEach((el) => { viewers.get(el)?.(); viewers.delete(el); }) }));
+      } else if (type === "chart") {
+        // A chart per step (runstream.plot's JSON), drawn once fetched.
+        body.append(stepSlider(items, (f) => {
+          const holder = h("div.media-chart", { dataset: { key: name } }, h("p.muted", null, "loading…"));
+          fetchText(f.url, tabSignal).then((text) => {
+            if (!alive()) return;
+            const chart = parseChart(text);
+            mediaDisposers.push(drawChart(holder, [{ label: run.name || run.id, color: colorOf(run.id), chart }], { width: 640 }));
+          }).catch((err) => { if (alive()) { holder.replaceChildren(errorBox(err)); } });
+          return holder;
+        }));
       } else {
         body.append(h("ul", null, items.map((f) => h("li", null, blobs.download(f.url, f.path.split("/").pop() || "file", f.path, fail)))));
       }

@@ -1,6 +1,6 @@
 // The workspace: a runs table paged, sorted, filtered and grouped by the server, and panels of
 // the runs it selects: line charts (or its groups' mean ± std bands), and parallel coordinates,
-// scatter, bar and parameter importance panels (web/src/panels/), in sections by metric prefix
+// scatter, bar, parameter importance and media panels (web/src/panels/), in sections by metric prefix
 // that fold. Eye toggles and colours per run; brushing a parallel-coordinates panel filters the
 // table; checked runs open side by side in the run comparer. The layout is saved in this
 // browser (per project and user) and as the project's named views, one of them the default.
@@ -591,6 +591,16 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
       const agg = select([["mean", "mean ± std"], ["min", "min"], ["max", "max"]], "mean", () => {}, { className: "pf-agg" });
       inputs.push(h("label", null, "value ", value), h("label", null, "per group of ", by), h("label", null, agg));
       make = () => ({ id: newId(), kind, value: value.value, by: by.value || undefined, agg: agg.value as "mean" | "min" | "max" });
+    } else if (kind === "media") {
+      // The keys runs logged media under (images, charts, audio, ...), asked for when the form opens.
+      const key = h("select.pf-key", null, h("option", { value: "" }, "loading…"));
+      const runs = select(["10", "20", "50", "100"].map((v) => [v, `${v} runs`] as [string, string]), "20", () => {}, { className: "pf-runs" });
+      get<Answer<"/projects/{team}/{project}/media/keys">>(`${base}/media/keys`).then(({ keys }) => {
+        key.replaceChildren(...(keys.length ? keys.map((k) => h("option", { value: k.key },
+          `${k.key} (${k.media_types.join(", ")}; ${k.runs} run${k.runs === 1 ? "" : "s"})`)) : [h("option", { value: "" }, "no media logged")]));
+      }, (err) => { key.replaceChildren(h("option", { value: "" }, "—")); panelForm.append(errorBox(err)); });
+      inputs.push(h("label", null, "media key ", key), h("label", null, "latest of ", runs));
+      make = () => ({ id: newId(), kind, key: key.value, runs: Number(runs.value) });
     } else {
       const metric = fieldSelect("pf-metric", summaryFields[0] ?? "", false, summaryFields);
       inputs.push(h("label", null, "metric ", metric));
@@ -600,6 +610,7 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
       h("button.pf-add", { onclick: () => {
         const spec = make();
         if (spec.kind === "parallel" && spec.axes.length < 2) { panelForm.append(errorBox("choose two axes or more")); return; }
+        if (spec.kind === "media" && !spec.key) { panelForm.append(errorBox("choose a media key (log one with run.log first)")); return; }
         panelForm.hidden = true;
         addSpec(spec);
       } }, "add"),
@@ -614,7 +625,7 @@ export async function workspacePage(root: HTMLElement, [team, project]: string[]
     addPanel.value = "";
     if (kind === "new") { openForm(metric as CustomKind); return; }
     addSpec({ id: newId(), metric, kind: kind as "metric" | "system", x: kind === "system" ? "relative" : "step", smoothing: 0 });
-  }, { className: "add-panel", title: "add panel: a line chart of a metric, or parallel coordinates, scatter, bar, importance" });
+  }, { className: "add-panel", title: "add panel: a line chart of a metric, or parallel coordinates, scatter, bar, importance, media across runs" });
   const saveReport = async () => {
     const f = filters();
     const report = await post<Answer<"/projects/{team}/{project}/reports", "post">>(`${base}/reports`, {

@@ -6,6 +6,7 @@ import { h } from "../dom";
 import { barPanel, type BarSpec } from "./bar";
 import { fetchColumns, type RunsColumns, shortField } from "./common";
 import { fetchImportance, type ImportanceSpec, importanceTable } from "./importance";
+import { fetchLatestMedia, type MediaSpec, MediaView } from "./media";
 import { type Brush, type ParallelPanel, parallelPanel, type ParallelSpec } from "./parallel";
 import { scatterPanel, type ScatterSpec } from "./scatter";
 
@@ -13,11 +14,13 @@ export type CustomSpec = { id: string; title?: string } & (
   | ({ kind: "parallel" } & ParallelSpec)
   | ({ kind: "scatter" } & ScatterSpec)
   | ({ kind: "bar" } & BarSpec)
-  | ({ kind: "importance" } & ImportanceSpec));
+  | ({ kind: "importance" } & ImportanceSpec)
+  | ({ kind: "media" } & MediaSpec));
 export type CustomKind = CustomSpec["kind"];
-export const CUSTOM_KINDS: CustomKind[] = ["parallel", "scatter", "bar", "importance"];
+export const CUSTOM_KINDS: CustomKind[] = ["parallel", "scatter", "bar", "importance", "media"];
 export const KIND_LABELS: Record<CustomKind, string> = {
   parallel: "Parallel coordinates", scatter: "Scatter", bar: "Bar", importance: "Parameter importance",
+  media: "Media across runs",
 };
 
 export function isCustom(spec: { kind?: string }): spec is CustomSpec {
@@ -31,6 +34,7 @@ export function fieldsOf(spec: CustomSpec): string[] {
     case "scatter": return [spec.x, spec.y, ...(spec.color ? [spec.color] : [])];
     case "bar": return [spec.value, ...(spec.by ? [spec.by] : [])];
     case "importance": return [spec.metric];
+    case "media": return [];
   }
 }
 
@@ -41,6 +45,7 @@ export function titleOf(spec: CustomSpec): string {
     case "scatter": return `${shortField(spec.y)} vs ${shortField(spec.x)}`;
     case "bar": return `${shortField(spec.value)}${spec.by ? ` by ${shortField(spec.by)}` : " per run"}`;
     case "importance": return `importance for ${shortField(spec.metric)}`;
+    case "media": return `${spec.key} across runs`;
   }
 }
 
@@ -63,6 +68,7 @@ export class CustomPanel {
   private ticket = 0;
   private redraw: (() => void) | null = null;
   private parallel: ParallelPanel | null = null;
+  private media: MediaView | null = null;
   private controller: AbortController | null = null;
 
   constructor(public spec: CustomSpec, private opts: CustomOptions) {
@@ -76,6 +82,8 @@ export class CustomPanel {
         opts.onMove ? h("button.link.move", { title: "move earlier", onclick: () => opts.onMove?.() }, "◀") : null,
         opts.onRemove ? h("button.link.remove", { title: "remove panel", onclick: () => opts.onRemove?.() }, "✕") : null),
       this.body);
+    // Curves of many runs and a grid of their images need the width: a media panel takes a whole row.
+    if (spec.kind === "media") this.el.style.gridColumn = "1 / -1";
   }
 
   /** Fetches for the current filter and draws (a parallel panel keeps its brushes). */
@@ -93,6 +101,16 @@ export class CustomPanel {
         this.body.replaceChildren(importanceTable(answer));
         this.el.dataset.lines = String(answer.runs);
         this.status.textContent = "";
+      } else if (spec.kind === "media") {
+        const answer = await fetchLatestMedia(this.opts.base, spec, this.opts.filters(), controller.signal);
+        if (ticket !== this.ticket) return;
+        this.media?.destroy();
+        const media = this.media = new MediaView(this.body, this.opts.hidden ?? (() => false));
+        this.redraw = () => media.draw();
+        await media.load(answer, controller.signal);
+        if (ticket !== this.ticket) return;
+        this.status.textContent = answer.total > answer.runs.length ? `${answer.runs.length} of ${answer.total} runs` : `${answer.runs.length} runs`;
+        this.el.dataset.lines = String(answer.runs.length);
       } else {
         const data: RunsColumns = await fetchColumns(this.opts.base, fieldsOf(spec), this.opts.filters(), this.opts.limit ?? 10_000, controller.signal);
         if (ticket !== this.ticket) return;
@@ -132,5 +150,6 @@ export class CustomPanel {
     this.ticket++;
     this.controller?.abort();
     this.parallel?.destroy();
+    this.media?.destroy();
   }
 }
